@@ -1,0 +1,10 @@
+"""edgekd: knowledge-distillation model compression for edge deployment."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("edgekd")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+local"
+
+__all__ = ["__version__"]

@@ -1,0 +1,10 @@
+"""The `edgekd` command line: thin Typer commands over the library."""
+
+from edgekd.cli import _models, _train  # noqa: F401  (commands register on import)
+from edgekd.cli._app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,43 @@
+"""The Typer application object that every command module attaches to."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgekd import __version__
+from edgekd.cli._errors import EdgeKDGroup
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="edgekd",
+    cls=EdgeKDGroup,
+    help="Distil, prune, quantize, export and benchmark models for edge devices.\n\n"
+    "Example: edgekd train --model small:resnet18 --data pneumoniamnist --out runs/teacher",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgekd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """edgekd: knowledge-distillation model compression for edge deployment.
+
+    Exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid input, 4 bad/missing file, 5 missing
+    dependency/GPU/network, 6 verification failed, 7 benchmark regression, 130 interrupted.
+    Set EDGEKD_DEBUG=1 to see tracebacks.
+    """

@@ -1,0 +1,197 @@
+"""Shared option types and helpers for the CLI commands (Typer ``Annotated`` style)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+
+from edgekd.cli._click import click
+from edgekd.distill import DeviceName
+from edgekd.errors import ArtifactError, InvalidInputError
+
+__all__ = [
+    "DataOpt",
+    "DownloadOpt",
+    "DeviceOpt",
+    "SeedOpt",
+    "JsonOpt",
+    "QuietOpt",
+    "OutOpt",
+    "ConfigOpt",
+    "console",
+    "emit_json",
+    "resolve_config",
+    "read_yaml",
+]
+
+console = Console(highlight=False)
+
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Data spec: pneumoniamnist | medmnist:F.npz | imagefolder:DIR | csv:F | "
+        "synthetic:classes=K,n=N,size=S,channels=C,seed=X | tv:CIFAR10.",
+        rich_help_panel="Data",
+    ),
+]
+DownloadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--download",
+        help="Allow downloading tv: datasets / pretrained weights (needs internet).",
+        rich_help_panel="Data",
+    ),
+]
+DeviceOpt = Annotated[DeviceName, typer.Option("--device", help="auto picks CUDA when present.", rich_help_panel="Run")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data order, init, splits).", rich_help_panel="Run")]
+JsonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--json", help="Also write machine-readable JSON to this file ('-' for stdout).", rich_help_panel="Output"
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.", rich_help_panel="Output")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.", rich_help_panel="Output")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML file of options; flags given on the command line override it.",
+        rich_help_panel="Run",
+    ),
+]
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping safely (``safe_load``: a config never executes code)."""
+    if not path.is_file():
+        raise ArtifactError(f"config file {path} does not exist", "check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InvalidInputError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"config file {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_config(
+    ctx: click.Context, model: type[BaseModel], config: Path | None, flags: dict[str, Any], section: str | None = None
+) -> BaseModel:
+    """Defaults < YAML config < flags explicitly given on the command line; validated by ``model``."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        raw = read_yaml(config)
+        if section and isinstance(raw.get(section), dict):
+            raw = {str(k).replace("-", "_"): v for k, v in raw[section].items()}
+        values.update({k: v for k, v in raw.items() if k in model.model_fields})
+        unknown = sorted(set(raw) - set(model.model_fields) - set(flags) - {"model", "data", "out", "teacher", "loss"})
+        if unknown:
+            raise InvalidInputError(
+                f"unknown keys in {config}: {', '.join(unknown)}",
+                f"valid keys: {', '.join(sorted(model.model_fields))}",
+            )
+    for name, value in flags.items():
+        src = ctx.get_parameter_source(name)
+        if name in model.model_fields and (src not in (click.core.ParameterSource.DEFAULT, None) or name not in values):
+            values[name] = value
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InvalidInputError(f"invalid option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def config_value(ctx: click.Context, config: Path | None, name: str, flag_value: Any) -> Any:
+    """One non-TrainConfig option (e.g. ``model``) with the same precedence rules."""
+    if config is None or ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None):
+        return flag_value
+    return read_yaml(config).get(name, flag_value)
+
+
+def emit_json(payload: Any, dest: str | None) -> None:
+    """Write ``payload`` as JSON to ``dest`` (a path, or '-' for stdout)."""
+    if not dest:
+        return
+    text = json.dumps(payload, indent=2, default=_default)
+    if dest == "-":
+        typer.echo(text)
+    else:
+        from edgekd.modeldir import atomic_write_text
+
+        atomic_write_text(dest, text + "\n")
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, BaseModel):
+        return json.loads(o.model_dump_json())
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+# Model / optimisation / run options shared by `edgekd train` and `edgekd distill` (same flags, same help).
+from edgekd.data.preprocess import ChannelMode  # noqa: E402
+from edgekd.distill import ClassWeighting, OptimizerName  # noqa: E402
+
+_M, _O, _R = "Model", "Optimisation", "Run"
+SmallInputOpt = Annotated[
+    bool, typer.Option(help="3x3 stride-1 stem, no max-pool (inputs <= 64 px).", rich_help_panel=_M)
+]
+ChannelsOpt = Annotated[
+    ChannelMode,
+    typer.Option(
+        help="Grayscale data: adapt the first conv, or repeat the channel for a 3-channel model.", rich_help_panel=_M
+    ),
+]
+InputSizeOpt = Annotated[
+    int | None, typer.Option(help="Resize inputs to this size (default: data size).", rich_help_panel=_M)
+]
+EpochsOpt = Annotated[int, typer.Option(rich_help_panel=_O)]
+BatchSizeOpt = Annotated[int, typer.Option(rich_help_panel=_O)]
+OptimizerOpt = Annotated[OptimizerName, typer.Option(rich_help_panel=_O)]
+LrOpt = Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_O)]
+MomentumOpt = Annotated[float, typer.Option(help="SGD momentum.", rich_help_panel=_O)]
+WeightDecayOpt = Annotated[float, typer.Option(rich_help_panel=_O)]
+WarmupEpochsOpt = Annotated[float, typer.Option(help="Linear warm-up before the cosine decay.", rich_help_panel=_O)]
+LabelSmoothingOpt = Annotated[float, typer.Option(rich_help_panel=_O)]
+ClassWeightingOpt = Annotated[
+    ClassWeighting, typer.Option(help="'balanced' weights the loss against class imbalance.", rich_help_panel=_O)
+]
+AugmentOpt = Annotated[
+    str, typer.Option(help="none | light | medical (pad-crop, +-10 deg, no flip).", rich_help_panel=_O)
+]
+GradClipOpt = Annotated[float | None, typer.Option(rich_help_panel=_O)]
+AmpOpt = Annotated[
+    bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA).", rich_help_panel=_R)
+]
+ChannelsLastOpt = Annotated[
+    bool | None, typer.Option("--channels-last/--no-channels-last", help="Default: on CUDA.", rich_help_panel=_R)
+]
+SelectMetricOpt = Annotated[
+    str,
+    typer.Option(
+        help="Validation metric that picks the best epoch (auroc, acc, balanced_acc, f1_macro, loss).",
+        rich_help_panel=_R,
+    ),
+]
+NumWorkersOpt = Annotated[int, typer.Option(rich_help_panel=_R)]
+MaxStepsOpt = Annotated[int | None, typer.Option(hidden=True)]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.", rich_help_panel=_R)]
+
+__all__ += [
+    "SmallInputOpt", "ChannelsOpt", "InputSizeOpt", "EpochsOpt", "BatchSizeOpt", "OptimizerOpt", "LrOpt",
+    "MomentumOpt", "WeightDecayOpt", "WarmupEpochsOpt", "LabelSmoothingOpt", "ClassWeightingOpt", "AugmentOpt",
+    "GradClipOpt", "AmpOpt", "ChannelsLastOpt", "SelectMetricOpt", "NumWorkersOpt", "MaxStepsOpt", "ResumeOpt",
+]  # fmt: skip

@@ -1,0 +1,160 @@
+"""`edgekd train` and `edgekd eval`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekd.cli._app import app
+from edgekd.cli._options import (
+    AmpOpt,
+    AugmentOpt,
+    BatchSizeOpt,
+    ChannelsLastOpt,
+    ChannelsOpt,
+    ClassWeightingOpt,
+    ConfigOpt,
+    DataOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EpochsOpt,
+    GradClipOpt,
+    InputSizeOpt,
+    JsonOpt,
+    LabelSmoothingOpt,
+    LrOpt,
+    MaxStepsOpt,
+    MomentumOpt,
+    NumWorkersOpt,
+    OptimizerOpt,
+    OutOpt,
+    QuietOpt,
+    ResumeOpt,
+    SeedOpt,
+    SelectMetricOpt,
+    SmallInputOpt,
+    WarmupEpochsOpt,
+    WeightDecayOpt,
+    config_value,
+    console,
+    emit_json,
+    resolve_config,
+)
+from edgekd.cli._render import metrics_table
+from edgekd.data.preprocess import ChannelMode
+from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, TrainConfig
+
+PANEL_MODEL, PANEL_OPT, PANEL_RUN = "Model", "Optimisation", "Run"
+
+
+def command_line() -> str:
+    return "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    out: OutOpt,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Registry name (tv:resnet18, small:resnet8x4, timm:...) or a model directory to fine-tune.",
+            rich_help_panel=PANEL_MODEL,
+        ),
+    ] = "",
+    data: DataOpt = "pneumoniamnist",
+    small_input: SmallInputOpt = False,
+    pretrained: Annotated[
+        bool, typer.Option(help="Start from pretrained weights (downloads once).", rich_help_panel=PANEL_MODEL)
+    ] = False,
+    channels: ChannelsOpt = ChannelMode.ADAPT,
+    input_size: InputSizeOpt = None,
+    epochs: EpochsOpt = 10,
+    batch_size: BatchSizeOpt = 128,
+    optimizer: OptimizerOpt = OptimizerName.ADAMW,
+    lr: LrOpt = 2e-3,
+    momentum: MomentumOpt = 0.9,
+    weight_decay: WeightDecayOpt = 5e-4,
+    warmup_epochs: WarmupEpochsOpt = 1.0,
+    label_smoothing: LabelSmoothingOpt = 0.0,
+    class_weighting: ClassWeightingOpt = ClassWeighting.NONE,
+    augment: AugmentOpt = "none",
+    grad_clip: GradClipOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = DeviceName.AUTO,
+    amp: AmpOpt = None,
+    channels_last: ChannelsLastOpt = None,
+    select_metric: SelectMetricOpt = "auroc",
+    num_workers: NumWorkersOpt = 0,
+    max_steps_per_epoch: MaxStepsOpt = None,
+    resume: ResumeOpt = False,
+    config: ConfigOpt = None,
+    download: DownloadOpt = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a model with labels only (the teacher, or a no-teacher baseline).
+
+    Example: edgekd train --model small:resnet18 --data pneumoniamnist --epochs 4 --out runs/teacher
+    """
+    from edgekd.distill import train_model
+    from edgekd.errors import InvalidInputError
+
+    flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
+    cfg = resolve_config(ctx, TrainConfig, config, flags)
+    model = config_value(ctx, config, "model", model)
+    data = config_value(ctx, config, "data", data)
+    if not model:
+        raise InvalidInputError("no model given", "pass --model NAME (see `edgekd zoo`) or a model directory")
+    card = train_model(
+        model,
+        data,
+        out,
+        cfg,
+        small_input=small_input,
+        pretrained=pretrained,
+        channels=channels,
+        input_size=input_size,
+        resume=resume,
+        progress=not quiet,
+        download=download,
+        command=command_line(),
+    )
+    if not quiet:
+        console.print(
+            f"best epoch {card.metrics['best_epoch']['epoch']} by val {cfg.select_metric}; "
+            f"model directory: [bold]{out}[/]"
+        )
+        metrics_table("test metrics", card.metrics["test"], card.label_names)
+    emit_json({"out": str(out), "metrics": card.metrics, "params": card.params}, json_out)
+
+
+@app.command("eval")
+def eval_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help="Data spec (default: the data the model was trained on).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train | val | test")] = "test",
+    batch_size: Annotated[int, typer.Option()] = 256,
+    device: DeviceOpt = DeviceName.AUTO,
+    download: DownloadOpt = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a model directory: accuracy, balanced accuracy, macro F1, AUROC, sensitivity/specificity.
+
+    Example: edgekd eval runs/teacher --split test --json metrics.json
+    """
+    from edgekd.evaluate import evaluate_model_dir
+
+    res = evaluate_model_dir(model_dir, data=data, split=split, batch_size=batch_size, device=device, download=download)
+    if not quiet and json_out != "-":
+        metrics_table(f"{model_dir} on {res['data']} [{split}]", res["metrics"], res["label_names"])
+    emit_json(res, json_out)

@@ -1,0 +1,148 @@
+""":class:`DataBundle`: the three splits of one data spec with everything a model needs to know about them.
+
+Example:
+    >>> bundle = load_data("pneumoniamnist")
+    >>> bundle.task, bundle.num_classes, bundle.image_size
+    (<Task.BINARY: 'binary'>, 2, (28, 28))
+    >>> pre = bundle.preprocess(input_size=(64, 64), in_chans=3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from edgekd.data._dataset import channel_stats
+from edgekd.data.preprocess import Preprocess, Task
+from edgekd.errors import InvalidInputError
+
+__all__ = ["DataBundle", "SourceData", "SPLITS"]
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """What a source builder returns; :func:`~edgekd.data.load_data` derives the rest of the bundle."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    task: Task
+    label_names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class DataBundle:
+    """Train / val / test datasets of one spec plus task, labels, image geometry and train statistics.
+
+    Attributes:
+        spec: canonical spec string (options sorted), enough to load the same data again.
+        train, val, test: datasets of ``(uint8 [C, H, W], target)`` items.
+        task: binary, multi-class or multi-label.
+        label_names: one name per class (per label for multi-label).
+        num_classes: 2 for binary, K for multi-class, L for multi-label.
+        channels: channels of the raw images.
+        image_size: ``(H, W)`` shared by all raw images of the bundle.
+        mean, std: per data channel on the ``[0, 1]`` scale, from the training split.
+
+    Example:
+        >>> bundle = load_data("synthetic:classes=3,n=60")
+        >>> bundle.split("val") is bundle.val
+        True
+    """
+
+    spec: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    task: Task
+    label_names: list[str]
+    num_classes: int
+    channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_source(cls, spec: str, data: SourceData) -> DataBundle:
+        """Complete a :class:`SourceData`: geometry from the datasets, statistics from the train split."""
+        train = data.train
+        if len(train) == 0:
+            raise InvalidInputError(f"data {spec!r} has an empty training split", "add data or lower val=/test=")
+        for name in ("val", "test"):
+            other = getattr(data, name)
+            if (other.channels, other.image_size) != (train.channels, train.image_size):
+                raise InvalidInputError(f"the {name} split of {spec!r} has other image geometry than train")
+        mean, std = channel_stats(train)
+        return cls(
+            spec=spec,
+            train=train,
+            val=data.val,
+            test=data.test,
+            task=data.task,
+            label_names=list(data.label_names),
+            num_classes=len(data.label_names),
+            channels=int(train.channels),
+            image_size=tuple(train.image_size),
+            mean=mean,
+            std=std,
+        )
+
+    def split(self, name: str) -> Dataset:
+        """The dataset of split ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
+        if name not in SPLITS:
+            raise InvalidInputError(f"unknown split {name!r}", f"use one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    def preprocess(self, *, input_size: tuple[int, int] | None = None, in_chans: int | None = None) -> Preprocess:
+        """The :class:`Preprocess` for a model reading this data.
+
+        Args:
+            input_size: the model's ``(H, W)``; defaults to the raw image size.
+            in_chans: the model's input channels; defaults to the data channels (mode ``adapt``). Another value
+                gives mode ``repeat`` with the statistics repeated (or averaged) per model channel.
+
+        Example:
+            >>> pre = bundle.preprocess(in_chans=3)  # grayscale data, RGB model
+            >>> pre.channel_mode.value
+            'repeat'
+        """
+        base = Preprocess(
+            input_size=tuple(input_size or self.image_size),
+            data_channels=self.channels,
+            in_chans=self.channels,
+            mean=self.mean,
+            std=self.std,
+        )
+        return base.with_model(in_chans=in_chans) if in_chans and in_chans != self.channels else base
+
+    def labels(self, split: str) -> np.ndarray:
+        """All targets of a split without decoding images: ``int64 [N]`` or ``float32 [N, L]``."""
+        targets = np.asarray(self.split(split).targets)
+        return targets.astype(np.float32 if self.task is Task.MULTILABEL else np.int64)
+
+    def class_counts(self) -> np.ndarray:
+        """Training samples per class (positives per label for multi-label), ``int64 [num_classes]``."""
+        targets = self.labels("train")
+        if self.task is Task.MULTILABEL:
+            return (targets > 0.5).sum(axis=0).astype(np.int64)
+        return np.bincount(targets, minlength=self.num_classes).astype(np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description (for ``edgekd data info`` and model cards)."""
+        return {
+            "spec": self.spec,
+            "task": self.task.value,
+            "label_names": list(self.label_names),
+            "num_classes": self.num_classes,
+            "channels": self.channels,
+            "image_size": list(self.image_size),
+            "sizes": {name: len(self.split(name)) for name in SPLITS},
+            "class_counts": self.class_counts().tolist(),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }

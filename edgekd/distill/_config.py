@@ -1,0 +1,51 @@
+"""The training configuration shared by `edgekd train`, `edgekd distill` and recovery fine-tuning."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["TrainConfig", "OptimizerName", "ClassWeighting", "DeviceName"]
+
+
+class OptimizerName(str, Enum):
+    SGD = "sgd"
+    ADAMW = "adamw"
+
+
+class ClassWeighting(str, Enum):
+    NONE = "none"
+    BALANCED = "balanced"  # weight_c = N / (K * n_c), as scikit-learn's "balanced"
+
+
+class DeviceName(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one training run; saved next to every output as ``config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: OptimizerName = OptimizerName.ADAMW
+    lr: float = Field(2e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weighting: ClassWeighting = ClassWeighting.NONE
+    augment: str = "none"
+    seed: int = 0
+    device: DeviceName = DeviceName.AUTO
+    amp: bool | None = None  # None: on when training on CUDA
+    channels_last: bool | None = None  # None: on when training on CUDA
+    select_metric: str = "auroc"
+    grad_clip: float | None = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0)
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # for smoke runs and benchmarks

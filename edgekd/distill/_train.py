@@ -1,0 +1,163 @@
+"""`edgekd train`: supervised training of any registered model on any data source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from edgekd.data import DataBundle, load_data
+from edgekd.data.preprocess import ChannelMode, Preprocess, Task
+from edgekd.distill._config import ClassWeighting, TrainConfig
+from edgekd.distill._loop import FitResult, fit, predict, resolve_device
+from edgekd.distill._objective import SupervisedObjective
+from edgekd.errors import InvalidInputError
+from edgekd.metrics import compute_metrics
+from edgekd.modeldir import (
+    Lineage,
+    ModelCard,
+    ModelSpec,
+    atomic_write_text,
+    is_model_dir,
+    load_model_dir,
+    save_model_dir,
+    sha256_file,
+)
+
+__all__ = ["train_model", "resolve_student", "class_weights", "finish_run", "evaluate_split"]
+
+
+def class_weights(data: DataBundle, mode: ClassWeighting) -> torch.Tensor | None:
+    """``balanced`` weights ``N / (K * n_c)`` for single-label tasks, ``neg/pos`` for multi-label ones."""
+    if mode is ClassWeighting.NONE:
+        return None
+    if data.task is Task.MULTILABEL:
+        y = data.labels("train").astype(np.float64)
+        pos = y.sum(0).clip(min=1)
+        return torch.tensor((len(y) - pos) / pos, dtype=torch.float32)
+    counts = data.class_counts().astype(np.float64).clip(min=1)
+    return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
+def resolve_student(
+    model: str,
+    data: DataBundle,
+    *,
+    small_input: bool = False,
+    pretrained: bool = False,
+    channels: ChannelMode = ChannelMode.ADAPT,
+    input_size: int | None = None,
+) -> tuple[torch.nn.Module, ModelSpec, Preprocess, str | None]:
+    """Build the model to train: a registry name (fresh or pretrained) or an existing model directory.
+
+    Returns the model, its spec, its preprocessing and the parent directory (for lineage).
+    """
+    from edgekd.students import build_model
+
+    size = (input_size, input_size) if input_size else None
+    if is_model_dir(model):
+        net, card = load_model_dir(model)
+        if card.spec.num_classes != data.num_classes:
+            raise InvalidInputError(
+                f"{model} has {card.spec.num_classes} outputs but the data has {data.num_classes} classes",
+                "train a fresh model with --model NAME, or use matching data",
+            )
+        return net, card.spec, card.preprocess, str(model)
+    in_chans = data.channels if channels is ChannelMode.ADAPT else 3
+    spec = ModelSpec(name=model, num_classes=data.num_classes, in_chans=in_chans, small_input=small_input)
+    net = build_model(spec, pretrained=pretrained)
+    return net, spec, data.preprocess(input_size=size, in_chans=in_chans), None
+
+
+def evaluate_split(
+    model, preprocess: Preprocess, data: DataBundle, split: str, *, batch_size: int = 256, device: str = "auto"
+) -> dict[str, Any]:
+    """Metrics of ``model`` on one split of ``data`` (PyTorch, eval mode)."""
+    from edgekd.data import make_loader
+
+    dev = resolve_device(device)
+    model.to(dev)
+    loader = make_loader(data.split(split), batch_size, shuffle=False)
+    logits, targets = predict(model, preprocess, loader, dev)
+    return compute_metrics(logits, targets, data.task)
+
+
+def finish_run(
+    model,
+    result: FitResult,
+    *,
+    spec: ModelSpec,
+    preprocess: Preprocess,
+    data: DataBundle,
+    cfg: TrainConfig,
+    out: Path,
+    lineage: Lineage,
+    eval_test: bool = True,
+) -> ModelCard:
+    """Load the best weights, evaluate on test, and write the model directory + config + history."""
+    model.load_state_dict(result.best_state)
+    model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    metrics: dict[str, dict] = {"val": result.val_metrics, "best_epoch": {"epoch": result.best_epoch}}
+    if eval_test:
+        metrics["test"] = evaluate_split(model, preprocess, data, "test", device="cpu")
+    card = ModelCard(
+        spec=spec,
+        task=data.task,
+        label_names=list(data.label_names),
+        preprocess=preprocess,
+        metrics=metrics,
+        lineage=lineage,
+    )
+    save_model_dir(model, card, out)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    atomic_write_text(out / "history.jsonl", "".join(json.dumps(h, default=float) + "\n" for h in result.history))
+    return card
+
+
+def train_model(
+    model: str,
+    data: str | DataBundle,
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    small_input: bool = False,
+    pretrained: bool = False,
+    channels: ChannelMode = ChannelMode.ADAPT,
+    input_size: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    download: bool = False,
+    command: str = "",
+) -> ModelCard:
+    """Supervised training; writes a model directory at ``out`` holding the best epoch.
+
+    Example:
+        >>> cfg = TrainConfig(epochs=2, batch_size=64)
+        >>> card = train_model("small:resnet18", "pneumoniamnist", "runs/teacher", cfg)
+        >>> card.metrics["test"]["auroc"]
+    """
+    torch.manual_seed(cfg.seed)
+    bundle = data if isinstance(data, DataBundle) else load_data(data, download=download, seed=cfg.seed)
+    net, spec, pre, parent = resolve_student(
+        model, bundle, small_input=small_input, pretrained=pretrained, channels=channels, input_size=input_size
+    )
+    objective = SupervisedObjective(
+        pre, bundle.task, label_smoothing=cfg.label_smoothing, class_weights=class_weights(bundle, cfg.class_weighting)
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    result = fit(net, objective, bundle, cfg, out, preprocess=pre, resume=resume, progress=progress)
+    lineage = Lineage(
+        command=command,
+        parent=parent,
+        data=bundle.spec,
+        stage="train",
+        losses=["ce"],
+        parent_sha256=sha256_file(Path(parent) / "model.safetensors") if parent else None,
+    )
+    return finish_run(net, result, spec=spec, preprocess=pre, data=bundle, cfg=cfg, out=out, lineage=lineage)

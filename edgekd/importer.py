@@ -1,0 +1,44 @@
+"""`edgekd import`: a user checkpoint becomes a model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekd.data import load_data
+from edgekd.modeldir import Lineage, ModelCard, ModelSpec, save_model_dir, sha256_file
+from edgekd.students import count_params
+
+__all__ = ["import_model"]
+
+
+def import_model(
+    checkpoint: str | Path,
+    *,
+    model: str,
+    data: str,
+    out: str | Path,
+    small_input: bool = False,
+    in_chans: int | None = None,
+    input_size: int | None = None,
+    trust_pickle: bool = False,
+) -> ModelCard:
+    """Load ``checkpoint`` into ``model``'s architecture and save it with ``data``'s labels and preprocessing."""
+    from edgekd.teachers import import_checkpoint
+
+    bundle = load_data(data)
+    chans = in_chans or bundle.channels
+    spec = ModelSpec(name=model, num_classes=bundle.num_classes, in_chans=chans, small_input=small_input)
+    net = import_checkpoint(checkpoint, spec=spec, trust_pickle=trust_pickle)
+    size = (input_size, input_size) if input_size else None
+    card = ModelCard(
+        spec=spec,
+        task=bundle.task,
+        label_names=list(bundle.label_names),
+        preprocess=bundle.preprocess(input_size=size, in_chans=chans),
+        params=count_params(net),
+        lineage=Lineage(
+            stage="import", data=bundle.spec, parent=str(checkpoint), parent_sha256=sha256_file(checkpoint)
+        ),
+    )
+    save_model_dir(net, card, out)
+    return card

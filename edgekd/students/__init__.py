@@ -1,0 +1,50 @@
+"""edgekd.students: the model zoo (compact students and the torchvision/timm models around them).
+
+Models are named by source (STYLE.md principle 3): ``tv:resnet18``, ``timm:resnet18``,
+``small:resnet8x4``. :data:`MODELS` is the one registry of builders; :func:`build_model` turns a
+:class:`~edgekd.modeldir.ModelSpec` into a network; :func:`count_params`, :func:`count_macs` and
+:func:`tap_points` describe any ``nn.Module``.
+
+Students written here (for images of at most 64 px):
+
+* CIFAR ResNets ``small:resnet8/14/20/32`` and ``small:resnet8x4/32x4`` (He et al. 2016; Tian et al. 2020);
+* wide ResNets ``small:wrn_16_2`` and ``small:wrn_40_2`` (Zagoruyko & Komodakis 2016);
+* ``small:mobilenetv2_x0_5``, a small-image MobileNetV2 (Sandler et al. 2018);
+* ``small:tinycnn``, ~50 k parameters, for tests and smoke runs;
+* ``small:<tv name>``: torchvision ResNet/ResNeXt/Wide-ResNet, MobileNetV2/V3, EfficientNet, RegNet,
+  ShuffleNetV2 and MNASNet with a stride-1 stem (``small:resnet18`` == ``tv:resnet18`` with
+  ``small_input=True``).
+
+Example:
+    >>> from edgekd.modeldir import ModelSpec
+    >>> model = build_model(ModelSpec(name="small:resnet8x4", num_classes=2, in_chans=1))
+    >>> count_params(model), count_macs(model, (1, 1, 28, 28)), tap_points(model)
+    (1207778, 135099392, ['layer1', 'layer2', 'layer3'])
+"""
+
+from edgekd.students._counting import count_macs, count_params
+from edgekd.students._taps import tap_points
+from edgekd.students._zoo import (
+    MODELS,
+    SOURCES,
+    build_model,
+    default_zoo_names,
+    is_student,
+    list_models,
+    parse_model_name,
+    zoo_rows,
+)
+
+__all__ = [
+    "MODELS",
+    "SOURCES",
+    "parse_model_name",
+    "build_model",
+    "list_models",
+    "count_params",
+    "count_macs",
+    "tap_points",
+    "zoo_rows",
+    "default_zoo_names",
+    "is_student",
+]

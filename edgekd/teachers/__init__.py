@@ -1,0 +1,17 @@
+"""edgekd.teachers: loading the networks that students learn from.
+
+A teacher is any zoo model (:func:`edgekd.students.build_model`), a model directory, or a user
+checkpoint imported into a zoo architecture with :func:`import_checkpoint`. Checkpoints are read
+without unpickling arbitrary objects unless ``trust_pickle`` is set (STYLE.md habits).
+
+Example:
+    >>> from edgekd.modeldir import ModelSpec
+    >>> spec = ModelSpec(name="small:resnet32x4", num_classes=100)
+    >>> teacher = import_checkpoint("ckpt_epoch_240.pth", spec=spec)
+"""
+
+from edgekd.teachers._checkpoint import TORCH_SUFFIXES, import_checkpoint, load_checkpoint_state, strip_prefixes
+
+__all__ = ["load_checkpoint_state", "import_checkpoint", "strip_prefixes", "TORCH_SUFFIXES"]
+
+# Distillation teachers (issue 3): a PyTorch model or an ONNX file with its own preprocessing.
