@@ -43,7 +43,9 @@ def inspect(
 
 @app.command()
 def zoo(
-    source: Annotated[str, typer.Option(help="small | tv | timm | all")] = "small",
+    source: Annotated[
+        str | None, typer.Option(help="small | tv | timm | all (default: the compact students and mobile nets)")
+    ] = None,
     filter: Annotated[str | None, typer.Option("--filter", "-f", help="Only names containing this.")] = None,
     input_size: Annotated[int, typer.Option(help="Input size for MACs.")] = 28,
     in_chans: Annotated[int, typer.Option()] = 1,
@@ -56,9 +58,9 @@ def zoo(
     """
     from edgekd.students import list_models, zoo_rows
 
-    names = list_models(None if source == "all" else source)
+    names = None if source is None else list_models(None if source == "all" else source)
     if filter:
-        names = [n for n in names if filter in n]
+        names = [n for n in (names or list_models()) if filter in n]
     rows = zoo_rows(names, input_size=input_size, in_chans=in_chans, num_classes=num_classes)
     if json_out != "-":
         t = Table(title=f"edgekd zoo ({len(rows)} models, {in_chans}x{input_size}x{input_size})")
