@@ -1,0 +1,110 @@
+"""edgekd.export: ONNX export with parity checks, FP16, TensorRT engines, a compatibility lint, bundles.
+
+The artifact is what leaves the team, so every step is checked:
+
+* :func:`export_onnx` picks the exporter per model (TorchScript for fake-quantized models and opsets
+  below 18, dynamo otherwise when ``onnxscript`` is installed), names the IO ``input``/``logits``, makes
+  the batch dynamic, runs onnxslim and ``onnx.checker``;
+* :func:`parity_check` compares ONNX Runtime with PyTorch on real (or synthetic) samples at batch sizes
+  1 and 7 (FP32: max abs error <= 1e-4; FP16/INT8: top-1 agreement >= 99 %);
+* :func:`to_fp16` writes an FP16 model with FP32 inputs and outputs;
+* :func:`lint_onnx` checks TensorRT compatibility without a GPU; :func:`build_engine` builds an engine;
+* :func:`write_bundle` / :func:`export_bundle` write the bundle atomically and :func:`verify_bundle`
+  re-checks it on the receiving side.
+
+Example:
+    >>> manifest = export_bundle("runs/student", "bundles/student", formats="onnx,onnx-fp16")
+    >>> verify_bundle("bundles/student").ok
+    True
+"""
+
+from edgekd.export._bundle import (
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MODEL_CARD_FILE,
+    PARITY_FILE,
+    PREPROCESS_FILE,
+    SCHEMA_VERSION,
+    BundleFile,
+    Manifest,
+    ManifestFile,
+    Reference,
+    preprocess_recipe,
+    read_manifest,
+    write_bundle,
+)
+from edgekd.export._export import CHECKS, FORMATS, export_bundle, parse_formats
+from edgekd.export._fp16 import to_fp16
+from edgekd.export._lint import LINT_RULES, LINT_TARGETS, Finding, lint_errors, lint_onnx, resolve_profile
+from edgekd.export._onnx import choose_exporter, export_onnx, has_fake_quant
+from edgekd.export._parity import (
+    TOLERANCES,
+    ParityResult,
+    Samples,
+    Tolerance,
+    make_samples,
+    ort_session,
+    parity_check,
+    run_onnx,
+    torch_logits,
+)
+from edgekd.export._tensorrt import build_engine, require_tensorrt, run_engine, sidecar_path, tensorrt_available
+from edgekd.export._types import INPUT_NAME, OUTPUT_NAME, Precision, TensorInfo, onnx_io
+from edgekd.export._verify import FileCheck, VerifyResult, verify_bundle
+
+__all__ = [
+    # ONNX export
+    "export_onnx",
+    "choose_exporter",
+    "has_fake_quant",
+    "to_fp16",
+    "Precision",
+    "TensorInfo",
+    "onnx_io",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    # parity
+    "parity_check",
+    "ParityResult",
+    "Tolerance",
+    "TOLERANCES",
+    "Samples",
+    "make_samples",
+    "torch_logits",
+    "ort_session",
+    "run_onnx",
+    # lint
+    "lint_onnx",
+    "lint_errors",
+    "resolve_profile",
+    "Finding",
+    "LINT_TARGETS",
+    "LINT_RULES",
+    # TensorRT
+    "build_engine",
+    "run_engine",
+    "require_tensorrt",
+    "tensorrt_available",
+    "sidecar_path",
+    # bundles
+    "write_bundle",
+    "export_bundle",
+    "parse_formats",
+    "verify_bundle",
+    "read_manifest",
+    "preprocess_recipe",
+    "BundleFile",
+    "Manifest",
+    "ManifestFile",
+    "Reference",
+    "FileCheck",
+    "VerifyResult",
+    "FORMATS",
+    "CHECKS",
+    "SCHEMA_VERSION",
+    "MANIFEST_FILE",
+    "LABELS_FILE",
+    "PREPROCESS_FILE",
+    "PARITY_FILE",
+    "MODEL_CARD_FILE",
+]

@@ -1,0 +1,141 @@
+"""``MODEL_CARD.md`` for a bundle (after Mitchell et al., "Model Cards for Model Reporting", FAT* 2019).
+
+Sections: what the model is, data, metrics, files and parity, intended use and limits (with a
+not-a-medical-device note for medical imaging data) and a ten-line onnxruntime example that uses only
+numpy, onnxruntime and PIL and applies ``preprocess.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from edgekd.modeldir import ModelCard
+
+if TYPE_CHECKING:
+    from edgekd.export._bundle import Manifest
+
+__all__ = ["render_model_card", "is_medical", "RUN_SNIPPET"]
+
+_MEDICAL_WORDS = (
+    "medmnist", "pneumonia", "chest", "xray", "x-ray", "derma", "path", "blood", "organ", "retina", "breast",
+    "oct", "tissue", "ct", "mri", "fundus", "lesion", "tumor", "tumour", "clinical", "patient",
+)  # fmt: skip
+_METRICS = ("acc", "balanced_acc", "f1_macro", "auroc", "sensitivity", "specificity", "exact_match")
+
+RUN_SNIPPET = """\
+import json, numpy as np, onnxruntime as ort
+from PIL import Image
+pre, labels = json.load(open("preprocess.json")), json.load(open("labels.json"))["labels"]
+img = Image.open("image.png").convert("L" if pre["data_channels"] == 1 else "RGB")
+img = img.resize(tuple(pre["input_size"][::-1]), Image.BILINEAR)  # PIL takes (W, H)
+x = np.asarray(img, np.float32).reshape(img.height, img.width, -1).transpose(2, 0, 1) * pre["scale"]
+x = np.repeat(x, pre["in_chans"] // x.shape[0], axis=0)  # grayscale -> 3 channels in "repeat" mode
+x = (x - np.float32(pre["mean"])[:, None, None]) / np.float32(pre["std"])[:, None, None]
+sess = ort.InferenceSession("{model}", providers=["CPUExecutionProvider"])
+logits = sess.run(None, {{pre["input_name"]: x[None].astype(np.float32)}})[0][0]
+print(labels[int(logits.argmax())], logits)
+"""
+
+
+def is_medical(card: ModelCard) -> bool:
+    """Heuristic: the training data or labels look like medical imaging."""
+    words = " ".join([card.lineage.data or "", *card.label_names, card.spec.name]).lower()
+    tokens = set(words.replace(":", " ").replace(",", " ").replace("/", " ").replace("_", " ").split())
+    return any(w in words if len(w) > 4 else w in tokens for w in _MEDICAL_WORDS)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def _overview(m: Manifest, card: ModelCard) -> list[str]:
+    inp = m.inputs[0] if m.inputs else None
+    macs = f"{card.macs:,}" if card.macs else "n/a"
+    return [
+        f"# Model card: {m.name}",
+        "",
+        f"A {card.task.value} image classifier ({card.spec.name}, {card.params or 0:,} parameters, {macs} MACs "
+        f"per image) with {len(card.label_names)} output(s): {', '.join(card.label_names)}.",
+        f"Input `{inp.name}` {inp.shape} {inp.dtype} (see `preprocess.json`); output `{m.outputs[0].name}` "
+        f"{m.outputs[0].shape} raw logits ({'sigmoid per label' if card.task.value == 'multilabel' else 'softmax'}"
+        " gives probabilities)."
+        if inp and m.outputs
+        else "",
+        f"Made by `{card.lineage.command or 'edgekd'}` (stage: {card.lineage.stage}); exported for target "
+        f"**{m.target}** with the {m.exporter.get('exporter', 'n/a')} exporter (opset {m.exporter.get('opset', 'n/a')}).",
+        "",
+    ]
+
+
+def _data_and_metrics(card: ModelCard) -> list[str]:
+    lines = [
+        "## Data",
+        "",
+        f"Trained on `{card.lineage.data or 'unknown'}`"
+        + (f" with teachers {', '.join(card.lineage.teachers)}" if card.lineage.teachers else "")
+        + ".",
+        "",
+    ]
+    lines += ["## Metrics", ""]
+    rows = [(split, vals) for split, vals in card.metrics.items() if isinstance(vals, dict) and "acc" in vals]
+    if not rows:
+        return [*lines, "No metrics were recorded in the model directory.", ""]
+    names = [k for k in _METRICS if any(k in vals for _, vals in rows)]
+    lines += ["| split | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {split} | " + " | ".join(_fmt(vals.get(k, "")) for k in names) + " |" for split, vals in rows]
+    return [*lines, ""]
+
+
+def _files_and_parity(m: Manifest) -> list[str]:
+    lines = ["## Files and parity", "", "| file | kind | precision | bytes |", "|---|---|---|---|"]
+    lines += [f"| `{f.name}` | {f.kind} | {f.precision.value if f.precision else ''} | {f.bytes:,} |" for f in m.files]
+    lines += ["", "Parity with the PyTorch model (ONNX Runtime, CPU):", ""]
+    lines += [f"- {p.summary()} on {p.samples or 'samples'}" for p in m.parity] or ["- not checked"]
+    lines += ["", "Run `edgekd verify <bundle>` to re-check every sha256 and re-run parity from `parity.npz`.", ""]
+    return lines
+
+
+def _use_and_limits(card: ModelCard) -> list[str]:
+    lines = [
+        "## Intended use and limits",
+        "",
+        "- Intended for research and for evaluating edge deployment of compressed models on data like the "
+        "training data above; accuracy on other populations, devices or image sources is unknown.",
+        "- Compression (distillation, pruning, FP16/INT8) can shift errors between classes; check the "
+        "per-class metrics on your own data before use.",
+        "- Inputs must be preprocessed exactly as in `preprocess.json`; other resizing or normalisation "
+        "silently degrades accuracy.",
+    ]
+    if is_medical(card):
+        lines += [
+            "- **Not a medical device.** This model has not been cleared or approved by any regulator and must "
+            "not be used for diagnosis or treatment decisions. Any clinical use needs prospective clinical "
+            "validation on the target population and equipment, and oversight by qualified clinicians.",
+        ]
+    return [*lines, ""]
+
+
+def _how_to_run(m: Manifest) -> list[str]:
+    onnx_files = [f.name for f in m.files if f.kind == "onnx"]
+    model = onnx_files[0] if onnx_files else "model.onnx"
+    return [
+        "## How to run it (numpy + onnxruntime + PIL)",
+        "",
+        "```python",
+        RUN_SNIPPET.format(model=model).rstrip(),
+        "```",
+        "",
+        "PIL's bilinear resize antialiases when shrinking, `preprocess.json` does not: results differ slightly "
+        "when the image is larger than the model input.",
+        "",
+    ]
+
+
+def render_model_card(manifest: Manifest, card: ModelCard) -> str:
+    """The Markdown text of ``MODEL_CARD.md``."""
+    parts = [_overview(manifest, card), _data_and_metrics(card), _files_and_parity(manifest),
+             _use_and_limits(card), _how_to_run(manifest)]  # fmt: skip
+    return "\n".join(line for part in parts for line in part)

@@ -1,0 +1,163 @@
+"""``edgekd verify``: re-check a bundle on the receiving side, without the PyTorch model.
+
+1. Every file listed in ``manifest.json`` exists and has the recorded sha256 and size.
+2. Every ONNX file re-runs on the stored reference inputs (``parity.npz``) in ONNX Runtime and must
+   match the stored PyTorch logits within its precision's tolerance, at batch sizes 1 and 7 (or its
+   static batch). Engines are re-run too when TensorRT and a GPU are present.
+3. With ``data``, every ONNX file also runs on real samples of that data against the FP32 ONNX file.
+
+Example:
+    >>> res = verify_bundle("bundles/student")
+    >>> res.ok, [p.file for p in res.parity]
+    (True, ['model.onnx', 'model.fp16.onnx'])
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from edgekd.errors import ArtifactError, VerificationError
+from edgekd.export._bundle import MANIFEST_FILE, PARITY_FILE, Manifest, read_manifest
+from edgekd.export._parity import ParityResult, Tolerance, make_samples, ort_session, parity_check, run_onnx
+from edgekd.export._types import Precision
+from edgekd.modeldir import ModelCard, sha256_file
+
+__all__ = ["FileCheck", "VerifyResult", "verify_bundle"]
+
+
+class FileCheck(BaseModel):
+    """The hash check of one file."""
+
+    name: str
+    ok: bool
+    reason: str = ""
+
+
+class VerifyResult(BaseModel):
+    """Everything ``verify_bundle`` checked."""
+
+    bundle: str
+    ok: bool
+    files: list[FileCheck] = Field(default_factory=list)
+    parity: list[ParityResult] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+    unlisted: list[str] = Field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """One line per failed check."""
+        bad = [f"{f.name}: {f.reason}" for f in self.files if not f.ok]
+        return bad + [p.summary() for p in self.parity if not p.passed]
+
+
+def _check_file(root: Path, name: str, sha256: str, size: int) -> FileCheck:
+    path = root / name
+    if not path.is_file():
+        return FileCheck(name=name, ok=False, reason="missing")
+    if path.stat().st_size != size:
+        return FileCheck(name=name, ok=False, reason=f"size {path.stat().st_size} != {size} recorded (modified)")
+    if sha256_file(path) != sha256:
+        return FileCheck(name=name, ok=False, reason="sha256 differs from the manifest (modified)")
+    return FileCheck(name=name, ok=True)
+
+
+def _card_of(m: Manifest) -> ModelCard:
+    return ModelCard.model_validate({"spec": m.spec, "task": m.task, "label_names": m.label_names,
+                                     "preprocess": m.preprocess, "lineage": m.lineage})  # fmt: skip
+
+
+def _load_reference(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(root / PARITY_FILE, allow_pickle=False) as z:
+            return z["inputs"], z["logits"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ArtifactError(f"{root / PARITY_FILE} is unreadable: {e}") from e
+
+
+def _stored_parity(root: Path, m: Manifest, res: VerifyResult) -> None:
+    if not any(f.name == PARITY_FILE for f in m.files):
+        res.skipped.append("parity: the bundle stores no reference outputs (parity.npz)")
+        return
+    x, ref = _load_reference(root)
+    card = _card_of(m)
+    for f in m.model_files():
+        precision = f.precision or Precision.FP32
+        if f.kind == "onnx":
+            r = parity_check(root / f.name, None, card, samples=x, reference_logits=ref, precision=precision,
+                             sample_source=f"{PARITY_FILE} ({len(x)} stored samples)")  # fmt: skip
+            res.parity.append(r)
+        else:
+            _engine_parity(root / f.name, x, ref, precision, res)
+
+
+def _engine_parity(path: Path, x: np.ndarray, ref: np.ndarray, precision: Precision, res: VerifyResult) -> None:
+    from edgekd.export._tensorrt import run_engine, tensorrt_available
+
+    if not tensorrt_available():
+        res.skipped.append(f"{path.name}: not run (needs TensorRT and a CUDA GPU); hash checked")
+        return
+    out = np.concatenate([run_engine(path, x[i : i + 1]) for i in range(len(x))])
+    diff = np.abs(out - ref)
+    top1 = float((out.argmax(1) == ref.argmax(1)).mean())
+    # TensorRT may use TF32 for FP32 layers: engines are judged by top-1 agreement, the error is reported.
+    tol = Tolerance(min_top1=0.99)
+    res.parity.append(ParityResult(
+        file=path.name, precision=precision, n=len(x), batch_sizes=[1], max_abs=float(diff.max()),
+        max_rel=float(diff.max()) / (float(np.abs(ref).max()) or 1.0), mean_abs=float(diff.mean()),
+        top1_agreement=top1, tolerance=tol, passed=top1 >= 0.99, samples=PARITY_FILE, reference="stored logits",
+    ))  # fmt: skip
+
+
+def _data_parity(root: Path, m: Manifest, data: str, res: VerifyResult) -> None:
+    onnx_files = [f for f in m.model_files() if f.kind == "onnx"]
+    fp32 = next((f for f in onnx_files if f.precision in (None, Precision.FP32)), None)
+    if fp32 is None:
+        res.skipped.append("data parity: no FP32 ONNX file to compare against")
+        return
+    card = _card_of(m)
+    samples = make_samples(card, data)
+    ref = run_onnx(ort_session(root / fp32.name), samples.inputs, 16)
+    for f in onnx_files:
+        if f is not fp32:
+            res.parity.append(parity_check(root / f.name, None, card, samples=samples.inputs, reference_logits=ref,
+                                           precision=f.precision or Precision.FP32,
+                                           sample_source=f"{samples.source} vs {fp32.name}"))  # fmt: skip
+
+
+def verify_bundle(path: str | os.PathLike, *, data: str | None = None) -> VerifyResult:
+    """Re-hash every file of a bundle and re-run parity from its stored reference outputs.
+
+    Args:
+        path: the bundle directory.
+        data: optionally, a data spec: lower-precision ONNX files are also compared with the FP32 one
+            on real samples of it.
+
+    Returns:
+        A :class:`VerifyResult` with ``ok=True``.
+
+    Raises:
+        VerificationError: a missing or modified file, or a failed parity check (the message lists them).
+        ArtifactError: not a bundle, or a malformed manifest.
+    """
+    root = Path(path)
+    m = read_manifest(root)
+    res = VerifyResult(bundle=str(root), ok=False)
+    res.files = [_check_file(root, f.name, f.sha256, f.bytes) for f in m.files]
+    listed = {f.name for f in m.files} | {MANIFEST_FILE}
+    res.unlisted = sorted(p.name for p in root.iterdir() if p.name not in listed)
+    if all(f.ok for f in res.files):
+        _stored_parity(root, m, res)
+        if data:
+            _data_parity(root, m, data, res)
+    else:
+        res.skipped.append("parity: not run because files failed their hash check")
+    res.ok = not res.problems()
+    if not res.ok:
+        problems = res.problems()
+        raise VerificationError(f"bundle {root} failed verification: {'; '.join(problems[:3])}"
+                                + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""),
+                                "the bundle was modified or damaged after export; re-export it")  # fmt: skip
+    return res
