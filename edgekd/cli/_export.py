@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgekd.cli._app import app
-from edgekd.cli._options import JsonOpt, OutOpt, console, emit_json
+from edgekd.cli._options import JsonOpt, OutOpt, command_line, console, emit_json
 from edgekd.errors import VerificationError
 
 E, T, C = "Export", "TensorRT", "Checks"
@@ -19,13 +19,6 @@ DEFAULT_TIMING_CACHE = Path("~/.cache/edgekd/tensorrt-timing.cache")
 MinBatchOpt = Annotated[int, typer.Option(help="Smallest batch of the optimization profile.", rich_help_panel=T)]
 OptBatchOpt = Annotated[int, typer.Option(help="Batch the engine is tuned for.", rich_help_panel=T)]
 MaxBatchOpt = Annotated[int, typer.Option(help="Largest batch of the optimization profile.", rich_help_panel=T)]
-
-
-def _command_line() -> str:
-    import shlex
-    import sys
-
-    return "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 @app.command()
@@ -87,7 +80,7 @@ def export(
     manifest = export_bundle(
         model_dir, out, formats=format, opset=opset, static=static, simplify=simplify, data=data, n_samples=samples,
         check=check or (), workspace_mb=workspace_mb, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-        timing_cache=timing_cache, exporter=exporter, command=_command_line(),
+        timing_cache=timing_cache, exporter=exporter, command=command_line(),
         log=None if quiet else lambda line: console.print(escape(line)),
     )  # fmt: skip
     if not quiet:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +14,8 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from edgekd.cli._click import click
-from edgekd.distill import DeviceName
+from edgekd.data.preprocess import ChannelMode
+from edgekd.distill import ClassWeighting, DeviceName, OptimizerName
 from edgekd.errors import ArtifactError, InvalidInputError
 
 __all__ = [
@@ -24,6 +27,7 @@ __all__ = [
     "QuietOpt",
     "OutOpt",
     "ConfigOpt",
+    "command_line",
     "console",
     "emit_json",
     "resolve_config",
@@ -142,9 +146,6 @@ def _default(o: Any) -> Any:
 
 
 # Model / optimisation / run options shared by `edgekd train` and `edgekd distill` (same flags, same help).
-from edgekd.data.preprocess import ChannelMode  # noqa: E402
-from edgekd.distill import ClassWeighting, OptimizerName  # noqa: E402
-
 _M, _O, _R = "Model", "Optimisation", "Run"
 SmallInputOpt = Annotated[
     bool, typer.Option(help="3x3 stride-1 stem, no max-pool (inputs <= 64 px).", rich_help_panel=_M)
@@ -195,3 +196,8 @@ __all__ += [
     "MomentumOpt", "WeightDecayOpt", "WarmupEpochsOpt", "LabelSmoothingOpt", "ClassWeightingOpt", "AugmentOpt",
     "GradClipOpt", "AmpOpt", "ChannelsLastOpt", "SelectMetricOpt", "NumWorkersOpt", "MaxStepsOpt", "ResumeOpt",
 ]  # fmt: skip
+
+
+def command_line() -> str:
+    """The command as the user typed it, for lineage records."""
+    return "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +37,7 @@ from edgekd.cli._options import (
     SmallInputOpt,
     WarmupEpochsOpt,
     WeightDecayOpt,
+    command_line,
     config_value,
     console,
     emit_json,
@@ -49,10 +48,6 @@ from edgekd.data.preprocess import ChannelMode
 from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, TrainConfig
 
 PANEL_MODEL, PANEL_OPT, PANEL_RUN = "Model", "Optimisation", "Run"
-
-
-def command_line() -> str:
-    return "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 @app.command()

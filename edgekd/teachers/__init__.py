@@ -15,3 +15,6 @@ from edgekd.teachers._checkpoint import TORCH_SUFFIXES, import_checkpoint, load_
 __all__ = ["load_checkpoint_state", "import_checkpoint", "strip_prefixes", "TORCH_SUFFIXES"]
 
 # Distillation teachers (issue 3): a PyTorch model or an ONNX file with its own preprocessing.
+from edgekd.teachers._teacher import Teacher, load_teacher, state_fingerprint  # noqa: E402
+
+__all__ += ["Teacher", "load_teacher", "state_fingerprint"]

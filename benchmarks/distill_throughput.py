@@ -1,0 +1,213 @@
+"""Distillation throughput: edgekd's loop vs a hand-written KD loop, and the teacher-cache speed-up (issue 3).
+
+Part 1, overhead. Images/s of one epoch of :func:`edgekd.distill.fit` with the objective of
+:func:`~edgekd.distill.build_distill_objective` (what `edgekd distill` runs; ``ce:1`` + ``kd:1,T=4``) against the
+minimal loop a user would write: loader, teacher preprocess + forward under ``no_grad``, student preprocess +
+forward, CE + KD, backward, AdamW step. Same models (teacher ``small:resnet20``, student ``small:resnet8``, random
+weights: only timing matters), data (bundled PneumoniaMNIST, 28 px), batch size and steps; the two run
+alternately ``--repeats`` times and the medians are compared. Criterion: overhead within 5 %.
+
+Part 2, teacher cache. `edgekd distill` (:func:`~edgekd.distill.distill_model`) with a ResNet-50 teacher
+(``tv:resnet50``, random weights, saved as a model directory) and a MobileNet-class student
+(``small:mobilenet_v3_small``) at the same 32 px input, on synthetic 3-channel data sized so that an epoch is
+``--cache-steps`` full batches. With ``--cache-teacher`` the first epoch runs the teacher and fills the cache;
+later epochs read it. Criterion: epochs after the first at least 2x faster than the first (images/s of the
+training loop, from the run's history); the same run without the cache is reported for reference.
+
+    python benchmarks/distill_throughput.py                 # writes runs/bench/distill_throughput.json
+    python benchmarks/distill_throughput.py --quick         # smoke run (a few steps)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, write_json  # noqa: E402
+
+from edgekd.data import load_data, make_loader  # noqa: E402
+from edgekd.distill import (  # noqa: E402
+    Teacher,
+    TrainConfig,
+    build_distill_objective,
+    distill_model,
+    fit,
+    resolve_student,
+)
+from edgekd.modeldir import ModelCard, ModelSpec, save_model_dir  # noqa: E402
+from edgekd.students import build_model  # noqa: E402
+
+LOSSES = ["ce:1", "kd:1,T=4"]
+
+
+def _models(args, data, seed: int):
+    torch.manual_seed(seed)
+    student, _, pre, _ = resolve_student(args.student, data)
+    t_model = build_model(ModelSpec(name=args.teacher, num_classes=data.num_classes, in_chans=data.channels))
+    return student, pre, Teacher.from_module(t_model, data.preprocess(), name=args.teacher)
+
+
+def edgekd_loop(args, data, seed: int) -> float:
+    """images/s of one epoch of `fit` with the distillation objective (progress bar on, as a user sees it)."""
+    student, pre, teacher = _models(args, data, seed)
+    objective = build_distill_objective(student, pre, data.task, [teacher], LOSSES)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, max_steps_per_epoch=args.steps, seed=seed, warmup_epochs=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = fit(student, objective, data, cfg, tmp, preprocess=pre, progress=not args.no_progress)
+    return res.history[0]["images_per_s"]
+
+
+def hand_loop(args, data, seed: int) -> float:
+    """The minimal KD loop: both preprocessings, teacher under no_grad, CE + T^2 KL, AdamW."""
+    student, pre, teacher = _models(args, data, seed)
+    t_model, t_pre, temp = teacher.model, teacher.preprocess, 4.0
+    student.train()
+    opt = torch.optim.AdamW(student.parameters(), lr=2e-3, weight_decay=5e-4)
+    loader = make_loader(data.train, args.batch_size, shuffle=True, seed=seed)
+    seen, t0 = 0, time.perf_counter()
+    for i, (images, targets) in enumerate(loader):
+        if i >= args.steps:
+            break
+        with torch.no_grad():
+            t_logits = t_model(t_pre(images))
+        s_logits = student(pre(images))
+        kd = (
+            F.kl_div(
+                F.log_softmax(s_logits / temp, 1),
+                F.log_softmax(t_logits / temp, 1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * temp
+            * temp
+        )
+        loss = F.cross_entropy(s_logits, targets) + kd
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += images.shape[0]
+    return seen / (time.perf_counter() - t0)
+
+
+def overhead(args) -> dict[str, Any]:
+    data = load_data("pneumoniamnist")
+    hand_loop(argparse.Namespace(**{**vars(args), "steps": 2}), data, 0)  # warm-up: allocator, kernels, data
+    edk, hand = [], []
+    for r in range(args.repeats):
+        edk.append(edgekd_loop(args, data, r))
+        hand.append(hand_loop(args, data, r))
+        print(f"repeat {r + 1}: edgekd {edk[-1]:.1f} img/s, hand-written {hand[-1]:.1f} img/s", flush=True)
+    e, h = statistics.median(edk), statistics.median(hand)
+    ratio = (h - e) / h
+    print(f"median edgekd {e:.1f} img/s vs hand-written {h:.1f} img/s: overhead {ratio * 100:+.1f} %")
+    return {
+        "teacher": args.teacher,
+        "student": args.student,
+        "losses": LOSSES,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "edgekd_images_per_s": edk,
+        "hand_images_per_s": hand,
+        "median_edgekd": e,
+        "median_hand": h,
+        "overhead": ratio,
+        "criterion": "overhead <= 0.05",
+        "passed": ratio <= 0.05,
+    }
+
+
+def _random_teacher_dir(data, root: Path) -> Path:
+    """tv:resnet50 with random weights as a model directory (timing only: the weights do not matter)."""
+    torch.manual_seed(0)
+    spec = ModelSpec(name="tv:resnet50", num_classes=data.num_classes, in_chans=data.channels)
+    card = ModelCard(spec=spec, task=data.task, label_names=list(data.label_names), preprocess=data.preprocess())
+    return save_model_dir(build_model(spec), card, root / "resnet50")
+
+
+def cache_speedup(args) -> dict[str, Any]:
+    n = args.cache_steps * args.cache_batch
+    data = load_data(f"synthetic:classes=2,n={n},size=32,channels=3,seed=0")
+    cfg = TrainConfig(epochs=args.cache_epochs, batch_size=args.cache_batch, warmup_epochs=0)
+    result: dict[str, Any] = {
+        "teacher": "tv:resnet50",
+        "student": "small:mobilenet_v3_small",
+        "input_size": 32,
+        "train_samples": n,
+        "batch_size": args.cache_batch,
+        "epochs": args.cache_epochs,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = _random_teacher_dir(data, Path(tmp))
+        for key, cached in (("cache", True), ("no_cache", False)):
+            card = distill_model(
+                "small:mobilenet_v3_small",
+                [str(teacher)],
+                data,
+                Path(tmp) / key,
+                cfg,
+                losses=LOSSES,
+                cache_teacher=cached,
+                progress=not args.no_progress,
+            )
+            history = [json.loads(x) for x in (Path(tmp) / key / "history.jsonl").read_text().splitlines()]
+            result[key] = {
+                "images_per_s": [h["images_per_s"] for h in history],
+                "teacher_calls": card.lineage.notes["teacher_calls"],
+            }
+    first, later = result["cache"]["images_per_s"][0], statistics.fmean(result["cache"]["images_per_s"][1:])
+    result.update(
+        speedup_after_first=later / first,
+        criterion="speedup_after_first >= 2",
+        passed=later / first >= 2.0,
+        speedup_vs_no_cache=later / statistics.fmean(result["no_cache"]["images_per_s"][1:]),
+    )
+    print(
+        f"cache: epoch 1 {first:.1f} img/s, later epochs {later:.1f} img/s: x{later / first:.2f} "
+        f"(no cache: {result['no_cache']['images_per_s']})"
+    )
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default="small:resnet20", help="overhead part: teacher architecture")
+    ap.add_argument("--student", default="small:resnet8", help="overhead part: student architecture")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cache-steps", type=int, default=8, help="cache part: steps (full batches) per epoch")
+    ap.add_argument("--cache-batch", type=int, default=64)
+    ap.add_argument("--cache-epochs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="smoke run: few steps, one repeat")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--out", default="runs/bench/distill_throughput.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.repeats, args.cache_steps, args.cache_batch, args.cache_epochs = 4, 1, 3, 32, 2
+        args.out = args.out.replace(".json", "_quick.json")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    payload = {
+        "benchmark": "distill_throughput",
+        "quick": args.quick,
+        "config": vars(args),
+        "overhead": overhead(args),
+        "cache": cache_speedup(args),
+    }
+    payload.update(elapsed_s=time.perf_counter() - t0, environment=environment())
+    write_json(args.out, payload)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Does the teacher recover what pruning costs? KD vs CE recovery of a student pruned to 50 % of its MACs (issue 6).
+
+On the bundled PneumoniaMNIST (28x28 chest X-rays):
+
+1. a teacher (``--teacher DIR``, or ``small:resnet18`` trained for ``--teacher-epochs``);
+2. a distilled student (``--student DIR``, or ``small:resnet8x4`` distilled from the teacher with ``ce:1`` +
+   ``kd:1,T=4`` for ``--student-epochs``, teacher logits cached);
+3. the student pruned with Torch-Pruning (``--importance``, global ranking, widths rounded to 8) to 50 % of its
+   MACs in ``--steps`` steps, recovered after every step for ``--recovery-epochs`` with KD from the unpruned
+   student (``ce:1`` + ``kd:1,T=4``), and, separately, with cross-entropy only: same pruning settings, seeds and
+   epochs;
+4. test AUROC of the unpruned / KD-recovered / CE-recovered students, and ONNX Runtime CPU latency at batch 32
+   of the unpruned and the pruned student (``edgekd.bench``, FP32 ONNX, timed one right after the other).
+
+Acceptance (issue 6): KD recovery within 0.5 AUROC points of the unpruned student and better than CE recovery;
+latency reduction >= 1.5x at batch 32; MACs at most 50 % of the unpruned. Aimed at <= 20 min on 2 quiet cores.
+
+    python benchmarks/prune_recovery.py                  # full run (writes runs/bench/prune_recovery.json)
+    python benchmarks/prune_recovery.py --quick          # smoke run: a few steps per epoch
+    python benchmarks/prune_recovery.py --teacher runs/bench/kd_gain/teacher --student runs/demo/student
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, write_json  # noqa: E402
+
+from edgekd.data import load_data  # noqa: E402
+from edgekd.distill import TrainConfig, distill_model, train_model  # noqa: E402
+from edgekd.modeldir import is_model_dir, read_card  # noqa: E402
+from edgekd.prune import PruneConfig, PruneTarget, prune_model_dir  # noqa: E402
+
+
+def _cfg(args, epochs: int, lr: float, **kw: Any) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=128, lr=lr, seed=args.seed, max_steps_per_epoch=args.max_steps, **kw)
+
+
+def get_teacher(args, data, out: Path) -> str:
+    """Reuse ``--teacher``, or train one (a finished one in OUT/teacher is reused)."""
+    path = Path(args.teacher) if args.teacher else out / "teacher"
+    if not is_model_dir(path):
+        cfg = _cfg(args, args.teacher_epochs, 2e-3, augment="medical")
+        train_model(args.teacher_model, data, path, cfg, progress=not args.no_progress)
+    return str(path)
+
+
+def get_student(args, data, teacher: str, out: Path) -> str:
+    """Reuse ``--student``, or distil one from the teacher (a finished one in OUT/student is reused)."""
+    path = Path(args.student) if args.student else out / "student"
+    if not is_model_dir(path):
+        distill_model(args.student_model, [teacher], data, path, _cfg(args, args.student_epochs, 5e-3),
+                      losses=["ce:1", "kd:1,T=4"], cache_teacher=True, cache_dir=out / "teacher_cache",
+                      progress=not args.no_progress)  # fmt: skip
+    return str(path)
+
+
+def prune_and_recover(args, student: str, data, out: Path, kd: bool) -> dict[str, Any]:
+    """One pruning run; KD recovery also measures the latencies (before and after, back to back)."""
+    cfg = PruneConfig(
+        importance=args.importance, target=PruneTarget.from_options(target_macs=args.target_macs), steps=args.steps,
+        round_to=args.round_to, recovery_epochs=args.recovery_epochs, kd=kd,
+        latency_batch=32 if kd else None, latency_s=args.latency_s, train=_cfg(args, 1, args.lr),
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    report = prune_model_dir(student, out / ("pruned_kd" if kd else "pruned_ce"), cfg, data=data,
+                             progress=not args.no_progress)  # fmt: skip
+    row = {
+        "recovery": report.recovery, "auroc": float(report.metrics_after["test"]["auroc"]),
+        "acc": float(report.metrics_after["test"]["acc"]), "macs_kept": report.after.macs / report.before.macs,
+        "params": report.after.params, "steps": report.steps, "seconds": time.perf_counter() - t0,
+        "before": report.before.model_dump(), "after": report.after.model_dump(),
+        "latency_speedup": report.latency_speedup, "unpruned_auroc": float(report.metrics_before["test"]["auroc"]),
+        "unpruned_acc": float(report.metrics_before["test"]["acc"]),
+    }  # fmt: skip
+    print(f"{report.recovery} recovery: test auroc {row['auroc']:.4f} acc {row['acc']:.4f}, MACs kept "
+          f"{row['macs_kept']:.3f} ({row['seconds']:.0f} s)")  # fmt: skip
+    return row
+
+
+def acceptance(kd: dict[str, Any], ce: dict[str, Any], elapsed: float, target: float) -> dict[str, bool]:
+    return {
+        "kd_within_0.5_auroc_points_of_unpruned": 100 * (kd["unpruned_auroc"] - kd["auroc"]) <= 0.5,
+        "kd_beats_ce_recovery": kd["auroc"] > ce["auroc"],
+        "latency_reduction_at_least_1.5x": (kd["latency_speedup"] or 0.0) >= 1.5,
+        "macs_at_most_target": kd["macs_kept"] <= target + 1e-9 and ce["macs_kept"] <= target + 1e-9,
+        "under_20_min": elapsed < 1200,
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", help="reuse this teacher model directory")
+    ap.add_argument("--teacher-model", default="small:resnet18")
+    ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--student", help="reuse this (distilled) student model directory")
+    ap.add_argument("--student-model", default="small:resnet8x4")
+    ap.add_argument("--student-epochs", type=int, default=5)
+    ap.add_argument("--importance", default="l2")
+    ap.add_argument("--target-macs", type=float, default=0.5)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--round-to", type=int, default=8)
+    ap.add_argument("--recovery-epochs", type=int, default=2, help="fine-tuning epochs after each step")
+    ap.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate")
+    ap.add_argument("--latency-s", type=float, default=5.0, help="timed seconds per latency measurement")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="runs/bench/prune_recovery")
+    ap.add_argument("--json", default=None, help="default: OUT.json")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 epoch of 3 steps everywhere")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.teacher_epochs = args.student_epochs = args.recovery_epochs = 1
+        args.max_steps, args.latency_s, args.out = 3, 1.0, args.out + "_quick"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    data = load_data("pneumoniamnist")
+    teacher = get_teacher(args, data, out)
+    student = get_student(args, data, teacher, out)
+    kd = prune_and_recover(args, student, data, out, kd=True)
+    ce = prune_and_recover(args, student, data, out, kd=False)
+    elapsed = time.perf_counter() - t0
+    checks = acceptance(kd, ce, elapsed, args.target_macs)
+    payload = {
+        "benchmark": "prune_recovery", "quick": args.quick, "data": data.spec,
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "teacher": {"dir": teacher, "model": read_card(teacher).spec.name, "params": read_card(teacher).params},
+        "student": {"dir": student, "model": read_card(student).spec.name, "params": read_card(student).params},
+        "auroc": {"unpruned": kd["unpruned_auroc"], "kd_recovered": kd["auroc"], "ce_recovered": ce["auroc"]},
+        "acc": {"unpruned": kd["unpruned_acc"], "kd_recovered": kd["acc"], "ce_recovered": ce["acc"]},
+        "latency_ms_batch32": {"unpruned": kd["before"]["latency_ms"], "pruned": kd["after"]["latency_ms"],
+                               "speedup": kd["latency_speedup"], "threads": kd["after"]["latency_threads"]},
+        "runs": {"kd": kd, "ce": ce}, "acceptance": checks, "elapsed_s": elapsed, "environment": environment(),
+    }  # fmt: skip
+    print(
+        f"AUROC unpruned {kd['unpruned_auroc']:.4f} | KD-recovered {kd['auroc']:.4f} | CE-recovered {ce['auroc']:.4f}"
+    )
+    lat = payload["latency_ms_batch32"]
+    print(f"ORT CPU latency @32: {lat['unpruned']:.2f} ms -> {lat['pruned']:.2f} ms ({lat['speedup']:.2f}x); "
+          f"total {elapsed / 60:.1f} min")  # fmt: skip
+    for name, ok in checks.items():
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
+    write_json(args.json or f"{args.out}.json", payload)
+
+
+if __name__ == "__main__":
+    main()

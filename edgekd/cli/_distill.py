@@ -1,0 +1,222 @@
+"""`edgekd distill` and `edgekd losses`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from edgekd.cli._app import app
+from edgekd.cli._options import (
+    AmpOpt,
+    AugmentOpt,
+    BatchSizeOpt,
+    ChannelsLastOpt,
+    ChannelsOpt,
+    ClassWeightingOpt,
+    ConfigOpt,
+    DataOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EpochsOpt,
+    GradClipOpt,
+    InputSizeOpt,
+    JsonOpt,
+    LabelSmoothingOpt,
+    LrOpt,
+    MaxStepsOpt,
+    MomentumOpt,
+    NumWorkersOpt,
+    OptimizerOpt,
+    OutOpt,
+    QuietOpt,
+    ResumeOpt,
+    SeedOpt,
+    SelectMetricOpt,
+    SmallInputOpt,
+    WarmupEpochsOpt,
+    WeightDecayOpt,
+    config_value,
+    console,
+    emit_json,
+    resolve_config,
+)
+from edgekd.cli._render import metrics_table
+from edgekd.data.preprocess import ChannelMode
+from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, TrainConfig
+
+D, C = "Distillation", "Teacher cache"
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+@app.command()
+def distill(
+    ctx: typer.Context,
+    out: OutOpt,
+    student: Annotated[
+        str,
+        typer.Option(
+            "--student",
+            "-s",
+            help="Registry name (small:resnet8x4, tv:mobilenet_v3_small) or a model directory.",
+            rich_help_panel=D,
+        ),
+    ] = "",
+    teacher: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--teacher",
+            "-t",
+            help="Model directory, onnx:FILE.onnx, ckpt:FILE@MODEL or a pretrained registry name; repeat for several.",
+            rich_help_panel=D,
+        ),
+    ] = None,
+    data: DataOpt = "pneumoniamnist",
+    loss: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--loss",
+            "-l",
+            help="NAME[:WEIGHT][,key=value...], repeatable (default: ce:1 + kd:1,T=4). See `edgekd losses`.",
+            rich_help_panel=D,
+        ),
+    ] = None,
+    teacher_weight: Annotated[
+        list[float] | None,
+        typer.Option(help="One per --teacher, in order (normalised; default equal).", rich_help_panel=D),
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option(help="Start a registry student from pretrained weights (downloads once).", rich_help_panel=D)
+    ] = False,
+    pretrained_teacher: Annotated[
+        bool, typer.Option(help="Allow a registry-name teacher with its pretrained weights.", rich_help_panel=D)
+    ] = False,
+    trust_pickle: Annotated[
+        bool, typer.Option(help="Allow ckpt: teachers that are pickled models (runs code).", rich_help_panel=D)
+    ] = False,
+    cache_teacher: Annotated[
+        bool,
+        typer.Option(
+            help="Compute teacher logits once per sample and view, store them memory-mapped (fp16).", rich_help_panel=C
+        ),
+    ] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Cache folder (default OUT/teacher_cache); share it between runs.", rich_help_panel=C),
+    ] = None,
+    cache_topk: Annotated[
+        int | None, typer.Option(help="Store only the top-k logits (the rest spread uniformly).", rich_help_panel=C)
+    ] = None,
+    cache_views: Annotated[
+        int | None,
+        typer.Option(
+            help="Augmentation views to cache (default: --epochs); epoch e replays view e mod V.", rich_help_panel=C
+        ),
+    ] = None,
+    cache_readonly: Annotated[
+        bool, typer.Option(help="Never write the cache; error if it does not match.", rich_help_panel=C)
+    ] = False,
+    small_input: SmallInputOpt = False,
+    channels: ChannelsOpt = ChannelMode.ADAPT,
+    input_size: InputSizeOpt = None,
+    epochs: EpochsOpt = 10,
+    batch_size: BatchSizeOpt = 128,
+    optimizer: OptimizerOpt = OptimizerName.ADAMW,
+    lr: LrOpt = 2e-3,
+    momentum: MomentumOpt = 0.9,
+    weight_decay: WeightDecayOpt = 5e-4,
+    warmup_epochs: WarmupEpochsOpt = 1.0,
+    label_smoothing: LabelSmoothingOpt = 0.0,
+    class_weighting: ClassWeightingOpt = ClassWeighting.NONE,
+    augment: AugmentOpt = "none",
+    grad_clip: GradClipOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = DeviceName.AUTO,
+    amp: AmpOpt = None,
+    channels_last: ChannelsLastOpt = None,
+    select_metric: SelectMetricOpt = "auroc",
+    num_workers: NumWorkersOpt = 0,
+    max_steps_per_epoch: MaxStepsOpt = None,
+    resume: ResumeOpt = False,
+    config: ConfigOpt = None,
+    download: DownloadOpt = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Distil one or more teachers into a compact student (soft-label and feature losses).
+
+    Example: edgekd distill --student small:resnet8x4 --teacher runs/teacher --data pneumoniamnist --loss ce:1 --loss kd:1,T=4 --cache-teacher --out runs/student
+    """
+    flags = {k: v for k, v in locals().items() if k != "ctx"}  # first: only the options are local yet
+    from edgekd.cli._train import command_line
+    from edgekd.distill import DEFAULT_LOSSES, distill_model
+    from edgekd.errors import InvalidInputError
+
+    cfg = resolve_config(ctx, TrainConfig, config, flags)
+    opt = {
+        name: config_value(ctx, config, name, flags[name])
+        for name in (
+            "student",
+            "data",
+            "teacher",
+            "loss",
+            "teacher_weight",
+            "cache_teacher",
+            "cache_topk",
+            "cache_views",
+        )
+    }
+    if not opt["student"]:
+        raise InvalidInputError("no student given", "pass --student NAME (see `edgekd zoo`) or a model directory")
+    if not _as_list(opt["teacher"]):
+        raise InvalidInputError("no teacher given", "pass --teacher DIR (a model directory from `edgekd train`)")
+    card = distill_model(
+        opt["student"], _as_list(opt["teacher"]), opt["data"], out, cfg,
+        losses=_as_list(opt["loss"]) or DEFAULT_LOSSES, teacher_weights=_as_list(opt["teacher_weight"]) or None,
+        cache_teacher=bool(opt["cache_teacher"]), cache_dir=cache_dir, topk=opt["cache_topk"],
+        cache_views=opt["cache_views"], cache_readonly=cache_readonly, small_input=small_input, channels=channels,
+        input_size=input_size, pretrained=pretrained, pretrained_teacher=pretrained_teacher,
+        trust_pickle=trust_pickle, resume=resume, progress=not quiet, download=download, command=command_line(),
+    )  # fmt: skip
+    if not quiet and json_out != "-":
+        notes = card.lineage.notes
+        cache = f"; teacher cache {notes['cache']['status']}" if "cache" in notes else ""
+        console.print(
+            f"best epoch {card.metrics['best_epoch']['epoch']} by val {cfg.select_metric}; losses "
+            f"{' + '.join(card.lineage.losses)}{cache}; model directory: [bold]{out}[/]"
+        )
+        metrics_table("test metrics", card.metrics["test"], card.label_names)
+    emit_json({"out": str(out), "metrics": card.metrics, "params": card.params, "lineage": card.lineage}, json_out)
+
+
+def _show(value: Any) -> str:
+    if value == "":
+        return "LAYER"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def losses(json_out: JsonOpt = None) -> None:
+    """List the distillation losses with their kind, parameters and defaults.
+
+    Example: edgekd losses        edgekd distill ... --loss ce:1 --loss dkd:1,beta=8,T=4
+    """
+    from edgekd.distill import list_losses
+
+    rows = list_losses()
+    if json_out != "-":
+        t = Table(title="losses (--loss NAME[:WEIGHT][,key=value...])")
+        for col in ("name", "kind", "parameters (defaults)", "paper"):
+            t.add_column(col)
+        for r in rows:
+            params = ", ".join(f"{k}={_show(v)}" for k, v in r["params"].items()) or "-"
+            t.add_row(r["name"], r["kind"], params, r["summary"])
+        console.print(t)
+    emit_json(rows, json_out)

@@ -1,0 +1,161 @@
+"""`edgekd prune`: structural pruning with recovery fine-tuning (thin: parse, validate, call, render)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgekd.cli._app import app
+from edgekd.cli._options import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    console,
+    emit_json,
+    resolve_config,
+)  # fmt: skip
+from edgekd.cli._render import fmt
+from edgekd.distill import DeviceName, OptimizerName, TrainConfig
+
+P, R, T = "Pruning", "Recovery", "Teacher"
+
+
+def _csv(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+@app.command()
+def prune(
+    ctx: typer.Context,
+    model_dir: Annotated[Path, typer.Argument(help="Model directory to prune.")],
+    out: OutOpt,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", help="Data spec (default: the data the model was trained on).", rich_help_panel="Data"
+        ),
+    ] = None,
+    importance: Annotated[
+        str, typer.Option(help="l1 | l2 | taylor | bn-scale | lamp | random.", rich_help_panel=P)
+    ] = "l2",
+    ratio: Annotated[
+        float | None, typer.Option(help="Target: remove this fraction of the channels.", rich_help_panel=P)
+    ] = None,
+    target_macs: Annotated[
+        float | None, typer.Option(help="Target: keep this fraction of the MACs (0.5 halves them).", rich_help_panel=P)
+    ] = None,
+    target_params: Annotated[
+        float | None, typer.Option(help="Target: keep this fraction of the parameters.", rich_help_panel=P)
+    ] = None,
+    steps: Annotated[
+        int, typer.Option(help="Prune in this many steps, fine-tuning after each.", rich_help_panel=P)
+    ] = 1,
+    global_pruning: Annotated[
+        bool,
+        typer.Option(
+            "--global/--per-layer",
+            help="Rank channels across layers, or prune every layer by the same ratio.",
+            rich_help_panel=P,
+        ),
+    ] = True,
+    keep: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated module paths never pruned, e.g. layer3,fc "
+            "(the classifier's outputs are always kept).",
+            rich_help_panel=P,
+        ),
+    ] = None,
+    round_to: Annotated[
+        int | None, typer.Option(help="Keep channel counts multiples of this (8 for tensor cores).", rich_help_panel=P)
+    ] = None,
+    max_layer_ratio: Annotated[
+        float, typer.Option(help="No layer loses more than this fraction of its channels.", rich_help_panel=P)
+    ] = 0.9,
+    recovery_epochs: Annotated[
+        int, typer.Option(help="Fine-tuning epochs after each step (0: none).", rich_help_panel=R)
+    ] = 2,
+    kd: Annotated[
+        bool,
+        typer.Option(
+            "--kd/--no-kd",
+            help="Recover by distilling from the teacher, or with cross-entropy only.",
+            rich_help_panel=R,
+        ),
+    ] = True,
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher for recovery (default: the unpruned model).", rich_help_panel=T)
+    ] = None,
+    loss: Annotated[
+        list[str] | None,
+        typer.Option(help="Recovery loss terms with a teacher (default ce:1 and kd:1,T=4).", rich_help_panel=T),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(rich_help_panel=R)] = 128,
+    optimizer: Annotated[OptimizerName, typer.Option(rich_help_panel=R)] = OptimizerName.ADAMW,
+    lr: Annotated[float, typer.Option(help="Peak fine-tuning learning rate.", rich_help_panel=R)] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(rich_help_panel=R)] = 5e-4,
+    warmup_epochs: Annotated[float, typer.Option(rich_help_panel=R)] = 0.0,
+    augment: Annotated[str, typer.Option(help="none | light | medical.", rich_help_panel=R)] = "none",
+    select_metric: Annotated[
+        str, typer.Option(help="Validation metric picking the best recovery epoch.", rich_help_panel=R)
+    ] = "auroc",
+    max_steps_per_epoch: Annotated[int | None, typer.Option(hidden=True)] = None,
+    latency_batch: Annotated[
+        int, typer.Option(help="Batch size of the ORT CPU latency measurement (0: skip).", rich_help_panel="Output")
+    ] = 32,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = DeviceName.AUTO,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Prune channels structurally (Torch-Pruning DepGraph), recovering accuracy with the teacher.
+
+    Example: edgekd prune runs/student --target-macs 0.5 --steps 2 --importance lamp --out runs/student-pruned
+    """
+    from edgekd.cli._train import command_line
+    from edgekd.distill import DEFAULT_LOSSES
+    from edgekd.prune import PruneConfig, PruneTarget, prune_model_dir
+
+    flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
+    train_cfg = resolve_config(ctx, TrainConfig, config, flags, section="recovery")
+    target = PruneTarget.from_options(ratio=ratio, target_macs=target_macs, target_params=target_params)
+    cfg = PruneConfig(importance=importance, target=target, steps=steps, global_pruning=global_pruning,
+                      keep=_csv(keep), round_to=round_to, max_layer_ratio=max_layer_ratio,
+                      recovery_epochs=recovery_epochs, kd=kd, teacher=teacher, losses=loss or list(DEFAULT_LOSSES),
+                      latency_batch=latency_batch or None, train=train_cfg)  # fmt: skip
+    report = prune_model_dir(model_dir, out, cfg, data=data, progress=not quiet, command=command_line())
+    if not quiet and json_out != "-":
+        _render(report)
+    emit_json(report, json_out)
+
+
+def _render(report) -> None:
+    t = Table(title=f"{report.source} -> {report.out} ({report.importance}, {report.target.describe()})")
+    for col in (
+        "",
+        "params",
+        "MACs",
+        "size (bytes)",
+        f"ORT CPU ms (batch {report.after.latency_batch})",
+        "val auroc",
+        "test auroc",
+    ):
+        t.add_column(col, justify="right")
+    for name, stats, metrics in (
+        ("before", report.before, report.metrics_before),
+        ("after", report.after, report.metrics_after),
+    ):
+        t.add_row(name, fmt(stats.params), fmt(stats.macs), fmt(stats.size_bytes), fmt(stats.latency_ms),
+                  fmt(metrics["val"].get("auroc")), fmt(metrics["test"].get("auroc")))  # fmt: skip
+    console.print(t)
+    speed = f", latency speed-up {report.latency_speedup:.2f}x" if report.latency_speedup else ""
+    console.print(f"MACs kept {report.after.macs / report.before.macs:.3f}{speed}; recovery: {report.recovery}"
+                  + ("" if report.target_met else " [yellow](target not reached: raise --max-layer-ratio or "
+                     "drop --keep)[/]"))  # fmt: skip

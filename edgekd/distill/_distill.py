@@ -1,0 +1,452 @@
+"""Distillation: the objective that combines task, logit and feature losses, and `edgekd distill`.
+
+:func:`build_distill_objective` turns a student, its preprocessing, teachers and loss terms into an
+:class:`~edgekd.distill.Objective` for the shared training loop (:func:`~edgekd.distill.fit`); the
+objective runs the student under feature taps, gets teacher outputs (live, or from a
+:class:`~edgekd.distill.TeacherCache`) and returns the weighted total with every term for the progress
+bar. :func:`distill_model` is the whole `edgekd distill` run, ending in an ordinary model directory.
+
+Several teachers: a logit loss is computed against each teacher and the results are combined with the
+normalised teacher weights, ``L = sum_k w_k * loss(s, t_k)`` (for ``kd`` this has the gradient of KD towards
+the weighted mean of the teachers' soft targets). A feature loss uses one teacher (``teacher=K``, default 0).
+
+Teacher cache and feature losses: the cache holds logits only, and feature losses need the live teacher
+every step, so a cache together with a feature loss is refused (it would save nothing).
+
+Example:
+    >>> cfg = TrainConfig(epochs=10, batch_size=128)
+    >>> card = distill_model("small:resnet8", ["runs/teacher"], "pneumoniamnist", "runs/student", cfg,
+    ...                      losses=["ce:1", "kd:1,T=4"], cache_teacher=True)
+    >>> card.lineage.teachers, card.lineage.losses
+    (['runs/teacher'], ['ce:1', 'kd:1,T=4'])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from edgekd.data import DataBundle, load_data
+from edgekd.data.preprocess import ChannelMode, Preprocess, Task
+from edgekd.distill._cache import TeacherCache
+from edgekd.distill._config import TrainConfig
+from edgekd.distill._loop import fit
+from edgekd.distill._objective import Objective
+from edgekd.distill._taps import FeatureTaps, check_layers, default_layer
+from edgekd.distill._train import class_weights, finish_run, resolve_student
+from edgekd.distill.losses import (
+    CELoss,
+    DistillLoss,
+    FeatureLoss,
+    LossBatch,
+    LossTerm,
+    ModelOutputs,
+    parse_losses,
+)
+from edgekd.errors import InvalidInputError
+from edgekd.modeldir import Lineage, ModelCard, atomic_write_text, sha256_file
+from edgekd.teachers._teacher import Teacher, load_teacher
+
+__all__ = ["DistillObjective", "build_distill_objective", "distill_model", "DEFAULT_LOSSES"]
+
+DEFAULT_LOSSES = ("ce:1", "kd:1,T=4")
+
+
+class DistillObjective(Objective):
+    """Weighted sum of loss terms over the student's and the teachers' outputs (see the module docstring).
+
+    Teachers are kept outside the module tree: they are neither optimised nor saved in checkpoints. Loss
+    modules (and FitNet adapters in them) are sub-modules, so the loop optimises and checkpoints them.
+
+    Attributes:
+        teacher_calls: teacher forward passes so far (a cache hit saves one).
+    """
+
+    def __init__(
+        self,
+        preprocess: Preprocess,
+        task: Task,
+        teachers: Sequence[Teacher],
+        terms: Sequence[LossTerm],
+        losses: Sequence[DistillLoss],
+        *,
+        teacher_weights: Sequence[float],
+        cache: TeacherCache | None,
+        student: nn.Module | None = None,
+    ) -> None:
+        super().__init__(preprocess)
+        self.task, self.teachers, self.terms = task, list(teachers), list(terms)
+        self.losses = nn.ModuleList(losses)
+        self.teacher_weights, self.cache = list(teacher_weights), cache
+        self.labels = _term_labels(self.terms)
+        self.total_epochs = 1
+        self.teacher_calls = 0
+        feats = [m for m in losses if isinstance(m, FeatureLoss)]
+        self._student_paths = list(dict.fromkeys(p for m in feats for p in m.s_paths))
+        self._teacher_paths = {
+            k: list(dict.fromkeys(p for m in feats if m.teacher == k for p in m.t_paths))
+            for k in range(len(self.teachers))
+        }
+        self._needs_logits = any(m.kind == "logit" for m in losses)
+        self._taps = FeatureTaps(student, self._student_paths, who="student") if student is not None else None
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        self.total_epochs = total_epochs
+        for t in self.teachers:
+            t.channels_last = self.channels_last
+        if self.cache is not None:
+            self.cache.flush()  # what the previous epoch computed is on disk before this one starts
+
+    def augment_epoch(self, epoch: int) -> int:
+        """With a cache of ``V`` views, epoch ``e`` replays the augmentation of view ``e % V``."""
+        return self.cache.view_of(epoch) if self.cache is not None else epoch
+
+    def forward(self, model, images, targets, indices=None, epoch: int = 0):
+        if self._taps is None or self._taps.model is not model:
+            self._taps = FeatureTaps(model, self._student_paths, who="student")
+        with self._taps as feats:
+            logits = model(self.student_input(images))
+        student = ModelOutputs(logits, dict(feats))
+        teachers = self._teacher_outputs(images, indices, epoch)
+        batch = LossBatch(targets, self.task, epoch, self.total_epochs, indices)
+        return self._combine(student, teachers, batch)
+
+    def _combine(self, student: ModelOutputs, teachers: list[ModelOutputs], batch: LossBatch):
+        total: torch.Tensor | float = 0.0
+        terms: dict[str, torch.Tensor] = {}
+        for label, term, loss in zip(self.labels, self.terms, self.losses):
+            if loss.kind == "task":
+                value = loss(student, None, batch)
+            elif loss.kind == "logit":
+                value = sum(w * loss(student, t, batch) for w, t in zip(self.teacher_weights, teachers) if w)
+            else:
+                value = loss(student, teachers[loss.teacher], batch)
+            terms[label] = value.detach()
+            total = total + term.weight * value
+        return total, terms
+
+    def _teacher_outputs(self, images: torch.Tensor, indices, epoch: int) -> list[ModelOutputs]:
+        if self.cache is None or indices is None:
+            return [self._run_teacher(k, images) for k in range(len(self.teachers))]
+        if not self._needs_logits:
+            return [ModelOutputs(None) for _ in self.teachers]
+        view = self.cache.view_of(epoch)
+        cached, hit = self.cache.lookup(view, indices)
+        miss = ~hit
+        n_miss = int(miss.sum())
+        if n_miss == 0:  # the common case after the first pass: no teacher at all
+            return [ModelOutputs(z.to(images.device)) for z in cached]
+        computed = [
+            self._run_teacher(k, images[miss.to(images.device)]).logits.float() for k in range(len(self.teachers))
+        ]
+        self.cache.store(view, torch.as_tensor(indices)[miss], computed)
+        outs = []
+        for z_hit, z_miss in zip(cached, computed):
+            full = torch.empty(len(images), z_miss.shape[1], device=images.device, dtype=z_miss.dtype)
+            full[miss.to(images.device)] = z_miss
+            if n_miss < len(images):
+                full[hit.to(images.device)] = z_hit.to(images.device)
+            outs.append(ModelOutputs(full))
+        return outs
+
+    def _run_teacher(self, k: int, images: torch.Tensor) -> ModelOutputs:
+        teacher = self.teachers[k]
+        paths = self._teacher_paths.get(k, [])
+        if not paths and not self._needs_logits:
+            return ModelOutputs(None)
+        self.teacher_calls += 1
+        if teacher.kind == "onnx":
+            return ModelOutputs(teacher.logits(images))
+        return teacher.run(images, paths)
+
+
+def _term_labels(terms: Sequence[LossTerm]) -> list[str]:
+    """``kd``, ``fitnet``, ``fitnet_2``: one unique progress-bar label per term."""
+    labels: list[str] = []
+    for term in terms:
+        label, n = term.name, 1
+        while label in labels:
+            n += 1
+            label = f"{term.name}_{n}"
+        labels.append(label)
+    return labels
+
+
+def _normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    if weights is None or len(weights) == 0:
+        return [1.0 / n] * n if n else []
+    if len(weights) != n:
+        raise InvalidInputError(
+            f"{len(weights)} teacher weights for {n} teachers",
+            "give one --teacher-weight per --teacher, in the same order",
+        )
+    if any(not w >= 0 for w in weights) or sum(weights) <= 0:
+        raise InvalidInputError(f"teacher weights must be >= 0 with a positive sum, got {list(weights)}")
+    total = float(sum(weights))
+    return [float(w) / total for w in weights]
+
+
+def _check_terms(terms, modules, task: Task, teachers: Sequence[Teacher], cache: TeacherCache | None) -> None:
+    for term, loss in zip(terms, modules):
+        if task not in loss.tasks:
+            other = "mlkd" if task is Task.MULTILABEL else "kd"
+            raise InvalidInputError(f"loss {term.name!r} does not support {task.value} tasks", f"use {other} instead")
+        if loss.kind != "task" and not teachers:
+            raise InvalidInputError(f"loss {term.name!r} needs a teacher", "pass --teacher, or use only ce")
+        if not isinstance(loss, FeatureLoss):
+            continue
+        if loss.teacher >= len(teachers):
+            raise InvalidInputError(
+                f"{term.name}: teacher={loss.teacher} but only {len(teachers)} teacher(s)",
+                "teachers are numbered from 0 in --teacher order",
+            )
+        if teachers[loss.teacher].kind == "onnx":
+            raise InvalidInputError(
+                f"feature loss {term.name!r} needs a PyTorch teacher; "
+                f"{teachers[loss.teacher].name} is ONNX (logits only)",
+                "use logit losses (kd, dkd, dist, mlkd) with an ONNX teacher",
+            )
+        if cache is not None:
+            raise InvalidInputError(
+                f"feature loss {term.name!r} needs the live teacher every step, so the teacher "
+                "cache (logits only) would save nothing",
+                "drop --cache-teacher",
+            )
+    if cache is not None and cache.num_teachers != len(teachers):
+        raise InvalidInputError(f"the teacher cache holds {cache.num_teachers} teacher(s), not {len(teachers)}")
+
+
+@torch.no_grad()
+def _feature_shapes(model: nn.Module, preprocess: Preprocess, paths: list[str], who: str) -> dict[str, torch.Size]:
+    """Output shapes of the tapped modules on a dummy batch (eval mode: BN statistics stay untouched)."""
+    if not paths:
+        return {}
+    was_training = model.training
+    p = next(model.parameters(), None)
+    x = torch.zeros(
+        2,
+        preprocess.data_channels,
+        *preprocess.input_size,
+        dtype=torch.uint8,
+        device=p.device if p is not None else "cpu",
+    )
+    model.eval()
+    try:
+        with FeatureTaps(model, paths, who=who) as feats:
+            model(preprocess(x))
+    finally:
+        model.train(was_training)
+    return {k: v.shape for k, v in feats.items()}
+
+
+def _bind_features(
+    student: nn.Module, preprocess: Preprocess, teachers: Sequence[Teacher], modules: Sequence[DistillLoss]
+) -> None:
+    feats = [m for m in modules if isinstance(m, FeatureLoss)]
+    for loss in feats:
+        teacher = teachers[loss.teacher]
+        loss.resolve_layers(default_layer(student, "student"), default_layer(teacher.model, f"teacher {teacher.name}"))
+        check_layers(student, loss.s_paths, "student")
+        check_layers(teacher.model, loss.t_paths, f"teacher {teacher.name}")
+    for loss in feats:
+        teacher = teachers[loss.teacher]
+        s_shapes = _feature_shapes(student, preprocess, loss.s_paths, "student")
+        t_shapes = _feature_shapes(teacher.model, teacher.preprocess, loss.t_paths, f"teacher {teacher.name}")
+        loss.bind(s_shapes, t_shapes)
+
+
+def build_distill_objective(
+    student: nn.Module,
+    preprocess: Preprocess,
+    task: Task,
+    teachers: Sequence[Teacher],
+    losses: Sequence[LossTerm | str],
+    *,
+    teacher_weights: Sequence[float] | None = None,
+    cache: TeacherCache | None = None,
+    label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
+) -> DistillObjective:
+    """The distillation objective for :func:`~edgekd.distill.fit`.
+
+    Args:
+        student: the network being trained (any ``nn.Module``, e.g. a pruned model).
+        preprocess: the student's preprocessing.
+        task: the data's task (decides CE vs BCE and which losses apply).
+        teachers: the teachers (see :func:`~edgekd.distill.load_teacher`).
+        losses: terms as :class:`LossTerm` or strings (``"kd:0.9,T=4"``).
+        teacher_weights: one weight per teacher (normalised to sum 1); default equal.
+        cache: a teacher-output cache for logit losses.
+        label_smoothing: for the ``ce`` term (unless it sets ``smoothing=``).
+        class_weights: for the ``ce`` term.
+
+    Raises:
+        InvalidInputError: a loss that does not fit the task, a teacher-needing loss without teachers, a
+            feature loss with an ONNX teacher or with a cache, an unknown layer (the hint lists tap points).
+
+    Example:
+        >>> objective = build_distill_objective(pruned, card.preprocess, card.task, [teacher],
+        ...                                     [parse_loss("ce:1"), parse_loss("kd:1,T=4")])
+        >>> result = fit(pruned, objective, data, cfg, out, preprocess=card.preprocess)
+    """
+    terms = parse_losses(losses)
+    weights = _normalise_weights(teacher_weights, len(teachers))
+    modules = [term.build() for term in terms]
+    _check_terms(terms, modules, task, teachers, cache)
+    for m in modules:
+        if isinstance(m, CELoss):
+            m.configure(label_smoothing=label_smoothing, class_weights=class_weights)
+    _bind_features(student, preprocess, teachers, modules)
+    return DistillObjective(
+        preprocess, task, teachers, terms, modules, teacher_weights=weights, cache=cache, student=student
+    )
+
+
+def _config_record(cfg: TrainConfig, **extra: Any) -> str:
+    record = json.loads(cfg.model_dump_json())
+    record.update({k: v for k, v in extra.items() if v is not None})
+    return yaml.safe_dump(record, sort_keys=False)
+
+
+def _open_cache(cache_dir, out: Path, teachers, bundle, cfg: TrainConfig, *, views, topk, readonly) -> TeacherCache:
+    return TeacherCache.open(
+        Path(cache_dir) if cache_dir else out / "teacher_cache",
+        teachers=teachers,
+        data=bundle,
+        augment=cfg.augment,
+        seed=cfg.seed,
+        views=views or cfg.epochs,
+        topk=topk,
+        readonly=readonly,
+    )
+
+
+def distill_model(
+    student: str,
+    teachers: Sequence[str],
+    data: str | DataBundle,
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    losses: Sequence[str | LossTerm] = DEFAULT_LOSSES,
+    teacher_weights: Sequence[float] | None = None,
+    cache_teacher: bool = False,
+    cache_dir: str | Path | None = None,
+    topk: int | None = None,
+    cache_views: int | None = None,
+    cache_readonly: bool = False,
+    small_input: bool = False,
+    channels: ChannelMode = ChannelMode.ADAPT,
+    input_size: int | None = None,
+    pretrained: bool = False,
+    pretrained_teacher: bool = False,
+    trust_pickle: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    download: bool = False,
+    command: str = "",
+) -> ModelCard:
+    """Distil ``teachers`` into ``student`` and write the best epoch as a model directory at ``out``.
+
+    Args:
+        student: registry name (``small:resnet8``) or a model directory to continue from.
+        teachers: teacher references (see :func:`~edgekd.distill.load_teacher`).
+        data: data spec or an already loaded bundle.
+        out: output model directory (also holds ``checkpoint/``, ``config.yaml``, ``history.jsonl``).
+        cfg: optimisation and run settings (as `edgekd train`).
+        losses: loss terms, default ``ce:1`` + ``kd:1,T=4``.
+        teacher_weights: one per teacher (normalised); default equal.
+        cache_teacher: cache teacher logits (see :class:`~edgekd.distill.TeacherCache`).
+        cache_dir: where (default ``OUT/teacher_cache``); share it between runs to reuse the teacher pass.
+        topk: store only the top-k logits per sample (the rest spread uniformly).
+        cache_views: augmentation views to cache (default: ``cfg.epochs``, i.e. every epoch its own view, as
+            without a cache; fewer views make later epochs replay earlier augmentations and skip the teacher).
+        cache_readonly: never write the cache; a missing or mismatching cache is an error.
+        small_input, channels, input_size: how to build a registry student (as `edgekd train`).
+        pretrained: start a registry student from its pretrained weights (as `edgekd train --pretrained`).
+        pretrained_teacher: allow a registry-name teacher with its pretrained weights.
+        trust_pickle: allow checkpoint teachers that are pickled models.
+        resume: continue from ``out/checkpoint``.
+        progress: show progress bars.
+        download: allow downloading ``tv:`` datasets.
+        command: the command line, for the lineage.
+
+    Returns:
+        The card of the written model directory (lineage stage ``distill`` naming teachers and losses).
+    """
+    torch.manual_seed(cfg.seed)
+    bundle = data if isinstance(data, DataBundle) else load_data(data, download=download, seed=cfg.seed)
+    terms = parse_losses(losses)
+    net, spec, pre, parent = resolve_student(
+        student, bundle, small_input=small_input, pretrained=pretrained, channels=channels, input_size=input_size
+    )
+    loaded = [load_teacher(t, data=bundle, pretrained=pretrained_teacher, trust_pickle=trust_pickle) for t in teachers]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = (
+        _open_cache(cache_dir, out, loaded, bundle, cfg, views=cache_views, topk=topk, readonly=cache_readonly)
+        if cache_teacher
+        else None
+    )
+    objective = build_distill_objective(
+        net,
+        pre,
+        bundle.task,
+        loaded,
+        terms,
+        teacher_weights=teacher_weights,
+        cache=cache,
+        label_smoothing=cfg.label_smoothing,
+        class_weights=class_weights(bundle, cfg.class_weighting),
+    )
+    record = _config_record(
+        cfg,
+        student=student,
+        data=bundle.spec,
+        teacher=[str(t) for t in teachers],
+        loss=[str(t) for t in terms],
+        teacher_weight=list(teacher_weights or []) or None,
+    )
+    atomic_write_text(out / "config.yaml", record)
+    try:
+        result = fit(net, objective, bundle, cfg, out, preprocess=pre, resume=resume, progress=progress)
+    finally:
+        if cache is not None:
+            cache.flush()
+    lineage = Lineage(
+        command=command,
+        parent=parent,
+        data=bundle.spec,
+        stage="distill",
+        teachers=[t.name for t in loaded],
+        losses=[str(t) for t in terms],
+        parent_sha256=sha256_file(Path(parent) / "model.safetensors") if parent else None,
+        notes=_notes(objective, loaded, cache),
+    )
+    card = finish_run(net, result, spec=spec, preprocess=pre, data=bundle, cfg=cfg, out=out, lineage=lineage)
+    atomic_write_text(out / "config.yaml", record)
+    return card
+
+
+def _notes(objective: DistillObjective, teachers: Sequence[Teacher], cache: TeacherCache | None) -> dict[str, Any]:
+    notes: dict[str, Any] = {
+        "teacher_weights": objective.teacher_weights,
+        "teacher_sha256": [t.fingerprint for t in teachers],
+        "teacher_calls": objective.teacher_calls,
+    }
+    if cache is not None:
+        notes["cache"] = {
+            "dir": str(cache.directory),
+            "status": cache.status,
+            "views": cache.views,
+            "topk": cache.topk,
+            "hits": cache.hits,
+            "misses": cache.misses,
+        }
+    return notes

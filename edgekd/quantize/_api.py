@@ -1,0 +1,347 @@
+"""`edgekd quantize`: a model directory to a verified INT8 (or FP16) bundle for one deployment target.
+
+The run: export the FP32 ONNX; make the low-precision file with the chosen method (``ptq``: ONNX Runtime
+static QDQ quantization with calibration and optional sensitivity analysis; ``qat``: quantization-aware
+training with distillation; ``fp16``: FP16 weights and compute for GPU targets); check parity against PyTorch
+(INT8/FP16: top-1 agreement) and, for ``tensorrt``, the TensorRT lint; evaluate FP32 and low-precision files
+through ONNX Runtime on the test split with the metrics of `edgekd eval`; write the bundle (the low-precision
+ONNX, the FP32 reference, parity results, the accuracy change in ``manifest["extra"]["quantization"]``).
+
+The shipped FP32 reference is the exact FP32 source of the low-precision file, so parity and `edgekd verify`
+compare each file with one set of reference logits: the input model for ``ptq``/``fp16``; for ``qat`` the
+QAT-tuned weights without quantizers (``metrics["fp32_qat_tuned"]``). The reported change (``delta``) is always
+against the *input* FP32 model (``metrics["fp32"]``): what the compression cost.
+
+A failed check raises before anything is written (:func:`edgekd.export.write_bundle` is atomic): failure
+leaves nothing at ``out``.
+
+Example:
+    >>> cfg = QuantizeConfig(method="ptq", target="cpu-x86", calibration="entropy")
+    >>> result = quantize_model_dir("runs/student", "bundles/student-int8", cfg)
+    >>> result.delta["acc"]  # points of accuracy INT8 minus FP32 (ONNX Runtime, test split)
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from edgekd.data import DataBundle
+from edgekd.distill import DEFAULT_LOSSES, TrainConfig
+from edgekd.errors import InvalidInputError, VerificationError
+from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, sha256_file
+from edgekd.quantize._data import CalibrationReader, evaluate_onnx, split_inputs
+from edgekd.quantize._ptq import Calibration, prepare_onnx, qdq_summary, quantize_onnx
+from edgekd.quantize._qat import QAT_BACKENDS, qat_finetune, strip_fake_quant
+from edgekd.quantize._sensitivity import SensitivityReport, sensitivity_search
+from edgekd.quantize._targets import TARGETS, QuantScheme
+
+__all__ = ["QuantMethod", "QuantizeConfig", "QuantizeResult", "quantize_model_dir", "BUDGET_METRICS"]
+
+BUDGET_METRICS = ("acc", "auroc", "balanced_acc", "f1_macro")
+REFERENCE_BYTES = 8 << 20  # at most this much of parity inputs stored in the bundle for `edgekd verify`
+SENSITIVITY_SAMPLES = 2000  # at most this many validation samples decide the sensitivity budget
+TRT_PROFILE = {"min_batch": 1, "opt_batch": 8, "max_batch": 32}
+
+
+class QuantMethod(str, Enum):
+    PTQ = "ptq"
+    QAT = "qat"
+    FP16 = "fp16"
+
+
+class QuantizeConfig(BaseModel):
+    """Everything that decides a quantization run.
+
+    Attributes:
+        method: ``ptq``, ``qat`` or ``fp16``.
+        target: a registered target (:data:`~edgekd.quantize.TARGETS`): decides the INT8 scheme.
+        calibration: ``minmax``, ``entropy`` or ``percentile``.
+        calib_samples: training samples for calibration.
+        sensitivity: keep the most sensitive nodes in FP32 until ``max_drop`` is met (PTQ).
+        max_drop: allowed validation drop of ``metric``, in points.
+        metric: the budget's metric.
+        max_fp32_nodes: most nodes the sensitivity search keeps in FP32.
+        parity_samples: test samples of the parity check.
+        opset: ONNX opset of the export.
+        qat_backend: ``auto``, ``modelopt`` or ``torch``.
+        kd: distil from the teacher during QAT.
+        teacher: QAT teacher (default: the FP32 model itself).
+        losses: QAT loss terms with a teacher.
+        train: QAT fine-tuning hyper-parameters.
+        eval_split: split on which FP32 and low-precision files are compared.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: QuantMethod = QuantMethod.PTQ
+    target: str = "cpu-x86"
+    calibration: Calibration = Calibration.MINMAX
+    calib_samples: int = Field(256, ge=1)
+    sensitivity: bool = False
+    max_drop: float = Field(0.5, ge=0)
+    metric: str = "acc"
+    max_fp32_nodes: int | None = Field(None, ge=1)
+    parity_samples: int = Field(256, ge=8)
+    opset: int = Field(17, ge=13)
+    qat_backend: str = "auto"
+    kd: bool = True
+    teacher: str | None = None
+    losses: list[str] = Field(default_factory=lambda: list(DEFAULT_LOSSES))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-4, warmup_epochs=0.0))
+    eval_split: str = "test"
+
+    def check(self) -> None:
+        """Validate names and combinations (pydantic validators would hide the helpful errors).
+
+        Raises:
+            UnknownNameError: an unknown target or QAT backend (exit 3, with close names).
+            InvalidInputError: an unknown budget metric, or ``fp16`` for a CPU target (exit 3).
+        """
+        scheme = TARGETS.get(self.target)
+        if self.qat_backend != "auto":
+            QAT_BACKENDS.get(self.qat_backend)
+        if self.metric not in BUDGET_METRICS:
+            raise InvalidInputError(f"unknown budget metric {self.metric!r}", f"use one of {', '.join(BUDGET_METRICS)}")
+        if self.method is QuantMethod.FP16 and not scheme.gpu:
+            raise InvalidInputError(
+                f"--method fp16 is for GPU targets; {self.target} is a CPU target",
+                "use --target tensorrt, or --method ptq/qat for CPUs",
+            )
+
+
+class QuantizeResult(BaseModel):
+    """What a quantization run made and measured (also in ``manifest["extra"]["quantization"]``)."""
+
+    source: str
+    out: str
+    data: str
+    method: QuantMethod
+    target: str
+    precision: str
+    scheme: dict[str, Any]
+    split: str
+    metrics: dict[str, dict[str, Any]]
+    delta: dict[str, float]
+    sizes: dict[str, int]
+    parity: list[dict[str, Any]]
+    lint_errors: list[str] = Field(default_factory=list)
+    qdq: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    sensitivity: SensitivityReport | None = None
+    qat: dict[str, Any] | None = None
+
+
+def _calibration_inputs(data: DataBundle, card: ModelCard, cfg: QuantizeConfig) -> np.ndarray:
+    return split_inputs(data, "train", card.preprocess, n=cfg.calib_samples, seed=cfg.train.seed)[0]
+
+
+def _ptq(
+    fp32: Path,
+    work: Path,
+    scheme: QuantScheme,
+    data: DataBundle,
+    card: ModelCard,
+    cfg: QuantizeConfig,
+    calib: np.ndarray,
+) -> tuple[Path, dict[str, Any]]:
+    pre = prepare_onnx(fp32, work / "model.pre.onnx")
+    reader = CalibrationReader(calib, batch_size=32)
+    dst = work / "model.int8.onnx"
+    details: dict[str, Any] = {"calibration": {"method": cfg.calibration.value, "samples": len(calib)}}
+    if not cfg.sensitivity:
+        quantize_onnx(pre, dst, scheme, reader, calibration=cfg.calibration)
+        return dst, details
+    x_val, y_val = split_inputs(data, "val", card.preprocess, n=SENSITIVITY_SAMPLES, spread=True)
+    scratch = work / "sensitivity"
+    scratch.mkdir()
+    details["sensitivity"] = sensitivity_search(
+        pre, dst, scheme, reader, x_val=x_val, y_val=y_val, task=data.task, work=scratch,
+        calibration=cfg.calibration, metric=cfg.metric, max_drop=cfg.max_drop, max_nodes=cfg.max_fp32_nodes,
+    )  # fmt: skip
+    return dst, details
+
+
+def _qat(
+    model: nn.Module,
+    card: ModelCard,
+    source: Path,
+    work: Path,
+    scheme: QuantScheme,
+    data: DataBundle,
+    cfg: QuantizeConfig,
+    calib: np.ndarray,
+    progress: bool,
+) -> tuple[Path, dict[str, Any]]:
+    from edgekd.distill import load_teacher
+    from edgekd.export import export_onnx
+
+    teacher = load_teacher(cfg.teacher or str(source), data=data) if cfg.kd else None
+    qat, record = qat_finetune(
+        model,
+        card,
+        data,
+        scheme,
+        cfg.train,
+        work / "qat",
+        calib=calib,
+        backend=cfg.qat_backend,
+        teacher=teacher,
+        losses=cfg.losses,
+        progress=progress,
+    )
+    dst = work / "model.int8.onnx"
+    tuned_model, tuned = strip_fake_quant(qat, card), work / "model.qat-fp32.onnx"
+    export_onnx(tuned_model, card, tuned, opset=cfg.opset)
+    details: dict[str, Any] = {"qat": record, "reference": (tuned_model, tuned)}
+    if scheme.name == "tensorrt":  # the fake-quant graph is TensorRT's explicit-quantization input
+        record["export"] = export_onnx(qat, card, dst, opset=cfg.opset)
+        return dst, details
+    pre = prepare_onnx(tuned, work / "model.qat-pre.onnx")
+    quantize_onnx(pre, dst, scheme, CalibrationReader(calib), calibration=cfg.calibration)
+    details["calibration"] = {"method": cfg.calibration.value, "samples": len(calib)}
+    return dst, details
+
+
+def _fp16(fp32: Path, work: Path) -> tuple[Path, dict[str, Any]]:
+    from edgekd.export import to_fp16
+
+    dst = work / "model.fp16.onnx"
+    to_fp16(fp32, dst)
+    return dst, {}
+
+
+def _delta(fp32: dict[str, Any], low: dict[str, Any]) -> dict[str, float]:
+    """Low precision minus FP32, in points (x100), for every scalar metric both have."""
+    out = {}
+    for k, v in fp32.items():
+        w = low.get(k)
+        if isinstance(v, float) and isinstance(w, float) and not (math.isnan(v) or math.isnan(w)):
+            out[k] = 100.0 * (w - v)
+    return out
+
+
+def _verify(parity: list, lint: list) -> None:
+    failed = [p.summary() for p in parity if not p.passed]
+    errors = [str(f) for f in lint if f.severity == "error"]
+    if failed or errors:
+        raise VerificationError("; ".join([*failed, *errors[:3]]) + ("" if len(errors) <= 3 else " ..."),
+                                "try --calibration entropy or percentile, --sensitivity, or --method qat")  # fmt: skip
+
+
+def _quantized_card(
+    card: ModelCard, source: Path, data: DataBundle, cfg: QuantizeConfig, metrics: dict, details: dict, command: str
+) -> ModelCard:
+    qat = details.get("qat") or {}
+    notes = {"method": cfg.method.value, "target": cfg.target, "calibration": details.get("calibration"),
+             "fp32_nodes": details["sensitivity"].fp32_nodes if details.get("sensitivity") else [],
+             "qat_backend": qat.get("backend")}  # fmt: skip
+    lineage = Lineage(command=command, parent=str(source), parent_sha256=sha256_file(source / WEIGHTS_FILE),
+                      data=data.spec, teachers=[qat["teacher"]] if qat.get("teacher") else [],
+                      losses=qat.get("losses", []), stage="quantize", notes=notes)  # fmt: skip
+    return card.model_copy(update={"lineage": lineage, "metrics": {**card.metrics, "onnxruntime": metrics}})
+
+
+def _make_low_precision(model, card, source, work, fp32, data, cfg, progress) -> tuple[Path, dict[str, Any]]:
+    scheme = TARGETS.get(cfg.target)
+    if cfg.method is QuantMethod.FP16:
+        return _fp16(fp32, work)
+    calib = _calibration_inputs(data, card, cfg)
+    if cfg.method is QuantMethod.QAT:
+        return _qat(model, card, source, work, scheme, data, cfg, calib, progress)
+    return _ptq(fp32, work, scheme, data, card, cfg, calib)
+
+
+def _check(reference: nn.Module, card: ModelCard, data: DataBundle, cfg: QuantizeConfig, fp32: Path, low: Path,
+           precision) -> dict[str, Any]:  # fmt: skip
+    """Parity of both shipped files against their PyTorch source, and the TensorRT lint; raises on failure."""
+    from edgekd.export import Reference, lint_onnx, parity_check, torch_logits
+
+    x, _ = split_inputs(data, "test", card.preprocess, n=cfg.parity_samples, spread=True)
+    ref = torch_logits(reference, x)
+    source = f"{len(x)} {data.spec} test samples"
+    parity = [parity_check(low, None, card, samples=x, reference_logits=ref, precision=precision, sample_source=source),
+              parity_check(fp32, None, card, samples=x, reference_logits=ref, sample_source=source)]  # fmt: skip
+    lint = lint_onnx(low, target="tensorrt", profile=TRT_PROFILE) if cfg.target == "tensorrt" else []
+    _verify(parity, lint)
+    keep = max(1, min(len(x), REFERENCE_BYTES // max(1, x[0].nbytes)))
+    return {"parity": parity, "lint": lint, "reference": Reference(x[:keep], ref[:keep])}
+
+
+def _measure(files: dict[str, Path], data: DataBundle, card: ModelCard, split: str) -> dict[str, dict[str, Any]]:
+    """`edgekd eval` metrics of each ONNX file, run through ONNX Runtime on ``split``."""
+    return {name: evaluate_onnx(path, data, split, card.preprocess) for name, path in files.items()}
+
+
+def _result(source: Path, out: Path, data: DataBundle, cfg: QuantizeConfig, precision, metrics: dict,
+            sizes: dict, checked: dict, low: Path, details: dict) -> QuantizeResult:  # fmt: skip
+    return QuantizeResult(
+        source=str(source), out=str(out), data=data.spec, method=cfg.method, target=cfg.target,
+        precision=precision.value, scheme=TARGETS.get(cfg.target).describe(), split=cfg.eval_split,
+        metrics=metrics, delta=_delta(metrics["fp32"], metrics[precision.value]), sizes=sizes,
+        parity=[p.model_dump(mode="json") for p in checked["parity"]],
+        lint_errors=[str(f) for f in checked["lint"] if f.severity == "error"],
+        qdq=qdq_summary(low) if precision.value == "int8" else None, calibration=details.get("calibration"),
+        sensitivity=details.get("sensitivity"), qat=_qat_summary(details.get("qat")),
+    )  # fmt: skip
+
+
+def quantize_model_dir(
+    source: str | Path,
+    out: str | Path,
+    cfg: QuantizeConfig,
+    *,
+    data: str | DataBundle | None = None,
+    progress: bool = True,
+    command: str = "",
+) -> QuantizeResult:
+    """Quantize the model directory ``source`` into the bundle ``out`` (see the module docstring).
+
+    Raises:
+        ArtifactError: ``source`` is missing or malformed (exit 4).
+        InvalidInputError: a bad target, method/target pair, metric or data (exit 3).
+        DependencyError: the QAT backend asked for is not installed (exit 5).
+        VerificationError: parity failed or the TensorRT lint found errors; nothing is written (exit 6).
+    """
+    from edgekd.export import BundleFile, Precision, export_onnx, write_bundle
+    from edgekd.prune import load_model_and_data
+
+    cfg.check()
+    source, out = Path(source), Path(out)
+    model, card, bundle = load_model_and_data(source, data, seed=cfg.train.seed)
+    precision = Precision.FP16 if cfg.method is QuantMethod.FP16 else Precision.INT8
+    with tempfile.TemporaryDirectory(prefix="edgekd-quantize-") as tmp:
+        work = Path(tmp)
+        fp32 = work / "model.onnx"
+        exporter = export_onnx(model, card, fp32, opset=cfg.opset)
+        low, details = _make_low_precision(model, card, source, work, fp32, bundle, cfg, progress)
+        # The FP32 file shipped beside the low-precision one is its exact FP32 source: the input model, or
+        # for QAT the QAT-tuned weights without quantizers (so `edgekd verify` checks both against one reference).
+        ref_model, ref_onnx = details.pop("reference", (model, fp32))
+        checked = _check(ref_model, card, bundle, cfg, ref_onnx, low, precision)
+        files = {"fp32": fp32, precision.value: low, **({"fp32_qat_tuned": ref_onnx} if ref_onnx != fp32 else {})}
+        metrics = _measure(files, bundle, card, cfg.eval_split)
+        sizes = {name: path.stat().st_size for name, path in files.items()}
+        result = _result(source, out, bundle, cfg, precision, metrics, sizes, checked, low, details)
+        shipped = [BundleFile(source=low, name=low.name, precision=precision),
+                   BundleFile(source=ref_onnx, name=fp32.name, precision=Precision.FP32)]  # fmt: skip
+        extra = {"quantization": {**result.model_dump(mode="json", exclude={"out"}),
+                                  "fp32_reference": "qat-tuned" if ref_onnx != fp32 else "source"}}  # fmt: skip
+        card_q = _quantized_card(card, source, bundle, cfg, {cfg.eval_split: metrics}, details, command)
+        write_bundle(out, card=card_q, files=shipped, parity=checked["parity"], target=cfg.target,
+                     reference=checked["reference"], exporter=exporter, lint=checked["lint"], extra=extra,
+                     profile=TRT_PROFILE if cfg.target == "tensorrt" else None)  # fmt: skip
+    return result
+
+
+def _qat_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {k: v for k, v in record.items() if k != "export"}

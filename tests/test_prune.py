@@ -1,0 +1,162 @@
+"""Structural pruning: every criterion, targets, kept layers, reload without pickle, recovery, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from edgekd.cli import app
+from edgekd.errors import InvalidInputError, UnknownNameError
+from edgekd.modeldir import ModelSpec, load_model_dir, save_model_dir
+from edgekd.prune import (
+    IMPORTANCE,
+    REPORT_FILE,
+    ChannelPruner,
+    PruneConfig,
+    PruneTarget,
+    capture_structure,
+    find_classifier,
+    prune_model_dir,
+)
+from edgekd.students import build_model, count_macs
+
+from .conftest import SYNTH
+
+CRITERIA = ["bn-scale", "l1", "l2", "lamp", "random", "taylor"]
+runner = CliRunner()
+
+
+def _grads(model: nn.Module) -> None:
+    """Gradients for the taylor criterion (any loss works for the test)."""
+    torch.manual_seed(0)
+    model(torch.randn(8, 1, 16, 16)).logsumexp(1).sum().backward()
+
+
+def test_registry_has_every_criterion():
+    assert IMPORTANCE.names() == CRITERIA
+    with pytest.raises(UnknownNameError, match="importance criterion"):
+        IMPORTANCE.get("l3")
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_each_criterion_prunes_and_reloads_identically(criterion, tiny_model_dir, tmp_path):
+    model, card = load_model_dir(tiny_model_dir)
+    pruner = ChannelPruner(model, (1, 1, 16, 16), importance=criterion, target=PruneTarget.from_options(ratio=0.4),
+                           num_classes=2, grad_fn=_grads)  # fmt: skip
+    record = pruner.step()
+    assert record["macs"] < pruner.base["macs"]
+    structure = capture_structure(model, reference=build_model(card.spec))
+    assert structure  # some widths changed
+    save_model_dir(model, card.model_copy(update={"structure": structure, "params": None}), tmp_path / "p")
+    reloaded, rcard = load_model_dir(tmp_path / "p")
+    x = torch.randn(5, 1, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), reloaded(x))
+    assert rcard.structure == structure
+
+
+def test_macs_target_reached_within_tolerance():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name="small:resnet8", num_classes=2, in_chans=1))
+    base = count_macs(model, (1, 1, 16, 16))
+    pruner = ChannelPruner(model, (1, 1, 16, 16), importance="l2", target=PruneTarget.from_options(target_macs=0.5),
+                           steps=2, num_classes=2)  # fmt: skip
+    first, second = pruner.step(), pruner.step()
+    assert first["goal"] == pytest.approx(0.75) and second["goal"] == pytest.approx(0.5)
+    assert 0.70 <= first["macs_kept"] <= 0.75
+    assert 0.45 <= second["macs_kept"] <= 0.50 and second["goal_met"]
+    assert count_macs(model, (1, 1, 16, 16)) == second["macs"] < base
+
+
+def test_params_target_reached():
+    model = build_model(ModelSpec(name="small:tinycnn", num_classes=3, in_chans=1))
+    pruner = ChannelPruner(model, (1, 1, 16, 16), importance="l1",
+                           target=PruneTarget.from_options(target_params=0.6), num_classes=3)  # fmt: skip
+    rec = pruner.step()
+    assert rec["goal_met"] and 0.5 <= rec["params_kept"] <= 0.6
+
+
+def test_classifier_and_kept_layers_untouched():
+    model = build_model(ModelSpec(name="small:resnet8", num_classes=2, in_chans=1))
+    before = {k: v.shape for k, v in model.state_dict().items()}
+    pruner = ChannelPruner(model, (1, 1, 16, 16), importance="l2", target=PruneTarget.from_options(target_macs=0.6),
+                           keep=["layer2"], num_classes=2)  # fmt: skip
+    assert pruner.step()["goal_met"]
+    after = model.state_dict()
+    assert find_classifier(model, 2) == "fc" and model.fc.out_features == 2
+    kept = [k for k in before if k.startswith("layer2.")]
+    assert kept and all(after[k].shape == before[k] for k in kept)
+    assert any(after[k].shape != before[k] for k in before if k.startswith("layer1."))
+
+
+def test_round_to_keeps_multiples():
+    model = build_model(ModelSpec(name="small:tinycnn", num_classes=2, in_chans=1))
+    ChannelPruner(model, (1, 1, 16, 16), importance="l2", target=PruneTarget.from_options(ratio=0.3), round_to=8,
+                  global_pruning=False, num_classes=2).step()  # fmt: skip
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths != [16, 32, 48, 64] and all(w % 8 == 0 for w in widths)
+
+
+def test_bad_targets_and_keep_paths():
+    with pytest.raises(InvalidInputError, match="exactly one"):
+        PruneTarget.from_options()
+    with pytest.raises(InvalidInputError, match="exactly one"):
+        PruneTarget.from_options(ratio=0.3, target_macs=0.5)
+    with pytest.raises(InvalidInputError, match="between 0 and 1"):
+        PruneTarget.from_options(target_macs=1.5)
+    model = build_model(ModelSpec(name="small:tinycnn", num_classes=2, in_chans=1))
+    with pytest.raises(InvalidInputError, match="layer9"):
+        ChannelPruner(model, (1, 1, 16, 16), importance="l2", target=PruneTarget.from_options(ratio=0.3),
+                      keep=["layer9"], num_classes=2)  # fmt: skip
+
+
+@pytest.mark.parametrize("kd", [True, False], ids=["kd", "ce"])
+def test_prune_model_dir_with_recovery(kd, tiny_model_dir, tmp_path):
+    from edgekd.distill import TrainConfig
+
+    train = TrainConfig(batch_size=32, lr=1e-3, warmup_epochs=0.0, max_steps_per_epoch=2)
+    cfg = PruneConfig(importance="lamp", target=PruneTarget.from_options(target_macs=0.6), steps=2,
+                      recovery_epochs=1, kd=kd, latency_batch=8 if kd else None, latency_s=0.2, train=train)  # fmt: skip
+    out = tmp_path / "pruned"
+    report = prune_model_dir(tiny_model_dir, out, cfg, progress=False)
+    assert report.target_met and report.recovery == ("kd" if kd else "ce")
+    assert report.after.macs <= 0.6 * report.before.macs and report.after.params < report.before.params
+    assert report.after.size_bytes < report.before.size_bytes
+    assert (report.after.latency_ms is not None) == kd and (report.latency_speedup is not None) == kd
+    model, card = load_model_dir(out)  # the pruned architecture from the card, no pickle
+    assert card.structure and card.lineage.stage == "prune" and card.lineage.parent == str(tiny_model_dir)
+    assert card.lineage.notes["importance"] == "lamp" and card.lineage.notes["steps"] == 2
+    assert card.lineage.teachers == ([str(tiny_model_dir)] if kd else [])
+    assert card.macs == report.after.macs and "test" in card.metrics
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [1, 2]
+    assert ("kd" in hist[0]) == kd
+    assert json.loads((out / REPORT_FILE).read_text())["target_met"]
+    assert not (out / ".recovery").exists()
+
+
+def test_cli_prune_json_and_exit_codes(tiny_model_dir, tmp_path):
+    out = tmp_path / "p"
+    args = ["prune", tiny_model_dir, "--out", str(out), "--target-macs", "0.7", "--recovery-epochs", "0",
+            "--latency-batch", "0", "--json", "-", "--quiet"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output)
+    assert payload["after"]["macs"] <= 0.7 * payload["before"]["macs"] and payload["recovery"] == "none"
+    assert load_model_dir(out)[1].structure
+
+    missing = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--ratio", "0.3"])
+    assert missing.exit_code == 4
+    bad = runner.invoke(app, ["prune", tiny_model_dir, "--out", str(tmp_path / "y"), "--importance", "l3",
+                              "--ratio", "0.3"])  # fmt: skip
+    assert bad.exit_code == 3 and "l1" in bad.output
+    no_target = runner.invoke(app, ["prune", tiny_model_dir, "--out", str(tmp_path / "z")])
+    assert no_target.exit_code == 3
+    bad_keep = runner.invoke(app, ["prune", tiny_model_dir, "--out", str(tmp_path / "k"), "--ratio", "0.3",
+                                   "--keep", "layer9", "--data", SYNTH])  # fmt: skip
+    assert bad_keep.exit_code == 3 and not (tmp_path / "k").exists()  # failure leaves nothing
