@@ -124,6 +124,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path`` and rename it into place."""
     path = Path(path)
@@ -134,6 +140,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); artifacts are shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -164,6 +171,7 @@ class atomic_dir:
             raise ArtifactError(f"{self.target} already exists", "choose another --out or pass --overwrite")
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp"))
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes directories private (0700)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

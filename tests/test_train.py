@@ -106,3 +106,21 @@ def test_class_weighting_balanced():
 def test_card_is_json(tiny_model_dir):
     raw = json.loads((Path(tiny_model_dir) / CARD_FILE).read_text())
     assert raw["spec"]["name"] == "small:tinycnn" and raw["task"] == "binary"
+
+
+def test_artifacts_are_not_private(tiny_model_dir, tmp_path):
+    """Model directories and bundles are handed to other people: mkstemp's 0600 must not leak through."""
+    import os
+    import stat
+
+    from edgekd.modeldir import atomic_dir, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_dir(tmp_path / "bundle") as d:
+            (d / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o755
