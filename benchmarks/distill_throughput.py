@@ -101,11 +101,14 @@ def hand_loop(args, data, seed: int) -> float:
 
 def overhead(args) -> dict[str, Any]:
     data = load_data("pneumoniamnist")
-    hand_loop(argparse.Namespace(**{**vars(args), "steps": 2}), data, 0)  # warm-up: allocator, kernels, data
+    warm = argparse.Namespace(**{**vars(args), "steps": 2})
+    edgekd_loop(warm, data, 0)  # warm-up of both (allocator, kernels, first touch of the data): not counted
+    hand_loop(warm, data, 0)
     edk, hand = [], []
     for r in range(args.repeats):
-        edk.append(edgekd_loop(args, data, r))
-        hand.append(hand_loop(args, data, r))
+        order = (("edgekd", edgekd_loop), ("hand", hand_loop))
+        for name, loop in order if r % 2 == 0 else order[::-1]:  # alternate who goes first
+            (edk if name == "edgekd" else hand).append(loop(args, data, r))
         print(f"repeat {r + 1}: edgekd {edk[-1]:.1f} img/s, hand-written {hand[-1]:.1f} img/s", flush=True)
     e, h = statistics.median(edk), statistics.median(hand)
     ratio = (h - e) / h
@@ -165,15 +168,18 @@ def cache_speedup(args) -> dict[str, Any]:
                 "teacher_calls": card.lineage.notes["teacher_calls"],
             }
     first, later = result["cache"]["images_per_s"][0], statistics.fmean(result["cache"]["images_per_s"][1:])
+    no_cache_later = statistics.fmean(result["no_cache"]["images_per_s"][1:])
+    # The first epoch of any run also pays warm-up costs; the same epochs without the cache show how much of
+    # the speed-up is the cache's.
     result.update(
         speedup_after_first=later / first,
         criterion="speedup_after_first >= 2",
         passed=later / first >= 2.0,
-        speedup_vs_no_cache=later / statistics.fmean(result["no_cache"]["images_per_s"][1:]),
+        speedup_vs_no_cache=later / no_cache_later,
     )
     print(
-        f"cache: epoch 1 {first:.1f} img/s, later epochs {later:.1f} img/s: x{later / first:.2f} "
-        f"(no cache: {result['no_cache']['images_per_s']})"
+        f"cache: epoch 1 {first:.1f} img/s, later epochs {later:.1f} img/s: x{later / first:.2f}; "
+        f"same epochs without the cache {no_cache_later:.1f} img/s: x{later / no_cache_later:.2f}"
     )
     return result
 

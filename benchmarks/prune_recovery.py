@@ -9,11 +9,15 @@ On the bundled PneumoniaMNIST (28x28 chest X-rays):
    MACs in ``--steps`` steps, recovered after every step for ``--recovery-epochs`` with KD from the unpruned
    student (``ce:1`` + ``kd:1,T=4``), and, separately, with cross-entropy only: same pruning settings, seeds and
    epochs;
-4. test AUROC of the unpruned / KD-recovered / CE-recovered students, and ONNX Runtime CPU latency at batch 32
-   of the unpruned and the pruned student (``edgekd.bench``, FP32 ONNX, timed one right after the other).
+4. test AUROC of the unpruned / KD-recovered / CE-recovered students (mean over ``--seeds`` of the recovery
+   data order), and ONNX Runtime CPU latency at batch 32 of the unpruned and the pruned student
+   (``edgekd.bench``, FP32 ONNX, timed one right after the other).
 
 Acceptance (issue 6): KD recovery within 0.5 AUROC points of the unpruned student and better than CE recovery;
-latency reduction >= 1.5x at batch 32; MACs at most 50 % of the unpruned. Aimed at <= 20 min on 2 quiet cores.
+latency reduction >= 1.5x at batch 32; MACs at most 50 % of the unpruned. Aimed at <= 20 min on 2 quiet cores
+with one seed. PneumoniaMNIST's test split comes from other patients than train/val (validation AUROC ~0.996,
+test ~0.97), so single-seed test-AUROC differences of a few tenths of a point are noise: pass ``--seeds 0 1 2``
+(about 8 more minutes per extra seed) to compare means.
 
     python benchmarks/prune_recovery.py                  # full run (writes runs/bench/prune_recovery.json)
     python benchmarks/prune_recovery.py --quick          # smoke run: a few steps per epoch
@@ -23,6 +27,7 @@ latency reduction >= 1.5x at batch 32; MACs at most 50 % of the unpruned. Aimed 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,8 +44,8 @@ from edgekd.modeldir import is_model_dir, read_card  # noqa: E402
 from edgekd.prune import PruneConfig, PruneTarget, prune_model_dir  # noqa: E402
 
 
-def _cfg(args, epochs: int, lr: float, **kw: Any) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=128, lr=lr, seed=args.seed, max_steps_per_epoch=args.max_steps, **kw)
+def _cfg(args, epochs: int, lr: float, seed: int = 0, **kw: Any) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=128, lr=lr, seed=seed, max_steps_per_epoch=args.max_steps, **kw)
 
 
 def get_teacher(args, data, out: Path) -> str:
@@ -62,35 +67,46 @@ def get_student(args, data, teacher: str, out: Path) -> str:
     return str(path)
 
 
-def prune_and_recover(args, student: str, data, out: Path, kd: bool) -> dict[str, Any]:
-    """One pruning run; KD recovery also measures the latencies (before and after, back to back)."""
+def prune_and_recover(args, student: str, data, out: Path, kd: bool, seed: int, latency: bool) -> dict[str, Any]:
+    """One pruning run (recovery data order from ``seed``); ``latency`` also times before/after back to back."""
     cfg = PruneConfig(
         importance=args.importance, target=PruneTarget.from_options(target_macs=args.target_macs), steps=args.steps,
         round_to=args.round_to, recovery_epochs=args.recovery_epochs, kd=kd,
-        latency_batch=32 if kd else None, latency_s=args.latency_s, train=_cfg(args, 1, args.lr),
+        latency_batch=32 if latency else None, latency_s=args.latency_s, train=_cfg(args, 1, args.lr, seed),
     )  # fmt: skip
     t0 = time.perf_counter()
-    report = prune_model_dir(student, out / ("pruned_kd" if kd else "pruned_ce"), cfg, data=data,
+    report = prune_model_dir(student, out / f"pruned_{'kd' if kd else 'ce'}_seed{seed}", cfg, data=data,
                              progress=not args.no_progress)  # fmt: skip
     row = {
-        "recovery": report.recovery, "auroc": float(report.metrics_after["test"]["auroc"]),
+        "seed": seed, "recovery": report.recovery, "auroc": float(report.metrics_after["test"]["auroc"]),
         "acc": float(report.metrics_after["test"]["acc"]), "macs_kept": report.after.macs / report.before.macs,
         "params": report.after.params, "steps": report.steps, "seconds": time.perf_counter() - t0,
         "before": report.before.model_dump(), "after": report.after.model_dump(),
         "latency_speedup": report.latency_speedup, "unpruned_auroc": float(report.metrics_before["test"]["auroc"]),
         "unpruned_acc": float(report.metrics_before["test"]["acc"]),
     }  # fmt: skip
-    print(f"{report.recovery} recovery: test auroc {row['auroc']:.4f} acc {row['acc']:.4f}, MACs kept "
+    print(f"{report.recovery} recovery, seed {seed}: test auroc {row['auroc']:.4f} acc {row['acc']:.4f}, MACs kept "
           f"{row['macs_kept']:.3f} ({row['seconds']:.0f} s)")  # fmt: skip
     return row
 
 
-def acceptance(kd: dict[str, Any], ce: dict[str, Any], elapsed: float, target: float) -> dict[str, bool]:
+def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and sample standard deviation over seeds of test AUROC and accuracy, and the worst MACs kept."""
+    out: dict[str, float] = {"n": len(rows), "macs_kept_max": max(r["macs_kept"] for r in rows)}
+    for key in ("auroc", "acc"):
+        vals = [r[key] for r in rows]
+        out[f"{key}_mean"] = statistics.fmean(vals)
+        out[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out
+
+
+def acceptance(kd: dict[str, float], ce: dict[str, float], unpruned: float, speedup: float | None, elapsed: float,
+               target: float) -> dict[str, bool]:  # fmt: skip
     return {
-        "kd_within_0.5_auroc_points_of_unpruned": 100 * (kd["unpruned_auroc"] - kd["auroc"]) <= 0.5,
-        "kd_beats_ce_recovery": kd["auroc"] > ce["auroc"],
-        "latency_reduction_at_least_1.5x": (kd["latency_speedup"] or 0.0) >= 1.5,
-        "macs_at_most_target": kd["macs_kept"] <= target + 1e-9 and ce["macs_kept"] <= target + 1e-9,
+        "kd_within_0.5_auroc_points_of_unpruned": 100 * (unpruned - kd["auroc_mean"]) <= 0.5,
+        "kd_beats_ce_recovery": kd["auroc_mean"] > ce["auroc_mean"],
+        "latency_reduction_at_least_1.5x": (speedup or 0.0) >= 1.5,
+        "macs_at_most_target": max(kd["macs_kept_max"], ce["macs_kept_max"]) <= target + 1e-9,
         "under_20_min": elapsed < 1200,
     }
 
@@ -102,7 +118,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--teacher-epochs", type=int, default=3)
     ap.add_argument("--student", help="reuse this (distilled) student model directory")
     ap.add_argument("--student-model", default="small:resnet8x4")
-    ap.add_argument("--student-epochs", type=int, default=5)
+    ap.add_argument("--student-epochs", type=int, default=8)
     ap.add_argument("--importance", default="l2")
     ap.add_argument("--target-macs", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=2)
@@ -110,7 +126,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--recovery-epochs", type=int, default=2, help="fine-tuning epochs after each step")
     ap.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate")
     ap.add_argument("--latency-s", type=float, default=5.0, help="timed seconds per latency measurement")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="recovery seeds (means are compared)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/bench/prune_recovery")
@@ -132,24 +148,29 @@ def main() -> None:
     data = load_data("pneumoniamnist")
     teacher = get_teacher(args, data, out)
     student = get_student(args, data, teacher, out)
-    kd = prune_and_recover(args, student, data, out, kd=True)
-    ce = prune_and_recover(args, student, data, out, kd=False)
+    runs = {"kd": [], "ce": []}
+    for i, seed in enumerate(args.seeds):
+        runs["kd"].append(prune_and_recover(args, student, data, out, kd=True, seed=seed, latency=i == 0))
+        runs["ce"].append(prune_and_recover(args, student, data, out, kd=False, seed=seed, latency=False))
     elapsed = time.perf_counter() - t0
-    checks = acceptance(kd, ce, elapsed, args.target_macs)
+    kd, ce, first = summarise(runs["kd"]), summarise(runs["ce"]), runs["kd"][0]
+    unpruned = first["unpruned_auroc"]
+    checks = acceptance(kd, ce, unpruned, first["latency_speedup"], elapsed, args.target_macs)
     payload = {
         "benchmark": "prune_recovery", "quick": args.quick, "data": data.spec,
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "teacher": {"dir": teacher, "model": read_card(teacher).spec.name, "params": read_card(teacher).params},
         "student": {"dir": student, "model": read_card(student).spec.name, "params": read_card(student).params},
-        "auroc": {"unpruned": kd["unpruned_auroc"], "kd_recovered": kd["auroc"], "ce_recovered": ce["auroc"]},
-        "acc": {"unpruned": kd["unpruned_acc"], "kd_recovered": kd["acc"], "ce_recovered": ce["acc"]},
-        "latency_ms_batch32": {"unpruned": kd["before"]["latency_ms"], "pruned": kd["after"]["latency_ms"],
-                               "speedup": kd["latency_speedup"], "threads": kd["after"]["latency_threads"]},
-        "runs": {"kd": kd, "ce": ce}, "acceptance": checks, "elapsed_s": elapsed, "environment": environment(),
+        "auroc": {"unpruned": unpruned, "kd_recovered": kd["auroc_mean"], "ce_recovered": ce["auroc_mean"],
+                  "kd_std": kd["auroc_std"], "ce_std": ce["auroc_std"], "seeds": args.seeds},
+        "acc": {"unpruned": first["unpruned_acc"], "kd_recovered": kd["acc_mean"], "ce_recovered": ce["acc_mean"]},
+        "latency_ms_batch32": {"unpruned": first["before"]["latency_ms"], "pruned": first["after"]["latency_ms"],
+                               "speedup": first["latency_speedup"], "threads": first["after"]["latency_threads"]},
+        "summary": {"kd": kd, "ce": ce}, "runs": runs, "acceptance": checks, "elapsed_s": elapsed,
+        "environment": environment(),
     }  # fmt: skip
-    print(
-        f"AUROC unpruned {kd['unpruned_auroc']:.4f} | KD-recovered {kd['auroc']:.4f} | CE-recovered {ce['auroc']:.4f}"
-    )
+    print(f"AUROC unpruned {unpruned:.4f} | KD-recovered {kd['auroc_mean']:.4f} +- {kd['auroc_std']:.4f} | "
+          f"CE-recovered {ce['auroc_mean']:.4f} +- {ce['auroc_std']:.4f} ({len(args.seeds)} seed(s))")  # fmt: skip
     lat = payload["latency_ms_batch32"]
     print(f"ORT CPU latency @32: {lat['unpruned']:.2f} ms -> {lat['pruned']:.2f} ms ({lat['speedup']:.2f}x); "
           f"total {elapsed / 60:.1f} min")  # fmt: skip

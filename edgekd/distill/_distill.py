@@ -108,12 +108,13 @@ class DistillObjective(Objective):
         return self.cache.view_of(epoch) if self.cache is not None else epoch
 
     def forward(self, model, images, targets, indices=None, epoch: int = 0):
+        # Teacher first: the student's activations are then still in cache when backward runs.
+        teachers = self._teacher_outputs(images, indices, epoch)
         if self._taps is None or self._taps.model is not model:
             self._taps = FeatureTaps(model, self._student_paths, who="student")
         with self._taps as feats:
             logits = model(self.student_input(images))
         student = ModelOutputs(logits, dict(feats))
-        teachers = self._teacher_outputs(images, indices, epoch)
         batch = LossBatch(targets, self.task, epoch, self.total_epochs, indices)
         return self._combine(student, teachers, batch)
 

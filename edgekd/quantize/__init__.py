@@ -27,7 +27,14 @@ from edgekd.quantize._ptq import (
     quantizable_nodes,
     quantize_onnx,
 )  # fmt: skip
-from edgekd.quantize._qat import QAT_BACKENDS, QATBackend, qat_finetune, resolve_backend, strip_fake_quant
+from edgekd.quantize._qat import (
+    QAT_BACKENDS,
+    QATBackend,
+    freeze_bn_stats,
+    qat_finetune,
+    resolve_backend,
+    strip_fake_quant,
+)  # fmt: skip
 from edgekd.quantize._sensitivity import NodeError, SensitivityReport, metric_value, node_errors, sensitivity_search
 from edgekd.quantize._targets import TARGETS, QuantScheme, get_target, list_targets
 
@@ -37,6 +44,6 @@ __all__ = [
     "CalibrationReader", "split_inputs", "iterate_split", "evaluate_onnx", "onnx_logits",
     "NodeError", "SensitivityReport", "node_errors", "sensitivity_search", "metric_value",
     "ActFakeQuant", "QATConv2d", "QATLinear", "insert_fake_quant", "calibrate",
-    "QATBackend", "QAT_BACKENDS", "resolve_backend", "qat_finetune", "strip_fake_quant",
+    "QATBackend", "QAT_BACKENDS", "resolve_backend", "qat_finetune", "strip_fake_quant", "freeze_bn_stats",
     "QuantMethod", "QuantizeConfig", "QuantizeResult", "quantize_model_dir", "BUDGET_METRICS",
 ]  # fmt: skip

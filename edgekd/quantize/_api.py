@@ -75,6 +75,7 @@ class QuantizeConfig(BaseModel):
         kd: distil from the teacher during QAT.
         teacher: QAT teacher (default: the FP32 model itself).
         losses: QAT loss terms with a teacher.
+        freeze_bn: keep the FP32 batch-norm statistics during QAT (standard practice; see ``freeze_bn_stats``).
         train: QAT fine-tuning hyper-parameters.
         eval_split: split on which FP32 and low-precision files are compared.
     """
@@ -95,6 +96,7 @@ class QuantizeConfig(BaseModel):
     kd: bool = True
     teacher: str | None = None
     losses: list[str] = Field(default_factory=lambda: list(DEFAULT_LOSSES))
+    freeze_bn: bool = True
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-4, warmup_epochs=0.0))
     eval_split: str = "test"
 
@@ -195,6 +197,7 @@ def _qat(
         backend=cfg.qat_backend,
         teacher=teacher,
         losses=cfg.losses,
+        freeze_bn=cfg.freeze_bn,
         progress=progress,
     )
     dst = work / "model.int8.onnx"

@@ -94,7 +94,8 @@ class Teacher:
     ) -> Teacher:
         """Wrap an in-memory PyTorch model (e.g. the unpruned parent in prune recovery).
 
-        ``num_classes`` defaults to the width of the model's output on one dummy input.
+        The model is put in eval mode with gradients off (it is frozen from now on). ``num_classes`` defaults
+        to the width of the model's output on one dummy input.
         """
         model.eval().requires_grad_(False)
         if num_classes is None:
