@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--in-chans", type=int, default=3)
     p.add_argument("--batches", default="1,32")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
-    p.add_argument("--out", default="runs/bench_fidelity.json", help="JSON output")
+    p.add_argument("--out", default="runs/bench/bench_fidelity.json", help="JSON output")
     p.add_argument("--strict", action="store_true", help="exit 1 when a criterion fails")
     return p.parse_args(argv)
 

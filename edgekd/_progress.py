@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["TrainProgress", "stderr_console", "task_progress"]
+__all__ = ["TrainProgress", "log_width", "stderr_console", "task_progress"]
 
-stderr_console = Console(stderr=True)
+LOG_WIDTH = 160
+
+
+def log_width(stream) -> int | None:
+    """Rich's width for ``stream``: the terminal's own, or ``LOG_WIDTH`` when it is redirected to a log or CI.
+
+    Rich falls back to 80 columns off a terminal, which squeezes the wide benchmark and metric tables into
+    unreadable ellipses in CI logs; ``COLUMNS`` still wins when set.
+    """
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return None if tty or "COLUMNS" in os.environ else LOG_WIDTH
+
+
+stderr_console = Console(stderr=True, width=log_width(sys.stderr))
 
 
 class TrainProgress:

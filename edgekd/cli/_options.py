@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
+from edgekd._progress import log_width
 from edgekd.cli._click import click
 from edgekd.data.preprocess import ChannelMode
 from edgekd.distill import ClassWeighting, DeviceName, OptimizerName
@@ -34,7 +35,7 @@ __all__ = [
     "read_yaml",
 ]
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=log_width(sys.stdout))
 
 DataOpt = Annotated[
     str,

@@ -10,7 +10,7 @@ __all__ = [
     "FitResult", "fit", "lr_at", "predict", "resolve_device",
     "Objective", "SupervisedObjective", "task_loss",
     "class_weights", "evaluate_split", "finish_run", "resolve_student", "train_model",
-]
+]  # fmt: skip
 
 # Distillation (issue 3): losses, feature taps, teachers, the teacher-output cache and `edgekd distill`.
 from edgekd.distill._cache import TeacherCache, cache_fingerprint, topk_reconstruct  # noqa: E402
