@@ -22,7 +22,8 @@ differences of a few tenths of a point are noise: the default compares means ove
 Why the large teacher by default: the unpruned student is itself a compressed copy of the teacher, so KD from it
 caps recovery at the unpruned student's accuracy, while CE keeps learning from the labels. Measured here
 (student distilled from a 3-epoch teacher, 3 seeds): KD from the unpruned student 0.9699 +- 0.0016 test AUROC
-vs CE 0.9725 +- 0.0035 (but test ACC 0.885 vs 0.855).
+vs CE 0.9725 +- 0.0035 (but test ACC 0.885 vs 0.855). With the 6-epoch teacher (test AUROC 0.980) as the
+recovery teacher: unpruned 0.9795, KD 0.9806 +- 0.0006, CE 0.9773 +- 0.0004 (18.4 min on 2 quiet cores).
 
     python benchmarks/prune_recovery.py                  # full run (writes runs/bench/prune_recovery.json)
     python benchmarks/prune_recovery.py --quick          # smoke run: a few steps per epoch

@@ -119,7 +119,10 @@ def test_qat_one_epoch_exports(target, fp32, tmp_path):
     data, card = fp32["data"], fp32["card"]  # labels only here; KD is covered through the API below
     qat, record = qat_finetune(fp32["model"], card, data, get_target(target), TINY_TRAIN, tmp_path / "qat",
                                calib=fp32["x"], backend="torch", progress=False)  # fmt: skip
-    assert record["backend"] == "torch" and len(record["history"]) == 1
+    assert record["backend"] == "torch" and len(record["history"]) == 1 and record["freeze_bn"]
+    tuned = dict(qat.named_modules())
+    bns = [(m, tuned[n]) for n, m in fp32["model"].named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(torch.equal(a.running_var, b.running_var) for a, b in bns)  # statistics frozen
     path = tmp_path / "qat.onnx"
     export_onnx(qat, card, path)
     _runs(path, fp32["x"])
