@@ -27,6 +27,7 @@ from edgekd.bench import (
     check_budget,
     compare_reports,
     load_report,
+    p50_drift,
     parse_fraction,
     regressions,
     speedups,
@@ -180,6 +181,18 @@ def test_summarize_skewed_list_matches_numpy_linear():
     )
     assert s.cv == pytest.approx(np.std(times, ddof=1) / np.mean(times))
     assert not s.high_cv
+
+
+def test_p50_drift_flags_a_machine_that_slowed_down_mid_run():
+    steady = [1.0, 1.1, 0.9, 1.05, 0.95] * 20  # 100 iterations, the same distribution throughout
+    s = summarize(steady, batch=1, cv_warn=1.0)
+    assert s.p50_drift == pytest.approx(1.0) and not s.high_drift
+    slowed = [1.0] * 60 + [1.3] * 40  # the last two fifths ran 30 % slower
+    s = summarize(slowed, batch=1, cv_warn=1.0)
+    assert s.p50_drift == pytest.approx(1.3) and s.high_drift
+    assert not summarize(slowed, batch=1, cv_warn=1.0, drift_warn=0.5).high_drift
+    assert p50_drift([1.0] * 49) is None  # fewer than 10 per fifth: no verdict
+    assert summarize([1.0] * 10, batch=1).p50_drift is None
 
 
 def test_summarize_single_value_and_bad_input():

@@ -51,7 +51,7 @@ from edgekd.bench._schema import (
     Skipped,
     Stats,
 )
-from edgekd.bench._stats import summarize
+from edgekd.bench._stats import p50_drift, summarize
 from edgekd.bench._timing import Timing, time_runner
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "measure_peak_flops",
     "capture_environment",
     "summarize",
+    "p50_drift",
     "time_runner",
     "Timing",
     "resolve_artifact",

@@ -200,6 +200,7 @@ def run_config(p: _Planned, settings: BenchSettings, peak_gflops: float | None) 
         timing.times_ms,
         batch=p.batch,
         cv_warn=settings.cv_warn,
+        drift_warn=settings.drift_warn,
         warmup_iters=timing.warmup_iters,
         warmup_s=timing.warmup_s,
         total_s=timing.total_s,
@@ -207,6 +208,8 @@ def run_config(p: _Planned, settings: BenchSettings, peak_gflops: float | None) 
     warnings = []
     if stats.high_cv:
         warnings.append(f"high CV {100 * stats.cv:.0f}% > {100 * settings.cv_warn:.0f}%")
+    if stats.high_drift:
+        warnings.append(f"p50 drifted {100 * (stats.p50_drift - 1):.0f}% during the run")
     if stats.n < settings.min_iters:
         warnings.append(f"only {stats.n} iterations (max_s cap)")
     info = _model_info(p)

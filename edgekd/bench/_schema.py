@@ -93,6 +93,8 @@ class BenchSettings(BaseModel):
         min_s, min_iters: minimum timed duration and count.
         max_s: stop the timed phase after this long even if ``min_iters`` is not reached (None: never).
         cv_warn: warn when the coefficient of variation exceeds this fraction.
+        drift_warn: warn when the p50 of one fifth of the run differs from another's by more than this
+            fraction (the machine's speed changed during the run; see :func:`~edgekd.bench.p50_drift`).
         threads: CPU threads for torch / ONNX Runtime intra-op (None: the physical core count).
         channels_last: torch NHWC memory format.
         compile: ``torch.compile`` the model.
@@ -112,6 +114,7 @@ class BenchSettings(BaseModel):
     min_iters: int = Field(50, ge=1)
     max_s: float | None = Field(None, gt=0)
     cv_warn: float = Field(0.10, gt=0)
+    drift_warn: float = Field(0.10, gt=0)
     threads: int | None = Field(None, ge=1)
     channels_last: bool = False
     compile: bool = False
@@ -127,7 +130,9 @@ class Stats(BaseModel):
     """Summary of the per-iteration latencies of one configuration (milliseconds).
 
     Percentiles use numpy's ``linear`` method; ``std`` is the sample standard deviation (``ddof=1``);
-    ``cv = std / mean``; ``throughput = batch / mean`` in samples per second.
+    ``cv = std / mean``; ``throughput = batch / mean`` in samples per second. ``p50_drift`` is the largest
+    over the smallest median of five consecutive slices of the run (None for short runs): how much the
+    machine's speed changed during the measurement.
     """
 
     n: int
@@ -143,6 +148,8 @@ class Stats(BaseModel):
     cv: float
     throughput: float
     high_cv: bool = False
+    p50_drift: float | None = None
+    high_drift: bool = False
     warmup_iters: int = 0
     warmup_s: float = 0.0
 

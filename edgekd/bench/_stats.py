@@ -6,6 +6,12 @@ most tools): for sorted times ``t[0..n-1]`` the q-th percentile is ``t[h]`` inte
 variation is ``CV = std / mean``; throughput is ``batch / mean`` samples per second (the mean, not the
 median, because throughput is total work over total time).
 
+**Drift.** The percentiles pool every iteration, so they cannot show a machine whose speed changed *during*
+the run (a neighbour on a shared VM, thermal or frequency changes): the timed iterations are cut into
+``DRIFT_SEGMENTS`` consecutive segments and ``p50_drift`` is the largest segment median over the smallest.
+A steady machine gives about 1.0; above ``1 + drift_warn`` the machine changed speed during the run and its
+p50 will not repeat. A low drift is no guarantee: changes slower than one run only show between runs.
+
 Example:
     >>> s = summarize([1.0, 2.0, 3.0, 4.0], batch=8)
     >>> s.p50_ms, round(s.throughput)
@@ -21,9 +27,24 @@ import numpy as np
 from edgekd.bench._schema import Stats
 from edgekd.errors import InvalidInputError
 
-__all__ = ["summarize", "PERCENTILES"]
+__all__ = ["summarize", "p50_drift", "PERCENTILES", "DRIFT_SEGMENTS"]
 
 PERCENTILES = (50, 90, 95, 99)
+DRIFT_SEGMENTS = 5
+MIN_PER_SEGMENT = 10
+
+
+def p50_drift(times_ms: Sequence[float] | np.ndarray, segments: int = DRIFT_SEGMENTS) -> float | None:
+    """Max over min of the medians of ``segments`` consecutive, equal-count slices of the timed iterations.
+
+    None when there are fewer than ``MIN_PER_SEGMENT`` iterations per segment (too few for a median).
+    """
+    t = np.asarray(times_ms, dtype=np.float64)
+    if segments < 2 or t.size < segments * MIN_PER_SEGMENT:
+        return None
+    medians = [float(np.median(part)) for part in np.array_split(t, segments)]
+    low = min(medians)
+    return max(medians) / low if low > 0 else None
 
 
 def summarize(
@@ -31,6 +52,7 @@ def summarize(
     *,
     batch: int,
     cv_warn: float = 0.10,
+    drift_warn: float = 0.10,
     warmup_iters: int = 0,
     warmup_s: float = 0.0,
     total_s: float | None = None,
@@ -41,6 +63,7 @@ def summarize(
         times_ms: one latency per timed iteration, in milliseconds.
         batch: samples per iteration (for the throughput).
         cv_warn: ``high_cv`` is set when ``std / mean`` exceeds this fraction.
+        drift_warn: ``high_drift`` is set when ``p50_drift`` exceeds ``1 + drift_warn``.
         warmup_iters, warmup_s: recorded as they were run.
         total_s: wall time of the timed phase (default: the sum of the times).
 
@@ -61,6 +84,7 @@ def summarize(
     mean = float(t.mean())
     std = float(t.std(ddof=1)) if t.size > 1 else 0.0
     cv = std / mean if mean > 0 else 0.0
+    drift = p50_drift(t)
     return Stats(
         n=int(t.size),
         total_s=float(total_s if total_s is not None else t.sum() / 1e3),
@@ -75,6 +99,8 @@ def summarize(
         cv=cv,
         throughput=batch / (mean / 1e3) if mean > 0 else float("inf"),
         high_cv=cv > cv_warn,
+        p50_drift=drift,
+        high_drift=drift is not None and drift > 1.0 + drift_warn,
         warmup_iters=warmup_iters,
         warmup_s=warmup_s,
     )

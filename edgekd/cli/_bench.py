@@ -8,6 +8,7 @@ path prefix: ``./compare``.)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,6 +106,13 @@ def run_cmd(
     cv_warn: Annotated[
         str, typer.Option(help="Warn when the coefficient of variation exceeds this.", rich_help_panel=M)
     ] = "10%",
+    drift_warn: Annotated[
+        str,
+        typer.Option(
+            help="Warn when the p50 of one fifth of the run differs from another's by more than this.",
+            rich_help_panel=M,
+        ),
+    ] = "10%",  # fmt: skip
     roofline: Annotated[
         bool,
         typer.Option(
@@ -166,6 +174,7 @@ def run_cmd(
         min_iters=min_iters,
         max_s=max_s,
         cv_warn=parse_fraction(cv_warn),
+        drift_warn=parse_fraction(drift_warn),
         threads=threads,
         channels_last=channels_last,
         compile=compile,
@@ -195,6 +204,15 @@ def run_cmd(
                 f"[yellow]warning:[/] {len(noisy)} result(s) vary by more than "
                 f"{100 * settings.cv_warn:.0f}% (CV): the machine is busy or the run too short; "
                 "trust p50 over the mean, or re-run on a quiet machine with a larger --min-s"
+            )
+        drifting = [r for r in report.results if r.stats.high_drift]
+        if drifting:
+            cores = os.cpu_count() or 1
+            hint = f"; with all {cores} cores in use, try --threads {cores - 1}" if cores <= 4 else ""
+            console.print(
+                f"[yellow]warning:[/] the machine's speed changed during {len(drifting)} result(s) (p50 of one "
+                f"fifth of the run vs another > {100 * settings.drift_warn:.0f}%): these figures will not "
+                f"repeat; leave a core free for the system or measure on a quieter machine{hint}"
             )
     _write_outputs(report, json_out, csv_out, markdown_out)
     _gate(report, baseline, parse_fraction(max_regression), min_abs_ms, budget_ms, show)
