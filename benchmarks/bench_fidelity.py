@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     p.add_argument("--out", default="runs/bench/bench_fidelity.json", help="JSON output")
     p.add_argument("--strict", action="store_true", help="exit 1 when a criterion fails")
+    p.add_argument("--min-s", type=float, default=None, help="timed seconds per run (default 3, quick 0.3)")
     return p.parse_args(argv)
 
 
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         s = {"warmup_s": 0.1, "warmup_iters": 3, "min_s": 0.3, "min_iters": 10}
     else:
         s = {"warmup_s": 1.0, "warmup_iters": 10, "min_s": 3.0, "min_iters": 50}
+    if args.min_s is not None:
+        s["min_s"] = args.min_s
     batches = [int(b) for b in args.batches.split(",")]
     shape = (args.in_chans, args.size, args.size)
     with tempfile.TemporaryDirectory(prefix="edgekd-fidelity-") as tmp:
