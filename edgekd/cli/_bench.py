@@ -8,7 +8,6 @@ path prefix: ``./compare``.)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -207,8 +206,10 @@ def run_cmd(
             )
         drifting = [r for r in report.results if r.stats.high_drift]
         if drifting:
-            cores = os.cpu_count() or 1
-            hint = f"; with all {cores} cores in use, try --threads {cores - 1}" if cores <= 4 else ""
+            cpu = report.environment.cpu
+            cores, used = cpu.logical_cores or 1, cpu.threads_used or 0
+            busy = 1 < cores <= 4 and used >= cores  # a small machine with no core left for the system
+            hint = f"; all {cores} cores were in use, try --threads {cores - 1}" if busy else ""
             console.print(
                 f"[yellow]warning:[/] the machine's speed changed during {len(drifting)} result(s) (p50 of one "
                 f"fifth of the run vs another > {100 * settings.drift_warn:.0f}%): these figures will not "
