@@ -99,12 +99,17 @@ class ATLoss(FeatureLoss):
     """Attention transfer, Zagoruyko & Komodakis 2017, "Paying More Attention to Attention" (ICLR).
 
     With ``Q = vec(mean_c |A_c|^p) / ||vec(mean_c |A_c|^p)||_2`` for a ``[C, H, W]`` activation ``A``:
-    ``L = beta / 2 * sum_layers mean_{n,j} (Q_s - Q_t)^2`` (the authors' code; mean over batch and positions).
-    The student map is resized to the teacher's resolution when they differ. Widths need not match.
+    ``L = beta * sum_layers mean_{n,j} (Q_s - Q_t)^2``, the mean running over the batch and the ``H * W``
+    positions. This is the authors' code (szagoruyko/attention-transfer, ``beta = 1e3``), which RepDistiller
+    and mdistiller follow and which the published results come from; the paper's formula writes ``beta / 2``
+    in front of a norm instead. When the resolutions differ, the larger feature map is first average-pooled
+    (adaptive average pooling) to the smaller one's ``H x W``, as in RepDistiller and mdistiller. Widths need
+    not match.
 
     Args:
         p: exponent of the activation (paper: 2).
-        beta: weight inside the loss (paper: 1000), so ``at:1`` is the paper's setting.
+        beta: weight inside the loss (authors' code, RepDistiller, mdistiller: 1000), so ``at:1`` is their
+            setting.
         s: student layer(s), ``+``-joined (default: the last tap point).
         t: teacher layer(s) (default: the last tap point).
         teacher: teacher index when several are given (default 0).
@@ -128,10 +133,15 @@ class ATLoss(FeatureLoss):
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: LossBatch) -> torch.Tensor:
         total = 0.0
         for fs, ft in self.pairs(student, teacher):
-            qt = attention_map(ft, self.p)
-            qs = attention_map(fs, self.p, size=tuple(ft.shape[-2:]))
+            fs, ft = _full(fs), _full(ft)
+            # the reference pools the larger map down (before |.|^p), it does not resize the attention map
+            if fs.shape[-2] > ft.shape[-2]:
+                fs = F.adaptive_avg_pool2d(fs, ft.shape[-2:])
+            elif fs.shape[-2:] != ft.shape[-2:]:
+                ft = F.adaptive_avg_pool2d(ft, fs.shape[-2:])
+            qs, qt = attention_map(fs, self.p), attention_map(ft, self.p)
             total = total + (qs - qt.to(qs.dtype)).pow(2).mean()
-        return self.beta / 2 * total
+        return self.beta * total
 
 
 def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
