@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -30,6 +32,7 @@ from edgekd.bench import (
     p50_drift,
     parse_fraction,
     regressions,
+    resolve_artifact,
     speedups,
     summarize,
     time_runner,
@@ -41,7 +44,7 @@ from edgekd.bench._schema import Environment, ModelInfo
 from edgekd.cli import app
 from edgekd.data.preprocess import Preprocess, Task
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
-from edgekd.modeldir import Lineage, ModelCard, ModelSpec, save_model_dir
+from edgekd.modeldir import Lineage, ModelCard, ModelSpec, load_model_dir, save_model_dir
 from edgekd.students import build_model, count_macs
 
 cli = CliRunner()
@@ -309,14 +312,106 @@ def test_timing_loop_real_sleep_meets_both_minimums():
 
 
 @pytest.mark.parametrize("name", RUNNERS.names())
-def test_every_runner_follows_the_contract(name):
+def test_every_runner_names_itself_and_says_why_it_cannot_run(name):
     cls = RUNNERS.get(name)
     assert issubclass(cls, Runner) and cls.backend == name
-    for method in ("load", "run", "sync", "close", "unavailable", "targets"):
-        assert callable(getattr(cls, method))
     reason = cls.unavailable("cuda", BenchSettings())
     if not torch.cuda.is_available():
         assert isinstance(reason, str) and reason  # no GPU here: every CUDA path says why
+
+
+def _build_engine(onnx_path: Path, out: Path) -> Path:
+    """A TensorRT engine of ``onnx_path`` (input ``[batch, 1, 16, 16]``, profile batch 1..8)."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(onnx_path.read_bytes())
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("input", (1, 1, 16, 16), (4, 1, 16, 16), (8, 1, 16, 16))
+    config.add_optimization_profile(profile)
+    out.write_bytes(bytes(builder.build_serialized_network(network, config)))
+    return out
+
+
+def _trt_feed(runner, x: np.ndarray) -> None:
+    runner.buffers["input"].copy_(torch.from_numpy(x).cuda())
+    torch.cuda.synchronize()  # the copy runs on the default stream, run() on the runner's own
+
+
+class RunnerIO(NamedTuple):
+    """How to reach one backend's pre-allocated buffers, which the load/run/close contract keeps private."""
+
+    artifact: Callable[[dict[str, Path], Path], Path]
+    feed: Callable[[Any, np.ndarray], object]
+    read: Callable[[Any], np.ndarray]
+    released: Callable[[Any], bool]
+    atol: float
+
+
+# A backend registered without an entry here fails test_every_runner_loads_runs_and_closes until it gets one.
+RUNNER_IO = {
+    "torch": RunnerIO(
+        artifact=lambda arts, tmp: arts["fast"],
+        feed=lambda r, x: r.x.copy_(torch.from_numpy(x)),
+        read=lambda r: r.out.cpu().numpy(),
+        released=lambda r: r.model is None and r.x is None and r.out is None,
+        atol=1e-6,
+    ),
+    "ort": RunnerIO(
+        artifact=lambda arts, tmp: arts["fast"],
+        feed=lambda r, x: r.binding.bind_cpu_input("input", x),
+        read=lambda r: r.binding.copy_outputs_to_cpu()[0],
+        released=lambda r: r.session is None and r.binding is None,
+        atol=1e-5,
+    ),
+    "trt": RunnerIO(
+        artifact=lambda arts, tmp: _build_engine(arts["onnx"], tmp / "tiny.engine"),
+        feed=_trt_feed,
+        read=lambda r: r.buffers["logits"].cpu().numpy(),
+        released=lambda r: r.engine is None and r.context is None and r.buffers == {},
+        atol=1e-3,  # TensorRT may pick TF32 kernels for an fp32 engine
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[pytest.mark.gpu, pytest.mark.tensorrt] if n == "trt" else []) for n in RUNNERS.names()],
+)
+def test_every_runner_loads_runs_and_closes(name, arts, tmp_path):
+    """``run`` computes the model's logits on the runner's own input buffer; ``close`` releases everything."""
+    cls = RUNNERS.get(name)
+    io = RUNNER_IO.get(name)
+    assert io is not None, f"add backend {name!r} to RUNNER_IO"
+    device = next((d for d in ("cpu", "cuda") if cls.unavailable(d, FAST) is None), None)
+    if device is None:
+        pytest.skip(f"backend {name} cannot run here: {cls.unavailable('cuda', FAST)}")
+    targets, reason = cls.targets(resolve_artifact(str(io.artifact(arts, tmp_path))), None)
+    assert targets, reason
+    reference, _ = load_model_dir(arts["fast"])
+    rng = np.random.default_rng(1)
+    threads_before = torch.get_num_threads()
+    with cls() as runner:
+        runner.load(targets[0], device, 3, FAST)
+        for _ in range(2):  # two different inputs: each run computes on what the input buffer holds now
+            x = rng.standard_normal((3, 1, 16, 16), dtype=np.float32)
+            io.feed(runner, x)
+            runner.run()
+            runner.sync()
+            with torch.no_grad():
+                want = reference.eval()(torch.from_numpy(x)).numpy()
+            got = io.read(runner)
+            assert got.shape == (3, 2)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=io.atol)
+    # Leaving the block closed the runner: nothing is held, global torch threads are back, run has nothing to run.
+    assert io.released(runner)
+    assert torch.get_num_threads() == threads_before
+    with pytest.raises((AttributeError, TypeError)):
+        runner.run()
 
 
 def test_model_dir_on_torch_and_ort_cpu(arts, tmp_path):
@@ -713,18 +808,8 @@ def test_ort_cuda_provider(arts):
 @pytest.mark.tensorrt
 @needs_cuda
 def test_native_tensorrt_engine(arts, tmp_path):
-    trt = pytest.importorskip("tensorrt")
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse(arts["onnx"].read_bytes())
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape("input", (1, 1, 16, 16), (4, 1, 16, 16), (8, 1, 16, 16))
-    config.add_optimization_profile(profile)
-    engine = tmp_path / "tiny.engine"
-    engine.write_bytes(bytes(builder.build_serialized_network(network, config)))
+    pytest.importorskip("tensorrt")
+    engine = _build_engine(arts["onnx"], tmp_path / "tiny.engine")
     report = benchmark([str(engine)], backends=["trt"], batches=(1, 8, 16), settings=FAST)
     assert [r.batch for r in report.results] == [1, 8]
     assert "profile" in report.skipped[0].reason  # batch 16 is outside the engine's profile

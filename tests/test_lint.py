@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import UnknownNameError
-from edgekd.export import lint_errors, lint_onnx, resolve_profile
+from edgekd.export import LINT_RULES, lint_errors, lint_onnx, resolve_profile
 from edgekd.export._types import onnx_io
 
 PROFILE = {"min_batch": 1, "opt_batch": 8, "max_batch": 32}
@@ -198,6 +198,37 @@ def test_missing_file_is_an_artifact_error(tmp_path):
 
     with pytest.raises(ArtifactError, match="does not exist"):
         lint_onnx(tmp_path / "nope.onnx")
+
+
+def test_failed_shape_inference_warns_and_keeps_what_it_inferred():
+    # A Q without zero point quantizes to uint8: only shape inference types xq, so only it lets the lint see
+    # that dq0 dequantizes uint8. The Reshape beside it has a 4-d shape input, which strict inference rejects.
+    model = _qdq(with_zp=False)
+    model.graph.node.append(helper.make_node("Reshape", ["input", "input"], ["bad"], name="bad_reshape"))
+    model.ir_version = 8  # what onnxruntime loads; onnx 1.23 writes IR 14 by default
+    with pytest.raises(onnx.shape_inference.InferenceError):
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    findings = lint_onnx(model, profile=PROFILE)
+    (warning,) = [f for f in findings if f.rule == "shape-inference"]
+    assert (warning.severity, warning.node, warning.op_type) == ("warning", "<model>", "")
+    assert warning.rule in LINT_RULES
+    assert "InferenceError" in warning.message and "shape input must be 1D" in warning.message
+    # Linting went on, with the types the lenient pass still inferred for the other nodes.
+    assert {("qdq-type", "q0"), ("qdq-type", "dq0")} <= _rules(findings)
+    assert ("qdq-zero-point", "q0") in _rules(findings, "warning")
+
+
+def test_shape_inference_that_cannot_run_at_all_warns(monkeypatch):
+    def too_large(model, *args, **kwargs):
+        raise ValueError("This protobuf of onnx model is too large (>2GB). Call check_model with model path instead.")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", too_large)
+    findings = lint_onnx(_qdq(np.uint8, 128), profile=PROFILE)
+    (warning,) = [f for f in findings if f.rule == "shape-inference"]
+    assert warning.severity == "warning" and "ValueError: This protobuf of onnx model is too large" in warning.message
+    assert "every tensor" in warning.message
+    # The checks on constants (the uint8 zero point) do not need inference and still run.
+    assert {("qdq-type", "q0"), ("qdq-zero-point", "q0"), ("qdq-zero-point", "dq0")} <= _rules(findings)
 
 
 def _ort_quantize(tmp_path, tiny_model_dir, **kw):

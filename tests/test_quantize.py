@@ -86,12 +86,55 @@ def test_cpu_x86_file_fails_the_tensorrt_lint(fp32, tmp_path):
     assert "qdq-type" in rules
 
 
+def _quantized_activations(path) -> set[str]:
+    """Tensors with a QuantizeLinear in a QDQ model (ORT renames a quantized graph output ``X_QuantizeLinear_Input``)."""
+    graph = onnx.load(str(path)).graph
+    return {n.input[0].removesuffix("_QuantizeLinear_Input") for n in graph.node if n.op_type == "QuantizeLinear"}
+
+
+def _input_scale(path) -> float:
+    """The scale of the QuantizeLinear on the graph input."""
+    graph = onnx.load(str(path)).graph
+    (q,) = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
+    (scale,) = [i for i in graph.initializer if i.name == q.input[1]]
+    return float(onnx.numpy_helper.to_array(scale))
+
+
 @pytest.mark.parametrize("method", CALIBRATION)
-def test_calibration_methods_run(method, fp32, tmp_path):
-    path = quantize_onnx(fp32["pre"], tmp_path / "q.onnx", get_target("cpu-x86"), CalibrationReader(fp32["x"]),
-                         calibration=method, cache=tmp_path / "ranges.json")  # fmt: skip
+def test_calibration_methods_run_and_cache_every_range(method, fp32, tmp_path):
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    scheme, cache = get_target("cpu-x86"), tmp_path / "ranges.json"
+    path = quantize_onnx(fp32["pre"], tmp_path / "q.onnx", scheme, CalibrationReader(fp32["x"]),
+                         calibration=method, cache=cache)  # fmt: skip
     _runs(path, fp32["x"])
-    assert json.loads((tmp_path / "ranges.json").read_text())  # ranges cached for re-quantization
+    json.loads(cache.read_text())  # plain JSON (never a pickle)
+    ranges = load_tensors_data(cache)
+    assert ranges.calibration_method.name.lower() == method
+    quantized = _quantized_activations(path)
+    assert "input" in quantized and quantized <= set(ranges.data)  # a range for every quantized activation
+    for name in quantized:
+        lo, hi = (float(np.asarray(v).item()) for v in ranges.data[name].range_value)
+        assert np.isfinite([lo, hi]).all() and lo <= hi, name
+    # The cache is reused: without a reader nothing can be calibrated, and the model comes out identical.
+    again = quantize_onnx(fp32["pre"], tmp_path / "again.onnx", scheme, None, calibration=method, cache=cache)
+    assert onnx.load(str(again)).SerializeToString() == onnx.load(str(path)).SerializeToString()
+
+
+def test_minmax_cache_holds_the_calibration_extremes_and_sets_the_scales(fp32, tmp_path):
+    from onnxruntime.quantization.calibrate import TensorData, load_tensors_data, save_tensors_data
+
+    x, scheme, cache = fp32["x"], get_target("cpu-x86"), tmp_path / "ranges.json"
+    path = quantize_onnx(fp32["pre"], tmp_path / "q.onnx", scheme, CalibrationReader(x), cache=cache)
+    ranges = load_tensors_data(cache)
+    lo, hi = (float(np.asarray(v).item()) for v in ranges.data["input"].range_value)
+    assert (lo, hi) == pytest.approx((float(x.min()), float(x.max())))  # minmax: the extremes of the data seen
+    assert lo < 0 < hi and _input_scale(path) == pytest.approx((hi - lo) / 255)  # uint8, asymmetric
+    # Re-quantizing takes the ranges from the cache: widen the input's range there and its scale follows.
+    ranges.data["input"] = TensorData(lowest=np.float32(2 * lo), highest=np.float32(2 * hi))
+    save_tensors_data(ranges, cache)
+    wide = quantize_onnx(fp32["pre"], tmp_path / "wide.onnx", scheme, None, cache=cache)
+    assert _input_scale(wide) == pytest.approx(2 * (hi - lo) / 255)
 
 
 def test_sensitivity_keeps_nodes_in_fp32(fp32, tmp_path):

@@ -17,6 +17,8 @@ rule                  level    what it checks
 ``dynamic-shape``     error    every dynamic input dim is covered by the optimization profile;
                                warning when a dynamic batch has no profile yet
 ``profile``           error    the profile is well formed (1 <= min <= opt <= max, known inputs)
+``shape-inference``   warning  ONNX shape inference succeeds in strict mode; when it fails the
+                               type-based checks (``qdq-type``) see only what could be inferred
 ====================  =======  =================================================================
 
 Example:
@@ -52,7 +54,7 @@ __all__ = ["Finding", "lint_onnx", "lint_errors", "resolve_profile", "LINT_TARGE
 LINT_TARGETS = ("tensorrt",)
 LINT_RULES = (
     "opset-range", "unsupported-op", "custom-op", "qoperator", "qdq-type", "qdq-zero-point", "qdq-scale",
-    "qdq-weight-axis", "dynamic-shape", "profile",
+    "qdq-weight-axis", "dynamic-shape", "profile", "shape-inference",
 )  # fmt: skip
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -81,7 +83,11 @@ def lint_errors(findings: list[Finding]) -> list[Finding]:
 
 
 class _Graph:
-    """Index of one graph: constants, producers and inferred element types."""
+    """Index of one graph: constants, producers and inferred element types.
+
+    ``findings`` holds a ``shape-inference`` warning when inference failed: the element types it would
+    have given (used by the ``qdq-type`` rule) are then missing, so a clean result proves less.
+    """
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model, self.graph = model, model.graph
@@ -93,17 +99,44 @@ class _Graph:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         self.types = {t.name: onnx_dtype_name(t.data_type) for t in self.graph.initializer}
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model).graph
+        self.findings: list[Finding] = []
+        inferred = self._infer(model)
+        if inferred is not None:
             for v in [*inferred.input, *inferred.output, *inferred.value_info]:
                 if v.type.tensor_type.elem_type:
                     self.types.setdefault(v.name, onnx_dtype_name(v.type.tensor_type.elem_type))
-        except Exception:  # shape inference is best-effort; constant-based checks still run
-            pass
+
+    def _infer(self, model: onnx.ModelProto) -> onnx.GraphProto | None:
+        """Strict shape inference; on failure a warning, then what the lenient mode can still infer.
+
+        The lenient mode never raises for a bad node (it skips it and its outputs stay untyped), so only
+        strict mode can tell that inference failed; the lenient pass keeps the types of every other node.
+        """
+        # onnx raises InferenceError for a bad graph, ValueError for a proto over 2 GB, and others besides.
+        try:
+            return onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+        except Exception as e:
+            strict = e
+        try:
+            inferred: onnx.GraphProto | None = onnx.shape_inference.infer_shapes(model).graph
+            lost = "the outputs of the nodes it failed on"
+        except Exception as e:
+            inferred, lost = None, f"every tensor (lenient inference failed too: {_describe(e)})"
+        msg = (
+            f"ONNX shape inference failed ({_describe(strict)}); "
+            f"element types are unknown for {lost}, so qdq-type checks on them are skipped"
+        )
+        self.findings.append(_warn("shape-inference", "<model>", None, msg))
+        return inferred
 
     def nodes(self) -> Iterator[tuple[str, onnx.NodeProto]]:
         for i, node in enumerate(self.graph.node):
             yield node.name or f"<{node.op_type} #{i}>", node
+
+
+def _describe(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _finding(severity: str, rule: str, name: str, node: onnx.NodeProto | None, message: str) -> Finding:
@@ -379,6 +412,6 @@ def lint_onnx(path_or_model: str | os.PathLike | onnx.ModelProto, *, target: str
     model = load_onnx(path_or_model)
     g = _Graph(model)
     inputs, _ = onnx_io(model)
-    findings = [*_check_opset(model), *_check_ops(g), *_check_qdq(g), *_check_weight_axes(g),
+    findings = [*g.findings, *_check_opset(model), *_check_ops(g), *_check_qdq(g), *_check_weight_axes(g),
                 *_check_dynamic(inputs, profile)]  # fmt: skip
     return sorted(findings, key=lambda f: f.severity != "error")
