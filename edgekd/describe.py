@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.modeldir import WEIGHTS_FILE, ModelSpec, is_model_dir, load_model_dir
+from edgekd.students import build_model, count_macs, count_params, tap_points
 
 __all__ = ["describe_model"]
 
@@ -21,7 +22,6 @@ def describe_model(
     Example:
         >>> describe_model("small:resnet8x4", num_classes=2, input_size=28, in_chans=1)["params"]
     """
-    from edgekd.students import build_model, count_macs, count_params, tap_points
 
     if is_model_dir(ref):
         model, card = load_model_dir(ref)

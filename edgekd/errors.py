@@ -28,6 +28,7 @@ __all__ = [
     "EdgeKDError",
     "InvalidInputError",
     "UnknownNameError",
+    "TrainingDivergedError",
     "ArtifactError",
     "DependencyError",
     "VerificationError",
@@ -65,6 +66,10 @@ class UnknownNameError(InvalidInputError, KeyError):
         super().__init__(f"unknown {kind} {name!r}", hint)
 
     __str__ = EdgeKDError.__str__
+
+
+class TrainingDivergedError(InvalidInputError):
+    """The loss became non-finite: the settings (learning rate, loss weights) or the data do not train."""
 
 
 class ArtifactError(EdgeKDError):

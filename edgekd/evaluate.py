@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.data import load_data
+from edgekd.distill import evaluate_split
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import load_model_dir
 
@@ -26,7 +27,6 @@ def evaluate_model_dir(
     Example:
         >>> evaluate_model_dir("runs/teacher")["metrics"]["auroc"]
     """
-    from edgekd.distill import evaluate_split
 
     model, card = load_model_dir(path)
     spec = data or card.lineage.data

@@ -7,6 +7,7 @@ from pathlib import Path
 from edgekd.data import load_data
 from edgekd.modeldir import Lineage, ModelCard, ModelSpec, save_model_dir, sha256_file
 from edgekd.students import count_params
+from edgekd.teachers import import_checkpoint
 
 __all__ = ["import_model"]
 
@@ -23,8 +24,6 @@ def import_model(
     trust_pickle: bool = False,
 ) -> ModelCard:
     """Load ``checkpoint`` into ``model``'s architecture and save it with ``data``'s labels and preprocessing."""
-    from edgekd.teachers import import_checkpoint
-
     bundle = load_data(data)
     chans = in_chans or bundle.channels
     spec = ModelSpec(name=model, num_classes=bundle.num_classes, in_chans=chans, small_input=small_input)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from edgekd.data.preprocess import Task
+from edgekd.specs import Task
 
 __all__ = ["compute_metrics", "probabilities", "METRIC_NAMES", "higher_is_better"]
 

@@ -1,9 +1,9 @@
 """The model directory: the unit every stage reads and writes.
 
 ``DIR/model.safetensors`` holds the weights (never pickled); ``DIR/edgekd.json`` holds a
-:class:`ModelCard` with everything needed to rebuild the exact architecture and to use the model:
-the :class:`ModelSpec`, task, label names, :class:`~edgekd.data.preprocess.Preprocess`, metrics and
-lineage (parent hash, the command that made it, package versions). Pruned models also store their
+:class:`~edgekd.specs.ModelCard` with everything needed to rebuild the exact architecture and to use the
+model: the :class:`~edgekd.specs.ModelSpec`, task, label names, :class:`~edgekd.specs.Preprocess`, metrics
+and lineage (parent hash, the command that made it, package versions). Pruned models also store their
 ``structure`` (per-module widths), so loading rebuilds the shrunken architecture without pickle.
 
 Example:
@@ -13,22 +13,20 @@ Example:
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import os
-import platform
-import shutil
-import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
-from edgekd.data.preprocess import Preprocess, Task
-from edgekd.errors import ArtifactError
+from edgekd._io import atomic_dir, atomic_write_bytes, atomic_write_text, sha256_file
+from edgekd.data import DataBundle, load_data
+from edgekd.errors import ArtifactError, InvalidInputError
+from edgekd.specs import FORMAT_VERSION, Lineage, ModelCard, ModelSpec, current_command, package_versions
+from edgekd.students import apply_structure, build_model, count_params
 
 __all__ = [
     "ModelSpec",
@@ -45,147 +43,11 @@ __all__ = [
     "package_versions",
     "WEIGHTS_FILE",
     "CARD_FILE",
+    "load_model_and_data",
 ]
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "edgekd.json"
-FORMAT_VERSION = 1
-
-
-class ModelSpec(BaseModel):
-    """What to build: a registry name plus the arguments that change the architecture.
-
-    Attributes:
-        name: a source-qualified name, e.g. ``tv:resnet18``, ``small:resnet8x4``, ``timm:resnet18``.
-        num_classes: classifier outputs (2 for binary tasks, the label count for multi-label ones).
-        in_chans: input channels of the first layer.
-        small_input: 3x3 stride-1 stem without max-pool, for inputs of at most 64 px.
-        kwargs: extra builder keyword arguments (validated by the builder).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    num_classes: int = Field(ge=1)
-    in_chans: int = Field(default=3, ge=1)
-    small_input: bool = False
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-
-class Lineage(BaseModel):
-    """Where a model came from."""
-
-    command: str = ""
-    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    parent: str | None = None  # path of the parent model directory
-    parent_sha256: str | None = None  # sha256 of the parent's weights file
-    data: str | None = None
-    teachers: list[str] = Field(default_factory=list)
-    losses: list[str] = Field(default_factory=list)
-    stage: str = "train"
-    versions: dict[str, str] = Field(default_factory=dict)
-    notes: dict[str, Any] = Field(default_factory=dict)
-
-
-class ModelCard(BaseModel):
-    """Contents of ``edgekd.json``."""
-
-    format_version: int = FORMAT_VERSION
-    spec: ModelSpec
-    task: Task
-    label_names: list[str]
-    preprocess: Preprocess
-    metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    lineage: Lineage = Field(default_factory=Lineage)
-    structure: dict[str, dict[str, int]] | None = None
-    params: int | None = None
-    macs: int | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide how a model behaves, for lineage and benchmark records."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("edgekd", "torch", "torchvision", "onnx", "onnxruntime", "torch-pruning", "numpy", "timm"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); artifacts are shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-class atomic_dir:
-    """Context manager: build a directory under a temporary name, rename it into place on success.
-
-    On an exception the temporary directory is removed, so no half-written artifact is left. An
-    existing target is replaced only when ``overwrite`` is true.
-
-    Example:
-        >>> with atomic_dir("out/bundle") as tmp:
-        ...     (tmp / "model.onnx").write_bytes(b"...")
-    """
-
-    def __init__(self, target: str | os.PathLike, *, overwrite: bool = True) -> None:
-        self.target = Path(target)
-        self.overwrite = overwrite
-
-    def __enter__(self) -> Path:
-        if self.target.exists() and not self.overwrite:
-            raise ArtifactError(f"{self.target} already exists", "choose another --out or pass --overwrite")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp"))
-        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes directories private (0700)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.target, old)
-            os.replace(self.tmp, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.target)
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
@@ -221,10 +83,6 @@ def save_model_dir(model: torch.nn.Module, card: ModelCard, out: str | os.PathLi
 
     Params and MACs are filled in when missing; package versions are added to the lineage.
     """
-    from safetensors.torch import save as st_save
-
-    from edgekd.students import count_params
-
     out = Path(out)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if card.params is None:
@@ -232,8 +90,7 @@ def save_model_dir(model: torch.nn.Module, card: ModelCard, out: str | os.PathLi
     if not card.lineage.versions:
         card = card.model_copy(update={"lineage": card.lineage.model_copy(update={"versions": package_versions()})})
     if not card.lineage.command:
-        cmd = " ".join(["edgekd", *sys.argv[1:]]) if Path(sys.argv[0]).name == "edgekd" else ""
-        card = card.model_copy(update={"lineage": card.lineage.model_copy(update={"command": cmd})})
+        card = card.model_copy(update={"lineage": card.lineage.model_copy(update={"command": current_command()})})
     weights = st_save(_dedupe_shared(state), metadata={"format": "pt"})
     if out.is_dir() and overwrite:
         # Update in place (a training run keeps its checkpoint/ and config.yaml beside the model). The
@@ -263,16 +120,10 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_model_dir(path: str | os.PathLike, *, map_location: str = "cpu") -> tuple[torch.nn.Module, ModelCard]:
     """Rebuild the exact architecture from ``edgekd.json`` and load the weights (no pickle)."""
-    from safetensors.torch import load_file
-
-    from edgekd.students import build_model
-
     p = Path(path)
     card = read_card(p)
     model = build_model(card.spec)
     if card.structure:
-        from edgekd.prune import apply_structure
-
         apply_structure(model, card.structure)
     try:
         state = load_file(str(p / WEIGHTS_FILE), device=map_location)
@@ -291,3 +142,23 @@ def load_model_dir(path: str | os.PathLike, *, map_location: str = "cpu") -> tup
 
 def card_json(card: ModelCard) -> dict:
     return json.loads(card.model_dump_json())
+
+
+def load_model_and_data(source: str | os.PathLike, data: str | DataBundle | None = None, *, seed: int = 0
+                        ) -> tuple[torch.nn.Module, ModelCard, DataBundle]:  # fmt: skip
+    """A model directory and its data (default: the data in its lineage), checked to fit each other.
+
+    Raises:
+        ArtifactError: ``source`` is missing or malformed (exit 4).
+        InvalidInputError: no data recorded nor given, or data with other classes or task (exit 3).
+    """
+    model, card = load_model_dir(source)
+    spec = data if data is not None else card.lineage.data
+    if spec is None:
+        raise InvalidInputError(f"{source} does not record its training data", "pass --data")
+    bundle = spec if isinstance(spec, DataBundle) else load_data(spec, seed=seed)
+    if bundle.num_classes != card.spec.num_classes or bundle.task is not card.task:
+        raise InvalidInputError(f"data {bundle.spec} ({bundle.num_classes} classes, {bundle.task.value}) does not fit "
+                                f"{source} ({card.spec.num_classes} outputs, {card.task.value})",
+                                "prune on the data the model was trained for")  # fmt: skip
+    return model, card, bundle

@@ -22,9 +22,9 @@ def synth_spec() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A small:tinycnn trained for 2 epochs on the binary synthetic data."""
-    from edgekd.distill import TrainConfig, train_model
+    from edgekd.distill import RunSettings, TrainConfig, train_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     cfg = TrainConfig(epochs=2, batch_size=32, lr=5e-3, warmup_epochs=0.5)
-    train_model("small:tinycnn", SYNTH, out, cfg, progress=False)
+    train_model(RunSettings(student="small:tinycnn", data=SYNTH, train=cfg), out, progress=False)
     return str(out)

@@ -42,9 +42,9 @@ from edgekd.bench import (
 from edgekd.bench._env import capture_environment, cpu_info
 from edgekd.bench._schema import Environment, ModelInfo
 from edgekd.cli import app
-from edgekd.data.preprocess import Preprocess, Task
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
 from edgekd.modeldir import Lineage, ModelCard, ModelSpec, load_model_dir, save_model_dir
+from edgekd.specs import Preprocess, Task
 from edgekd.students import build_model, count_macs
 
 cli = CliRunner()

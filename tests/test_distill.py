@@ -11,22 +11,21 @@ from torch import nn
 from typer.testing import CliRunner
 
 from edgekd.data import Augment, AugmentedDataset, load_data
-from edgekd.data.preprocess import Task
 from edgekd.distill import (
-    FeatureTaps,
-    Teacher,
+    RunSettings,
     TeacherCache,
     TrainConfig,
     build_distill_objective,
     distill_model,
     fit,
-    load_teacher,
     parse_loss,
     topk_reconstruct,
 )
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.modeldir import ModelSpec, load_model_dir, read_card
-from edgekd.students import build_model
+from edgekd.specs import Task
+from edgekd.students import FeatureTaps, build_model
+from edgekd.teachers import Teacher, load_teacher
 
 from .conftest import SYNTH, SYNTH3
 
@@ -236,15 +235,9 @@ def test_recovery_style_student_module(data, tiny_model_dir, tmp_path):
 
 
 def test_distill_model_writes_model_dir_with_lineage(tiny_model_dir, tmp_path):
-    card = distill_model(
-        "small:tinycnn",
-        [tiny_model_dir],
-        SYNTH,
-        tmp_path / "s",
-        TrainConfig(**CFG),
-        losses=["ce:1", "dkd:1,warmup=1"],
-        progress=False,
-    )
+    settings = RunSettings(student="small:tinycnn", teachers=[tiny_model_dir], data=SYNTH, train=TrainConfig(**CFG),
+                           losses=["ce:1", "dkd:1,warmup=1"])  # fmt: skip
+    card = distill_model(settings, tmp_path / "s", progress=False)
     assert card.lineage.stage == "distill" and card.lineage.teachers == [tiny_model_dir]
     assert card.lineage.losses == ["ce:1", "dkd:1,warmup=1"]
     model, loaded = load_model_dir(tmp_path / "s")
@@ -280,16 +273,9 @@ def test_cache_second_epoch_does_not_call_the_teacher(tiny_model_dir, data, tmp_
 def test_cache_views_replay_the_augmentation(tiny_model_dir, data, tmp_path):
     """With V=2 views and 3 epochs, epoch 2 replays epoch 0's augmentation and reads the cache."""
     teacher = load_teacher(tiny_model_dir, data=data)
-    card = distill_model(
-        "small:tinycnn",
-        [tiny_model_dir],
-        data,
-        tmp_path / "s",
-        TrainConfig(**{**CFG, "epochs": 3, "augment": "light"}),
-        cache_teacher=True,
-        cache_views=2,
-        progress=False,
-    )
+    settings = RunSettings(student="small:tinycnn", teachers=[tiny_model_dir], data=data.spec,
+                           train=TrainConfig(**{**CFG, "epochs": 3, "augment": "light"}), cache={"views": 2})  # fmt: skip
+    card = distill_model(settings, tmp_path / "s", data=data, progress=False)
     notes = card.lineage.notes
     assert notes["cache"]["views"] == 2 and notes["teacher_calls"] == 8  # epochs 0 and 1 only
     cache = TeacherCache.open(tmp_path / "s" / "teacher_cache", teachers=[teacher], data=data, augment="light", views=2)

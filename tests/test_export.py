@@ -17,7 +17,6 @@ import torch
 from typer.testing import CliRunner
 
 from edgekd.cli import app
-from edgekd.data.preprocess import Preprocess, Task
 from edgekd.errors import ArtifactError, InvalidInputError, VerificationError
 from edgekd.export import (
     MANIFEST_FILE,
@@ -43,6 +42,7 @@ from edgekd.export import (
 )
 from edgekd.export import _onnx as onnx_mod
 from edgekd.modeldir import Lineage, ModelCard, ModelSpec, load_model_dir, save_model_dir
+from edgekd.specs import Preprocess, Task
 from edgekd.students import build_model, list_models
 
 runner = CliRunner()
@@ -420,12 +420,12 @@ def test_explicit_data_must_load():
 
 def test_failing_parity_leaves_no_bundle_and_keeps_an_old_one(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "b"
-    out.mkdir()
-    (out / "old.txt").write_text("previous bundle")
+    export_bundle(tiny_model_dir, out, n_samples=8)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setitem(TOLERANCES, Precision.FP32, Tolerance(max_abs=-1.0))
     with pytest.raises(VerificationError, match="parity FAILED"):
-        export_bundle(tiny_model_dir, out, n_samples=8)
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+        export_bundle(tiny_model_dir, out, n_samples=8, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier bundle, untouched
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]  # no temp dirs left
 
 

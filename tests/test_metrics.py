@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from edgekd.data.preprocess import Task
 from edgekd.metrics import compute_metrics
+from edgekd.specs import Task
 
 
 def test_binary_metrics_stored_values():

@@ -18,11 +18,10 @@ from edgekd.prune import (
     ChannelPruner,
     PruneConfig,
     PruneTarget,
-    capture_structure,
     find_classifier,
     prune_model_dir,
 )
-from edgekd.students import build_model, count_macs
+from edgekd.students import build_model, capture_structure, count_macs
 
 from .conftest import SYNTH
 
@@ -123,7 +122,9 @@ def test_prune_model_dir_with_recovery(kd, tiny_model_dir, tmp_path):
     cfg = PruneConfig(importance="lamp", target=PruneTarget.from_options(target_macs=0.6), steps=2,
                       recovery_epochs=1, kd=kd, latency_batch=8 if kd else None, latency_s=0.2, train=train)  # fmt: skip
     out = tmp_path / "pruned"
-    report = prune_model_dir(tiny_model_dir, out, cfg, progress=False)
+    from edgekd.bench import model_latency_ms
+
+    report = prune_model_dir(tiny_model_dir, out, cfg, latency=model_latency_ms, progress=False)
     assert report.target_met and report.recovery == ("kd" if kd else "ce")
     assert report.after.macs <= 0.6 * report.before.macs and report.after.params < report.before.params
     assert report.after.size_bytes < report.before.size_bytes

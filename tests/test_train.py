@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.distill import TrainConfig, lr_at, train_model
+from edgekd.distill import RunSettings, TrainConfig, lr_at, train_model
 from edgekd.modeldir import CARD_FILE, load_model_dir, read_card, save_model_dir
 
 from .conftest import SYNTH, SYNTH3
@@ -60,7 +60,7 @@ def test_resume_continues_to_same_result(tmp_path):
     from edgekd.distill import SupervisedObjective, fit, resolve_student
 
     cfg = TrainConfig(epochs=2, batch_size=32, lr=5e-3, optimizer="sgd", seed=3)
-    full = train_model("small:tinycnn", SYNTH3, tmp_path / "full", cfg, progress=False)
+    full = train_model(RunSettings(student="small:tinycnn", data=SYNTH3, train=cfg), tmp_path / "full", progress=False)
 
     torch.manual_seed(cfg.seed)
     data = load_data(SYNTH3, seed=cfg.seed)
@@ -77,7 +77,9 @@ def test_resume_continues_to_same_result(tmp_path):
             on_epoch_end=_stop_after_first,
         )
     assert not (tmp_path / "part" / CARD_FILE).exists()  # interrupted: a checkpoint, no model directory
-    res = train_model("small:tinycnn", SYNTH3, tmp_path / "part", cfg, progress=False, resume=True)
+    res = train_model(
+        RunSettings(student="small:tinycnn", data=SYNTH3, train=cfg, resume=True), tmp_path / "part", progress=False
+    )
 
     m_full, _ = load_model_dir(tmp_path / "full")
     m_res, _ = load_model_dir(tmp_path / "part")
@@ -90,7 +92,11 @@ def test_resume_without_checkpoint_fails(tmp_path):
     from edgekd.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="no checkpoint"):
-        train_model("small:tinycnn", SYNTH, tmp_path / "none", TrainConfig(epochs=1), progress=False, resume=True)
+        train_model(
+            RunSettings(student="small:tinycnn", data=SYNTH, train=TrainConfig(epochs=1), resume=True),
+            tmp_path / "none",
+            progress=False,
+        )
 
 
 def test_class_weighting_balanced():

@@ -23,9 +23,11 @@ from edgekd.bench._api import benchmark, default_backends
 from edgekd.bench._artifacts import Artifact, ArtifactKind, resolve_artifact
 from edgekd.bench._env import capture_environment
 from edgekd.bench._gate import check_budget, compare_reports, enforce, parse_fraction, regressions
+from edgekd.bench._latency import model_latency_ms, onnx_latency_ms
 from edgekd.bench._report import (
     comparison_table,
     load_report,
+    noise_warnings,
     results_table,
     speedups,
     to_csv,
@@ -56,6 +58,9 @@ from edgekd.bench._timing import Timing, time_runner
 
 __all__ = [
     "benchmark",
+    "model_latency_ms",
+    "onnx_latency_ms",
+    "noise_warnings",
     "default_backends",
     "compare_reports",
     "regressions",

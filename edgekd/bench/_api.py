@@ -16,16 +16,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edgekd._progress import stderr_console
 from edgekd.bench import _ort_runner, _torch_runner, _trt_runner  # noqa: F401  (runners register on import)
 from edgekd.bench._artifacts import Artifact, ArtifactKind, resolve_artifact
 from edgekd.bench._env import capture_environment
 from edgekd.bench._memory import MemoryProbe
+from edgekd.bench._onnxinfo import onnx_size_bytes, read_onnx_info
 from edgekd.bench._roofline import measure_peak_flops, roofline_for
 from edgekd.bench._runners import RUNNERS, SkipConfig, Target, cuda_unavailable_reason, physical_cores
 from edgekd.bench._schema import BenchReport, BenchResult, BenchSettings, Device, ModelInfo, Precision, Skipped
 from edgekd.bench._stats import summarize
 from edgekd.bench._timing import time_runner
 from edgekd.errors import DependencyError, InvalidInputError
+from edgekd.modeldir import load_model_dir
+from edgekd.students import count_macs, count_params
 
 __all__ = ["benchmark", "default_backends", "run_config"]
 
@@ -97,8 +101,6 @@ def _ensure_macs(art: Artifact) -> None:
     """Count MACs of a model directory whose card does not store them (one forward pass at batch 1)."""
     if art.kind is not ArtifactKind.MODEL_DIR or art.macs is not None or art.input_shape is None:
         return
-    from edgekd.modeldir import load_model_dir
-    from edgekd.students import count_macs, count_params
 
     model, _ = load_model_dir(art.path)
     art.macs = count_macs(model, (1, *art.input_shape))
@@ -165,8 +167,6 @@ def _model_info(p: _Planned) -> ModelInfo:
     art, target = p.target.artifact, p.target
     macs, size = art.macs, art.size_bytes
     if target.file is not None and art.kind is ArtifactKind.BUNDLE:
-        from edgekd.bench._onnxinfo import onnx_size_bytes, read_onnx_info
-
         size = onnx_size_bytes(target.file) if target.file.suffix == ".onnx" else target.file.stat().st_size
         if macs is None and target.file.suffix == ".onnx":
             macs = read_onnx_info(target.file).macs
@@ -295,8 +295,6 @@ def _run_all(
     planned: list[_Planned], settings: BenchSettings, peaks: dict[str, float], skipped: list[Skipped], progress: bool
 ) -> list[BenchResult]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from edgekd._progress import stderr_console
 
     results: list[BenchResult] = []
     bar = Progress(

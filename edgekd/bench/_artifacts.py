@@ -27,7 +27,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgekd.bench._onnxinfo import onnx_size_bytes, read_onnx_info
 from edgekd.errors import ArtifactError
+from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, read_card
 
 __all__ = [
     "ArtifactKind",
@@ -98,7 +100,6 @@ def resolve_artifact(given: str) -> Artifact:
     Raises:
         ArtifactError: the path does not exist or is none of the four kinds, or a manifest is malformed.
     """
-    from edgekd.modeldir import is_model_dir
 
     path = Path(given)
     if not path.exists():
@@ -118,7 +119,6 @@ def resolve_artifact(given: str) -> Artifact:
 
 
 def _model_dir(given: str, path: Path) -> Artifact:
-    from edgekd.modeldir import WEIGHTS_FILE, read_card
 
     card = read_card(path)
     h, w = card.preprocess.input_size
@@ -202,7 +202,6 @@ def _shape_from_preprocess(bundle: Path) -> tuple[int, ...] | None:
 
 
 def _onnx_file(given: str, path: Path) -> Artifact:
-    from edgekd.bench._onnxinfo import onnx_size_bytes, read_onnx_info
 
     info = read_onnx_info(path)
     precision = info.precision
@@ -280,8 +279,6 @@ def onnx_for_model_dir(art: Artifact) -> Path:
     if key in _EXPORTS and _EXPORTS[key].is_file():
         return _EXPORTS[key]
     import torch
-
-    from edgekd.modeldir import load_model_dir
 
     model, _ = load_model_dir(art.path)
     if not _TMP:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edgekd.bench._artifacts import cwd_git_revision
 from edgekd.bench._schema import CpuInfo, Environment, GpuInfo
+from edgekd.modeldir import package_versions
 
 __all__ = ["capture_environment", "cpu_info", "gpu_info", "CPU_FLAGS"]
 
@@ -116,7 +117,6 @@ def gpu_info() -> list[GpuInfo]:
 
 
 def _versions() -> tuple[dict[str, str], list[str]]:
-    from edgekd.modeldir import package_versions
 
     versions = package_versions()
     for pkg in ("onnxruntime-gpu", "tensorrt", "psutil"):

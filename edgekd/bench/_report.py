@@ -20,8 +20,10 @@ from rich.table import Table
 
 from edgekd.bench._schema import BenchReport, BenchResult, Comparison
 from edgekd.errors import ArtifactError
+from edgekd.modeldir import atomic_write_text
 
 __all__ = [
+    "noise_warnings",
     "speedups",
     "results_table",
     "comparison_table",
@@ -193,8 +195,6 @@ def comparison_table(comparisons: list[Comparison], title: str = "baseline compa
 
 def write_json(report: BenchReport, path: str | Path) -> None:
     """Write the report atomically as indented JSON."""
-    from edgekd.modeldir import atomic_write_text
-
     atomic_write_text(path, report.model_dump_json(indent=2) + "\n")
 
 
@@ -267,7 +267,6 @@ def to_csv(report: BenchReport) -> str:
 
 
 def write_csv(report: BenchReport, path: str | Path) -> None:
-    from edgekd.modeldir import atomic_write_text
 
     atomic_write_text(path, to_csv(report))
 
@@ -327,7 +326,6 @@ def to_markdown(report: BenchReport) -> str:
 
 
 def write_markdown(report: BenchReport, path: str | Path) -> None:
-    from edgekd.modeldir import atomic_write_text
 
     atomic_write_text(path, to_markdown(report))
 
@@ -335,3 +333,25 @@ def write_markdown(report: BenchReport, path: str | Path) -> None:
 def report_json(report: BenchReport) -> dict:
     """The report as a plain dict (what ``--json`` writes)."""
     return json.loads(report.model_dump_json())
+
+
+def noise_warnings(report: BenchReport) -> list[str]:
+    """Plain-text warnings about figures that will not repeat (high CV, the machine's speed drifting).
+
+    On a small machine whose every core ran the model, the drift warning suggests leaving one core free.
+    """
+    out, settings = [], report.settings
+    noisy = [r for r in report.results if r.stats.high_cv]
+    if noisy:
+        out.append(f"{len(noisy)} result(s) vary by more than {100 * settings.cv_warn:.0f}% (CV): the machine is busy "
+                   "or the run too short; trust p50 over the mean, or re-run on a quiet machine with a larger --min-s")  # fmt: skip
+    drifting = [r for r in report.results if r.stats.high_drift]
+    if drifting:
+        cpu = report.environment.cpu
+        cores, used = cpu.logical_cores or 1, cpu.threads_used or 0
+        busy = 1 < cores <= 4 and used >= cores  # a small machine with no core left for the system
+        hint = f"; all {cores} cores were in use, try --threads {cores - 1}" if busy else ""
+        out.append(f"the machine's speed changed during {len(drifting)} result(s) (p50 of one fifth of the run vs "
+                   f"another > {100 * settings.drift_warn:.0f}%): these figures will not repeat; leave a core free for "
+                   f"the system or measure on a quieter machine{hint}")  # fmt: skip
+    return out

@@ -19,6 +19,7 @@ from edgekd.bench._artifacts import Artifact, ArtifactKind
 from edgekd.bench._runners import RUNNERS, Runner, Target, cuda_unavailable_reason
 from edgekd.bench._schema import BenchSettings
 from edgekd.errors import DependencyError, InvalidInputError
+from edgekd.modeldir import load_model_dir
 
 __all__ = ["TorchRunner"]
 
@@ -58,8 +59,6 @@ class TorchRunner(Runner):
 
     def load(self, target: Target, device: str, batch: int, options: BenchSettings) -> None:
         import torch
-
-        from edgekd.modeldir import load_model_dir
 
         if target.artifact.input_shape is None:
             raise InvalidInputError(f"cannot tell the input shape of {target.artifact.given}")

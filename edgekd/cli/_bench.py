@@ -14,6 +14,21 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from edgekd.bench import (
+    BenchSettings,
+    benchmark,
+    check_budget,
+    compare_reports,
+    comparison_table,
+    enforce,
+    load_report,
+    noise_warnings,
+    parse_fraction,
+    regressions,
+    results_table,
+    write_csv,
+    write_markdown,
+)
 from edgekd.bench._schema import OrtOptLevel, OrtProvider, Precision
 from edgekd.cli._app import app
 from edgekd.cli._options import JsonOpt, QuietOpt, console, emit_json
@@ -163,7 +178,6 @@ def run_cmd(
 
     Example: edgekd bench runs/teacher runs/student --batch 1,32 --json bench.json --baseline base.json --max-regression 10%
     """
-    from edgekd.bench import BenchSettings, benchmark, parse_fraction
 
     settings = _settings(
         BenchSettings,
@@ -194,27 +208,9 @@ def run_cmd(
     )
     show = json_out != "-"
     if show:
-        from edgekd.bench import results_table
-
         console.print(results_table(report))
-        noisy = [r for r in report.results if r.stats.high_cv]
-        if noisy:
-            console.print(
-                f"[yellow]warning:[/] {len(noisy)} result(s) vary by more than "
-                f"{100 * settings.cv_warn:.0f}% (CV): the machine is busy or the run too short; "
-                "trust p50 over the mean, or re-run on a quiet machine with a larger --min-s"
-            )
-        drifting = [r for r in report.results if r.stats.high_drift]
-        if drifting:
-            cpu = report.environment.cpu
-            cores, used = cpu.logical_cores or 1, cpu.threads_used or 0
-            busy = 1 < cores <= 4 and used >= cores  # a small machine with no core left for the system
-            hint = f"; all {cores} cores were in use, try --threads {cores - 1}" if busy else ""
-            console.print(
-                f"[yellow]warning:[/] the machine's speed changed during {len(drifting)} result(s) (p50 of one "
-                f"fifth of the run vs another > {100 * settings.drift_warn:.0f}%): these figures will not "
-                f"repeat; leave a core free for the system or measure on a quieter machine{hint}"
-            )
+        for warning in noise_warnings(report):
+            console.print(f"[yellow]warning:[/] {warning}")
     _write_outputs(report, json_out, csv_out, markdown_out)
     _gate(report, baseline, parse_fraction(max_regression), min_abs_ms, budget_ms, show)
 
@@ -232,7 +228,6 @@ def _settings(model: Any, **values: Any) -> Any:
 
 
 def _write_outputs(report: Any, json_out: str | None, csv_out: Path | None, markdown_out: Path | None) -> None:
-    from edgekd.bench import write_csv, write_markdown
 
     emit_json(report, json_out)
     if csv_out is not None:
@@ -245,8 +240,6 @@ def _gate(
     report: Any, baseline: Path | None, max_regression: float, min_abs_ms: float, budget_ms: float | None, show: bool
 ) -> None:
     """Compare with the baseline and the budget; print what failed; raise RegressionError (exit 7)."""
-    from edgekd.bench import check_budget, compare_reports, comparison_table, enforce, load_report, regressions
-
     regressed = []
     if baseline is not None:
         comps = compare_reports(load_report(baseline), report, max_regression=max_regression, min_abs_ms=min_abs_ms)
@@ -275,7 +268,6 @@ def compare_cmd(
 
     Example: edgekd bench compare base.json new.json --max-regression 10%
     """
-    from edgekd.bench import compare_reports, comparison_table, enforce, load_report, parse_fraction, regressions
 
     threshold = parse_fraction(max_regression) if max_regression is not None else 0.10
     comps = compare_reports(load_report(base), load_report(new), max_regression=threshold, min_abs_ms=min_abs_ms)

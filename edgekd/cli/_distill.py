@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from edgekd._io import check_report_path
 from edgekd.cli._app import app
 from edgekd.cli._options import (
     AmpOpt,
@@ -31,6 +32,7 @@ from edgekd.cli._options import (
     NumWorkersOpt,
     OptimizerOpt,
     OutOpt,
+    OverwriteOpt,
     QuietOpt,
     ResumeOpt,
     SeedOpt,
@@ -38,22 +40,15 @@ from edgekd.cli._options import (
     SmallInputOpt,
     WarmupEpochsOpt,
     WeightDecayOpt,
-    config_value,
     console,
     emit_json,
-    resolve_config,
+    given_options,
 )
 from edgekd.cli._render import metrics_table
-from edgekd.data.preprocess import ChannelMode
-from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, TrainConfig
+from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, distill_model, list_losses, resolve_run_settings
+from edgekd.specs import ChannelMode
 
 D, C = "Distillation", "Teacher cache"
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 @app.command()
@@ -145,6 +140,7 @@ def distill(
     num_workers: NumWorkersOpt = 0,
     max_steps_per_epoch: MaxStepsOpt = None,
     resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     download: DownloadOpt = False,
     json_out: JsonOpt = None,
@@ -154,42 +150,15 @@ def distill(
 
     Example: edgekd distill --student small:resnet8x4 --teacher runs/teacher --data pneumoniamnist --loss ce:1 --loss kd:1,T=4 --cache-teacher --out runs/student
     """
-    flags = {k: v for k, v in locals().items() if k != "ctx"}  # first: only the options are local yet
-    from edgekd.cli._train import command_line
-    from edgekd.distill import DEFAULT_LOSSES, distill_model
-    from edgekd.errors import InvalidInputError
-
-    cfg = resolve_config(ctx, TrainConfig, config, flags)
-    opt = {
-        name: config_value(ctx, config, name, flags[name])
-        for name in (
-            "student",
-            "data",
-            "teacher",
-            "loss",
-            "teacher_weight",
-            "cache_teacher",
-            "cache_topk",
-            "cache_views",
-        )
-    }
-    if not opt["student"]:
-        raise InvalidInputError("no student given", "pass --student NAME (see `edgekd zoo`) or a model directory")
-    if not _as_list(opt["teacher"]):
-        raise InvalidInputError("no teacher given", "pass --teacher DIR (a model directory from `edgekd train`)")
-    card = distill_model(
-        opt["student"], _as_list(opt["teacher"]), opt["data"], out, cfg,
-        losses=_as_list(opt["loss"]) or DEFAULT_LOSSES, teacher_weights=_as_list(opt["teacher_weight"]) or None,
-        cache_teacher=bool(opt["cache_teacher"]), cache_dir=cache_dir, topk=opt["cache_topk"],
-        cache_views=opt["cache_views"], cache_readonly=cache_readonly, small_input=small_input, channels=channels,
-        input_size=input_size, pretrained=pretrained, pretrained_teacher=pretrained_teacher,
-        trust_pickle=trust_pickle, resume=resume, progress=not quiet, download=download, command=command_line(),
-    )  # fmt: skip
+    flags = {k: v for k, v in locals().items() if k != "ctx"}
+    check_report_path(json_out)
+    settings = resolve_run_settings(flags, config=config, given=given_options(ctx), require_teacher=True)
+    card = distill_model(settings, out, overwrite=overwrite, progress=not quiet)
     if not quiet and json_out != "-":
         notes = card.lineage.notes
         cache = f"; teacher cache {notes['cache']['status']}" if "cache" in notes else ""
         console.print(
-            f"best epoch {card.metrics['best_epoch']['epoch']} by val {cfg.select_metric}; losses "
+            f"best epoch {card.metrics['best_epoch']['epoch']} by val {settings.train.select_metric}; losses "
             f"{' + '.join(card.lineage.losses)}{cache}; model directory: [bold]{out}[/]"
         )
         metrics_table("test metrics", card.metrics["test"], card.label_names)
@@ -208,7 +177,6 @@ def losses(json_out: JsonOpt = None) -> None:
 
     Example: edgekd losses        edgekd distill ... --loss ce:1 --loss dkd:1,beta=8,T=4
     """
-    from edgekd.distill import list_losses
 
     rows = list_losses()
     if json_out != "-":

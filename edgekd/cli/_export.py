@@ -9,9 +9,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from edgekd._io import check_report_path
 from edgekd.cli._app import app
-from edgekd.cli._options import JsonOpt, OutOpt, command_line, console, emit_json
+from edgekd.cli._options import JsonOpt, OutOpt, OverwriteOpt, console, emit_json
 from edgekd.errors import VerificationError
+from edgekd.export import export_bundle, lint_errors, lint_onnx, verify_bundle
 
 E, T, C = "Export", "TensorRT", "Checks"
 DEFAULT_TIMING_CACHE = Path("~/.cache/edgekd/tensorrt-timing.cache")
@@ -68,19 +70,20 @@ def export(
     timing_cache: Annotated[
         Path, typer.Option(help="Timing cache file reused across engine builds.", rich_help_panel=T)
     ] = DEFAULT_TIMING_CACHE,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Export a model directory to a verified bundle (ONNX, FP16 ONNX, TensorRT engine) with parity checks.
 
     Example: edgekd export runs/student --format onnx,onnx-fp16 --check tensorrt --out bundles/student
     """
-    from edgekd.export import export_bundle
 
     quiet = json_out == "-"
+    check_report_path(json_out)
     manifest = export_bundle(
         model_dir, out, formats=format, opset=opset, static=static, simplify=simplify, data=data, n_samples=samples,
         check=check or (), workspace_mb=workspace_mb, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-        timing_cache=timing_cache, exporter=exporter, command=command_line(),
+        timing_cache=timing_cache, exporter=exporter, overwrite=overwrite,
         log=None if quiet else lambda line: console.print(escape(line)),
     )  # fmt: skip
     if not quiet:
@@ -116,7 +119,6 @@ def lint_onnx_cmd(
 
     Example: edgekd lint-onnx bundles/student/model.onnx --target tensorrt --json lint.json
     """
-    from edgekd.export import lint_errors, lint_onnx
 
     profile = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch}
     findings = lint_onnx(onnx_file, target=target, profile=profile)
@@ -148,7 +150,6 @@ def verify(
 
     Example: edgekd verify bundles/student --json verify.json
     """
-    from edgekd.export import verify_bundle
 
     res = verify_bundle(bundle, data=data)
     if json_out != "-":

@@ -11,6 +11,9 @@ from rich.table import Table
 from edgekd.cli._app import app
 from edgekd.cli._options import DataOpt, JsonOpt, OutOpt, console, emit_json
 from edgekd.cli._render import fmt
+from edgekd.describe import describe_model
+from edgekd.importer import import_model
+from edgekd.students import list_models, zoo_rows
 
 
 @app.command()
@@ -26,7 +29,6 @@ def inspect(
 
     Example: edgekd inspect runs/teacher        edgekd inspect small:resnet8x4 --input-size 28 --in-chans 1
     """
-    from edgekd.describe import describe_model
 
     info = describe_model(
         model, num_classes=num_classes, input_size=input_size, in_chans=in_chans, small_input=small_input
@@ -56,7 +58,6 @@ def zoo(
 
     Example: edgekd zoo --source tv --filter mobilenet --input-size 64 --in-chans 3
     """
-    from edgekd.students import list_models, zoo_rows
 
     names = None if source is None else list_models(None if source == "all" else source)
     if filter:
@@ -90,7 +91,6 @@ def import_cmd(
 
     Example: edgekd import resnet18_xray.pt --model small:resnet18 --data pneumoniamnist --out runs/imported
     """
-    from edgekd.importer import import_model
 
     card = import_model(
         checkpoint,

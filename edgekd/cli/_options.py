@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from rich.console import Console
 
+from edgekd._config import resolve_options
 from edgekd._progress import log_width
 from edgekd.cli._click import click
-from edgekd.data.preprocess import ChannelMode
 from edgekd.distill import ClassWeighting, DeviceName, OptimizerName
-from edgekd.errors import ArtifactError, InvalidInputError
+from edgekd.modeldir import atomic_write_text
+from edgekd.specs import ChannelMode
 
 __all__ = [
     "DataOpt",
@@ -28,11 +27,11 @@ __all__ = [
     "QuietOpt",
     "OutOpt",
     "ConfigOpt",
-    "command_line",
     "console",
     "emit_json",
     "resolve_config",
-    "read_yaml",
+    "given_options",
+    "OverwriteOpt",
 ]
 
 console = Console(highlight=False, width=log_width(sys.stdout))
@@ -65,6 +64,14 @@ JsonOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.", rich_help_panel="Output")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.", rich_help_panel="Output")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an earlier edgekd output at --out (never other files, never an input).",
+        rich_help_panel="Output",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -76,51 +83,17 @@ ConfigOpt = Annotated[
 ]
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping safely (``safe_load``: a config never executes code)."""
-    if not path.is_file():
-        raise ArtifactError(f"config file {path} does not exist", "check the --config path")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InvalidInputError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"config file {path} must hold a mapping of option: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+def given_options(ctx: click.Context) -> set[str]:
+    """Names of the options the user set on the command line (not left at their defaults)."""
+    return {
+        name for name in ctx.params if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+    }
 
 
-def resolve_config(
-    ctx: click.Context, model: type[BaseModel], config: Path | None, flags: dict[str, Any], section: str | None = None
-) -> BaseModel:
-    """Defaults < YAML config < flags explicitly given on the command line; validated by ``model``."""
-    values: dict[str, Any] = {}
-    if config is not None:
-        raw = read_yaml(config)
-        if section and isinstance(raw.get(section), dict):
-            raw = {str(k).replace("-", "_"): v for k, v in raw[section].items()}
-        values.update({k: v for k, v in raw.items() if k in model.model_fields})
-        unknown = sorted(set(raw) - set(model.model_fields) - set(flags) - {"model", "data", "out", "teacher", "loss"})
-        if unknown:
-            raise InvalidInputError(
-                f"unknown keys in {config}: {', '.join(unknown)}",
-                f"valid keys: {', '.join(sorted(model.model_fields))}",
-            )
-    for name, value in flags.items():
-        src = ctx.get_parameter_source(name)
-        if name in model.model_fields and (src not in (click.core.ParameterSource.DEFAULT, None) or name not in values):
-            values[name] = value
-    try:
-        return model.model_validate(values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise InvalidInputError(f"invalid option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-
-
-def config_value(ctx: click.Context, config: Path | None, name: str, flag_value: Any) -> Any:
-    """One non-TrainConfig option (e.g. ``model``) with the same precedence rules."""
-    if config is None or ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None):
-        return flag_value
-    return read_yaml(config).get(name, flag_value)
+def resolve_config(ctx: click.Context, model: type[BaseModel], config: Path | None, flags: dict[str, Any],
+                   section: str | None = None) -> BaseModel:  # fmt: skip
+    """The library's precedence rules (:func:`edgekd._config.resolve_options`) for this command's options."""
+    return resolve_options(model, config, flags, given=given_options(ctx), section=section, allowed=set(ctx.params))
 
 
 def emit_json(payload: Any, dest: str | None) -> None:
@@ -131,8 +104,6 @@ def emit_json(payload: Any, dest: str | None) -> None:
     if dest == "-":
         typer.echo(text)
     else:
-        from edgekd.modeldir import atomic_write_text
-
         atomic_write_text(dest, text + "\n")
 
 
@@ -197,8 +168,3 @@ __all__ += [
     "MomentumOpt", "WeightDecayOpt", "WarmupEpochsOpt", "LabelSmoothingOpt", "ClassWeightingOpt", "AugmentOpt",
     "GradClipOpt", "AmpOpt", "ChannelsLastOpt", "SelectMetricOpt", "NumWorkersOpt", "MaxStepsOpt", "ResumeOpt",
 ]  # fmt: skip
-
-
-def command_line() -> str:
-    """The command as the user typed it, for lineage records."""
-    return "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgekd._io import check_report_path
+from edgekd.bench import model_latency_ms
 from edgekd.cli._app import app
 from edgekd.cli._options import (
     ConfigOpt,
     DeviceOpt,
     JsonOpt,
     OutOpt,
+    OverwriteOpt,
     QuietOpt,
     SeedOpt,
     console,
@@ -22,6 +25,7 @@ from edgekd.cli._options import (
 )  # fmt: skip
 from edgekd.cli._render import fmt
 from edgekd.distill import DeviceName, OptimizerName, TrainConfig
+from edgekd.prune import PruneConfig, PruneTarget, prune_model_dir
 
 P, R, T = "Pruning", "Recovery", "Teacher"
 
@@ -111,6 +115,7 @@ def prune(
     ] = 32,
     seed: SeedOpt = 0,
     device: DeviceOpt = DeviceName.AUTO,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
@@ -119,18 +124,17 @@ def prune(
 
     Example: edgekd prune runs/student --target-macs 0.5 --steps 2 --importance lamp --out runs/student-pruned
     """
-    from edgekd.cli._train import command_line
-    from edgekd.distill import DEFAULT_LOSSES
-    from edgekd.prune import PruneConfig, PruneTarget, prune_model_dir
 
     flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
+    check_report_path(json_out)
     train_cfg = resolve_config(ctx, TrainConfig, config, flags, section="recovery")
     target = PruneTarget.from_options(ratio=ratio, target_macs=target_macs, target_params=target_params)
     cfg = PruneConfig(importance=importance, target=target, steps=steps, global_pruning=global_pruning,
                       keep=_csv(keep), round_to=round_to, max_layer_ratio=max_layer_ratio,
-                      recovery_epochs=recovery_epochs, kd=kd, teacher=teacher, losses=loss or list(DEFAULT_LOSSES),
-                      latency_batch=latency_batch or None, train=train_cfg)  # fmt: skip
-    report = prune_model_dir(model_dir, out, cfg, data=data, progress=not quiet, command=command_line())
+                      recovery_epochs=recovery_epochs, kd=kd, teacher=teacher, latency_batch=latency_batch or None,
+                      train=train_cfg, **({"losses": loss} if loss else {}))  # fmt: skip
+    report = prune_model_dir(model_dir, out, cfg, data=data, latency=model_latency_ms, overwrite=overwrite,
+                             progress=not quiet)  # fmt: skip
     if not quiet and json_out != "-":
         _render(report)
     emit_json(report, json_out)

@@ -8,12 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgekd._io import check_report_path
 from edgekd.cli._app import app
 from edgekd.cli._options import (
     ConfigOpt,
     DeviceOpt,
     JsonOpt,
     OutOpt,
+    OverwriteOpt,
     QuietOpt,
     SeedOpt,
     console,
@@ -22,7 +24,7 @@ from edgekd.cli._options import (
 )
 from edgekd.cli._render import fmt
 from edgekd.distill import DeviceName, OptimizerName, TrainConfig
-from edgekd.quantize import Calibration, QuantMethod
+from edgekd.quantize import Calibration, QuantizeConfig, QuantMethod, quantize_model_dir
 
 Q, C, QA = "Quantization", "Calibration", "QAT"
 
@@ -83,6 +85,7 @@ def quantize(
     opset: Annotated[int, typer.Option(help="ONNX opset.", rich_help_panel="Output")] = 17,
     seed: SeedOpt = 0,
     device: DeviceOpt = DeviceName.AUTO,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
@@ -91,17 +94,15 @@ def quantize(
 
     Example: edgekd quantize runs/student --method ptq --target cpu-x86 --calibration entropy --out bundles/int8
     """
-    from edgekd.cli._train import command_line
-    from edgekd.distill import DEFAULT_LOSSES
-    from edgekd.quantize import QuantizeConfig, quantize_model_dir
 
     flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
+    check_report_path(json_out)
     train_cfg = resolve_config(ctx, TrainConfig, config, flags, section="qat")
     cfg = QuantizeConfig(method=method, target=target, calibration=calibration, calib_samples=calib_samples,
                          sensitivity=sensitivity, max_drop=max_drop, metric=metric, max_fp32_nodes=max_fp32_nodes,
-                         opset=opset, qat_backend=qat_backend, kd=kd, teacher=teacher,
-                         losses=loss or list(DEFAULT_LOSSES), train=train_cfg)  # fmt: skip
-    result = quantize_model_dir(model_dir, out, cfg, data=data, progress=not quiet, command=command_line())
+                         opset=opset, qat_backend=qat_backend, kd=kd, teacher=teacher, train=train_cfg,
+                         **({"losses": loss} if loss else {}))  # fmt: skip
+    result = quantize_model_dir(model_dir, out, cfg, data=data, overwrite=overwrite, progress=not quiet)
     if not quiet and json_out != "-":
         _render(result)
     emit_json(result, json_out)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from edgekd._io import check_report_path
 from edgekd.cli._app import app
 from edgekd.cli._options import (
     AmpOpt,
@@ -30,6 +31,7 @@ from edgekd.cli._options import (
     NumWorkersOpt,
     OptimizerOpt,
     OutOpt,
+    OverwriteOpt,
     QuietOpt,
     ResumeOpt,
     SeedOpt,
@@ -37,15 +39,14 @@ from edgekd.cli._options import (
     SmallInputOpt,
     WarmupEpochsOpt,
     WeightDecayOpt,
-    command_line,
-    config_value,
     console,
     emit_json,
-    resolve_config,
+    given_options,
 )
 from edgekd.cli._render import metrics_table
-from edgekd.data.preprocess import ChannelMode
-from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, TrainConfig
+from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, resolve_run_settings, train_model
+from edgekd.evaluate import evaluate_model_dir
+from edgekd.specs import ChannelMode
 
 PANEL_MODEL, PANEL_OPT, PANEL_RUN = "Model", "Optimisation", "Run"
 
@@ -89,6 +90,7 @@ def train(
     num_workers: NumWorkersOpt = 0,
     max_steps_per_epoch: MaxStepsOpt = None,
     resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     download: DownloadOpt = False,
     json_out: JsonOpt = None,
@@ -98,34 +100,13 @@ def train(
 
     Example: edgekd train --model small:resnet18 --data pneumoniamnist --epochs 4 --out runs/teacher
     """
-    from edgekd.distill import train_model
-    from edgekd.errors import InvalidInputError
-
-    flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
-    cfg = resolve_config(ctx, TrainConfig, config, flags)
-    model = config_value(ctx, config, "model", model)
-    data = config_value(ctx, config, "data", data)
-    if not model:
-        raise InvalidInputError("no model given", "pass --model NAME (see `edgekd zoo`) or a model directory")
-    card = train_model(
-        model,
-        data,
-        out,
-        cfg,
-        small_input=small_input,
-        pretrained=pretrained,
-        channels=channels,
-        input_size=input_size,
-        resume=resume,
-        progress=not quiet,
-        download=download,
-        command=command_line(),
-    )
-    if not quiet:
-        console.print(
-            f"best epoch {card.metrics['best_epoch']['epoch']} by val {cfg.select_metric}; "
-            f"model directory: [bold]{out}[/]"
-        )
+    flags = {k: v for k, v in locals().items() if k != "ctx"}
+    check_report_path(json_out)
+    settings = resolve_run_settings(flags, config=config, given=given_options(ctx))
+    card = train_model(settings, out, overwrite=overwrite, progress=not quiet)
+    if not quiet and json_out != "-":
+        console.print(f"best epoch {card.metrics['best_epoch']['epoch']} by val {settings.train.select_metric}; "
+                      f"model directory: [bold]{out}[/]")  # fmt: skip
         metrics_table("test metrics", card.metrics["test"], card.label_names)
     emit_json({"out": str(out), "metrics": card.metrics, "params": card.params}, json_out)
 
@@ -147,7 +128,6 @@ def eval_cmd(
 
     Example: edgekd eval runs/teacher --split test --json metrics.json
     """
-    from edgekd.evaluate import evaluate_model_dir
 
     res = evaluate_model_dir(model_dir, data=data, split=split, batch_size=batch_size, device=device, download=download)
     if not quiet and json_out != "-":

@@ -30,7 +30,7 @@ from edgekd.data._dataset import ArrayDataset, FileDataset
 from edgekd.data._load import SOURCES, list_sources, load_data
 from edgekd.data._loader import make_loader
 from edgekd.data._spec import parse_data_spec
-from edgekd.data.preprocess import ChannelMode, Preprocess, Task
+from edgekd.specs import ChannelMode, Preprocess, Task
 
 __all__ = [
     "DataBundle",

@@ -16,8 +16,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from edgekd.data._dataset import channel_stats
-from edgekd.data.preprocess import Preprocess, Task
 from edgekd.errors import InvalidInputError
+from edgekd.specs import Preprocess, Task
 
 __all__ = ["DataBundle", "SourceData", "SPLITS"]
 

@@ -21,8 +21,8 @@ from PIL import Image, UnidentifiedImageError
 from edgekd.data._bundle import SPLITS, SourceData
 from edgekd.data._dataset import FileDataset, stratified_split
 from edgekd.data._spec import opt_float, opt_int
-from edgekd.data.preprocess import Task
 from edgekd.errors import ArtifactError, InvalidInputError
+from edgekd.specs import Task
 
 __all__ = ["IMAGE_EXTS", "FILE_OPTIONS", "FileItem", "is_image", "build_file_source"]
 

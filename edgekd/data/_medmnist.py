@@ -20,8 +20,8 @@ import numpy as np
 from edgekd.data._bundle import SPLITS, SourceData
 from edgekd.data._dataset import ArrayDataset
 from edgekd.data._load import SOURCES
-from edgekd.data.preprocess import Task
 from edgekd.errors import ArtifactError, InvalidInputError
+from edgekd.specs import Task
 
 __all__ = ["read_medmnist"]
 

@@ -19,8 +19,8 @@ from edgekd.data._bundle import SourceData
 from edgekd.data._dataset import ArrayDataset
 from edgekd.data._load import SOURCES
 from edgekd.data._spec import opt_int
-from edgekd.data.preprocess import Task
 from edgekd.errors import InvalidInputError
+from edgekd.specs import Task
 
 __all__ = ["make_synthetic"]
 

@@ -21,8 +21,8 @@ from edgekd.data._bundle import SourceData
 from edgekd.data._dataset import ArrayDataset, stratified_split
 from edgekd.data._load import SOURCES
 from edgekd.data._spec import opt_float
-from edgekd.data.preprocess import Task
 from edgekd.errors import DependencyError, UnknownNameError
+from edgekd.specs import Task
 
 __all__ = ["TV_DATASETS", "default_root"]
 

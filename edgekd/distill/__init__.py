@@ -1,27 +1,28 @@
-"""Distillation: losses, feature taps, teacher-output cache and the training loop shared by every stage."""
+"""The training engine: one runner for train, distil, pruning recovery and QAT; losses, taps, teacher cache.
 
+* :class:`RunSettings` (+ :class:`TrainConfig`): one typed object per run; :func:`resolve_run_settings`
+  applies defaults < YAML < flags for Python callers and the CLI alike;
+* :func:`train_model` / :func:`distill_model` (:func:`run_training`): a whole run to a model directory;
+* :class:`Trainer` / :func:`fit`: the loop itself, for any model and :class:`Objective`;
+* :func:`finetune`: recovery fine-tuning of a compressed model (pruning recovery, QAT), with a teacher or not;
+* :data:`LOSSES` and :func:`parse_loss`: the one loss registry; :class:`TeacherCache`: teacher logits on disk.
+
+Example:
+    >>> settings = resolve_run_settings({"student": "small:resnet8", "teacher": ["runs/teacher"], "epochs": 6})
+    >>> card = distill_model(settings, "runs/student")
+"""
+
+from edgekd.distill._cache import TeacherCache, cache_fingerprint, topk_reconstruct
+from edgekd.distill._checkpoint import CKPT_DIR, TrainState
 from edgekd.distill._config import ClassWeighting, DeviceName, OptimizerName, TrainConfig
-from edgekd.distill._loop import FitResult, fit, lr_at, predict, resolve_device
+from edgekd.distill._distill import DistillObjective, build_distill_objective
+from edgekd.distill._finetune import finetune, finetune_objective
+from edgekd.distill._loop import FitResult, Schedule, Trainer, fit, lr_at, predict, resolve_device
 from edgekd.distill._objective import Objective, SupervisedObjective, task_loss
-from edgekd.distill._train import class_weights, evaluate_split, finish_run, resolve_student, train_model
-
-__all__ = [
-    "ClassWeighting", "DeviceName", "OptimizerName", "TrainConfig",
-    "FitResult", "fit", "lr_at", "predict", "resolve_device",
-    "Objective", "SupervisedObjective", "task_loss",
-    "class_weights", "evaluate_split", "finish_run", "resolve_student", "train_model",
-]  # fmt: skip
-
-# Distillation (issue 3): losses, feature taps, teachers, the teacher-output cache and `edgekd distill`.
-from edgekd.distill._cache import TeacherCache, cache_fingerprint, topk_reconstruct  # noqa: E402
-from edgekd.distill._distill import (  # noqa: E402
-    DEFAULT_LOSSES,
-    DistillObjective,
-    build_distill_objective,
-    distill_model,
-)
-from edgekd.distill._taps import FeatureTaps, check_layers, default_layer  # noqa: E402
-from edgekd.distill.losses import (  # noqa: E402
+from edgekd.distill._run import distill_model, is_resumable, run_training, train_model, work_dir
+from edgekd.distill._settings import DEFAULT_LOSSES, RUN_KEYS, CacheSettings, RunSettings, resolve_run_settings
+from edgekd.distill._train import class_weights, evaluate_split, finish_run, resolve_student
+from edgekd.distill.losses import (
     LOSSES,
     DistillLoss,
     FeatureLoss,
@@ -33,13 +34,16 @@ from edgekd.distill.losses import (  # noqa: E402
     parse_loss,
     parse_losses,
 )
-from edgekd.teachers._teacher import Teacher, load_teacher  # noqa: E402
 
-__all__ += [
+__all__ = [
+    "ClassWeighting", "DeviceName", "OptimizerName", "TrainConfig",
+    "RunSettings", "CacheSettings", "resolve_run_settings", "RUN_KEYS", "DEFAULT_LOSSES",
+    "run_training", "train_model", "distill_model", "work_dir", "is_resumable",
+    "Trainer", "Schedule", "FitResult", "TrainState", "CKPT_DIR", "fit", "lr_at", "predict", "resolve_device",
+    "Objective", "SupervisedObjective", "task_loss",
+    "DistillObjective", "build_distill_objective", "finetune", "finetune_objective",
+    "class_weights", "evaluate_split", "finish_run", "resolve_student",
     "LOSSES", "DistillLoss", "FeatureLoss", "LossBatch", "LossTerm", "ModelOutputs",
     "list_losses", "loss_params", "parse_loss", "parse_losses",
-    "FeatureTaps", "check_layers", "default_layer",
-    "Teacher", "load_teacher",
     "TeacherCache", "cache_fingerprint", "topk_reconstruct",
-    "DEFAULT_LOSSES", "DistillObjective", "build_distill_objective", "distill_model",
 ]  # fmt: skip

@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgekd.data.preprocess import Task
+from edgekd._io import atomic_dir, atomic_write_bytes, atomic_write_text
+from edgekd.data import Augment
 from edgekd.errors import ArtifactError, InvalidInputError
-from edgekd.modeldir import atomic_dir, atomic_write_bytes, atomic_write_text
+from edgekd.specs import Task
 
 __all__ = ["TeacherCache", "cache_fingerprint", "topk_reconstruct"]
 
@@ -56,8 +57,6 @@ def cache_fingerprint(
     teachers: Sequence, data, *, augment: str = "none", seed: int = 0, views: int = 1, topk: int | None = None
 ) -> dict[str, Any]:
     """Everything the cached logits depend on, as a JSON-ready dict (see the module docstring)."""
-    from edgekd.data import Augment
-
     preset = Augment.preset(augment)
     labels = np.ascontiguousarray(data.labels("train"))
     described = []
@@ -242,7 +241,6 @@ class TeacherCache:
 
 
 def _check_options(teachers: Sequence, data, augment: str, views: int, topk: int | None) -> int:
-    from edgekd.data import Augment
 
     if not teachers:
         raise InvalidInputError("a teacher cache needs at least one teacher")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgekd.data import Augment
+from edgekd.metrics import METRIC_NAMES
 
 __all__ = ["TrainConfig", "OptimizerName", "ClassWeighting", "DeviceName"]
 
@@ -49,3 +52,17 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)  # for smoke runs and benchmarks
+
+    @field_validator("select_metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in METRIC_NAMES:
+            raise ValueError(f"unknown metric {v!r}; choose one of {', '.join(METRIC_NAMES)}")
+        return v
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augment(cls, v: str) -> str:
+        if v != "none" and v not in Augment.presets():
+            raise ValueError(f"unknown augmentation {v!r}; choose none or one of {', '.join(Augment.presets())}")
+        return v

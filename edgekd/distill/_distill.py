@@ -4,7 +4,7 @@
 :class:`~edgekd.distill.Objective` for the shared training loop (:func:`~edgekd.distill.fit`); the
 objective runs the student under feature taps, gets teacher outputs (live, or from a
 :class:`~edgekd.distill.TeacherCache`) and returns the weighted total with every term for the progress
-bar. :func:`distill_model` is the whole `edgekd distill` run, ending in an ordinary model directory.
+bar. The whole `edgekd distill` run is :func:`~edgekd.distill.distill_model`.
 
 Several teachers: a logit loss is computed against each teacher and the results are combined with the
 normalised teacher weights, ``L = sum_k w_k * loss(s, t_k)`` (for ``kd`` this has the gradient of KD towards
@@ -14,32 +14,19 @@ Teacher cache and feature losses: the cache holds logits only, and feature losse
 every step, so a cache together with a feature loss is refused (it would save nothing).
 
 Example:
-    >>> cfg = TrainConfig(epochs=10, batch_size=128)
-    >>> card = distill_model("small:resnet8", ["runs/teacher"], "pneumoniamnist", "runs/student", cfg,
-    ...                      losses=["ce:1", "kd:1,T=4"], cache_teacher=True)
-    >>> card.lineage.teachers, card.lineage.losses
-    (['runs/teacher'], ['ce:1', 'kd:1,T=4'])
+    >>> objective = build_distill_objective(student, pre, Task.BINARY, [teacher], ["ce:1", "kd:1,T=4"])
+    >>> result = fit(student, objective, data, cfg, "work", preprocess=pre)
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-from edgekd.data import DataBundle, load_data
-from edgekd.data.preprocess import ChannelMode, Preprocess, Task
 from edgekd.distill._cache import TeacherCache
-from edgekd.distill._config import TrainConfig
-from edgekd.distill._loop import fit
 from edgekd.distill._objective import Objective
-from edgekd.distill._taps import FeatureTaps, check_layers, default_layer
-from edgekd.distill._train import class_weights, finish_run, resolve_student
 from edgekd.distill.losses import (
     CELoss,
     DistillLoss,
@@ -50,12 +37,11 @@ from edgekd.distill.losses import (
     parse_losses,
 )
 from edgekd.errors import InvalidInputError
-from edgekd.modeldir import Lineage, ModelCard, atomic_write_text, sha256_file
-from edgekd.teachers._teacher import Teacher, load_teacher
+from edgekd.specs import Preprocess, Task
+from edgekd.students import FeatureTaps, check_layers, default_layer
+from edgekd.teachers import Teacher
 
-__all__ = ["DistillObjective", "build_distill_objective", "distill_model", "DEFAULT_LOSSES"]
-
-DEFAULT_LOSSES = ("ce:1", "kd:1,T=4")
+__all__ = ["DistillObjective", "build_distill_objective"]
 
 
 class DistillObjective(Objective):
@@ -307,147 +293,3 @@ def build_distill_objective(
     return DistillObjective(
         preprocess, task, teachers, terms, modules, teacher_weights=weights, cache=cache, student=student
     )
-
-
-def _config_record(cfg: TrainConfig, **extra: Any) -> str:
-    record = json.loads(cfg.model_dump_json())
-    record.update({k: v for k, v in extra.items() if v is not None})
-    return yaml.safe_dump(record, sort_keys=False)
-
-
-def _open_cache(cache_dir, out: Path, teachers, bundle, cfg: TrainConfig, *, views, topk, readonly) -> TeacherCache:
-    return TeacherCache.open(
-        Path(cache_dir) if cache_dir else out / "teacher_cache",
-        teachers=teachers,
-        data=bundle,
-        augment=cfg.augment,
-        seed=cfg.seed,
-        views=views or cfg.epochs,
-        topk=topk,
-        readonly=readonly,
-    )
-
-
-def distill_model(
-    student: str,
-    teachers: Sequence[str],
-    data: str | DataBundle,
-    out: str | Path,
-    cfg: TrainConfig,
-    *,
-    losses: Sequence[str | LossTerm] = DEFAULT_LOSSES,
-    teacher_weights: Sequence[float] | None = None,
-    cache_teacher: bool = False,
-    cache_dir: str | Path | None = None,
-    topk: int | None = None,
-    cache_views: int | None = None,
-    cache_readonly: bool = False,
-    small_input: bool = False,
-    channels: ChannelMode = ChannelMode.ADAPT,
-    input_size: int | None = None,
-    pretrained: bool = False,
-    pretrained_teacher: bool = False,
-    trust_pickle: bool = False,
-    resume: bool = False,
-    progress: bool = True,
-    download: bool = False,
-    command: str = "",
-) -> ModelCard:
-    """Distil ``teachers`` into ``student`` and write the best epoch as a model directory at ``out``.
-
-    Args:
-        student: registry name (``small:resnet8``) or a model directory to continue from.
-        teachers: teacher references (see :func:`~edgekd.distill.load_teacher`).
-        data: data spec or an already loaded bundle.
-        out: output model directory (also holds ``checkpoint/``, ``config.yaml``, ``history.jsonl``).
-        cfg: optimisation and run settings (as `edgekd train`).
-        losses: loss terms, default ``ce:1`` + ``kd:1,T=4``.
-        teacher_weights: one per teacher (normalised); default equal.
-        cache_teacher: cache teacher logits (see :class:`~edgekd.distill.TeacherCache`).
-        cache_dir: where (default ``OUT/teacher_cache``); share it between runs to reuse the teacher pass.
-        topk: store only the top-k logits per sample (the rest spread uniformly).
-        cache_views: augmentation views to cache (default: ``cfg.epochs``, i.e. every epoch its own view, as
-            without a cache; fewer views make later epochs replay earlier augmentations and skip the teacher).
-        cache_readonly: never write the cache; a missing or mismatching cache is an error.
-        small_input, channels, input_size: how to build a registry student (as `edgekd train`).
-        pretrained: start a registry student from its pretrained weights (as `edgekd train --pretrained`).
-        pretrained_teacher: allow a registry-name teacher with its pretrained weights.
-        trust_pickle: allow checkpoint teachers that are pickled models.
-        resume: continue from ``out/checkpoint``.
-        progress: show progress bars.
-        download: allow downloading ``tv:`` datasets.
-        command: the command line, for the lineage.
-
-    Returns:
-        The card of the written model directory (lineage stage ``distill`` naming teachers and losses).
-    """
-    torch.manual_seed(cfg.seed)
-    bundle = data if isinstance(data, DataBundle) else load_data(data, download=download, seed=cfg.seed)
-    terms = parse_losses(losses)
-    net, spec, pre, parent = resolve_student(
-        student, bundle, small_input=small_input, pretrained=pretrained, channels=channels, input_size=input_size
-    )
-    loaded = [load_teacher(t, data=bundle, pretrained=pretrained_teacher, trust_pickle=trust_pickle) for t in teachers]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = (
-        _open_cache(cache_dir, out, loaded, bundle, cfg, views=cache_views, topk=topk, readonly=cache_readonly)
-        if cache_teacher
-        else None
-    )
-    objective = build_distill_objective(
-        net,
-        pre,
-        bundle.task,
-        loaded,
-        terms,
-        teacher_weights=teacher_weights,
-        cache=cache,
-        label_smoothing=cfg.label_smoothing,
-        class_weights=class_weights(bundle, cfg.class_weighting),
-    )
-    record = _config_record(
-        cfg,
-        student=student,
-        data=bundle.spec,
-        teacher=[str(t) for t in teachers],
-        loss=[str(t) for t in terms],
-        teacher_weight=list(teacher_weights or []) or None,
-    )
-    atomic_write_text(out / "config.yaml", record)
-    try:
-        result = fit(net, objective, bundle, cfg, out, preprocess=pre, resume=resume, progress=progress)
-    finally:
-        if cache is not None:
-            cache.flush()
-    lineage = Lineage(
-        command=command,
-        parent=parent,
-        data=bundle.spec,
-        stage="distill",
-        teachers=[t.name for t in loaded],
-        losses=[str(t) for t in terms],
-        parent_sha256=sha256_file(Path(parent) / "model.safetensors") if parent else None,
-        notes=_notes(objective, loaded, cache),
-    )
-    card = finish_run(net, result, spec=spec, preprocess=pre, data=bundle, cfg=cfg, out=out, lineage=lineage)
-    atomic_write_text(out / "config.yaml", record)
-    return card
-
-
-def _notes(objective: DistillObjective, teachers: Sequence[Teacher], cache: TeacherCache | None) -> dict[str, Any]:
-    notes: dict[str, Any] = {
-        "teacher_weights": objective.teacher_weights,
-        "teacher_sha256": [t.fingerprint for t in teachers],
-        "teacher_calls": objective.teacher_calls,
-    }
-    if cache is not None:
-        notes["cache"] = {
-            "dir": str(cache.directory),
-            "status": cache.status,
-            "views": cache.views,
-            "topk": cache.topk,
-            "hits": cache.hits,
-            "misses": cache.misses,
-        }
-    return notes

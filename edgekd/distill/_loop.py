@@ -1,13 +1,12 @@
 """The training loop behind `edgekd train`, `edgekd distill` and pruning recovery.
 
-In the spirit of torchvision's ``train_one_epoch`` and nanoGPT: one readable epoch function, an
-objective that owns the loss, and checkpoints written atomically every epoch. Checkpoints never pickle:
-tensors go to safetensors, everything else (optimizer hyper-parameters, history) to JSON.
+In the spirit of torchvision's ``train_one_epoch`` and nanoGPT: one :class:`Trainer` with one readable
+method per part (set-up, epoch, step), an objective that owns the loss, and a checkpoint written atomically
+every epoch (:mod:`._checkpoint`, never pickled).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -19,17 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.data import DataBundle, make_loader
-from edgekd.data.preprocess import Preprocess
+from edgekd._progress import TrainProgress
+from edgekd.data import Augment, AugmentedDataset, DataBundle, make_loader
+from edgekd.distill._checkpoint import TrainState, load_best, load_checkpoint, save_checkpoint
 from edgekd.distill._config import DeviceName, OptimizerName, TrainConfig
 from edgekd.distill._objective import Objective
-from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
-from edgekd.metrics import compute_metrics, higher_is_better
-from edgekd.modeldir import atomic_write_bytes, atomic_write_text
+from edgekd.errors import DependencyError, InvalidInputError, TrainingDivergedError
+from edgekd.metrics import compute_metrics
+from edgekd.specs import Preprocess
 
-__all__ = ["fit", "FitResult", "predict", "resolve_device", "lr_at"]
-
-CKPT_DIR = "checkpoint"
+__all__ = ["fit", "Trainer", "Schedule", "FitResult", "predict", "resolve_device", "lr_at"]
 
 
 def resolve_device(name: DeviceName | str) -> torch.device:
@@ -104,6 +102,152 @@ def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Steps of the run: ``steps`` per epoch, ``total`` in all, ``warmup`` before the cosine decay."""
+
+    steps: int
+    total: int
+    warmup: int
+
+    @classmethod
+    def of(cls, train_size: int, cfg: TrainConfig) -> Schedule:
+        steps = math.ceil(train_size / cfg.batch_size)
+        if cfg.max_steps_per_epoch:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        return cls(steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
+
+    def lr(self, step: int, cfg: TrainConfig) -> float:
+        return lr_at(step, self.total, self.warmup, cfg.lr, cfg.min_lr_ratio)
+
+
+class Trainer:
+    """The one training runner behind `train`, `distill`, pruning recovery and QAT.
+
+    It owns the device placement (AMP, channels-last), the data loaders, the schedule, the optimizer and the
+    per-epoch checkpoint; the :class:`~edgekd.distill.Objective` owns the loss. :meth:`fit` runs the epochs
+    and keeps the best one by ``cfg.select_metric``.
+
+    Example:
+        >>> result = Trainer(model, objective, data, cfg, "runs/x", preprocess=pre).fit()
+        >>> model.load_state_dict(result.best_state)
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective, data: DataBundle, cfg: TrainConfig,
+                 out_dir: str | Path, *, preprocess: Preprocess, progress: bool = True,
+                 on_epoch_end: Callable[[int, dict], None] | None = None) -> None:  # fmt: skip
+        self.model, self.objective, self.data, self.cfg = model, objective, data, cfg
+        self.out_dir, self.preprocess, self.progress, self.on_epoch_end = (
+            Path(out_dir),
+            preprocess,
+            progress,
+            on_epoch_end,
+        )
+        self.device = resolve_device(cfg.device)
+        cuda = self.device.type == "cuda"
+        self.amp = cfg.amp if cfg.amp is not None else cuda
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
+        self._place()
+        self.train_ds = data.train
+        if cfg.augment != "none":
+            self.train_ds = AugmentedDataset(self.train_ds, Augment.preset(cfg.augment), seed=cfg.seed)
+        self.val_loader = make_loader(data.val, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
+        self.schedule = Schedule.of(len(self.train_ds), cfg)
+        params = list(model.parameters()) + [p for p in objective.parameters() if p.requires_grad]
+        self.optimizer = _make_optimizer(cfg, params)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and cuda)
+
+    def _place(self) -> None:
+        self.objective.channels_last = self.channels_last
+        self.model.to(self.device)
+        self.objective.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def fit(self, *, resume: bool = False) -> FitResult:
+        """Run the remaining epochs (all of them, or those after the checkpoint with ``resume``)."""
+        cfg = self.cfg
+        state = TrainState(select_metric=cfg.select_metric)
+        if resume:
+            state = load_checkpoint(self.out_dir, self.model, self.objective, self.optimizer, self.scaler)
+        for epoch in range(state.epoch, cfg.epochs):
+            record = self._epoch(epoch, state)
+            save_checkpoint(self.out_dir, self.model, self.objective, self.optimizer, self.scaler, state)
+            if self.on_epoch_end:
+                self.on_epoch_end(epoch + 1, record)
+        if state.best_state is None:  # resumed a finished run
+            state.best_state = load_best(self.out_dir)
+        return FitResult(state.best_epoch, state.best_metric, cfg.select_metric, state.history, state.best_state,
+                         state.best_val)  # fmt: skip
+
+    def _epoch(self, epoch: int, state: TrainState) -> dict[str, Any]:
+        """Train one epoch, validate, and fold the result into ``state``; returns the history record."""
+        if isinstance(self.train_ds, AugmentedDataset):
+            self.train_ds.set_epoch(self.objective.augment_epoch(epoch))  # a teacher cache may replay earlier views
+        self.objective.on_epoch_start(epoch, self.cfg.epochs)
+        loader = make_loader(_Indexed(self.train_ds), self.cfg.batch_size, shuffle=True, seed=self.cfg.seed + epoch,
+                             drop_last=False, num_workers=self.cfg.num_workers)  # fmt: skip
+        stats = self._train_one_epoch(loader, epoch)
+        logits, targets = predict(self.model, self.preprocess, self.val_loader, self.device, self.channels_last)
+        val = compute_metrics(logits, targets, self.data.task)
+        record = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}}
+        state.history.append(record)
+        score = _score(val, self.cfg.select_metric)
+        if state.is_better(score):
+            state.best_metric, state.best_epoch, state.best_val = score, epoch + 1, val
+            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        state.epoch = epoch + 1
+        return record
+
+    def _train_one_epoch(self, loader, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.objective.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen, lr = 0, self.cfg.lr
+        t0 = time.perf_counter()
+        with TrainProgress(
+            enabled=self.progress, epoch=epoch, epochs=self.cfg.epochs, steps=self.schedule.steps
+        ) as bar:
+            for i, (images, targets, indices) in enumerate(loader):
+                if i >= self.schedule.steps:
+                    break
+                lr = self.schedule.lr(epoch * self.schedule.steps + i, self.cfg)
+                loss, terms = self._step(images, targets, indices, epoch, lr, where=(epoch, i))
+                n = images.shape[0]
+                seen += n
+                for k, v in {"loss": loss, **terms}.items():
+                    sums[k] = sums.get(k, 0) + v.float() * n  # stays on device: no sync per step
+                bar.advance(n, sums, seen, lr)
+        elapsed = time.perf_counter() - t0
+        out = {k: float(v) / max(seen, 1) for k, v in sums.items()}  # one sync per epoch
+        out.update(lr=lr, images_per_s=seen / elapsed, epoch_time_s=elapsed)
+        return out
+
+    def _step(self, images, targets, indices, epoch: int, lr: float, *, where: tuple[int, int]):
+        """One optimisation step; returns the detached loss and its terms."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp):
+            loss, terms = self.objective(self.model, images, targets, indices, epoch)
+        if not torch.isfinite(loss):  # a GPU sync point, but a diverged run must stop before it is saved
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at epoch {where[0] + 1}, step {where[1] + 1}",
+                "lower --lr, add --grad-clip, or check the data and the loss weights; the last good epoch's "
+                "checkpoint is kept and no model was written",
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), terms
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
@@ -119,83 +263,11 @@ def fit(
     """Train ``model`` with ``objective`` and return the best epoch's weights (by ``cfg.select_metric``).
 
     A checkpoint of the last epoch is written to ``out_dir/checkpoint`` after every epoch; ``resume``
-    continues from it with the same optimizer state, data order and schedule.
+    continues from it with the same optimizer state, data order and schedule. See :class:`Trainer`.
     """
-    from edgekd.data import Augment, AugmentedDataset
-
-    device = resolve_device(cfg.device)
-    cuda = device.type == "cuda"
-    amp = cfg.amp if cfg.amp is not None else cuda
-    channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
-    objective.channels_last = channels_last
-    model.to(device)
-    objective.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    train_ds = data.train
-    if cfg.augment != "none":
-        train_ds = AugmentedDataset(train_ds, Augment.preset(cfg.augment), seed=cfg.seed)
-    val_loader = make_loader(data.val, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-
-    params = list(model.parameters()) + [p for p in objective.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(cfg, params)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
-    out_dir = Path(out_dir)
-    state = _TrainState(select_metric=cfg.select_metric)
-    if resume:
-        state = _load_checkpoint(out_dir, model, objective, optimizer, scaler, cfg)
-
-    for epoch in range(state.epoch, cfg.epochs):
-        if isinstance(train_ds, AugmentedDataset):
-            train_ds.set_epoch(objective.augment_epoch(epoch))  # a teacher cache may replay earlier views
-        objective.on_epoch_start(epoch, cfg.epochs)
-        loader = make_loader(
-            _Indexed(train_ds),
-            cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed + epoch,
-            drop_last=False,
-            num_workers=cfg.num_workers,
-        )
-        stats = _train_one_epoch(
-            model,
-            objective,
-            optimizer,
-            scaler,
-            loader,
-            device,
-            cfg,
-            epoch=epoch,
-            step0=epoch * steps_per_epoch,
-            steps=steps_per_epoch,
-            total=total,
-            warmup=warmup,
-            amp=amp,
-            progress=progress,
-        )
-        logits, targets = predict(model, preprocess, val_loader, device, channels_last)
-        val = compute_metrics(logits, targets, data.task)
-        record = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}}
-        state.history.append(record)
-        score = _score(val, cfg.select_metric)
-        if state.is_better(score):
-            state.best_metric, state.best_epoch, state.best_val = score, epoch + 1, val
-            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        state.epoch = epoch + 1
-        _save_checkpoint(out_dir, model, objective, optimizer, scaler, state)
-        if on_epoch_end:
-            on_epoch_end(epoch + 1, record)
-    if state.best_state is None:  # resumed a finished run
-        state.best_state = _load_best(out_dir)
-    return FitResult(
-        state.best_epoch, state.best_metric, cfg.select_metric, state.history, state.best_state, state.best_val
-    )
+    trainer = Trainer(model, objective, data, cfg, out_dir, preprocess=preprocess, progress=progress,
+                      on_epoch_end=on_epoch_end)  # fmt: skip
+    return trainer.fit(resume=resume)
 
 
 def _score(val: dict, metric: str) -> float:
@@ -208,160 +280,3 @@ def _score(val: dict, metric: str) -> float:
     if math.isnan(v):  # e.g. AUROC on a split with one class: fall back to accuracy
         return float(val.get("acc", 0.0))
     return v
-
-
-def _train_one_epoch(
-    model, objective, optimizer, scaler, loader, device, cfg, *, epoch, step0, steps, total, warmup, amp, progress
-) -> dict[str, float]:
-    from edgekd._progress import TrainProgress
-
-    model.train()
-    objective.train()
-    sums: dict[str, torch.Tensor] = {}
-    seen = 0
-    t0 = time.perf_counter()
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    with TrainProgress(enabled=progress, epoch=epoch, epochs=cfg.epochs, steps=steps) as bar:
-        for i, (images, targets, indices) in enumerate(loader):
-            if i >= steps:
-                break
-            lr = lr_at(step0 + i, total, warmup, cfg.lr, cfg.min_lr_ratio)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss, terms = objective(model, images, targets, indices, epoch)
-            if not torch.isfinite(loss):
-                raise InvalidInputError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}",
-                    "lower --lr, or check the data and the loss weights",
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            n = images.shape[0]
-            seen += n
-            for k, v in {"loss": loss.detach(), **terms}.items():
-                sums[k] = sums.get(k, 0) + v.float() * n  # stays on device: no sync per step
-            bar.advance(n, sums, seen, lr)
-    elapsed = time.perf_counter() - t0
-    out = {k: float(v) / max(seen, 1) for k, v in sums.items()}  # one sync per epoch
-    out.update(lr=lr, images_per_s=seen / elapsed, epoch_time_s=elapsed)
-    return out
-
-
-@dataclass
-class _TrainState:
-    select_metric: str
-    epoch: int = 0
-    best_metric: float = -math.inf
-    best_epoch: int = 0
-    best_val: dict = field(default_factory=dict)
-    best_state: dict | None = None
-    history: list = field(default_factory=list)
-
-    def is_better(self, score: float) -> bool:
-        if not higher_is_better(self.select_metric):
-            score = -score
-        return score > self.best_metric
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for pid, st in sd["state"].items():
-        meta["state"][str(pid)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                meta["state"][str(pid)][k] = v
-    return tensors, meta
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {int(pid): dict(v) for pid, v in meta["state"].items()}
-    for key, t in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = t
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _save_checkpoint(out_dir: Path, model, objective, optimizer, scaler, st: _TrainState) -> None:
-    from safetensors.torch import save as st_save
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"objective.{k}": v.detach().cpu().contiguous() for k, v in objective.state_dict().items()})
-    if st.best_state is not None:
-        tensors.update({f"best.{k}": v.contiguous() for k, v in st.best_state.items()})
-    opt_t, opt_meta = _flatten_optimizer(optimizer)
-    tensors.update(opt_t)
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = {
-        "epoch": st.epoch,
-        "best_metric": st.best_metric,
-        "best_epoch": st.best_epoch,
-        "best_val": st.best_val,
-        "select_metric": st.select_metric,
-        "history": st.history,
-        "optimizer": opt_meta,
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-    }
-    ck = out_dir / CKPT_DIR
-    # Tensors first, then the JSON that makes them a valid checkpoint: a crash between the two leaves
-    # the previous JSON pointing at a complete (newer) tensor file of the same layout.
-    atomic_write_bytes(ck / "last.safetensors", st_save(_unalias(tensors)))
-    atomic_write_text(ck / "last.json", json.dumps(meta, indent=1, default=float))
-
-
-def _unalias(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    seen, out = set(), {}
-    for k, v in tensors.items():
-        ptr = v.untyped_storage().data_ptr() if v.numel() else None
-        out[k] = v.clone() if ptr in seen else v
-        seen.add(ptr)
-    return out
-
-
-def _load_checkpoint(out_dir, model, objective, optimizer, scaler, cfg) -> _TrainState:
-    from safetensors.torch import load_file
-
-    ck = out_dir / CKPT_DIR
-    if not (ck / "last.json").is_file() or not (ck / "last.safetensors").is_file():
-        raise ArtifactError(f"--resume: no checkpoint in {ck}", "start without --resume, or point --out at the run")
-    meta = json.loads((ck / "last.json").read_text())
-    tensors = load_file(str(ck / "last.safetensors"))
-    device = next(model.parameters()).device
-
-    def part(prefix):
-        return {k[len(prefix) :]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)}
-
-    model.load_state_dict(part("model."))
-    objective.load_state_dict(part("objective."), strict=False)
-    optimizer.load_state_dict(_unflatten_optimizer(part(""), meta["optimizer"]))
-    if meta.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(meta["scaler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    return _TrainState(
-        select_metric=meta["select_metric"],
-        epoch=meta["epoch"],
-        best_metric=meta["best_metric"],
-        best_epoch=meta["best_epoch"],
-        best_val=meta["best_val"],
-        best_state=best,
-        history=meta["history"],
-    )
-
-
-def _load_best(out_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(out_dir / CKPT_DIR / "last.safetensors"))
-    return {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.data.preprocess import Preprocess, Task
+from edgekd.specs import Preprocess, Task
 
 __all__ = ["Objective", "SupervisedObjective", "task_loss"]
 

@@ -1,4 +1,4 @@
-"""`edgekd train`: supervised training of any registered model on any data source."""
+"""The parts of a run around the loop: the student to train, class weights, evaluation, the finished model."""
 
 from __future__ import annotations
 
@@ -8,27 +8,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from edgekd.data import DataBundle, load_data
-from edgekd.data.preprocess import ChannelMode, Preprocess, Task
-from edgekd.distill._config import ClassWeighting, TrainConfig
-from edgekd.distill._loop import FitResult, fit, predict, resolve_device
-from edgekd.distill._objective import SupervisedObjective
+from edgekd._io import atomic_write_text
+from edgekd.data import DataBundle, make_loader
+from edgekd.distill._config import ClassWeighting
+from edgekd.distill._loop import FitResult, predict, resolve_device
 from edgekd.errors import InvalidInputError
 from edgekd.metrics import compute_metrics
-from edgekd.modeldir import (
-    Lineage,
-    ModelCard,
-    ModelSpec,
-    atomic_write_text,
-    is_model_dir,
-    load_model_dir,
-    save_model_dir,
-    sha256_file,
-)
+from edgekd.modeldir import is_model_dir, load_model_dir, save_model_dir
+from edgekd.specs import ChannelMode, Lineage, ModelCard, ModelSpec, Preprocess, Task
+from edgekd.students import build_model
 
-__all__ = ["train_model", "resolve_student", "class_weights", "finish_run", "evaluate_split"]
+__all__ = ["resolve_student", "class_weights", "finish_run", "evaluate_split"]
 
 
 def class_weights(data: DataBundle, mode: ClassWeighting) -> torch.Tensor | None:
@@ -56,8 +47,6 @@ def resolve_student(
 
     Returns the model, its spec, its preprocessing and the parent directory (for lineage).
     """
-    from edgekd.students import build_model
-
     size = (input_size, input_size) if input_size else None
     if is_model_dir(model):
         net, card = load_model_dir(model)
@@ -77,8 +66,6 @@ def evaluate_split(
     model, preprocess: Preprocess, data: DataBundle, split: str, *, batch_size: int = 256, device: str = "auto"
 ) -> dict[str, Any]:
     """Metrics of ``model`` on one split of ``data`` (PyTorch, eval mode)."""
-    from edgekd.data import make_loader
-
     dev = resolve_device(device)
     model.to(dev)
     loader = make_loader(data.split(split), batch_size, shuffle=False)
@@ -93,12 +80,11 @@ def finish_run(
     spec: ModelSpec,
     preprocess: Preprocess,
     data: DataBundle,
-    cfg: TrainConfig,
     out: Path,
     lineage: Lineage,
     eval_test: bool = True,
 ) -> ModelCard:
-    """Load the best weights, evaluate on test, and write the model directory + config + history."""
+    """Load the best weights, evaluate on test, and write the model directory and its history into ``out``."""
     model.load_state_dict(result.best_state)
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     metrics: dict[str, dict] = {"val": result.val_metrics, "best_epoch": {"epoch": result.best_epoch}}
@@ -113,51 +99,5 @@ def finish_run(
         lineage=lineage,
     )
     save_model_dir(model, card, out)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     atomic_write_text(out / "history.jsonl", "".join(json.dumps(h, default=float) + "\n" for h in result.history))
     return card
-
-
-def train_model(
-    model: str,
-    data: str | DataBundle,
-    out: str | Path,
-    cfg: TrainConfig,
-    *,
-    small_input: bool = False,
-    pretrained: bool = False,
-    channels: ChannelMode = ChannelMode.ADAPT,
-    input_size: int | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    download: bool = False,
-    command: str = "",
-) -> ModelCard:
-    """Supervised training; writes a model directory at ``out`` holding the best epoch.
-
-    Example:
-        >>> cfg = TrainConfig(epochs=2, batch_size=64)
-        >>> card = train_model("small:resnet18", "pneumoniamnist", "runs/teacher", cfg)
-        >>> card.metrics["test"]["auroc"]
-    """
-    torch.manual_seed(cfg.seed)
-    bundle = data if isinstance(data, DataBundle) else load_data(data, download=download, seed=cfg.seed)
-    net, spec, pre, parent = resolve_student(
-        model, bundle, small_input=small_input, pretrained=pretrained, channels=channels, input_size=input_size
-    )
-    objective = SupervisedObjective(
-        pre, bundle.task, label_smoothing=cfg.label_smoothing, class_weights=class_weights(bundle, cfg.class_weighting)
-    )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-    result = fit(net, objective, bundle, cfg, out, preprocess=pre, resume=resume, progress=progress)
-    lineage = Lineage(
-        command=command,
-        parent=parent,
-        data=bundle.spec,
-        stage="train",
-        losses=["ce"],
-        parent_sha256=sha256_file(Path(parent) / "model.safetensors") if parent else None,
-    )
-    return finish_run(net, result, spec=spec, preprocess=pre, data=bundle, cfg=cfg, out=out, lineage=lineage)

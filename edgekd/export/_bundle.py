@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from edgekd.data.preprocess import ChannelMode, Preprocess, Task
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.export._lint import Finding
 from edgekd.export._model_card import render_model_card
 from edgekd.export._parity import ParityResult
 from edgekd.export._types import Precision, TensorInfo, onnx_io, static_batch
 from edgekd.modeldir import ModelCard, atomic_dir, package_versions, sha256_file
+from edgekd.specs import ChannelMode, Preprocess, Task
 
 __all__ = [
     "BundleFile",

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from edgekd._io import check_output
 from edgekd.errors import InvalidInputError, VerificationError
 from edgekd.export._bundle import BundleFile, Manifest, Reference, write_bundle
 from edgekd.export._fp16 import to_fp16
@@ -32,6 +33,8 @@ from edgekd.export._parity import ParityResult, Samples, make_samples, parity_ch
 from edgekd.export._tensorrt import build_engine, require_tensorrt, sidecar_path
 from edgekd.export._types import Precision
 from edgekd.modeldir import WEIGHTS_FILE, ModelCard, load_model_dir, sha256_file
+from edgekd.specs import current_command
+from edgekd.students import count_macs, count_params
 
 __all__ = ["export_bundle", "parse_formats", "FORMATS", "CHECKS", "REFERENCE_SAMPLES"]
 
@@ -149,8 +152,6 @@ def _engine_files(work: Path, onnx: BundleFile, opts: _Options) -> tuple[list[Bu
 
 def _load(model_dir: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
     """The model and its card, with params and MACs filled in for the manifest and model card."""
-    from edgekd.students import count_macs, count_params
-
     model, card = load_model_dir(model_dir)
     pre = card.preprocess
     updates = {"params": card.params or count_params(model)}
@@ -183,15 +184,15 @@ def export_bundle(
     max_batch: int = 32,
     timing_cache: str | os.PathLike | None = None,
     exporter: str = "auto",
-    overwrite: bool = True,
-    command: str = "",
+    overwrite: bool = False,
+    command: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Export a model directory to a verified bundle.
 
     Args:
         model_dir: a model directory (trained, distilled, pruned or quantization-aware).
-        out: the bundle directory (written atomically; replaced when ``overwrite``).
+        out: the bundle directory (written atomically; new, or an earlier edgekd output with ``overwrite``).
         formats: any of ``onnx`` (FP32; always exported, shipped when listed), ``onnx-fp16``, ``engine``.
         opset: ONNX opset.
         static: fix the batch dimension to 1 instead of a dynamic batch.
@@ -201,8 +202,8 @@ def export_bundle(
         check: ``("tensorrt",)`` runs the TensorRT lint on the ONNX files and fails on errors.
         workspace_mb, min_batch, opt_batch, max_batch, timing_cache: TensorRT engine build settings.
         exporter: ``auto``, ``torchscript`` or ``dynamo`` (see :func:`~edgekd.export.export_onnx`).
-        overwrite: replace an existing bundle.
-        command: the command line, recorded in the manifest.
+        overwrite: replace an earlier edgekd output at ``out`` (never other files, never ``model_dir``).
+        command: the command line recorded in the manifest (default: this process's).
         log: called with one line per step (the CLI prints them).
 
     Returns:
@@ -214,6 +215,7 @@ def export_bundle(
         InvalidInputError, ArtifactError: bad options, a bad model directory or a failed export.
     """
     say = log or (lambda _msg: None)
+    check_output(out, overwrite=overwrite, inputs=(model_dir,))
     fmts, checks = parse_formats(formats), _parse_checks(check)
     _check_batches(min_batch, opt_batch, max_batch)
     trt = require_tensorrt() if "engine" in fmts else None
@@ -232,7 +234,7 @@ def export_bundle(
         extra: dict[str, Any] = {
             "source": str(model_dir),
             "source_sha256": sha256_file(Path(model_dir) / WEIGHTS_FILE),
-            "command": command,
+            "command": command if command is not None else current_command(),
             "parity_samples": samples.source,
         }
         # An engine ships with the ONNX it was built from: engines only run on one GPU and TensorRT version.

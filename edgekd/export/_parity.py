@@ -28,10 +28,12 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from edgekd.data.preprocess import Task
+from edgekd.data import load_data
 from edgekd.errors import ArtifactError, InvalidInputError
+from edgekd.export._onnx import _prepare
 from edgekd.export._types import Precision, onnx_io, static_batch
 from edgekd.modeldir import ModelCard
+from edgekd.specs import Task
 
 __all__ = [
     "Tolerance",
@@ -96,7 +98,6 @@ class Samples:
 
 
 def _data_samples(card: ModelCard, spec: str, n: int, split: str) -> Samples:
-    from edgekd.data import load_data
 
     bundle = load_data(spec)
     ds = bundle.split(split)
@@ -150,8 +151,6 @@ def make_samples(card: ModelCard, data: str | None = None, *, n: int = 64, split
 @torch.no_grad()
 def torch_logits(model: nn.Module, inputs: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
     """Float32 CPU logits of ``model`` (eval mode) for preprocessed ``inputs``."""
-    from edgekd.export._onnx import _prepare
-
     net = _prepare(model)
     outs = [
         net(torch.from_numpy(inputs[i : i + batch_size])).float().numpy() for i in range(0, len(inputs), batch_size)

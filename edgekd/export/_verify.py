@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from edgekd.errors import ArtifactError, VerificationError
 from edgekd.export._bundle import MANIFEST_FILE, PARITY_FILE, Manifest, read_manifest
 from edgekd.export._parity import ParityResult, Tolerance, make_samples, ort_session, parity_check, run_onnx
+from edgekd.export._tensorrt import run_engine, tensorrt_available
 from edgekd.export._types import Precision
 from edgekd.modeldir import ModelCard, sha256_file
 
@@ -94,7 +95,6 @@ def _stored_parity(root: Path, m: Manifest, res: VerifyResult) -> None:
 
 
 def _engine_parity(path: Path, x: np.ndarray, ref: np.ndarray, precision: Precision, res: VerifyResult) -> None:
-    from edgekd.export._tensorrt import run_engine, tensorrt_available
 
     if not tensorrt_available():
         res.skipped.append(f"{path.name}: not run (needs TensorRT and a CUDA GPU); hash checked")

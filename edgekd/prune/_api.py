@@ -2,7 +2,7 @@
 
 The run: load the model and its data; prune in ``steps`` steps with Torch-Pruning towards the target
 (:mod:`._pruner`), fine-tuning after every step with the teacher (default: the unpruned model itself) or with
-cross-entropy only (:mod:`._recover`); evaluate; write an ordinary model directory whose card stores the pruned
+cross-entropy only (:func:`edgekd.distill.finetune`); evaluate; write an ordinary model directory whose card stores the pruned
 widths (``structure``), so it reloads without pickle, exports and benchmarks like any other. Params, MACs,
 weights size and ONNX Runtime CPU latency before and after go into ``prune_report.json`` and the return value.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +27,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from edgekd.data import DataBundle, load_data, make_loader
-from edgekd.distill import DEFAULT_LOSSES, TrainConfig, evaluate_split
-from edgekd.errors import InvalidInputError
-from edgekd.modeldir import (
-    WEIGHTS_FILE,
-    Lineage,
-    ModelCard,
-    atomic_dir,
-    atomic_write_text,
-    load_model_dir,
-    save_model_dir,
-    sha256_file,
-)  # fmt: skip
+from edgekd._io import atomic_dir, atomic_write_text, check_output, sha256_file
+from edgekd.data import DataBundle, make_loader
+from edgekd.distill import DEFAULT_LOSSES, TrainConfig, evaluate_split, finetune
+from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, load_model_dir, save_model_dir
 from edgekd.prune._importance import IMPORTANCE, accumulate_gradients
-from edgekd.prune._measure import ModelStats, model_stats, onnx_latency_ms
+from edgekd.prune._measure import LatencyFn, ModelStats, model_stats
 from edgekd.prune._pruner import ChannelPruner
-from edgekd.prune._recover import recover
-from edgekd.prune._structure import capture_structure
 from edgekd.prune._target import PruneTarget
+from edgekd.specs import current_command
+from edgekd.students import build_model, capture_structure, count_macs
+from edgekd.teachers import load_teacher
 
-__all__ = ["PruneConfig", "PruneReport", "prune_model_dir", "load_model_and_data", "REPORT_FILE"]
+__all__ = ["PruneConfig", "PruneReport", "prune_model_dir", "REPORT_FILE"]
 
 REPORT_FILE = "prune_report.json"
 WORK_DIR = ".recovery"
@@ -123,26 +114,6 @@ class PruneReport(BaseModel):
     metrics_after: dict[str, Any] = Field(default_factory=dict)
 
 
-def load_model_and_data(source: str | Path, data: str | DataBundle | None = None, *, seed: int = 0
-                        ) -> tuple[nn.Module, ModelCard, DataBundle]:  # fmt: skip
-    """A model directory and its data (default: the data in its lineage), checked to fit each other.
-
-    Raises:
-        ArtifactError: ``source`` is missing or malformed (exit 4).
-        InvalidInputError: no data recorded nor given, or data with other classes or task (exit 3).
-    """
-    model, card = load_model_dir(source)
-    spec = data if data is not None else card.lineage.data
-    if spec is None:
-        raise InvalidInputError(f"{source} does not record its training data", "pass --data")
-    bundle = spec if isinstance(spec, DataBundle) else load_data(spec, seed=seed)
-    if bundle.num_classes != card.spec.num_classes or bundle.task is not card.task:
-        raise InvalidInputError(f"data {bundle.spec} ({bundle.num_classes} classes, {bundle.task.value}) does not fit "
-                                f"{source} ({card.spec.num_classes} outputs, {card.task.value})",
-                                "prune on the data the model was trained for")  # fmt: skip
-    return model, card, bundle
-
-
 def _evaluate(model: nn.Module, card: ModelCard, data: DataBundle) -> dict[str, Any]:
     return {split: evaluate_split(model, card.preprocess, data, split, device="cpu") for split in ("val", "test")}
 
@@ -159,8 +130,6 @@ def _grad_fn(data: DataBundle, card: ModelCard, cfg: PruneConfig):
 def _teacher(cfg: PruneConfig, source: Path, data: DataBundle):
     if not cfg.kd or not cfg.recovery_epochs:
         return None, None
-    from edgekd.distill import load_teacher
-
     ref = cfg.teacher or str(source)
     return load_teacher(ref, data=data), ref
 
@@ -183,7 +152,7 @@ def _prune_and_recover(
         record = pruner.step()
         if cfg.recovery_epochs:
             torch.manual_seed(cfg.train.seed + k)
-            hist = recover(model, pre, data, train_cfg, work / f"step{k + 1}", teacher=teacher, losses=cfg.losses,
+            hist = finetune(model, pre, data, train_cfg, work / f"step{k + 1}", teacher=teacher, losses=cfg.losses,
                            progress=progress)  # fmt: skip
             history += [{"step": k + 1, **h} for h in hist]
             record["recovered_val"] = {key: v for key, v in hist[-1].items() if key.startswith("val_")}
@@ -191,19 +160,12 @@ def _prune_and_recover(
     return pruner, steps, history
 
 
-def _latencies(
-    source_model: nn.Module, pruned: nn.Module, card: ModelCard, cfg: PruneConfig, before: ModelStats, after: ModelStats
-) -> tuple[ModelStats, ModelStats, float | None]:
-    """Both latencies in one benchmark call, one right after the other (same machine state)."""
-    if not cfg.latency_batch:
+def _latencies(source_model: nn.Module, pruned: nn.Module, card: ModelCard, cfg: PruneConfig, before: ModelStats,
+               after: ModelStats, latency: LatencyFn | None) -> tuple[ModelStats, ModelStats, float | None]:  # fmt: skip
+    """Both latencies in one call of ``latency``, one right after the other (same machine state)."""
+    if not cfg.latency_batch or latency is None:
         return before, after, None
-    from edgekd.export import export_onnx
-
-    with tempfile.TemporaryDirectory(prefix="edgekd-prune-") as tmp:
-        paths = [Path(tmp) / "before.onnx", Path(tmp) / "after.onnx"]
-        export_onnx(source_model, card, paths[0])
-        export_onnx(pruned, card, paths[1])
-        (b_ms, threads), (a_ms, _) = onnx_latency_ms(paths, batch=cfg.latency_batch, seconds=cfg.latency_s)
+    (b_ms, threads), (a_ms, _) = latency([source_model, pruned], card, batch=cfg.latency_batch, seconds=cfg.latency_s)
     lat = {"latency_batch": cfg.latency_batch, "latency_threads": threads}
     before = before.model_copy(update={"latency_ms": b_ms, **lat})
     after = after.model_copy(update={"latency_ms": a_ms, **lat})
@@ -221,8 +183,6 @@ def _pruned_card(
     teacher_ref: str | None,
     command: str,
 ) -> ModelCard:
-    from edgekd.students import build_model, count_macs
-
     notes = {"importance": cfg.importance, "target": cfg.target.model_dump(mode="json"), "steps": cfg.steps,
              "global": cfg.global_pruning, "round_to": cfg.round_to, "keep": cfg.keep,
              "recovery_epochs": cfg.recovery_epochs, "recovery": _recovery_kind(cfg, teacher_ref)}  # fmt: skip
@@ -243,16 +203,21 @@ def prune_model_dir(
     cfg: PruneConfig,
     *,
     data: str | DataBundle | None = None,
+    latency: LatencyFn | None = None,
+    overwrite: bool = False,
     progress: bool = True,
-    command: str = "",
+    command: str | None = None,
 ) -> PruneReport:
     """Prune the model directory ``source`` into a new model directory ``out`` (see the module docstring).
 
     Args:
         source: the model directory to prune.
-        out: the pruned model directory to write (replaced if it exists).
+        out: the pruned model directory to write (new, or an earlier edgekd output with ``overwrite``).
         cfg: the run's configuration.
         data: data spec or bundle (default: the data in the source's lineage).
+        latency: measures models' latency for the report (e.g. :func:`edgekd.bench.model_latency_ms`); None:
+            latency is not measured.
+        overwrite: replace an earlier edgekd output at ``out`` (never other files, never ``source``).
         progress: show progress bars.
         command: the command line, for the lineage.
 
@@ -262,20 +227,33 @@ def prune_model_dir(
     """
     cfg.check()
     source, out = Path(source), Path(out)
+    check_output(
+        out, overwrite=overwrite, inputs=(source, cfg.teacher if cfg.teacher and Path(cfg.teacher).exists() else None)
+    )
     torch.manual_seed(cfg.train.seed)
     model, card, bundle = load_model_and_data(source, data, seed=cfg.train.seed)
     original, _ = load_model_dir(source)
     before_metrics = _evaluate(model, card, bundle)
-    before = model_stats(model, card, weights=source / WEIGHTS_FILE, latency_batch=None)
+    before = model_stats(model, card, weights=source / WEIGHTS_FILE)
     teacher, teacher_ref = _teacher(cfg, source, bundle)
     with atomic_dir(out) as tmp:
         pruner, steps, history = _prune_and_recover(model, card, bundle, cfg, tmp / WORK_DIR, teacher, progress)
         shutil.rmtree(tmp / WORK_DIR, ignore_errors=True)  # per-epoch checkpoints of the recovery runs
         metrics = _evaluate(model, card, bundle)
-        new_card = _pruned_card(model, card, source, bundle, cfg, metrics, before_metrics, teacher_ref, command)
+        new_card = _pruned_card(
+            model,
+            card,
+            source,
+            bundle,
+            cfg,
+            metrics,
+            before_metrics,
+            teacher_ref,
+            command if command is not None else current_command(),
+        )
         save_model_dir(model, new_card, tmp)
-        after = model_stats(model, new_card, weights=tmp / WEIGHTS_FILE, latency_batch=None)
-        before, after, speedup = _latencies(original, model, card, cfg, before, after)
+        after = model_stats(model, new_card, weights=tmp / WEIGHTS_FILE)
+        before, after, speedup = _latencies(original, model, card, cfg, before, after, latency)
         report = PruneReport(
             source=str(source), out=str(out), data=bundle.spec, importance=cfg.importance, target=cfg.target,
             target_met=all(s["goal_met"] for s in steps), recovery=_recovery_kind(cfg, teacher_ref),

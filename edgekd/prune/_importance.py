@@ -41,8 +41,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgekd.data.preprocess import Preprocess, Task
+from edgekd.distill import task_loss
 from edgekd.registry import Registry
+from edgekd.specs import Preprocess, Task
 
 __all__ = ["IMPORTANCE", "build_importance", "list_importance", "needs_gradients", "accumulate_gradients"]
 
@@ -109,8 +110,6 @@ def accumulate_gradients(
     Returns:
         The number of samples seen.
     """
-    from edgekd.distill import task_loss
-
     was_training = model.training
     model.eval()
     model.zero_grad(set_to_none=True)

@@ -33,15 +33,29 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from edgekd._io import check_output
 from edgekd.data import DataBundle
 from edgekd.distill import DEFAULT_LOSSES, TrainConfig
 from edgekd.errors import InvalidInputError, VerificationError
-from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, sha256_file
+from edgekd.export import (
+    BundleFile,
+    Precision,
+    Reference,
+    export_onnx,
+    lint_onnx,
+    parity_check,
+    to_fp16,
+    torch_logits,
+    write_bundle,
+)
+from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, sha256_file
 from edgekd.quantize._data import CalibrationReader, evaluate_onnx, split_inputs
 from edgekd.quantize._ptq import Calibration, prepare_onnx, qdq_summary, quantize_onnx
 from edgekd.quantize._qat import QAT_BACKENDS, qat_finetune, strip_fake_quant
 from edgekd.quantize._sensitivity import SensitivityReport, sensitivity_search
 from edgekd.quantize._targets import TARGETS, QuantScheme
+from edgekd.specs import current_command
+from edgekd.teachers import load_teacher
 
 __all__ = ["QuantMethod", "QuantizeConfig", "QuantizeResult", "quantize_model_dir", "BUDGET_METRICS"]
 
@@ -182,9 +196,6 @@ def _qat(
     calib: np.ndarray,
     progress: bool,
 ) -> tuple[Path, dict[str, Any]]:
-    from edgekd.distill import load_teacher
-    from edgekd.export import export_onnx
-
     teacher = load_teacher(cfg.teacher or str(source), data=data) if cfg.kd else None
     qat, record = qat_finetune(
         model,
@@ -214,8 +225,6 @@ def _qat(
 
 
 def _fp16(fp32: Path, work: Path) -> tuple[Path, dict[str, Any]]:
-    from edgekd.export import to_fp16
-
     dst = work / "model.fp16.onnx"
     to_fp16(fp32, dst)
     return dst, {}
@@ -265,8 +274,6 @@ def _make_low_precision(model, card, source, work, fp32, data, cfg, progress) ->
 def _check(reference: nn.Module, card: ModelCard, data: DataBundle, cfg: QuantizeConfig, fp32: Path, low: Path,
            precision) -> dict[str, Any]:  # fmt: skip
     """Parity of both shipped files against their PyTorch source, and the TensorRT lint; raises on failure."""
-    from edgekd.export import Reference, lint_onnx, parity_check, torch_logits
-
     x, _ = split_inputs(data, "test", card.preprocess, n=cfg.parity_samples, spread=True)
     ref = torch_logits(reference, x)
     source = f"{len(x)} {data.spec} test samples"
@@ -302,8 +309,9 @@ def quantize_model_dir(
     cfg: QuantizeConfig,
     *,
     data: str | DataBundle | None = None,
+    overwrite: bool = False,
     progress: bool = True,
-    command: str = "",
+    command: str | None = None,
 ) -> QuantizeResult:
     """Quantize the model directory ``source`` into the bundle ``out`` (see the module docstring).
 
@@ -313,11 +321,10 @@ def quantize_model_dir(
         DependencyError: the QAT backend asked for is not installed (exit 5).
         VerificationError: parity failed or the TensorRT lint found errors; nothing is written (exit 6).
     """
-    from edgekd.export import BundleFile, Precision, export_onnx, write_bundle
-    from edgekd.prune import load_model_and_data
-
     cfg.check()
     source, out = Path(source), Path(out)
+    teacher = cfg.teacher if cfg.teacher and Path(cfg.teacher).exists() else None
+    check_output(out, overwrite=overwrite, inputs=(source, teacher))
     model, card, bundle = load_model_and_data(source, data, seed=cfg.train.seed)
     precision = Precision.FP16 if cfg.method is QuantMethod.FP16 else Precision.INT8
     with tempfile.TemporaryDirectory(prefix="edgekd-quantize-") as tmp:
@@ -337,7 +344,15 @@ def quantize_model_dir(
                    BundleFile(source=ref_onnx, name=fp32.name, precision=Precision.FP32)]  # fmt: skip
         extra = {"quantization": {**result.model_dump(mode="json", exclude={"out"}),
                                   "fp32_reference": "qat-tuned" if ref_onnx != fp32 else "source"}}  # fmt: skip
-        card_q = _quantized_card(card, source, bundle, cfg, {cfg.eval_split: metrics}, details, command)
+        card_q = _quantized_card(
+            card,
+            source,
+            bundle,
+            cfg,
+            {cfg.eval_split: metrics},
+            details,
+            command if command is not None else current_command(),
+        )
         write_bundle(out, card=card_q, files=shipped, parity=checked["parity"], target=cfg.target,
                      reference=checked["reference"], exporter=exporter, lint=checked["lint"], extra=extra,
                      profile=TRT_PROFILE if cfg.target == "tensorrt" else None)  # fmt: skip

@@ -20,9 +20,10 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgekd.data import DataBundle, make_loader
-from edgekd.data.preprocess import Preprocess
 from edgekd.errors import InvalidInputError
+from edgekd.export import ort_session, run_onnx
 from edgekd.metrics import compute_metrics
+from edgekd.specs import Preprocess
 
 __all__ = ["split_inputs", "iterate_split", "CalibrationReader", "evaluate_onnx", "onnx_logits"]
 
@@ -96,8 +97,6 @@ class CalibrationReader(CalibrationDataReader):
 
 def onnx_logits(session, inputs: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """Logits of an ONNX Runtime session for preprocessed inputs, in batches."""
-    from edgekd.export import run_onnx
-
     return run_onnx(session, np.ascontiguousarray(inputs, dtype=np.float32), batch_size)
 
 
@@ -111,8 +110,6 @@ def evaluate_onnx(
     threads: int = 2,
 ) -> dict:
     """Metrics (as `edgekd eval` reports them) of an ONNX model run in ONNX Runtime on a whole split."""
-    from edgekd.export import ort_session
-
     session = ort_session(path, threads=threads)
     logits, targets = [], []
     for x, y in iterate_split(data, split, preprocess, batch_size=batch_size):

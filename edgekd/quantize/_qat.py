@@ -48,11 +48,14 @@ import torch
 from torch import nn
 
 from edgekd.data import DataBundle
-from edgekd.distill import DEFAULT_LOSSES, Teacher, TrainConfig
+from edgekd.distill import DEFAULT_LOSSES, TrainConfig, finetune
 from edgekd.errors import DependencyError
 from edgekd.modeldir import ModelCard
+from edgekd.quantize._fakequant import calibrate, insert_fake_quant
 from edgekd.quantize._targets import QuantScheme
 from edgekd.registry import Registry
+from edgekd.students import apply_structure, build_model
+from edgekd.teachers import Teacher
 
 __all__ = ["QATBackend", "QAT_BACKENDS", "resolve_backend", "qat_finetune", "strip_fake_quant", "freeze_bn_stats"]
 
@@ -82,7 +85,6 @@ class TorchFakeQuantBackend(QATBackend):
     name = "torch"
 
     def prepare(self, model: nn.Module, scheme: QuantScheme, batches: list[torch.Tensor]) -> nn.Module:
-        from edgekd.quantize._fakequant import calibrate, insert_fake_quant
 
         insert_fake_quant(model, scheme)
         calibrate(model, batches)
@@ -134,9 +136,6 @@ def resolve_backend(name: str = "auto") -> QATBackend:
 
 def strip_fake_quant(qat: nn.Module, card: ModelCard) -> nn.Module:
     """A plain FP32 model (the card's architecture) holding the QAT-tuned weights, without quantizers."""
-    from edgekd.prune import apply_structure
-    from edgekd.students import build_model
-
     plain = build_model(card.spec)
     if card.structure:
         apply_structure(plain, card.structure)
@@ -200,14 +199,12 @@ def qat_finetune(
     Returns:
         The fine-tuned fake-quantized model (CPU, eval mode) and a record (backend, history).
     """
-    from edgekd.prune import recover
-
     qb = resolve_backend(backend)
     torch.manual_seed(cfg.seed)
     qat = qb.prepare(copy.deepcopy(model).cpu(), scheme, list(_batches(calib, cfg.batch_size)))
     if freeze_bn:
         freeze_bn_stats(qat)
-    history = recover(qat, card.preprocess, data, cfg, work, teacher=teacher, losses=losses, progress=progress)
+    history = finetune(qat, card.preprocess, data, cfg, work, teacher=teacher, losses=losses, progress=progress)
     return qat, {"backend": qb.name, "epochs": cfg.epochs, "history": history,
                  "teacher": teacher.name if teacher is not None else None,
                  "losses": list(losses) if teacher is not None else ["ce"], "freeze_bn": freeze_bn}  # fmt: skip

@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from edgekd.data.preprocess import Task
+from edgekd.export import ort_session
 from edgekd.metrics import compute_metrics
 from edgekd.quantize._data import onnx_logits
 from edgekd.quantize._ptq import Calibration, quantizable_nodes, quantize_onnx
 from edgekd.quantize._targets import QuantScheme
+from edgekd.specs import Task
 
 __all__ = ["NodeError", "SensitivityReport", "node_errors", "sensitivity_search", "metric_value"]
 
@@ -71,8 +72,6 @@ def metric_value(logits: np.ndarray, targets: np.ndarray, task: Task, metric: st
 
 
 def _session(path: Path):
-    from edgekd.export import ort_session
-
     return ort_session(path)
 
 

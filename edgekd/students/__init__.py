@@ -2,7 +2,7 @@
 
 Models are named by source (STYLE.md principle 3): ``tv:resnet18``, ``timm:resnet18``,
 ``small:resnet8x4``. :data:`MODELS` is the one registry of builders; :func:`build_model` turns a
-:class:`~edgekd.modeldir.ModelSpec` into a network; :func:`count_params`, :func:`count_macs` and
+:class:`~edgekd.specs.ModelSpec` into a network; :func:`count_params`, :func:`count_macs` and
 :func:`tap_points` describe any ``nn.Module``.
 
 Students written here (for images of at most 64 px):
@@ -16,14 +16,15 @@ Students written here (for images of at most 64 px):
   ``small_input=True``).
 
 Example:
-    >>> from edgekd.modeldir import ModelSpec
+    >>> from edgekd.specs import ModelSpec
     >>> model = build_model(ModelSpec(name="small:resnet8x4", num_classes=2, in_chans=1))
     >>> count_params(model), count_macs(model, (1, 1, 28, 28)), tap_points(model)
     (1207778, 135099392, ['layer1', 'layer2', 'layer3'])
 """
 
 from edgekd.students._counting import count_macs, count_params
-from edgekd.students._taps import tap_points
+from edgekd.students._structure import apply_structure, capture_structure
+from edgekd.students._taps import FeatureTaps, ModelOutputs, check_layers, default_layer, tap_points
 from edgekd.students._zoo import (
     MODELS,
     SOURCES,
@@ -44,6 +45,12 @@ __all__ = [
     "count_params",
     "count_macs",
     "tap_points",
+    "FeatureTaps",
+    "ModelOutputs",
+    "check_layers",
+    "default_layer",
+    "apply_structure",
+    "capture_structure",
     "zoo_rows",
     "default_zoo_names",
     "is_student",

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from edgekd.errors import InvalidInputError, suggest
-from edgekd.modeldir import ModelSpec
 from edgekd.registry import Registry
+from edgekd.specs import ModelSpec
 from edgekd.students import _cifar_resnet, _small_mobilenetv2, _tinycnn, _wrn
 from edgekd.students._counting import count_macs, count_params
 from edgekd.students._timm import build_timm, timm_available, timm_names

@@ -5,16 +5,15 @@ checkpoint imported into a zoo architecture with :func:`import_checkpoint`. Chec
 without unpickling arbitrary objects unless ``trust_pickle`` is set (STYLE.md habits).
 
 Example:
-    >>> from edgekd.modeldir import ModelSpec
+    >>> from edgekd.specs import ModelSpec
     >>> spec = ModelSpec(name="small:resnet32x4", num_classes=100)
     >>> teacher = import_checkpoint("ckpt_epoch_240.pth", spec=spec)
 """
 
 from edgekd.teachers._checkpoint import TORCH_SUFFIXES, import_checkpoint, load_checkpoint_state, strip_prefixes
+from edgekd.teachers._teacher import Teacher, load_teacher, state_fingerprint
 
-__all__ = ["load_checkpoint_state", "import_checkpoint", "strip_prefixes", "TORCH_SUFFIXES"]
-
-# Distillation teachers (issue 3): a PyTorch model or an ONNX file with its own preprocessing.
-from edgekd.teachers._teacher import Teacher, load_teacher, state_fingerprint  # noqa: E402
-
-__all__ += ["Teacher", "load_teacher", "state_fingerprint"]
+__all__ = [
+    "load_checkpoint_state", "import_checkpoint", "strip_prefixes", "TORCH_SUFFIXES",
+    "Teacher", "load_teacher", "state_fingerprint",
+]  # fmt: skip

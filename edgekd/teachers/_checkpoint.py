@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from edgekd.errors import ArtifactError
-from edgekd.modeldir import ModelSpec
+from edgekd.specs import ModelSpec
+from edgekd.students import build_model
 
 __all__ = ["load_checkpoint_state", "import_checkpoint", "TORCH_SUFFIXES"]
 
@@ -145,8 +146,6 @@ def import_checkpoint(
         ArtifactError: unreadable file, key mismatches (up to 5 listed), or shape mismatches (the
             hint names ``--num-classes`` when only the classifier differs).
     """
-    from edgekd.students import build_model
-
     found = load_checkpoint_state(path, trust_pickle=trust_pickle)
     state = strip_prefixes(found.state_dict()) if isinstance(found, nn.Module) else found
     model = build_model(spec)

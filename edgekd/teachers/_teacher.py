@@ -36,8 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.data.preprocess import Preprocess, Task
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
+from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, read_card, sha256_file
+from edgekd.specs import ModelSpec, Preprocess, Task
+from edgekd.students import FeatureTaps, ModelOutputs, build_model, parse_model_name
+from edgekd.teachers._checkpoint import import_checkpoint
 
 __all__ = ["Teacher", "load_teacher", "state_fingerprint"]
 
@@ -115,8 +118,6 @@ class Teacher:
         cls, path: str | Path, preprocess: Preprocess | None = None, *, data=None, name: str | None = None
     ) -> Teacher:
         """An ONNX model run through ONNX Runtime; ``preprocess`` or ``data`` (to derive it) is required."""
-        from edgekd.modeldir import sha256_file
-
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"ONNX teacher {path} does not exist", "check the path after onnx:")
@@ -167,9 +168,6 @@ class Teacher:
     @torch.no_grad()
     def run(self, images: torch.Tensor, paths: Sequence[str] = ()):
         """Logits and the outputs of the modules at ``paths`` (PyTorch teachers only)."""
-        from edgekd.distill._taps import FeatureTaps
-        from edgekd.distill.losses import ModelOutputs
-
         model = self._on_device(images.device)
         x = self.preprocess(images)
         if self.channels_last:
@@ -280,8 +278,6 @@ def _check_fit(teacher: Teacher, data, task: Task | None = None) -> Teacher:
 
 
 def _model_dir_teacher(ref: str, data) -> Teacher:
-    from edgekd.modeldir import WEIGHTS_FILE, load_model_dir, read_card, sha256_file
-
     card = read_card(ref)
     teacher = Teacher(
         name=str(ref),
@@ -295,9 +291,6 @@ def _model_dir_teacher(ref: str, data) -> Teacher:
 
 
 def _checkpoint_teacher(ref: str, data, trust_pickle: bool) -> Teacher:
-    from edgekd.modeldir import ModelSpec, sha256_file
-    from edgekd.teachers import import_checkpoint
-
     body = ref[len("ckpt:") :]
     path, at, rest = body.rpartition("@")
     if not at or not path or not rest:
@@ -332,9 +325,6 @@ def _pretrained_classes(name: str) -> int | None:
 
 
 def _registry_teacher(ref: str, data, pretrained: bool) -> Teacher:
-    from edgekd.modeldir import ModelSpec
-    from edgekd.students import build_model, parse_model_name
-
     name, _, opt_text = ref.partition(",")
     source, _ = parse_model_name(name)
     if not pretrained or source == "small":
@@ -379,8 +369,6 @@ def load_teacher(ref: str, *, data, pretrained: bool = False, trust_pickle: bool
         >>> load_teacher("onnx:teacher.onnx", data=data).kind
         'onnx'
     """
-    from edgekd.modeldir import is_model_dir
-
     ref = str(ref).strip()
     if ref.startswith("onnx:") or ref.lower().endswith(".onnx"):
         path = ref[len("onnx:") :] if ref.startswith("onnx:") else ref

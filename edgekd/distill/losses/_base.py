@@ -35,9 +35,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from edgekd.data.preprocess import Task
 from edgekd.errors import InvalidInputError
 from edgekd.registry import Registry
+from edgekd.specs import Task
+from edgekd.students import ModelOutputs
 
 __all__ = [
     "LOSSES",
@@ -56,19 +57,6 @@ LOSSES: Registry[type[DistillLoss]] = Registry("loss")
 
 _SYNTAX = "write losses as NAME[:WEIGHT][,key=value...], e.g. kd:0.9,T=4 or fitnet:1,s=layer3,t=layer3"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-@dataclass
-class ModelOutputs:
-    """What one model produced for a batch.
-
-    Attributes:
-        logits: ``[N, C]`` classifier outputs (``None`` when a loss does not need them).
-        features: tapped module outputs keyed by module path (``"layer3"``).
-    """
-
-    logits: torch.Tensor | None
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass

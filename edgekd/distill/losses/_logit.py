@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from edgekd.data.preprocess import Task
 from edgekd.distill._objective import task_loss
 from edgekd.distill.losses._base import LOSSES, DistillLoss, LossBatch, ModelOutputs
 from edgekd.errors import InvalidInputError
+from edgekd.specs import Task
 
 __all__ = [
     "CELoss",

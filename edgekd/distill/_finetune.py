@@ -4,12 +4,12 @@ Pruning (and quantization) remove capacity; a short fine-tuning recovers most of
 from a teacher during recovery (by default the uncompressed model itself, as in Hinton et al. 2015 and the
 "prune, then distill" recipe of e.g. Sanh et al. 2020) transfers the dark knowledge the labels lack and
 recovers more than cross-entropy alone. Both go through the one training loop,
-:func:`edgekd.distill.fit`, so recovery has the same schedule, best-epoch selection and progress bar as
+:class:`~edgekd.distill.Trainer`, so recovery has the same schedule, best-epoch selection and progress bar as
 training.
 
 Example:
     >>> teacher = load_teacher("runs/student", data=data)
-    >>> history = recover(pruned, card.preprocess, data, cfg, "work/step1", teacher=teacher)
+    >>> history = finetune(pruned, card.preprocess, data, cfg, "work/step1", teacher=teacher)
 """
 
 from __future__ import annotations
@@ -22,13 +22,18 @@ import torch
 from torch import nn
 
 from edgekd.data import DataBundle
-from edgekd.data.preprocess import Preprocess
-from edgekd.distill import DEFAULT_LOSSES, Objective, SupervisedObjective, Teacher, TrainConfig, fit
+from edgekd.distill._config import TrainConfig
+from edgekd.distill._distill import build_distill_objective
+from edgekd.distill._loop import fit
+from edgekd.distill._objective import Objective, SupervisedObjective
+from edgekd.distill._settings import DEFAULT_LOSSES
+from edgekd.specs import Preprocess
+from edgekd.teachers import Teacher
 
-__all__ = ["recover", "recovery_objective"]
+__all__ = ["finetune", "finetune_objective"]
 
 
-def recovery_objective(
+def finetune_objective(
     model: nn.Module,
     preprocess: Preprocess,
     data: DataBundle,
@@ -39,12 +44,10 @@ def recovery_objective(
     """``losses`` (default ``ce:1`` + ``kd:1,T=4``) against ``teacher``, or plain CE when ``teacher`` is None."""
     if teacher is None:
         return SupervisedObjective(preprocess, data.task)
-    from edgekd.distill import build_distill_objective
-
     return build_distill_objective(model, preprocess, data.task, [teacher], list(losses))
 
 
-def recover(
+def finetune(
     model: nn.Module,
     preprocess: Preprocess,
     data: DataBundle,
@@ -70,7 +73,7 @@ def recover(
     Returns:
         The per-epoch history (losses and validation metrics).
     """
-    objective = recovery_objective(model, preprocess, data, teacher=teacher, losses=losses)
+    objective = finetune_objective(model, preprocess, data, teacher=teacher, losses=losses)
     result = fit(model, objective, data, cfg, work_dir, preprocess=preprocess, progress=progress)
     model.load_state_dict(result.best_state)
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()

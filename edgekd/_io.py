@@ -1,0 +1,183 @@
+"""Bottom layer: atomic writes and hashing, shared by every stage that writes an artifact.
+
+Artifacts appear complete or not at all: files are written to a temporary name beside their target and
+renamed into place (``os.replace`` is atomic on one file system); directories are built under a
+temporary name and renamed. Files get the umask's permissions, not ``mkstemp``'s private 0600.
+
+Example:
+    >>> atomic_write_text("runs/x/config.yaml", "epochs: 3\\n")
+    >>> with atomic_dir("runs/bundle") as tmp:
+    ...     (tmp / "model.onnx").write_bytes(b"...")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgekd.errors import ArtifactError, InvalidInputError
+
+__all__ = [
+    "atomic_write_bytes", "atomic_write_text", "atomic_dir", "sha256_file", "umask",
+    "check_output", "check_report_path", "is_edgekd_artifact", "replace_dir", "ARTIFACT_MARKERS", "MARKER_FILE",
+]  # fmt: skip
+
+
+def umask() -> int:
+    """The process umask (read without changing it for longer than the call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes files private (0600); artifacts are shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class atomic_dir:
+    """Context manager: build a directory under a temporary name, rename it into place on success.
+
+    On an exception the temporary directory is removed, so no half-written artifact is left. An
+    existing target is replaced only when ``overwrite`` is true.
+
+    Example:
+        >>> with atomic_dir("out/bundle") as tmp:
+        ...     (tmp / "model.onnx").write_bytes(b"...")
+    """
+
+    def __init__(self, target: str | os.PathLike, *, overwrite: bool = True) -> None:
+        self.target = Path(target)
+        self.overwrite = overwrite
+
+    def __enter__(self) -> Path:
+        if self.target.exists() and not self.overwrite:
+            raise ArtifactError(f"{self.target} already exists", "choose another --out or pass --overwrite")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp"))
+        os.chmod(self.tmp, 0o777 & ~umask())  # mkdtemp makes directories private (0700)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        replace_dir(self.tmp, self.target)
+
+
+# Files that mark a directory as written by edgekd (model directory, bundle, teacher cache, run work dir).
+ARTIFACT_MARKERS = ("edgekd.json", "manifest.json", ".edgekd")
+MARKER_FILE = ".edgekd"
+
+
+def is_edgekd_artifact(path: str | os.PathLike) -> bool:
+    """True for a directory edgekd wrote (it holds one of :data:`ARTIFACT_MARKERS`)."""
+    p = Path(path)
+    return p.is_dir() and any((p / m).is_file() for m in ARTIFACT_MARKERS)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_output(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: tuple[str | os.PathLike | None, ...] = (),
+    flag: str = "--out",
+) -> Path:
+    """Validate an output directory before any work starts (the rule every writing command follows).
+
+    * an existing non-empty ``out`` is refused unless ``overwrite``;
+    * ``overwrite`` never replaces what edgekd did not write, nor an input of the command or a folder
+      holding one;
+    * a parent that is a file, or a folder that cannot be written, is refused now, not after training.
+
+    Raises:
+        InvalidInputError: exists without ``overwrite``, is or contains an input, is not an edgekd artifact (3).
+        ArtifactError: a parent is a regular file or is not writable (4).
+    """
+    out = Path(out)
+    resolved = out.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(given).resolve()
+        if _inside(src, resolved):
+            what = "is" if src == resolved else "contains"
+            raise InvalidInputError(f"{flag} {out} {what} the input {given}", f"choose an {flag} outside the input")
+    if out.is_file() or out.is_symlink() and not out.exists():
+        raise InvalidInputError(f"{flag} {out} is a file, not a directory", f"choose another {flag}")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InvalidInputError(f"{flag} {out} already exists and is not empty",
+                                    "choose another path, or pass --overwrite to replace an earlier edgekd output")  # fmt: skip
+        if not is_edgekd_artifact(out):
+            raise InvalidInputError(f"{flag} {out} holds files that edgekd did not write; --overwrite only "
+                                    "replaces edgekd outputs", f"choose another {flag}")  # fmt: skip
+    _check_parent_writable(out, flag)
+    return out
+
+
+def _check_parent_writable(out: Path, flag: str) -> None:
+    for parent in [out, *out.parents]:
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise ArtifactError(f"{flag} {out}: {parent} is a file, not a folder", f"choose another {flag}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ArtifactError(f"{flag} {out}: cannot write in {parent} (permission denied)", f"choose another {flag}")
+        return
+
+
+def check_report_path(path: str | os.PathLike | None, flag: str = "--json") -> None:
+    """A report file (``--json``, ``--csv``...) must be writable: refused before any work if it is a folder."""
+    if path is None or str(path) == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InvalidInputError(f"{flag} {p} is a folder", f"give {flag} a file name, e.g. {p / 'report.json'}")
+    _check_parent_writable(p, flag)
+
+
+def replace_dir(src: Path, target: Path) -> None:
+    """Move the finished directory ``src`` to ``target``, replacing an earlier edgekd artifact there."""
+    target = Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(src, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, target)

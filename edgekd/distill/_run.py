@@ -1,0 +1,185 @@
+"""`edgekd train` and `edgekd distill`: one run, from settings to a model directory.
+
+Both commands are the same run (:func:`run_training`): seed, data, student, teachers, objective, the shared
+:class:`~edgekd.distill.Trainer`, lineage, test evaluation, model directory. A run without teachers trains
+with the task loss; with teachers it distils.
+
+The run works in ``.OUT.edgekd-run/`` beside ``OUT`` (checkpoint, ``config.yaml``, the default teacher
+cache) and renames it to ``OUT`` only once the model is complete, so a failed, diverged or interrupted run
+never touches an existing ``OUT`` and ``--resume`` finds its checkpoint there.
+
+Example:
+    >>> s = RunSettings(student="small:resnet8", teachers=["runs/teacher"], train=TrainConfig(epochs=6))
+    >>> card = distill_model(s, "runs/student")
+    >>> card.lineage.stage, card.lineage.losses
+    ('distill', ['ce:1', 'kd:1,T=4'])
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from edgekd._io import MARKER_FILE, atomic_write_text, check_output, is_edgekd_artifact, replace_dir, sha256_file
+from edgekd.data import DataBundle, load_data
+from edgekd.distill._cache import TeacherCache
+from edgekd.distill._checkpoint import has_checkpoint
+from edgekd.distill._distill import DistillObjective, build_distill_objective
+from edgekd.distill._loop import fit
+from edgekd.distill._objective import Objective, SupervisedObjective
+from edgekd.distill._settings import RunSettings
+from edgekd.distill._train import class_weights, finish_run, resolve_student
+from edgekd.errors import ArtifactError, InvalidInputError
+from edgekd.modeldir import WEIGHTS_FILE, is_model_dir
+from edgekd.specs import Lineage, ModelCard, current_command
+from edgekd.teachers import Teacher, load_teacher
+
+__all__ = ["run_training", "train_model", "distill_model", "work_dir"]
+
+
+def work_dir(out: str | Path) -> Path:
+    """Where a run to ``out`` keeps its checkpoint until the model is complete."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.edgekd-run")
+
+
+def _inputs(settings: RunSettings) -> tuple[str, ...]:
+    refs = [settings.student, *settings.teachers]
+    return tuple(r for r in refs if Path(r).exists())
+
+
+def _prepare(settings: RunSettings, out: Path, overwrite: bool) -> Path:
+    """Check the output before any work; return the directory the run works in."""
+    work = work_dir(out)
+    if settings.resume:
+        if has_checkpoint(work):
+            return work
+        if has_checkpoint(out):  # a finished run: resuming it re-writes the same model
+            return out
+        raise ArtifactError(f"--resume: no checkpoint for {out} (looked in {work} and {out})",
+                            "start without --resume")  # fmt: skip
+    check_output(out, overwrite=overwrite, inputs=_inputs(settings))
+    if settings.cache is not None and settings.cache.dir and Path(settings.cache.dir).is_file():
+        raise InvalidInputError(f"--cache-dir {settings.cache.dir} is a file", "give a folder for the teacher cache")
+    if work.exists():  # an earlier run that failed or was not resumed: ours to replace
+        if not is_edgekd_artifact(work):
+            raise InvalidInputError(f"{work} exists and was not written by edgekd", "remove it or choose another --out")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / MARKER_FILE).write_text("edgekd training run in progress\n")
+    return work
+
+
+def _objective(settings: RunSettings, net, pre, bundle: DataBundle, teachers: list[Teacher],
+               cache: TeacherCache | None) -> Objective:  # fmt: skip
+    cfg = settings.train
+    weights = class_weights(bundle, cfg.class_weighting)
+    if not teachers and settings.loss_terms == ["ce:1"]:
+        return SupervisedObjective(pre, bundle.task, label_smoothing=cfg.label_smoothing, class_weights=weights)
+    return build_distill_objective(net, pre, bundle.task, teachers, settings.loss_terms,
+                                   teacher_weights=settings.teacher_weights, cache=cache,
+                                   label_smoothing=cfg.label_smoothing, class_weights=weights)  # fmt: skip
+
+
+def _open_cache(settings: RunSettings, work: Path, teachers, bundle: DataBundle) -> TeacherCache | None:
+    c = settings.cache
+    if c is None:
+        return None
+    return TeacherCache.open(Path(c.dir) if c.dir else work / "teacher_cache", teachers=teachers, data=bundle,
+                             augment=settings.train.augment, seed=settings.train.seed,
+                             views=c.views or settings.train.epochs, topk=c.topk, readonly=c.readonly)  # fmt: skip
+
+
+def run_training(
+    settings: RunSettings,
+    out: str | Path,
+    *,
+    data: DataBundle | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> ModelCard:
+    """Train (no teachers) or distil (teachers) as ``settings`` say; write the best epoch to ``out``.
+
+    Args:
+        settings: the run (see :class:`RunSettings`).
+        out: the model directory to write (also gets ``checkpoint/``, ``config.yaml``, ``history.jsonl``).
+        data: an already loaded bundle instead of ``settings.data``.
+        overwrite: replace an earlier edgekd output at ``out`` (never other files, never an input).
+        progress: show progress bars.
+        command: the command line for the lineage (default: this process's).
+
+    Raises:
+        InvalidInputError: bad settings, an existing ``out`` without ``overwrite``, diverged training (exit 3).
+        ArtifactError: unreadable inputs, a missing or mismatching checkpoint on resume (exit 4).
+    """
+    out, cfg = Path(out), settings.train
+    torch.manual_seed(cfg.seed)
+    bundle = data if data is not None else load_data(settings.data, download=settings.download, seed=cfg.seed)
+    net, spec, pre, parent = resolve_student(settings.student, bundle, small_input=settings.small_input,
+                                             pretrained=settings.pretrained, channels=settings.channels,
+                                             input_size=settings.input_size)  # fmt: skip
+    teachers = [load_teacher(t, data=bundle, pretrained=settings.pretrained_teacher, trust_pickle=settings.trust_pickle)
+                for t in settings.teachers]  # fmt: skip
+    work = _prepare(settings, out, overwrite)
+    cache = _open_cache(settings, work, teachers, bundle)
+    objective = _objective(settings, net, pre, bundle, teachers, cache)
+    record = yaml.safe_dump({**settings.record(), "data": bundle.spec}, sort_keys=False)
+    atomic_write_text(work / "config.yaml", record)
+    try:
+        result = fit(net, objective, bundle, cfg, work, preprocess=pre, resume=settings.resume, progress=progress)
+    finally:
+        if cache is not None:
+            cache.flush()
+    lineage = Lineage(command=command if command is not None else current_command(), parent=parent,
+                      data=bundle.spec, stage=settings.stage, teachers=[t.name for t in teachers],
+                      losses=["ce"] if isinstance(objective, SupervisedObjective) else settings.loss_terms,
+                      notes=_notes(objective, teachers, cache),
+                      parent_sha256=sha256_file(Path(parent) / WEIGHTS_FILE) if parent else None)  # fmt: skip
+    card = finish_run(net, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage)
+    if work != out:
+        (work / MARKER_FILE).unlink(missing_ok=True)  # edgekd.json marks the finished model directory
+        replace_dir(work, out)
+    return card
+
+
+def train_model(settings: RunSettings, out: str | Path, **kwargs: Any) -> ModelCard:
+    """Supervised training (`edgekd train`): :func:`run_training` for settings without teachers.
+
+    Example:
+        >>> card = train_model(RunSettings(student="small:resnet18", train=TrainConfig(epochs=2)), "runs/t")
+        >>> card.metrics["test"]["auroc"]
+    """
+    if settings.teachers:
+        raise InvalidInputError("train_model got teachers", "use distill_model (edgekd distill) to distil")
+    return run_training(settings, out, **kwargs)
+
+
+def distill_model(settings: RunSettings, out: str | Path, **kwargs: Any) -> ModelCard:
+    """Distillation (`edgekd distill`): :func:`run_training` for settings with at least one teacher."""
+    if not settings.teachers:
+        raise InvalidInputError("no teacher given", "pass --teacher DIR (a model directory from `edgekd train`)")
+    return run_training(settings, out, **kwargs)
+
+
+def _notes(objective: Objective, teachers: list[Teacher], cache: TeacherCache | None) -> dict[str, Any]:
+    if not isinstance(objective, DistillObjective):
+        return {}
+    notes: dict[str, Any] = {
+        "teacher_weights": objective.teacher_weights,
+        "teacher_sha256": [t.fingerprint for t in teachers],
+        "teacher_calls": objective.teacher_calls,
+    }
+    if cache is not None:
+        notes["cache"] = {"dir": str(cache.directory), "status": cache.status, "views": cache.views,
+                          "topk": cache.topk, "hits": cache.hits, "misses": cache.misses}  # fmt: skip
+    return notes
+
+
+def is_resumable(out: str | Path) -> bool:
+    """True when a run to ``out`` left a checkpoint that ``--resume`` can continue."""
+    return has_checkpoint(work_dir(out)) or (is_model_dir(out) and has_checkpoint(Path(out)))
