@@ -39,12 +39,14 @@ demo: venv
 		--min-s 1 --min-iters 20 --json $(RUNS)/bench.json --markdown $(RUNS)/bench.md
 
 test: venv
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not gpu and not tensorrt"
 
 test-all: venv
 	$(BIN)/python -m pytest -q
 
 lint: venv
+	$(BIN)/lint-imports
 	$(BIN)/ruff check edgekd tests benchmarks
 	$(BIN)/ruff format --check edgekd tests benchmarks
 

@@ -40,7 +40,7 @@ from _common import environment, write_json  # noqa: E402
 
 from edgekd.data import load_data, make_loader  # noqa: E402
 from edgekd.distill import (  # noqa: E402
-    Teacher,
+    RunSettings,
     TrainConfig,
     build_distill_objective,
     distill_model,
@@ -49,6 +49,7 @@ from edgekd.distill import (  # noqa: E402
 )
 from edgekd.modeldir import ModelCard, ModelSpec, save_model_dir  # noqa: E402
 from edgekd.students import build_model  # noqa: E402
+from edgekd.teachers import Teacher  # noqa: E402
 
 LOSSES = ["ce:1", "kd:1,T=4"]
 
@@ -155,16 +156,9 @@ def cache_speedup(args) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         teacher = _random_teacher_dir(args.cache_teacher_model, data, Path(tmp))
         for key, cached in (("cache", True), ("no_cache", False)):
-            card = distill_model(
-                "small:mobilenet_v3_small",
-                [str(teacher)],
-                data,
-                Path(tmp) / key,
-                cfg,
-                losses=LOSSES,
-                cache_teacher=cached,
-                progress=not args.no_progress,
-            )
+            settings = RunSettings(student="small:mobilenet_v3_small", teachers=[str(teacher)], data=data.spec,
+                                   train=cfg, losses=list(LOSSES), cache={} if cached else None)  # fmt: skip
+            card = distill_model(settings, Path(tmp) / key, data=data, progress=not args.no_progress)
             history = [json.loads(x) for x in (Path(tmp) / key / "history.jsonl").read_text().splitlines()]
             result[key] = {
                 "images_per_s": [h["images_per_s"] for h in history],

@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
 
-from edgekd.specs import Preprocess, Task  # noqa: E402
 from edgekd.export import export_onnx, make_samples, parity_check, to_fp16, torch_logits  # noqa: E402
 from edgekd.export._types import Precision  # noqa: E402
 from edgekd.modeldir import ModelCard, ModelSpec  # noqa: E402
+from edgekd.specs import Preprocess, Task  # noqa: E402
 from edgekd.students import build_model, list_models  # noqa: E402
 
 NATIVE = ("tinycnn", "resnet8", "resnet14", "resnet20", "resnet32", "resnet8x4", "resnet32x4", "wrn_16_2",

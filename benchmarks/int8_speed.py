@@ -34,11 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_flags, environment, write_json  # noqa: E402
 
+from edgekd.bench import onnx_latency_ms  # noqa: E402
 from edgekd.data import load_data  # noqa: E402
-from edgekd.distill import TrainConfig, train_model  # noqa: E402
+from edgekd.distill import RunSettings, TrainConfig, train_model  # noqa: E402
 from edgekd.errors import VerificationError  # noqa: E402
 from edgekd.modeldir import is_model_dir, read_card  # noqa: E402
-from edgekd.prune import onnx_latency_ms  # noqa: E402
 from edgekd.quantize import QuantizeConfig, quantize_model_dir  # noqa: E402
 
 
@@ -48,7 +48,12 @@ def get_student(args, data, out: Path) -> str:
     if not is_model_dir(path):
         cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=2e-3, augment="medical", seed=args.seed,
                           max_steps_per_epoch=args.max_steps)  # fmt: skip
-        train_model(args.student_model, data, path, cfg, progress=not args.no_progress)
+        train_model(
+            RunSettings(student=args.student_model, data=data.spec, train=cfg),
+            path,
+            data=data,
+            progress=not args.no_progress,
+        )
     return str(path)
 
 
@@ -59,7 +64,7 @@ def run_quantize(args, student: str, out: Path, name: str, **kw: Any) -> dict[st
     cfg = QuantizeConfig(calibration=args.calibration, calib_samples=args.calib_samples, train=train, **kw)
     t0 = time.perf_counter()
     try:
-        r = quantize_model_dir(student, out / name, cfg, progress=not args.no_progress)
+        r = quantize_model_dir(student, out / name, cfg, overwrite=True, progress=not args.no_progress)
     except VerificationError as e:
         print(f"{name}: FAILED its checks: {e}")
         return {"name": name, "error": str(e), "seconds": time.perf_counter() - t0}

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
 
 from edgekd.data import load_data  # noqa: E402
-from edgekd.distill import TrainConfig, distill_model, train_model  # noqa: E402
+from edgekd.distill import RunSettings, TrainConfig, distill_model, train_model  # noqa: E402
 from edgekd.modeldir import is_model_dir, read_card  # noqa: E402
 
 METHODS = {"scratch": None, "kd": ["ce:1", "kd:1,T=4"], "dkd": ["ce:1", "dkd:1"]}
@@ -56,7 +56,12 @@ def get_teacher(args, data, out: Path) -> tuple[str, dict[str, Any]]:
             seed=0,
             max_steps_per_epoch=args.max_steps,
         )
-        train_model(args.teacher_model, data, path, cfg, progress=not args.no_progress)
+        train_model(
+            RunSettings(student=args.teacher_model, data=data.spec, train=cfg),
+            path,
+            data=data,
+            progress=not args.no_progress,
+        )
     card = read_card(path)
     return str(path), {
         "dir": str(path),
@@ -79,19 +84,17 @@ def run_one(args, method: str, seed: int, teacher: str, data, out: Path) -> dict
     run_dir = out / f"{method}_seed{seed}"
     t0 = time.perf_counter()
     if METHODS[method] is None:
-        card = train_model(args.student, data, run_dir, cfg, progress=not args.no_progress)
-    else:
-        card = distill_model(
-            args.student,
-            [teacher],
-            data,
+        card = train_model(
+            RunSettings(student=args.student, data=data.spec, train=cfg),
             run_dir,
-            cfg,
-            losses=METHODS[method],
-            cache_teacher=True,
-            cache_dir=out / "teacher_cache",
+            data=data,
+            overwrite=True,
             progress=not args.no_progress,
         )
+    else:
+        settings = RunSettings(student=args.student, teachers=[teacher], data=data.spec, train=cfg,
+                               losses=list(METHODS[method]), cache={"dir": str(out / "teacher_cache")})  # fmt: skip
+        card = distill_model(settings, run_dir, data=data, overwrite=True, progress=not args.no_progress)
     row = {
         "method": method,
         "seed": seed,

@@ -44,8 +44,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
 
+from edgekd.bench import model_latency_ms  # noqa: E402
 from edgekd.data import load_data  # noqa: E402
-from edgekd.distill import TrainConfig, distill_model, train_model  # noqa: E402
+from edgekd.distill import RunSettings, TrainConfig, distill_model, train_model  # noqa: E402
 from edgekd.modeldir import is_model_dir, read_card  # noqa: E402
 from edgekd.prune import PruneConfig, PruneTarget, prune_model_dir  # noqa: E402
 
@@ -59,7 +60,12 @@ def get_teacher(args, data, out: Path) -> str:
     path = Path(args.teacher) if args.teacher else out / "teacher"
     if not is_model_dir(path):
         cfg = _cfg(args, args.teacher_epochs, 2e-3, augment="medical")
-        train_model(args.teacher_model, data, path, cfg, progress=not args.no_progress)
+        train_model(
+            RunSettings(student=args.teacher_model, data=data.spec, train=cfg),
+            path,
+            data=data,
+            progress=not args.no_progress,
+        )
     return str(path)
 
 
@@ -67,9 +73,10 @@ def get_student(args, data, teacher: str, out: Path) -> str:
     """Reuse ``--student``, or distil one from the teacher (a finished one in OUT/student is reused)."""
     path = Path(args.student) if args.student else out / "student"
     if not is_model_dir(path):
-        distill_model(args.student_model, [teacher], data, path, _cfg(args, args.student_epochs, 5e-3),
-                      losses=["ce:1", "kd:1,T=4"], cache_teacher=True, cache_dir=out / "teacher_cache",
-                      progress=not args.no_progress)  # fmt: skip
+        settings = RunSettings(student=args.student_model, teachers=[teacher], data=data.spec,
+                               train=_cfg(args, args.student_epochs, 5e-3), losses=["ce:1", "kd:1,T=4"],
+                               cache={"dir": str(out / "teacher_cache")})  # fmt: skip
+        distill_model(settings, path, data=data, progress=not args.no_progress)
     return str(path)
 
 
@@ -84,7 +91,7 @@ def prune_and_recover(args, student: str, data, out: Path, kd: bool, seed: int, 
     )  # fmt: skip
     t0 = time.perf_counter()
     report = prune_model_dir(student, out / f"pruned_{'kd' if kd else 'ce'}_seed{seed}", cfg, data=data,
-                             progress=not args.no_progress)  # fmt: skip
+                             latency=model_latency_ms, overwrite=True, progress=not args.no_progress)  # fmt: skip
     row = {
         "seed": seed, "recovery": report.recovery, "auroc": float(report.metrics_after["test"]["auroc"]),
         "acc": float(report.metrics_after["test"]["acc"]), "macs_kept": report.after.macs / report.before.macs,

@@ -9,7 +9,16 @@ import typer
 from edgekd import __version__
 from edgekd.cli._errors import EdgeKDGroup
 
-__all__ = ["app"]
+__all__ = ["app", "PANEL_MODELS", "PANEL_TRAIN", "PANEL_COMPRESS", "PANEL_EXPORT", "PANEL_BENCH", "PANEL_DEPLOY"]
+
+# `edgekd --help` groups the commands by stage, in pipeline order (panels appear in the order commands register:
+# see the import order in edgekd/cli/__init__.py).
+PANEL_MODELS = "1. Data and models"
+PANEL_TRAIN = "2. Train and distil"
+PANEL_COMPRESS = "3. Compress"
+PANEL_EXPORT = "4. Export"
+PANEL_BENCH = "5. Benchmark"
+PANEL_DEPLOY = "6. Predict and serve"
 
 app = typer.Typer(
     name="edgekd",

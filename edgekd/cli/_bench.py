@@ -30,7 +30,7 @@ from edgekd.bench import (
     write_markdown,
 )
 from edgekd.bench._schema import OrtOptLevel, OrtProvider, Precision
-from edgekd.cli._app import app
+from edgekd.cli._app import PANEL_BENCH, app
 from edgekd.cli._options import JsonOpt, QuietOpt, console, emit_json
 from edgekd.errors import InvalidInputError
 
@@ -56,7 +56,7 @@ bench_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-app.add_typer(bench_app, name="bench")
+app.add_typer(bench_app, name="bench", rich_help_panel=PANEL_BENCH)
 
 
 def _split(value: str | None) -> list[str] | None:

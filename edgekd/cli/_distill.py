@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgekd._io import check_report_path
-from edgekd.cli._app import app
+from edgekd.cli._app import PANEL_TRAIN, app
 from edgekd.cli._options import (
     AmpOpt,
     AugmentOpt,
@@ -51,7 +51,7 @@ from edgekd.specs import ChannelMode
 D, C = "Distillation", "Teacher cache"
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_TRAIN)
 def distill(
     ctx: typer.Context,
     out: OutOpt,
@@ -171,7 +171,7 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_TRAIN)
 def losses(json_out: JsonOpt = None) -> None:
     """List the distillation losses with their kind, parameters and defaults.
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgekd._io import check_report_path
-from edgekd.cli._app import app
+from edgekd.cli._app import PANEL_EXPORT, app
 from edgekd.cli._options import JsonOpt, OutOpt, OverwriteOpt, console, emit_json
 from edgekd.errors import VerificationError
 from edgekd.export import export_bundle, lint_errors, lint_onnx, verify_bundle
@@ -23,7 +23,7 @@ OptBatchOpt = Annotated[int, typer.Option(help="Batch the engine is tuned for.",
 MaxBatchOpt = Annotated[int, typer.Option(help="Largest batch of the optimization profile.", rich_help_panel=T)]
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_EXPORT)
 def export(
     model_dir: Annotated[Path, typer.Argument(help="Model directory (trained, distilled, pruned or QAT).")],
     out: OutOpt,
@@ -103,7 +103,7 @@ def _findings_table(path: Path, findings: list) -> None:
     console.print(t)
 
 
-@app.command("lint-onnx")
+@app.command("lint-onnx", rich_help_panel=PANEL_EXPORT)
 def lint_onnx_cmd(
     onnx_file: Annotated[Path, typer.Argument(help="ONNX model to check.")],
     target: Annotated[str, typer.Option(help="Deployment target.")] = "tensorrt",
@@ -133,7 +133,7 @@ def lint_onnx_cmd(
         raise VerificationError(f"{onnx_file}: {len(errors)} {target} lint error(s); first: {errors[0]}")
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_EXPORT)
 def verify(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `edgekd export`.")],
     data: Annotated[

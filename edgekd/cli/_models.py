@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgekd.cli._app import app
+from edgekd.cli._app import PANEL_MODELS, app
 from edgekd.cli._options import DataOpt, JsonOpt, OutOpt, console, emit_json
 from edgekd.cli._render import fmt
 from edgekd.describe import describe_model
@@ -16,7 +16,7 @@ from edgekd.importer import import_model
 from edgekd.students import list_models, zoo_rows
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_MODELS)
 def inspect(
     model: Annotated[str, typer.Argument(help="Model directory or registry name (tv:resnet18, small:resnet8x4).")],
     num_classes: Annotated[int, typer.Option(help="For a registry name.")] = 2,
@@ -43,7 +43,7 @@ def inspect(
     emit_json(info, json_out)
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_MODELS)
 def zoo(
     source: Annotated[
         str | None, typer.Option(help="small | tv | timm | all (default: the compact students and mobile nets)")
@@ -73,7 +73,7 @@ def zoo(
     emit_json(rows, json_out)
 
 
-@app.command("import")
+@app.command("import", rich_help_panel=PANEL_MODELS)
 def import_cmd(
     checkpoint: Annotated[Path, typer.Argument(help=".pt/.pth/.bin state dict or .safetensors file.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Architecture the checkpoint was trained with.")],

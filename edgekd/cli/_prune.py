@@ -10,7 +10,7 @@ from rich.table import Table
 
 from edgekd._io import check_report_path
 from edgekd.bench import model_latency_ms
-from edgekd.cli._app import app
+from edgekd.cli._app import PANEL_COMPRESS, app
 from edgekd.cli._options import (
     ConfigOpt,
     DeviceOpt,
@@ -34,7 +34,7 @@ def _csv(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_COMPRESS)
 def prune(
     ctx: typer.Context,
     model_dir: Annotated[Path, typer.Argument(help="Model directory to prune.")],

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgekd._io import check_report_path
-from edgekd.cli._app import app
+from edgekd.cli._app import PANEL_COMPRESS, app
 from edgekd.cli._options import (
     ConfigOpt,
     DeviceOpt,
@@ -29,7 +29,7 @@ from edgekd.quantize import Calibration, QuantizeConfig, QuantMethod, quantize_m
 Q, C, QA = "Quantization", "Calibration", "QAT"
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_COMPRESS)
 def quantize(
     ctx: typer.Context,
     model_dir: Annotated[Path, typer.Argument(help="Model directory to quantize.")],

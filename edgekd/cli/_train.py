@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edgekd._io import check_report_path
-from edgekd.cli._app import app
+from edgekd.cli._app import PANEL_TRAIN, app
 from edgekd.cli._options import (
     AmpOpt,
     AugmentOpt,
@@ -51,7 +51,7 @@ from edgekd.specs import ChannelMode
 PANEL_MODEL, PANEL_OPT, PANEL_RUN = "Model", "Optimisation", "Run"
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_TRAIN)
 def train(
     ctx: typer.Context,
     out: OutOpt,
@@ -111,7 +111,7 @@ def train(
     emit_json({"out": str(out), "metrics": card.metrics, "params": card.params}, json_out)
 
 
-@app.command("eval")
+@app.command("eval", rich_help_panel=PANEL_TRAIN)
 def eval_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
     data: Annotated[
