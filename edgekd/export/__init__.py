@@ -10,7 +10,9 @@ The artifact is what leaves the team, so every step is checked:
 * :func:`to_fp16` writes an FP16 model with FP32 inputs and outputs;
 * :func:`lint_onnx` checks TensorRT compatibility without a GPU; :func:`build_engine` builds an engine;
 * :func:`write_bundle` / :func:`export_bundle` write the bundle atomically and :func:`verify_bundle`
-  re-checks it on the receiving side.
+  re-checks it on the receiving side;
+* :func:`export_triton` writes a Triton model repository entry (``config.pbtxt``, ``1/model.onnx``, labels)
+  from a bundle.
 
 Example:
     >>> manifest = export_bundle("runs/student", "bundles/student", formats="onnx,onnx-fp16")
@@ -49,6 +51,7 @@ from edgekd.export._parity import (
     torch_logits,
 )
 from edgekd.export._tensorrt import build_engine, require_tensorrt, run_engine, sidecar_path, tensorrt_available
+from edgekd.export._triton import TRITON_DTYPES, export_triton, parse_triton_config, safe_model_name, triton_config
 from edgekd.export._types import INPUT_NAME, OUTPUT_NAME, Precision, TensorInfo, onnx_io
 from edgekd.export._verify import FileCheck, VerifyResult, verify_bundle
 
@@ -86,6 +89,12 @@ __all__ = [
     "require_tensorrt",
     "tensorrt_available",
     "sidecar_path",
+    # Triton model repository
+    "export_triton",
+    "triton_config",
+    "parse_triton_config",
+    "safe_model_name",
+    "TRITON_DTYPES",
     # bundles
     "write_bundle",
     "export_bundle",

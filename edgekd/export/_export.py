@@ -25,12 +25,13 @@ from torch import nn
 
 from edgekd._io import check_output
 from edgekd.errors import InvalidInputError, VerificationError
-from edgekd.export._bundle import BundleFile, Manifest, Reference, write_bundle
+from edgekd.export._bundle import MANIFEST_FILE, BundleFile, Manifest, Reference, write_bundle
 from edgekd.export._fp16 import to_fp16
 from edgekd.export._lint import Finding, lint_errors, lint_onnx
 from edgekd.export._onnx import export_onnx
 from edgekd.export._parity import ParityResult, Samples, make_samples, parity_check, torch_logits
 from edgekd.export._tensorrt import build_engine, require_tensorrt, sidecar_path
+from edgekd.export._triton import export_triton
 from edgekd.export._types import Precision
 from edgekd.modeldir import WEIGHTS_FILE, ModelCard, load_model_dir, sha256_file
 from edgekd.specs import current_command
@@ -38,7 +39,7 @@ from edgekd.students import count_macs, count_params
 
 __all__ = ["export_bundle", "parse_formats", "FORMATS", "CHECKS", "REFERENCE_SAMPLES"]
 
-FORMATS = ("onnx", "onnx-fp16", "engine")
+FORMATS = ("onnx", "onnx-fp16", "engine", "triton")
 CHECKS = ("tensorrt",)
 REFERENCE_SAMPLES = 32  # stored in parity.npz for `edgekd verify`
 _FILE_NAMES = {"onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "engine": "model.engine"}
@@ -167,6 +168,28 @@ def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
         )
 
 
+def _export_triton(source: str | os.PathLike, out: str | os.PathLike, fmts: list[str], *, max_batch: int,
+                   overwrite: bool, say: Callable[[str], None], **bundle_kw: Any) -> Manifest:  # fmt: skip
+    """``--format triton``: a Triton model repository entry instead of a bundle (see ``edgekd.export._triton``).
+
+    A bundle source goes in as it is (``onnx`` / ``onnx-fp16`` next to ``triton`` pick its FP32 / FP16 file,
+    otherwise its first file: INT8 for a quantized bundle); a model directory is exported and
+    parity-checked to a temporary bundle first.
+    """
+    rest = [f for f in fmts if f != "triton"]
+    if "engine" in rest or len(rest) > 1:
+        raise InvalidInputError(f"--format {','.join(fmts)}: a Triton export holds one ONNX model",
+                                "use triton alone, or with onnx or onnx-fp16 to pick the precision")  # fmt: skip
+    precision = {"onnx": "fp32", "onnx-fp16": "fp16"}[rest[0]] if rest else None
+    if (Path(source) / MANIFEST_FILE).is_file():
+        return export_triton(source, out, precision=precision, max_batch=max_batch, overwrite=overwrite, log=say)
+    with tempfile.TemporaryDirectory(prefix="edgekd-triton-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        export_bundle(source, bundle, formats=rest or ["onnx"], max_batch=max_batch, log=say, **bundle_kw)
+        return export_triton(bundle, out, precision=precision or "fp32", max_batch=max_batch, overwrite=overwrite,
+                             source=str(source), log=say)  # fmt: skip
+
+
 def export_bundle(
     model_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -193,7 +216,9 @@ def export_bundle(
     Args:
         model_dir: a model directory (trained, distilled, pruned or quantization-aware).
         out: the bundle directory (written atomically; new, or an earlier edgekd output with ``overwrite``).
-        formats: any of ``onnx`` (FP32; always exported, shipped when listed), ``onnx-fp16``, ``engine``.
+        formats: any of ``onnx`` (FP32; always exported, shipped when listed), ``onnx-fp16``, ``engine``;
+            or ``triton`` (a Triton model repository at ``out`` from a model directory or a bundle; see
+            :func:`~edgekd.export.export_triton`; ``max_batch`` is its ``max_batch_size``).
         opset: ONNX opset.
         static: fix the batch dimension to 1 instead of a dynamic batch.
         simplify: clean the graph with onnxslim.
@@ -215,6 +240,10 @@ def export_bundle(
         InvalidInputError, ArtifactError: bad options, a bad model directory or a failed export.
     """
     say = log or (lambda _msg: None)
+    if "triton" in _split(formats):  # a model repository for Triton, from a bundle or a model directory
+        return _export_triton(model_dir, out, parse_formats(formats), max_batch=max_batch, overwrite=overwrite,
+                              say=say, opset=opset, static=static, simplify=simplify, data=data, n_samples=n_samples,
+                              check=check, exporter=exporter, command=command)  # fmt: skip
     check_output(out, overwrite=overwrite, inputs=(model_dir,))
     fmts, checks = parse_formats(formats), _parse_checks(check)
     _check_batches(min_batch, opt_batch, max_batch)
