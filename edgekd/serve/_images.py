@@ -1,0 +1,132 @@
+"""Images in, raw ``uint8 [C, H, W]`` arrays out: file discovery for ``edgekd predict`` and decoding of files
+and request bodies.
+
+Decoding follows the file sources used in training (PIL, converted to ``L`` for 1-channel models and ``RGB``
+for 3-channel ones); resizing and normalisation are the bundle's :class:`~edgekd.data.Preprocess`. Every
+failure is an :class:`~edgekd.errors.ArtifactError` whose message names the reason, never the pixel data.
+DICOM files are recognised (``DICM`` magic) and refused with a clear reason until edgekd reads DICOM.
+
+Example:
+    >>> found, missing = collect_inputs(["scans/", "extra/*.png", "one.jpg"])
+    >>> decode_image(Path("one.jpg").read_bytes(), channels=1).shape
+    (1, 512, 512)
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgekd.errors import ArtifactError, InvalidInputError
+
+__all__ = ["IMAGE_EXTS", "MAX_PIXELS", "InputFile", "collect_inputs", "decode_image", "is_dicom", "read_image"]
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"})
+MAX_PIXELS = 64_000_000  # a decompression bomb (a tiny file claiming a huge image) is refused before decoding
+MAX_FILE_BYTES = 512 * 1024 * 1024
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input of ``edgekd predict``: a file to read, or a reason it cannot be (``error``)."""
+
+    source: str
+    path: Path | None
+    error: str | None = None
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
+
+
+def _folder(path: Path, given: str) -> list[InputFile]:
+    files = sorted(p for p in path.rglob("*")
+                   if _is_image(p) and not any(s.startswith(".") for s in p.relative_to(path).parts))  # fmt: skip
+    if not files:
+        return [InputFile(given, None, f"folder has no image files ({' '.join(sorted(IMAGE_EXTS))})")]
+    return [InputFile(str(p), p) for p in files]
+
+
+def collect_inputs(inputs: list[str]) -> list[InputFile]:
+    """Expand files, folders (recursively, image extensions only) and globs, in order, without duplicates.
+
+    A path that does not exist, a glob that matches nothing or a folder without images becomes an
+    :class:`InputFile` with an ``error`` so that it is reported, never silently dropped.
+    """
+    out: list[InputFile] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            out += _folder(path, given)
+        elif path.exists():
+            out.append(InputFile(given, path))
+        elif _GLOB_CHARS & set(given):
+            hits = [Path(p) for p in sorted(glob.glob(given, recursive=True))]
+            files = [p for p in hits if p.is_file() and not p.name.startswith(".")]
+            out += [InputFile(str(p), p) for p in files] or [InputFile(given, None, "no file matches this pattern")]
+        else:
+            out.append(InputFile(given, None, "file does not exist"))
+    seen: set[str] = set()
+    unique = []
+    for item in out:
+        key = os.path.abspath(item.path) if item.path is not None else f"\0{item.source}"
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique
+
+
+def _to_array(im: Image.Image, channels: int) -> np.ndarray:
+    if im.width * im.height > MAX_PIXELS:
+        raise ArtifactError(f"image of {im.width}x{im.height} pixels exceeds the {MAX_PIXELS:,}-pixel limit")
+    arr = np.array(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def is_dicom(data: bytes) -> bool:
+    """A DICOM Part 10 file: 128-byte preamble, then ``DICM``."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def decode_image(data: bytes, channels: int) -> np.ndarray:
+    """Decode PNG, JPEG, BMP, TIFF or WebP bytes to ``uint8 [channels, H, W]``.
+
+    Raises:
+        ArtifactError: not an image, a truncated or corrupt one, DICOM, or larger than :data:`MAX_PIXELS`.
+        InvalidInputError: ``channels`` other than 1 or 3.
+    """
+    if channels not in (1, 3):
+        raise InvalidInputError(f"cannot decode images to {channels} channels", "models read 1 or 3 channels")
+    if is_dicom(data):
+        raise ArtifactError("DICOM images are not supported yet", "export the image as PNG, or wait for DICOM input")
+    if not data:
+        raise ArtifactError("empty image data")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _to_array(im, channels)
+    except UnidentifiedImageError:
+        raise ArtifactError("not a readable image (unrecognised format)", "send PNG or JPEG") from None
+    except Image.DecompressionBombError as e:
+        raise ArtifactError(f"image refused: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ArtifactError(f"corrupt or truncated image ({reason})") from e
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """Read and decode one image file (see :func:`decode_image`)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ArtifactError(f"file of {size:,} bytes exceeds the {MAX_FILE_BYTES:,}-byte limit")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"cannot read the file ({e.strerror or type(e).__name__})") from None
+    return decode_image(data, channels)

@@ -1,0 +1,305 @@
+"""A bundle (or a model directory) loaded for inference, with its preprocessing, labels and threshold.
+
+A bundle is checked before it is used: :func:`~edgekd.export.verify_bundle` re-hashes every file and re-runs
+the stored parity samples, so a modified model file, label list or preprocessing recipe never serves a
+prediction (``verify=False`` skips this and is reported as ``verified: false``). The ONNX file served is the
+bundle's primary one (the first in the manifest: INT8 for a quantized bundle, FP32 for an exported one)
+unless ``precision`` names another; it runs in ONNX Runtime on the CPU. A model directory runs in PyTorch.
+
+Binary tasks decide at an *operating threshold* on P(positive class) (label index 1): the first of
+``operating_threshold``, ``decision_threshold``, ``threshold`` found in the bundle manifest's ``extra``, then
+in its ``metrics`` sections (the model card's ``extra`` for a model directory), else 0.5. Where it came from
+is recorded in :attr:`ModelInfo.threshold_source`.
+
+Example:
+    >>> model = load_model("bundles/student-int8")
+    >>> model.info.precision, model.info.threshold, model.info.threshold_source
+    ('int8', 0.5, 'default: the bundle records no operating threshold')
+    >>> x = model.prepare([image_u8_chw])          # the bundle's own preprocessing
+    >>> model.classify(model.logits(x), ["a.png"])[0].label
+    'pneumonia'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.data import Preprocess, Task
+from edgekd.errors import ArtifactError, InvalidInputError
+from edgekd.export import (
+    MANIFEST_FILE,
+    PREPROCESS_FILE,
+    Manifest,
+    TensorInfo,
+    onnx_io,
+    ort_session,
+    read_manifest,
+    safe_model_name,
+    torch_logits,
+    verify_bundle,
+)
+from edgekd.metrics import probabilities
+from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, sha256_file
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "LoadedModel",
+    "ModelInfo",
+    "Prediction",
+    "is_bundle",
+    "load_model",
+]
+
+DEFAULT_THRESHOLD = 0.5
+_THRESHOLD_KEYS = ("operating_threshold", "decision_threshold", "threshold")
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    """A directory holding a bundle ``manifest.json``."""
+    return Path(path).is_dir() and (Path(path) / MANIFEST_FILE).is_file()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a prediction was made with: recorded in every output and in the FHIR device.
+
+    Attributes:
+        name: the name the model is served and reported under (URL- and file-safe).
+        architecture: the model's registry name (``small:resnet8x4``).
+        source: the bundle or model directory as given.
+        kind: ``"bundle"`` or ``"model_dir"``.
+        file: the model file that runs (``model.int8.onnx``, ``model.safetensors``).
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        sha256: sha256 of that file.
+        version: the bundle's (or model directory's) creation time stamp.
+        task, labels: the task and the class names in logit order.
+        threshold: the operating threshold of a binary task (``None`` otherwise).
+        threshold_source: where the threshold came from.
+        verified: whether the bundle's hashes and parity were checked at load time.
+    """
+
+    name: str
+    architecture: str
+    source: str
+    kind: str
+    file: str
+    precision: str
+    sha256: str
+    version: str
+    task: Task
+    labels: tuple[str, ...]
+    threshold: float | None
+    threshold_source: str
+    verified: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "task": self.task.value, "labels": list(self.labels)}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified image.
+
+    Attributes:
+        source: the file, data item or request it came from.
+        label: the most probable class (multi-label: the labels at or above the threshold, ``;``-joined).
+        probabilities: per class name (softmax; sigmoid per label for multi-label tasks).
+        decision: binary tasks: the class decided at the operating threshold on P(label 1).
+    """
+
+    source: str
+    label: str
+    probabilities: dict[str, float]
+    decision: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: :meth:`prepare` images, :meth:`run` tensors, :meth:`classify` logits."""
+
+    info: ModelInfo
+    preprocess: Preprocess
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    runner: Runner
+
+    @property
+    def static_batch(self) -> int | None:
+        """The fixed batch size of a static-batch ONNX file, else ``None``."""
+        first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
+        return first if isinstance(first, int) and first > 0 else None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """All outputs by name for already validated ``feeds`` (a static batch runs in chunks)."""
+        fixed = self.static_batch
+        rows = len(next(iter(feeds.values())))
+        if fixed is None or rows == fixed:
+            return dict(zip((o.name for o in self.outputs), self.runner(feeds)))
+        if rows % fixed:
+            raise InvalidInputError(f"{self.info.name} has a static batch of {fixed}; got {rows} rows")
+        parts = [self.runner({k: v[i : i + fixed] for k, v in feeds.items()}) for i in range(0, rows, fixed)]
+        return {o.name: np.concatenate([p[j] for p in parts]) for j, o in enumerate(self.outputs)}
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """The first output (the logits) for a preprocessed float32 batch ``[N, C, H, W]``."""
+        out = self.run({self.inputs[0].name: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.asarray(out[self.outputs[0].name], dtype=np.float32)
+
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The bundle's preprocessing on raw ``uint8 [C, H, W]`` images (any size) -> float32 ``[N, C, H, W]``."""
+        pre = self.preprocess
+        for im in images:
+            if im.ndim != 3 or im.shape[0] != pre.data_channels:
+                raise InvalidInputError(f"image of shape {tuple(im.shape)}: {self.info.name} reads "
+                                        f"{pre.data_channels}-channel [C, H, W] images")  # fmt: skip
+        if not images:
+            return np.zeros((0, pre.in_chans, *pre.input_size), np.float32)
+        return np.concatenate([pre.numpy(im[None]) for im in images])
+
+    def classify(self, logits: np.ndarray, sources: Sequence[str]) -> list[Prediction]:
+        """Labels, per-class probabilities and, for binary tasks, the decision at the operating threshold."""
+        info = self.info
+        probs = probabilities(logits, info.task)
+        out = []
+        for src, p in zip(sources, probs):
+            per_class = {name: float(v) for name, v in zip(info.labels, p)}
+            if info.task is Task.MULTILABEL:
+                label = ";".join(n for n, v in per_class.items() if v >= DEFAULT_THRESHOLD)
+                out.append(Prediction(str(src), label, per_class))
+                continue
+            label = info.labels[int(np.argmax(p))]
+            decision = None
+            if info.task is Task.BINARY and info.threshold is not None:
+                decision = info.labels[1] if p[1] >= info.threshold else info.labels[0]
+            out.append(Prediction(str(src), label, per_class, decision))
+        return out
+
+
+def _threshold(task: Task, *sections: Any, where: str, override: float | None) -> tuple[float | None, str]:
+    """The operating threshold of a binary task and where it came from."""
+    if task is not Task.BINARY:
+        return None, "not a binary task"
+    if override is not None:
+        found: tuple[Any, str] | None = (override, "given")
+    else:
+        found = next(((sec[k], f"{name}.{k}") for name, sec in sections if isinstance(sec, dict)
+                      for k in _THRESHOLD_KEYS if k in sec), None)  # fmt: skip
+    if found is None:
+        return DEFAULT_THRESHOLD, f"default: the {where} records no operating threshold"
+    value, source = found
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise InvalidInputError(f"operating threshold {value!r} ({source}) is not a probability in (0, 1)")
+    return float(value), source
+
+
+def _pick_file(m: Manifest, precision: str | None, root: Path) -> tuple[str, str]:
+    onnx_files = [f for f in m.model_files() if f.kind == "onnx"]
+    if not onnx_files:
+        raise ArtifactError(f"bundle {root} has no ONNX file", "edgekd serves ONNX files; re-export the bundle")
+    if precision is None:
+        f = onnx_files[0]
+    else:
+        f = next((f for f in onnx_files if (f.precision.value if f.precision else "fp32") == precision), None)
+        if f is None:
+            have = ", ".join(sorted({(g.precision.value if g.precision else "fp32") for g in onnx_files}))
+            raise InvalidInputError(f"bundle {root} has no {precision} ONNX file", f"it has: {have}")
+    return f.name, f.precision.value if f.precision else "fp32"
+
+
+def _read_preprocess(root: Path) -> Preprocess:
+    path = root / PREPROCESS_FILE
+    try:
+        raw = json.loads(path.read_text())
+        return Preprocess.model_validate({k: v for k, v in raw.items() if k in Preprocess.model_fields})
+    except (OSError, ValueError, AttributeError) as e:
+        raise ArtifactError(
+            f"{path} is unreadable or malformed: {str(e).splitlines()[0]}", "re-export the bundle"
+        ) from e
+
+
+def _load_bundle(root: Path, *, name: str | None, precision: str | None, threshold: float | None, verify: bool,
+                 threads: int) -> LoadedModel:  # fmt: skip
+    if verify:
+        verify_bundle(root)  # VerificationError (exit 6) on any modified file or failed parity
+    m = read_manifest(root)
+    file, prec = _pick_file(m, precision, root)
+    sha = next(f.sha256 for f in m.files if f.name == file)
+    t, t_src = _threshold(m.task, ("manifest.extra", m.extra),
+                          *((f"manifest.metrics.{k}", v) for k, v in m.metrics.items()),
+                          where="bundle", override=threshold)  # fmt: skip
+    session = ort_session(root / file, threads=threads)
+    inputs, outputs = onnx_io(root / file)
+    info = ModelInfo(name=name or safe_model_name(m.name), architecture=m.name, source=str(root), kind="bundle",
+                     file=file, precision=prec, sha256=sha, version=m.created, task=m.task,
+                     labels=tuple(m.label_names), threshold=t, threshold_source=t_src, verified=verify)  # fmt: skip
+    return LoadedModel(info, _read_preprocess(root), inputs, outputs, lambda feeds: session.run(None, feeds))
+
+
+def _load_model_dir(root: Path, *, name: str | None, threshold: float | None) -> LoadedModel:
+    model, card = load_model_dir(root)
+    t, t_src = _threshold(card.task, ("edgekd.json extra", card.extra), where="model directory", override=threshold)
+    pre = card.preprocess
+    h, w = pre.input_size
+    inputs = [TensorInfo(name="input", shape=["batch", pre.in_chans, h, w], dtype="float32")]
+    outputs = [TensorInfo(name="logits", shape=["batch", card.spec.num_classes], dtype="float32")]
+    info = ModelInfo(name=name or safe_model_name(card.spec.name), architecture=card.spec.name, source=str(root),
+                     kind="model_dir", file=WEIGHTS_FILE, precision="fp32", sha256=sha256_file(root / WEIGHTS_FILE),
+                     version=card.lineage.created, task=card.task, labels=tuple(card.label_names), threshold=t,
+                     threshold_source=t_src, verified=False)  # fmt: skip
+    return LoadedModel(info, pre, inputs, outputs, lambda feeds: [torch_logits(model, feeds["input"])])
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    precision: str | None = None,
+    threshold: float | None = None,
+    verify: bool = True,
+    threads: int = 0,
+) -> LoadedModel:
+    """Load a bundle (ONNX Runtime) or a model directory (PyTorch) for inference.
+
+    Args:
+        path: a bundle written by ``edgekd export`` / ``edgekd quantize``, or a model directory.
+        name: the name to serve and report it under (default: the architecture name, made URL-safe).
+        precision: ``fp32``, ``fp16`` or ``int8``: which ONNX file of the bundle (default: its first).
+        threshold: override the operating threshold of a binary task.
+        verify: check the bundle's hashes and stored parity first (``False``: reported as unverified).
+        threads: ONNX Runtime intra-op threads (0: its default, one per physical core).
+
+    Raises:
+        VerificationError: a modified or damaged bundle (exit 6).
+        ArtifactError: not a bundle nor a model directory, or unreadable files (exit 4).
+        InvalidInputError: an unknown precision or a bad threshold (exit 3).
+    """
+    root = Path(path)
+    if precision is not None and precision not in ("fp32", "fp16", "int8"):
+        raise InvalidInputError(f"unknown precision {precision!r}", "use fp32, fp16 or int8")
+    if name is not None and safe_model_name(name) != name:
+        raise InvalidInputError(f"model name {name!r} is not URL-safe", f"use letters, digits, '_', '.', '-': "
+                                f"{safe_model_name(name)!r}")  # fmt: skip
+    if is_bundle(root):
+        return _load_bundle(root, name=name, precision=precision, threshold=threshold, verify=verify,
+                            threads=threads)  # fmt: skip
+    if root.is_dir() and is_model_dir(root):
+        if precision not in (None, "fp32"):
+            raise InvalidInputError(f"{root} is a model directory (fp32)", "export or quantize it to a bundle first")
+        return _load_model_dir(root, name=name, threshold=threshold)
+    if not root.exists():
+        raise ArtifactError(f"{root} does not exist", "pass a bundle directory or a model directory")
+    raise ArtifactError(f"{root} is neither a bundle (manifest.json) nor a model directory (edgekd.json)",
+                        "bundles come from `edgekd export` or `edgekd quantize`")  # fmt: skip

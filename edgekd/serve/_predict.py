@@ -1,0 +1,246 @@
+"""``edgekd predict``: classify image files, folders, globs or a data spec with a bundle or model directory.
+
+Images are decoded and preprocessed with the bundle's own recipe (``preprocess.json``) and run in batches.
+An image that cannot be read is *skipped with its reason*: it appears in the output (the ``error`` column of
+a CSV, ``skipped`` in JSON, an ``OperationOutcome`` in FHIR) and in :attr:`PredictResult.skipped`, and the
+CLI exits 4. The output file is written atomically and never replaces an existing file unless ``overwrite``.
+
+Output formats, chosen by the file suffix:
+
+* ``.csv``: ``path, label, p_<class>..., [decision, threshold,] error``;
+* ``.json``: ``{"model": ..., "predictions": [...], "skipped": [...]}``;
+* ``.json`` with ``fhir=True``: a FHIR ``Bundle`` of ``DiagnosticReport`` s (see :mod:`._fhir`);
+  ``.ndjson`` with ``fhir=True``: one resource per line (FHIR bulk-data style).
+
+Example:
+    >>> res = predict("bundles/student-int8", ["scans/"], out="preds.csv")
+    >>> len(res.predictions), [(s.source, s.reason) for s in res.skipped]
+    (41, [('scans/broken.png', 'corrupt or truncated image (...)')])
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from edgekd.data import Task, load_data
+from edgekd.errors import EdgeKDError, InvalidInputError
+from edgekd.modeldir import atomic_write_text
+from edgekd.serve._fhir import DISCLAIMER, fhir_bundle, require_fhir
+from edgekd.serve._images import InputFile, collect_inputs, read_image
+from edgekd.serve._model import LoadedModel, ModelInfo, Prediction, load_model
+
+__all__ = ["PredictResult", "Skipped", "predict", "write_predictions", "output_format", "OUTPUT_FORMATS"]
+
+OUTPUT_FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "ndjson"}
+_PROGRESS_MIN = 256  # images; below this a run is short enough to need no bar
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input that produced no prediction, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class PredictResult:
+    """Predictions, skipped inputs and the model they came from."""
+
+    model: ModelInfo
+    predictions: list[Prediction] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    out: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_json(),
+            "disclaimer": DISCLAIMER,
+            "n_predicted": len(self.predictions),
+            "n_skipped": len(self.skipped),
+            "predictions": [p.to_json() for p in self.predictions],
+            "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
+        }
+
+
+def output_format(out: str | os.PathLike, *, fhir: bool = False) -> str:
+    """``csv``, ``json``, ``ndjson``, ``fhir-json`` or ``fhir-ndjson`` from the suffix of ``out``."""
+    fmt = OUTPUT_FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise InvalidInputError(f"cannot tell the output format of {out}", "use a .csv, .json or .ndjson file")
+    if fhir:
+        if fmt == "csv":
+            raise InvalidInputError("FHIR output is JSON", "use --out FILE.json (a Bundle) or FILE.ndjson")
+        return f"fhir-{fmt}"
+    if fmt == "ndjson":
+        raise InvalidInputError(".ndjson output is for FHIR resources", "add --fhir, or use .json or .csv")
+    return fmt
+
+
+def _csv_text(res: PredictResult) -> str:
+    info = res.model
+    binary = info.task is Task.BINARY and info.threshold is not None
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", *(f"p_{n}" for n in info.labels), *(["decision", "threshold"] if binary else []),
+                "error"])  # fmt: skip
+    for p in res.predictions:
+        probs = [f"{p.probabilities[n]:.6f}" for n in info.labels]
+        w.writerow([p.source, p.label, *probs, *([p.decision, f"{info.threshold:g}"] if binary else []), ""])
+    for s in res.skipped:
+        w.writerow([s.source, "", *([""] * len(info.labels)), *(["", ""] if binary else []), s.reason])
+    return buf.getvalue()
+
+
+def write_predictions(res: PredictResult, out: str | os.PathLike, *, fhir: bool = False,
+                      overwrite: bool = False) -> Path:  # fmt: skip
+    """Write ``res`` atomically to ``out`` in the format its suffix names (see the module docstring).
+
+    Raises:
+        InvalidInputError: ``out`` exists and ``overwrite`` is false, or an unknown suffix (exit 3).
+    """
+    fmt, path = output_format(out, fhir=fhir), Path(out)
+    if path.exists() and not overwrite:
+        raise InvalidInputError(f"{path} already exists", "pass --overwrite to replace it, or choose another --out")
+    skipped = [(s.source, s.reason) for s in res.skipped]
+    if fmt == "csv":
+        text = _csv_text(res)
+    elif fmt == "json":
+        text = json.dumps(res.to_json(), indent=2) + "\n"
+    else:
+        bundle = fhir_bundle(res.predictions, res.model, skipped)
+        if fmt == "fhir-json":
+            text = json.dumps(bundle, indent=2) + "\n"
+        else:
+            text = "".join(json.dumps(e["resource"]) + "\n" for e in bundle["entry"])
+    atomic_write_text(path, text)
+    return path
+
+
+def _data_items(spec: str, split: str, channels: int) -> Iterator[tuple[str, Any]]:
+    """(source, loader) for every item of one split of a data spec."""
+    bundle = load_data(spec)
+    ds = bundle.split(split)
+    if bundle.channels != channels:
+        raise InvalidInputError(f"data {spec} has {bundle.channels}-channel images; the model reads {channels}")
+    paths = getattr(ds, "paths", None)
+    for i in range(len(ds)):
+        source = str(paths[i]) if paths is not None else f"{bundle.spec}#{split}[{i}]"
+        yield source, (lambda i=i: ds[i][0].numpy())
+
+
+def _file_items(files: list[InputFile], channels: int, skipped: list[Skipped]) -> Iterator[tuple[str, Any]]:
+    for f in files:
+        if f.error is not None or f.path is None:
+            skipped.append(Skipped(f.source, f.error or "not a file"))
+        else:
+            yield f.source, (lambda p=f.path: read_image(p, channels))
+
+
+def _chunks(items: Iterator[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    chunk: list[tuple[str, Any]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _progress(total: int, enabled: bool) -> Progress:
+    return Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True),
+                    disable=not enabled or total < _PROGRESS_MIN)  # fmt: skip
+
+
+def _run(model: LoadedModel, items: Iterator[tuple[str, Any]], total: int, batch: int, res: PredictResult,
+         progress: bool) -> None:  # fmt: skip
+    with _progress(total, progress) as bar:
+        task = bar.add_task("predict", total=total)
+        for chunk in _chunks(items, batch):
+            images, sources = [], []
+            for source, load in chunk:
+                try:
+                    images.append(load())
+                    sources.append(source)
+                except EdgeKDError as e:  # unreadable: reported with its reason, never dropped
+                    res.skipped.append(Skipped(source, e.message))
+            if images:
+                res.predictions += model.classify(model.logits(model.prepare(images)), sources)
+            bar.advance(task, len(chunk))
+
+
+def predict(
+    model: str | os.PathLike | LoadedModel,
+    inputs: Sequence[str] = (),
+    *,
+    data: str | None = None,
+    split: str = "test",
+    batch: int = 32,
+    out: str | os.PathLike | None = None,
+    fhir: bool = False,
+    overwrite: bool = False,
+    precision: str | None = None,
+    threshold: float | None = None,
+    verify: bool = True,
+    threads: int = 0,
+    progress: bool = True,
+) -> PredictResult:
+    """Classify images with a bundle (ONNX Runtime) or a model directory (PyTorch) and optionally write them.
+
+    Args:
+        model: a bundle, a model directory, or a :class:`LoadedModel`.
+        inputs: image files, folders (searched recursively) and glob patterns.
+        data: a data spec (``imagefolder:DIR``, ``csv:F``, ``pneumoniamnist``, ...); its ``split`` is classified.
+        batch: images per model call.
+        out: write the results here (``.csv``, ``.json``, ``.ndjson``); checked before any work.
+        fhir: write FHIR ``DiagnosticReport`` s instead (needs ``fhir.resources``).
+        overwrite: replace an existing ``out``.
+        precision, threshold, verify, threads: see :func:`~edgekd.serve.load_model`.
+        progress: a progress bar on stderr for long runs.
+
+    Returns:
+        A :class:`PredictResult`; inputs that could not be read are in ``skipped`` (and in the output file).
+
+    Raises:
+        InvalidInputError: no inputs, a bad batch size, output format or data spec, or ``out`` exists without
+            ``overwrite`` (exit 3).
+        ArtifactError: a bad model path (exit 4).
+        DependencyError: ``fhir`` without ``fhir.resources`` (exit 5).
+        VerificationError: a modified bundle (exit 6).
+    """
+    if not inputs and data is None:
+        raise InvalidInputError("nothing to predict", "pass image files, folders or globs, or --data SPEC")
+    if batch < 1:
+        raise InvalidInputError(f"batch size must be >= 1, got {batch}")
+    if out is not None:
+        output_format(out, fhir=fhir)
+        if Path(out).is_dir():
+            raise InvalidInputError(f"--out {out} is a folder", "give --out a file name, e.g. preds.csv")
+        if Path(out).exists() and not overwrite:
+            raise InvalidInputError(f"{out} already exists", "pass --overwrite to replace it, or choose another --out")
+    if fhir:
+        require_fhir()
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, precision=precision, threshold=threshold, verify=verify, threads=threads)  # fmt: skip
+    res = PredictResult(model=loaded.info)
+    channels = loaded.preprocess.data_channels
+    files = collect_inputs(list(inputs))
+    items: list[tuple[str, Any]] = list(_file_items(files, channels, res.skipped))
+    if data is not None:
+        items += list(_data_items(data, split, channels))
+    _run(loaded, iter(items), len(items), batch, res, progress)
+    if out is not None:
+        res.out = write_predictions(res, out, fhir=fhir, overwrite=overwrite)
+    return res
