@@ -33,6 +33,7 @@ __all__ = [
     "DependencyError",
     "VerificationError",
     "RegressionError",
+    "Interrupted",
     "suggest",
 ]
 
@@ -94,6 +95,12 @@ class RegressionError(EdgeKDError):
     """A benchmark regressed past the allowed threshold or exceeded its budget."""
 
     exit_code = 7
+
+
+class Interrupted(EdgeKDError):
+    """The user interrupted the run (Ctrl-C); the hint says what was kept and how to resume."""
+
+    exit_code = 130
 
 
 def suggest(name: str, known: Iterable[str], n: int = 3) -> list[str]:

@@ -117,12 +117,16 @@ def _make_bundle(model_dir: Path, out: Path, *, engine: bool = False) -> Path:
         }
     ]
     if engine:
-        (out / "model.fp16.engine").write_bytes(b"not a real engine")
-        files.append(
-            {"name": "model.fp16.engine", "sha256": "0" * 64, "kind": "engine", "precision": "fp16", "bytes": 17}
-        )
+        fake = out / "model.fp16.engine"
+        fake.write_bytes(b"not a real engine")
+        files.append({"name": fake.name, "sha256": sha256_file(fake), "kind": "engine", "precision": "fp16",
+                      "bytes": fake.stat().st_size})  # fmt: skip
     manifest = {
         "schema_version": 1,
+        "name": out.name,
+        "target": "onnxruntime",
+        "task": "binary",
+        "label_names": ["a", "b"],
         "files": files,
         "inputs": [{"name": "input", "shape": ["batch", 1, 16, 16], "dtype": "float32"}],
         "outputs": [{"name": "logits", "shape": ["batch", 2], "dtype": "float32"}],

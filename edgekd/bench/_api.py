@@ -239,6 +239,7 @@ def benchmark(
     precision: str | None = None,
     settings: BenchSettings | None = None,
     progress: bool = False,
+    verify: bool = True,
 ) -> BenchReport:
     """Benchmark artifacts on backends, devices and batch sizes.
 
@@ -253,6 +254,8 @@ def benchmark(
         precision: ``fp32``/``fp16``/``bf16`` for torch; for ONNX/engines, which file of a bundle (None: all).
         settings: method and runner options (default :class:`BenchSettings`).
         progress: show a progress bar on stderr.
+        verify: re-hash bundles against their manifests before running them (a tampered bundle raises
+            :class:`~edgekd.errors.VerificationError`, exit 6); turn off only for files you trust.
 
     Returns:
         The report: environment, settings (threads resolved), results in plan order, skipped configurations.
@@ -263,7 +266,7 @@ def benchmark(
     """
     settings = settings or BenchSettings()
     _validate(artifacts, backends, devices, batches, precision)
-    arts = [resolve_artifact(str(a)) for a in artifacts]
+    arts = [resolve_artifact(str(a), verify=verify) for a in artifacts]
     _unique_names(arts)
     settings = settings.model_copy(update={"threads": settings.threads or physical_cores()})
     planned, skipped = _plan(arts, backends, devices, batches, precision, settings)

@@ -29,6 +29,7 @@ from typing import Any
 
 from edgekd.bench._onnxinfo import onnx_size_bytes, read_onnx_info
 from edgekd.errors import ArtifactError
+from edgekd.export import verify_hashes
 from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, read_card
 
 __all__ = [
@@ -94,11 +95,14 @@ class Artifact:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_artifact(given: str) -> Artifact:
+def resolve_artifact(given: str, *, verify: bool = True) -> Artifact:
     """Recognise a model directory, ONNX file, bundle or engine.
+
+    A bundle's files are re-hashed against its manifest first (``verify``): a tampered bundle is never run.
 
     Raises:
         ArtifactError: the path does not exist or is none of the four kinds, or a manifest is malformed.
+        VerificationError: a bundle file is missing or modified (exit 6).
     """
 
     path = Path(given)
@@ -107,6 +111,8 @@ def resolve_artifact(given: str) -> Artifact:
     if path.is_dir() and is_model_dir(path):
         return _model_dir(given, path)
     if path.is_dir() and (path / MANIFEST_FILE).is_file():
+        if verify:
+            verify_hashes(path)
         return _bundle(given, path)
     if path.is_file() and path.suffix.lower() == ".onnx":
         return _onnx_file(given, path)

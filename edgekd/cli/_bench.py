@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from edgekd._io import check_report_path
 from edgekd.bench import (
     BenchSettings,
     benchmark,
@@ -31,6 +32,7 @@ from edgekd.bench import (
 )
 from edgekd.bench._schema import OrtOptLevel, OrtProvider, Precision
 from edgekd.cli._app import PANEL_BENCH, app
+from edgekd.cli._errors import print_warning
 from edgekd.cli._options import JsonOpt, QuietOpt, console, emit_json
 from edgekd.errors import InvalidInputError
 
@@ -172,6 +174,10 @@ def run_cmd(
     budget_ms: Annotated[
         float | None, typer.Option(help="Fail (exit 7) when a p90 latency exceeds this.", rich_help_panel=G)
     ] = None,
+    no_verify: Annotated[
+        bool,
+        typer.Option("--no-verify", help="Skip the bundle hash check (a warning is printed).", rich_help_panel=OUT),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Benchmark artifacts on backends, devices and batch sizes; exit 7 when a gate fails.
@@ -179,6 +185,10 @@ def run_cmd(
     Example: edgekd bench runs/teacher runs/student --batch 1,32 --json bench.json --baseline base.json --max-regression 10%
     """
 
+    for path in (json_out, csv_out, markdown_out):
+        check_report_path(path)
+    if no_verify:
+        print_warning("--no-verify: bundle files are run without checking their sha256 against the manifest")
     settings = _settings(
         BenchSettings,
         warmup_s=warmup_s,
@@ -205,6 +215,7 @@ def run_cmd(
         precision=precision.value if precision else None,
         settings=settings,
         progress=not quiet,
+        verify=not no_verify,
     )
     show = json_out != "-"
     if show:

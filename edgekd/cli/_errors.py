@@ -12,7 +12,7 @@ from typer.core import TyperGroup
 from edgekd.cli._click import click
 from edgekd.errors import EdgeKDError
 
-__all__ = ["EdgeKDGroup", "debug_enabled", "print_error"]
+__all__ = ["EdgeKDGroup", "debug_enabled", "print_error", "print_warning"]
 
 
 def debug_enabled() -> bool:
@@ -28,19 +28,35 @@ def print_error(message: str, hint: str | None = None) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(line)
 
 
+def print_warning(message: str) -> None:
+    """One yellow line on stderr: ``warning: MESSAGE``."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold yellow]warning:[/] {escape(message)}")
+
+
 class EdgeKDGroup(TyperGroup):
     """Runs a sub-command and maps what it raises; ``EDGEKD_DEBUG=1`` re-raises with the traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise  # usage errors (exit 2), explicit exits and Ctrl-C (130) are Typer's to report
+        except (click.exceptions.ClickException, typer.Exit, typer.Abort):
+            raise  # usage errors (exit 2) and explicit exits are Typer's to report
+        except KeyboardInterrupt as e:  # Ctrl-C outside a training loop: nothing half-written is left
+            if debug_enabled():
+                raise
+            print_error("interrupted", "outputs appear only when complete, so nothing partial was left")
+            raise typer.Exit(130) from e
         except EdgeKDError as e:
             if debug_enabled():
                 raise
             print_error(e.message, e.hint)
             raise typer.Exit(e.exit_code) from e
+        except OSError as e:  # the disk is full, a folder is read-only, a file vanished: the machine, not a bug
+            if debug_enabled():
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            print_error(f"{e.strerror or e}{where}", "check free disk space, permissions and the paths given")
+            raise typer.Exit(4) from e
         except Exception as e:  # a bug: one line by default, the traceback on request
             if debug_enabled():
                 raise

@@ -161,10 +161,16 @@ SelectMetricOpt = Annotated[
 ]
 NumWorkersOpt = Annotated[int, typer.Option(rich_help_panel=_R)]
 MaxStepsOpt = Annotated[int | None, typer.Option(hidden=True)]
-ResumeOpt = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.", rich_help_panel=_R)]
+ResumeOpt = Annotated[
+    bool, typer.Option(help="Continue an interrupted run from its last finished epoch.", rich_help_panel=_R)
+]
+DeterministicOpt = Annotated[
+    bool, typer.Option(help="Deterministic kernels: reruns and resumes give identical weights.", rich_help_panel=_R)
+]
 
 __all__ += [
     "SmallInputOpt", "ChannelsOpt", "InputSizeOpt", "EpochsOpt", "BatchSizeOpt", "OptimizerOpt", "LrOpt",
     "MomentumOpt", "WeightDecayOpt", "WarmupEpochsOpt", "LabelSmoothingOpt", "ClassWeightingOpt", "AugmentOpt",
     "GradClipOpt", "AmpOpt", "ChannelsLastOpt", "SelectMetricOpt", "NumWorkersOpt", "MaxStepsOpt", "ResumeOpt",
+    "DeterministicOpt",
 ]  # fmt: skip

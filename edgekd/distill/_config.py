@@ -52,6 +52,7 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)  # for smoke runs and benchmarks
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes
 
     @field_validator("select_metric")
     @classmethod

@@ -8,6 +8,7 @@ every epoch (:mod:`._checkpoint`, never pickled).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +21,10 @@ from torch import nn
 
 from edgekd._progress import TrainProgress
 from edgekd.data import Augment, AugmentedDataset, DataBundle, make_loader
-from edgekd.distill._checkpoint import TrainState, load_best, load_checkpoint, save_checkpoint
+from edgekd.distill._checkpoint import CKPT_DIR, TrainState, load_best, load_checkpoint, save_checkpoint
 from edgekd.distill._config import DeviceName, OptimizerName, TrainConfig
 from edgekd.distill._objective import Objective
-from edgekd.errors import DependencyError, InvalidInputError, TrainingDivergedError
+from edgekd.errors import DependencyError, Interrupted, InvalidInputError, TrainingDivergedError
 from edgekd.metrics import compute_metrics
 from edgekd.specs import Preprocess
 
@@ -145,6 +146,7 @@ class Trainer:
         )
         self.device = resolve_device(cfg.device)
         cuda = self.device.type == "cuda"
+
         self.amp = cfg.amp if cfg.amp is not None else cuda
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
         self._place()
@@ -166,12 +168,24 @@ class Trainer:
 
     def fit(self, *, resume: bool = False) -> FitResult:
         """Run the remaining epochs (all of them, or those after the checkpoint with ``resume``)."""
+        before = torch.are_deterministic_algorithms_enabled()
+        if self.cfg.deterministic:
+            _make_deterministic(self.device.type == "cuda")
+        try:
+            return self._fit(resume)
+        finally:
+            torch.use_deterministic_algorithms(before)
+
+    def _fit(self, resume: bool) -> FitResult:
         cfg = self.cfg
         state = TrainState(select_metric=cfg.select_metric)
         if resume:
             state = load_checkpoint(self.out_dir, self.model, self.objective, self.optimizer, self.scaler)
         for epoch in range(state.epoch, cfg.epochs):
-            record = self._epoch(epoch, state)
+            try:
+                record = self._epoch(epoch, state)
+            except KeyboardInterrupt:
+                raise _interrupted(self.out_dir, state.epoch, cfg.epochs) from None
             save_checkpoint(self.out_dir, self.model, self.objective, self.optimizer, self.scaler, state)
             if self.on_epoch_end:
                 self.on_epoch_end(epoch + 1, record)
@@ -268,6 +282,22 @@ def fit(
     trainer = Trainer(model, objective, data, cfg, out_dir, preprocess=preprocess, progress=progress,
                       on_epoch_end=on_epoch_end)  # fmt: skip
     return trainer.fit(resume=resume)
+
+
+def _make_deterministic(cuda: bool) -> None:
+    """Deterministic kernels only (an op without one raises): a rerun or a resume gives identical weights."""
+    if cuda:  # cuBLAS needs a fixed workspace for deterministic matmuls (set before the first CUDA matmul)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
+def _interrupted(out_dir: Path, done: int, epochs: int) -> Interrupted:
+    """Ctrl-C inside an epoch: the checkpoint of the last finished epoch is what a resume continues from."""
+    if done:
+        return Interrupted(f"interrupted during epoch {done + 1} of {epochs}; the checkpoint after epoch {done} is "
+                           f"kept in {out_dir / CKPT_DIR}", "run the same command again with --resume to continue")  # fmt: skip
+    return Interrupted(f"interrupted during epoch 1 of {epochs}, before any checkpoint", "run the command again")
 
 
 def _score(val: dict, metric: str) -> float:

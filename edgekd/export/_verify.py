@@ -27,7 +27,7 @@ from edgekd.export._tensorrt import run_engine, tensorrt_available
 from edgekd.export._types import Precision
 from edgekd.modeldir import ModelCard, sha256_file
 
-__all__ = ["FileCheck", "VerifyResult", "verify_bundle"]
+__all__ = ["FileCheck", "VerifyResult", "verify_bundle", "verify_hashes"]
 
 
 class FileCheck(BaseModel):
@@ -144,20 +144,40 @@ def verify_bundle(path: str | os.PathLike, *, data: str | None = None) -> Verify
     """
     root = Path(path)
     m = read_manifest(root)
-    res = VerifyResult(bundle=str(root), ok=False)
-    res.files = [_check_file(root, f.name, f.sha256, f.bytes) for f in m.files]
-    listed = {f.name for f in m.files} | {MANIFEST_FILE}
-    res.unlisted = sorted(p.name for p in root.iterdir() if p.name not in listed)
+    res = _hashes(root, m)
     if all(f.ok for f in res.files):
         _stored_parity(root, m, res)
         if data:
             _data_parity(root, m, data, res)
     else:
         res.skipped.append("parity: not run because files failed their hash check")
+    return _finish(res)
+
+
+def _hashes(root: Path, m: Manifest) -> VerifyResult:
+    res = VerifyResult(bundle=str(root), ok=False)
+    res.files = [_check_file(root, f.name, f.sha256, f.bytes) for f in m.files]
+    listed = {f.name for f in m.files} | {MANIFEST_FILE}
+    res.unlisted = sorted(p.name for p in root.iterdir() if p.name not in listed)
+    return res
+
+
+def _finish(res: VerifyResult) -> VerifyResult:
     res.ok = not res.problems()
     if not res.ok:
         problems = res.problems()
-        raise VerificationError(f"bundle {root} failed verification: {'; '.join(problems[:3])}"
+        raise VerificationError(f"bundle {res.bundle} failed verification: {'; '.join(problems[:3])}"
                                 + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""),
                                 "the bundle was modified or damaged after export; re-export it")  # fmt: skip
     return res
+
+
+def verify_hashes(path: str | os.PathLike) -> VerifyResult:
+    """Re-hash every file of a bundle against its manifest (what a consumer checks before loading it).
+
+    Raises:
+        VerificationError: a missing or modified file (exit 6).
+        ArtifactError: not a bundle, or a malformed manifest (exit 4).
+    """
+    root = Path(path)
+    return _finish(_hashes(root, read_manifest(root)))
