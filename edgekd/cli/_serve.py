@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgekd.cli._app import app
+from edgekd.cli._app import PANEL_DEPLOY, app
 from edgekd.cli._options import JsonOpt, QuietOpt, console, emit_json
 from edgekd.errors import ArtifactError
 from edgekd.export import Precision
@@ -73,7 +73,7 @@ def _render(res: PredictResult, quiet: bool) -> None:
         console.print(f"[dim]{DISCLAIMER}[/]")
 
 
-@app.command("predict")
+@app.command("predict", rich_help_panel=PANEL_DEPLOY)
 def predict_cmd(
     model: Annotated[Path, typer.Argument(help="Bundle (edgekd export / quantize) or model directory.")],
     inputs: Annotated[
@@ -149,7 +149,7 @@ def predict_cmd(
                             "each is listed above with its reason" + (f" and in {out}" if out else ""))  # fmt: skip
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_DEPLOY)
 def serve(
     bundles: Annotated[list[str], typer.Argument(help="Bundles to serve; NAME=BUNDLE serves one under NAME.")],
     model_name: Annotated[
