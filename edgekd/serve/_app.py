@@ -18,14 +18,16 @@ absence is a :class:`~edgekd.errors.DependencyError` (exit 5) naming ``pip insta
 bodies are read incrementally up to the size limit (413 beyond it, before the rest is read). Uvicorn's
 access log is off: request lines could carry identifiers, and nothing about a request is logged.
 
-This module deliberately has no ``from __future__ import annotations``: FastAPI reads the ``Request``
-annotation of the route functions, which are defined where FastAPI is imported.
+The routes are plain Starlette routes of the FastAPI application: request bodies are raw bytes (binary tensor
+data, images), so FastAPI's body parsing and dependency injection would only add per-request cost.
 
 Example:
     >>> with running_server(load_models(["bundles/tiny"]), ServeConfig(port=0)) as url:
     ...     httpx.get(f"{url}/v2/health/ready").status_code
     200
 """
+
+from __future__ import annotations
 
 import contextlib
 import socket
@@ -82,19 +84,20 @@ def _routes(server: InferenceServer) -> list[tuple[str, str, str, bool, Callable
         body = await _read_body(r, limit)
         return await server.classify(r.path_params["name"], version(r), body, r.headers, r.query_params.get("format"))
 
-    routes = [
+    routes = []
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):  # the hot routes are matched first
+        routes += [
+            (f"{base}/infer", "infer", "POST", False, infer),
+            (f"{base}/classify", "classify", "POST", False, classify),
+            (base, "model_metadata", "GET", False, lambda r: server.model_metadata(r.path_params["name"], version(r))),
+            (f"{base}/ready", "model_ready", "GET", False, lambda r: server.model_ready(r.path_params["name"], version(r))),
+        ]  # fmt: skip
+    routes += [
         ("/v2/health/live", "live", "GET", True, lambda r: server.live()),
         ("/v2/health/ready", "ready", "GET", True, lambda r: server.ready()),
         ("/v2", "server_metadata", "GET", False, lambda r: server.server_metadata()),
         ("/metrics", "metrics", "GET", False, lambda r: server.metrics_text()),
     ]
-    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes += [
-            (base, "model_metadata", "GET", False, lambda r: server.model_metadata(r.path_params["name"], version(r))),
-            (f"{base}/ready", "model_ready", "GET", False, lambda r: server.model_ready(r.path_params["name"], version(r))),
-            (f"{base}/infer", "infer", "POST", False, infer),
-            (f"{base}/classify", "classify", "POST", False, classify),
-        ]  # fmt: skip
     return routes
 
 
@@ -141,7 +144,7 @@ def create_app(server: InferenceServer) -> Any:
             server.metrics.observe_request(model, name, reply.status, time.perf_counter() - t0)
             return Response(reply.body, reply.status, headers=reply.headers)
 
-        app.add_api_route(path, endpoint, methods=[method], name=f"{name} {path}")
+        app.add_route(path, endpoint, methods=[method], name=f"{name} {path}", include_in_schema=False)
 
     for route in _routes(server):
         add(*route)

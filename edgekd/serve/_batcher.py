@@ -3,9 +3,10 @@
 Each model has one :class:`MicroBatcher`. :meth:`~MicroBatcher.submit` puts a request (its input arrays,
 any number of rows) in a bounded queue and waits for its slice of the outputs. One worker task takes the
 oldest request, then keeps collecting until the batch holds ``max_batch`` rows or ``max_delay_s`` has passed
-since that first request, concatenates the inputs along the batch axis and runs the model *in a worker
-thread* (ONNX Runtime releases the GIL, so the event loop keeps accepting requests meanwhile). While one
-batch runs the next one fills, so under load batches form without waiting for the delay at all.
+since that request *arrived* (like Triton's ``max_queue_delay_microseconds``), concatenates the inputs along
+the batch axis and runs the model *in a worker thread* (ONNX Runtime releases the GIL, so the event loop keeps
+accepting requests meanwhile). While one batch runs the next one fills, and requests that waited out the
+running batch are sent on at once.
 
 A full queue is refused at once (:class:`QueueFullError`, HTTP 503) rather than letting latency grow
 without bound. ``max_batch=1`` turns batching off.
@@ -41,6 +42,7 @@ class _Item:
     feeds: Feeds
     rows: int
     future: asyncio.Future
+    arrived: float  # time.monotonic() at submit: the delay counts from the oldest request's arrival
 
 
 class MicroBatcher:
@@ -97,7 +99,7 @@ class MicroBatcher:
         if len(self._queue) >= self.max_queue:
             raise QueueFullError(f"{len(self._queue)} requests are queued (the limit)")
         rows = int(next(iter(feeds.values())).shape[0])
-        item = _Item(feeds, rows, asyncio.get_running_loop().create_future())
+        item = _Item(feeds, rows, asyncio.get_running_loop().create_future(), time.monotonic())
         self._queue.append(item)
         self._rows += rows
         self._wake.set()
@@ -108,7 +110,7 @@ class MicroBatcher:
         while not self._queue:
             self._wake.clear()
             await self._wake.wait()
-        deadline = time.monotonic() + self.max_delay_s
+        deadline = self._queue[0].arrived + self.max_delay_s  # a request that waited out a running batch goes now
         while self._rows < self.max_batch and (left := deadline - time.monotonic()) > 0:
             self._wake.clear()
             try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 MODEL_VERSION = "1"
+_log = logging.getLogger(__name__)  # operational events only: never request contents or identifiers
 MIN_API_KEY_LENGTH = 16
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp", "application/octet-stream",
                 "application/dicom")  # fmt: skip
@@ -214,8 +216,10 @@ class InferenceServer:
         except QueueFullError:
             raise ProtocolError(503, f"model {name!r} is busy: its request queue is full; retry later") from None
         except EdgeKDError as e:
+            _log.error("model %s: inference failed: %s", name, e.message)
             raise ProtocolError(500, f"inference failed: {e.message}") from None
-        except Exception as e:  # ONNX Runtime's own errors: reported, never a traceback to the client
+        except Exception as e:  # ONNX Runtime's own errors: logged by type, never a traceback to the client
+            _log.error("model %s: inference failed (%s)", name, type(e).__name__)
             raise ProtocolError(500, f"inference failed ({type(e).__name__})") from e
 
     # ---------------------------------------------------------------- routes
