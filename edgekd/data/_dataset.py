@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,17 @@ from torch.utils.data import Dataset
 
 from edgekd.errors import ArtifactError, InvalidInputError
 
-__all__ = ["ArrayDataset", "FileDataset", "to_target", "stratified_split", "channel_stats"]
+__all__ = [
+    "ArrayDataset",
+    "FileDataset",
+    "ImageInfo",
+    "UnsupportedImage",
+    "image_info",
+    "decode_image",
+    "to_target",
+    "stratified_split",
+    "channel_stats",
+]
 
 
 def to_target(target: np.ndarray | np.generic) -> torch.Tensor:
@@ -78,6 +89,69 @@ class ArrayDataset(Dataset):
         return f"ArrayDataset(n={len(self)}, channels={self.channels}, image_size={self.image_size})"
 
 
+# Image modes, by how they reach uint8 (the rules in the module docstring of ``edgekd.data._files``).
+GRAY_MODES = frozenset({"1", "L", "LA", "La"})
+COLOR_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX"})
+WIDE_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+class UnsupportedImage(ValueError):
+    """An image in a mode or layout edgekd refuses to convert (see :func:`image_info`)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What :func:`image_info` learns from an image header: grayscale or colour, bits per sample, size, frames."""
+
+    gray: bool
+    bits: int
+    size: tuple[int, int]  # (H, W)
+    frames: int
+
+
+def image_info(im: Image.Image) -> ImageInfo:
+    """Classify an opened image by its header; raise ``ValueError`` for a mode edgekd does not read.
+
+    16-bit files count as ``bits=16``: grayscale ones open in an ``I;16`` mode (or ``I`` in older Pillow),
+    16-bit colour ones open as ``RGB`` with a ``;16`` raw mode that Pillow reduces to the high byte.
+    """
+    raw_modes = [t[3] if isinstance(t[3], str) else (t[3][0] if t[3] else "") for t in (im.tile or [])]
+    wide = any(";16" in str(r) for r in raw_modes)
+    if im.mode in WIDE_GRAY_MODES:
+        gray, bits = True, 16
+    elif im.mode in GRAY_MODES or im.mode in COLOR_MODES:
+        gray, bits = im.mode in GRAY_MODES, 16 if wide else 8
+    else:
+        what = {"F": "32-bit float", "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV"}.get(im.mode, im.mode)
+        raise UnsupportedImage(f"{what} images (mode {im.mode}) are not supported")
+    return ImageInfo(gray=gray, bits=bits, size=(im.height, im.width), frames=int(getattr(im, "n_frames", 1) or 1))
+
+
+def decode_image(im: Image.Image, *, channels: int, size: tuple[int, int], depth: int) -> np.ndarray:
+    """Decode an opened image to uint8 ``[channels, H, W]`` by the documented rules; ``ValueError`` if refused.
+
+    16-bit samples become their high byte (``u8 = v // 256``, what Pillow itself does for 16-bit colour);
+    alpha is dropped (colour values used as stored); palettes are looked up; colour to grayscale is
+    Pillow's ITU-R 601-2 luma; grayscale to 3 channels repeats the channel; a size other than ``size`` is
+    resized (bilinear, aspect ratio not kept).
+    """
+    info = image_info(im)
+    if info.frames > 1:
+        raise UnsupportedImage(f"it holds {info.frames} frames (a stack or animation); edgekd reads single images")
+    if info.bits != depth:
+        raise UnsupportedImage(f"it is {info.bits}-bit but the data was read as {depth}-bit (depth={depth})")
+    if im.mode in WIDE_GRAY_MODES:
+        wide = np.asarray(im)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise ValueError(f"its values {wide.min()}..{wide.max()} do not fit 16 bits")
+        im = Image.fromarray((wide.astype(np.uint32) >> 8).astype(np.uint8), "L")
+    im = im.convert("L" if channels == 1 else "RGB")
+    if im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.array(im, dtype=np.uint8)  # a writable copy
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
 class FileDataset(Dataset):
     """Images decoded lazily from files with PIL, converted to ``channels`` and resized to ``size``.
 
@@ -86,6 +160,7 @@ class FileDataset(Dataset):
         targets: class indices ``int64 [N]``.
         channels: 1 (PIL mode ``L``) or 3 (``RGB``).
         size: ``(H, W)``; images of another size are resized (bilinear).
+        depth: bits per sample of the files (8, or 16 scaled to 8 by the high byte); see :func:`decode_image`.
 
     Example:
         >>> ds = FileDataset([Path("a.png")], np.array([0]), channels=1, size=(28, 28))
@@ -93,26 +168,26 @@ class FileDataset(Dataset):
         (28, 28)
     """
 
-    def __init__(self, paths: Sequence[Path], targets: np.ndarray, *, channels: int, size: tuple[int, int]) -> None:
+    def __init__(
+        self, paths: Sequence[Path], targets: np.ndarray, *, channels: int, size: tuple[int, int], depth: int = 8
+    ) -> None:
         if len(paths) != len(targets):
             raise InvalidInputError(f"{len(paths)} files but {len(targets)} targets")
         self.paths = [Path(p) for p in paths]
         self.targets = targets
         self.channels = channels
         self.image_size = (int(size[0]), int(size[1]))
+        self.depth = depth
 
     def load(self, index: int) -> np.ndarray:
         """Decode one image to uint8 ``[C, H, W]``."""
         path = self.paths[index]
         try:
             with Image.open(path) as im:
-                im = im.convert("L" if self.channels == 1 else "RGB")
-                if im.size != (self.image_size[1], self.image_size[0]):
-                    im = im.resize((self.image_size[1], self.image_size[0]), Image.Resampling.BILINEAR)
-                arr = np.array(im, dtype=np.uint8)  # a writable copy
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ArtifactError(f"cannot decode image {path}: {exc}", "remove or replace the broken file") from exc
-        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+                return decode_image(im, channels=self.channels, size=self.image_size, depth=self.depth)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArtifactError(f"cannot decode image {path}: {reason}", "remove or replace the broken file") from exc
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -86,8 +86,10 @@ def format_data_spec(source: str, arg: str | None, options: dict[str, str]) -> s
     return f"{source}:{','.join(parts)}" if parts else source
 
 
-def opt_int(options: dict[str, str], key: str, default: int, *, low: int | None = None) -> int:
-    """Read an integer option, checking its lower bound.
+def opt_int(
+    options: dict[str, str], key: str, default: int, *, low: int | None = None, example: int | None = None
+) -> int:
+    """Read an integer option, checking its lower bound; hints show ``example`` (default: ``default``).
 
     Example:
         >>> opt_int({"n": "200"}, "n", 10, low=1)
@@ -95,12 +97,13 @@ def opt_int(options: dict[str, str], key: str, default: int, *, low: int | None 
     """
     if key not in options:
         return default
+    hint = f"e.g. {key}={default if example is None else example}"
     try:
         value = int(options[key])
     except ValueError:
-        raise InvalidInputError(f"option {key}={options[key]!r} is not an integer", f"e.g. {key}={default}") from None
+        raise InvalidInputError(f"option {key}={options[key]!r} is not an integer", hint) from None
     if low is not None and value < low:
-        raise InvalidInputError(f"option {key}={value} must be >= {low}", f"e.g. {key}={default}")
+        raise InvalidInputError(f"option {key}={value} must be >= {low}", hint)
     return value
 
 
