@@ -268,12 +268,10 @@ class InferenceServer:
             raise ProtocolError(415, f"Content-Type {ctype!r} is not an image type ({', '.join(_IMAGE_TYPES)})")
         m = s.model
         data = self.decode_body(body, headers.get("content-encoding"))
-        if ctype == "application/dicom" or is_dicom(data):
-            raise ProtocolError(415, "DICOM images are not supported yet; send PNG or JPEG")
         try:
             x = m.prepare([decode_image(data, m.preprocess.data_channels)])
-        except EdgeKDError as e:
-            raise ProtocolError(400, e.message) from None
+        except EdgeKDError as e:  # DICOM that cannot be decoded here (no pixel data, no decoder...) is 415
+            raise ProtocolError(415 if is_dicom(data) else 400, e.message) from None
         outputs = await self._run(name, s, {m.inputs[0].name: x})
         pred = m.classify(outputs[m.outputs[0].name], ["request"])[0]
         if fmt == "fhir":
