@@ -229,7 +229,9 @@ def test_imagefolder_explicit_splits_size_and_rgb(tmp_path):
     assert b.task is Task.MULTICLASS and b.label_names == ["a", "b", "c"]
     assert b.channels == 3 and b.image_size == (6, 6)
     assert b.train[0][0].shape == (3, 6, 6)
-    assert load_data(f"imagefolder:{tmp_path},channels=1").train[0][0].shape == (1, 5, 7)
+    with pytest.raises(InvalidInputError, match=r"is 8x8 \(H x W\) but .*0.png is 5x7") as info:
+        load_data(f"imagefolder:{tmp_path},channels=1")  # sizes differ and no size= says how to resize
+    assert "size=N" in info.value.hint
 
 
 def test_imagefolder_carves_missing_val(tmp_path):

@@ -19,7 +19,7 @@ from edgekd.data._dataset import channel_stats
 from edgekd.errors import InvalidInputError
 from edgekd.specs import Preprocess, Task
 
-__all__ = ["DataBundle", "SourceData", "SPLITS"]
+__all__ = ["DataBundle", "SourceData", "SPLITS", "check_targets"]
 
 SPLITS = ("train", "val", "test")
 
@@ -33,6 +33,52 @@ class SourceData:
     test: Dataset
     task: Task
     label_names: list[str] = field(default_factory=list)
+
+
+def check_targets(spec: str, data: SourceData) -> None:
+    """The label rules every source obeys, checked before any training work.
+
+    Every split is non-empty; there are at least two distinct label names; single-label targets are
+    integers in ``[0, K)`` and every class has a training sample (so a single-class dataset is refused);
+    multi-label targets are ``[N, L]`` 0/1 vectors and some training sample has a positive label.
+
+    Raises:
+        InvalidInputError: the first rule broken, naming the spec and the split (exit 3).
+    """
+    names = list(data.label_names)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise InvalidInputError(f"data {spec!r} has label names {names}: a classifier needs at least 2 distinct ones")
+    k, multilabel = len(names), data.task is Task.MULTILABEL
+    for split in SPLITS:
+        targets = np.asarray(getattr(data, split).targets)
+        if len(targets) == 0:
+            raise InvalidInputError(f"the {split} split of {spec!r} is empty",
+                                    "every split needs samples: add data or adjust val=/test=")  # fmt: skip
+        if multilabel:
+            ok = targets.shape == (len(targets), k) and bool(np.isin(targets, (0, 1)).all())
+            want = f"0/1 vectors of length {k}"
+        else:
+            ok = targets.ndim == 1 and np.issubdtype(targets.dtype, np.integer)
+            ok = ok and int(targets.min()) >= 0 and int(targets.max()) < k
+            want = f"class indices 0..{k - 1}"
+        if not ok:
+            raise InvalidInputError(f"the {split} labels of {spec!r} are not {want}")
+    train = np.asarray(data.train.targets)
+    if multilabel:
+        if not train.any():
+            raise InvalidInputError(f"no training sample of {spec!r} has a positive label", "check the labels")
+        return
+    counts = np.bincount(train, minlength=k)
+    empty = [names[i] for i in np.flatnonzero(counts == 0)]
+    if np.count_nonzero(counts) < 2:
+        only = names[int(np.argmax(counts))]
+        raise InvalidInputError(f"every training sample of {spec!r} is {only!r}: a classifier needs at least 2 classes",
+                                "add training samples of the other classes")  # fmt: skip
+    if empty:
+        shown = ", ".join(repr(n) for n in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        what = f"class {shown} of {spec!r} has" if len(empty) == 1 else f"classes {shown} of {spec!r} have"
+        raise InvalidInputError(f"{what} no training samples",
+                                "every class needs training samples: add some or drop the class")  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +119,7 @@ class DataBundle:
         train = data.train
         if len(train) == 0:
             raise InvalidInputError(f"data {spec!r} has an empty training split", "add data or lower val=/test=")
+        check_targets(spec, data)
         for name in ("val", "test"):
             other = getattr(data, name)
             if (other.channels, other.image_size) != (train.channels, train.image_size):

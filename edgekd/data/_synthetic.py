@@ -38,14 +38,18 @@ def _synthetic(arg, options, *, seed, download, root) -> SourceData:
         raise InvalidInputError(
             f"option task={task!r} is not valid", "use task=multiclass or task=multilabel (classes=2 is binary)"
         )
-    return make_synthetic(
-        classes=opt_int(options, "classes", 2, low=2),
-        n=opt_int(options, "n", 256, low=1),
-        size=opt_int(options, "size", 16, low=8),
-        channels=opt_int(options, "channels", 1, low=1),
-        seed=seed,
-        multilabel=task == "multilabel",
-    )
+    values = {key: opt_int(options, key, default, low=low) for key, (default, low, _) in _LIMITS.items()}
+    for key, (_, _, high) in _LIMITS.items():
+        if values[key] > high:
+            raise InvalidInputError(
+                f"option {key}={values[key]} is larger than {high}", "synthetic data is for smoke runs"
+            )
+    return make_synthetic(**values, seed=seed, multilabel=task == "multilabel")
+
+
+# key: (default, lowest, highest); the highest keep generated data within a few hundred MB.
+_LIMITS = {"classes": (2, 2, 1000), "n": (256, 1, 100_000), "size": (16, 8, 512), "channels": (1, 1, 16)}
+_MAX_PIXELS = 2**28
 
 
 def make_synthetic(
@@ -61,6 +65,9 @@ def make_synthetic(
     if not multilabel and n < classes:
         raise InvalidInputError(f"synthetic n={n} is smaller than classes={classes}", "use n >= classes")
     n_eval = max(n // 4, 2 * classes)
+    if (n + 2 * n_eval) * channels * size * size > _MAX_PIXELS:
+        raise InvalidInputError(f"synthetic data of n={n}, size={size}, channels={channels} is too large",
+                                f"keep n * channels * size^2 under {_MAX_PIXELS // 2:,}")  # fmt: skip
     splits = {}
     for i, (name, count) in enumerate((("train", n), ("val", n_eval), ("test", n_eval))):
         rng = np.random.default_rng([seed, 4242, i])
