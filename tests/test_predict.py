@@ -36,7 +36,7 @@ def bundles(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory) -> Path:
-    """Six PNGs of the test split, one larger RGB JPEG, a broken PNG, a DICOM file and a hidden file."""
+    """Six PNGs of the test split, one larger RGB JPEG, a broken PNG, a DICOM file without an image, a hidden file."""
     root = tmp_path_factory.mktemp("scans")
     (root / "sub").mkdir()
     for i, im in enumerate(synthetic_images(6)):
@@ -68,7 +68,7 @@ def test_predict_equals_onnxruntime_and_lists_every_unreadable_file(bundles, sca
     reasons = {Path(s.source).name: s.reason for s in res.skipped}
     assert set(reasons) == {"broken.png", "scan.dcm"}  # the hidden file is not an input; nothing else dropped
     assert "truncated" in reasons["broken.png"] or "not a readable image" in reasons["broken.png"]
-    assert reasons["scan.dcm"].startswith("DICOM images are not supported yet")
+    assert reasons["scan.dcm"].startswith("the DICOM data holds no image")  # DICM magic, no image in it
     info = res.model
     assert (info.precision, info.file, info.verified, info.threshold) == ("int8", "model.int8.onnx", True, 0.5)
     assert info.threshold_source == "default: the bundle records no operating threshold"

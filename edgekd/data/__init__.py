@@ -7,6 +7,7 @@ Data is named by a spec string ``source[:arg][,key=value...]`` (see :func:`list_
 ``medmnist:F.npz``  any 2D MedMNIST-format file (binary, multi-class or multi-label)
 ``imagefolder:D``   class sub-folders, optionally under train/ val/ test/
 ``csv:F.csv``       ``path,label[,split]`` rows
+``dicom:D``         DICOM files (pydicom) in class sub-folders or with ``labels=F.csv``
 ``synthetic:...``   generated learnable images (``classes=,n=,size=,channels=,seed=,task=``)
 ``tv:NAME``         torchvision datasets (CIFAR10, MNIST, ...; ``--download`` once)
 =================  =================================================================
@@ -23,10 +24,11 @@ Example:
     >>> x = pre(images)  # float [128, 1, 28, 28], normalised
 """
 
-from edgekd.data import _csv, _imagefolder, _medmnist, _synthetic, _torchvision  # noqa: F401  (register sources)
+from edgekd.data import _csv, _dicom, _imagefolder, _medmnist, _synthetic, _torchvision  # noqa: F401  (register sources)
 from edgekd.data._augment import Augment, AugmentedDataset
 from edgekd.data._bundle import DataBundle
 from edgekd.data._dataset import ArrayDataset, FileDataset
+from edgekd.data._dicom import DicomDataset, decode_dicom_bytes, read_dicom
 from edgekd.data._load import SOURCES, list_sources, load_data
 from edgekd.data._loader import make_loader
 from edgekd.data._spec import parse_data_spec
@@ -42,6 +44,9 @@ __all__ = [
     "AugmentedDataset",
     "ArrayDataset",
     "FileDataset",
+    "DicomDataset",
+    "read_dicom",
+    "decode_dicom_bytes",
     "SOURCES",
     "Task",
     "ChannelMode",

@@ -4,7 +4,8 @@ and request bodies.
 Decoding follows the file sources used in training (PIL, converted to ``L`` for 1-channel models and ``RGB``
 for 3-channel ones); resizing and normalisation are the bundle's :class:`~edgekd.data.Preprocess`. Every
 failure is an :class:`~edgekd.errors.ArtifactError` whose message names the reason, never the pixel data.
-DICOM files are recognised (``DICM`` magic) and refused with a clear reason until edgekd reads DICOM.
+DICOM files (``DICM`` magic) are read by :func:`edgekd.data.decode_dicom_bytes` (the ``dicom:`` source's recipe,
+``window=auto``).
 
 Example:
     >>> found, missing = collect_inputs(["scans/", "extra/*.png", "one.jpg"])
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from edgekd.data import decode_dicom_bytes
 from edgekd.errors import ArtifactError, InvalidInputError
 
 __all__ = ["IMAGE_EXTS", "MAX_PIXELS", "InputFile", "collect_inputs", "decode_image", "is_dicom", "read_image"]
@@ -96,16 +98,17 @@ def is_dicom(data: bytes) -> bool:
 
 
 def decode_image(data: bytes, channels: int) -> np.ndarray:
-    """Decode PNG, JPEG, BMP, TIFF or WebP bytes to ``uint8 [channels, H, W]``.
+    """Decode PNG, JPEG, BMP, TIFF, WebP or DICOM bytes to ``uint8 [channels, H, W]``.
 
     Raises:
-        ArtifactError: not an image, a truncated or corrupt one, DICOM, or larger than :data:`MAX_PIXELS`.
+        ArtifactError: not an image, a truncated or corrupt one, or larger than :data:`MAX_PIXELS`.
+        DependencyError: compressed DICOM pixel data without an installed decoder.
         InvalidInputError: ``channels`` other than 1 or 3.
     """
     if channels not in (1, 3):
         raise InvalidInputError(f"cannot decode images to {channels} channels", "models read 1 or 3 channels")
     if is_dicom(data):
-        raise ArtifactError("DICOM images are not supported yet", "export the image as PNG, or wait for DICOM input")
+        return decode_dicom_bytes(data, channels)
     if not data:
         raise ArtifactError("empty image data")
     try:
