@@ -1,14 +1,23 @@
-"""Evaluation of a model directory on a data split (`edgekd eval`)."""
+"""Evaluation of a model directory on a data split (`edgekd eval`).
+
+Besides the metrics of :func:`edgekd.metrics.compute_metrics` (ECE included), the result holds the
+reliability diagram (``calibration``) and, for binary tasks, the ``operating_point``: the threshold that
+reaches ``target_sensitivity`` on the validation split and the sensitivity/specificity it gives on ``split``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from edgekd.data import load_data
-from edgekd.distill import evaluate_split
+import numpy as np
+
+from edgekd.data import load_data, make_loader
+from edgekd.distill import predict, resolve_device
 from edgekd.errors import InvalidInputError
+from edgekd.metrics import compute_metrics, operating_point, probabilities, reliability_bins
 from edgekd.modeldir import load_model_dir
+from edgekd.specs import Task
 
 __all__ = ["evaluate_model_dir"]
 
@@ -21,6 +30,7 @@ def evaluate_model_dir(
     batch_size: int = 256,
     device: str = "auto",
     download: bool = False,
+    target_sensitivity: float = 0.95,
 ) -> dict[str, Any]:
     """Metrics of a model directory on ``split`` of ``data`` (default: the data in its lineage).
 
@@ -40,5 +50,21 @@ def evaluate_model_dir(
         )
     if bundle.task is not card.task:
         raise InvalidInputError(f"data {spec} is a {bundle.task.value} task, the model {card.task.value}")
-    metrics = evaluate_split(model, card.preprocess, bundle, split, batch_size=batch_size, device=device)
-    return {"model": str(path), "data": spec, "split": split, "metrics": metrics, "label_names": card.label_names}
+    dev = resolve_device(device)
+    model.to(dev)
+
+    def logits_of(name: str) -> tuple[np.ndarray, np.ndarray]:
+        return predict(model, card.preprocess, make_loader(bundle.split(name), batch_size, shuffle=False), dev)
+
+    logits, targets = logits_of(split)
+    res: dict[str, Any] = {"model": str(path), "data": spec, "split": split,
+                           "metrics": compute_metrics(logits, targets, bundle.task), "label_names": card.label_names}  # fmt: skip
+    if bundle.task is not Task.MULTILABEL:
+        res["calibration"] = {"ece": res["metrics"]["ece"],
+                              "bins": reliability_bins(probabilities(logits, bundle.task), targets)}  # fmt: skip
+    if bundle.task is Task.BINARY and bundle.num_classes == 2:
+        val = (logits, targets) if split == "val" else logits_of("val")
+        point = operating_point(*val, logits, targets, target_sensitivity)
+        res["operating_point"] = {**{k: point[k] for k in ("target_sensitivity", "threshold", "val")},
+                                  split: point["test"]}  # fmt: skip
+    return res

@@ -4,6 +4,11 @@ Binary tasks report accuracy at a 0.5 threshold on P(positive), balanced accurac
 sensitivity (recall of the positive class) and specificity (recall of the negative class). Multi-class
 tasks report one-vs-rest macro AUROC. Multi-label tasks threshold each label's sigmoid at 0.5 and report
 the macro AUROC over the labels that have both classes in the split.
+
+Single-label tasks also report ``ece``, the expected calibration error of the top-label confidence
+(:func:`expected_calibration_error`; :func:`reliability_bins` gives the reliability diagram behind it).
+:func:`threshold_for_sensitivity` and :func:`operating_point` choose a binary decision threshold on one
+split (validation) for a target sensitivity and report what it gives on another (test).
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from sklearn import metrics as skm
 
 from edgekd.specs import Task
 
-__all__ = ["compute_metrics", "probabilities", "METRIC_NAMES", "higher_is_better"]
+__all__ = [
+    "compute_metrics", "probabilities", "METRIC_NAMES", "higher_is_better",
+    "expected_calibration_error", "reliability_bins", "threshold_for_sensitivity", "operating_point", "ECE_BINS",
+]  # fmt: skip
 
 METRIC_NAMES = ("acc", "balanced_acc", "f1_macro", "auroc", "sensitivity", "specificity", "loss")
+ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width confidence bins
 
 
 def higher_is_better(metric: str) -> bool:
@@ -66,6 +75,7 @@ def compute_metrics(logits: np.ndarray, targets: np.ndarray, task: Task) -> dict
         "balanced_acc": float(skm.balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1 else math.nan,
         "f1_macro": float(skm.f1_score(y, pred, average="macro", labels=list(range(k)), zero_division=0)),
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=list(range(k))).tolist(),
+        "ece": expected_calibration_error(probs, y),
     }
     if task is Task.BINARY and k == 2:
         out["auroc"] = _safe_auc(y, probs[:, 1])
@@ -94,3 +104,98 @@ def _multilabel(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "auroc": float(np.mean(valid)) if valid else math.nan,
         "auroc_per_label": aucs,
     }
+
+
+def reliability_bins(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """The reliability diagram of the top-label confidence: one entry per equal-width confidence bin.
+
+    Each sample falls in the bin ``(lo, hi]`` of its confidence ``max_k p_k`` (the first bin also takes 0);
+    a bin reports its ``count``, mean ``confidence`` and ``accuracy`` (NaN for an empty bin).
+
+    Args:
+        probs: ``[N, K]`` class probabilities (rows sum to one).
+        targets: ``[N]`` true class indices.
+        n_bins: number of bins over ``[0, 1]``.
+    """
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(targets).astype(int).reshape(-1)
+    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        mask = which == b
+        n = int(mask.sum())
+        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n,
+                    "confidence": float(conf[mask].mean()) if n else math.nan,
+                    "accuracy": float(correct[mask].mean()) if n else math.nan})  # fmt: skip
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the top-label confidence (Guo et al., ICML 2017; Naeini et al. 2015).
+
+    ``ECE = sum_b (n_b / N) * |accuracy_b - confidence_b|`` over ``n_bins`` equal-width confidence bins
+    (:func:`reliability_bins`). 0 is perfectly calibrated; NaN for an empty split.
+
+    Example:
+        >>> # confidence 0.9, right (|1 - 0.9|) and 0.8, wrong (|0 - 0.8|), in two bins: (0.1 + 0.8) / 2
+        >>> expected_calibration_error(np.array([[0.1, 0.9], [0.2, 0.8]]), np.array([1, 0]))
+        0.45
+    """
+    bins = reliability_bins(probs, targets, n_bins)
+    total = sum(b["count"] for b in bins)
+    if not total:
+        return math.nan
+    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]))
+
+
+def threshold_for_sensitivity(scores: np.ndarray, targets: np.ndarray, target: float = 0.95) -> float:
+    """The highest threshold ``t`` on P(positive) whose sensitivity ``mean(scores[y == 1] >= t)`` is >= ``target``.
+
+    The highest such threshold gives the best specificity at that sensitivity: with the positives' scores
+    sorted in descending order it is the ``ceil(target * P)``-th of them. NaN without positives.
+
+    Example:
+        >>> threshold_for_sensitivity(np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.1]), np.array([1, 1, 1, 1, 1, 0]), 0.8)
+        0.6
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    scores, y = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(int).reshape(-1)
+    positives = np.sort(scores[y == 1])[::-1]
+    if not len(positives):
+        return math.nan
+    k = max(1, math.ceil(target * len(positives) - 1e-9))
+    return float(positives[k - 1])
+
+
+def _rates(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = scores >= threshold
+    pos, neg = y == 1, y == 0
+    return {"sensitivity": float(pred[pos].mean()) if pos.any() else math.nan,
+            "specificity": float((~pred[neg]).mean()) if neg.any() else math.nan,
+            "n": int(len(y))}  # fmt: skip
+
+
+def operating_point(
+    val_logits: np.ndarray,
+    val_targets: np.ndarray,
+    test_logits: np.ndarray,
+    test_targets: np.ndarray,
+    target_sensitivity: float = 0.95,
+) -> dict[str, object]:
+    """A binary decision threshold chosen on validation for a target sensitivity, and what it gives on test.
+
+    The threshold is :func:`threshold_for_sensitivity` of the validation P(positive) (softmax of two logits);
+    the same threshold is applied to the test split. Choosing it on validation and reporting test keeps the
+    figure honest: a threshold fitted on test would always reach the target there.
+
+    Returns:
+        ``{"target_sensitivity", "threshold", "val": {sensitivity, specificity, n}, "test": {...}}``.
+    """
+    p_val = probabilities(val_logits, Task.BINARY)[:, 1]
+    p_test = probabilities(test_logits, Task.BINARY)[:, 1]
+    y_val, y_test = np.asarray(val_targets).astype(int).reshape(-1), np.asarray(test_targets).astype(int).reshape(-1)
+    t = threshold_for_sensitivity(p_val, y_val, target_sensitivity)
+    return {"target_sensitivity": float(target_sensitivity), "threshold": t,
+            "val": _rates(p_val, y_val, t), "test": _rates(p_test, y_test, t)}  # fmt: skip
