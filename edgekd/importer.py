@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edgekd.data import load_data
 from edgekd.modeldir import Lineage, ModelCard, ModelSpec, save_model_dir, sha256_file
-from edgekd.students import count_params
+from edgekd.students import check_input_size, count_params
 from edgekd.teachers import import_checkpoint
 
 __all__ = ["import_model"]
@@ -29,6 +29,7 @@ def import_model(
     spec = ModelSpec(name=model, num_classes=bundle.num_classes, in_chans=chans, small_input=small_input)
     net = import_checkpoint(checkpoint, spec=spec, trust_pickle=trust_pickle)
     size = (input_size, input_size) if input_size else None
+    check_input_size(net, model, size or bundle.image_size, chans)  # before the model directory is written
     card = ModelCard(
         spec=spec,
         task=bundle.task,

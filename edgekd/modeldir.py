@@ -16,17 +16,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
+from edgekd._config import validation_message
 from edgekd._io import atomic_dir, atomic_write_bytes, atomic_write_text, sha256_file
 from edgekd.data import DataBundle, load_data
-from edgekd.errors import ArtifactError, InvalidInputError
+from edgekd.errors import ArtifactError, DependencyError, EdgeKDError, InvalidInputError
 from edgekd.specs import FORMAT_VERSION, Lineage, ModelCard, ModelSpec, current_command, package_versions
-from edgekd.students import apply_structure, build_model, count_params
+from edgekd.students import MAX_INPUT_SIZE, apply_structure, build_model, count_params, probe_forward
 
 __all__ = [
     "ModelSpec",
@@ -35,6 +37,8 @@ __all__ = [
     "save_model_dir",
     "load_model_dir",
     "read_card",
+    "read_json",
+    "validate_file",
     "is_model_dir",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -56,7 +60,12 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 
 
 def read_card(path: str | os.PathLike) -> ModelCard:
-    """Read and validate ``edgekd.json`` of a model directory."""
+    """Read and validate ``edgekd.json`` of a model directory.
+
+    Raises:
+        ArtifactError: a missing directory or file, a card that is not JSON, a newer format, or a field with a
+            bad value (one line naming the file and the field; exit 4).
+    """
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"model directory {p} does not exist", "pass a directory written by `edgekd train`")
@@ -65,17 +74,60 @@ def read_card(path: str | os.PathLike) -> ModelCard:
             f"{p} is not an edgekd model directory (needs {CARD_FILE} and {WEIGHTS_FILE})",
             "use `edgekd import` to turn a checkpoint into a model directory",
         )
-    try:
-        card = ModelCard.model_validate_json((p / CARD_FILE).read_text())
-    except (ValidationError, ValueError) as e:
-        first = str(e).splitlines()[0:3]
-        raise ArtifactError(f"{p / CARD_FILE} is malformed: {' '.join(first)}", "re-create the model directory") from e
-    if card.format_version > FORMAT_VERSION:
+    raw = read_json(p / CARD_FILE)
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{p / CARD_FILE} must hold a JSON object, not {type(raw).__name__}", _RECREATE)
+    version = raw.get("format_version", FORMAT_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ArtifactError(
-            f"{p} uses model-directory format {card.format_version}, newer than this edgekd supports",
-            "upgrade edgekd",
+            f"{p} uses model-directory format {version}, newer than this edgekd supports", "upgrade edgekd"
         )
+    card = validate_file(ModelCard, raw, p / CARD_FILE, _RECREATE)
+    if min(card.preprocess.input_size) < 1:
+        raise ArtifactError(f"{p / CARD_FILE}: invalid field preprocess.input_size: {list(card.preprocess.input_size)} "
+                            "is not a positive size", _RECREATE)  # fmt: skip
     return card
+
+
+_RECREATE = "re-create the model directory"
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_file(model: type[M], raw: object, path: Path, hint: str) -> M:
+    """``model.model_validate(raw)`` for the contents of ``path``: one line naming the file and the field.
+
+    Raises:
+        ArtifactError: the first invalid field, without pydantic's dump or URLs (exit 4).
+    """
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        cause = (e.errors()[0].get("ctx") or {}).get("error")
+        if isinstance(cause, EdgeKDError):  # a validator's own one-line message and hint
+            where = ".".join(str(x) for x in e.errors()[0].get("loc", ())) or "value"
+            raise ArtifactError(f"{path}: invalid field {where}: {cause.message}", cause.hint or hint) from e
+        raise ArtifactError(f"{path}: {validation_message(e, 'field')}", hint) from e
+
+
+def read_json(path: str | os.PathLike, hint: str = _RECREATE) -> object:
+    """Parsed JSON of a file, with one-line errors (never a traceback, whatever the bytes).
+
+    Raises:
+        ArtifactError: unreadable, not UTF-8, not JSON, or nested too deeply (exit 4).
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or type(e).__name__}") from e
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path} is not JSON text (invalid UTF-8 at byte {e.start})", hint) from e
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", hint) from e
+    except RecursionError as e:
+        raise ArtifactError(f"{path} is not valid JSON: nested too deeply", hint) from e
+    except ValueError as e:
+        raise ArtifactError(f"{path} is not valid JSON: {(str(e).splitlines() or ['?'])[0]}", hint) from e
 
 
 def save_model_dir(model: torch.nn.Module, card: ModelCard, out: str | os.PathLike, *, overwrite: bool = True) -> Path:
@@ -119,12 +171,27 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_model_dir(path: str | os.PathLike, *, map_location: str = "cpu") -> tuple[torch.nn.Module, ModelCard]:
-    """Rebuild the exact architecture from ``edgekd.json`` and load the weights (no pickle)."""
+    """Rebuild the exact architecture from ``edgekd.json`` and load the weights (no pickle).
+
+    The card is checked against the architecture before it is used: the builder must accept its spec, a
+    pruned ``structure`` must fit, the weights must match, and the model must run once on a zero input of
+    the card's preprocessing (batch 1), so a damaged or hand-edited directory fails here, not mid-run.
+
+    Raises:
+        ArtifactError: any of those checks failed, naming the file (exit 4).
+        DependencyError: the architecture needs a package that is not installed (exit 5).
+    """
     p = Path(path)
     card = read_card(p)
-    model = build_model(card.spec)
-    if card.structure:
-        apply_structure(model, card.structure)
+    card_file = p / CARD_FILE
+    try:
+        model = build_model(card.spec)
+        if card.structure:
+            apply_structure(model, card.structure)
+    except DependencyError:
+        raise
+    except EdgeKDError as e:
+        raise ArtifactError(f"{card_file}: {e.message}", e.hint or _RECREATE) from e
     try:
         state = load_file(str(p / WEIGHTS_FILE), device=map_location)
     except Exception as e:  # safetensors raises its own error types for corrupt files
@@ -132,10 +199,14 @@ def load_model_dir(path: str | os.PathLike, *, map_location: str = "cpu") -> tup
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        msg = str(e).splitlines()[0]
-        raise ArtifactError(
-            f"weights in {p} do not match {card.spec.name}: {msg}", "re-create the model directory"
-        ) from e
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        msg = lines[1] if len(lines) > 1 else (lines or ["mismatch"])[0]  # line 0 is "Error(s) in loading ..."
+        raise ArtifactError(f"weights in {p} do not match {card.spec.name}: {msg}", _RECREATE) from e
+    shape = (1, card.preprocess.in_chans, *card.preprocess.input_size)
+    reason = probe_forward(model, shape) if max(shape[2:]) <= MAX_INPUT_SIZE else "the input size is too large"
+    if reason is not None:
+        raise ArtifactError(f"{card_file}: {card.spec.name} does not run on its recorded input "
+                            f"{'x'.join(map(str, shape[1:]))}: {reason}", _RECREATE)  # fmt: skip
     model.eval()
     return model, card
 

@@ -26,21 +26,27 @@ from edgekd.students._counting import count_macs, count_params
 from edgekd.students._structure import apply_structure, capture_structure
 from edgekd.students._taps import FeatureTaps, ModelOutputs, check_layers, default_layer, tap_points
 from edgekd.students._zoo import (
+    MAX_INPUT_SIZE,
     MODELS,
     SOURCES,
     build_model,
+    check_input_size,
     default_zoo_names,
     is_student,
     list_models,
     parse_model_name,
+    probe_forward,
     zoo_rows,
 )
 
 __all__ = [
+    "MAX_INPUT_SIZE",
     "MODELS",
     "SOURCES",
     "parse_model_name",
     "build_model",
+    "check_input_size",
+    "probe_forward",
     "list_models",
     "count_params",
     "count_macs",

@@ -55,15 +55,19 @@ def capture_structure(model: nn.Module, reference: nn.Module | None = None) -> d
 
 
 def apply_structure(model: nn.Module, structure: dict[str, dict[str, int]]) -> nn.Module:
-    """Resize the modules named in ``structure`` in place (weights become uninitialised placeholders)."""
+    """Resize the modules named in ``structure`` in place (weights become uninitialised placeholders).
+
+    Pruning only shrinks: every recorded width must be a positive integer no larger than the architecture's
+    own, name an attribute the module has, and keep grouped layers divisible by their groups.
+
+    Raises:
+        ArtifactError: a structure that does not fit the architecture (exit 4); the model is left unchanged.
+    """
     modules = dict(model.named_modules())
     for name, rec in structure.items():
-        m = modules.get(name)
-        if m is None or _attrs(m) is None:
-            raise ArtifactError(
-                f"pruned structure names module {name!r}, which the architecture lacks",
-                "the model directory does not match its architecture spec",
-            )
+        _check_record(name, modules.get(name), rec)
+    for name, rec in structure.items():
+        m = modules[name]
         for a, v in rec.items():
             if a == "normalized_shape":
                 m.normalized_shape = (v,)
@@ -71,6 +75,34 @@ def apply_structure(model: nn.Module, structure: dict[str, dict[str, int]]) -> n
                 setattr(m, a, v)
         _resize_params(m)
     return model
+
+
+_MISMATCH = "the model directory does not match its architecture spec"
+
+
+def _check_record(name: str, m: nn.Module | None, rec: object) -> None:
+    names = _attrs(m) if m is not None else None
+    if names is None:
+        raise ArtifactError(f"pruned structure names module {name!r}, which the architecture lacks", _MISMATCH)
+    kind = type(m).__name__
+    allowed = set(names) | ({"normalized_shape"} if isinstance(m, nn.LayerNorm) else set())
+    if not isinstance(rec, dict):
+        raise ArtifactError(f"pruned structure of {name!r} ({kind}) is not a mapping of widths", _MISMATCH)
+    for a, v in rec.items():
+        if a not in allowed:
+            raise ArtifactError(f"pruned structure sets {a!r} on {name!r} ({kind}), which has no such width",
+                                f"{kind} widths: {', '.join(sorted(allowed)) or 'none'}")  # fmt: skip
+        current = m.normalized_shape[-1] if a == "normalized_shape" else getattr(m, a)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= int(current):
+            raise ArtifactError(f"pruned structure sets {name}.{a}={v!r}, outside 1..{int(current)} ({kind})",
+                                "pruning only shrinks a layer: " + _MISMATCH)  # fmt: skip
+    width = {**{a: getattr(m, a) for a in names}, **rec}
+    groups, divisor = (width.get("groups"), "groups") if "groups" in width else (width.get("num_groups"), "num_groups")
+    if groups:
+        for a in ("in_channels", "out_channels", "num_channels"):
+            if a in width and width[a] % groups:
+                raise ArtifactError(f"pruned structure of {name!r} ({kind}): {a}={width[a]} is not divisible by "
+                                    f"{divisor}={groups}", _MISMATCH)  # fmt: skip
 
 
 def _resize_params(m: nn.Module) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.errors import InvalidInputError, suggest
+from edgekd.errors import EdgeKDError, InvalidInputError, suggest
 from edgekd.registry import Registry
 from edgekd.specs import ModelSpec
 from edgekd.students import _cifar_resnet, _small_mobilenetv2, _tinycnn, _wrn
@@ -33,7 +33,18 @@ from edgekd.students._counting import count_macs, count_params
 from edgekd.students._timm import build_timm, timm_available, timm_names
 from edgekd.students._torchvision import build_torchvision, small_input_family, tv_names
 
-__all__ = ["MODELS", "SOURCES", "parse_model_name", "build_model", "list_models", "is_student", "zoo_rows"]
+__all__ = [
+    "MODELS",
+    "SOURCES",
+    "MAX_INPUT_SIZE",
+    "parse_model_name",
+    "build_model",
+    "check_input_size",
+    "probe_forward",
+    "list_models",
+    "is_student",
+    "zoo_rows",
+]
 
 Builder = Callable[..., nn.Module]
 MODELS: Registry[Builder] = Registry("model")
@@ -187,8 +198,73 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False) -> nn.Module:
     if source == "timm":
         _register_timm()
         MODELS.get(f"timm:{bare.split('.', 1)[0]}")  # a pretrained tag may follow the architecture
-        return build_timm(bare, pretrained=pretrained, **common, **spec.kwargs)
-    return MODELS.get(f"{source}:{bare}")(pretrained=pretrained, **common, **spec.kwargs)
+        builder: Builder = partial(build_timm, bare)
+    else:
+        builder = MODELS.get(f"{source}:{bare}")
+    try:
+        return builder(pretrained=pretrained, **common, **spec.kwargs)
+    except (EdgeKDError, NotImplementedError):
+        raise  # NotImplementedError: an op without meta-device support (zoo_rows falls back to the CPU)
+    except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError, IndexError, KeyError) as e:
+        # A builder that chokes on a value (a string width, a dropout of 2, an impossible group count):
+        # the arguments are the user's, so this is invalid input, not a bug.
+        given = ", ".join(f"{k}={v!r}" for k, v in spec.kwargs.items()) or f"num_classes={spec.num_classes}"
+        raise InvalidInputError(f"cannot build {spec.name} with {given}: {_first_line(e)}",
+                                "check the model's keyword arguments and their types") from e  # fmt: skip
+
+
+MAX_INPUT_SIZE = 4096  # pixels per side: larger is a typo, not an edge model's input
+_PROBE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def probe_forward(model: nn.Module, shape: tuple[int, ...]) -> str | None:
+    """Run one forward pass on zeros of ``shape`` (eval mode, no grad, mode restored); the failure, or None.
+
+    Example:
+        >>> probe_forward(build_model(ModelSpec(name="tv:resnet18", num_classes=2)), (1, 3, 224, 224)) is None
+        True
+    """
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(shape, device=device))
+    except (RuntimeError, ValueError, AssertionError, IndexError, TypeError, ZeroDivisionError) as e:
+        return _first_line(e)
+    finally:
+        model.train(training)
+    return None
+
+
+def check_input_size(model: nn.Module, name: str, input_size: tuple[int, int], in_chans: int) -> None:
+    """Refuse an input size the network cannot run at, found by one dry forward pass at batch 1.
+
+    Every architecture has its own floor (strided stems and pools shrink the map to nothing: ``tv:resnet18``
+    runs at 32 px and below, ``tv:inception_v3`` needs 75 px; a ViT wants exactly its image size), so the
+    check runs the model rather than keeping a table. Call it after building, before any training work.
+
+    Raises:
+        InvalidInputError: a size below 1 or above :data:`MAX_INPUT_SIZE`, or one the model cannot run at;
+            the hint names the smallest common square size that runs (exit 3).
+
+    Example:
+        >>> check_input_size(model, "tv:inception_v3", (32, 32), 3)  # raises: needs at least 75 px
+    """
+    h, w = (int(v) for v in input_size)
+    if min(h, w) < 1 or max(h, w) > MAX_INPUT_SIZE:
+        raise InvalidInputError(f"input size {h}x{w} is outside 1..{MAX_INPUT_SIZE} px", "e.g. --input-size 224")
+    reason = probe_forward(model, (1, in_chans, h, w))
+    if reason is None:
+        return
+    runs = next((s for s in _PROBE_SIZES if s > max(h, w) and probe_forward(model, (1, in_chans, s, s)) is None), None)
+    hint = f"{name} runs at {runs}x{runs}: pass --input-size {runs}" if runs else "choose another input size or model"
+    raise InvalidInputError(f"{name} cannot run at input size {h}x{w}: {reason}", hint)
 
 
 def list_models(source: str | None = None) -> list[str]:
