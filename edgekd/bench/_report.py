@@ -15,12 +15,11 @@ import io
 import json
 from pathlib import Path
 
-from pydantic import ValidationError
 from rich.table import Table
 
-from edgekd.bench._schema import BenchReport, BenchResult, Comparison
+from edgekd.bench._schema import SCHEMA_VERSION, BenchReport, BenchResult, Comparison
 from edgekd.errors import ArtifactError
-from edgekd.modeldir import atomic_write_text
+from edgekd.modeldir import atomic_write_text, read_json, validate_file
 
 __all__ = [
     "noise_warnings",
@@ -207,13 +206,14 @@ def load_report(path: str | Path) -> BenchReport:
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"benchmark report {p} does not exist", "write one with `edgekd bench ... --json FILE`")
-    try:
-        return BenchReport.model_validate_json(p.read_text())
-    except (ValidationError, ValueError) as e:
-        first = str(e).splitlines()[:3]
-        raise ArtifactError(
-            f"{p} is not an edgekd benchmark report: {' '.join(first)}", "pass a file written by `edgekd bench --json`"
-        ) from e
+    hint = "pass a file written by `edgekd bench --json`"
+    raw = read_json(p, hint)
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise ArtifactError(f"{p} uses report schema {version}, newer than this edgekd reads", "upgrade edgekd")
+    if not isinstance(raw, dict) or "environment" not in raw:
+        raise ArtifactError(f"{p} is not an edgekd benchmark report (no environment section)", hint)
+    return validate_file(BenchReport, raw, p, hint)
 
 
 def _rows(report: BenchReport) -> list[dict[str, object]]:

@@ -40,7 +40,7 @@ from edgekd.export._lint import Finding
 from edgekd.export._model_card import render_model_card
 from edgekd.export._parity import ParityResult
 from edgekd.export._types import Precision, TensorInfo, onnx_io, static_batch
-from edgekd.modeldir import ModelCard, atomic_dir, package_versions, sha256_file
+from edgekd.modeldir import ModelCard, atomic_dir, package_versions, read_json, sha256_file, validate_file
 from edgekd.specs import ChannelMode, Preprocess, Task
 
 __all__ = [
@@ -283,13 +283,10 @@ def read_manifest(bundle: str | os.PathLike) -> Manifest:
         raise ArtifactError(f"bundle {bundle} does not exist", "pass a directory written by `edgekd export`")
     if not path.is_file():
         raise ArtifactError(f"{bundle} has no {MANIFEST_FILE}: not an edgekd bundle", "re-export it")
-    try:
-        raw = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is not valid JSON: {e}") from e
-    if isinstance(raw, dict) and int(raw.get("schema_version", 0)) > SCHEMA_VERSION:
-        raise ArtifactError(f"{path} uses bundle schema {raw['schema_version']}, newer than this edgekd", "upgrade")
-    try:
-        return Manifest.model_validate(raw)
-    except ValueError as e:
-        raise ArtifactError(f"{path} is malformed: {str(e).splitlines()[0]}") from e
+    raw = read_json(path, "re-export it")
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{path} must hold a JSON object, not {type(raw).__name__}", "re-export it")
+    version = raw.get("schema_version", SCHEMA_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise ArtifactError(f"{path} uses bundle schema {version}, newer than this edgekd", "upgrade")
+    return validate_file(Manifest, raw, path, "re-export it")

@@ -38,7 +38,7 @@ import onnx
 from onnx import numpy_helper
 from pydantic import BaseModel, ConfigDict
 
-from edgekd.errors import InvalidInputError, UnknownNameError
+from edgekd.errors import ArtifactError, InvalidInputError, UnknownNameError
 from edgekd.export._trt_ops import (
     QOPERATOR_OPS,
     TRT_NEWER_OPS,
@@ -410,8 +410,23 @@ def lint_onnx(path_or_model: str | os.PathLike | onnx.ModelProto, *, target: str
     if target not in LINT_TARGETS:
         raise UnknownNameError("lint target", target, LINT_TARGETS)
     model = load_onnx(path_or_model)
-    g = _Graph(model)
-    inputs, _ = onnx_io(model)
-    findings = [*g.findings, *_check_opset(model), *_check_ops(g), *_check_qdq(g), *_check_weight_axes(g),
-                *_check_dynamic(inputs, profile)]  # fmt: skip
+    try:
+        g = _Graph(model)
+        inputs, _ = onnx_io(model)
+        findings = [*g.findings, *_check_opset(model), *_check_ops(g), *_check_qdq(g), *_check_weight_axes(g),
+                    *_check_dynamic(inputs, profile)]  # fmt: skip
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        _raise_if_malformed(path_or_model, model, e)
+        raise  # a well-formed model the lint cannot handle: a bug, reported as one
     return sorted(findings, key=lambda f: f.severity != "error")
+
+
+def _raise_if_malformed(where: object, model: onnx.ModelProto, cause: BaseException) -> None:
+    """Bytes that parse as protobuf but break the ONNX spec (undefined dtypes, tensor sizes that do not match
+    their shape) fail inside the lint; the ONNX checker tells them apart from a lint bug."""
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError, TypeError) as e:
+        name = where if not isinstance(where, onnx.ModelProto) else "the model"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ArtifactError(f"{name} is not a valid ONNX model: {reason}", "re-export it") from cause

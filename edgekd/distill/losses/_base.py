@@ -152,7 +152,11 @@ class LossTerm:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    """Shortest text that reads back to the same value (``1`` for 1.0, ``0.9``, ``1e-05``): terms round-trip."""
+    if isinstance(v, float):
+        text = repr(v)
+        return text[:-2] if text.endswith(".0") else text
+    return str(v)
 
 
 def loss_params(name: str) -> dict[str, Any]:
