@@ -9,7 +9,10 @@ import typer
 from edgekd import __version__
 from edgekd.cli._errors import EdgeKDGroup
 
-__all__ = ["app", "PANEL_MODELS", "PANEL_TRAIN", "PANEL_COMPRESS", "PANEL_EXPORT", "PANEL_BENCH", "PANEL_DEPLOY"]
+__all__ = [
+    "app", "PANEL_MODELS", "PANEL_TRAIN", "PANEL_COMPRESS", "PANEL_EXPORT", "PANEL_BENCH", "PANEL_DEPLOY",
+    "PANEL_PIPELINE",
+]  # fmt: skip
 
 # `edgekd --help` groups the commands by stage, in pipeline order (panels appear in the order commands register:
 # see the import order in edgekd/cli/__init__.py).
@@ -19,6 +22,7 @@ PANEL_COMPRESS = "3. Compress"
 PANEL_EXPORT = "4. Export"
 PANEL_BENCH = "5. Benchmark"
 PANEL_DEPLOY = "6. Predict and serve"
+PANEL_PIPELINE = "7. Pipeline and review"
 
 app = typer.Typer(
     name="edgekd",
