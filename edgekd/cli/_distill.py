@@ -47,6 +47,7 @@ from edgekd.cli._options import (
 )
 from edgekd.cli._render import metrics_table
 from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, distill_model, list_losses, resolve_run_settings
+from edgekd.pipeline import KDComparison, distill_with_baseline
 from edgekd.specs import ChannelMode
 
 D, C = "Distillation", "Teacher cache"
@@ -145,6 +146,15 @@ def distill(
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     download: DownloadOpt = False,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline",
+            help="Also train the same student without the teacher (OUT-baseline) and say which is better on "
+            "validation, with what to try when distillation does not help.",
+            rich_help_panel=D,
+        ),
+    ] = False,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -155,6 +165,10 @@ def distill(
     flags = {k: v for k, v in locals().items() if k != "ctx"}
     check_report_path(json_out)
     settings = resolve_run_settings(flags, config=config, given=given_options(ctx), require_teacher=True)
+    if baseline:
+        cmp = distill_with_baseline(settings, out, overwrite=overwrite, progress=not quiet)
+        _render_comparison(cmp, quiet, json_out)
+        return
     card = distill_model(settings, out, overwrite=overwrite, progress=not quiet)
     if not quiet and json_out != "-":
         notes = card.lineage.notes
@@ -165,6 +179,20 @@ def distill(
         )
         metrics_table("test metrics", card.metrics["test"], card.label_names)
     emit_json({"out": str(out), "metrics": card.metrics, "params": card.params, "lineage": card.lineage}, json_out)
+
+
+def _render_comparison(cmp: KDComparison, quiet: bool, json_out: str | None) -> None:
+    if not quiet and json_out != "-":
+        t = Table(title=f"distilled vs the same student without the teacher ({cmp.metric})")
+        for col in ("student", f"val {cmp.metric}", f"test {cmp.metric}", "val acc", "test acc"):
+            t.add_column(col, justify="left" if col == "student" else "right")
+        for name, s in (("distilled", cmp.distilled), ("no teacher", cmp.baseline)):
+            t.add_row(name, *(f"{getattr(s, k)[0]:.4f}" for k in ("val", "test", "val_acc", "test_acc")))
+        console.print(t)
+        console.print(f"[{'green' if cmp.helps else 'yellow'}]{cmp.message}[/]")
+        for tip in cmp.suggestions:
+            console.print(f"  - try: {tip}")
+    emit_json(cmp, json_out)
 
 
 def _show(value: Any) -> str:

@@ -1,0 +1,99 @@
+"""`edgekd run`: the whole pipeline from one YAML file (thin: parse, call the library, render)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from edgekd._io import check_report_path
+from edgekd._progress import stderr_console
+from edgekd.cli._app import PANEL_PIPELINE, app
+from edgekd.cli._options import JsonOpt, QuietOpt, console, emit_json
+from edgekd.pipeline import RunSummary, run_pipeline
+from edgekd.report import write_report
+
+__all__ = ["run", "render_summary"]
+
+
+@app.command(rich_help_panel=PANEL_PIPELINE)
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML file (see examples/pneumonia.yaml).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key: --set student.train.epochs=3 (value read as YAML); repeatable."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default runs/NAME); re-running continues it.")
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Train teacher, baseline and student over N seeds (same as --set seeds=N).")
+    ] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run every stage from data to a reviewed edge bundle; unchanged stages are skipped, interrupted ones resume.
+
+    Example: edgekd run examples/pneumonia.yaml --set student.train.epochs=4 --out runs/pneumonia
+    """
+    check_report_path(json_out)
+    overrides = [*(set_ or []), *([f"seeds={seeds}"] if seeds is not None else [])]
+    summary = run_pipeline(pipeline, out, overrides=overrides, report=None if no_report else write_report,
+                           progress=not quiet, log=(lambda _: None) if quiet else stderr_console.print)  # fmt: skip
+    if json_out != "-":
+        render_summary(summary)
+    emit_json(summary.dump(), json_out)
+
+
+def _cell(value: float | None, spread: float | None = None, digits: int = 3) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.{digits}f}" + (f"±{spread:.{digits}f}" if spread else "")
+
+
+def _si(n: float | None) -> str:
+    if not n:
+        return "n/a"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def render_summary(s: RunSummary) -> None:
+    """The final table, the KD verdict and the report's path."""
+    batches = sorted({int(b) for r in s.rows for b in r.latency})
+    t = Table(
+        title=f"edgekd run {s.name}: {s.data}, test split (operating point: sensitivity {s.target_sensitivity:g} on val)"
+    )
+    for col in ("stage", "ACC", "AUROC", "sens@op", "spec@op", "ECE", "params", "MACs", "size"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for b in batches:
+        t.add_column(f"p50/p90 ms b{b}", justify="right")
+        t.add_column(f"speedup b{b}", justify="right")
+    for r in s.rows:
+        sp = r.spread.get
+        cells = [r.label, _cell(r.test.get("acc"), sp("test.acc")), _cell(r.test.get("auroc"), sp("test.auroc")),
+                 _cell(r.operating_point.get("sensitivity")), _cell(r.operating_point.get("specificity")),
+                 _cell(r.test.get("ece")), _si(r.params), _si(r.macs), f"{(r.size_bytes or 0) / 1e6:.2f}MB"]  # fmt: skip
+        for b in batches:
+            lat = r.latency.get(str(b))
+            cells += [f"{lat.p50_ms:.2f}/{lat.p90_ms:.2f}" if lat else "n/a",
+                      f"{lat.speedup:.1f}x" if lat and lat.speedup else "n/a"]  # fmt: skip
+        t.add_row(*cells)
+    console.print(t)
+    kd = s.kd
+    if kd.get("message"):
+        color = "green" if kd.get("helps") else "yellow"
+        console.print(f"[{color}]{escape(kd['message'])}[/]")
+        for tip in kd.get("suggestions", []):
+            console.print(f"  - try: {escape(tip)}")
+    ran = [o.name for o in s.stages if o.status != "skipped"]
+    skipped = [o.name for o in s.stages if o.status == "skipped"]
+    console.print(f"stages run: {', '.join(ran) or 'none'}; skipped (unchanged): {', '.join(skipped) or 'none'}")
+    if s.report:
+        console.print(f"report: [bold]{escape(str(Path(s.run_dir) / s.report))}[/]")

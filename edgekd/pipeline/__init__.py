@@ -1,0 +1,63 @@
+"""edgekd.pipeline: `edgekd run`, every stage from data to a reviewed edge bundle, from one validated YAML file.
+
+* :class:`PipelineConfig` / :func:`load_pipeline_config`: the typed configuration; unknown keys and wrong
+  types are errors naming the key and its line, ``--set KEY=VALUE`` overrides any key;
+* :func:`plan`: the stages (teacher, no-teacher baseline, distilled student, selection, pruning, quantization
+  targets, export, evaluations, benchmark, report), each a call of the library function of its command;
+* :func:`run_pipeline`: runs them into one run directory, skipping a stage whose settings and inputs are
+  unchanged (content hashes in ``RUN/stages/NAME.json``), resuming an interrupted training stage, and
+  returning the final table (:class:`RunSummary`);
+* :func:`compare_students` / :func:`diagnose` / :func:`distill_with_baseline`: is the teacher helping, and if
+  not, why (agreement, teacher confidence, accuracy on augmented views, capacity gap).
+
+Example:
+    >>> from edgekd.report import write_report
+    >>> summary = run_pipeline("examples/pneumonia.yaml", "runs/pneumonia", overrides=["seeds=3"],
+    ...                        report=write_report)
+    >>> summary.kd["message"]
+"""
+
+from edgekd.pipeline._baseline import distill_with_baseline
+from edgekd.pipeline._config import (
+    BenchSection,
+    DistillSection,
+    ExportSection,
+    KeepChoice,
+    PipelineConfig,
+    PruneSection,
+    QuantizeSection,
+    RegressionSection,
+    ReportSection,
+    StudentSection,
+    TeacherSection,
+    config_from_mapping,
+    load_pipeline_config,
+    parse_overrides,
+)
+from edgekd.pipeline._diagnose import KDComparison, KDDiagnosis, SeedStats, compare_students, diagnose, suggestions
+from edgekd.pipeline._evaluate import evaluate_artifact, split_logits
+from edgekd.pipeline._run import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    Latency,
+    ReportFn,
+    RunSummary,
+    StageOutcome,
+    TableRow,
+    build_summary,
+    prepare_run_dir,
+    run_pipeline,
+)
+from edgekd.pipeline._stages import BENCH_FILE, EVAL_DIR, KD_FILE, REPORT_FILE, Row, Stage, plan, rows_of
+from edgekd.pipeline._state import StageRecord, artifact_hash, read_record, stage_key
+
+__all__ = [
+    "PipelineConfig", "TeacherSection", "StudentSection", "DistillSection", "PruneSection", "QuantizeSection",
+    "ExportSection", "BenchSection", "RegressionSection", "ReportSection", "KeepChoice",
+    "load_pipeline_config", "config_from_mapping", "parse_overrides",
+    "run_pipeline", "prepare_run_dir", "build_summary", "RunSummary", "TableRow", "Latency", "StageOutcome", "ReportFn",
+    "plan", "rows_of", "Stage", "Row", "StageRecord", "stage_key", "artifact_hash", "read_record",
+    "KDComparison", "KDDiagnosis", "SeedStats", "compare_students", "diagnose", "suggestions", "distill_with_baseline",
+    "evaluate_artifact", "split_logits",
+    "CONFIG_FILE", "SUMMARY_FILE", "KD_FILE", "BENCH_FILE", "EVAL_DIR", "REPORT_FILE",
+]  # fmt: skip

@@ -1,0 +1,456 @@
+"""`edgekd run`: every stage from data to a reviewed edge bundle, into one run directory, skipping what is done.
+
+:func:`run_pipeline` resolves the configuration, saves it as ``RUN/pipeline.yaml``, and runs the stages of
+:func:`~edgekd.pipeline.plan` in order, each into its own directory or file of the run directory. Before a
+stage runs, its key (its settings and the hashes of the outputs it reads, see :mod:`._state`) is compared
+with the stage's record: an unchanged stage is skipped, an interrupted training stage resumes from its
+checkpoint, anything else runs again and replaces its earlier output. At the end the final table
+(:class:`RunSummary`, also ``RUN/summary.json``) is built from the evaluations and the benchmark, the report
+is written by the function the caller gives (the CLI passes :func:`edgekd.report.write_report`), and a
+regression against the configured benchmark baseline raises :class:`~edgekd.errors.RegressionError` (exit 7)
+after everything is written.
+
+The run directory belongs to edgekd (it holds a ``.edgekd`` marker): running the same pipeline into it again
+continues it; a folder that edgekd did not create is refused.
+
+Example:
+    >>> from edgekd.report import write_report
+    >>> summary = run_pipeline("examples/pneumonia.yaml", "runs/pneumonia", report=write_report)
+    >>> [(r.label, r.test.get("auroc"), r.latency["32"].speedup) for r in summary.rows]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, Field
+
+from edgekd._io import MARKER_FILE, atomic_write_text
+from edgekd._progress import stderr_console
+from edgekd.bench import check_budget, compare_reports, load_report
+from edgekd.data import DataBundle, load_data
+from edgekd.distill import is_resumable
+from edgekd.errors import ArtifactError, InvalidInputError, RegressionError
+from edgekd.export import read_manifest
+from edgekd.modeldir import ModelCard, is_model_dir, read_card
+from edgekd.pipeline._config import PipelineConfig, config_from_mapping, load_pipeline_config
+from edgekd.pipeline._stages import (
+    BENCH_FILE,
+    EVAL_DIR,
+    KD_FILE,
+    REPORT_FILE,
+    Row,
+    Stage,
+    clean_leftovers,
+    onnx_file,
+    plan,
+    report_stage,
+    rows_of,
+)
+from edgekd.pipeline._state import StageRecord, artifact_hash, now, read_record, stage_key, write_record
+from edgekd.specs import current_command, package_versions
+from edgekd.students import count_macs
+from edgekd.teachers import Teacher, load_teacher
+
+__all__ = ["run_pipeline", "RunSummary", "TableRow", "Latency", "StageOutcome", "ReportFn", "Runner",
+           "CONFIG_FILE", "SUMMARY_FILE"]  # fmt: skip
+
+CONFIG_FILE = "pipeline.yaml"
+SUMMARY_FILE = "summary.json"
+SUMMARY_SCHEMA = "edgekd.run/1"
+
+
+class ReportFn(Protocol):
+    """Writes the report of a finished run directory and returns the HTML file (e.g. ``edgekd.report.write_report``)."""
+
+    def __call__(self, run_dir: str | os.PathLike, *, progress: bool = True) -> Path: ...
+
+
+class Latency(BaseModel):
+    """One batch size of a row: p50/p90 of one batch (ms) and the p50 speedup against the teacher."""
+
+    batch: int
+    backend: str
+    device: str
+    p50_ms: float
+    p90_ms: float
+    speedup: float | None = None
+
+
+class TableRow(BaseModel):
+    """One line of the final table; metric figures are means over seeds, ``spread`` their standard deviations.
+
+    Attributes:
+        name, label: the stage and what the table prints.
+        artifact: the seed-0 model directory or ONNX file, relative to the run directory.
+        seeds: how many seeds the figures average.
+        test, val: scalar metrics (acc, auroc, ece, ...) of the test and validation splits.
+        operating_point: threshold (chosen on val for the target sensitivity), sensitivity and specificity on test.
+        spread: standard deviation over seeds of the same keys (``test.auroc``...).
+        params, macs, size_bytes: of the seed-0 artifact (MACs per sample).
+        latency: by batch size (as a string, JSON keys), from the benchmark.
+        eval: the evaluation JSON (``eval/NAME.json``); history: training curves (``history.jsonl``) per seed.
+    """
+
+    name: str
+    label: str
+    kind: str
+    artifact: str
+    seeds: int = 1
+    test: dict[str, float] = Field(default_factory=dict)
+    val: dict[str, float] = Field(default_factory=dict)
+    operating_point: dict[str, float] = Field(default_factory=dict)
+    spread: dict[str, float] = Field(default_factory=dict)
+    params: int | None = None
+    macs: int | None = None
+    size_bytes: int | None = None
+    latency: dict[str, Latency] = Field(default_factory=dict)
+    eval: list[str] = Field(default_factory=list)
+    history: list[str] = Field(default_factory=list)
+    stages: list[str] = Field(default_factory=list)
+
+
+class StageOutcome(BaseModel):
+    """What happened to a stage in this run: ``ran``, ``resumed`` or ``skipped`` (unchanged)."""
+
+    name: str
+    kind: str
+    status: str
+    seconds: float
+    output: str
+    output_sha256: str | None = None
+    key: str
+
+
+class RunSummary(BaseModel):
+    """The final table and everything the report needs (``RUN/summary.json``; the ``--json`` of `edgekd run`)."""
+
+    schema_: str = Field(SUMMARY_SCHEMA, alias="schema")
+    name: str
+    run_dir: str
+    config: str = CONFIG_FILE
+    data: str
+    task: str
+    label_names: list[str]
+    seeds: int
+    target_sensitivity: float
+    rows: list[TableRow]
+    kd: dict[str, Any] = Field(default_factory=dict)
+    bench: str | None = None
+    regressions: list[str] = Field(default_factory=list)
+    stages: list[StageOutcome] = Field(default_factory=list)
+    report: str | None = None
+    report_settings: dict[str, Any] = Field(default_factory=dict)
+    augment: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    model_config = {"populate_by_name": True}
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Runner:
+    """The state of one `edgekd run`: configuration, run directory, data, stage records (used by the stages)."""
+
+    def __init__(self, cfg: PipelineConfig, root: Path, *, report: ReportFn | None, progress: bool,
+                 log: Callable[[str], None]) -> None:  # fmt: skip
+        self.cfg, self.root, self.report_fn, self.progress, self.log = cfg, root, report, progress, log
+        self.records: dict[str, StageRecord] = {}
+        self.outcomes: list[StageOutcome] = []
+        self.stages: dict[str, Stage] = {}
+
+    @cached_property
+    def data(self) -> DataBundle:
+        return load_data(self.cfg.data, download=self.cfg.download, seed=self.cfg.seed)
+
+    def path(self, output: str) -> Path:
+        return Path(output) if Path(output).is_absolute() else self.root / output
+
+    def command(self, st: Stage) -> str:
+        return f"{current_command() or 'edgekd.pipeline.run_pipeline'}  # stage {st.name} of {self.root}"
+
+    def teacher_ref(self, name: str) -> str:
+        """How the training engine names the output of stage ``name`` as a teacher (``onnx:`` for ONNX files)."""
+        st = self.stages[name]
+        path = self.path(st.output)
+        return f"onnx:{path}" if st.settings.get("onnx") else str(path)
+
+    def load(self, name: str) -> Teacher:
+        return load_teacher(self.teacher_ref(name), data=self.data, trust_pickle=self.cfg.teacher.trust_pickle)
+
+    def card(self, name: str) -> ModelCard | None:
+        path = self.path(self.stages[name].output)
+        return read_card(path) if is_model_dir(path) else None
+
+    def chosen(self) -> str:
+        kd = json.loads(self.path(KD_FILE).read_text())
+        return kd["chosen"]
+
+    def final_fp32(self, source: str) -> Path:
+        """The FP32 model directory a compression stage starts from (``select``: the chosen student)."""
+        return self.path(self.chosen() if source == "select" else self.stages[source].output)
+
+    def artifact_path(self, source: str, precision: str | None) -> Path:
+        path = self.path(self.stages[source].output)
+        return onnx_file(path, precision) if precision else path
+
+    def artifact(self, name: str, source: str, precision: str | None) -> tuple[Teacher, dict[str, Any]]:
+        """The artifact of a table row as a runnable model, and its params, MACs and size."""
+        path = self.artifact_path(source, precision)
+        if precision:
+            m = read_manifest(path.parent)
+            model = load_teacher(f"onnx:{path}", data=self.data)
+            info = {"kind": "onnx", "params": m.params, "macs": m.macs, "size_bytes": path.stat().st_size}
+        else:
+            model = self.load(source)
+            card = self.card(source)
+            info = {"kind": "model_dir" if card else "onnx", "params": card.params if card else None,
+                    "macs": card.macs if card else None, "size_bytes": artifact_size(path)}  # fmt: skip
+            if card and card.macs is None:
+                info["macs"] = _count_macs(model, card)
+        return model, {**info, "artifact": self.rel(path), "precision": precision or "fp32"}
+
+    def rel(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
+
+    def write_report(self) -> Path:
+        if self.report_fn is None:
+            raise InvalidInputError("no report function given", "pass report=edgekd.report.write_report")
+        return self.report_fn(self.root, progress=self.progress)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def execute(self, st: Stage) -> None:
+        """Skip, resume or run one stage (see the module docstring) and record what happened."""
+        inputs = {n: self.records[n].output_sha256 or "" for n in st.inputs}
+        key = stage_key(st.settings, inputs)
+        rec, out = read_record(self.root, st.name), self.path(st.output)
+        if (
+            rec is not None
+            and rec.done
+            and rec.key == key
+            and rec.output_sha256
+            and artifact_hash(out) == rec.output_sha256
+        ):
+            self.records[st.name] = rec
+            self.outcomes.append(StageOutcome(name=st.name, kind=st.kind, status="skipped", seconds=0.0, output=rec.output,
+                                              output_sha256=rec.output_sha256, key=key))  # fmt: skip
+            self.log(f"[dim]{st.name}: unchanged, skipped[/]")
+            return
+        resume = bool(rec is not None and not rec.done and rec.key == key and st.resumable and is_resumable(out))
+        self.log(
+            f"[bold]{st.name}[/]: {'resuming the interrupted ' + st.kind if resume else st.kind} -> {self.rel(out)}"
+        )
+        if self.root.resolve() in out.resolve().parents:
+            clean_leftovers(self.root, self.rel(out))
+        record = StageRecord(name=st.name, kind=st.kind, key=key, settings=st.settings, inputs=inputs,
+                             output=self.rel(out), resumed=resume)  # fmt: skip
+        write_record(self.root, record)
+        t0 = time.perf_counter()
+        result = st.execute(self, st, resume)
+        seconds = time.perf_counter() - t0
+        record = record.model_copy(update={"status": "done", "output_sha256": artifact_hash(out), "finished": now(),
+                                           "seconds": seconds, "result": result})  # fmt: skip
+        write_record(self.root, record)
+        self.records[st.name] = record
+        self.outcomes.append(StageOutcome(name=st.name, kind=st.kind, status="resumed" if resume else "ran",
+                                          seconds=seconds, output=record.output, output_sha256=record.output_sha256,
+                                          key=key))  # fmt: skip
+
+
+def artifact_size(path: Path) -> int | None:
+    if path.is_file():
+        return path.stat().st_size
+    weights = path / "model.safetensors"
+    return weights.stat().st_size if weights.is_file() else None
+
+
+def _count_macs(model: Teacher, card: ModelCard) -> int | None:
+    pre = card.preprocess
+    return count_macs(model.model, (1, pre.in_chans, *pre.input_size)) if model.model is not None else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run directory
+
+
+def prepare_run_dir(root: Path) -> Path:
+    """Create the run directory, or accept one that edgekd created; refuse a folder holding other files."""
+    if root.is_file():
+        raise InvalidInputError(f"--out {root} is a file, not a directory", "choose another --out")
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER_FILE).is_file():
+        raise InvalidInputError(f"--out {root} holds files that `edgekd run` did not write",
+                                "choose another --out (a run directory is edgekd's; re-running continues it)")  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / MARKER_FILE).is_file():
+        atomic_write_text(root / MARKER_FILE, "edgekd run directory: `edgekd run` continues it\n")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ArtifactError(f"--out {root}: cannot write there (permission denied)", "choose another --out")
+    return root
+
+
+def _resolve(config: PipelineConfig | str | os.PathLike, overrides: Sequence[str]) -> PipelineConfig:
+    if isinstance(config, PipelineConfig):
+        if overrides:
+            return config_from_mapping(config.resolved(), overrides=overrides)
+        return config
+    return load_pipeline_config(config, overrides)
+
+
+def run_pipeline(
+    config: PipelineConfig | str | os.PathLike,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    report: ReportFn | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Run a pipeline into ``run_dir`` (default ``runs/NAME``), skipping unchanged stages (module docstring).
+
+    Args:
+        config: a :class:`PipelineConfig` or a YAML file.
+        run_dir: the run directory (created, or continued when edgekd created it).
+        overrides: ``KEY=VALUE`` items applied to the configuration (``--set``).
+        report: writes the HTML report of the run directory (e.g. :func:`edgekd.report.write_report`); None:
+            no report.
+        progress: progress bars.
+        log: called with one line (Rich markup) per stage; default: stderr.
+
+    Returns:
+        The final table (also written to ``RUN/summary.json``).
+
+    Raises:
+        InvalidInputError: an invalid configuration (key and line named), an unusable run directory (exit 3).
+        ArtifactError: a missing input file (exit 4); the errors of every stage's library function.
+        RegressionError: the benchmark regressed against ``regression.baseline`` (exit 7), after the report.
+    """
+    cfg = _resolve(config, overrides)
+    root = prepare_run_dir(Path(run_dir) if run_dir is not None else Path("runs") / cfg.name)
+    log = log or (lambda line: stderr_console.print(line))
+    if cfg.regression is not None and cfg.regression.baseline:
+        if not Path(cfg.regression.baseline).is_file():
+            raise ArtifactError(f"regression.baseline {cfg.regression.baseline} does not exist",
+                                "write one with `edgekd bench ... --json FILE` or remove regression.baseline")  # fmt: skip
+    atomic_write_text(root / CONFIG_FILE, yaml.safe_dump(cfg.resolved(), sort_keys=False))
+    runner = Runner(cfg, root, report=report, progress=progress, log=log)
+    stages = plan(cfg)
+    runner.stages = {s.name: s for s in stages}
+    for st in stages:
+        runner.execute(st)
+    summary = build_summary(runner)
+    atomic_write_text(root / SUMMARY_FILE, json.dumps(summary.dump(), indent=2) + "\n")
+    if report is not None and cfg.report.enabled:
+        st = report_stage(cfg, stages)
+        runner.stages[st.name] = st
+        runner.execute(st)
+        summary.stages = list(runner.outcomes)
+        atomic_write_text(root / SUMMARY_FILE, json.dumps(summary.dump(), indent=2) + "\n")
+    if summary.regressions:
+        raise RegressionError(f"benchmark regressed against {cfg.regression.baseline}: {'; '.join(summary.regressions[:3])}",
+                              f"see {root / BENCH_FILE} and the report")  # fmt: skip
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The final table
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def _row(runner: Runner, row: Row) -> TableRow:
+    evals = [json.loads(runner.path(f"{EVAL_DIR}/{s}.json").read_text()) for s in row.stages]
+    first = evals[0]
+    out = TableRow(name=row.name, label=row.label, kind=first.get("kind", "model_dir"), artifact=first["artifact"],
+                   seeds=len(evals), params=first.get("params"), macs=first.get("macs"),
+                   size_bytes=first.get("size_bytes"), eval=[f"{EVAL_DIR}/{s}.json" for s in row.stages],
+                   stages=list(row.stages))  # fmt: skip
+    for split in ("test", "val"):
+        keys = [k for k, v in first[split].items() if isinstance(v, (int, float)) and k != "n"]
+        for k in keys:
+            mean, std = _mean_std([e[split].get(k, math.nan) for e in evals])
+            getattr(out, split)[k] = mean
+            if len(evals) > 1:
+                out.spread[f"{split}.{k}"] = std
+    if "operating_point" in first:
+        for k, get in (("threshold", lambda e: e["operating_point"]["threshold"]),
+                       ("sensitivity", lambda e: e["operating_point"]["test"]["sensitivity"]),
+                       ("specificity", lambda e: e["operating_point"]["test"]["specificity"])):  # fmt: skip
+            mean, std = _mean_std([get(e) for e in evals])
+            out.operating_point[k] = mean
+            if len(evals) > 1:
+                out.spread[f"operating_point.{k}"] = std
+        out.operating_point["target_sensitivity"] = first["operating_point"]["target_sensitivity"]
+    if row.trained:
+        out.history = [runner.rel(runner.path(runner.stages[s].output) / "history.jsonl") for s in row.stages
+                       if (runner.path(runner.stages[s].output) / "history.jsonl").is_file()]  # fmt: skip
+    return out
+
+
+def _latencies(runner: Runner, rows: list[TableRow]) -> None:
+    path = runner.path(BENCH_FILE)
+    if not path.is_file():
+        return
+    report = load_report(path)
+    by_artifact: dict[str, dict[int, Latency]] = {}
+    for r in report.results:
+        art = runner.rel(Path(r.artifact))
+        by_artifact.setdefault(art, {}).setdefault(
+            r.batch, Latency(batch=r.batch, backend=r.backend, device=r.device, p50_ms=r.stats.p50_ms, p90_ms=r.stats.p90_ms))  # fmt: skip
+    ref = by_artifact.get(rows[0].artifact, {})
+    for row in rows:
+        for batch, lat in sorted(by_artifact.get(row.artifact, {}).items()):
+            base = ref.get(batch)
+            if base is not None and (base.backend, base.device) == (lat.backend, lat.device) and lat.p50_ms > 0:
+                lat.speedup = base.p50_ms / lat.p50_ms
+            row.latency[str(batch)] = lat
+
+
+def _regressions(runner: Runner) -> list[str]:
+    reg, path = runner.cfg.regression, runner.path(BENCH_FILE)
+    if reg is None or not path.is_file():
+        return []
+    new = load_report(path)
+    out = []
+    if reg.baseline:
+        comps = compare_reports(load_report(reg.baseline), new, max_regression=reg.max_regression,
+                                min_abs_ms=reg.min_abs_ms)  # fmt: skip
+        out += [f"{c.label} p50 x{c.p50_ratio:.2f}" for c in comps if c.status == "regressed"]
+    if reg.budget_ms:
+        out += [f"{v.label} p90 {v.p90_ms:.2f} ms > {v.budget_ms:g} ms" for v in check_budget(new, reg.budget_ms)]
+    return out
+
+
+def build_summary(runner: Runner) -> RunSummary:
+    """The final table from the evaluations, the benchmark and the KD comparison of a finished run."""
+    cfg, data = runner.cfg, runner.data
+    rows = [_row(runner, r) for r in rows_of(cfg)]
+    _latencies(runner, rows)
+    kd_path = runner.path(KD_FILE)
+    return RunSummary(
+        name=cfg.name, run_dir=str(runner.root), data=data.spec, task=data.task.value,
+        label_names=list(data.label_names), seeds=cfg.seeds, target_sensitivity=cfg.target_sensitivity, rows=rows,
+        kd=json.loads(kd_path.read_text()) if kd_path.is_file() else {},
+        bench=BENCH_FILE if runner.path(BENCH_FILE).is_file() else None, regressions=_regressions(runner),
+        stages=list(runner.outcomes), report=REPORT_FILE if cfg.report.enabled and runner.report_fn else None,
+        report_settings=cfg.report.model_dump(mode="json"),
+        augment={"preset": cfg.student.train.augment, "seed": cfg.seed}, versions=package_versions(),
+    )  # fmt: skip

@@ -1,0 +1,335 @@
+"""The stages of `edgekd run`, in order, each a call of the library function that the matching command makes.
+
+:func:`plan` turns a :class:`~edgekd.pipeline.PipelineConfig` into a list of :class:`Stage`: its name, what
+it does, where its output goes in the run directory, the resolved settings that go into its key and the
+earlier stages it reads. The executors below run one stage each:
+
+=================  ==========================================================  ===========================
+stage              what                                                        output (in the run dir)
+=================  ==========================================================  ===========================
+teacher[-sN]       train (:func:`~edgekd.distill.train_model`), import a       ``teacher/`` (or the given
+                   checkpoint, or use a given model directory / ONNX file      path)
+baseline[-sN]      the student without the teacher (same seed, schedule, aug)  ``baseline/``
+student[-sN]       distillation (:func:`~edgekd.distill.distill_model`)        ``student/``
+select             distilled vs baseline on validation, diagnostics, choice    ``kd.json``
+pruned             :func:`~edgekd.prune.prune_model_dir` of the chosen student ``pruned/``
+int8-TARGET        :func:`~edgekd.quantize.quantize_model_dir` per target      ``int8-cpu-x86/`` (bundle)
+bundle             :func:`~edgekd.export.export_bundle`                        ``bundle/``
+eval-NAME          metrics, ECE, operating point, logits of every artifact     ``eval/NAME.json`` + ``.npz``
+bench              :func:`~edgekd.bench.benchmark` of the table's artifacts    ``bench.json``
+report             the HTML report (a function the caller gives)               ``report/index.html``
+=================  ==========================================================  ===========================
+
+``-sN`` stages exist with ``seeds > 1``: seed ``seed + N``; the student of seed N distils from the teacher of
+seed N when the teacher is trained here. Pruning, quantization, export and the benchmark follow seed 0.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgekd._io import atomic_write_text, sha256_file
+from edgekd.bench import benchmark, model_latency_ms, write_json
+from edgekd.distill import CacheSettings, RunSettings, TrainConfig, run_training
+from edgekd.export import export_bundle, read_manifest
+from edgekd.importer import import_model
+from edgekd.pipeline._config import PipelineConfig, QuantizeSection
+from edgekd.pipeline._diagnose import compare_students, diagnose, final_losses
+from edgekd.pipeline._evaluate import evaluate_artifact, write_evaluation
+from edgekd.pipeline._state import artifact_hash
+from edgekd.prune import PruneConfig, prune_model_dir
+from edgekd.quantize import QuantizeConfig, quantize_model_dir
+
+if TYPE_CHECKING:
+    from edgekd.pipeline._run import Runner
+
+__all__ = ["Stage", "Row", "plan", "rows_of", "report_stage", "clean_leftovers", "onnx_file", "KD_FILE", "BENCH_FILE",
+           "EVAL_DIR", "REPORT_FILE"]  # fmt: skip
+
+KD_FILE = "kd.json"
+BENCH_FILE = "bench.json"
+EVAL_DIR = "eval"
+REPORT_FILE = "report/index.html"
+
+
+@dataclass
+class Stage:
+    """One stage: ``execute(runner, stage, resume) -> result summary`` writes ``output``."""
+
+    name: str
+    kind: str
+    output: str
+    settings: dict[str, Any]
+    execute: Callable[[Runner, Stage, bool], dict[str, Any]]
+    inputs: tuple[str, ...] = ()
+    resumable: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    """A line of the final table: a group of artifacts (one per seed) of the same kind.
+
+    Attributes:
+        name: the seed-0 stage (``teacher``, ``student``, ``int8-cpu-x86``, ``fp16``).
+        label: what the table prints.
+        stages: the stage of each seed.
+        source: the stage that wrote the artifact (``bundle`` for ``fp16``).
+        precision: the ONNX file of a bundle to use (``int8``/``fp16``), None for a model directory.
+    """
+
+    name: str
+    label: str
+    stages: tuple[str, ...]
+    source: tuple[str, ...]
+    precision: str | None = None
+    trained: bool = False
+
+
+def _suffix(i: int) -> str:
+    return "" if i == 0 else f"-s{i}"
+
+
+def rows_of(cfg: PipelineConfig) -> list[Row]:
+    """The final table's rows, in pipeline order."""
+    seeds = range(cfg.seeds)
+    teacher = [f"teacher{_suffix(i)}" for i in seeds] if cfg.teacher.mode == "train" else ["teacher"]
+    rows = [Row("teacher", "teacher", tuple(teacher), tuple(teacher), trained=cfg.teacher.mode == "train")]
+    if cfg.distill.baseline:
+        names = tuple(f"baseline{_suffix(i)}" for i in seeds)
+        rows.append(Row("baseline", "student, no teacher", names, names, trained=True))
+    names = tuple(f"student{_suffix(i)}" for i in seeds)
+    rows.append(Row("student", "student, distilled", names, names, trained=True))
+    if cfg.prune is not None:
+        rows.append(Row("pruned", "pruned", ("pruned",), ("pruned",), trained=cfg.prune.recovery_epochs > 0))
+    for q in cfg.quantize:
+        precision = q.stage_name.split("-", 1)[0]
+        rows.append(Row(q.stage_name, f"{precision.upper()} {q.target}", (q.stage_name,), (q.stage_name,), precision))
+    if cfg.export is not None and "onnx-fp16" in cfg.export.formats and "fp16" not in {r.precision for r in rows}:
+        rows.append(Row("fp16", "FP16 (export)", ("fp16",), ("bundle",), "fp16"))
+    return rows
+
+
+def plan(cfg: PipelineConfig) -> list[Stage]:
+    """The stages of a run, in execution order (see the module docstring)."""
+    seeds = range(cfg.seeds)
+    stages: list[Stage] = []
+    teacher_of = _teacher_stages(cfg, stages)
+    if cfg.distill.baseline:
+        stages += [_train_stage(cfg, f"baseline{_suffix(i)}", "train", cfg.seed + i, ()) for i in seeds]
+    stages += [_train_stage(cfg, f"student{_suffix(i)}", "distill", cfg.seed + i, (teacher_of(i),)) for i in seeds]
+    students = tuple(f"student{_suffix(i)}" for i in seeds)
+    baselines = tuple(f"baseline{_suffix(i)}" for i in seeds) if cfg.distill.baseline else ()
+    select = {"metric": cfg.student.train.select_metric, "keep": cfg.distill.keep.value, "augment":
+              cfg.student.train.augment, "samples": cfg.distill.diagnose_samples, "seed": cfg.seed}  # fmt: skip
+    stages.append(Stage("select", "select", KD_FILE, select, _select, (teacher_of(0), *students, *baselines)))
+    final = "select"
+    if cfg.prune is not None:
+        extra = (teacher_of(0),) if cfg.prune.recovery_teacher == "teacher" else ()
+        stages.append(Stage("pruned", "prune", "pruned", _prune_settings(cfg), _prune, ("select", *extra)))
+        final = "pruned"
+    for q in cfg.quantize:
+        settings = {"source": final, **_quantize_config(cfg, q).model_dump(mode="json")}
+        stages.append(Stage(q.stage_name, "quantize", q.stage_name, settings, _quantize, (final,)))
+    if cfg.export is not None:
+        settings = {"source": final, "data": cfg.data, **cfg.export.model_dump(mode="json")}
+        stages.append(Stage("bundle", "export", "bundle", settings, _export, (final,)))
+    for row in rows_of(cfg):
+        for stage, source in zip(row.stages, row.source):
+            settings = {"target_sensitivity": cfg.target_sensitivity, "data": cfg.data, "precision": row.precision,
+                        "source": source}  # fmt: skip
+            deps = (source, "select") if source == "pruned" or row.precision else (source,)
+            stages.append(Stage(f"eval-{stage}", "evaluate", f"{EVAL_DIR}/{stage}.json", settings, _evaluate, deps))
+    if cfg.bench is not None:
+        rows = [(r.stages[0], r.source[0], r.precision) for r in rows_of(cfg)]
+        settings = {"rows": rows, **cfg.bench.model_dump(mode="json")}
+        stages.append(
+            Stage("bench", "bench", BENCH_FILE, settings, _bench, tuple(dict.fromkeys(s for _, s, _ in rows)))
+        )
+    return stages
+
+
+def report_stage(cfg: PipelineConfig, stages: list[Stage]) -> Stage:
+    """The last stage: the HTML report over every evaluation, the benchmark and the KD comparison."""
+    deps = tuple(s.name for s in stages if s.kind in ("evaluate", "bench", "select"))
+    return Stage("report", "report", REPORT_FILE, {"report": cfg.report.model_dump(mode="json")}, _report, deps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher, baseline and student
+
+
+def _teacher_stages(cfg: PipelineConfig, stages: list[Stage]) -> Callable[[int], str]:
+    t = cfg.teacher
+    if t.mode == "train":
+        stages += [_train_stage(cfg, f"teacher{_suffix(i)}", "train", cfg.seed + i, ()) for i in range(cfg.seeds)]
+        return lambda i: f"teacher{_suffix(i)}"
+    if t.mode == "import":
+        settings = {"model": t.model, "checkpoint": str(Path(t.checkpoint).resolve()), "data": cfg.data,
+                    "checkpoint_sha256": _file_hash(t.checkpoint), "small_input": t.small_input,
+                    "input_size": t.input_size, "channels": t.channels.value}  # fmt: skip
+        stages.append(Stage("teacher", "import", "teacher", settings, _import))
+    else:
+        path = t.path.removeprefix("onnx:")
+        settings = {"path": str(Path(path).resolve()), "onnx": t.path.startswith("onnx:") or path.endswith(".onnx")}
+        stages.append(Stage("teacher", "reference", settings["path"], settings, _reference))
+    return lambda i: "teacher"
+
+
+def _file_hash(path: str | None) -> str | None:
+    return sha256_file(path) if path and Path(path).is_file() else None
+
+
+def _train_stage(cfg: PipelineConfig, name: str, kind: str, seed: int, teachers: tuple[str, ...]) -> Stage:
+    section = cfg.teacher if name.startswith("teacher") else cfg.student
+    settings: dict[str, Any] = {
+        "model": section.model, "data": cfg.data, "teachers": list(teachers),
+        "losses": list(cfg.distill.losses) if teachers else ["ce:1"],
+        "cache_teacher": bool(teachers) and cfg.distill.cache_teacher, "cache_topk": cfg.distill.cache_topk,
+        "small_input": section.small_input, "channels": section.channels.value, "input_size": section.input_size,
+        "pretrained": section.pretrained, "train": {**section.train.model_dump(mode="json"), "seed": seed},
+    }  # fmt: skip
+    return Stage(name, kind, name, settings, _train, teachers, resumable=True)
+
+
+def _train(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = st.settings
+    cache = (
+        CacheSettings(dir=str(r.root / "teacher_cache" / st.name), topk=s["cache_topk"]) if s["cache_teacher"] else None
+    )
+    settings = RunSettings(
+        student=s["model"], data=r.cfg.data, teachers=[r.teacher_ref(t) for t in s["teachers"]], losses=s["losses"],
+        cache=cache, small_input=s["small_input"], channels=s["channels"], input_size=s["input_size"],
+        pretrained=s["pretrained"], pretrained_teacher=False, trust_pickle=r.cfg.teacher.trust_pickle,
+        download=r.cfg.download, resume=resume, train=TrainConfig.model_validate(s["train"]),
+    )  # fmt: skip
+    card = run_training(settings, r.path(st.output), data=r.data, overwrite=True, progress=r.progress,
+                        command=r.command(st))  # fmt: skip
+    return {"val": _scalars(card.metrics.get("val", {})), "test": _scalars(card.metrics.get("test", {})),
+            "best_epoch": card.metrics.get("best_epoch", {}).get("epoch"), "params": card.params}  # fmt: skip
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _import(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    t = r.cfg.teacher
+    card = import_model(t.checkpoint, model=t.model, data=r.cfg.data, out=r.path(st.output), small_input=t.small_input,
+                        in_chans=3 if t.channels.value == "repeat" else None, input_size=t.input_size,
+                        trust_pickle=t.trust_pickle)  # fmt: skip
+    return {"params": card.params}
+
+
+def _reference(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    teacher = r.load(st.name)  # checks that it loads and fits the data
+    return {"kind": teacher.kind, "num_classes": teacher.num_classes}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distillation against the baseline
+
+
+def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = st.settings
+    students = [n for n in st.inputs if n.startswith("student")]
+    baselines = [n for n in st.inputs if n.startswith("baseline")]
+    models = {"student": r.load("student"), **({"baseline": r.load("baseline")} if baselines else {})}
+    teacher_card = r.card(st.inputs[0])
+    diagnosis = diagnose(r.load(st.inputs[0]), models, r.data, augment=s["augment"], seed=s["seed"],
+                         samples=s["samples"], teacher_params=teacher_card.params if teacher_card else None,
+                         student_params=r.card("student").params, losses=final_losses(r.path("student")))  # fmt: skip
+    cmp = compare_students([r.card(n) for n in students], [r.card(n) for n in baselines] or None, metric=s["metric"],
+                           keep=s["keep"], diagnosis=diagnosis)  # fmt: skip
+    record = {**cmp.model_dump(mode="json"), "chosen_path": cmp.chosen,
+              "chosen_sha256": artifact_hash(r.path(cmp.chosen))}  # fmt: skip
+    atomic_write_text(r.path(st.output), json.dumps(record, indent=2) + "\n")
+    return {"chosen": cmp.chosen, "helps": cmp.helps, "message": cmp.message, "gain_val": cmp.gain_val}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compression, export, evaluation, benchmark, report
+
+
+def _prune_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    p = cfg.prune.model_dump(mode="json")
+    p["train"]["seed"] = cfg.seed
+    return {"data": cfg.data, **p}
+
+
+def _prune(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = dict(st.settings)
+    s.pop("data")
+    teacher = r.teacher_ref(st.inputs[1]) if s.pop("recovery_teacher") == "teacher" else None
+    cfg = PruneConfig.model_validate({**s, "teacher": teacher})
+    report = prune_model_dir(r.final_fp32("select"), r.path(st.output), cfg, data=r.data, latency=model_latency_ms,
+                             overwrite=True, progress=r.progress, command=r.command(st))  # fmt: skip
+    return {"macs_kept": report.after.macs / report.before.macs, "params": report.after.params,
+            "target_met": report.target_met, "test": _scalars(report.metrics_after.get("test", {}))}  # fmt: skip
+
+
+def _quantize_config(cfg: PipelineConfig, q: QuantizeSection) -> QuantizeConfig:
+    d = q.model_dump(mode="json")
+    d["train"]["seed"] = cfg.seed
+    return QuantizeConfig.model_validate(d)
+
+
+def _quantize(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = dict(st.settings)
+    source = s.pop("source")
+    res = quantize_model_dir(r.final_fp32(source), r.path(st.output), QuantizeConfig.model_validate(s), data=r.data,
+                             overwrite=True, progress=r.progress, command=r.command(st))  # fmt: skip
+    return {"delta": res.delta, "sizes": res.sizes, "precision": res.precision}
+
+
+def _export(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = dict(st.settings)
+    source, data = s.pop("source"), s.pop("data")
+    manifest = export_bundle(r.final_fp32(source), r.path(st.output), data=data, overwrite=True, command=r.command(st),
+                             log=r.log, **s)  # fmt: skip
+    return {"files": [f.name for f in manifest.model_files()]}
+
+
+def onnx_file(bundle: Path, precision: str) -> Path:
+    """The ONNX file of ``precision`` in a bundle."""
+    manifest = read_manifest(bundle)
+    for f in manifest.model_files():
+        if f.precision is not None and f.precision.value == precision and f.name.endswith(".onnx"):
+            return bundle / f.name
+    raise FileNotFoundError(f"{bundle} has no {precision} ONNX file")
+
+
+def _evaluate(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = st.settings
+    name = st.name.removeprefix("eval-")
+    model, info = r.artifact(name, s["source"], s["precision"])
+    res = evaluate_artifact(model, r.data, s["target_sensitivity"])
+    out = r.path(st.output)
+    write_evaluation(res, out, {"stage": name, **info})
+    return {"test": _scalars(res["test"]), "val": _scalars(res["val"])}
+
+
+def _bench(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    b = r.cfg.bench
+    paths = [str(r.artifact_path(source, precision)) for _, source, precision in st.settings["rows"]]
+    report = benchmark(paths, backends=b.backends, devices=b.devices, batches=tuple(b.batches), settings=b.settings(),
+                       progress=r.progress)  # fmt: skip
+    write_json(report, r.path(st.output))
+    return {"results": len(report.results), "skipped": len(report.skipped)}
+
+
+def _report(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    path = r.write_report()
+    return {"path": str(path)}
+
+
+def clean_leftovers(root: Path, output: str) -> None:
+    """Remove temporary directories a killed stage left beside its output (``.NAME.*.tmp``, ``.NAME.old``)."""
+    out = root / output
+    for p in list(out.parent.glob(f".{out.name}.*.tmp")) + [out.with_name(f".{out.name}.old")]:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
