@@ -11,7 +11,7 @@ from edgekd.cli._errors import EdgeKDGroup
 
 __all__ = [
     "app", "PANEL_MODELS", "PANEL_TRAIN", "PANEL_COMPRESS", "PANEL_EXPORT", "PANEL_BENCH", "PANEL_DEPLOY",
-    "PANEL_PIPELINE",
+    "PANEL_PIPELINE", "PANEL_DATA_OPS",
 ]  # fmt: skip
 
 # `edgekd --help` groups the commands by stage, in pipeline order (panels appear in the order commands register:
@@ -23,6 +23,7 @@ PANEL_EXPORT = "4. Export"
 PANEL_BENCH = "5. Benchmark"
 PANEL_DEPLOY = "6. Predict and serve"
 PANEL_PIPELINE = "7. Pipeline and review"
+PANEL_DATA_OPS = "8. Hospital data"
 
 app = typer.Typer(
     name="edgekd",

@@ -8,6 +8,7 @@ Data is named by a spec string ``source[:arg][,key=value...]`` (see :func:`list_
 ``imagefolder:D``   class sub-folders, optionally under train/ val/ test/
 ``csv:F.csv``       ``path,label[,split]`` rows
 ``dicom:D``         DICOM files (pydicom) in class sub-folders or with ``labels=F.csv``
+``softlabels:F``    teacher soft labels from ``edgekd label``, images matched by content hash
 ``synthetic:...``   generated learnable images (``classes=,n=,size=,channels=,seed=,task=``)
 ``tv:NAME``         torchvision datasets (CIFAR10, MNIST, ...; ``--download`` once)
 =================  =================================================================
@@ -24,11 +25,13 @@ Example:
     >>> x = pre(images)  # float [128, 1, 28, 28], normalised
 """
 
-from edgekd.data import _csv, _dicom, _imagefolder, _medmnist, _synthetic, _torchvision  # noqa: F401  (register sources)
+from edgekd.data import _csv, _dicom, _imagefolder, _medmnist, _softlabels, _synthetic, _torchvision  # noqa: F401, I001  (register sources)
 from edgekd.data._augment import Augment, AugmentedDataset
 from edgekd.data._bundle import DataBundle
 from edgekd.data._dataset import ArrayDataset, FileDataset
 from edgekd.data._dicom import DicomDataset, decode_dicom_bytes, read_dicom
+from edgekd.data._softlabels import SoftLabelDataset, SoftLabels, read_soft_labels, write_soft_labels
+from edgekd.data._unlabeled import ImageSet, load_images
 from edgekd.data._load import SOURCES, list_sources, load_data
 from edgekd.data._loader import make_loader
 from edgekd.data._spec import parse_data_spec
@@ -47,6 +50,12 @@ __all__ = [
     "DicomDataset",
     "read_dicom",
     "decode_dicom_bytes",
+    "ImageSet",
+    "load_images",
+    "SoftLabels",
+    "SoftLabelDataset",
+    "read_soft_labels",
+    "write_soft_labels",
     "SOURCES",
     "Task",
     "ChannelMode",

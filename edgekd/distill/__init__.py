@@ -5,7 +5,8 @@
 * :func:`train_model` / :func:`distill_model` (:func:`run_training`): a whole run to a model directory;
 * :class:`Trainer` / :func:`fit`: the loop itself, for any model and :class:`Objective`;
 * :func:`finetune`: recovery fine-tuning of a compressed model (pruning recovery, QAT), with a teacher or not;
-* :data:`LOSSES` and :func:`parse_loss`: the one loss registry; :class:`TeacherCache`: teacher logits on disk.
+* :data:`LOSSES` and :func:`parse_loss`: the one loss registry; :class:`TeacherCache`: teacher logits on disk;
+* hospital data: :func:`label_images` (teacher soft labels).
 
 Example:
     >>> settings = resolve_run_settings({"student": "small:resnet8", "teacher": ["runs/teacher"], "epochs": 6})
@@ -17,6 +18,7 @@ from edgekd.distill._checkpoint import CKPT_DIR, TrainState
 from edgekd.distill._config import ClassWeighting, DeviceName, OptimizerName, TrainConfig
 from edgekd.distill._distill import DistillObjective, build_distill_objective
 from edgekd.distill._finetune import finetune, finetune_objective
+from edgekd.distill._label import LabelReport, label_images
 from edgekd.distill._loop import FitResult, Schedule, Trainer, fit, lr_at, predict, resolve_device
 from edgekd.distill._objective import Objective, SupervisedObjective, task_loss
 from edgekd.distill._run import distill_model, is_resumable, run_training, train_model, work_dir
@@ -46,4 +48,5 @@ __all__ = [
     "LOSSES", "DistillLoss", "FeatureLoss", "LossBatch", "LossTerm", "ModelOutputs",
     "list_losses", "loss_params", "parse_loss", "parse_losses",
     "TeacherCache", "cache_fingerprint", "topk_reconstruct",
+    "label_images", "LabelReport",
 ]  # fmt: skip
