@@ -400,7 +400,16 @@ def test_argument_checks():
 
 
 def test_sources_registered():
-    assert list_sources() == ["csv", "dicom", "imagefolder", "medmnist", "pneumoniamnist", "softlabels", "synthetic", "tv"]
+    assert list_sources() == [
+        "csv",
+        "dicom",
+        "imagefolder",
+        "medmnist",
+        "pneumoniamnist",
+        "softlabels",
+        "synthetic",
+        "tv",
+    ]
     for name in list_sources():
         meta = SOURCES.meta(name)
         assert meta["help"] and meta["example"].startswith(name)

@@ -120,6 +120,17 @@ def distill(
     cache_readonly: Annotated[
         bool, typer.Option(help="Never write the cache; error if it does not match.", rich_help_panel=C)
     ] = False,
+    unlabeled: Annotated[
+        str | None,
+        typer.Option(
+            help="Unlabelled images mixed into every step, KD and feature losses only: folder:DIR, dicom:DIR, or a "
+            "data spec whose labels are ignored (its train split).",
+            rich_help_panel="Unlabelled data",
+        ),
+    ] = None,
+    unlabeled_ratio: Annotated[
+        float, typer.Option(help="Unlabelled images per labelled image in a step.", rich_help_panel="Unlabelled data")
+    ] = 1.0,
     small_input: SmallInputOpt = False,
     channels: ChannelsOpt = ChannelMode.ADAPT,
     input_size: InputSizeOpt = None,

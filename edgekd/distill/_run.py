@@ -33,6 +33,7 @@ from edgekd.distill._loop import fit
 from edgekd.distill._objective import Objective, SupervisedObjective
 from edgekd.distill._settings import RunSettings
 from edgekd.distill._train import class_weights, finish_run, resolve_student
+from edgekd.distill._unlabeled import flush_unlabeled, unlabeled_notes, with_unlabeled
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.modeldir import WEIGHTS_FILE, is_model_dir
 from edgekd.specs import Lineage, ModelCard, current_command
@@ -128,6 +129,7 @@ def run_training(
     work = _prepare(settings, out, overwrite)
     cache = _open_cache(settings, work, teachers, bundle)
     objective = _objective(settings, net, pre, bundle, teachers, cache)
+    objective = with_unlabeled(objective, settings, bundle, net, work)  # --unlabeled: KD on unlabelled images too
     record = yaml.safe_dump({**settings.record(), "data": bundle.spec}, sort_keys=False)
     atomic_write_text(work / "config.yaml", record)
     try:
@@ -135,10 +137,11 @@ def run_training(
     finally:
         if cache is not None:
             cache.flush()
+        flush_unlabeled(objective)
     lineage = Lineage(command=command if command is not None else current_command(), parent=parent,
                       data=bundle.spec, stage=settings.stage, teachers=[t.name for t in teachers],
                       losses=["ce"] if isinstance(objective, SupervisedObjective) else settings.loss_terms,
-                      notes=_notes(objective, teachers, cache),
+                      notes={**_notes(objective, teachers, cache), **unlabeled_notes(objective)},
                       parent_sha256=sha256_file(Path(parent) / WEIGHTS_FILE) if parent else None)  # fmt: skip
     card = finish_run(net, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage)
     if work != out:

@@ -63,6 +63,9 @@ class RunSettings(BaseModel):
         trust_pickle: allow ``ckpt:`` teachers that are pickled models (unpickling runs code).
         download: allow downloading ``tv:`` datasets.
         resume: continue from ``OUT/checkpoint``.
+        unlabeled: unlabelled images mixed into every step (KD and feature losses only; see
+            :mod:`edgekd.distill._unlabeled`); needs a teacher.
+        unlabeled_ratio: unlabelled images per labelled image in a step.
         train: the optimisation settings.
     """
 
@@ -82,6 +85,8 @@ class RunSettings(BaseModel):
     trust_pickle: bool = False
     download: bool = False
     resume: bool = False
+    unlabeled: str | None = None
+    unlabeled_ratio: float = Field(1.0, gt=0, le=64)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
@@ -90,6 +95,8 @@ class RunSettings(BaseModel):
             raise ValueError(f"{len(self.teacher_weights)} teacher weights for {len(self.teachers)} teachers")
         if self.cache is not None and not self.teachers:
             raise ValueError("a teacher cache needs at least one teacher")
+        if self.unlabeled and not self.teachers:
+            raise ValueError("unlabeled images need a teacher: they only carry the teacher's outputs")
         return self
 
     @property
