@@ -353,12 +353,16 @@ def test_modes_convert_by_the_documented_rules(tmp_path, mode, channels, expecte
         assert torch.equal(image[:, 0, 0], want)
 
 
-def test_csv_integer_labels_sort_numerically(tmp_path):
+def test_csv_labels_keep_string_order_and_refuse_number_twins(tmp_path):
+    """String order (10 before 9) is what earlier models recorded: class indices never move under a model."""
     from edgekd.data import load_data
 
     rows = ["path,label"] + [f"img/{i % 4}.png,{label}" for i, label in enumerate(["2", "10", "9", "1"] * 3)]
     _csv(tmp_path, "\n".join(rows) + "\n")
-    assert load_data(f"csv:{tmp_path}/labels.csv,val=0.25,test=0.25").label_names == ["1", "2", "9", "10"]
+    assert load_data(f"csv:{tmp_path}/labels.csv,val=0.25,test=0.25").label_names == ["1", "10", "2", "9"]
+    (tmp_path / "twins.csv").write_text("path,label\nimg/0.png,1\nimg/1.png,1.0\nimg/2.png,2\n")
+    with pytest.raises(ArtifactError, match="same number"):
+        load_data(f"csv:{tmp_path}/twins.csv")
 
 
 def test_input_size_check_names_a_size_that_runs():

@@ -2,9 +2,10 @@
 
 The file must be UTF-8 text (a BOM is allowed). An optional header line ``path,label[,split]`` is skipped.
 Paths are relative to the CSV's folder and may not leave it (no absolute paths, no ``..`` above it).
-Label names are the distinct label strings, sorted (numerically when every label is a number, so that
-``10`` follows ``9``); labels that differ only in case or spacing, the same number spelt twice (``1``,
-``1.0``) and fractional numbers (measurements, not classes) are refused.
+Label names are the distinct label strings, sorted as strings (``10`` before ``9``: the order models trained
+on the file already record, so class indices never change under them; the names are in every model card).
+Labels that differ only in case or spacing, the same number spelt twice (``1``, ``1.0``) and fractional
+numbers (measurements, not classes) are refused.
 Without a split column the rows are split by a seeded stratified split (options ``val=0.1,test=0.2,seed=``);
 with one, every row needs ``train``, ``val`` or ``test`` (an absent val or test split is carved from train).
 
@@ -69,7 +70,7 @@ def _resolve(table: Path, line: int, rel: str) -> Path:
 
 
 def _label_names(table: Path, rows: list[tuple[int, str, str, str | None]]) -> list[str]:
-    """Sorted distinct labels (numerically when all are numbers); near-duplicates and fractions refused."""
+    """Sorted distinct labels (as strings); near-duplicates and fractions refused."""
     first_row = {}
     for line, _, label, _ in rows:
         first_row.setdefault(label, line)
@@ -93,7 +94,6 @@ def _label_names(table: Path, rows: list[tuple[int, str, str, str | None]]) -> l
                 raise ArtifactError(f"{table}: labels {values[v]!r} and {label!r} are the same number",
                                     "spell each class one way")  # fmt: skip
             values[v] = label
-        return [values[v] for v in sorted(values)]
     return sorted(first_row)
 
 
