@@ -1,4 +1,4 @@
-"""`edgekd label`: learning from hospital data that has few labels and changes."""
+"""`edgekd label` and `edgekd drift`: learning from hospital data that has few labels and changes."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ from edgekd.cli._options import (
     DeviceOpt,
     JsonOpt,
     QuietOpt,
+    SeedOpt,
     console,
     emit_json,
 )
+from edgekd.cli._render import fmt
 from edgekd.distill import DeviceName, label_images
+from edgekd.errors import RegressionError
+from edgekd.monitor import DEFAULT_THRESHOLD, check_drift
 
 _DATA_HELP = "Images: folder:DIR (PNG/JPEG/DICOM), dicom:DIR[,window=C/W], or a data spec whose labels are ignored."
 SplitOpt = Annotated[str, typer.Option(help="Split of a labelled data spec: train | val | test | all.")]
@@ -64,3 +68,48 @@ def label(
             t.add_row(name, str(n))
         console.print(t)
     emit_json(report.to_json(), json_out)
+
+
+@app.command(rich_help_panel=PANEL_DATA_OPS)
+def drift(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (holds its drift reference).")],
+    data: Annotated[str, typer.Option("--data", "-d", help=_DATA_HELP)],
+    split: SplitOpt = "test",
+    fail_above: Annotated[
+        float | None,
+        typer.Option(help=f"Exit 7 when the drift score is above this (default threshold {DEFAULT_THRESHOLD})."),
+    ] = None,
+    reference_data: Annotated[
+        str | None, typer.Option(help="Compute the reference from this spec's val split (models without one).")
+    ] = None,
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compare new images with the model's reference statistics: feature distance, confidence, class mix.
+
+    The score is the share of images far outside the validation data in feature space (about 0.01 without drift).
+
+    Example: edgekd drift runs/student --data folder:/data/new_scanner --fail-above 0.05 --json drift.json
+    """
+    check_report_path(json_out)
+    report = check_drift(model_dir, data, split=split, threshold=fail_above, reference_data=reference_data, seed=seed)
+    if not quiet and json_out != "-":
+        colour = "red" if report.drift else "green"
+        console.print(f"[bold {colour}]{report.verdict}[/]: score {report.score:.3f} (threshold {report.threshold:g}); "
+                      f"{report.far_images} of {report.images} images beyond the reference's 99th percentile "
+                      f"(expected {report.expected_rate:.0%}, binomial p = {report.binomial_pvalue:.2g})")  # fmt: skip
+        t = Table(title=f"{model_dir} on {report.data}")
+        t.add_column("figure")
+        t.add_column("value", justify="right")
+        t.add_column("flags", justify="left")
+        t.add_row("mean feature distance / reference", fmt(report.mean_d2_ratio), "")
+        flag = "shift" if report.ks_pvalue < 0.01 else ""
+        t.add_row("confidence KS statistic (p)", f"{report.ks_statistic:.3f} ({report.ks_pvalue:.2g})", flag)
+        for name, value in report.psi.items():
+            t.add_row(f"PSI {name}", fmt(value), "major shift" if value > 0.25 else "")
+        console.print(t)
+    emit_json(report.to_json(), json_out)
+    if fail_above is not None and report.drift:
+        raise RegressionError(f"drift score {report.score:.3f} is above --fail-above {fail_above:g}",
+                              "the new data differs from the validation data: check the site, scanner or protocol")  # fmt: skip

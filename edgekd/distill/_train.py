@@ -16,6 +16,7 @@ from edgekd.distill._loop import FitResult, predict, resolve_device
 from edgekd.errors import InvalidInputError
 from edgekd.metrics import compute_metrics
 from edgekd.modeldir import is_model_dir, load_model_dir, save_model_dir
+from edgekd.monitor import save_reference
 from edgekd.specs import ChannelMode, Lineage, ModelCard, ModelSpec, Preprocess, Task
 from edgekd.students import build_model, check_input_size
 
@@ -100,5 +101,6 @@ def finish_run(
         lineage=lineage,
     )
     save_model_dir(model, card, out)
+    save_reference(model, preprocess, data, out)  # drift statistics of the finished model on val (edgekd drift)
     atomic_write_text(out / "history.jsonl", "".join(json.dumps(h, default=float) + "\n" for h in result.history))
     return card
