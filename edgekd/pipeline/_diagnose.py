@@ -272,11 +272,9 @@ def compare_students(
     chosen = {"distilled": "student", "baseline": "baseline"}.get(keep) or ("student" if gain >= 0 else "baseline")
     sd = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
     spread = f" ± {sd(pairs['val']):.4f}" if len(distilled) > 1 else ""
-    if helps:
-        msg = f"distillation helps: val {metric} {gain:+.4f}{spread} over the same student without the teacher"
-    else:
-        msg = (f"distillation does NOT beat the same student trained without the teacher: val {metric} "
-               f"{gain:+.4f}{spread} (test {gain_t:+.4f})")  # fmt: skip
+    verdict = "helps" if helps else "does NOT beat the same student trained without the teacher"
+    msg = (f"distillation {verdict}: val {metric} {gain:+.4f}{spread}, test {gain_t:+.4f}"
+           f"{'' if not helps else ' over the same student without the teacher'}")  # fmt: skip
     msg += f"; the later stages use the {'distilled student' if chosen == 'student' else 'no-teacher baseline'}"
     cmp.update(baseline=b, gain_val=gain, gain_val_std=sd(pairs["val"]), gain_test=gain_t,
                gain_test_std=sd(pairs["test"]), gain_val_acc=float(pairs["val_acc"].mean()),

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -173,6 +174,10 @@ class Runner:
     def data(self) -> DataBundle:
         return load_data(self.cfg.data, download=self.cfg.download, seed=self.cfg.seed)
 
+    @cached_property
+    def data_fingerprint(self) -> str:
+        return data_fingerprint(self.data)
+
     def path(self, output: str) -> Path:
         return Path(output) if Path(output).is_absolute() else self.root / output
 
@@ -236,6 +241,8 @@ class Runner:
     def execute(self, st: Stage) -> None:
         """Skip, resume or run one stage (see the module docstring) and record what happened."""
         inputs = {n: self.records[n].output_sha256 or "" for n in st.inputs}
+        if "data" in st.settings:  # the data's content, not only its name, decides the stage
+            inputs["data"] = self.data_fingerprint
         key = stage_key(st.settings, inputs)
         rec, out = read_record(self.root, st.name), self.path(st.output)
         if (
@@ -269,6 +276,24 @@ class Runner:
         self.outcomes.append(StageOutcome(name=st.name, kind=st.kind, status="resumed" if resume else "ran",
                                           seconds=seconds, output=record.output, output_sha256=record.output_sha256,
                                           key=key))  # fmt: skip
+
+
+def data_fingerprint(data: DataBundle) -> str:
+    """sha256 over each split's size, labels and content: the pixels of in-memory data, the path, size and
+    modification time of each file of file-backed data (an edited image folder changes the key)."""
+    h = hashlib.sha256(data.spec.encode())
+    for split in ("train", "val", "test"):
+        ds = data.split(split)
+        h.update(f"|{split}|{len(ds)}|".encode())
+        h.update(np.ascontiguousarray(data.labels(split)).tobytes())
+        images, paths = getattr(ds, "images", None), getattr(ds, "paths", None)
+        if isinstance(images, np.ndarray):
+            h.update(np.ascontiguousarray(images).tobytes())
+        elif paths is not None:
+            for f in paths:
+                st = os.stat(f)
+                h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def artifact_size(path: Path) -> int | None:

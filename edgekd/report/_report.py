@@ -185,7 +185,13 @@ def _kd_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
         ev += [[f"student's last-epoch training loss: {'total' if k == 'loss' else k}", v]
                for k, v in d.get("final_losses", {}).items()]  # fmt: skip
         parts += [f"<p><b>Evidence</b> ({d['samples']} training and validation images):</p>", table(["", "value"], ev)]
-    png = _augment_grid(run, int(run.summary.get("report_settings", {}).get("augment_samples", 16)))
+    preset = run.summary.get("augment", {}).get("preset", "none")
+    png = None
+    if Augment.preset(preset).is_identity:
+        parts.append(paragraph("The student trained without augmentation: the teacher's soft labels were computed on "
+                               "the training images as they are."))  # fmt: skip
+    else:
+        png = _augment_grid(run, int(run.summary.get("report_settings", {}).get("augment_samples", 16)))
     if png:
         pngs["augment"] = png
         parts.append(figure(png, "Training images and the augmented view the student (and the teacher's soft labels) "
