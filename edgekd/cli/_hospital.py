@@ -1,4 +1,4 @@
-"""`edgekd label` and `edgekd drift`: learning from hospital data that has few labels and changes."""
+"""`edgekd label`, `edgekd update` and `edgekd drift`: learning from hospital data that has few labels and changes."""
 
 from __future__ import annotations
 
@@ -8,18 +8,34 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgekd._config import validate
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_DATA_OPS, app
 from edgekd.cli._options import (
+    AugmentOpt,
+    BatchSizeOpt,
+    ClassWeightingOpt,
     DeviceOpt,
+    DownloadOpt,
+    EpochsOpt,
     JsonOpt,
+    LabelSmoothingOpt,
+    LrOpt,
+    MaxStepsOpt,
+    OptimizerOpt,
+    OutOpt,
+    OverwriteOpt,
     QuietOpt,
     SeedOpt,
+    SelectMetricOpt,
+    WarmupEpochsOpt,
+    WeightDecayOpt,
     console,
     emit_json,
+    given_options,
 )
-from edgekd.cli._render import fmt
-from edgekd.distill import DeviceName, label_images
+from edgekd.cli._render import fmt, metrics_table
+from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, TrainConfig, label_images, update_model
 from edgekd.errors import RegressionError
 from edgekd.monitor import DEFAULT_THRESHOLD, check_drift
 
@@ -68,6 +84,56 @@ def label(
             t.add_row(name, str(n))
         console.print(t)
     emit_json(report.to_json(), json_out)
+
+
+@app.command(rich_help_panel=PANEL_DATA_OPS)
+def update(
+    ctx: typer.Context,
+    model_dir: Annotated[Path, typer.Argument(help="The model directory to update.")],
+    out: OutOpt,
+    data: Annotated[str, typer.Option("--data", "-d", help="New labelled data (a new site, or new classes).")],
+    lwf: Annotated[
+        bool, typer.Option("--lwf/--no-lwf", help="Learning without Forgetting (default: plain fine-tune).")
+    ] = False,
+    lwf_weight: Annotated[float, typer.Option(help="Weight of the LwF term (implies --lwf).")] = 1.0,
+    lwf_temperature: Annotated[float, typer.Option(help="LwF temperature (Li & Hoiem: 2).")] = 2.0,
+    epochs: EpochsOpt = 5,
+    batch_size: BatchSizeOpt = 128,
+    optimizer: OptimizerOpt = OptimizerName.ADAMW,
+    lr: LrOpt = 5e-4,
+    weight_decay: WeightDecayOpt = 5e-4,
+    warmup_epochs: WarmupEpochsOpt = 0.0,
+    label_smoothing: LabelSmoothingOpt = 0.0,
+    class_weighting: ClassWeightingOpt = ClassWeighting.NONE,
+    augment: AugmentOpt = "none",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = DeviceName.AUTO,
+    select_metric: SelectMetricOpt = "auroc",
+    max_steps_per_epoch: MaxStepsOpt = None,
+    overwrite: OverwriteOpt = False,
+    download: DownloadOpt = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Update a model on new data (new site or new classes); --lwf distils the old model's outputs to keep it.
+
+    Example: edgekd update runs/site_a --data imagefolder:/data/site_b --lwf --lwf-weight 1 --epochs 5 --out runs/site_b
+    """
+    check_report_path(json_out)
+    keys = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
+            "class_weighting", "augment", "seed", "device", "select_metric", "max_steps_per_epoch")  # fmt: skip
+    values = locals()
+    cfg = validate(TrainConfig, {k: values[k] for k in keys})
+    weight = lwf_weight if lwf or "lwf_weight" in given_options(ctx) else None
+    card = update_model(model_dir, data, out, lwf=weight, temperature=lwf_temperature, train=cfg,
+                        overwrite=overwrite, progress=not quiet, download=download)  # fmt: skip
+    if not quiet and json_out != "-":
+        note = card.lineage.notes["update"]
+        how = "plain fine-tune" if weight is None else f"LwF (weight {weight:g}, T {lwf_temperature:g})"
+        console.print(f"{note['kind']} update by {how}; {len(note['chain'])} model(s) in the update chain; "
+                      f"model directory: [bold]{out}[/]")  # fmt: skip
+        metrics_table("test metrics (new data)", card.metrics["test"], card.label_names)
+    emit_json({"out": str(out), "metrics": card.metrics, "lineage": card.lineage}, json_out)
 
 
 @app.command(rich_help_panel=PANEL_DATA_OPS)
