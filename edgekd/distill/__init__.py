@@ -7,7 +7,7 @@
 * :func:`finetune`: recovery fine-tuning of a compressed model (pruning recovery, QAT), with a teacher or not;
 * :data:`LOSSES` and :func:`parse_loss`: the one loss registry; :class:`TeacherCache`: teacher logits on disk;
 * hospital data: :func:`label_images` (teacher soft labels), ``RunSettings(unlabeled=...)`` (semi-supervised
-  distillation, :class:`UnlabeledDistillObjective`), :func:`update_model` (incremental updates with LwF).
+  distillation, :class:`UnlabeledDistillObjective`).
 
 Example:
     >>> settings = resolve_run_settings({"student": "small:resnet8", "teacher": ["runs/teacher"], "epochs": 6})
@@ -26,7 +26,6 @@ from edgekd.distill._run import distill_model, is_resumable, run_training, train
 from edgekd.distill._settings import DEFAULT_LOSSES, RUN_KEYS, CacheSettings, RunSettings, resolve_run_settings
 from edgekd.distill._train import class_weights, evaluate_split, finish_run, resolve_student
 from edgekd.distill._unlabeled import UnlabeledDistillObjective
-from edgekd.distill._update import LwFObjective, update_model
 from edgekd.distill.losses import (
     LOSSES,
     DistillLoss,
@@ -51,5 +50,5 @@ __all__ = [
     "LOSSES", "DistillLoss", "FeatureLoss", "LossBatch", "LossTerm", "ModelOutputs",
     "list_losses", "loss_params", "parse_loss", "parse_losses",
     "TeacherCache", "cache_fingerprint", "topk_reconstruct",
-    "label_images", "LabelReport", "UnlabeledDistillObjective", "update_model", "LwFObjective",
+    "label_images", "LabelReport", "UnlabeledDistillObjective",
 ]  # fmt: skip
