@@ -17,7 +17,11 @@ halve an epoch there. The data is synthetic (3 channels, 32 px), sized so that a
 later epochs read it. Criterion: epochs after the first at least 2x faster than the first (images/s of the
 training loop, from the run's history); the same run without the cache is reported for reference.
 
+Part 3, mixed precision (``--device cuda``, issue 15). The same distillation through the one Trainer in FP32 and
+with ``--amp-dtype`` (bf16 by default), alternating; criterion on a GPU: AMP at least 2x the FP32 images/s.
+
     python benchmarks/distill_throughput.py                 # writes runs/bench/distill_throughput.json
+    python benchmarks/distill_throughput.py --device cuda --teacher small:resnet50 --student small:resnet18
     python benchmarks/distill_throughput.py --quick         # smoke run (a few steps)
 """
 
@@ -133,6 +137,41 @@ def overhead(args) -> dict[str, Any]:
     }
 
 
+def amp_speedup(args) -> dict[str, Any]:
+    """Distillation images/s with mixed precision vs FP32 on ``--device`` (issue 15: AMP >= 2x FP32 on a GPU).
+
+    The same student, teacher, batch and steps through the one Trainer; only ``amp``/``amp_dtype`` differ.
+    Medians over ``--repeats`` alternating runs (the first, compiling kernels, is a warm-up and not counted).
+    """
+    data = load_data("pneumoniamnist")
+    runs: dict[str, list[float]] = {"fp32": [], args.amp_dtype: []}
+
+    def one(amp: bool, seed: int) -> float:
+        student, pre, teacher = _models(args, data, seed)
+        objective = build_distill_objective(student, pre, data.task, [teacher], LOSSES)
+        cfg = TrainConfig(epochs=1, batch_size=args.batch_size, max_steps_per_epoch=args.steps, seed=seed,
+                          warmup_epochs=0, device=args.device, amp=amp, amp_dtype=args.amp_dtype,
+                          channels_last=args.device == "cuda")  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            res = fit(student, objective, data, cfg, tmp, preprocess=pre, progress=not args.no_progress)
+        return res.history[0]["images_per_s"]
+
+    one(True, 0), one(False, 0)  # warm-up: kernels, autotuning, allocator
+    for r in range(args.repeats):
+        for name, amp in (
+            (("fp32", False), (args.amp_dtype, True)) if r % 2 == 0 else ((args.amp_dtype, True), ("fp32", False))
+        ):
+            runs[name].append(one(amp, r))
+        print(
+            f"repeat {r + 1}: fp32 {runs['fp32'][-1]:.1f} img/s, {args.amp_dtype} {runs[args.amp_dtype][-1]:.1f} img/s"
+        )
+    f, a = statistics.median(runs["fp32"]), statistics.median(runs[args.amp_dtype])
+    print(f"median fp32 {f:.1f} vs {args.amp_dtype} {a:.1f} img/s on {args.device}: {a / f:.2f}x")
+    return {"device": args.device, "amp_dtype": args.amp_dtype, "teacher": args.teacher, "student": args.student,
+            "batch_size": args.batch_size, "steps": args.steps, "images_per_s": runs, "median_fp32": f,
+            "median_amp": a, "speedup": a / f, "criterion": "speedup >= 2 (on a GPU)", "passed": a / f >= 2}  # fmt: skip
+
+
 def _random_teacher_dir(name: str, data, root: Path) -> Path:
     """A teacher with random weights as a model directory (timing only: the weights do not matter)."""
     torch.manual_seed(0)
@@ -192,7 +231,10 @@ def main() -> None:
     ap.add_argument("--cache-steps", type=int, default=8, help="cache part: steps (full batches) per epoch")
     ap.add_argument("--cache-batch", type=int, default=64)
     ap.add_argument("--cache-epochs", type=int, default=3)
-    ap.add_argument("--parts", nargs="+", choices=("overhead", "cache"), default=["overhead", "cache"])
+    ap.add_argument("--parts", nargs="+", choices=("overhead", "cache", "amp"), default=None,
+                    help="default: overhead and cache on the CPU, amp with --device cuda")  # fmt: skip
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the amp part's device")
+    ap.add_argument("--amp-dtype", default="bf16", choices=("bf16", "fp16"), help="the amp part's precision")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smoke run: few steps, one repeat")
     ap.add_argument("--no-progress", action="store_true")
@@ -204,7 +246,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     payload: dict[str, Any] = {"benchmark": "distill_throughput", "quick": args.quick, "config": vars(args)}
-    for part, fn in (("overhead", overhead), ("cache", cache_speedup)):
+    if args.parts is None:
+        args.parts = ["amp"] if args.device == "cuda" else ["overhead", "cache"]
+    for part, fn in (("overhead", overhead), ("cache", cache_speedup), ("amp", amp_speedup)):
         if part in args.parts:
             payload[part] = fn(args)
     payload.update(elapsed_s=time.perf_counter() - t0, environment=environment())

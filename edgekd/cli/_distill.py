@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,12 +12,14 @@ from rich.table import Table
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_TRAIN, app
 from edgekd.cli._options import (
+    AmpDtypeOpt,
     AmpOpt,
     AugmentOpt,
     BatchSizeOpt,
     ChannelsLastOpt,
     ChannelsOpt,
     ClassWeightingOpt,
+    CompileOpt,
     ConfigOpt,
     DataOpt,
     DeterministicOpt,
@@ -30,6 +33,7 @@ from edgekd.cli._options import (
     LrOpt,
     MaxStepsOpt,
     MomentumOpt,
+    NprocOpt,
     NumWorkersOpt,
     OptimizerOpt,
     OutOpt,
@@ -46,7 +50,17 @@ from edgekd.cli._options import (
     given_options,
 )
 from edgekd.cli._render import metrics_table
-from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, distill_model, list_losses, resolve_run_settings
+from edgekd.distill import (
+    AmpDtype,
+    ClassWeighting,
+    DeviceName,
+    OptimizerName,
+    distill_model,
+    launch_nproc,
+    list_losses,
+    resolve_run_settings,
+    under_launcher,
+)
 from edgekd.pipeline import KDComparison, distill_with_baseline
 from edgekd.specs import ChannelMode
 
@@ -148,6 +162,9 @@ def distill(
     seed: SeedOpt = 0,
     device: DeviceOpt = DeviceName.AUTO,
     amp: AmpOpt = None,
+    amp_dtype: AmpDtypeOpt = AmpDtype.AUTO,
+    compile: CompileOpt = False,
+    nproc: NprocOpt = 1,
     channels_last: ChannelsLastOpt = None,
     select_metric: SelectMetricOpt = "auroc",
     num_workers: NumWorkersOpt = 0,
@@ -174,6 +191,8 @@ def distill(
     Example: edgekd distill --student small:resnet8x4 --teacher runs/teacher --data pneumoniamnist --loss ce:1 --loss kd:1,T=4 --cache-teacher --out runs/student
     """
     flags = {k: v for k, v in locals().items() if k != "ctx"}
+    if nproc > 1 and not under_launcher():
+        launch_nproc(nproc, sys.argv[1:])  # re-runs this command under torch.distributed.run
     check_report_path(json_out)
     settings = resolve_run_settings(flags, config=config, given=given_options(ctx), require_teacher=True)
     if baseline:

@@ -14,7 +14,7 @@ from rich.console import Console
 from edgekd._config import resolve_options
 from edgekd._progress import log_width
 from edgekd.cli._click import click
-from edgekd.distill import ClassWeighting, DeviceName, OptimizerName
+from edgekd.distill import AmpDtype, ClassWeighting, DeviceName, OptimizerName
 from edgekd.modeldir import atomic_write_text
 from edgekd.specs import ChannelMode
 
@@ -164,6 +164,21 @@ MaxStepsOpt = Annotated[int | None, typer.Option(hidden=True)]
 ResumeOpt = Annotated[
     bool, typer.Option(help="Continue an interrupted run from its last finished epoch.", rich_help_panel=_R)
 ]
+AmpDtypeOpt = Annotated[
+    AmpDtype,
+    typer.Option(help="Mixed-precision type: auto (fp16 on CUDA, bf16 on CPU), bf16 or fp16.", rich_help_panel=_R),
+]
+CompileOpt = Annotated[
+    bool, typer.Option(help="torch.compile the student (CUDA; slow first steps).", rich_help_panel=_R)
+]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        help="Train with this many local processes (DistributedDataParallel through torchrun; --batch-size is the "
+        "global batch).",
+        rich_help_panel=_R,
+    ),
+]
 DeterministicOpt = Annotated[
     bool, typer.Option(help="Deterministic kernels: reruns and resumes give identical weights.", rich_help_panel=_R)
 ]
@@ -172,5 +187,5 @@ __all__ += [
     "SmallInputOpt", "ChannelsOpt", "InputSizeOpt", "EpochsOpt", "BatchSizeOpt", "OptimizerOpt", "LrOpt",
     "MomentumOpt", "WeightDecayOpt", "WarmupEpochsOpt", "LabelSmoothingOpt", "ClassWeightingOpt", "AugmentOpt",
     "GradClipOpt", "AmpOpt", "ChannelsLastOpt", "SelectMetricOpt", "NumWorkersOpt", "MaxStepsOpt", "ResumeOpt",
-    "DeterministicOpt",
+    "DeterministicOpt", "AmpDtypeOpt", "CompileOpt", "NprocOpt",
 ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,12 +11,14 @@ import typer
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_TRAIN, app
 from edgekd.cli._options import (
+    AmpDtypeOpt,
     AmpOpt,
     AugmentOpt,
     BatchSizeOpt,
     ChannelsLastOpt,
     ChannelsOpt,
     ClassWeightingOpt,
+    CompileOpt,
     ConfigOpt,
     DataOpt,
     DeterministicOpt,
@@ -29,6 +32,7 @@ from edgekd.cli._options import (
     LrOpt,
     MaxStepsOpt,
     MomentumOpt,
+    NprocOpt,
     NumWorkersOpt,
     OptimizerOpt,
     OutOpt,
@@ -45,7 +49,16 @@ from edgekd.cli._options import (
     given_options,
 )
 from edgekd.cli._render import metrics_table
-from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, resolve_run_settings, train_model
+from edgekd.distill import (
+    AmpDtype,
+    ClassWeighting,
+    DeviceName,
+    OptimizerName,
+    launch_nproc,
+    resolve_run_settings,
+    train_model,
+    under_launcher,
+)
 from edgekd.evaluate import evaluate_model_dir
 from edgekd.specs import ChannelMode
 
@@ -86,6 +99,9 @@ def train(
     seed: SeedOpt = 0,
     device: DeviceOpt = DeviceName.AUTO,
     amp: AmpOpt = None,
+    amp_dtype: AmpDtypeOpt = AmpDtype.AUTO,
+    compile: CompileOpt = False,
+    nproc: NprocOpt = 1,
     channels_last: ChannelsLastOpt = None,
     select_metric: SelectMetricOpt = "auroc",
     num_workers: NumWorkersOpt = 0,
@@ -103,6 +119,8 @@ def train(
     Example: edgekd train --model small:resnet18 --data pneumoniamnist --epochs 4 --out runs/teacher
     """
     flags = {k: v for k, v in locals().items() if k != "ctx"}
+    if nproc > 1 and not under_launcher():
+        launch_nproc(nproc, sys.argv[1:])  # re-runs this command under torch.distributed.run
     check_report_path(json_out)
     settings = resolve_run_settings(flags, config=config, given=given_options(ctx))
     card = train_model(settings, out, overwrite=overwrite, progress=not quiet)

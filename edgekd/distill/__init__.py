@@ -7,7 +7,7 @@
 * :func:`finetune`: recovery fine-tuning of a compressed model (pruning recovery, QAT), with a teacher or not;
 * :data:`LOSSES` and :func:`parse_loss`: the one loss registry; :class:`TeacherCache`: teacher logits on disk;
 * hospital data: :func:`label_images` (teacher soft labels), ``RunSettings(unlabeled=...)`` (semi-supervised
-  distillation, :class:`UnlabeledDistillObjective`).
+  distillation, :class:`UnlabeledDistillObjective`), :func:`update_model` (incremental updates with LwF).
 
 Example:
     >>> settings = resolve_run_settings({"student": "small:resnet8", "teacher": ["runs/teacher"], "epochs": 6})
@@ -16,7 +16,8 @@ Example:
 
 from edgekd.distill._cache import TeacherCache, cache_fingerprint, topk_reconstruct
 from edgekd.distill._checkpoint import CKPT_DIR, TrainState
-from edgekd.distill._config import ClassWeighting, DeviceName, OptimizerName, TrainConfig
+from edgekd.distill._config import AmpDtype, ClassWeighting, DeviceName, OptimizerName, TrainConfig
+from edgekd.distill._dist import DistContext, init_distributed, launch_nproc, per_rank_batch, under_launcher
 from edgekd.distill._distill import DistillObjective, build_distill_objective
 from edgekd.distill._finetune import finetune, finetune_objective
 from edgekd.distill._label import LabelReport, label_images
@@ -26,6 +27,7 @@ from edgekd.distill._run import distill_model, is_resumable, run_training, train
 from edgekd.distill._settings import DEFAULT_LOSSES, RUN_KEYS, CacheSettings, RunSettings, resolve_run_settings
 from edgekd.distill._train import class_weights, evaluate_split, finish_run, resolve_student
 from edgekd.distill._unlabeled import UnlabeledDistillObjective
+from edgekd.distill._update import LwFObjective, update_model
 from edgekd.distill.losses import (
     LOSSES,
     DistillLoss,
@@ -40,7 +42,8 @@ from edgekd.distill.losses import (
 )
 
 __all__ = [
-    "ClassWeighting", "DeviceName", "OptimizerName", "TrainConfig",
+    "ClassWeighting", "DeviceName", "OptimizerName", "TrainConfig", "AmpDtype",
+    "DistContext", "init_distributed", "launch_nproc", "per_rank_batch", "under_launcher",
     "RunSettings", "CacheSettings", "resolve_run_settings", "RUN_KEYS", "DEFAULT_LOSSES",
     "run_training", "train_model", "distill_model", "work_dir", "is_resumable",
     "Trainer", "Schedule", "FitResult", "TrainState", "CKPT_DIR", "fit", "lr_at", "predict", "resolve_device",
@@ -50,5 +53,5 @@ __all__ = [
     "LOSSES", "DistillLoss", "FeatureLoss", "LossBatch", "LossTerm", "ModelOutputs",
     "list_losses", "loss_params", "parse_loss", "parse_losses",
     "TeacherCache", "cache_fingerprint", "topk_reconstruct",
-    "label_images", "LabelReport", "UnlabeledDistillObjective",
+    "label_images", "LabelReport", "UnlabeledDistillObjective", "update_model", "LwFObjective",
 ]  # fmt: skip

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,8 @@ class TeacherCache:
             for k in range(self.num_teachers)
         ]
         self._dirty = False
+        self._merge: Callable[[np.ndarray], np.ndarray] | None = None
+        self._writer = True
         self.hits = self.misses = 0
 
     def _names(self) -> tuple[str, ...]:
@@ -223,13 +225,33 @@ class TeacherCache:
         self._filled[view, rows] = 1
         self._dirty = True
 
+    def _flush_values(self) -> None:
+        if not self.readonly:
+            for a in self._arrays:
+                for arr in a.values():
+                    arr.flush()
+
+    def share(self, merge: Callable[[np.ndarray], np.ndarray], *, writer: bool) -> None:
+        """Share this cache between the processes of a distributed run.
+
+        Each process stores the logits of its own samples (different rows of the same memory-mapped files);
+        at every :meth:`flush` ``merge`` (an all-reduce) combines which entries any process filled, and only
+        the ``writer`` rewrites ``filled.npy``.
+        """
+        self._merge, self._writer = merge, writer
+
     def flush(self) -> None:
         """Flush the values to disk, then atomically rewrite which entries are filled."""
-        if self.readonly or not self._dirty:
+        if self._merge is not None:  # every process calls flush at the same points: a collective is safe here
+            self._flush_values()
+            self._filled = self._merge(self._filled)
+            if self.readonly or not self._writer:
+                self._dirty = False
+                return
+        elif self.readonly or not self._dirty:
             return
-        for a in self._arrays:
-            for arr in a.values():
-                arr.flush()
+        else:
+            self._flush_values()
         current = _read_manifest(self.directory) or {}
         if current.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"]:
             # Another run rebuilt this folder for another configuration: our arrays are no longer the ones

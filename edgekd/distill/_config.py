@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edgekd.data import Augment
 from edgekd.metrics import METRIC_NAMES
 
-__all__ = ["TrainConfig", "OptimizerName", "ClassWeighting", "DeviceName"]
+__all__ = ["TrainConfig", "OptimizerName", "ClassWeighting", "DeviceName", "AmpDtype"]
 
 
 class OptimizerName(str, Enum):
@@ -26,6 +26,12 @@ class DeviceName(str, Enum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class AmpDtype(str, Enum):
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP16 = "fp16"
 
 
 class TrainConfig(BaseModel):
@@ -47,6 +53,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: DeviceName = DeviceName.AUTO
     amp: bool | None = None  # None: on when training on CUDA
+    amp_dtype: AmpDtype = AmpDtype.AUTO  # auto: fp16 on CUDA (with a gradient scaler), bf16 on CPU
+    compile: bool = False  # torch.compile the student's forward (CUDA; the first steps are slow)
     channels_last: bool | None = None  # None: on when training on CUDA
     select_metric: str = "auroc"
     grad_clip: float | None = Field(None, gt=0)

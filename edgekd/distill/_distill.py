@@ -96,8 +96,11 @@ class DistillObjective(Objective):
     def forward(self, model, images, targets, indices=None, epoch: int = 0):
         # Teacher first: the student's activations are then still in cache when backward runs.
         teachers = self._teacher_outputs(images, indices, epoch)
-        if self._taps is None or self._taps.model is not model:
-            self._taps = FeatureTaps(model, self._student_paths, who="student")
+        inner = model  # torch.compile and DistributedDataParallel wrap the student; the taps sit on the student
+        for wrapper in ("_orig_mod", "module"):
+            inner = getattr(inner, wrapper, inner)
+        if self._taps is None or self._taps.model is not inner:
+            self._taps = FeatureTaps(inner, self._student_paths, who="student")
         with self._taps as feats:
             logits = model(self.student_input(images))
         student = ModelOutputs(logits, dict(feats))

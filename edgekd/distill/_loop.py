@@ -18,11 +18,21 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from edgekd._progress import TrainProgress
-from edgekd.data import Augment, AugmentedDataset, DataBundle, make_loader
+from edgekd.data import Augment, AugmentedDataset, DataBundle
 from edgekd.distill._checkpoint import CKPT_DIR, TrainState, load_best, load_checkpoint, save_checkpoint
-from edgekd.distill._config import DeviceName, OptimizerName, TrainConfig
+from edgekd.distill._config import AmpDtype, DeviceName, OptimizerName, TrainConfig
+from edgekd.distill._dist import (
+    DistContext,
+    eval_sampler,
+    gather_rows,
+    init_distributed,
+    per_rank_batch,
+    sync_batchnorm,
+    train_sampler,
+)
 from edgekd.distill._objective import Objective
 from edgekd.errors import DependencyError, Interrupted, InvalidInputError, TrainingDivergedError
 from edgekd.metrics import compute_metrics
@@ -112,8 +122,8 @@ class Schedule:
     warmup: int
 
     @classmethod
-    def of(cls, train_size: int, cfg: TrainConfig) -> Schedule:
-        steps = math.ceil(train_size / cfg.batch_size)
+    def of(cls, samples_per_rank: int, batch_per_rank: int, cfg: TrainConfig) -> Schedule:
+        steps = math.ceil(samples_per_rank / batch_per_rank)
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
         return cls(steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
@@ -125,9 +135,13 @@ class Schedule:
 class Trainer:
     """The one training runner behind `train`, `distill`, pruning recovery and QAT.
 
-    It owns the device placement (AMP, channels-last), the data loaders, the schedule, the optimizer and the
-    per-epoch checkpoint; the :class:`~edgekd.distill.Objective` owns the loss. :meth:`fit` runs the epochs
-    and keeps the best one by ``cfg.select_metric``.
+    It owns the device placement (AMP, channels-last), the data loaders, the schedule, the optimizer, the
+    per-epoch checkpoint and, under ``torchrun``, the process group (DistributedDataParallel, see
+    :mod:`._dist`); the :class:`~edgekd.distill.Objective` owns the loss. :meth:`fit` runs the epochs and keeps
+    the best one by ``cfg.select_metric``.
+
+    Args:
+        record_steps: keep every step's loss (averaged over ranks) in :attr:`step_losses` (a sync per step).
 
     Example:
         >>> result = Trainer(model, objective, data, cfg, "runs/x", preprocess=pre).fit()
@@ -136,35 +150,46 @@ class Trainer:
 
     def __init__(self, model: nn.Module, objective: Objective, data: DataBundle, cfg: TrainConfig,
                  out_dir: str | Path, *, preprocess: Preprocess, progress: bool = True,
-                 on_epoch_end: Callable[[int, dict], None] | None = None) -> None:  # fmt: skip
+                 on_epoch_end: Callable[[int, dict], None] | None = None, record_steps: bool = False) -> None:  # fmt: skip
         self.model, self.objective, self.data, self.cfg = model, objective, data, cfg
-        self.out_dir, self.preprocess, self.progress, self.on_epoch_end = (
-            Path(out_dir),
-            preprocess,
-            progress,
-            on_epoch_end,
-        )
-        self.device = resolve_device(cfg.device)
+        self.out_dir, self.preprocess, self.on_epoch_end = Path(out_dir), preprocess, on_epoch_end
+        self.dist = init_distributed(resolve_device(cfg.device).type)
+        self.device = _device(cfg, self.dist)
+        self.progress = progress and self.dist.is_main
+        self.step_losses: list[float] | None = [] if record_steps else None
         cuda = self.device.type == "cuda"
-
         self.amp = cfg.amp if cfg.amp is not None else cuda
+        self.amp_dtype = _amp_dtype(cfg.amp_dtype, cuda)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
-        self._place()
+        self.net = self._place()
         self.train_ds = data.train
         if cfg.augment != "none":
             self.train_ds = AugmentedDataset(self.train_ds, Augment.preset(cfg.augment), seed=cfg.seed)
-        self.val_loader = make_loader(data.val, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
-        self.schedule = Schedule.of(len(self.train_ds), cfg)
+        self.batch = per_rank_batch(cfg.batch_size, self.dist)
+        self.sampler = train_sampler(self.train_ds, self.dist, seed=cfg.seed)
+        self.schedule = Schedule.of(len(self.sampler), self.batch, cfg)
+        self.val_sampler = eval_sampler(data.val, self.dist)
+        self.val_loader = DataLoader(data.val, batch_size=self.batch * 2, shuffle=False, sampler=self.val_sampler,
+                                     num_workers=cfg.num_workers)  # fmt: skip
         params = list(model.parameters()) + [p for p in objective.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(cfg, params)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and cuda)
+        # A gradient scaler only for fp16: bf16 has fp32's exponent range and needs none.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and cuda and self.amp_dtype is torch.float16)
 
-    def _place(self) -> None:
+    def _place(self) -> nn.Module:
+        """Move model and objective to the device; under torchrun wrap the model for DDP (the forward module)."""
         self.objective.channels_last = self.channels_last
+        if self.dist.enabled:  # batch statistics of the global batch, as one process would compute them
+            self.model = sync_batchnorm(self.model, self.device.type)
         self.model.to(self.device)
         self.objective.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        net = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        return torch.compile(net) if self.cfg.compile else net
 
     def fit(self, *, resume: bool = False) -> FitResult:
         """Run the remaining epochs (all of them, or those after the checkpoint with ``resume``)."""
@@ -186,7 +211,9 @@ class Trainer:
                 record = self._epoch(epoch, state)
             except KeyboardInterrupt:
                 raise _interrupted(self.out_dir, state.epoch, cfg.epochs) from None
-            save_checkpoint(self.out_dir, self.model, self.objective, self.optimizer, self.scaler, state)
+            if self.dist.is_main:  # one writer; the other ranks hold the same state
+                save_checkpoint(self.out_dir, self.model, self.objective, self.optimizer, self.scaler, state)
+            self.dist.barrier()
             if self.on_epoch_end:
                 self.on_epoch_end(epoch + 1, record)
         if state.best_state is None:  # resumed a finished run
@@ -199,11 +226,11 @@ class Trainer:
         if isinstance(self.train_ds, AugmentedDataset):
             self.train_ds.set_epoch(self.objective.augment_epoch(epoch))  # a teacher cache may replay earlier views
         self.objective.on_epoch_start(epoch, self.cfg.epochs)
-        loader = make_loader(_Indexed(self.train_ds), self.cfg.batch_size, shuffle=True, seed=self.cfg.seed + epoch,
-                             drop_last=False, num_workers=self.cfg.num_workers)  # fmt: skip
+        self.sampler.set_epoch(epoch)
+        loader = DataLoader(_Indexed(self.train_ds), batch_size=self.batch, sampler=self.sampler,
+                            num_workers=self.cfg.num_workers)  # fmt: skip
         stats = self._train_one_epoch(loader, epoch)
-        logits, targets = predict(self.model, self.preprocess, self.val_loader, self.device, self.channels_last)
-        val = compute_metrics(logits, targets, self.data.task)
+        val = compute_metrics(*self._validate(), self.data.task)
         record = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}}
         state.history.append(record)
         score = _score(val, self.cfg.select_metric)
@@ -213,19 +240,27 @@ class Trainer:
         state.epoch = epoch + 1
         return record
 
+    def _validate(self) -> tuple[np.ndarray, np.ndarray]:
+        """Validation logits and targets of the whole split (gathered from every rank, in split order)."""
+        logits, targets = predict(self.model, self.preprocess, self.val_loader, self.device, self.channels_last)
+        if not self.dist.enabled:
+            return logits, targets
+        rows = np.fromiter(iter(self.val_sampler), dtype=np.int64)
+        logits, targets = gather_rows(rows, [logits, targets], len(self.data.val), self.dist)
+        return logits, targets
+
     def _train_one_epoch(self, loader, epoch: int) -> dict[str, float]:
-        self.model.train()
+        self.net.train()
         self.objective.train()
         sums: dict[str, torch.Tensor] = {}
         seen, lr = 0, self.cfg.lr
         t0 = time.perf_counter()
-        with TrainProgress(
-            enabled=self.progress, epoch=epoch, epochs=self.cfg.epochs, steps=self.schedule.steps
-        ) as bar:
+        steps = self.schedule.steps
+        with TrainProgress(enabled=self.progress, epoch=epoch, epochs=self.cfg.epochs, steps=steps) as bar:
             for i, (images, targets, indices) in enumerate(loader):
-                if i >= self.schedule.steps:
+                if i >= steps:
                     break
-                lr = self.schedule.lr(epoch * self.schedule.steps + i, self.cfg)
+                lr = self.schedule.lr(epoch * steps + i, self.cfg)
                 loss, terms = self._step(images, targets, indices, epoch, lr, where=(epoch, i))
                 n = images.shape[0]
                 seen += n
@@ -233,8 +268,8 @@ class Trainer:
                     sums[k] = sums.get(k, 0) + v.float() * n  # stays on device: no sync per step
                 bar.advance(n, sums, seen, lr)
         elapsed = time.perf_counter() - t0
-        out = {k: float(v) / max(seen, 1) for k, v in sums.items()}  # one sync per epoch
-        out.update(lr=lr, images_per_s=seen / elapsed, epoch_time_s=elapsed)
+        out = _epoch_means(sums, seen, self.dist)  # one sync per epoch
+        out.update(lr=lr, images_per_s=seen * self.dist.world / elapsed, epoch_time_s=elapsed)
         return out
 
     def _step(self, images, targets, indices, epoch: int, lr: float, *, where: tuple[int, int]):
@@ -243,10 +278,11 @@ class Trainer:
             g["lr"] = lr
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
-        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp):
-            loss, terms = self.objective(self.model, images, targets, indices, epoch)
-        if not torch.isfinite(loss):  # a GPU sync point, but a diverged run must stop before it is saved
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            loss, terms = self.objective(self.net, images, targets, indices, epoch)
+        # A sync point (and with several processes a collective), but a diverged run must stop on every rank
+        # before anything is saved.
+        if not self.dist.all_min(bool(torch.isfinite(loss))):
             raise TrainingDivergedError(
                 f"the loss became {loss.item()} at epoch {where[0] + 1}, step {where[1] + 1}",
                 "lower --lr, add --grad-clip, or check the data and the loss weights; the last good epoch's "
@@ -254,12 +290,53 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self._sync_objective_grads()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.step_losses is not None:
+            self.step_losses.append(_mean_over_ranks(loss.detach(), self.dist))
         return loss.detach(), terms
+
+    def _sync_objective_grads(self) -> None:
+        """DDP averages the student's gradients; the objective's own parameters (FitNet adapters) here."""
+        if not self.dist.enabled:
+            return
+        for p in self.objective.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.dist.world
+
+
+def _amp_dtype(name: AmpDtype, cuda: bool) -> torch.dtype:
+    if name is AmpDtype.AUTO:
+        return torch.float16 if cuda else torch.bfloat16
+    return torch.bfloat16 if name is AmpDtype.BF16 else torch.float16
+
+
+def _device(cfg: TrainConfig, ctx: DistContext) -> torch.device:
+    device = resolve_device(cfg.device)
+    return torch.device("cuda", ctx.local_rank) if device.type == "cuda" and ctx.enabled else device
+
+
+def _epoch_means(sums: dict[str, torch.Tensor], seen: int, ctx: DistContext) -> dict[str, float]:
+    if ctx.enabled:  # the epoch's loss terms over every rank's samples
+        keys = sorted(sums)
+        t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32).reshape(()).cpu() for k in keys]
+                        + [torch.tensor(float(seen))])  # fmt: skip
+        torch.distributed.all_reduce(t)
+        sums, seen = dict(zip(keys, t[:-1])), int(t[-1].item())
+    return {k: float(v) / max(seen, 1) for k, v in sums.items()}
+
+
+def _mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> float:
+    if not ctx.enabled:
+        return float(value)
+    t = value.float().reshape(1).clone()
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / ctx.world
 
 
 def fit(

@@ -28,14 +28,15 @@ from edgekd._io import MARKER_FILE, atomic_write_text, check_output, is_edgekd_a
 from edgekd.data import DataBundle, load_data
 from edgekd.distill._cache import TeacherCache
 from edgekd.distill._checkpoint import has_checkpoint
+from edgekd.distill._dist import DistContext, all_max, init_distributed
 from edgekd.distill._distill import DistillObjective, build_distill_objective
-from edgekd.distill._loop import fit
+from edgekd.distill._loop import fit, resolve_device
 from edgekd.distill._objective import Objective, SupervisedObjective
 from edgekd.distill._settings import RunSettings
 from edgekd.distill._train import class_weights, finish_run, resolve_student
 from edgekd.distill._unlabeled import flush_unlabeled, unlabeled_notes, with_unlabeled
 from edgekd.errors import ArtifactError, InvalidInputError
-from edgekd.modeldir import WEIGHTS_FILE, is_model_dir
+from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, read_card
 from edgekd.specs import Lineage, ModelCard, current_command
 from edgekd.teachers import Teacher, load_teacher
 
@@ -53,8 +54,19 @@ def _inputs(settings: RunSettings) -> tuple[str, ...]:
     return tuple(r for r in refs if Path(r).exists())
 
 
-def _prepare(settings: RunSettings, out: Path, overwrite: bool) -> Path:
-    """Check the output before any work; return the directory the run works in."""
+def _prepare(settings: RunSettings, out: Path, overwrite: bool, ctx: DistContext) -> Path:
+    """Check the output before any work (every rank); rank 0 creates the work folder; return it."""
+    work = _check_prepare(settings, out, overwrite)
+    if ctx.is_main and work != out and not settings.resume:
+        if work.exists():  # an earlier run that failed or was not resumed: ours to replace
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        (work / MARKER_FILE).write_text("edgekd training run in progress\n")
+    ctx.barrier()
+    return work
+
+
+def _check_prepare(settings: RunSettings, out: Path, overwrite: bool) -> Path:
     work = work_dir(out)
     if settings.resume:
         if has_checkpoint(work):
@@ -66,12 +78,8 @@ def _prepare(settings: RunSettings, out: Path, overwrite: bool) -> Path:
     check_output(out, overwrite=overwrite, inputs=_inputs(settings))
     if settings.cache is not None and settings.cache.dir and Path(settings.cache.dir).is_file():
         raise InvalidInputError(f"--cache-dir {settings.cache.dir} is a file", "give a folder for the teacher cache")
-    if work.exists():  # an earlier run that failed or was not resumed: ours to replace
-        if not is_edgekd_artifact(work):
-            raise InvalidInputError(f"{work} exists and was not written by edgekd", "remove it or choose another --out")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / MARKER_FILE).write_text("edgekd training run in progress\n")
+    if work.exists() and not is_edgekd_artifact(work):
+        raise InvalidInputError(f"{work} exists and was not written by edgekd", "remove it or choose another --out")
     return work
 
 
@@ -86,13 +94,22 @@ def _objective(settings: RunSettings, net, pre, bundle: DataBundle, teachers: li
                                    label_smoothing=cfg.label_smoothing, class_weights=weights)  # fmt: skip
 
 
-def _open_cache(settings: RunSettings, work: Path, teachers, bundle: DataBundle) -> TeacherCache | None:
+def _open_cache(settings: RunSettings, work: Path, teachers, bundle: DataBundle, ctx: DistContext
+                ) -> TeacherCache | None:  # fmt: skip
+    """Rank 0 opens (creates or checks) the cache first; then every other rank opens the same files."""
     c = settings.cache
     if c is None:
         return None
-    return TeacherCache.open(Path(c.dir) if c.dir else work / "teacher_cache", teachers=teachers, data=bundle,
-                             augment=settings.train.augment, seed=settings.train.seed,
-                             views=c.views or settings.train.epochs, topk=c.topk, readonly=c.readonly)  # fmt: skip
+    cache = None
+    for turn in (True, False):
+        if ctx.is_main == turn:
+            cache = TeacherCache.open(Path(c.dir) if c.dir else work / "teacher_cache", teachers=teachers,
+                                      data=bundle, augment=settings.train.augment, seed=settings.train.seed,
+                                      views=c.views or settings.train.epochs, topk=c.topk, readonly=c.readonly)  # fmt: skip
+        ctx.barrier()
+    if ctx.enabled:
+        cache.share(lambda filled: all_max(filled, ctx), writer=ctx.is_main)
+    return cache
 
 
 def run_training(
@@ -126,27 +143,36 @@ def run_training(
                                              input_size=settings.input_size)  # fmt: skip
     teachers = [load_teacher(t, data=bundle, pretrained=settings.pretrained_teacher, trust_pickle=settings.trust_pickle)
                 for t in settings.teachers]  # fmt: skip
-    work = _prepare(settings, out, overwrite)
-    cache = _open_cache(settings, work, teachers, bundle)
+    ctx = init_distributed(resolve_device(cfg.device).type)
+    work = _prepare(settings, out, overwrite, ctx)
+    cache = _open_cache(settings, work, teachers, bundle, ctx)
     objective = _objective(settings, net, pre, bundle, teachers, cache)
     objective = with_unlabeled(objective, settings, bundle, net, work)  # --unlabeled: KD on unlabelled images too
-    record = yaml.safe_dump({**settings.record(), "data": bundle.spec}, sort_keys=False)
-    atomic_write_text(work / "config.yaml", record)
+    if ctx.is_main:
+        record = yaml.safe_dump({**settings.record(), "data": bundle.spec, "world_size": ctx.world}, sort_keys=False)
+        atomic_write_text(work / "config.yaml", record)
     try:
         result = fit(net, objective, bundle, cfg, work, preprocess=pre, resume=settings.resume, progress=progress)
-    finally:
-        if cache is not None:
+    except BaseException:
+        if cache is not None and not ctx.enabled:  # keep what was computed (a shared cache's flush is collective)
             cache.flush()
-        flush_unlabeled(objective)
+        raise
+    if cache is not None:
+        cache.flush()
+    flush_unlabeled(objective)
     lineage = Lineage(command=command if command is not None else current_command(), parent=parent,
                       data=bundle.spec, stage=settings.stage, teachers=[t.name for t in teachers],
                       losses=["ce"] if isinstance(objective, SupervisedObjective) else settings.loss_terms,
                       notes={**_notes(objective, teachers, cache), **unlabeled_notes(objective)},
                       parent_sha256=sha256_file(Path(parent) / WEIGHTS_FILE) if parent else None)  # fmt: skip
+    if not ctx.is_main:  # rank 0 evaluates and writes the model directory; the others read its card
+        ctx.barrier()
+        return read_card(out)
     card = finish_run(net, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage)
     if work != out:
         (work / MARKER_FILE).unlink(missing_ok=True)  # edgekd.json marks the finished model directory
         replace_dir(work, out)
+    ctx.barrier()
     return card
 
 
