@@ -148,3 +148,15 @@ def test_import_state_dict_and_pickle_opt_in(tiny_model_dir, tmp_path):
         "--trust-pickle",
     )
     assert r.exit_code == 0, r.output
+
+
+def test_help_lists_commands_by_stage_in_pipeline_order():
+    r = runner.invoke(app, ["--help"], env={"COLUMNS": "120"})
+    assert r.exit_code == 0
+    panels = [line for line in r.output.splitlines() if line.startswith("╭─ ") and ". " in line]
+    numbers = [int(line.split("╭─ ")[1].split(".")[0]) for line in panels]
+    assert numbers == sorted(numbers) and numbers[:5] == [1, 2, 3, 4, 5], panels
+    text = r.output
+    order = ["train", "distill", "prune", "quantize", "export", "bench"]
+    positions = [text.index(f"│ {name} ") for name in order]
+    assert positions == sorted(positions)

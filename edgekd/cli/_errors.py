@@ -36,6 +36,15 @@ def print_warning(message: str) -> None:
 class EdgeKDGroup(TyperGroup):
     """Runs a sub-command and maps what it raises; ``EDGEKD_DEBUG=1`` re-raises with the traceback."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Commands by help panel ("1. ...", "2. ..."), in registration order within a panel.
+
+        Typer adds sub-apps (``bench``) after plain commands; sorting by panel keeps `--help` in pipeline order.
+        """
+        names = super().list_commands(ctx)
+        panel = {n: getattr(self.commands[n], "rich_help_panel", None) or "" for n in names}
+        return sorted(names, key=lambda n: (panel[n], names.index(n)))
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
