@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -20,6 +21,7 @@ from edgekd.modeldir import read_card
 from edgekd.pipeline import (
     KDDiagnosis,
     SeedStats,
+    bootstrap_gain,
     compare_students,
     load_pipeline_config,
     read_record,
@@ -27,6 +29,7 @@ from edgekd.pipeline import (
     suggestions,
 )
 from edgekd.report import SECTION_IDS
+from edgekd.specs import Task
 
 from .conftest import SYNTH
 
@@ -136,6 +139,27 @@ def test_compare_students_keeps_the_better_and_says_so(tiny_model_dir):
                               metric="auroc")  # fmt: skip
     assert better.helps and better.chosen == "student" and better.gain_val_std == 0.0 and better.suggestions == []
     assert suggestions(diag, helps=True, seeds=1, gain=0.01) == []
+    # a baseline ahead by less than the noise of the validation set: not told apart, the distilled student stays
+    tie = compare_students([_card(tiny_model_dir, 0.995, 0.97)], [_card(tiny_model_dir, 0.996, 0.96)], metric="auroc",
+                           diagnosis=diag, val_ci=(-0.004, 0.003))  # fmt: skip
+    assert tie.helps is False and tie.significant is False and tie.chosen == "student"
+    assert "does NOT beat" in tie.message and "within the noise" in tie.message and tie.suggestions
+    sure = compare_students([_card(tiny_model_dir, 0.95, 0.97)], [_card(tiny_model_dir, 0.99, 0.96)], metric="auroc",
+                            val_ci=(-0.06, -0.02))  # fmt: skip
+    assert sure.significant is True and sure.chosen == "baseline"
+
+
+def test_bootstrap_gain_interval():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = np.stack([np.zeros(400), 3.0 * (2 * y - 1) + rng.normal(size=400)], 1)  # separates the classes
+    poor = np.stack([np.zeros(400), 0.5 * (2 * y - 1) + rng.normal(size=400)], 1)
+    lo, hi = bootstrap_gain([good], [poor], y, Task.BINARY, "auroc", n=200)
+    assert 0 < lo < hi  # clearly better: the interval excludes 0
+    lo, hi = bootstrap_gain([good], [good], y, Task.BINARY, "acc", n=50)
+    assert lo == hi == 0.0
+    lo, hi = bootstrap_gain([poor], [good], y, Task.BINARY, "auroc", n=200)
+    assert lo < hi < 0
 
 
 def test_seed_stats_spread(tiny_model_dir):

@@ -34,7 +34,15 @@ from edgekd.pipeline._config import (
     load_pipeline_config,
     parse_overrides,
 )
-from edgekd.pipeline._diagnose import KDComparison, KDDiagnosis, SeedStats, compare_students, diagnose, suggestions
+from edgekd.pipeline._diagnose import (
+    KDComparison,
+    KDDiagnosis,
+    SeedStats,
+    bootstrap_gain,
+    compare_students,
+    diagnose,
+    suggestions,
+)
 from edgekd.pipeline._evaluate import evaluate_artifact, split_logits
 from edgekd.pipeline._run import (
     CONFIG_FILE,
@@ -57,7 +65,8 @@ __all__ = [
     "load_pipeline_config", "config_from_mapping", "parse_overrides",
     "run_pipeline", "prepare_run_dir", "build_summary", "RunSummary", "TableRow", "Latency", "StageOutcome", "ReportFn",
     "plan", "rows_of", "Stage", "Row", "StageRecord", "stage_key", "artifact_hash", "read_record",
-    "KDComparison", "KDDiagnosis", "SeedStats", "compare_students", "diagnose", "suggestions", "distill_with_baseline",
+    "KDComparison", "KDDiagnosis", "SeedStats", "compare_students", "diagnose", "suggestions", "bootstrap_gain",
+    "distill_with_baseline",
     "evaluate_artifact", "split_logits",
     "CONFIG_FILE", "SUMMARY_FILE", "KD_FILE", "BENCH_FILE", "EVAL_DIR", "REPORT_FILE",
 ]  # fmt: skip

@@ -16,7 +16,8 @@ from edgekd.data import DataBundle, load_data
 from edgekd.distill import RunSettings, distill_model, train_model
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import read_card
-from edgekd.pipeline._diagnose import KDComparison, compare_students, diagnose, final_losses
+from edgekd.pipeline._diagnose import KDComparison, bootstrap_gain, compare_students, diagnose, final_losses
+from edgekd.pipeline._evaluate import split_logits
 from edgekd.teachers import load_teacher
 
 __all__ = ["distill_with_baseline", "baseline_dir", "COMPARISON_FILE"]
@@ -67,10 +68,13 @@ def distill_with_baseline(
     models = {"student": load_teacher(str(out), data=bundle), "baseline": load_teacher(str(base_out), data=bundle)}
     t_params = read_card(settings.teachers[0]).params if Path(settings.teachers[0]).is_dir() else None
     diagnosis = diagnose(teacher, models, bundle, augment=settings.train.augment, seed=settings.train.seed,
-                         samples=diagnose_samples, teacher_params=t_params, student_params=card.params,
+                         samples=diagnose_samples, teacher_params=t_params, student_params=read_card(out).params,
                          losses=final_losses(out))  # fmt: skip
-    cmp = compare_students([card], [base], metric=settings.train.select_metric, keep="better", diagnosis=diagnosis)
-    cmp = cmp.model_copy(update={"message": cmp.message.split("; the later stages")[0]
-                                 + f"; the better model is {out if cmp.chosen == 'student' else base_out}"})  # fmt: skip
+    (val_d, y), (val_b, _) = (split_logits(models[k], bundle, "val") for k in ("student", "baseline"))
+    metric = settings.train.select_metric
+    ci = bootstrap_gain([val_d], [val_b], y, bundle.task, metric, seed=settings.train.seed)
+    cmp = compare_students([card], [base], metric=metric, keep="better", diagnosis=diagnosis, val_ci=ci)
+    keep = out if cmp.chosen == "student" else base_out
+    cmp = cmp.model_copy(update={"message": cmp.message.split("; the later stages")[0] + f"; use {keep}"})
     atomic_write_text(Path(out) / COMPARISON_FILE, cmp.model_dump_json(indent=2) + "\n")
     return cmp

@@ -30,14 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
+from scipy.stats import rankdata
 
 from edgekd.data import Augment, AugmentedDataset, DataBundle
-from edgekd.metrics import higher_is_better, probabilities
+from edgekd.metrics import compute_metrics, higher_is_better, probabilities
 from edgekd.modeldir import ModelCard
 from edgekd.specs import Task
 from edgekd.teachers import Teacher
 
-__all__ = ["SeedStats", "KDDiagnosis", "KDComparison", "seed_stats", "diagnose", "compare_students", "suggestions"]
+__all__ = [
+    "SeedStats", "KDDiagnosis", "KDComparison", "seed_stats", "diagnose", "compare_students", "suggestions",
+    "bootstrap_gain",
+]  # fmt: skip
 
 # Evidence thresholds of the suggestions (see `suggestions`).
 AUG_DROP = 0.03  # teacher accuracy on augmented views this much below the clean views: the augmentation misleads
@@ -101,6 +105,8 @@ class KDComparison(BaseModel):
         metric: the validation metric that decides (the student's ``select_metric``).
         distilled, baseline: per-seed figures (``baseline`` None without a baseline run).
         gain_val, gain_test: distilled minus baseline, means over seeds; ``*_std`` their spread.
+        gain_val_ci: 95 % paired-bootstrap interval of ``gain_val`` (:func:`bootstrap_gain`); significant: it
+            excludes 0.
         helps: distillation beats the baseline on validation (None without a baseline).
         chosen: the stage whose model the later stages compress.
         diagnosis: the evidence; suggestions: what to try, from it.
@@ -118,6 +124,8 @@ class KDComparison(BaseModel):
     gain_val_acc: float | None = None
     gain_test_acc: float | None = None
     helps: bool | None = None
+    gain_val_ci: list[float] | None = None
+    significant: bool | None = None
     keep: str = "better"
     chosen: str = "student"
     diagnosis: KDDiagnosis | None = None
@@ -244,6 +252,52 @@ def suggestions(d: KDDiagnosis | None, *, helps: bool | None, seeds: int, gain: 
     return out
 
 
+def _metric(logits: np.ndarray, y: np.ndarray, task: Task, metric: str) -> float:
+    """One metric, cheaply (bootstrap resamples): AUROC and accuracy directly, others through compute_metrics."""
+    if metric == "acc":
+        return float((logits.argmax(1) == y).mean())
+    if metric == "auroc" and task is Task.BINARY and logits.shape[1] == 2:
+        if len(np.unique(y)) < 2:
+            return math.nan
+        # Mann-Whitney U from average ranks (ties count 1/2); the logit margin ranks as P(positive) does
+        ranks = rankdata(logits[:, 1] - logits[:, 0])
+        pos = y == 1
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(compute_metrics(logits, y, task).get(metric, math.nan))
+
+
+def bootstrap_gain(
+    distilled: list[np.ndarray],
+    baseline: list[np.ndarray],
+    targets: np.ndarray,
+    task: Task,
+    metric: str,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """95 % paired-bootstrap interval of the validation gain (distilled minus baseline, averaged over seeds).
+
+    Each of ``n`` resamples draws the validation images with replacement and scores every seed's distilled and
+    baseline logits on the same draw (Efron & Tibshirani 1993, the paired bootstrap of a difference), so the
+    interval is the noise of a validation set this size. None for multi-label tasks.
+    """
+    if task is Task.MULTILABEL:
+        return None
+    y = np.asarray(targets).reshape(-1).astype(int)
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    rng = np.random.default_rng(seed)
+    gains = []
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        diffs = [_metric(a[idx], y[idx], task, metric) - _metric(b[idx], y[idx], task, metric)
+                 for a, b in zip(distilled, baseline)]  # fmt: skip
+        gains.append(sign * float(np.mean(diffs)))
+    lo, hi = np.nanpercentile(gains, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def compare_students(
     distilled: list[ModelCard],
     baseline: list[ModelCard] | None,
@@ -251,10 +305,13 @@ def compare_students(
     metric: str,
     keep: str = "better",
     diagnosis: KDDiagnosis | None = None,
+    val_ci: tuple[float, float] | None = None,
 ) -> KDComparison:
     """Distilled against no-teacher students over seeds on ``metric``; decide which the later stages use.
 
-    ``keep="better"`` keeps the distilled student unless the baseline is strictly better on validation;
+    ``keep="better"`` keeps the distilled student unless the baseline is better on validation beyond noise:
+    when ``val_ci`` (:func:`bootstrap_gain`) contains 0 the two are not told apart and the distilled student
+    stays, and the message says so; without an interval any advantage of the baseline counts.
     ``"distilled"`` / ``"baseline"`` force the choice.
     """
     d = seed_stats(distilled, metric)
@@ -269,15 +326,21 @@ def compare_students(
              for k in ("val", "test", "val_acc", "test_acc")}  # fmt: skip
     gain, gain_t = float(pairs["val"].mean()), float(pairs["test"].mean())
     helps = gain > 0
-    chosen = {"distilled": "student", "baseline": "baseline"}.get(keep) or ("student" if gain >= 0 else "baseline")
+    significant = None if val_ci is None else not (val_ci[0] <= 0 <= val_ci[1])
+    baseline_wins = gain < 0 and significant is not False
+    chosen = {"distilled": "student", "baseline": "baseline"}.get(keep) or ("baseline" if baseline_wins else "student")
     sd = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
     spread = f" ± {sd(pairs['val']):.4f}" if len(distilled) > 1 else ""
+    ci = "" if val_ci is None else (f" (95% CI {val_ci[0]:+.4f} to {val_ci[1]:+.4f}"
+                                    f"{'' if significant else ': within the noise of the validation set'})")  # fmt: skip
     verdict = "helps" if helps else "does NOT beat the same student trained without the teacher"
-    msg = (f"distillation {verdict}: val {metric} {gain:+.4f}{spread}, test {gain_t:+.4f}"
-           f"{'' if not helps else ' over the same student without the teacher'}")  # fmt: skip
+    msg = f"distillation {verdict}: val {metric} {gain:+.4f}{spread}{ci}, test {gain_t:+.4f}"
     msg += f"; the later stages use the {'distilled student' if chosen == 'student' else 'no-teacher baseline'}"
+    if chosen == "student" and not helps and keep == "better":
+        msg += " (no significant difference on validation)"
     cmp.update(baseline=b, gain_val=gain, gain_val_std=sd(pairs["val"]), gain_test=gain_t,
                gain_test_std=sd(pairs["test"]), gain_val_acc=float(pairs["val_acc"].mean()),
                gain_test_acc=float(pairs["test_acc"].mean()), helps=helps, chosen=chosen, message=msg,
+               gain_val_ci=list(val_ci) if val_ci else None, significant=significant,
                suggestions=suggestions(diagnosis, helps=helps, seeds=len(distilled), gain=gain))  # fmt: skip
     return KDComparison(**cmp)

@@ -39,8 +39,8 @@ from edgekd.distill import CacheSettings, RunSettings, TrainConfig, run_training
 from edgekd.export import export_bundle, read_manifest
 from edgekd.importer import import_model
 from edgekd.pipeline._config import PipelineConfig, QuantizeSection
-from edgekd.pipeline._diagnose import compare_students, diagnose, final_losses
-from edgekd.pipeline._evaluate import evaluate_artifact, write_evaluation
+from edgekd.pipeline._diagnose import bootstrap_gain, compare_students, diagnose, final_losses
+from edgekd.pipeline._evaluate import evaluate_artifact, split_logits, write_evaluation
 from edgekd.pipeline._state import artifact_hash
 from edgekd.prune import PruneConfig, prune_model_dir
 from edgekd.quantize import QuantizeConfig, quantize_model_dir
@@ -243,8 +243,14 @@ def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     diagnosis = diagnose(r.load(st.inputs[0]), models, r.data, augment=s["augment"], seed=s["seed"],
                          samples=s["samples"], teacher_params=teacher_card.params if teacher_card else None,
                          student_params=r.card("student").params, losses=final_losses(r.path("student")))  # fmt: skip
+    ci = None
+    if baselines:
+        y = split_logits(models["student"], r.data, "val")[1]
+        ci = bootstrap_gain([split_logits(r.load(n), r.data, "val")[0] for n in students],
+                            [split_logits(r.load(n), r.data, "val")[0] for n in baselines], y, r.data.task,
+                            s["metric"], seed=s["seed"])  # fmt: skip
     cmp = compare_students([r.card(n) for n in students], [r.card(n) for n in baselines] or None, metric=s["metric"],
-                           keep=s["keep"], diagnosis=diagnosis)  # fmt: skip
+                           keep=s["keep"], diagnosis=diagnosis, val_ci=ci)  # fmt: skip
     record = {**cmp.model_dump(mode="json"), "chosen_path": cmp.chosen,
               "chosen_sha256": artifact_hash(r.path(cmp.chosen))}  # fmt: skip
     atomic_write_text(r.path(st.output), json.dumps(record, indent=2) + "\n")
