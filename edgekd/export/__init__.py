@@ -12,7 +12,8 @@ The artifact is what leaves the team, so every step is checked:
 * :func:`write_bundle` / :func:`export_bundle` write the bundle atomically and :func:`verify_bundle`
   re-checks it on the receiving side;
 * :func:`export_triton` writes a Triton model repository entry (``config.pbtxt``, ``1/model.onnx``, labels)
-  from a bundle.
+  from a bundle;
+* :func:`export_monai_bundle` (``--format monai-bundle``) writes a MONAI Bundle checked with ``monai.bundle``.
 
 Example:
     >>> manifest = export_bundle("runs/student", "bundles/student", formats="onnx,onnx-fp16")
@@ -38,6 +39,7 @@ from edgekd.export._bundle import (
 from edgekd.export._export import CHECKS, FORMATS, export_bundle, parse_formats
 from edgekd.export._fp16 import to_fp16
 from edgekd.export._lint import LINT_RULES, LINT_TARGETS, Finding, lint_errors, lint_onnx, resolve_profile
+from edgekd.export._monai import edgekd_network, export_monai_bundle, monai_inference_config, monai_metadata
 from edgekd.export._onnx import choose_exporter, export_onnx, has_fake_quant
 from edgekd.export._parity import (
     TOLERANCES,
@@ -95,6 +97,11 @@ __all__ = [
     "parse_triton_config",
     "safe_model_name",
     "TRITON_DTYPES",
+    # MONAI Bundles
+    "export_monai_bundle",
+    "edgekd_network",
+    "monai_metadata",
+    "monai_inference_config",
     # bundles
     "write_bundle",
     "export_bundle",

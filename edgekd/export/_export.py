@@ -28,6 +28,7 @@ from edgekd.errors import InvalidInputError, VerificationError
 from edgekd.export._bundle import MANIFEST_FILE, BundleFile, Manifest, Reference, write_bundle
 from edgekd.export._fp16 import to_fp16
 from edgekd.export._lint import Finding, lint_errors, lint_onnx
+from edgekd.export._monai import export_monai_bundle
 from edgekd.export._onnx import export_onnx
 from edgekd.export._parity import ParityResult, Samples, make_samples, parity_check, torch_logits
 from edgekd.export._tensorrt import build_engine, require_tensorrt, sidecar_path
@@ -39,7 +40,7 @@ from edgekd.students import count_macs, count_params
 
 __all__ = ["export_bundle", "parse_formats", "FORMATS", "CHECKS", "REFERENCE_SAMPLES"]
 
-FORMATS = ("onnx", "onnx-fp16", "engine", "triton")
+FORMATS = ("onnx", "onnx-fp16", "engine", "triton", "monai-bundle")
 CHECKS = ("tensorrt",)
 REFERENCE_SAMPLES = 32  # stored in parity.npz for `edgekd verify`
 _FILE_NAMES = {"onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "engine": "model.engine"}
@@ -218,7 +219,9 @@ def export_bundle(
         out: the bundle directory (written atomically; new, or an earlier edgekd output with ``overwrite``).
         formats: any of ``onnx`` (FP32; always exported, shipped when listed), ``onnx-fp16``, ``engine``;
             or ``triton`` (a Triton model repository at ``out`` from a model directory or a bundle; see
-            :func:`~edgekd.export.export_triton`; ``max_batch`` is its ``max_batch_size``).
+            :func:`~edgekd.export.export_triton`; ``max_batch`` is its ``max_batch_size``); or ``monai-bundle``
+            alone (a MONAI Bundle from a model directory or a bundle, checked with ``monai.bundle``; needs
+            ``edgekd[monai]``).
         opset: ONNX opset.
         static: fix the batch dimension to 1 instead of a dynamic batch.
         simplify: clean the graph with onnxslim.
@@ -240,6 +243,12 @@ def export_bundle(
         InvalidInputError, ArtifactError: bad options, a bad model directory or a failed export.
     """
     say = log or (lambda _msg: None)
+    if "monai-bundle" in _split(formats):  # a MONAI Bundle folder (see edgekd.export._monai)
+        if parse_formats(formats) != ["monai-bundle"]:
+            raise InvalidInputError("--format monai-bundle is exported alone", "run edgekd export once per format")
+        return export_monai_bundle(model_dir, out, export=export_bundle, overwrite=overwrite, log=say, opset=opset,
+                                   static=static, simplify=simplify, data=data, n_samples=n_samples, check=check,
+                                   exporter=exporter, command=command)  # fmt: skip
     if "triton" in _split(formats):  # a model repository for Triton, from a bundle or a model directory
         return _export_triton(model_dir, out, parse_formats(formats), max_batch=max_batch, overwrite=overwrite,
                               say=say, opset=opset, static=static, simplify=simplify, data=data, n_samples=n_samples,

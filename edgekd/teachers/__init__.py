@@ -11,9 +11,11 @@ Example:
 """
 
 from edgekd.teachers._checkpoint import TORCH_SUFFIXES, import_checkpoint, load_checkpoint_state, strip_prefixes
+from edgekd.teachers._monai import MonaiBundle, download_monai_bundle, read_monai_bundle, require_monai
 from edgekd.teachers._teacher import Teacher, load_teacher, state_fingerprint
 
 __all__ = [
     "load_checkpoint_state", "import_checkpoint", "strip_prefixes", "TORCH_SUFFIXES",
     "Teacher", "load_teacher", "state_fingerprint",
+    "MonaiBundle", "read_monai_bundle", "download_monai_bundle", "require_monai",
 ]  # fmt: skip
