@@ -179,3 +179,15 @@ def test_verify_metadata_against_a_local_schema(tiny_model_dir, tmp_path):
     pytest.importorskip("jsonschema")
     export_bundle(tiny_model_dir, tmp_path / "mb", formats="monai-bundle")
     monai_bundle.verify_metadata(meta_file=str(tmp_path / "mb/configs/metadata.json"), filepath=schema)
+
+
+def test_zoo_download_fails_clearly_offline(tmp_path, monkeypatch):
+    def offline(**_kw):
+        raise ConnectionError("Failed to resolve 'api.github.com'")
+
+    monkeypatch.setattr(monai_bundle, "download", offline)
+    monkeypatch.setenv("EDGEKD_MONAI_DIR", str(tmp_path))
+    res = runner.invoke(app, ["distill", "--teacher", "monai:zoo:spleen_ct_segmentation", "--student",
+                              "small:tinycnn", "--data", SYNTH, "--out", str(tmp_path / "x")])  # fmt: skip
+    assert res.exit_code == 5 and "cannot download MONAI bundle 'spleen_ct_segmentation'" in res.output
+    assert "monai:BUNDLE_DIR" in res.output and not (tmp_path / "x").exists()
