@@ -221,7 +221,7 @@ def load_model_and_data(source: str | os.PathLike, data: str | DataBundle | None
 
     Raises:
         ArtifactError: ``source`` is missing or malformed (exit 4).
-        InvalidInputError: no data recorded nor given, or data with other classes or task (exit 3).
+        InvalidInputError: no data recorded nor given, or data with other classes, label names or task (exit 3).
     """
     model, card = load_model_dir(source)
     spec = data if data is not None else card.lineage.data
@@ -232,4 +232,14 @@ def load_model_and_data(source: str | os.PathLike, data: str | DataBundle | None
         raise InvalidInputError(f"data {bundle.spec} ({bundle.num_classes} classes, {bundle.task.value}) does not fit "
                                 f"{source} ({card.spec.num_classes} outputs, {card.task.value})",
                                 "prune on the data the model was trained for")  # fmt: skip
+    if card.label_names and bundle.label_names and list(bundle.label_names) != list(card.label_names):
+        # Same count, other names or order: class i of the data would silently be class i of the model.
+        raise InvalidInputError(f"data {bundle.spec} has labels {_brief(bundle.label_names)} but {source} was "
+                                f"trained on {_brief(card.label_names)}",
+                                "use data with the model's labels in the model's order")  # fmt: skip
     return model, card, bundle
+
+
+def _brief(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+    return f"[{shown}]"

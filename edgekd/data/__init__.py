@@ -28,7 +28,7 @@ Example:
 from edgekd.data import _csv, _dicom, _imagefolder, _medmnist, _softlabels, _synthetic, _torchvision  # noqa: F401, I001  (register sources)
 from edgekd.data._augment import Augment, AugmentedDataset
 from edgekd.data._bundle import DataBundle
-from edgekd.data._dataset import ArrayDataset, FileDataset
+from edgekd.data._dataset import ArrayDataset, FileDataset, UnsupportedImage, decode_image, image_info
 from edgekd.data._dicom import DicomDataset, decode_dicom_bytes, read_dicom
 from edgekd.data._softlabels import SoftLabelDataset, SoftLabels, read_soft_labels, write_soft_labels
 from edgekd.data._unlabeled import ImageSet, load_images
@@ -47,6 +47,9 @@ __all__ = [
     "AugmentedDataset",
     "ArrayDataset",
     "FileDataset",
+    "UnsupportedImage",
+    "decode_image",
+    "image_info",
     "DicomDataset",
     "read_dicom",
     "decode_dicom_bytes",

@@ -15,6 +15,8 @@ Example:
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from edgekd.export._bundle import MANIFEST_FILE, PARITY_FILE, Manifest, read_man
 from edgekd.export._parity import ParityResult, Tolerance, make_samples, ort_session, parity_check, run_onnx
 from edgekd.export._tensorrt import run_engine, tensorrt_available
 from edgekd.export._types import Precision
-from edgekd.modeldir import ModelCard, sha256_file
+from edgekd.modeldir import ModelCard, sha256_file, validate_file
 
 __all__ = ["FileCheck", "VerifyResult", "verify_bundle", "verify_hashes"]
 
@@ -65,17 +67,24 @@ def _check_file(root: Path, name: str, sha256: str, size: int) -> FileCheck:
     return FileCheck(name=name, ok=True)
 
 
-def _card_of(m: Manifest) -> ModelCard:
-    return ModelCard.model_validate({"spec": m.spec, "task": m.task, "label_names": m.label_names,
-                                     "preprocess": m.preprocess, "lineage": m.lineage})  # fmt: skip
+def _card_of(m: Manifest, root: Path) -> ModelCard:
+    # An invalid spec or preprocess in the manifest is a damaged bundle: one line naming the field (exit 4).
+    return validate_file(ModelCard, {"spec": m.spec, "task": m.task, "label_names": m.label_names,
+                                     "preprocess": m.preprocess, "lineage": m.lineage},
+                         root / MANIFEST_FILE, "re-export the bundle")  # fmt: skip
 
 
 def _load_reference(root: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(root / PARITY_FILE, allow_pickle=False) as z:
             return z["inputs"], z["logits"]
-    except (OSError, KeyError, ValueError) as e:
-        raise ArtifactError(f"{root / PARITY_FILE} is unreadable: {e}") from e
+    except KeyError as e:
+        raise ArtifactError(f"{root / PARITY_FILE} is malformed: it has no array {e}", "re-export the bundle") from e
+    except (EOFError, zipfile.BadZipFile, zlib.error, ValueError, OSError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, EOFError):
+            reason = "the file is empty or truncated"
+        raise ArtifactError(f"{root / PARITY_FILE} is unreadable: {reason}", "re-export the bundle") from e
 
 
 def _stored_parity(root: Path, m: Manifest, res: VerifyResult) -> None:
@@ -83,7 +92,7 @@ def _stored_parity(root: Path, m: Manifest, res: VerifyResult) -> None:
         res.skipped.append("parity: the bundle stores no reference outputs (parity.npz)")
         return
     x, ref = _load_reference(root)
-    card = _card_of(m)
+    card = _card_of(m, root)
     for f in m.model_files():
         precision = f.precision or Precision.FP32
         if f.kind == "onnx":
@@ -117,7 +126,7 @@ def _data_parity(root: Path, m: Manifest, data: str, res: VerifyResult) -> None:
     if fp32 is None:
         res.skipped.append("data parity: no FP32 ONNX file to compare against")
         return
-    card = _card_of(m)
+    card = _card_of(m, root)
     samples = make_samples(card, data)
     ref = run_onnx(ort_session(root / fp32.name), samples.inputs, 16)
     for f in onnx_files:

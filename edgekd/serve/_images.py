@@ -1,8 +1,10 @@
 """Images in, raw ``uint8 [C, H, W]`` arrays out: file discovery for ``edgekd predict`` and decoding of files
 and request bodies.
 
-Decoding follows the file sources used in training (PIL, converted to ``L`` for 1-channel models and ``RGB``
-for 3-channel ones); resizing and normalisation are the bundle's :class:`~edgekd.data.Preprocess`. Every
+Decoding follows the rules of the file sources used in training (:func:`edgekd.data.decode_image`, see
+``edgekd.data._files``): palette, ``LA`` and ``RGBA`` images are converted, 16-bit images are refused unless
+``depth=16`` (then read as their high byte), CMYK, YCbCr, Lab, HSV, float and multi-frame images are refused;
+resizing and normalisation are the bundle's :class:`~edgekd.data.Preprocess`. Every
 failure is an :class:`~edgekd.errors.ArtifactError` whose message names the reason, never the pixel data.
 DICOM files (``DICM`` magic) are read by :func:`edgekd.data.decode_dicom_bytes` (the ``dicom:`` source's recipe,
 ``window=auto``).
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from edgekd.data import decode_dicom_bytes
+from edgekd.data import UnsupportedImage, decode_dicom_bytes, image_info
+from edgekd.data import decode_image as decode_pil_image
 from edgekd.errors import ArtifactError, InvalidInputError
 
 __all__ = ["IMAGE_EXTS", "MAX_PIXELS", "InputFile", "collect_inputs", "decode_image", "is_dicom", "read_image"]
@@ -85,11 +88,17 @@ def collect_inputs(inputs: list[str]) -> list[InputFile]:
     return unique
 
 
-def _to_array(im: Image.Image, channels: int) -> np.ndarray:
+def _to_array(im: Image.Image, channels: int, depth: int) -> np.ndarray:
     if im.width * im.height > MAX_PIXELS:
         raise ArtifactError(f"image of {im.width}x{im.height} pixels exceeds the {MAX_PIXELS:,}-pixel limit")
-    arr = np.array(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    try:
+        info = image_info(im)
+        if info.bits != depth:
+            raise ArtifactError(f"image refused: it is {info.bits}-bit, the model reads {depth}-bit images",
+                                "convert it to 8-bit (windowed as in training) first")  # fmt: skip
+        return decode_pil_image(im, channels=channels, size=info.size, depth=depth)
+    except UnsupportedImage as e:
+        raise ArtifactError(f"image refused: {e}", "convert it to 8-bit grayscale or RGB") from None
 
 
 def is_dicom(data: bytes) -> bool:
@@ -97,11 +106,14 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def decode_image(data: bytes, channels: int) -> np.ndarray:
+def decode_image(data: bytes, channels: int, *, depth: int = 8) -> np.ndarray:
     """Decode PNG, JPEG, BMP, TIFF, WebP or DICOM bytes to ``uint8 [channels, H, W]``.
 
+    ``depth`` is the bits per sample accepted (8, or 16 read as the high byte), as the data sources' ``depth=``.
+
     Raises:
-        ArtifactError: not an image, a truncated or corrupt one, or larger than :data:`MAX_PIXELS`.
+        ArtifactError: not an image, a truncated or corrupt one, a refused mode or bit depth (16-bit when
+            ``depth=8``, CMYK, ...), or larger than :data:`MAX_PIXELS`.
         DependencyError: compressed DICOM pixel data without an installed decoder.
         InvalidInputError: ``channels`` other than 1 or 3.
     """
@@ -113,7 +125,7 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
         raise ArtifactError("empty image data")
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return _to_array(im, channels)
+            return _to_array(im, channels, depth)
     except UnidentifiedImageError:
         raise ArtifactError("not a readable image (unrecognised format)", "send PNG or JPEG") from None
     except Image.DecompressionBombError as e:
@@ -123,7 +135,7 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
         raise ArtifactError(f"corrupt or truncated image ({reason})") from e
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
+def read_image(path: Path, channels: int, *, depth: int = 8) -> np.ndarray:
     """Read and decode one image file (see :func:`decode_image`)."""
     try:
         size = path.stat().st_size
@@ -132,4 +144,4 @@ def read_image(path: Path, channels: int) -> np.ndarray:
         data = path.read_bytes()
     except OSError as e:
         raise ArtifactError(f"cannot read the file ({e.strerror or type(e).__name__})") from None
-    return decode_image(data, channels)
+    return decode_image(data, channels, depth=depth)

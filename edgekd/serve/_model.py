@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -46,7 +45,7 @@ from edgekd.export import (
     verify_bundle,
 )
 from edgekd.metrics import probabilities
-from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, sha256_file
+from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, read_json, sha256_file, validate_file
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -221,13 +220,11 @@ def _pick_file(m: Manifest, precision: str | None, root: Path) -> tuple[str, str
 
 def _read_preprocess(root: Path) -> Preprocess:
     path = root / PREPROCESS_FILE
-    try:
-        raw = json.loads(path.read_text())
-        return Preprocess.model_validate({k: v for k, v in raw.items() if k in Preprocess.model_fields})
-    except (OSError, ValueError, AttributeError) as e:
-        raise ArtifactError(
-            f"{path} is unreadable or malformed: {str(e).splitlines()[0]}", "re-export the bundle"
-        ) from e
+    raw = read_json(path, "re-export the bundle")
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{path} must hold a JSON object, not {type(raw).__name__}", "re-export the bundle")
+    fields = {k: v for k, v in raw.items() if k in Preprocess.model_fields}
+    return validate_file(Preprocess, fields, path, "re-export the bundle")
 
 
 def _load_bundle(root: Path, *, name: str | None, precision: str | None, threshold: float | None, verify: bool,

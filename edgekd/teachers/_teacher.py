@@ -12,8 +12,6 @@ student may differ in input size, channels and normalisation. :func:`load_teache
 ``ckpt:FILE@MODEL[,opts]``      a user checkpoint (state dict / safetensors) for a registry architecture,
                                 e.g. ``ckpt:resnet50_xray.pt@tv:resnet50,size=224,chans=3``; options
                                 ``size=``, ``chans=``, ``small_input=1``
-``monai:BUNDLE_DIR``            a MONAI Bundle (classification); ``monai:zoo:NAME[@VERSION]`` downloads one
-                                from the MONAI Model Zoo. Its own preprocessing; needs ``edgekd[monai]``
 ``tv:NAME[,size=N]``            a registry model with its pretrained weights (``pretrained=True``): only
                                 when the weights' classes are the data's classes, since a random head
                                 (or a random teacher) teaches nothing
@@ -39,16 +37,24 @@ import torch
 from torch import nn
 
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
-from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, read_card, sha256_file
+from edgekd.modeldir import (
+    WEIGHTS_FILE,
+    is_model_dir,
+    load_model_dir,
+    read_card,
+    read_json,
+    sha256_file,
+    validate_file,
+)
 from edgekd.specs import ModelSpec, Preprocess, Task
 from edgekd.students import FeatureTaps, ModelOutputs, build_model, parse_model_name
 from edgekd.teachers._checkpoint import import_checkpoint
-from edgekd.teachers._monai import read_monai_bundle, resolve_monai_ref
 
 __all__ = ["Teacher", "load_teacher", "state_fingerprint"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+_REEXPORT = "re-export the bundle, or fix or remove preprocess.json"
 _REFS = "a model directory, onnx:FILE.onnx, ckpt:FILE@MODEL or a registry name such as tv:resnet50 (with --pretrained)"
 
 
@@ -236,10 +242,7 @@ def _onnx_session(path: Path):
 def _onnx_preprocess(path: Path, session, data) -> Preprocess:
     side = path.with_name("preprocess.json")
     if side.is_file():
-        try:
-            return Preprocess.model_validate_json(side.read_text())
-        except ValueError as e:
-            raise ArtifactError(f"{side} is malformed: {str(e).splitlines()[0]}", "re-export the bundle") from e
+        return validate_file(Preprocess, read_json(side, _REEXPORT), side, _REEXPORT)
     shape = session.get_inputs()[0].shape
     if len(shape) != 4:
         raise InvalidInputError(f"ONNX teacher {path} takes input shape {shape}, not [N, C, H, W]")
@@ -318,19 +321,6 @@ def _checkpoint_teacher(ref: str, data, trust_pickle: bool) -> Teacher:
     return _check_fit(teacher, data)
 
 
-def _monai_teacher(ref: str, data, trust_pickle: bool) -> Teacher:
-    bundle = read_monai_bundle(resolve_monai_ref(ref))
-    teacher = Teacher(
-        name=ref,
-        kind="torch",
-        preprocess=bundle.preprocess(data),
-        num_classes=bundle.num_classes,
-        fingerprint=bundle.fingerprint(),
-        loader=lambda: bundle.build_network(trust_pickle=trust_pickle),
-    )
-    return _check_fit(teacher, data)
-
-
 def _pretrained_classes(name: str) -> int | None:
     source, bare = name.split(":", 1)
     if source == "tv":
@@ -391,8 +381,6 @@ def load_teacher(ref: str, *, data, pretrained: bool = False, trust_pickle: bool
         return _check_fit(Teacher.from_onnx(path, data=data, name=ref), data)
     if ref.startswith("ckpt:"):
         return _checkpoint_teacher(ref, data, trust_pickle)
-    if ref.startswith("monai:"):
-        return _monai_teacher(ref, data, trust_pickle)
     if is_model_dir(ref):
         return _model_dir_teacher(ref, data)
     if Path(ref).exists():
