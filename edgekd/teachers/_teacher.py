@@ -12,6 +12,8 @@ student may differ in input size, channels and normalisation. :func:`load_teache
 ``ckpt:FILE@MODEL[,opts]``      a user checkpoint (state dict / safetensors) for a registry architecture,
                                 e.g. ``ckpt:resnet50_xray.pt@tv:resnet50,size=224,chans=3``; options
                                 ``size=``, ``chans=``, ``small_input=1``
+``monai:BUNDLE_DIR``            a MONAI Bundle (classification); ``monai:zoo:NAME[@VERSION]`` downloads one
+                                from the MONAI Model Zoo. Its own preprocessing; needs ``edgekd[monai]``
 ``tv:NAME[,size=N]``            a registry model with its pretrained weights (``pretrained=True``): only
                                 when the weights' classes are the data's classes, since a random head
                                 (or a random teacher) teaches nothing
@@ -49,6 +51,7 @@ from edgekd.modeldir import (
 from edgekd.specs import ModelSpec, Preprocess, Task
 from edgekd.students import FeatureTaps, ModelOutputs, build_model, parse_model_name
 from edgekd.teachers._checkpoint import import_checkpoint
+from edgekd.teachers._monai import read_monai_bundle, resolve_monai_ref
 
 __all__ = ["Teacher", "load_teacher", "state_fingerprint"]
 
@@ -321,6 +324,19 @@ def _checkpoint_teacher(ref: str, data, trust_pickle: bool) -> Teacher:
     return _check_fit(teacher, data)
 
 
+def _monai_teacher(ref: str, data, trust_pickle: bool) -> Teacher:
+    bundle = read_monai_bundle(resolve_monai_ref(ref))
+    teacher = Teacher(
+        name=ref,
+        kind="torch",
+        preprocess=bundle.preprocess(data),
+        num_classes=bundle.num_classes,
+        fingerprint=bundle.fingerprint(),
+        loader=lambda: bundle.build_network(trust_pickle=trust_pickle),
+    )
+    return _check_fit(teacher, data)
+
+
 def _pretrained_classes(name: str) -> int | None:
     source, bare = name.split(":", 1)
     if source == "tv":
@@ -381,6 +397,8 @@ def load_teacher(ref: str, *, data, pretrained: bool = False, trust_pickle: bool
         return _check_fit(Teacher.from_onnx(path, data=data, name=ref), data)
     if ref.startswith("ckpt:"):
         return _checkpoint_teacher(ref, data, trust_pickle)
+    if ref.startswith("monai:"):
+        return _monai_teacher(ref, data, trust_pickle)
     if is_model_dir(ref):
         return _model_dir_teacher(ref, data)
     if Path(ref).exists():
