@@ -75,9 +75,14 @@ def zoo(
 
 @app.command("import", rich_help_panel=PANEL_MODELS)
 def import_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help=".pt/.pth/.bin state dict or .safetensors file.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Architecture the checkpoint was trained with.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help=".pt/.pth/.bin state dict or .safetensors file, or a MONAI Bundle folder.")
+    ],
     out: OutOpt,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Architecture the checkpoint was trained with (monai: for a bundle)."),
+    ] = None,
     data: DataOpt = "pneumoniamnist",
     small_input: Annotated[bool, typer.Option()] = False,
     in_chans: Annotated[int | None, typer.Option(help="Default: the data's channels.")] = None,
@@ -90,6 +95,7 @@ def import_cmd(
     """Turn a user checkpoint into a model directory (the data gives labels and preprocessing).
 
     Example: edgekd import resnet18_xray.pt --model small:resnet18 --data pneumoniamnist --out runs/imported
+             edgekd import bundles/xray_classifier --data pneumoniamnist --out runs/xray   (a MONAI Bundle)
     """
 
     card = import_model(

@@ -4,6 +4,8 @@ Sources (STYLE.md principle 3):
 
 * ``tv:NAME``: every torchvision classification model (see :mod:`._torchvision`);
 * ``timm:NAME``: every timm model, when timm is installed (see :mod:`._timm`);
+* ``monai:bundle``: a MONAI network rebuilt from a bundle's ``network_def`` (``kwargs={"network_def": ...}``),
+  when monai is installed (see :mod:`._monai`; made by ``edgekd import BUNDLE_DIR``);
 * ``small:NAME``: compact networks for small images written in this package (CIFAR ResNets, WRNs,
   a small-image MobileNetV2, ``tinycnn``) plus ``small:<tv name>``, the torchvision model adapted for
   inputs of at most 64 px (``small:resnet18`` is ``tv:resnet18`` with ``small_input=True``).
@@ -30,6 +32,7 @@ from edgekd.registry import Registry
 from edgekd.specs import ModelSpec
 from edgekd.students import _cifar_resnet, _small_mobilenetv2, _tinycnn, _wrn
 from edgekd.students._counting import count_macs, count_params
+from edgekd.students._monai import build_monai
 from edgekd.students._timm import build_timm, timm_available, timm_names
 from edgekd.students._torchvision import build_torchvision, small_input_family, tv_names
 
@@ -48,7 +51,7 @@ __all__ = [
 
 Builder = Callable[..., nn.Module]
 MODELS: Registry[Builder] = Registry("model")
-SOURCES = ("tv", "timm", "small")
+SOURCES = ("tv", "timm", "small", "monai")
 
 _PREFIX_HINT = "prefix the source, e.g. tv:resnet18 or small:resnet8x4"
 _RESERVED = {"num_classes", "in_chans", "small_input", "pretrained", "weights", "progress"}
@@ -144,6 +147,12 @@ def _register_timm() -> None:
     _timm_state["registered"] = True
 
 
+def _register_monai() -> None:
+    """Register ``monai:bundle`` (its builder imports monai lazily; not a student, never in the zoo listing)."""
+    if "monai:bundle" not in MODELS:
+        _add("monai:bundle", partial(build_monai, "bundle"), student=False, description="MONAI bundle network_def")
+
+
 _register_builtin()
 
 
@@ -164,7 +173,7 @@ def parse_model_name(name: str) -> tuple[str, str]:
     source, bare = source.strip().lower(), bare.strip()
     if source not in SOURCES:
         raise InvalidInputError(
-            f"unknown model source {source!r} in {name!r}", "use one of tv, timm, small, e.g. tv:resnet18"
+            f"unknown model source {source!r} in {name!r}", "use one of tv, timm, small, monai, e.g. tv:resnet18"
         )
     if not bare:
         raise InvalidInputError(f"model name {name!r} has nothing after the prefix", _PREFIX_HINT)
@@ -199,6 +208,9 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False) -> nn.Module:
         _register_timm()
         MODELS.get(f"timm:{bare.split('.', 1)[0]}")  # a pretrained tag may follow the architecture
         builder: Builder = partial(build_timm, bare)
+    elif source == "monai":
+        _register_monai()
+        builder = partial(build_monai, bare)
     else:
         builder = MODELS.get(f"{source}:{bare}")
     try:
