@@ -14,7 +14,7 @@ Exit codes (also in the README):
 4     a file or directory is missing, unreadable or malformed
 5     an optional dependency, GPU or network resource is unavailable
 6     a verification failed: ONNX parity, bundle hashes, lint findings
-7     a benchmark regression or latency budget was exceeded
+7     a benchmark regression or latency budget was exceeded, or new data drifted (``edgekd drift --fail-above``)
 130   interrupted (Ctrl-C)
 ====  ==========================================================
 """
@@ -92,7 +92,7 @@ class VerificationError(EdgeKDError):
 
 
 class RegressionError(EdgeKDError):
-    """A benchmark regressed past the allowed threshold or exceeded its budget."""
+    """A benchmark regressed past the allowed threshold or exceeded its budget, or new data drifted past one."""
 
     exit_code = 7
 

@@ -179,6 +179,7 @@ class ImageSet:
         dataset: items ``(uint8 [channels, H, W], -1)``.
         sources: per image, its file path or ``SPEC#split[i]``.
         files: whether the images are files (keys hash the file bytes) or array items (keys hash pixels).
+        split: the split of a labelled spec they come from (``None`` for a folder: every image).
     """
 
     spec: str
@@ -187,6 +188,7 @@ class ImageSet:
     files: bool
     channels: int
     image_size: tuple[int, int]
+    split: str | None = None
     _raw: Dataset | None = None  # the unconformed dataset of array items (their stored pixels are hashed)
 
     def __len__(self) -> int:
@@ -220,7 +222,7 @@ def _folder_set(source: str, arg: str, options: dict[str, str], channels: int | 
     ds = FilesDataset(paths, np.full(len(paths), -1, np.int64), channels=channels, size=size, window=window,
                       frame=frame)  # fmt: skip
     spec = format_data_spec(source, str(base), {k: v for k, v in options.items() if k in FOLDER_OPTIONS})
-    return ImageSet(spec, ds, [str(p) for p in paths], True, channels, tuple(size))
+    return ImageSet(spec, ds, [str(p) for p in paths], True, channels, tuple(size), None)
 
 
 def load_images(spec: str, *, channels: int | None = None, size: tuple[int, int] | None = None,
@@ -255,4 +257,4 @@ def load_images(spec: str, *, channels: int | None = None, size: tuple[int, int]
     sources = ([str(x) for p in paths for x in p] if files else
                [f"{bundle.spec}#{s}[{i}]" for s, p in zip(names, parts) for i in range(len(p))])  # fmt: skip
     channels, size = channels or bundle.channels, tuple(size or bundle.image_size)
-    return ImageSet(bundle.spec, _Conformed(raw, channels, size), sources, files, channels, size, raw)
+    return ImageSet(bundle.spec, _Conformed(raw, channels, size), sources, files, channels, size, split, raw)

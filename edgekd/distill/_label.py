@@ -181,5 +181,7 @@ def label_images(
                          class_counts={n: int(c) for n, c in zip(names, counts)})  # fmt: skip
     meta = {k: v for k, v in report.to_json().items() if k != "out"}
     keys = [images.key(i) for i in range(len(images))]
-    write_soft_labels(out, SoftLabels(names, keys, images.sources, mean, abstained, meta))
+    # absolute paths, so that softlabels:FILE finds the images from any working directory
+    sources = [str(Path(p).resolve()) for p in images.sources] if images.files else list(images.sources)
+    write_soft_labels(out, SoftLabels(names, keys, sources, mean, abstained, meta))
     return report

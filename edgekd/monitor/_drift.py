@@ -167,7 +167,7 @@ def check_drift(
     per_class = {n: psi(ref.prob_hist[k], h) for k, (n, h) in enumerate(zip(card.label_names, prob_histograms(probs)))}
     signals = [s for s, on in (("features", score > threshold), ("confidence", ks.pvalue < KS_ALPHA),
                                ("class probabilities", max(per_class.values()) > PSI_MAJOR)) if on]  # fmt: skip
-    return DriftReport(model=str(model_dir), data=images.spec, split=split if not images.files else "all",
+    return DriftReport(model=str(model_dir), data=images.spec, split=images.split or "all",
                        images=len(d2), score=score, threshold=threshold, drift=score > threshold, far_images=far,
                        expected_rate=EXPECTED_RATE,
                        binomial_pvalue=float(stats.binomtest(far, len(d2), EXPECTED_RATE, alternative="greater").pvalue),
