@@ -92,6 +92,12 @@ def render_summary(s: RunSummary) -> None:
         console.print(f"[{color}]{escape(kd['message'])}[/]")
         for tip in kd.get("suggestions", []):
             console.print(f"  - try: {escape(tip)}")
+    means = s.gradcam.get("mean", {})
+    if means:
+        labels = {r.name: r.label for r in s.rows}
+        parts = [f"{labels.get(k, k)} {v['spearman']:.2f} / {v['iou']:.2f}" for k, v in means.items()]
+        console.print(f"Grad-CAM agreement with the teacher (mean Spearman / top-20% IoU, {len(s.gradcam.get('images', []))} "
+                      f"test images): {'; '.join(parts)}")  # fmt: skip
     ran = [o.name for o in s.stages if o.status != "skipped"]
     skipped = [o.name for o in s.stages if o.status == "skipped"]
     console.print(f"stages run: {', '.join(ran) or 'none'}; skipped (unchanged): {', '.join(skipped) or 'none'}")

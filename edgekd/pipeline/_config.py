@@ -47,7 +47,7 @@ __all__ = [
 class KeepChoice(str, Enum):
     """Which student the later stages compress when distillation is compared with the no-teacher baseline."""
 
-    BETTER = "better"  # the better on validation (the distilled one unless the baseline is strictly better)
+    BETTER = "better"  # the distilled one unless the baseline is better on validation beyond noise (bootstrap)
     DISTILLED = "distilled"
     BASELINE = "baseline"
 

@@ -151,6 +151,7 @@ class RunSummary(BaseModel):
     stages: list[StageOutcome] = Field(default_factory=list)
     report: str | None = None
     report_settings: dict[str, Any] = Field(default_factory=dict)
+    gradcam: dict[str, Any] = Field(default_factory=dict)
     augment: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
 
@@ -383,6 +384,7 @@ def run_pipeline(
         runner.stages[st.name] = st
         runner.execute(st)
         summary.stages = list(runner.outcomes)
+        summary.gradcam = _gradcam_means(root / Path(REPORT_FILE).parent / "gradcam.json")
         atomic_write_text(root / SUMMARY_FILE, json.dumps(summary.dump(), indent=2) + "\n")
     if summary.regressions:
         raise RegressionError(f"benchmark regressed against {cfg.regression.baseline}: {'; '.join(summary.regressions[:3])}",
@@ -462,6 +464,14 @@ def _regressions(runner: Runner) -> list[str]:
     if reg.budget_ms:
         out += [f"{v.label} p90 {v.p90_ms:.2f} ms > {v.budget_ms:g} ms" for v in check_budget(new, reg.budget_ms)]
     return out
+
+
+def _gradcam_means(path: Path) -> dict[str, Any]:
+    """The report's mean Grad-CAM agreement with the teacher per model, and the layers (``report/gradcam.json``)."""
+    if not path.is_file():
+        return {}
+    cams = json.loads(path.read_text())
+    return {k: cams[k] for k in ("mean", "layers", "images") if k in cams}
 
 
 def build_summary(runner: Runner) -> RunSummary:
