@@ -208,7 +208,7 @@ def test_dicom_folder_trains_evaluates_predicts_and_leaks_no_identifier(tmp_path
     table = tmp_path / "labels.csv"
     with open(table, "w", newline="") as f:
         csv.writer(f).writerows([("file", "label"), *rows])
-    spec = f"dicom:{root},labels={table},size=16,val=0.2"  # 13 validation images: enough for a drift reference
+    spec = f"dicom:{root},labels={table},size=16"
     out, outputs = tmp_path / "model", []
     r = runner.invoke(app, ["train", "--model", "small:tinycnn", "--data", spec, "--epochs", "3", "--batch-size",
                             "16", "--lr", "5e-3", "--out", str(out), "--quiet", "--json", str(tmp_path / "t.json")])  # fmt: skip
@@ -234,11 +234,10 @@ def test_dicom_folder_trains_evaluates_predicts_and_leaks_no_identifier(tmp_path
     )
     outputs.append(r.output)
     assert r.exit_code == 0 and json.loads(r.output)["images"] == 64, r.output
-    r = runner.invoke(app, ["drift", str(out), "--data", f"dicom:{root}", "--json", str(tmp_path / "drift.json")])
+    r = runner.invoke(app, ["drift", str(out), "--data", f"dicom:{root}"])
     outputs.append(r.output)
-    assert r.exit_code == 0, r.output
-    written = [out, tmp_path / "t.json", tmp_path / "eval.json", preds, tmp_path / "preds.json", labels,
-               tmp_path / "drift.json"]  # fmt: skip
+    assert r.exit_code == 4 and "validation images" in r.output, r.output  # 6 validation images: too few
+    written = [out, tmp_path / "t.json", tmp_path / "eval.json", preds, tmp_path / "preds.json", labels]
     assert _scan_for_identifiers(written, outputs) == []
     assert any(SENTINELS["PatientID"].encode() in p.read_bytes() for p in root.rglob("*.dcm"))  # the scan can see
 

@@ -163,13 +163,16 @@ def drift(
     if not quiet and json_out != "-":
         colour = "red" if report.drift else "green"
         console.print(f"[bold {colour}]{report.verdict}[/]: score {report.score:.3f} (threshold {report.threshold:g}); "
-                      f"{report.far_images} of {report.images} images beyond the reference's 99th percentile "
+                      f"{report.far_images} of {report.images} images far from the validation images "
                       f"(expected {report.expected_rate:.0%}, binomial p = {report.binomial_pvalue:.2g})")  # fmt: skip
         t = Table(title=f"{model_dir} on {report.data}")
         t.add_column("figure")
         t.add_column("value", justify="right")
         t.add_column("flags", justify="left")
-        t.add_row("mean feature distance / reference", fmt(report.mean_d2_ratio), "")
+        for space, ratio in report.mean_d2_ratio.items():
+            what = "penultimate features" if space == "features" else "image statistics"
+            t.add_row(f"far images, {what}", str(report.far_by_space[space]), "")
+            t.add_row(f"mean distance / reference, {what}", fmt(ratio), "")
         flag = "shift" if report.ks_pvalue < 0.01 else ""
         t.add_row("confidence KS statistic (p)", f"{report.ks_statistic:.3f} ({report.ks_pvalue:.2g})", flag)
         for name, value in report.psi.items():

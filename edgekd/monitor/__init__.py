@@ -3,8 +3,9 @@
 * :func:`save_reference` / :func:`compute_reference`: class-probability and confidence histograms and
   penultimate-feature statistics of a model on its validation split, stored in the model directory at the
   end of training (``drift_reference.npz``);
-* :func:`check_drift`: new images against that reference: the share of images far out in feature space
-  (Mahalanobis), a KS test on confidence and a population-stability index per class, with a verdict.
+* :func:`check_drift`: new images against that reference: the share of images far out in feature or
+  image-statistics space (Mahalanobis), a KS test on confidence and a population-stability index per class,
+  with a verdict.
 
 The package sits below the training engine (which stores the reference when a run finishes) and above the
 model directory and data layers it reads.
@@ -14,10 +15,28 @@ Example:
     >>> report.verdict, report.score
 """
 
-from edgekd.monitor._drift import DEFAULT_THRESHOLD, DriftReport, check_drift, psi, save_reference
-from edgekd.monitor._reference import REFERENCE_FILE, Reference, compute_reference, read_reference, write_reference
+from edgekd.monitor._drift import (
+    DEFAULT_THRESHOLD,
+    EXPECTED_RATE,
+    DriftReport,
+    check_drift,
+    far_images,
+    psi,
+    save_reference,
+)
+from edgekd.monitor._reference import (
+    REFERENCE_FILE,
+    Gaussian,
+    Outputs,
+    Reference,
+    compute_reference,
+    model_outputs,
+    read_reference,
+    write_reference,
+)
 
 __all__ = [
-    "DEFAULT_THRESHOLD", "DriftReport", "check_drift", "psi", "save_reference",
-    "REFERENCE_FILE", "Reference", "compute_reference", "read_reference", "write_reference",
+    "DEFAULT_THRESHOLD", "EXPECTED_RATE", "DriftReport", "check_drift", "far_images", "psi", "save_reference",
+    "REFERENCE_FILE", "Gaussian", "Outputs", "Reference", "compute_reference", "model_outputs", "read_reference",
+    "write_reference",
 ]  # fmt: skip

@@ -3,19 +3,21 @@
 The model runs on the new images; its outputs are compared with the reference statistics stored at training
 time (:mod:`edgekd.monitor._reference`):
 
-* **score (the verdict)**: the share of new images whose penultimate features lie outside the reference's
-  99th percentile of squared Mahalanobis distance (out-of-sample validation distances). Without drift about
-  1 % of images are that far; a new scanner or site moves many more. The score is compared with a threshold
-  (:data:`DEFAULT_THRESHOLD`, 0.05: five times the expected share) and a one-sided binomial test gives the
-  p-value of that many far images under "no drift" (Mahalanobis distance on features as an out-of-distribution
-  score: Lee et al., NeurIPS 2018). It is sensitive to a minority of shifted images: a 10 % mix of another
-  scanner raises it by about 10 points even when the class balance and average confidence barely move;
+* **score (the verdict)**: the share of new images that lie far from the validation images: beyond the
+  reference's 99.5th percentile of squared Mahalanobis distance (out-of-sample validation distances) in
+  penultimate-feature space *or* in image-statistics space (contrast, sharpness, noise). Without drift about
+  1 % of images are that far (0.5 % per space); a new scanner or site moves many more. The score is compared
+  with a threshold (:data:`DEFAULT_THRESHOLD`, 0.05: five times the expected share) and a one-sided binomial
+  test gives the p-value of that many far images under "no drift" (Mahalanobis distance as an
+  out-of-distribution score: Lee et al., NeurIPS 2018). Counting far *images* makes it sensitive to a minority
+  of shifted images: a 10 % mix of another scanner raises it by about 10 points even when the class balance
+  and the average confidence barely move;
 * **confidence**: a two-sample Kolmogorov-Smirnov test of the top-1 probability against the reference;
 * **class probabilities**: the population-stability index per class over 10 probability bins,
   ``PSI = sum_b (a_b - e_b) ln(a_b / e_b)`` (above 0.25 is the usual "major shift");
-* the mean squared distance of the new images over the reference's.
+* per space, the far images and the mean squared distance of the new images over the reference's.
 
-``signals`` lists which of the secondary tests also flag (KS p < 0.01, a PSI > 0.25). A model directory without
+``signals`` lists which tests flag (the score above the threshold, and the secondary tests KS p < 0.01 and a PSI > 0.25). A model directory without
 a reference (e.g. pruned or imported) can be given one on the fly from a data spec's validation split
 (``reference_data``), computed in memory and never written.
 
@@ -39,6 +41,8 @@ from edgekd.data import DataBundle, load_data, load_images
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.modeldir import WEIGHTS_FILE, load_model_dir
 from edgekd.monitor._reference import (
+    MIN_IMAGES,
+    Outputs,
     Reference,
     compute_reference,
     confidence_of,
@@ -49,10 +53,10 @@ from edgekd.monitor._reference import (
 )
 from edgekd.specs import Preprocess
 
-__all__ = ["DriftReport", "check_drift", "save_reference", "DEFAULT_THRESHOLD", "EXPECTED_RATE", "psi"]
+__all__ = ["DriftReport", "check_drift", "far_images", "save_reference", "DEFAULT_THRESHOLD", "EXPECTED_RATE", "psi"]
 
 DEFAULT_THRESHOLD = 0.05
-EXPECTED_RATE = 0.01  # the share of reference images beyond the reference's own 99th percentile
+EXPECTED_RATE = 0.01  # the share of reference images beyond the per-space quantiles, all spaces together
 PSI_MAJOR = 0.25
 KS_ALPHA = 0.01
 
@@ -71,7 +75,8 @@ class DriftReport:
     far_images: int
     expected_rate: float
     binomial_pvalue: float
-    mean_d2_ratio: float
+    far_by_space: dict[str, int]
+    mean_d2_ratio: dict[str, float]
     ks_statistic: float
     ks_pvalue: float
     psi: dict[str, float]
@@ -103,6 +108,18 @@ def save_reference(model, preprocess: Preprocess, data: DataBundle, out: str | P
     meta = {"data": data.spec, "split": "val", "weights_sha256": sha256_file(Path(out) / WEIGHTS_FILE)}
     ref = compute_reference(model, preprocess, data.val, data.task, data.num_classes, meta=meta)
     return write_reference(out, ref)
+
+
+def far_images(ref: Reference, out: Outputs) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per image: far in any space (the score's numerator), far per space, and the distances per space.
+
+    Each space uses the reference's ``1 - EXPECTED_RATE / spaces`` quantile (a Bonferroni split), so about
+    :data:`EXPECTED_RATE` of images from the reference's own distribution count as far.
+    """
+    level = 1 - EXPECTED_RATE / len(ref.spaces)
+    d2 = {name: ref.d2(name, out.space(name)) for name in ref.spaces}
+    far_by = {name: d2[name] > np.quantile(g.ref_d2, level) for name, g in ref.spaces.items()}
+    return np.logical_or.reduce(list(far_by.values())), far_by, d2
 
 
 def _reference(model_dir: Path, model, card, reference_data: str | None, seed: int) -> Reference:
@@ -152,24 +169,27 @@ def check_drift(
     model_dir = Path(model_dir)
     model, card = load_model_dir(model_dir)
     ref = _reference(model_dir, model, card, reference_data, seed)
-    if ref.feat_mean is None:
-        raise ArtifactError(f"the drift reference of {model_dir} has no feature statistics (too few validation "
-                            "images)", "pass --reference-data SPEC with a larger validation split")  # fmt: skip
+    if not ref.spaces:
+        raise ArtifactError(f"the drift reference of {model_dir} has no distance statistics (fewer than "
+                            f"{MIN_IMAGES} validation images)",
+                            "pass --reference-data SPEC with a larger validation split")  # fmt: skip
     pre = card.preprocess
     images = load_images(data, channels=pre.data_channels, size=tuple(pre.input_size), split=split, seed=seed)
     if len(images) == 0:
         raise InvalidInputError(f"{data} holds no images")
-    probs, feats = model_outputs(model, pre, images.dataset, card.task, card.spec.num_classes)
-    d2 = ref.d2(feats)
-    far = int((d2 > np.quantile(ref.ref_d2, 1 - EXPECTED_RATE)).sum())
-    score = far / len(d2)
-    ks = stats.ks_2samp(ref.confidence, confidence_of(probs, card.task))
-    per_class = {n: psi(ref.prob_hist[k], h) for k, (n, h) in enumerate(zip(card.label_names, prob_histograms(probs)))}
-    signals = [s for s, on in (("features", score > threshold), ("confidence", ks.pvalue < KS_ALPHA),
+    out = model_outputs(model, pre, images.dataset, card.task, card.spec.num_classes)
+    far_mask, far_by, d2 = far_images(ref, out)
+    far, n = int(far_mask.sum()), len(far_mask)
+    score = far / n
+    ks = stats.ks_2samp(ref.confidence, confidence_of(out.probs, card.task))
+    hists = prob_histograms(out.probs)
+    per_class = {name: psi(ref.prob_hist[k], hists[k]) for k, name in enumerate(card.label_names)}
+    signals = [s for s, on in (("far images", score > threshold), ("confidence", ks.pvalue < KS_ALPHA),
                                ("class probabilities", max(per_class.values()) > PSI_MAJOR)) if on]  # fmt: skip
-    return DriftReport(model=str(model_dir), data=images.spec, split=images.split or "all",
-                       images=len(d2), score=score, threshold=threshold, drift=score > threshold, far_images=far,
-                       expected_rate=EXPECTED_RATE,
-                       binomial_pvalue=float(stats.binomtest(far, len(d2), EXPECTED_RATE, alternative="greater").pvalue),
-                       mean_d2_ratio=float(d2.mean() / ref.ref_d2.mean()), ks_statistic=float(ks.statistic),
-                       ks_pvalue=float(ks.pvalue), psi=per_class, reference=ref.meta, signals=signals)  # fmt: skip
+    return DriftReport(model=str(model_dir), data=images.spec, split=images.split or "all", images=n, score=score,
+                       threshold=threshold, drift=score > threshold, far_images=far, expected_rate=EXPECTED_RATE,
+                       binomial_pvalue=float(stats.binomtest(far, n, EXPECTED_RATE, alternative="greater").pvalue),
+                       far_by_space={k: int(v.sum()) for k, v in far_by.items()},
+                       mean_d2_ratio={k: float(d2[k].mean() / g.ref_d2.mean()) for k, g in ref.spaces.items()},
+                       ks_statistic=float(ks.statistic), ks_pvalue=float(ks.pvalue), psi=per_class, reference=ref.meta,
+                       signals=signals)  # fmt: skip

@@ -7,16 +7,25 @@ and ``drift_reference.npz`` is written beside the weights (numpy arrays, read wi
   ``max(p, 1 - p)``), the sample a two-sample Kolmogorov-Smirnov test compares new data against;
 * ``prob_hist``: per class, a histogram of its predicted probability over 10 equal bins of ``[0, 1]`` (the
   expected distribution of the population-stability index);
-* ``feat_mean`` and ``feat_precision``: mean and inverse covariance of the *penultimate features* (the input
-  of the last linear layer; the logits when there is none), with Ledoit-Wolf shrinkage so that a few hundred
-  images give a well-conditioned estimate; features wider than 256 are first projected to 256 dimensions by
-  a fixed seeded Gaussian matrix (Johnson-Lindenstrauss), stored as its seed;
-* ``ref_d2``: squared Mahalanobis distances of the validation images *out of sample* (two-fold cross-fitting:
-  mean and covariance fitted on one half, distances taken on the other), the distribution that new images
-  are compared with: in-sample distances would be biased low and flag every new image as far.
+* two Gaussian references, each a mean, an inverse covariance (Ledoit-Wolf shrinkage, so that a few hundred
+  images give a well-conditioned estimate) and the *out-of-sample* squared Mahalanobis distances of the
+  validation images (two-fold cross-fitting: fitted on one half, measured on the other; in-sample distances
+  would be biased low and make every new image look far):
+
+  - ``features``: the *penultimate features* (the input of the last linear layer; the logits when there is
+    none): what the model sees. Features wider than 256 are first projected to 256 dimensions by a fixed
+    seeded Gaussian matrix (Johnson-Lindenstrauss), stored as its seed;
+  - ``image``: 13 *image statistics* of the model's input (at its input size, on the ``[0, 1]`` scale, channels
+    averaged): mean, standard deviation, the 1/5/25/50/75/95/99th percentiles, mean absolute horizontal and
+    vertical differences, and the standard deviation and mean absolute value of the Laplacian: the contrast,
+    sharpness and noise that a scanner, protocol or site changes, which a well-trained network's features are
+    built to ignore (measured: on PneumoniaMNIST with another scanner's contrast, blur and noise, 22 % of the
+    shifted images are far out in penultimate-feature space, 100 % in image statistics).
 
 ``meta`` (JSON) records the data spec, split, image count, task, feature dimension and the weights' sha256,
-so a reference is never used with other weights. No image, path or label of the data is stored.
+so a reference is never used with other weights. No image, path or label of the data is stored. A
+validation split of fewer than :data:`MIN_IMAGES` (100) images gives no Gaussian references: `edgekd drift`
+then needs ``--reference-data`` with a larger split.
 
 Example:
     >>> ref = compute_reference(model, card.preprocess, bundle.val, card.task, card.spec.num_classes)
@@ -34,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from torch import nn
 from torch.utils.data import Dataset
@@ -43,13 +53,45 @@ from edgekd.data import make_loader
 from edgekd.errors import ArtifactError
 from edgekd.specs import Preprocess, Task
 
-__all__ = ["Reference", "compute_reference", "write_reference", "read_reference", "model_outputs",
-           "REFERENCE_FILE", "BINS"]  # fmt: skip
+__all__ = ["Reference", "Gaussian", "Outputs", "compute_reference", "write_reference", "read_reference",
+           "model_outputs", "image_statistics", "REFERENCE_FILE", "BINS", "SPACES", "IMAGE_STATISTICS"]  # fmt: skip
 
 REFERENCE_FILE = "drift_reference.npz"
+FORMAT = 2
 BINS = 10
 MAX_DIM = 256
-_MIN_IMAGES = 8  # fewer validation images give no feature statistics (confidence and PSI still work)
+SPACES = ("features", "image")
+IMAGE_STATISTICS = ("mean", "std", "p1", "p5", "p25", "p50", "p75", "p95", "p99", "abs_dx", "abs_dy",
+                    "laplacian_std", "laplacian_abs")  # fmt: skip
+# Fewer validation images give no Gaussian references (confidence and PSI are still stored): a 99.5th
+# percentile and a 13-dimensional covariance need a few hundred images; below 100 they are noise.
+MIN_IMAGES = 100
+
+
+@dataclass
+class Gaussian:
+    """Mean and precision of one feature space, and the out-of-sample distances of the reference images."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    ref_d2: np.ndarray
+
+    def d2(self, x: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distances of rows of ``x`` to the mean."""
+        z = np.asarray(x, dtype=np.float64) - self.mean
+        return np.einsum("nd,de,ne->n", z, self.precision, z)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, seed: int = 0) -> Gaussian:
+        """Ledoit-Wolf fit on all rows; reference distances by two-fold cross-fitting."""
+        order = np.random.default_rng([seed, 3]).permutation(len(x))
+        halves = (order[: len(x) // 2], order[len(x) // 2 :])
+        ref_d2 = np.empty(len(x))
+        for fit_on, test_on in (halves, halves[::-1]):
+            lw = LedoitWolf().fit(x[fit_on])
+            ref_d2[test_on] = cls(lw.location_, lw.precision_, np.zeros(0)).d2(x[test_on])
+        lw = LedoitWolf().fit(x)
+        return cls(lw.location_, lw.precision_, ref_d2)
 
 
 @dataclass
@@ -58,15 +100,26 @@ class Reference:
 
     confidence: np.ndarray
     prob_hist: np.ndarray
-    feat_mean: np.ndarray | None
-    feat_precision: np.ndarray | None
-    ref_d2: np.ndarray | None
+    spaces: dict[str, Gaussian] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def d2(self, features: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distances of (raw, unprojected) features to the reference."""
-        z = project(features, self.meta.get("projection_seed")) - self.feat_mean
-        return np.einsum("nd,de,ne->n", z, self.feat_precision, z)
+    def d2(self, space: str, x: np.ndarray) -> np.ndarray:
+        """Distances in ``space`` (``features`` are projected as the reference's were)."""
+        if space == "features":
+            x = project(x, self.meta.get("projection_seed"))
+        return self.spaces[space].d2(x)
+
+
+@dataclass
+class Outputs:
+    """What the model gives on a dataset: probabilities ``[N, K]``, penultimate features, image statistics."""
+
+    probs: np.ndarray
+    features: np.ndarray
+    image: np.ndarray
+
+    def space(self, name: str) -> np.ndarray:
+        return self.features if name == "features" else self.image
 
 
 def project(features: np.ndarray, seed: int | None) -> np.ndarray:
@@ -98,10 +151,26 @@ def _penultimate(model: nn.Module, classes: int):
             handle.remove()
 
 
+_LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+
+
+def image_statistics(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The :data:`IMAGE_STATISTICS` of a uint8 batch ``[N, C, H, W]`` at ``size`` (``float64 [N, 13]``)."""
+    x = images.double().div(255).mean(1, keepdim=True)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    flat = x.flatten(1)
+    q = torch.quantile(flat, torch.tensor([0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99], dtype=x.dtype), dim=1).T
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    lap = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), _LAPLACE.to(x)).flatten(1)
+    return torch.column_stack([flat.mean(1), flat.std(1), q, dx, dy, lap.std(1), lap.abs().mean(1)])
+
+
 @torch.no_grad()
 def model_outputs(model: nn.Module, preprocess: Preprocess, dataset: Dataset, task: Task, classes: int, *,
-                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Probabilities ``[N, K]`` and penultimate features ``[N, D]`` of ``model`` (eval mode, restored after).
+                  batch_size: int = 256) -> Outputs:  # fmt: skip
+    """Probabilities, penultimate features and image statistics over ``dataset`` (eval mode, restored after).
 
     The features are the input of the last ``nn.Linear`` with ``classes`` outputs, or the logits without one.
     """
@@ -109,9 +178,10 @@ def model_outputs(model: nn.Module, preprocess: Preprocess, dataset: Dataset, ta
     model.eval()
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
-    probs, feats = [], []
+    probs, feats, stats = [], [], []
     try:
         for images, _ in make_loader(dataset, batch_size, shuffle=False):
+            stats.append(image_statistics(images, preprocess.input_size))
             x = preprocess(images.to(device))
             if p is not None:
                 x = x.to(p.dtype)
@@ -121,7 +191,7 @@ def model_outputs(model: nn.Module, preprocess: Preprocess, dataset: Dataset, ta
             feats.append((captured[-1] if captured else logits).float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(probs).numpy().astype(np.float64), torch.cat(feats).numpy().astype(np.float64)
+    return Outputs(torch.cat(probs).double().numpy(), torch.cat(feats).double().numpy(), torch.cat(stats).numpy())
 
 
 def confidence_of(probs: np.ndarray, task: Task) -> np.ndarray:
@@ -137,41 +207,26 @@ def prob_histograms(probs: np.ndarray) -> np.ndarray:
     return np.stack([np.histogram(np.clip(probs[:, k], 0, 1), edges)[0] for k in range(probs.shape[1])])
 
 
-def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lw = LedoitWolf().fit(x)
-    return lw.location_, lw.precision_
-
-
-def _d2(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    z = x - mean
-    return np.einsum("nd,de,ne->n", z, precision, z)
-
-
 def compute_reference(model: nn.Module, preprocess: Preprocess, dataset: Dataset, task: Task, classes: int, *,
                       meta: dict[str, Any] | None = None, seed: int = 0) -> Reference:  # fmt: skip
     """Reference statistics of ``model`` (with ``classes`` outputs) on ``dataset`` (its validation split)."""
-    probs, feats = model_outputs(model, preprocess, dataset, task, classes)
-    proj_seed = seed if feats.shape[1] > MAX_DIM else None
-    x = project(feats, proj_seed)
-    mean = precision = ref_d2 = None
-    if len(x) >= _MIN_IMAGES:
-        order = np.random.default_rng([seed, 3]).permutation(len(x))
-        halves = (order[: len(x) // 2], order[len(x) // 2 :])
-        ref_d2 = np.empty(len(x))
-        for fit_on, test_on in (halves, halves[::-1]):
-            m, prec = _fit(x[fit_on])
-            ref_d2[test_on] = _d2(x[test_on], m, prec)
-        mean, precision = _fit(x)
-    info = {**(meta or {}), "images": len(probs), "task": task.value, "feature_dim": int(feats.shape[1]),
-            "projection_seed": proj_seed, "bins": BINS, "format": 1}  # fmt: skip
-    return Reference(confidence_of(probs, task), prob_histograms(probs), mean, precision, ref_d2, info)
+    out = model_outputs(model, preprocess, dataset, task, classes)
+    proj_seed = seed if out.features.shape[1] > MAX_DIM else None
+    spaces = {}
+    if len(out.probs) >= MIN_IMAGES:
+        spaces = {"features": Gaussian.fit(project(out.features, proj_seed), seed),
+                  "image": Gaussian.fit(out.image, seed)}  # fmt: skip
+    info = {**(meta or {}), "images": len(out.probs), "task": task.value, "feature_dim": int(out.features.shape[1]),
+            "projection_seed": proj_seed, "bins": BINS, "image_statistics": list(IMAGE_STATISTICS),
+            "format": FORMAT}  # fmt: skip
+    return Reference(confidence_of(out.probs, task), prob_histograms(out.probs), spaces, info)
 
 
 def write_reference(out: str | Path, ref: Reference) -> Path:
     """Write ``ref`` as ``OUT/drift_reference.npz`` atomically."""
     arrays = {"confidence": ref.confidence, "prob_hist": ref.prob_hist, "meta": np.array(json.dumps(ref.meta))}
-    if ref.feat_mean is not None:
-        arrays.update(feat_mean=ref.feat_mean, feat_precision=ref.feat_precision, ref_d2=ref.ref_d2)
+    for name, g in ref.spaces.items():
+        arrays.update({f"{name}_mean": g.mean, f"{name}_precision": g.precision, f"{name}_ref_d2": g.ref_d2})
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     path = Path(out) / REFERENCE_FILE
@@ -180,7 +235,7 @@ def write_reference(out: str | Path, ref: Reference) -> Path:
 
 
 def read_reference(model_dir: str | Path) -> Reference | None:
-    """The reference stored in a model directory, or None when it has none.
+    """The reference stored in a model directory, or None when it has none (or one of an older format).
 
     Raises:
         ArtifactError: the file exists but is malformed (exit 4).
@@ -191,7 +246,10 @@ def read_reference(model_dir: str | Path) -> Reference | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            feats = [z[k] if k in z else None for k in ("feat_mean", "feat_precision", "ref_d2")]
-            return Reference(z["confidence"], z["prob_hist"], *feats, meta=meta)
+            if meta.get("format") != FORMAT:
+                return None
+            spaces = {n: Gaussian(z[f"{n}_mean"], z[f"{n}_precision"], z[f"{n}_ref_d2"]) for n in SPACES
+                      if f"{n}_mean" in z}  # fmt: skip
+            return Reference(z["confidence"], z["prob_hist"], spaces, meta)
     except (OSError, ValueError, KeyError) as e:
         raise ArtifactError(f"cannot read {path} ({type(e).__name__})", "retrain, or pass --reference-data") from None
