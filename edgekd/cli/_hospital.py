@@ -152,9 +152,10 @@ def drift(
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compare new images with the model's reference statistics: feature distance, confidence, class mix.
+    """Compare new images with the model's reference statistics: distances, confidence, class mix.
 
-    The score is the share of images far outside the validation data in feature space (about 0.01 without drift).
+    The score is the share of images far from the validation images in penultimate features or image statistics
+    (contrast, sharpness, noise): about 0.01 without drift.
 
     Example: edgekd drift runs/student --data folder:/data/new_scanner --fail-above 0.05 --json drift.json
     """
