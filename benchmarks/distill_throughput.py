@@ -143,7 +143,7 @@ def amp_speedup(args) -> dict[str, Any]:
     The same student, teacher, batch and steps through the one Trainer; only ``amp``/``amp_dtype`` differ.
     Medians over ``--repeats`` alternating runs (the first, compiling kernels, is a warm-up and not counted).
     """
-    data = load_data("pneumoniamnist")
+    data = load_data(args.amp_data)
     runs: dict[str, list[float]] = {"fp32": [], args.amp_dtype: []}
 
     def one(amp: bool, seed: int) -> float:
@@ -168,6 +168,7 @@ def amp_speedup(args) -> dict[str, Any]:
     f, a = statistics.median(runs["fp32"]), statistics.median(runs[args.amp_dtype])
     print(f"median fp32 {f:.1f} vs {args.amp_dtype} {a:.1f} img/s on {args.device}: {a / f:.2f}x")
     return {"device": args.device, "amp_dtype": args.amp_dtype, "teacher": args.teacher, "student": args.student,
+            "data": args.amp_data,
             "batch_size": args.batch_size, "steps": args.steps, "images_per_s": runs, "median_fp32": f,
             "median_amp": a, "speedup": a / f, "criterion": "speedup >= 2 (on a GPU)", "passed": a / f >= 2}  # fmt: skip
 
@@ -235,6 +236,8 @@ def main() -> None:
                     help="default: overhead and cache on the CPU, amp with --device cuda")  # fmt: skip
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the amp part's device")
     ap.add_argument("--amp-dtype", default="bf16", choices=("bf16", "fp16"), help="the amp part's precision")
+    ap.add_argument("--amp-data", default="pneumoniamnist",
+                    help="the amp part's data, e.g. synthetic:classes=2,n=2048,size=224,channels=3 for 224 px")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smoke run: few steps, one repeat")
     ap.add_argument("--no-progress", action="store_true")

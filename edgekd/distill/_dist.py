@@ -89,6 +89,12 @@ def init_distributed(device_type: str) -> DistContext:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
+            if local >= torch.cuda.device_count():
+                raise InvalidInputError(
+                    f"--nproc {os.environ.get('LOCAL_WORLD_SIZE', world)} on CUDA needs one GPU per process; "
+                    f"this machine has {torch.cuda.device_count()}",
+                    "lower --nproc to the number of GPUs, or use --device cpu",
+                )
             torch.cuda.set_device(local)
         dist.init_process_group(backend, timeout=_TIMEOUT)
     return DistContext(rank=rank, world=world, local_rank=local)

@@ -99,6 +99,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
     val_metrics: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
 
 
 def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -169,8 +170,9 @@ class Trainer:
         self.sampler = train_sampler(self.train_ds, self.dist, seed=cfg.seed)
         self.schedule = Schedule.of(len(self.sampler), self.batch, cfg)
         self.val_sampler = eval_sampler(data.val, self.dist)
+        # Pinned host memory on CUDA: the non_blocking copies of a step overlap the previous step's kernels.
         self.val_loader = DataLoader(data.val, batch_size=self.batch * 2, shuffle=False, sampler=self.val_sampler,
-                                     num_workers=cfg.num_workers)  # fmt: skip
+                                     num_workers=cfg.num_workers, pin_memory=cuda)  # fmt: skip
         params = list(model.parameters()) + [p for p in objective.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(cfg, params)
         # A gradient scaler only for fp16: bf16 has fp32's exponent range and needs none.
@@ -219,7 +221,14 @@ class Trainer:
         if state.best_state is None:  # resumed a finished run
             state.best_state = load_best(self.out_dir)
         return FitResult(state.best_epoch, state.best_metric, cfg.select_metric, state.history, state.best_state,
-                         state.best_val)  # fmt: skip
+                         state.best_val, self.runtime())  # fmt: skip
+
+    def runtime(self) -> dict[str, Any]:
+        """What the run resolved ``auto`` to: device (and GPU name), mixed precision, memory format, processes."""
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        amp = str(self.amp_dtype).removeprefix("torch.") if self.amp else None
+        return {"device": self.device.type, "gpu": gpu, "amp": amp, "channels_last": self.channels_last,
+                "world_size": self.dist.world}  # fmt: skip
 
     def _epoch(self, epoch: int, state: TrainState) -> dict[str, Any]:
         """Train one epoch, validate, and fold the result into ``state``; returns the history record."""
@@ -228,7 +237,7 @@ class Trainer:
         self.objective.on_epoch_start(epoch, self.cfg.epochs)
         self.sampler.set_epoch(epoch)
         loader = DataLoader(_Indexed(self.train_ds), batch_size=self.batch, sampler=self.sampler,
-                            num_workers=self.cfg.num_workers)  # fmt: skip
+                            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")  # fmt: skip
         stats = self._train_one_epoch(loader, epoch)
         val = compute_metrics(*self._validate(), self.data.task)
         record = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}}

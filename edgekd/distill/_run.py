@@ -163,7 +163,8 @@ def run_training(
     lineage = Lineage(command=command if command is not None else current_command(), parent=parent,
                       data=bundle.spec, stage=settings.stage, teachers=[t.name for t in teachers],
                       losses=["ce"] if isinstance(objective, SupervisedObjective) else settings.loss_terms,
-                      notes={**_notes(objective, teachers, cache), **unlabeled_notes(objective)},
+                      notes={"runtime": result.runtime, **_notes(objective, teachers, cache, work),
+                             **unlabeled_notes(objective)},
                       parent_sha256=sha256_file(Path(parent) / WEIGHTS_FILE) if parent else None)  # fmt: skip
     if not ctx.is_main:  # rank 0 evaluates and writes the model directory; the others read its card
         ctx.barrier()
@@ -195,7 +196,7 @@ def distill_model(settings: RunSettings, out: str | Path, **kwargs: Any) -> Mode
     return run_training(settings, out, **kwargs)
 
 
-def _notes(objective: Objective, teachers: list[Teacher], cache: TeacherCache | None) -> dict[str, Any]:
+def _notes(objective: Objective, teachers: list[Teacher], cache: TeacherCache | None, work: Path) -> dict[str, Any]:
     if not isinstance(objective, DistillObjective):
         return {}
     notes: dict[str, Any] = {
@@ -204,7 +205,9 @@ def _notes(objective: Objective, teachers: list[Teacher], cache: TeacherCache | 
         "teacher_calls": objective.teacher_calls,
     }
     if cache is not None:
-        notes["cache"] = {"dir": str(cache.directory), "status": cache.status, "views": cache.views,
+        where = cache.directory.resolve()  # inside the run: relative, as the model directory is renamed into place
+        where = where.relative_to(work.resolve()) if where.is_relative_to(work.resolve()) else where
+        notes["cache"] = {"dir": str(where), "status": cache.status, "views": cache.views,
                           "topk": cache.topk, "hits": cache.hits, "misses": cache.misses}  # fmt: skip
     return notes
 
