@@ -533,3 +533,22 @@ def test_make_loader_same_order(small):
     assert len(make_loader(small.train, 5, shuffle=True, drop_last=True)) == 6
     with pytest.raises(InvalidInputError):
         make_loader(small.train, 0, shuffle=False)
+
+
+def test_exif_orientation_is_applied_as_viewers_show_the_image(tmp_path):
+    """A phone photo stored landscape with EXIF Orientation 6 (rotate 90° clockwise to view) decodes upright, the
+    same in training (the folder source) and in predict/serve (which decode through the same function)."""
+    from edgekd.data import decode_image
+
+    stored = np.zeros((20, 40), dtype=np.uint8)  # 20 rows x 40 columns as stored
+    stored[:, :10] = 255  # a bright band at the left edge of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "photo.png"
+    Image.fromarray(stored, "L").save(path, exif=exif)
+    with Image.open(path) as im:
+        arr = decode_image(im, channels=1, size=(40, 20), depth=8)[0]
+    # Rotated 90° clockwise (PIL's Image.transpose(ROTATE_270)): stored left edge -> top rows, the shape 40 x 20.
+    assert arr.shape == (40, 20)
+    np.testing.assert_array_equal(arr, np.rot90(stored, k=-1))
+    assert arr[:10].min() == 255 and arr[10:].max() == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from edgekd.errors import ArtifactError, InvalidInputError
@@ -132,14 +132,15 @@ def decode_image(im: Image.Image, *, channels: int, size: tuple[int, int], depth
 
     16-bit samples become their high byte (``u8 = v // 256``, what Pillow itself does for 16-bit colour);
     alpha is dropped (colour values used as stored); palettes are looked up; colour to grayscale is
-    Pillow's ITU-R 601-2 luma; grayscale to 3 channels repeats the channel; a size other than ``size`` is
-    resized (bilinear, aspect ratio not kept).
+    Pillow's ITU-R 601-2 luma; grayscale to 3 channels repeats the channel; an EXIF orientation is applied (the
+    image as viewers show it); a size other than ``size`` is resized (bilinear, aspect ratio not kept).
     """
     info = image_info(im)
     if info.frames > 1:
         raise UnsupportedImage(f"it holds {info.frames} frames (a stack or animation); edgekd reads single images")
     if info.bits != depth:
         raise UnsupportedImage(f"it is {info.bits}-bit but the data was read as {depth}-bit (depth={depth})")
+    im = ImageOps.exif_transpose(im)  # phone and camera photos (dermatology): upright as a viewer shows them
     if im.mode in WIDE_GRAY_MODES:
         wide = np.asarray(im)
         if wide.size and (wide.min() < 0 or wide.max() > 65535):
