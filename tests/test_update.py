@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from edgekd.cli import app
 from edgekd.distill import LwFObjective, TrainConfig, update_model
-from edgekd.distill._update import extend_head, plan_classes
+from edgekd.distill._update import FineTuneObjective, extend_head, plan_classes, update_config
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import load_model_dir, read_card
 from edgekd.monitor import REFERENCE_FILE
@@ -49,9 +49,50 @@ def test_lwf_objective_is_ce_plus_weighted_kd_on_the_old_classes(tiny_model_dir)
     loss, terms = objective(student, x, y)
     with torch.no_grad():
         s, t = student(card.preprocess(x)), old(card.preprocess(x))
-    kd = F.kl_div(F.log_softmax(s[:, [1, 2]] / 2, 1), F.softmax(t / 2, 1), reduction="batchmean") * 4
+    # Li & Hoiem's L_old up to a constant: KL of the T = 2 softened outputs, without Hinton's T^2 factor
+    kd = F.kl_div(F.log_softmax(s[:, [1, 2]] / 2, 1), F.softmax(t / 2, 1), reduction="batchmean")
     assert float(terms["lwf"]) == pytest.approx(float(kd), rel=1e-5)
     assert float(loss.detach()) == pytest.approx(float(F.cross_entropy(s, y) + 0.7 * kd), rel=1e-5)
+
+
+def _running_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if ".running_" in k}
+
+
+def test_frozen_norm_statistics_make_the_lwf_term_zero_for_the_unchanged_model(tiny_model_dir):
+    """The updated model starts as the old one: with frozen batch norm the LwF term is 0 and the statistics stay."""
+    old, card = load_model_dir(tiny_model_dir)
+    teacher = Teacher.from_module(old, card.preprocess, name="old")
+    student = load_model_dir(tiny_model_dir)[0].train()  # the mode the training loop puts it in
+    before = _running_stats(student)
+    assert before  # small:tinycnn has batch norm
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8), torch.tensor([0, 1] * 4)
+    _, terms = LwFObjective(card.preprocess, card.task, teacher, [0, 1])(student, x, y)
+    assert float(terms["lwf"]) == pytest.approx(0.0, abs=1e-6)
+    assert all(torch.equal(v, _running_stats(student)[k]) for k, v in before.items())
+    # with batch statistics the same weights compute another function, and the new images' statistics
+    # replace the old ones: what freeze_norm=True prevents
+    live = LwFObjective(card.preprocess, card.task, teacher, [0, 1], freeze_norm=False)
+    _, terms = live(student.train(), x, y)
+    assert float(terms["lwf"]) > 1e-3
+    assert not all(torch.equal(v, _running_stats(student)[k]) for k, v in before.items())
+
+
+def test_fine_tune_objective_freezes_norm_statistics_unless_asked(tiny_model_dir):
+    student, card = load_model_dir(tiny_model_dir)
+    before = _running_stats(student)
+    x, y = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8), torch.tensor([0, 1] * 4)
+    FineTuneObjective(card.preprocess, card.task)(student.train(), x, y)
+    assert all(torch.equal(v, _running_stats(student)[k]) for k, v in before.items())
+    FineTuneObjective(card.preprocess, card.task, freeze_norm=False)(student.train(), x, y)
+    assert not all(torch.equal(v, _running_stats(student)[k]) for k, v in before.items())
+
+
+def test_update_defaults_are_a_fine_tune_schedule():
+    cfg = update_config()
+    assert (cfg.epochs, cfg.lr, cfg.warmup_epochs) == (5, 5e-4, 0.0)
+    assert update_config(lr=1e-4).lr == 1e-4
 
 
 @pytest.mark.slow
@@ -67,6 +108,11 @@ def test_domain_then_class_incremental_updates_record_the_chain(tiny_model_dir, 
 
     plain = update_model(tiny_model_dir, NEW_SITE, tmp_path / "plain", lwf=None, train=CFG, progress=False)
     assert plain.lineage.notes["update"]["method"] == "finetune" and plain.lineage.losses == ["ce"]
+    parent = _running_stats(load_model_dir(tiny_model_dir)[0])
+    for updated in (tmp_path / "b", tmp_path / "plain"):  # the old data's batch-norm statistics are kept
+        assert read_card(updated).lineage.notes["update"]["freeze_norm"] is True
+        got = _running_stats(load_model_dir(updated)[0])
+        assert all(torch.equal(v, got[k]) for k, v in parent.items())
 
     three = "synthetic:classes=3,n=90,size=16,channels=1,seed=6"  # class_0, class_1 and a new class_2
     c = update_model(tmp_path / "b", three, tmp_path / "c", lwf=0.5, train=CFG, progress=False)
@@ -86,7 +132,8 @@ def test_refusals_and_the_cli(tiny_model_dir, tmp_path):
         update_model(tiny_model_dir, NEW_SITE, tmp_path / "taken", train=CFG)
     r = CliRunner().invoke(app, ["update", tiny_model_dir, "--data", NEW_SITE, "--lwf-weight", "2", "--epochs", "1",
                                  "--batch-size", "32", "--max-steps-per-epoch", "1", "--out", str(tmp_path / "u"),
-                                 "--quiet", "--json", "-"])  # fmt: skip
+                                 "--update-norm", "--quiet", "--json", "-"])  # fmt: skip
     assert r.exit_code == 0, r.output
     got = json.loads(r.output)["lineage"]
     assert got["notes"]["update"]["lwf_weight"] == 2.0 and got["losses"] == ["ce", "lwf:2,T=2"]
+    assert got["notes"]["update"]["freeze_norm"] is False

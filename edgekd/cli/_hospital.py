@@ -95,8 +95,18 @@ def update(
     lwf: Annotated[
         bool, typer.Option("--lwf/--no-lwf", help="Learning without Forgetting (default: plain fine-tune).")
     ] = False,
-    lwf_weight: Annotated[float, typer.Option(help="Weight of the LwF term (implies --lwf).")] = 1.0,
+    lwf_weight: Annotated[
+        float, typer.Option(help="Weight of the LwF term, Li & Hoiem's lambda_o (implies --lwf).")
+    ] = 1.0,
     lwf_temperature: Annotated[float, typer.Option(help="LwF temperature (Li & Hoiem: 2).")] = 2.0,
+    freeze_norm: Annotated[
+        bool,
+        typer.Option(
+            "--freeze-norm/--update-norm",
+            help="Keep the old model's batch-norm running statistics (default); --update-norm re-estimates them "
+            "on the new data only, which shifts the old domain's outputs.",
+        ),
+    ] = True,
     epochs: EpochsOpt = 5,
     batch_size: BatchSizeOpt = 128,
     optimizer: OptimizerOpt = OptimizerName.ADAMW,
@@ -125,8 +135,8 @@ def update(
     values = locals()
     cfg = validate(TrainConfig, {k: values[k] for k in keys})
     weight = lwf_weight if lwf or "lwf_weight" in given_options(ctx) else None
-    card = update_model(model_dir, data, out, lwf=weight, temperature=lwf_temperature, train=cfg,
-                        overwrite=overwrite, progress=not quiet, download=download)  # fmt: skip
+    card = update_model(model_dir, data, out, lwf=weight, temperature=lwf_temperature, freeze_norm=freeze_norm,
+                        train=cfg, overwrite=overwrite, progress=not quiet, download=download)  # fmt: skip
     if not quiet and json_out != "-":
         note = card.lineage.notes["update"]
         how = "plain fine-tune" if weight is None else f"LwF (weight {weight:g}, T {lwf_temperature:g})"
