@@ -14,7 +14,7 @@ from edgekd._progress import stderr_console
 from edgekd.cli._app import PANEL_PIPELINE, app
 from edgekd.cli._options import JsonOpt, QuietOpt, console, emit_json
 from edgekd.pipeline import RunSummary, run_pipeline
-from edgekd.report import write_report
+from edgekd.report import fmt_score, write_report
 
 __all__ = ["run", "render_summary"]
 
@@ -95,7 +95,7 @@ def render_summary(s: RunSummary) -> None:
     means = s.gradcam.get("mean", {})
     if means:
         labels = {r.name: r.label for r in s.rows}
-        parts = [f"{labels.get(k, k)} {v['spearman']:.2f} / {v['iou']:.2f}" for k, v in means.items()]
+        parts = [f"{labels.get(k, k)} {fmt_score(v['spearman'])} / {fmt_score(v['iou'])}" for k, v in means.items()]
         console.print(f"Grad-CAM agreement with the teacher (mean Spearman / top-20% IoU, {len(s.gradcam.get('images', []))} "
                       f"test images): {'; '.join(parts)}")  # fmt: skip
     ran = [o.name for o in s.stages if o.status != "skipped"]

@@ -12,12 +12,20 @@ Example:
 """
 
 from edgekd.report._explain import ExplainedImage, ExplainResult, explain
-from edgekd.report._gradcam import CAM_METHOD, TOP_FRACTION, CamResult, cam_agreement, default_cam_layer, gradcam_maps
+from edgekd.report._gradcam import (
+    CAM_METHOD,
+    TOP_FRACTION,
+    CamResult,
+    cam_agreement,
+    default_cam_layer,
+    fmt_score,
+    gradcam_maps,
+)
 from edgekd.report._html import SECTION_IDS
 from edgekd.report._report import REPORT_DIR, read_summary, write_report
 
 __all__ = [
     "write_report", "read_summary", "REPORT_DIR", "SECTION_IDS",
-    "gradcam_maps", "cam_agreement", "default_cam_layer", "CamResult", "CAM_METHOD", "TOP_FRACTION",
+    "gradcam_maps", "cam_agreement", "fmt_score", "default_cam_layer", "CamResult", "CAM_METHOD", "TOP_FRACTION",
     "explain", "ExplainResult", "ExplainedImage",
 ]  # fmt: skip

@@ -31,7 +31,7 @@ from edgekd.data import DataBundle, load_data
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.modeldir import load_model_dir
 from edgekd.report._figures import gradcam_png
-from edgekd.report._gradcam import CAM_METHOD, TOP_FRACTION, cam_agreement, gradcam_maps
+from edgekd.report._gradcam import CAM_METHOD, TOP_FRACTION, cam_agreement, fmt_score, gradcam_maps
 from edgekd.specs import Task
 
 __all__ = ["explain", "ExplainResult", "ExplainedImage"]
@@ -151,7 +151,7 @@ def explain(
                 "titles": [f"pred {it.prediction} {it.confidence:.2f}" for it in items]}]  # fmt: skip
     if other is not None:
         columns.append({"label": f"{Path(compare).name} [{other.layer}]", "maps": other.maps,
-                        "titles": [f"pred {it.compare_prediction}\nρ {it.spearman:.2f} IoU {it.iou:.2f}" for it in items]})  # fmt: skip
+                        "titles": [f"pred {it.compare_prediction}\nρ {fmt_score(it.spearman)} IoU {fmt_score(it.iou)}" for it in items]})  # fmt: skip
     png = gradcam_png([t.numpy() for t in x], columns, [f"{it.source}: {it.label or '?'}" for it in items])
     mean = {}
     if other is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from sklearn.metrics import roc_curve
 
 __all__ = [
@@ -55,7 +55,8 @@ def pareto_png(rows: Sequence[dict[str, Any]], *, metric: str = "auroc") -> byte
                 continue
             ax.errorbar(x, y, yerr=r.get(f"{metric}_std") or None, fmt="o", ms=8, color=COLORS[i % len(COLORS)],
                         capsize=3, label=r["label"])  # fmt: skip
-            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            if i == 0:  # the stages sit close together: the legend names them, the teacher is labelled
+                ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
         if _finite(ref.get(metric)):
             ax.axhline(ref[metric], color=COLORS[0], ls="--", lw=0.8)
             ax.axhspan(ref[metric] - 0.01, ref[metric], color=COLORS[0], alpha=0.07, lw=0)
@@ -63,6 +64,9 @@ def pareto_png(rows: Sequence[dict[str, Any]], *, metric: str = "auroc") -> byte
         if _finite(rx):
             ax.axvline(rx, color=COLORS[0], ls=":", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
         ax.set_xlabel(f"p50 latency of one batch of {batch} (ms, log)" if batch else "latency not measured")
         ax.set_ylabel(f"test {metric.upper()}")
         ax.set_title(f"batch {batch}: up and left is better" if batch else "no benchmark")

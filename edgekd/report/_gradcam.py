@@ -11,7 +11,9 @@ Agreement of two maps of the same image (:func:`cam_agreement`):
 
 * ``spearman``: Spearman rank correlation of the pixel values (1: the same ranking of evidence; -1: reversed;
   NaN when a map is constant, e.g. all zero after the ReLU);
-* ``iou``: intersection over union of the top-20 % pixels of each map (the regions the models rely on most).
+* ``iou``: intersection over union of the top-20 % pixels of each map (the regions the models rely on most);
+  NaN too when a map is constant (it has no top 20 %). Means over images skip NaN; the report says "n/a" when
+  every image is undefined.
 
 Example:
     >>> cams = gradcam_maps(model, card.preprocess, images, classes=labels)
@@ -35,7 +37,7 @@ from edgekd.errors import DependencyError, InvalidInputError
 from edgekd.specs import Preprocess
 from edgekd.students import tap_points
 
-__all__ = ["CamResult", "gradcam_maps", "cam_agreement", "default_cam_layer", "TOP_FRACTION", "CAM_METHOD"]
+__all__ = ["CamResult", "gradcam_maps", "cam_agreement", "default_cam_layer", "TOP_FRACTION", "CAM_METHOD", "fmt_score"]
 
 TOP_FRACTION = 0.2
 CAM_METHOD = "Grad-CAM (pytorch-grad-cam)"
@@ -123,11 +125,15 @@ def cam_agreement(a: np.ndarray, b: np.ndarray, *, top: float = TOP_FRACTION) ->
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
         raise InvalidInputError(f"maps of different sizes: {a.shape} and {b.shape}")
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        rho = math.nan
-    else:
-        rho = float(spearmanr(a, b).statistic)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:  # a flat map ranks nothing (e.g. a 1x1 last feature map): undefined
+        return {"spearman": math.nan, "iou": math.nan}
+    rho = float(spearmanr(a, b).statistic)
     k = max(1, int(math.ceil(top * a.size - 1e-9)))
     top_a = set(np.argsort(-a, kind="stable")[:k].tolist())
     top_b = set(np.argsort(-b, kind="stable")[:k].tolist())
     return {"spearman": rho, "iou": len(top_a & top_b) / len(top_a | top_b)}
+
+
+def fmt_score(value: float | None) -> str:
+    """An agreement score for a table or a figure title: two decimals, or ``n/a`` when undefined (NaN)."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"

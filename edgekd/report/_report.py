@@ -40,7 +40,7 @@ from edgekd.data import Augment, AugmentedDataset, DataBundle, load_data
 from edgekd.errors import ArtifactError
 from edgekd.modeldir import load_model_dir
 from edgekd.report import _figures as figs
-from edgekd.report._gradcam import CAM_METHOD, TOP_FRACTION, cam_agreement, gradcam_maps
+from edgekd.report._gradcam import CAM_METHOD, TOP_FRACTION, cam_agreement, fmt_score, gradcam_maps
 from edgekd.report._html import Page, esc, figure, fmt, paragraph, table
 from edgekd.specs import package_versions
 
@@ -330,7 +330,7 @@ def _gradcam_section(run: _Run, page: Page, pngs: dict[str, bytes], out: Path) -
                                                              for j in range(len(idx))] for r in rows[1:]}  # fmt: skip
     columns = [{"label": f"{r['label']}\n[{cams[r['name']].layer}]", "maps": cams[r["name"]].maps,
                 "titles": [f"pred {names[int(preds[r['name']][i])]}" + ("" if r["name"] == "teacher" else
-                           f"\nρ {scores[r['name']][j]['spearman']:.2f} IoU {scores[r['name']][j]['iou']:.2f}")
+                           f"\nρ {fmt_score(scores[r['name']][j]['spearman'])} IoU {fmt_score(scores[r['name']][j]['iou'])}")
                            for j, i in enumerate(idx)]} for r in rows]  # fmt: skip
     titles = [f"test #{i}: {names[y]}" + (" (missed by some)" if any(preds[n][i] != y for n in preds) else "")
               for i, y in zip(idx, labels)]  # fmt: skip
@@ -339,7 +339,7 @@ def _gradcam_section(run: _Run, page: Page, pngs: dict[str, bytes], out: Path) -
                  for k in ("spearman", "iou")} for n, v in scores.items()}  # fmt: skip
     label_of = {r["name"]: r["label"] for r in rows}
     mean_rows = [[label_of[n], cams[n].layer, m["spearman"], m["iou"]] for n, m in means.items()]
-    per_image = [[f"#{i} ({names[y]})", *[f"{scores[n][j]['spearman']:.2f} / {scores[n][j]['iou']:.2f}" for n in scores]]
+    per_image = [[f"#{i} ({names[y]})", *[f"{fmt_score(scores[n][j]['spearman'])} / {fmt_score(scores[n][j]['iou'])}" for n in scores]]
                  for j, (i, y) in enumerate(zip(idx, labels))]  # fmt: skip
     page.section("gradcam", "Grad-CAM agreement with the teacher",
                  paragraph(f"{CAM_METHOD} maps for the true class of {len(idx)} test images ({sum('missed' in t for t in titles)} "
