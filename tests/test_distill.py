@@ -437,3 +437,32 @@ def test_cli_distill_help_has_example():
 
     r = runner.invoke(app, ["distill", "--help"])
     assert r.exit_code == 0 and "Example" in r.output and "--cache-teacher" in r.output
+
+
+def test_finetune_takes_class_weighting_and_label_smoothing_from_its_config(tiny_model_dir):
+    """Pruning recovery and QAT fine-tune through `finetune`: their TrainConfig's class_weighting and
+    label_smoothing reach the task term (they were silently ignored), with and without a teacher."""
+    from edgekd.data import load_data
+    from edgekd.distill import TrainConfig, class_weights
+    from edgekd.distill._finetune import finetune_objective
+    from edgekd.distill._objective import SupervisedObjective
+    from edgekd.distill.losses._logit import CELoss
+    from edgekd.modeldir import load_model_dir
+    from edgekd.teachers import Teacher
+
+    data = load_data("synthetic:classes=3,n=90,size=16,channels=1,seed=3")
+    data.train.targets[:60] = 0  # imbalanced: balanced weights differ from 1
+    model, card = load_model_dir(tiny_model_dir)
+    cfg = TrainConfig(class_weighting="balanced", label_smoothing=0.1)
+    expected = class_weights(data, cfg.class_weighting)
+    assert not torch.allclose(expected, torch.ones_like(expected))
+    plain = finetune_objective(model, card.preprocess, data, teacher=None, cfg=cfg)
+    assert isinstance(plain, SupervisedObjective) and plain.label_smoothing == 0.1
+    torch.testing.assert_close(plain.class_weights, expected)
+    teacher = Teacher.from_module(load_model_dir(tiny_model_dir)[0], card.preprocess, name="t")
+    kd = finetune_objective(model, card.preprocess, data, teacher=teacher, cfg=cfg)
+    (ce,) = [m for m in kd.modules() if isinstance(m, CELoss)]
+    torch.testing.assert_close(ce.class_weights, expected)
+    assert ce.smoothing == 0.1
+    default = finetune_objective(model, card.preprocess, data, teacher=None)
+    assert default.class_weights is None and default.label_smoothing == 0.0

@@ -27,6 +27,7 @@ from edgekd.distill._distill import build_distill_objective
 from edgekd.distill._loop import fit
 from edgekd.distill._objective import Objective, SupervisedObjective
 from edgekd.distill._settings import DEFAULT_LOSSES
+from edgekd.distill._train import class_weights
 from edgekd.specs import Preprocess
 from edgekd.teachers import Teacher
 
@@ -40,11 +41,18 @@ def finetune_objective(
     *,
     teacher: Teacher | None,
     losses: Sequence[str] = DEFAULT_LOSSES,
+    cfg: TrainConfig | None = None,
 ) -> Objective:
-    """``losses`` (default ``ce:1`` + ``kd:1,T=4``) against ``teacher``, or plain CE when ``teacher`` is None."""
+    """``losses`` (default ``ce:1`` + ``kd:1,T=4``) against ``teacher``, or plain CE when ``teacher`` is None.
+
+    The task term takes ``cfg``'s ``class_weighting`` and ``label_smoothing``, as in training.
+    """
+    smoothing = cfg.label_smoothing if cfg is not None else 0.0
+    weights = class_weights(data, cfg.class_weighting) if cfg is not None else None
     if teacher is None:
-        return SupervisedObjective(preprocess, data.task)
-    return build_distill_objective(model, preprocess, data.task, [teacher], list(losses))
+        return SupervisedObjective(preprocess, data.task, label_smoothing=smoothing, class_weights=weights)
+    return build_distill_objective(model, preprocess, data.task, [teacher], list(losses),
+                                   label_smoothing=smoothing, class_weights=weights)  # fmt: skip
 
 
 def finetune(
@@ -73,7 +81,7 @@ def finetune(
     Returns:
         The per-epoch history (losses and validation metrics).
     """
-    objective = finetune_objective(model, preprocess, data, teacher=teacher, losses=losses)
+    objective = finetune_objective(model, preprocess, data, teacher=teacher, losses=losses, cfg=cfg)
     result = fit(model, objective, data, cfg, work_dir, preprocess=preprocess, progress=progress)
     model.load_state_dict(result.best_state)
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
