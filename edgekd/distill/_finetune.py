@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgekd.data import DataBundle
+from edgekd.distill._cache import TeacherCache
 from edgekd.distill._config import TrainConfig
 from edgekd.distill._distill import build_distill_objective
 from edgekd.distill._loop import fit
@@ -31,7 +32,20 @@ from edgekd.distill._train import class_weights
 from edgekd.specs import Preprocess
 from edgekd.teachers import Teacher
 
-__all__ = ["finetune", "finetune_objective"]
+__all__ = ["finetune", "finetune_objective", "task_objective"]
+
+
+def task_objective(model: nn.Module, preprocess: Preprocess, data: DataBundle, cfg: TrainConfig,
+                   teachers: Sequence[Teacher], losses: Sequence[str], *,
+                   teacher_weights: Sequence[float] | None = None, cache: TeacherCache | None = None) -> Objective:  # fmt: skip
+    """The objective of a training run: plain supervised CE without teachers and with losses ``ce:1``, else
+    the distillation objective; either way the task term takes ``cfg``'s class weighting and label smoothing."""
+    weights = class_weights(data, cfg.class_weighting)
+    if not teachers and list(losses) == ["ce:1"]:
+        return SupervisedObjective(preprocess, data.task, label_smoothing=cfg.label_smoothing, class_weights=weights)
+    return build_distill_objective(model, preprocess, data.task, teachers, list(losses),
+                                   teacher_weights=teacher_weights, cache=cache,
+                                   label_smoothing=cfg.label_smoothing, class_weights=weights)  # fmt: skip
 
 
 def finetune_objective(
@@ -45,14 +59,12 @@ def finetune_objective(
 ) -> Objective:
     """``losses`` (default ``ce:1`` + ``kd:1,T=4``) against ``teacher``, or plain CE when ``teacher`` is None.
 
-    The task term takes ``cfg``'s ``class_weighting`` and ``label_smoothing``, as in training.
+    The task term takes ``cfg``'s ``class_weighting`` and ``label_smoothing``, as in training (:func:`task_objective`).
     """
-    smoothing = cfg.label_smoothing if cfg is not None else 0.0
-    weights = class_weights(data, cfg.class_weighting) if cfg is not None else None
+    cfg = cfg if cfg is not None else TrainConfig()
     if teacher is None:
-        return SupervisedObjective(preprocess, data.task, label_smoothing=smoothing, class_weights=weights)
-    return build_distill_objective(model, preprocess, data.task, [teacher], list(losses),
-                                   label_smoothing=smoothing, class_weights=weights)  # fmt: skip
+        return task_objective(model, preprocess, data, cfg, [], ["ce:1"])
+    return task_objective(model, preprocess, data, cfg, [teacher], losses)
 
 
 def finetune(

@@ -29,11 +29,12 @@ from edgekd.data import DataBundle, load_data
 from edgekd.distill._cache import TeacherCache
 from edgekd.distill._checkpoint import has_checkpoint
 from edgekd.distill._dist import DistContext, all_max, init_distributed
-from edgekd.distill._distill import DistillObjective, build_distill_objective
+from edgekd.distill._distill import DistillObjective
+from edgekd.distill._finetune import task_objective
 from edgekd.distill._loop import fit, resolve_device
 from edgekd.distill._objective import Objective, SupervisedObjective
 from edgekd.distill._settings import RunSettings
-from edgekd.distill._train import class_weights, finish_run, resolve_student
+from edgekd.distill._train import finish_run, resolve_student
 from edgekd.distill._unlabeled import flush_unlabeled, unlabeled_notes, with_unlabeled
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, read_card
@@ -81,17 +82,6 @@ def _check_prepare(settings: RunSettings, out: Path, overwrite: bool) -> Path:
     if work.exists() and not is_edgekd_artifact(work):
         raise InvalidInputError(f"{work} exists and was not written by edgekd", "remove it or choose another --out")
     return work
-
-
-def _objective(settings: RunSettings, net, pre, bundle: DataBundle, teachers: list[Teacher],
-               cache: TeacherCache | None) -> Objective:  # fmt: skip
-    cfg = settings.train
-    weights = class_weights(bundle, cfg.class_weighting)
-    if not teachers and settings.loss_terms == ["ce:1"]:
-        return SupervisedObjective(pre, bundle.task, label_smoothing=cfg.label_smoothing, class_weights=weights)
-    return build_distill_objective(net, pre, bundle.task, teachers, settings.loss_terms,
-                                   teacher_weights=settings.teacher_weights, cache=cache,
-                                   label_smoothing=cfg.label_smoothing, class_weights=weights)  # fmt: skip
 
 
 def _open_cache(settings: RunSettings, work: Path, teachers, bundle: DataBundle, ctx: DistContext
@@ -146,7 +136,16 @@ def run_training(
     ctx = init_distributed(resolve_device(cfg.device).type)
     work = _prepare(settings, out, overwrite, ctx)
     cache = _open_cache(settings, work, teachers, bundle, ctx)
-    objective = _objective(settings, net, pre, bundle, teachers, cache)
+    objective = task_objective(
+        net,
+        pre,
+        bundle,
+        settings.train,
+        teachers,
+        settings.loss_terms,
+        teacher_weights=settings.teacher_weights,
+        cache=cache,
+    )
     objective = with_unlabeled(objective, settings, bundle, net, work)  # --unlabeled: KD on unlabelled images too
     if ctx.is_main:
         record = yaml.safe_dump({**settings.record(), "data": bundle.spec, "world_size": ctx.world}, sort_keys=False)
