@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,11 @@ SENTINELS = {
     "ReferringPhysicianName": "Drsentinel^Referrer",
     "StudyDescription": "SENTINEL chest study",
 }
-NEEDLES = ("Sentinel", "SENTINEL", "4711", "19020304", "0815", "Patricia", "Referrer")
+# Needles that cannot occur in numbers: words and whole identifiers, never bare digit strings (a scan for "4711"
+# found it in a float of history.jsonl). The birth date is all digits, so it counts only where no digit, sign,
+# decimal point or exponent touches it (a DICOM DA value, not a run of digits inside a float's mantissa).
+NEEDLES = ("Sentinel", "SENTINEL", "Patricia", "Referrer", "PID-4711", "ACC-0815", "SNTL")
+DIGIT_NEEDLES = (re.compile(rb"(?<![0-9.eE+-])19020304(?![0-9])"),)
 
 
 def shipped(name: str) -> Path:
@@ -197,7 +202,9 @@ def _scan_for_identifiers(paths: list[Path], texts: list[str]) -> list[str]:
         for f in files:
             blob = f.read_bytes()
             hits += [f"{f}: {n}" for n in NEEDLES if n.encode() in blob]
+            hits += [f"{f}: {r.pattern!r}" for r in DIGIT_NEEDLES if r.search(blob)]
     hits += [f"output: {n}" for t in texts for n in NEEDLES if n in t]
+    hits += [f"output: {r.pattern!r}" for t in texts for r in DIGIT_NEEDLES if r.search(t.encode())]
     return hits
 
 
@@ -240,6 +247,16 @@ def test_dicom_folder_trains_evaluates_predicts_and_leaks_no_identifier(tmp_path
     written = [out, tmp_path / "t.json", tmp_path / "eval.json", preds, tmp_path / "preds.json", labels]
     assert _scan_for_identifiers(written, outputs) == []
     assert any(SENTINELS["PatientID"].encode() in p.read_bytes() for p in root.rglob("*.dcm"))  # the scan can see
+
+
+def test_identifier_scan_sees_identifiers_and_not_numbers(tmp_path):
+    """The scan must not fail on the digits of a float, and must still find every sentinel where it stands."""
+    numbers = ['{"val_ece": 0.42095552047114415, "loss": 4711.0815}', "0.119020304", "1.9020304e-05", "-19020304.5"]
+    assert _scan_for_identifiers([], numbers) == []
+    dcm = write_dicom(tmp_path / "a.dcm", np.zeros((8, 8)))
+    found = " ".join(_scan_for_identifiers([dcm], ["PatientBirthDate 19020304"]))
+    for needle in ("Sentinel", "Patricia", "Referrer", "PID-4711", "ACC-0815", "19020304"):
+        assert needle in found, needle
 
 
 def test_errors_never_quote_identifying_tags(tmp_path):
