@@ -59,7 +59,7 @@ def _runs(path, x) -> np.ndarray:
 
 
 def test_targets_registry():
-    assert TARGETS.names() == ["cpu-arm", "cpu-x86", "tensorrt"]
+    assert TARGETS.names() == ["cpu-arm", "cpu-x86", "cpu-x86-avx2", "cpu-x86-vnni", "tensorrt"]
     with pytest.raises(UnknownNameError, match="did you mean"):
         get_target("cpu-x68")
 
@@ -221,7 +221,7 @@ def test_quantize_qat_with_kd_through_the_api(tiny_model_dir, tmp_path):
 def test_failed_check_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
     import edgekd.quantize._api as api
 
-    def failing(parity, lint):
+    def failing(*args):
         raise VerificationError("planted failure")
 
     monkeypatch.setattr(api, "_verify", failing)

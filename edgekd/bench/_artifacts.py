@@ -29,7 +29,7 @@ from typing import Any
 
 from edgekd.bench._onnxinfo import onnx_size_bytes, read_onnx_info
 from edgekd.errors import ArtifactError
-from edgekd.export import verify_hashes
+from edgekd.export import check_isa, verify_hashes
 from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, read_card
 
 __all__ = [
@@ -98,11 +98,12 @@ class Artifact:
 def resolve_artifact(given: str, *, verify: bool = True) -> Artifact:
     """Recognise a model directory, ONNX file, bundle or engine.
 
-    A bundle's files are re-hashed against its manifest first (``verify``): a tampered bundle is never run.
+    A bundle's files are re-hashed against its manifest first (``verify``): a tampered bundle is never run; an
+    INT8 file checked on another class of CPU re-runs its stored parity samples here (:func:`edgekd.export.check_isa`).
 
     Raises:
         ArtifactError: the path does not exist or is none of the four kinds, or a manifest is malformed.
-        VerificationError: a bundle file is missing or modified (exit 6).
+        VerificationError: a bundle file is missing or modified, or an INT8 file fails on this CPU (exit 6).
     """
 
     path = Path(given)
@@ -113,8 +114,11 @@ def resolve_artifact(given: str, *, verify: bool = True) -> Artifact:
     if path.is_dir() and (path / MANIFEST_FILE).is_file():
         if verify:
             verify_hashes(path)
+            check_isa(path)  # an INT8 file checked on another class of CPU is re-checked here, refused if wrong
         return _bundle(given, path)
     if path.is_file() and path.suffix.lower() == ".onnx":
+        if verify and (path.parent / MANIFEST_FILE).is_file():
+            check_isa(path.parent, [path.name])
         return _onnx_file(given, path)
     if path.is_file() and path.suffix.lower() in ENGINE_SUFFIXES:
         return _engine_file(given, path)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from edgekd._io import check_report_path
+from edgekd.bench import onnx_latency_ms
 from edgekd.cli._app import PANEL_COMPRESS, app
 from edgekd.cli._options import (
     ConfigOpt,
@@ -24,12 +25,13 @@ from edgekd.cli._options import (
 )
 from edgekd.cli._render import fmt
 from edgekd.distill import DeviceName, OptimizerName, TrainConfig
-from edgekd.quantize import Calibration, QuantizeConfig, QuantMethod, quantize_model_dir
+from edgekd.quantize import TARGETS, Calibration, QuantizeConfig, QuantMethod, quantize_model_dir
 
 Q, C, QA = "Quantization", "Calibration", "QAT"
+TARGETS_EPILOG = "Targets (--target):\n\n" + "\n\n".join(f"{n}: {TARGETS.get(n).summary}" for n in TARGETS.names())
 
 
-@app.command(rich_help_panel=PANEL_COMPRESS)
+@app.command(rich_help_panel=PANEL_COMPRESS, epilog=TARGETS_EPILOG)
 def quantize(
     ctx: typer.Context,
     model_dir: Annotated[Path, typer.Argument(help="Model directory to quantize.")],
@@ -48,7 +50,12 @@ def quantize(
         ),
     ] = QuantMethod.PTQ,
     target: Annotated[
-        str, typer.Option(help="cpu-x86 (U8S8) | cpu-arm (S8S8) | tensorrt (symmetric S8S8).", rich_help_panel=Q)
+        str,
+        typer.Option(
+            help="The device class: cpu-x86 (this x86 CPU) | cpu-x86-vnni | cpu-x86-avx2 | cpu-arm | tensorrt "
+            "(one line each below).",
+            rich_help_panel=Q,
+        ),
     ] = "cpu-x86",
     calibration: Annotated[
         Calibration, typer.Option(help="Activation range estimator.", rich_help_panel=C)
@@ -102,7 +109,8 @@ def quantize(
                          sensitivity=sensitivity, max_drop=max_drop, metric=metric, max_fp32_nodes=max_fp32_nodes,
                          opset=opset, qat_backend=qat_backend, kd=kd, teacher=teacher, train=train_cfg,
                          **({"losses": loss} if loss else {}))  # fmt: skip
-    result = quantize_model_dir(model_dir, out, cfg, data=data, overwrite=overwrite, progress=not quiet)
+    result = quantize_model_dir(model_dir, out, cfg, data=data, latency=onnx_latency_ms, overwrite=overwrite,
+                                progress=not quiet)  # fmt: skip
     if not quiet and json_out != "-":
         _render(result)
     emit_json(result, json_out)
@@ -120,6 +128,9 @@ def _render(result) -> None:
                       f"{result.delta[k]:+.2f}" if k in result.delta else "n/a")  # fmt: skip
     console.print(t)
     console.print(f"size {result.sizes['fp32']:,} -> {result.sizes[low]:,} bytes; scheme: {result.scheme['summary']}")
+    if result.scheme_choice:
+        c = result.scheme_choice
+        console.print(f"target {c['target']}: scheme {c['chosen']} ({c['reason']})")
     for p in result.parity:
         console.print(f"parity {p['file']} \\[{p['precision']}]: top-1 agreement {p['top1_agreement']:.4f}, "
                       f"max |dlogit| {p['max_abs']:.2e}")  # fmt: skip

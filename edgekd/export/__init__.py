@@ -55,7 +55,7 @@ from edgekd.export._parity import (
 from edgekd.export._tensorrt import build_engine, require_tensorrt, run_engine, sidecar_path, tensorrt_available
 from edgekd.export._triton import TRITON_DTYPES, export_triton, parse_triton_config, safe_model_name, triton_config
 from edgekd.export._types import INPUT_NAME, OUTPUT_NAME, Precision, TensorInfo, onnx_io
-from edgekd.export._verify import FileCheck, VerifyResult, verify_bundle, verify_hashes
+from edgekd.export._verify import FileCheck, VerifyResult, check_isa, verify_bundle, verify_hashes
 
 __all__ = [
     # ONNX export
@@ -107,6 +107,7 @@ __all__ = [
     "export_bundle",
     "parse_formats",
     "verify_bundle",
+    "check_isa",
     "verify_hashes",
     "read_manifest",
     "preprocess_recipe",

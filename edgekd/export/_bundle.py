@@ -122,6 +122,9 @@ class Manifest(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     lineage: dict[str, Any] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
+    # The instruction set an INT8 file was checked on (edgekd.quantize): ``target``, ``scheme``, ``verified_isa``
+    # (None when only reference kernels checked it), ``kernels``, ``built_on``, ``device_isa``; None otherwise.
+    isa: dict[str, Any] | None = None
 
     def model_files(self) -> list[ManifestFile]:
         """The ONNX and engine files, in manifest order."""
@@ -232,6 +235,7 @@ def write_bundle(
     profile: dict[str, Any] | None = None,
     lint: list[Finding] | None = None,
     versions: dict[str, str] | None = None,
+    isa: dict[str, Any] | None = None,
 ) -> Manifest:
     """Write a bundle atomically: a failure leaves no directory (and an existing bundle untouched).
 
@@ -248,6 +252,7 @@ def write_bundle(
         profile: the TensorRT optimization profile (min/opt/max batch), when relevant.
         lint: lint findings to record.
         versions: extra package versions (e.g. ``{"tensorrt": ...}``).
+        isa: the instruction set the INT8 file was checked on (see :attr:`Manifest.isa`).
 
     Returns:
         The :class:`Manifest` written to ``manifest.json``.
@@ -266,6 +271,7 @@ def write_bundle(
         entries += _write_support_files(tmp, card, inputs, reference)
         manifest = _manifest(card, entries, inputs, outputs, target=target, exporter=exporter or {}, profile=profile,
                              parity=parity, lint=lint or [], extra=extra or {}, versions=versions)  # fmt: skip
+        manifest.isa = isa
         (tmp / MODEL_CARD_FILE).write_text(render_model_card(manifest, card))
         manifest.files.append(_entry(tmp / MODEL_CARD_FILE, "model-card"))
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")

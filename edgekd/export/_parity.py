@@ -10,6 +10,12 @@ Measures, over ``n`` samples and at every checked batch size:
 Tolerances per precision (:data:`TOLERANCES`): FP32 passes with ``max_abs <= 1e-4``; FP16 and INT8 pass
 with ``top1_agreement >= 0.99``, their logit error is reported.
 
+Kernels (``kernels=``): ``native`` runs the model as deployed (ONNX Runtime's optimised graph, whose INT8
+kernels depend on the CPU's instruction set, see :mod:`edgekd._cpu`); ``reference`` turns graph optimisation
+off, so each QuantizeLinear/DequantizeLinear pair runs as float operations around float convolutions: the
+exact integer arithmetic a device without saturation computes. A result records the kernels and the CPU class
+it ran on.
+
 Example:
     >>> samples = make_samples(card, data="pneumoniamnist", n=64)
     >>> res = parity_check("model.onnx", model, card, samples=samples.inputs)
@@ -28,6 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from edgekd._cpu import cpu_info
 from edgekd.data import load_data
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.export._onnx import _prepare
@@ -45,7 +52,10 @@ __all__ = [
     "ort_session",
     "run_onnx",
     "parity_check",
+    "KERNELS",
 ]
+
+KERNELS = ("native", "reference")
 
 
 class Tolerance(BaseModel):
@@ -79,11 +89,15 @@ class ParityResult(BaseModel):
     passed: bool
     samples: str = ""
     reference: str = "pytorch"
+    kernels: str = "native"
+    isa: str = ""
 
     def summary(self) -> str:
         """One line: file, precision, verdict and the numbers."""
         verdict = "passed" if self.passed else "FAILED"
-        return (f"parity {verdict}: {self.file} [{self.precision.value}] max_abs={self.max_abs:.2e} "
+        where = f" on {self.isa}" if self.isa and self.kernels == "native" else ""
+        kernels = " (reference kernels)" if self.kernels == "reference" else where
+        return (f"parity {verdict}: {self.file} [{self.precision.value}]{kernels} max_abs={self.max_abs:.2e} "
                 f"max_rel={self.max_rel:.2e} top1={self.top1_agreement:.4f} n={self.n} "
                 f"batches={self.batch_sizes} tolerance={self.tolerance.model_dump(exclude_none=True)}")  # fmt: skip
 
@@ -158,11 +172,19 @@ def torch_logits(model: nn.Module, inputs: np.ndarray, *, batch_size: int = 64) 
     return np.concatenate(outs).astype(np.float32)
 
 
-def ort_session(path: str | os.PathLike, *, threads: int = 2):
-    """A CPU ONNX Runtime session (few threads: parity runs beside other work)."""
+def ort_session(path: str | os.PathLike, *, threads: int = 2, kernels: str = "native"):
+    """A CPU ONNX Runtime session (few threads: parity runs beside other work).
+
+    ``kernels="reference"`` disables graph optimisation: Q/DQ nodes run as float operations (exact integer
+    semantics, independent of the CPU's INT8 instructions) instead of being fused into INT8 kernels.
+    """
     import onnxruntime as ort
 
+    if kernels not in KERNELS:
+        raise InvalidInputError(f"unknown kernels {kernels!r}", f"use one of {', '.join(KERNELS)}")
     opts = ort.SessionOptions()
+    if kernels == "reference":
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -223,6 +245,7 @@ def parity_check(
     batch_sizes: Sequence[int] = (1, 7),
     tolerance: Tolerance | None = None,
     sample_source: str = "",
+    kernels: str = "native",
 ) -> ParityResult:
     """Compare an ONNX model in ONNX Runtime (CPU) with the PyTorch model or stored reference logits.
 
@@ -236,6 +259,7 @@ def parity_check(
         batch_sizes: batch sizes to run (a static-batch model runs at its own batch size only).
         tolerance: override of the precision's tolerance.
         sample_source: where the samples came from, recorded in the result.
+        kernels: ``native`` (as deployed on this CPU) or ``reference`` (exact Q/DQ arithmetic).
 
     Returns:
         A :class:`ParityResult`; the caller decides whether a failure is fatal.
@@ -257,7 +281,7 @@ def parity_check(
     ref = np.asarray(reference_logits, dtype=np.float32)
     if len(ref) != len(samples):
         raise InvalidInputError(f"{len(ref)} reference logits for {len(samples)} samples")
-    session = ort_session(onnx_path)
+    session = ort_session(onnx_path, kernels=kernels)
     sizes, fixed = _batches_for(onnx_path, batch_sizes)
     max_abs, sum_abs, count, top1 = 0.0, 0.0, 0, 1.0
     for b in sizes:
@@ -275,5 +299,5 @@ def parity_check(
         file=os.path.basename(str(onnx_path)), precision=precision, n=len(samples), batch_sizes=sizes,
         max_abs=max_abs, max_rel=max_abs / scale, mean_abs=sum_abs / max(count, 1), top1_agreement=top1,
         tolerance=tol, passed=_passes(tol, max_abs, top1), samples=sample_source,
-        reference=ref_kind,
+        reference=ref_kind, kernels=kernels, isa=cpu_info().isa,
     )  # fmt: skip

@@ -6,6 +6,12 @@
    static batch). Engines are re-run too when TensorRT and a GPU are present.
 3. With ``data``, every ONNX file also runs on real samples of that data against the FP32 ONNX file.
 
+INT8 files depend on the CPU's instruction set (:mod:`edgekd._cpu`): the manifest records the class an INT8
+file was checked on (``manifest.isa``). When parity fails on a CPU of another class the error says so and names
+the target to rebuild for. :func:`check_isa` is the same check for consumers that only load the bundle
+(`edgekd bench`, `predict`, `serve`): on a CPU of another class than the recorded one it re-runs the stored
+parity samples of the INT8 files that will run, and refuses them when they fail.
+
 Example:
     >>> res = verify_bundle("bundles/student")
     >>> res.ok, [p.file for p in res.parity]
@@ -22,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from edgekd._cpu import cpu_info, native_target
 from edgekd.errors import ArtifactError, VerificationError
 from edgekd.export._bundle import MANIFEST_FILE, PARITY_FILE, Manifest, read_manifest
 from edgekd.export._parity import ParityResult, Tolerance, make_samples, ort_session, parity_check, run_onnx
@@ -29,7 +36,7 @@ from edgekd.export._tensorrt import run_engine, tensorrt_available
 from edgekd.export._types import Precision
 from edgekd.modeldir import ModelCard, sha256_file, validate_file
 
-__all__ = ["FileCheck", "VerifyResult", "verify_bundle", "verify_hashes"]
+__all__ = ["FileCheck", "VerifyResult", "verify_bundle", "verify_hashes", "check_isa"]
 
 
 class FileCheck(BaseModel):
@@ -160,7 +167,7 @@ def verify_bundle(path: str | os.PathLike, *, data: str | None = None) -> Verify
             _data_parity(root, m, data, res)
     else:
         res.skipped.append("parity: not run because files failed their hash check")
-    return _finish(res)
+    return _finish(res, m)
 
 
 def _hashes(root: Path, m: Manifest) -> VerifyResult:
@@ -171,14 +178,75 @@ def _hashes(root: Path, m: Manifest) -> VerifyResult:
     return res
 
 
-def _finish(res: VerifyResult) -> VerifyResult:
+def _isa_error(m: Manifest, failed: list[ParityResult], where: str) -> VerificationError | None:
+    """The error when only INT8 files fail and this CPU is not the class they were checked on (else None)."""
+    rec, here = m.isa or {}, cpu_info().isa
+    if not failed or any(p.precision is not Precision.INT8 or p.kernels != "native" for p in failed):
+        return None
+    if rec.get("verified_isa") == here:
+        return None
+    checked = rec.get("verified_isa") or ("reference kernels" if rec else "a CPU it does not record")
+    scores = ", ".join(f"{p.file} top-1 {p.top1_agreement:.3f}" for p in failed)
+    own = native_target(here)
+    return VerificationError(
+        f"{where}: its INT8 file was checked on {checked} (target {rec.get('target', m.target)}); on this {here} "
+        f"CPU its stored parity samples fail ({scores} < {failed[0].tolerance.min_top1}): this CPU's INT8 kernels "
+        "compute differently",
+        f"rebuild it for this CPU: edgekd quantize MODEL_DIR --target {own}" if own
+        else "run it on the class of device it was built for",
+    )
+
+
+def _finish(res: VerifyResult, m: Manifest | None = None) -> VerifyResult:
     res.ok = not res.problems()
     if not res.ok:
         problems = res.problems()
+        failed = [p for p in res.parity if not p.passed]
+        if m is not None and all(f.ok for f in res.files) and (err := _isa_error(m, failed, f"bundle {res.bundle}")):
+            raise err
         raise VerificationError(f"bundle {res.bundle} failed verification: {'; '.join(problems[:3])}"
                                 + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""),
                                 "the bundle was modified or damaged after export; re-export it")  # fmt: skip
     return res
+
+
+def check_isa(path: str | os.PathLike, files: list[str] | None = None) -> str | None:
+    """Re-check the INT8 ONNX files of a bundle on this CPU when it is of another class than the recorded one.
+
+    Args:
+        path: the bundle directory.
+        files: the file names that will run (default: every INT8 ONNX file of the bundle).
+
+    Returns:
+        None when there is nothing to re-check (no INT8 file, or checked on this CPU's class), else one line
+        saying what was re-checked and that it passed.
+
+    Raises:
+        VerificationError: an INT8 file fails its stored parity samples on this CPU (exit 6), naming the
+            target to rebuild for.
+        ArtifactError: not a bundle, or a malformed manifest or parity file (exit 4).
+    """
+    root = Path(path)
+    m = read_manifest(root)
+    here = cpu_info().isa
+    int8 = [f for f in m.model_files() if f.kind == "onnx" and f.precision is Precision.INT8
+            and (files is None or f.name in files)]  # fmt: skip
+    if not int8 or (m.isa or {}).get("verified_isa") == here:
+        return None
+    if not any(f.name == PARITY_FILE for f in m.files):
+        return f"{', '.join(f.name for f in int8)}: not re-checked on this {here} CPU (the bundle stores no parity.npz)"
+    x, ref = _load_reference(root)
+    card = _card_of(m, root)
+    results = [parity_check(root / f.name, None, card, samples=x, reference_logits=ref, precision=Precision.INT8,
+                            sample_source=f"{PARITY_FILE} ({len(x)} stored samples)") for f in int8]  # fmt: skip
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise _isa_error(m, failed, f"bundle {root}") or VerificationError(
+            f"bundle {root}: {failed[0].summary()}", "re-export the bundle"
+        )
+    checked = (m.isa or {}).get("verified_isa") or "reference kernels"
+    return (f"{', '.join(r.file for r in results)}: checked on {checked}, re-checked on this {here} CPU: "
+            f"parity passed (top-1 {min(r.top1_agreement for r in results):.3f})")  # fmt: skip
 
 
 def verify_hashes(path: str | os.PathLike) -> VerifyResult:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd._io import atomic_write_text, sha256_file
-from edgekd.bench import benchmark, model_latency_ms, write_json
+from edgekd.bench import benchmark, model_latency_ms, onnx_latency_ms, write_json
 from edgekd.distill import CacheSettings, RunSettings, TrainConfig, run_training
 from edgekd.export import export_bundle, read_manifest
 from edgekd.importer import import_model
@@ -288,7 +288,8 @@ def _quantize(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     s = dict(st.settings)
     source = s.pop("source")
     res = quantize_model_dir(r.final_fp32(source), r.path(st.output), QuantizeConfig.model_validate(s), data=r.data,
-                             overwrite=True, progress=r.progress, command=r.command(st))  # fmt: skip
+                             latency=onnx_latency_ms, overwrite=True, progress=r.progress,
+                             command=r.command(st))  # fmt: skip
     return {"delta": res.delta, "sizes": res.sizes, "precision": res.precision}
 
 

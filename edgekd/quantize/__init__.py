@@ -1,7 +1,9 @@
 """edgekd.quantize: INT8 and FP16 for a deployment target, with the teacher recovering what INT8 costs.
 
-* :data:`TARGETS`: one registry of deployment targets, each deciding its INT8 scheme (:class:`QuantScheme`):
-  ``cpu-x86`` U8S8, ``cpu-arm`` S8S8, ``tensorrt`` symmetric S8S8 (see :mod:`._targets` for why);
+* :data:`TARGETS`: one registry of deployment targets (:class:`QuantTarget`), each listing the INT8 schemes
+  (:data:`SCHEMES`) exact on its device: ``cpu-x86`` (this x86 CPU) resolves to ``cpu-x86-vnni`` (U8S8) or
+  ``cpu-x86-avx2`` (the fastest of U8S8 7-bit / U8U8 / S8S8 that passes parity there, measured),
+  ``cpu-arm`` S8S8, ``tensorrt`` symmetric S8S8 (see :mod:`._targets` for why; :func:`choose_scheme`);
 * PTQ: :func:`prepare_onnx` + :func:`quantize_onnx` (ONNX Runtime static QDQ quantization, calibration
   ``minmax | entropy | percentile``) and :func:`sensitivity_search` (mixed precision under an accuracy budget);
 * QAT: :func:`qat_finetune` (NVIDIA Model Optimizer or PyTorch fake quantization, fine-tuned with
@@ -16,6 +18,7 @@ Example:
 """
 
 from edgekd.quantize._api import BUDGET_METRICS, QuantizeConfig, QuantizeResult, QuantMethod, quantize_model_dir
+from edgekd.quantize._choose import choose_scheme
 from edgekd.quantize._data import CalibrationReader, evaluate_onnx, iterate_split, onnx_logits, split_inputs
 from edgekd.quantize._fakequant import ActFakeQuant, QATConv2d, QATLinear, calibrate, insert_fake_quant
 from edgekd.quantize._ptq import (
@@ -36,10 +39,20 @@ from edgekd.quantize._qat import (
     strip_fake_quant,
 )  # fmt: skip
 from edgekd.quantize._sensitivity import NodeError, SensitivityReport, metric_value, node_errors, sensitivity_search
-from edgekd.quantize._targets import TARGETS, QuantScheme, get_target, list_targets
+from edgekd.quantize._targets import (
+    SCHEMES,
+    TARGETS,
+    QuantScheme,
+    QuantTarget,
+    get_target,
+    list_targets,
+    resolve_target,
+    target_for_isa,
+)
 
 __all__ = [
-    "TARGETS", "QuantScheme", "get_target", "list_targets",
+    "TARGETS", "SCHEMES", "QuantScheme", "QuantTarget", "get_target", "list_targets", "resolve_target",
+    "target_for_isa", "choose_scheme",
     "Calibration", "CALIBRATION", "WEIGHTED_OPS", "prepare_onnx", "quantize_onnx", "quantizable_nodes", "qdq_summary",
     "CalibrationReader", "split_inputs", "iterate_split", "evaluate_onnx", "onnx_logits",
     "NodeError", "SensitivityReport", "node_errors", "sensitivity_search", "metric_value",

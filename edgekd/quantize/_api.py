@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from edgekd._cpu import cpu_info
 from edgekd._io import check_output
 from edgekd.data import DataBundle
 from edgekd.distill import DEFAULT_LOSSES, TrainConfig
@@ -49,11 +50,12 @@ from edgekd.export import (
     write_bundle,
 )
 from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, sha256_file
+from edgekd.quantize._choose import OnnxLatencyFn, choose_scheme, kernels_for
 from edgekd.quantize._data import CalibrationReader, evaluate_onnx, split_inputs
-from edgekd.quantize._ptq import Calibration, prepare_onnx, qdq_summary, quantize_onnx
+from edgekd.quantize._ptq import Calibration, prepare_onnx, qdq_summary
 from edgekd.quantize._qat import QAT_BACKENDS, qat_finetune, strip_fake_quant
 from edgekd.quantize._sensitivity import SensitivityReport, sensitivity_search
-from edgekd.quantize._targets import TARGETS, QuantScheme
+from edgekd.quantize._targets import SCHEMES, TARGETS, QuantTarget, resolve_target, target_for_isa
 from edgekd.specs import current_command
 from edgekd.teachers import load_teacher
 
@@ -121,12 +123,12 @@ class QuantizeConfig(BaseModel):
             UnknownNameError: an unknown target or QAT backend (exit 3, with close names).
             InvalidInputError: an unknown budget metric, or ``fp16`` for a CPU target (exit 3).
         """
-        scheme = TARGETS.get(self.target)
+        target = TARGETS.get(self.target)
         if self.qat_backend != "auto":
             QAT_BACKENDS.get(self.qat_backend)
         if self.metric not in BUDGET_METRICS:
             raise InvalidInputError(f"unknown budget metric {self.metric!r}", f"use one of {', '.join(BUDGET_METRICS)}")
-        if self.method is QuantMethod.FP16 and not scheme.gpu:
+        if self.method is QuantMethod.FP16 and not target.gpu:
             raise InvalidInputError(
                 f"--method fp16 is for GPU targets; {self.target} is a CPU target",
                 "use --target tensorrt, or --method ptq/qat for CPUs",
@@ -143,6 +145,7 @@ class QuantizeResult(BaseModel):
     target: str
     precision: str
     scheme: dict[str, Any]
+    isa: dict[str, Any] | None = None
     split: str
     metrics: dict[str, dict[str, Any]]
     delta: dict[str, float]
@@ -153,73 +156,68 @@ class QuantizeResult(BaseModel):
     calibration: dict[str, Any] | None = None
     sensitivity: SensitivityReport | None = None
     qat: dict[str, Any] | None = None
+    scheme_choice: dict[str, Any] | None = None
 
 
 def _calibration_inputs(data: DataBundle, card: ModelCard, cfg: QuantizeConfig) -> np.ndarray:
     return split_inputs(data, "train", card.preprocess, n=cfg.calib_samples, seed=cfg.train.seed)[0]
 
 
-def _ptq(
-    fp32: Path,
-    work: Path,
-    scheme: QuantScheme,
-    data: DataBundle,
-    card: ModelCard,
-    cfg: QuantizeConfig,
-    calib: np.ndarray,
-) -> tuple[Path, dict[str, Any]]:
-    pre = prepare_onnx(fp32, work / "model.pre.onnx")
-    reader = CalibrationReader(calib, batch_size=32)
-    dst = work / "model.int8.onnx"
-    details: dict[str, Any] = {"calibration": {"method": cfg.calibration.value, "samples": len(calib)}}
+class _Job:
+    """What the low-precision makers share: the run's inputs, scratch directory and parity samples."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, source: Path, work: Path, data: DataBundle,
+                 cfg: QuantizeConfig, target: QuantTarget, latency: OnnxLatencyFn | None, progress: bool) -> None:  # fmt: skip
+        self.model, self.card, self.source, self.work, self.data = model, card, source, work, data
+        self.cfg, self.target, self.latency, self.progress = cfg, target, latency, progress
+        self.x, _ = split_inputs(data, "test", card.preprocess, n=cfg.parity_samples, spread=True)
+
+    def choose(self, fp32: Path, reference: nn.Module, calib: np.ndarray, name: str) -> tuple[Path, dict[str, Any]]:
+        """Pre-process ``fp32`` and quantize it with the target's best scheme (see :mod:`._choose`)."""
+        pre = prepare_onnx(fp32, self.work / f"{name}.pre.onnx")
+        scratch = self.work / f"{name}-schemes"
+        scratch.mkdir()
+        return choose_scheme(pre, scratch, self.target, CalibrationReader(calib, batch_size=32), x=self.x,
+                             ref=torch_logits(reference, self.x), card=self.card, calibration=self.cfg.calibration,
+                             latency=self.latency, fp32=fp32, strict=not self.cfg.sensitivity)  # fmt: skip
+
+
+def _ptq(job: _Job, fp32: Path, calib: np.ndarray) -> tuple[Path, dict[str, Any]]:
+    cfg = job.cfg
+    chosen, record = job.choose(fp32, job.model, calib, "model")
+    details: dict[str, Any] = {"calibration": {"method": cfg.calibration.value, "samples": len(calib)},
+                               "scheme_choice": record}  # fmt: skip
     if not cfg.sensitivity:
-        quantize_onnx(pre, dst, scheme, reader, calibration=cfg.calibration)
-        return dst, details
-    x_val, y_val = split_inputs(data, "val", card.preprocess, n=SENSITIVITY_SAMPLES, spread=True)
-    scratch = work / "sensitivity"
+        return chosen, details
+    x_val, y_val = split_inputs(job.data, "val", job.card.preprocess, n=SENSITIVITY_SAMPLES, spread=True)
+    scratch = job.work / "sensitivity"
     scratch.mkdir()
+    dst = job.work / "model.int8.onnx"
     details["sensitivity"] = sensitivity_search(
-        pre, dst, scheme, reader, x_val=x_val, y_val=y_val, task=data.task, work=scratch,
-        calibration=cfg.calibration, metric=cfg.metric, max_drop=cfg.max_drop, max_nodes=cfg.max_fp32_nodes,
+        job.work / "model.pre.onnx", dst, SCHEMES.get(record["chosen"]), CalibrationReader(calib, batch_size=32),
+        x_val=x_val, y_val=y_val, task=job.data.task, work=scratch, calibration=cfg.calibration, metric=cfg.metric,
+        max_drop=cfg.max_drop, max_nodes=cfg.max_fp32_nodes, kernels=record["kernels"],
     )  # fmt: skip
     return dst, details
 
 
-def _qat(
-    model: nn.Module,
-    card: ModelCard,
-    source: Path,
-    work: Path,
-    scheme: QuantScheme,
-    data: DataBundle,
-    cfg: QuantizeConfig,
-    calib: np.ndarray,
-    progress: bool,
-) -> tuple[Path, dict[str, Any]]:
-    teacher = load_teacher(cfg.teacher or str(source), data=data) if cfg.kd else None
-    qat, record = qat_finetune(
-        model,
-        card,
-        data,
-        scheme,
-        cfg.train,
-        work / "qat",
-        calib=calib,
-        backend=cfg.qat_backend,
-        teacher=teacher,
-        losses=cfg.losses,
-        freeze_bn=cfg.freeze_bn,
-        progress=progress,
-    )
-    dst = work / "model.int8.onnx"
-    tuned_model, tuned = strip_fake_quant(qat, card), work / "model.qat-fp32.onnx"
+def _qat(job: _Job, calib: np.ndarray) -> tuple[Path, dict[str, Any]]:
+    cfg, card = job.cfg, job.card
+    teacher = load_teacher(cfg.teacher or str(job.source), data=job.data) if cfg.kd else None
+    scheme = SCHEMES.get(job.target.schemes[0])  # fake quantization with the target's default scheme
+    qat, record = qat_finetune(job.model, card, job.data, scheme, cfg.train, job.work / "qat", calib=calib,
+                               backend=cfg.qat_backend, teacher=teacher, losses=cfg.losses, freeze_bn=cfg.freeze_bn,
+                               progress=job.progress)  # fmt: skip
+    tuned_model, tuned = strip_fake_quant(qat, card), job.work / "model.qat-fp32.onnx"
     export_onnx(tuned_model, card, tuned, opset=cfg.opset)
     details: dict[str, Any] = {"qat": record, "reference": (tuned_model, tuned)}
-    if scheme.name == "tensorrt":  # the fake-quant graph is TensorRT's explicit-quantization input
+    if job.target.name == "tensorrt":  # the fake-quant graph is TensorRT's explicit-quantization input
+        dst = job.work / "model.int8.onnx"
         record["export"] = export_onnx(qat, card, dst, opset=cfg.opset)
+        details["scheme_choice"] = {"target": "tensorrt", "kernels": kernels_for(job.target), "isa": cpu_info().isa,
+                                    "chosen": scheme.name, "reason": "QAT fake-quantization graph", "trials": []}  # fmt: skip
         return dst, details
-    pre = prepare_onnx(tuned, work / "model.qat-pre.onnx")
-    quantize_onnx(pre, dst, scheme, CalibrationReader(calib), calibration=cfg.calibration)
+    dst, details["scheme_choice"] = job.choose(tuned, tuned_model, calib, "model.qat")
     details["calibration"] = {"method": cfg.calibration.value, "samples": len(calib)}
     return dst, details
 
@@ -240,19 +238,42 @@ def _delta(fp32: dict[str, Any], low: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _verify(parity: list, lint: list) -> None:
-    failed = [p.summary() for p in parity if not p.passed]
+def _verify(parity: list, lint: list, target: QuantTarget) -> None:
+    failed = [p for p in parity if not p.passed]
     errors = [str(f) for f in lint if f.severity == "error"]
-    if failed or errors:
-        raise VerificationError("; ".join([*failed, *errors[:3]]) + ("" if len(errors) <= 3 else " ..."),
-                                "try --calibration entropy or percentile, --sensitivity, or --method qat")  # fmt: skip
+    if not failed and not errors:
+        return
+    message = "; ".join([*(p.summary() for p in failed), *errors[:3]]) + ("" if len(errors) <= 3 else " ...")
+    if errors and not failed:
+        hint = "fix the TensorRT lint findings above (see `edgekd export --check tensorrt`)"
+    elif any(p.precision is not Precision.INT8 for p in failed):
+        hint = "the FP32/FP16 file differs from PyTorch: check the export (`edgekd export` reports the same check)"
+    elif failed[0].kernels == "native" and target_for_isa(cpu_info().isa) not in (None, target.name):
+        hint = f"this {cpu_info().isa} CPU's INT8 kernels differ from {target.name}'s: use --target {target_for_isa(cpu_info().isa)}"
+    else:
+        hint = "try --calibration entropy or percentile, --sensitivity, or --method qat"
+    raise VerificationError(message, hint)
+
+
+def _isa_record(cfg: QuantizeConfig, target: QuantTarget, choice: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the manifest says of the instruction set the INT8 file was checked on (None for FP16)."""
+    if choice is None:
+        return None
+    info = cpu_info()
+    native = choice["kernels"] == "native"
+    return {"requested": cfg.target, "target": target.name, "scheme": choice["chosen"],
+            "verified_isa": info.isa if native else None, "kernels": choice["kernels"],
+            "built_on": {"isa": info.isa, "cpu": info.model, "flags": info.flags},
+            "device_isa": target.isa, "reason": choice.get("reason", "")}  # fmt: skip
 
 
 def _quantized_card(
     card: ModelCard, source: Path, data: DataBundle, cfg: QuantizeConfig, metrics: dict, details: dict, command: str
 ) -> ModelCard:
     qat = details.get("qat") or {}
-    notes = {"method": cfg.method.value, "target": cfg.target, "calibration": details.get("calibration"),
+    choice = details.get("scheme_choice") or {}
+    notes = {"method": cfg.method.value, "target": cfg.target, "resolved_target": choice.get("target"),
+             "scheme": choice.get("chosen"), "calibration": details.get("calibration"),
              "fp32_nodes": details["sensitivity"].fp32_nodes if details.get("sensitivity") else [],
              "qat_backend": qat.get("backend")}  # fmt: skip
     lineage = Lineage(command=command, parent=str(source), parent_sha256=sha256_file(source / WEIGHTS_FILE),
@@ -261,26 +282,25 @@ def _quantized_card(
     return card.model_copy(update={"lineage": lineage, "metrics": {**card.metrics, "onnxruntime": metrics}})
 
 
-def _make_low_precision(model, card, source, work, fp32, data, cfg, progress) -> tuple[Path, dict[str, Any]]:
-    scheme = TARGETS.get(cfg.target)
-    if cfg.method is QuantMethod.FP16:
-        return _fp16(fp32, work)
-    calib = _calibration_inputs(data, card, cfg)
-    if cfg.method is QuantMethod.QAT:
-        return _qat(model, card, source, work, scheme, data, cfg, calib, progress)
-    return _ptq(fp32, work, scheme, data, card, cfg, calib)
+def _make_low_precision(job: _Job, fp32: Path) -> tuple[Path, dict[str, Any]]:
+    if job.cfg.method is QuantMethod.FP16:
+        return _fp16(fp32, job.work)
+    calib = _calibration_inputs(job.data, job.card, job.cfg)
+    if job.cfg.method is QuantMethod.QAT:
+        return _qat(job, calib)
+    return _ptq(job, fp32, calib)
 
 
-def _check(reference: nn.Module, card: ModelCard, data: DataBundle, cfg: QuantizeConfig, fp32: Path, low: Path,
-           precision) -> dict[str, Any]:  # fmt: skip
+def _check(job: _Job, reference: nn.Module, fp32: Path, low: Path, precision, kernels: str) -> dict[str, Any]:
     """Parity of both shipped files against their PyTorch source, and the TensorRT lint; raises on failure."""
-    x, _ = split_inputs(data, "test", card.preprocess, n=cfg.parity_samples, spread=True)
+    x, card = job.x, job.card
     ref = torch_logits(reference, x)
-    source = f"{len(x)} {data.spec} test samples"
-    parity = [parity_check(low, None, card, samples=x, reference_logits=ref, precision=precision, sample_source=source),
+    source = f"{len(x)} {job.data.spec} test samples"
+    parity = [parity_check(low, None, card, samples=x, reference_logits=ref, precision=precision, sample_source=source,
+                           kernels=kernels),
               parity_check(fp32, None, card, samples=x, reference_logits=ref, sample_source=source)]  # fmt: skip
-    lint = lint_onnx(low, target="tensorrt", profile=TRT_PROFILE) if cfg.target == "tensorrt" else []
-    _verify(parity, lint)
+    lint = lint_onnx(low, target="tensorrt", profile=TRT_PROFILE) if job.target.name == "tensorrt" else []
+    _verify(parity, lint, job.target)
     keep = max(1, min(len(x), REFERENCE_BYTES // max(1, x[0].nbytes)))
     return {"parity": parity, "lint": lint, "reference": Reference(x[:keep], ref[:keep])}
 
@@ -291,15 +311,18 @@ def _measure(files: dict[str, Path], data: DataBundle, card: ModelCard, split: s
 
 
 def _result(source: Path, out: Path, data: DataBundle, cfg: QuantizeConfig, precision, metrics: dict,
-            sizes: dict, checked: dict, low: Path, details: dict) -> QuantizeResult:  # fmt: skip
+            sizes: dict, checked: dict, low: Path, details: dict, isa: dict | None) -> QuantizeResult:  # fmt: skip
+    choice = details.get("scheme_choice")
+    scheme = SCHEMES.get(choice["chosen"]).describe() if choice else {"name": "fp16"}
     return QuantizeResult(
-        source=str(source), out=str(out), data=data.spec, method=cfg.method, target=cfg.target,
-        precision=precision.value, scheme=TARGETS.get(cfg.target).describe(), split=cfg.eval_split,
-        metrics=metrics, delta=_delta(metrics["fp32"], metrics[precision.value]), sizes=sizes,
+        source=str(source), out=str(out), data=data.spec, method=cfg.method,
+        target=choice["target"] if choice else cfg.target, precision=precision.value, scheme=scheme, isa=isa,
+        split=cfg.eval_split, metrics=metrics, delta=_delta(metrics["fp32"], metrics[precision.value]), sizes=sizes,
         parity=[p.model_dump(mode="json") for p in checked["parity"]],
         lint_errors=[str(f) for f in checked["lint"] if f.severity == "error"],
         qdq=qdq_summary(low) if precision.value == "int8" else None, calibration=details.get("calibration"),
         sensitivity=details.get("sensitivity"), qat=_qat_summary(details.get("qat")),
+        scheme_choice=choice,
     )  # fmt: skip
 
 
@@ -309,11 +332,24 @@ def quantize_model_dir(
     cfg: QuantizeConfig,
     *,
     data: str | DataBundle | None = None,
+    latency: OnnxLatencyFn | None = None,
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
 ) -> QuantizeResult:
     """Quantize the model directory ``source`` into the bundle ``out`` (see the module docstring).
+
+    Args:
+        source: the FP32 model directory.
+        out: the bundle to write.
+        cfg: the run's configuration.
+        data: data spec or bundle (default: the data in the source's lineage).
+        latency: times ONNX files on this CPU (:func:`edgekd.bench.onnx_latency_ms`), to choose between the
+            schemes that pass parity on a target this CPU runs natively; None: the first passing scheme in the
+            target's order is taken (recorded).
+        overwrite: replace an earlier edgekd output at ``out``.
+        progress: show progress bars.
+        command: the command line, for the lineage.
 
     Raises:
         ArtifactError: ``source`` is missing or malformed (exit 4).
@@ -322,25 +358,29 @@ def quantize_model_dir(
         VerificationError: parity failed or the TensorRT lint found errors; nothing is written (exit 6).
     """
     cfg.check()
+    target = resolve_target(cfg.target)
     source, out = Path(source), Path(out)
     teacher = cfg.teacher if cfg.teacher and Path(cfg.teacher).exists() else None
     check_output(out, overwrite=overwrite, inputs=(source, teacher))
     model, card, bundle = load_model_and_data(source, data, seed=cfg.train.seed)
     precision = Precision.FP16 if cfg.method is QuantMethod.FP16 else Precision.INT8
     with tempfile.TemporaryDirectory(prefix="edgekd-quantize-") as tmp:
-        work = Path(tmp)
-        fp32 = work / "model.onnx"
+        job = _Job(model, card, source, Path(tmp), bundle, cfg, target, latency, progress)
+        fp32 = job.work / "model.onnx"
         exporter = export_onnx(model, card, fp32, opset=cfg.opset)
-        low, details = _make_low_precision(model, card, source, work, fp32, bundle, cfg, progress)
+        low, details = _make_low_precision(job, fp32)
         # The FP32 file shipped beside the low-precision one is its exact FP32 source: the input model, or
         # for QAT the QAT-tuned weights without quantizers (so `edgekd verify` checks both against one reference).
         ref_model, ref_onnx = details.pop("reference", (model, fp32))
-        checked = _check(ref_model, card, bundle, cfg, ref_onnx, low, precision)
+        choice = details.get("scheme_choice")
+        checked = _check(job, ref_model, ref_onnx, low, precision, choice["kernels"] if choice else "native")
         files = {"fp32": fp32, precision.value: low, **({"fp32_qat_tuned": ref_onnx} if ref_onnx != fp32 else {})}
         metrics = _measure(files, bundle, card, cfg.eval_split)
         sizes = {name: path.stat().st_size for name, path in files.items()}
-        result = _result(source, out, bundle, cfg, precision, metrics, sizes, checked, low, details)
-        shipped = [BundleFile(source=low, name=low.name, precision=precision),
+        isa = _isa_record(cfg, target, choice)
+        result = _result(source, out, bundle, cfg, precision, metrics, sizes, checked, low, details, isa)
+        shipped = [BundleFile(source=low, name="model.int8.onnx" if precision is Precision.INT8 else low.name,
+                              precision=precision),
                    BundleFile(source=ref_onnx, name=fp32.name, precision=Precision.FP32)]  # fmt: skip
         extra = {"quantization": {**result.model_dump(mode="json", exclude={"out"}),
                                   "fp32_reference": "qat-tuned" if ref_onnx != fp32 else "source"}}  # fmt: skip
@@ -353,9 +393,9 @@ def quantize_model_dir(
             details,
             command if command is not None else current_command(),
         )
-        write_bundle(out, card=card_q, files=shipped, parity=checked["parity"], target=cfg.target,
+        write_bundle(out, card=card_q, files=shipped, parity=checked["parity"], target=target.name,
                      reference=checked["reference"], exporter=exporter, lint=checked["lint"], extra=extra,
-                     profile=TRT_PROFILE if cfg.target == "tensorrt" else None)  # fmt: skip
+                     profile=TRT_PROFILE if target.name == "tensorrt" else None, isa=isa)  # fmt: skip
     return result
 
 

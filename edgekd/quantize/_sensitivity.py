@@ -71,8 +71,8 @@ def metric_value(logits: np.ndarray, targets: np.ndarray, task: Task, metric: st
     return float(m["acc"]) if math.isnan(v) else v
 
 
-def _session(path: Path):
-    return ort_session(path)
+def _session(path: Path, kernels: str = "native"):
+    return ort_session(path, kernels=kernels)
 
 
 def node_errors(
@@ -85,6 +85,7 @@ def node_errors(
     cache: Path,
     work: Path,
     nodes: list[str] | None = None,
+    kernels: str = "native",
 ) -> list[NodeError]:
     """Per-node relative logit errors, worst first (see the module docstring)."""
     reference = onnx_logits(_session(src), x)
@@ -93,7 +94,7 @@ def node_errors(
     for i, node in enumerate(nodes if nodes is not None else quantizable_nodes(src)):
         path = quantize_onnx(src, work / f"one_{i}.onnx", scheme, reader, calibration=calibration, include=[node],
                              cache=cache)  # fmt: skip
-        z = onnx_logits(_session(path), x)
+        z = onnx_logits(_session(path, kernels), x)
         out.append(NodeError(node=node, error=float(np.mean((z.astype(np.float64) - reference) ** 2)) / power))
         path.unlink(missing_ok=True)
     return sorted(out, key=lambda e: e.error, reverse=True)
@@ -113,6 +114,7 @@ def sensitivity_search(
     metric: str = "acc",
     max_drop: float = 0.5,
     max_nodes: int | None = None,
+    kernels: str = "native",
 ) -> SensitivityReport:
     """Quantize ``src`` to ``dst``, keeping the most sensitive nodes in FP32 until the budget is met.
 
@@ -128,23 +130,24 @@ def sensitivity_search(
         metric: validation metric of the budget (``acc``, ``auroc``, ``balanced_acc``, ``f1_macro``).
         max_drop: allowed drop in points (0.5 = half a percentage point).
         max_nodes: most nodes kept in FP32 (default: all weighted nodes).
+        kernels: ONNX Runtime kernels that evaluate the budget (``reference`` for another device's target).
     """
     src, work = Path(src), Path(work)
     cache = work / "calibration.json"
     fp32 = metric_value(onnx_logits(_session(src), x_val), y_val, task, metric)
     full = quantize_onnx(src, work / "trial_0.onnx", scheme, reader, calibration=calibration, cache=cache)
-    int8_all = metric_value(onnx_logits(_session(full), x_val), y_val, task, metric)
+    int8_all = metric_value(onnx_logits(_session(full, kernels), x_val), y_val, task, metric)
     trials = [{"fp32_nodes": 0, metric: int8_all, "drop": 100 * (fp32 - int8_all)}]
     best, ranked = full, []
     if trials[0]["drop"] > max_drop:
         ranked = node_errors(src, scheme, reader, x_val[:ERROR_SAMPLES], calibration=calibration, cache=cache,
-                             work=work)  # fmt: skip
+                             work=work, kernels=kernels)  # fmt: skip
         limit = len(ranked) if max_nodes is None else min(max_nodes, len(ranked))
         for k in range(1, limit + 1):
             exclude = [e.node for e in ranked[:k]]
             best = quantize_onnx(src, work / f"trial_{k}.onnx", scheme, reader, calibration=calibration,
                                  exclude=exclude, cache=cache)  # fmt: skip
-            value = metric_value(onnx_logits(_session(best), x_val), y_val, task, metric)
+            value = metric_value(onnx_logits(_session(best, kernels), x_val), y_val, task, metric)
             trials.append({"fp32_nodes": k, metric: value, "drop": 100 * (fp32 - value)})
             if trials[-1]["drop"] <= max_drop:
                 break

@@ -37,6 +37,7 @@ from edgekd.export import (
     PREPROCESS_FILE,
     Manifest,
     TensorInfo,
+    check_isa,
     onnx_io,
     ort_session,
     read_manifest,
@@ -233,6 +234,8 @@ def _load_bundle(root: Path, *, name: str | None, precision: str | None, thresho
         verify_bundle(root)  # VerificationError (exit 6) on any modified file or failed parity
     m = read_manifest(root)
     file, prec = _pick_file(m, precision, root)
+    if not verify:  # verify_bundle re-ran every file; else an INT8 file checked on another CPU class is re-checked
+        check_isa(root, [file])
     sha = next(f.sha256 for f in m.files if f.name == file)
     t, t_src = _threshold(m.task, ("manifest.extra", m.extra),
                           *((f"manifest.metrics.{k}", v) for k, v in m.metrics.items()),
