@@ -278,3 +278,4 @@ def test_run_records_decisions_marks_the_handoff_and_skips_them_on_rerun(tmp_pat
     assert decisions["int8-cpu-x86"].parent == "student" and not decisions["int8-cpu-x86"].kept
     assert next(t for t in auto.handoff.targets if t.target == "cpu-x86").stage == "student"
     assert {r.name: r.handoff for r in auto.rows}["student"] == ["cpu-x86"] and auto.handoff.recheck == []
+    assert all(r.macs for r in auto.rows)  # INT8 of the student: the MACs of the graph it was made from
