@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,12 @@ def test_run_writes_table_report_and_resolved_config(full_run):
     assert set(cams["mean"]) == {"baseline", "student", "pruned"} and len(cams["images"]) == 4
     assert table["gradcam"]["mean"] == cams["mean"] and "Grad-CAM agreement with the teacher" in first.output
     assert str(run / "report" / "index.html") in first.output.replace("\n", "")
+    # every compression stage was measured against its parent: one line each, printed and in the report
+    decisions = table["handoff"]["decisions"]
+    assert [d["stage"] for d in decisions] == ["pruned", "int8-cpu-x86", "fp16"]
+    for d in decisions:
+        assert d["line"] in first.output and html_escape(d["line"]) in html
+    assert "<th>hand-off</th>" in html and sum(bool(r["handoff"]) for r in table["rows"]) >= 1
 
 
 @pytest.mark.slow

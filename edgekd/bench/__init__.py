@@ -8,7 +8,8 @@ run with a baseline (p50 and p90, relative threshold *and* absolute floor) or wi
 
 Backends are runners with one contract (``load / run / sync / close``) in the :data:`RUNNERS` registry:
 ``torch`` (eager, ``torch.compile``, CUDA graphs), ``ort`` (ONNX Runtime CPU/CUDA/TensorRT providers),
-``trt`` (native TensorRT 10 engines).
+``trt`` (native TensorRT 10 engines). :func:`compare_latency` times a compressed model against its parent,
+interleaved over short rounds (the figure that decides whether a compression step made it faster).
 
 Example:
     >>> from edgekd.bench import BenchSettings, benchmark, compare_reports, load_report
@@ -21,6 +22,7 @@ Example:
 
 from edgekd.bench._api import benchmark, default_backends
 from edgekd.bench._artifacts import Artifact, ArtifactKind, resolve_artifact
+from edgekd.bench._compare import LatencyComparison, PairLatency, RoundTiming, bench_devices, compare_latency
 from edgekd.bench._env import capture_environment
 from edgekd.bench._gate import check_budget, compare_reports, enforce, parse_fraction, regressions
 from edgekd.bench._latency import model_latency_ms, onnx_latency_ms
@@ -58,6 +60,11 @@ from edgekd.bench._timing import Timing, time_runner
 
 __all__ = [
     "benchmark",
+    "compare_latency",
+    "bench_devices",
+    "LatencyComparison",
+    "PairLatency",
+    "RoundTiming",
     "model_latency_ms",
     "onnx_latency_ms",
     "noise_warnings",

@@ -70,14 +70,14 @@ def render_summary(s: RunSummary) -> None:
     t = Table(
         title=f"edgekd run {s.name}: {s.data}, test split (operating point: sensitivity {s.target_sensitivity:g} on val)"
     )
-    for col in ("stage", "ACC", "AUROC", "sens@op", "spec@op", "ECE", "params", "MACs", "size"):
-        t.add_column(col, justify="left" if col == "stage" else "right")
+    for col in ("stage", "hand-off", "ACC", "AUROC", "sens@op", "spec@op", "ECE", "params", "MACs", "size"):
+        t.add_column(col, justify="left" if col in ("stage", "hand-off") else "right")
     for b in batches:
         t.add_column(f"p50/p90 ms b{b}", justify="right")
         t.add_column(f"speedup b{b}", justify="right")
     for r in s.rows:
         sp = r.spread.get
-        cells = [r.label, _cell(r.test.get("acc"), sp("test.acc")), _cell(r.test.get("auroc"), sp("test.auroc")),
+        cells = [r.label, ", ".join(r.handoff), _cell(r.test.get("acc"), sp("test.acc")), _cell(r.test.get("auroc"), sp("test.auroc")),
                  _cell(r.operating_point.get("sensitivity")), _cell(r.operating_point.get("specificity")),
                  _cell(r.test.get("ece")), _si(r.params), _si(r.macs), f"{(r.size_bytes or 0) / 1e6:.2f}MB"]  # fmt: skip
         for b in batches:
@@ -86,6 +86,12 @@ def render_summary(s: RunSummary) -> None:
                       f"{lat.speedup:.1f}x" if lat and lat.speedup else "n/a"]  # fmt: skip
         t.add_row(*cells)
     console.print(t)
+    for d in s.handoff.decisions:  # one line per compression stage: carried forward or not, and why
+        console.print(f"[{'green' if d.kept else 'yellow'}]{escape(d.line)}[/]", soft_wrap=True)
+    for h in s.handoff.targets:
+        console.print(f"hand-off for {escape(h.target)} ({h.device}): {escape(h.note)}", soft_wrap=True)
+    for line in s.handoff.recheck:
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     kd = s.kd
     if kd.get("message"):
         color = "green" if kd.get("helps") else "yellow"

@@ -8,7 +8,10 @@
   unchanged (content hashes in ``RUN/stages/NAME.json``), resuming an interrupted training stage, and
   returning the final table (:class:`RunSummary`);
 * :func:`compare_students` / :func:`diagnose` / :func:`distill_with_baseline`: is the teacher helping, and if
-  not, why (agreement, teacher confidence, accuracy on augmented views, capacity gap).
+  not, why (agreement, teacher confidence, accuracy on augmented views, capacity gap);
+* hand-off (:mod:`edgekd.pipeline._handoff`): each compression stage is timed against its parent, interleaved,
+  and validated; a slower child, or one over ``handoff.max_drop``, is not carried forward (``keep: always``
+  forces it), each decision is one line, and the final table marks the hand-off per deployment target.
 
 Example:
     >>> from edgekd.report import write_report
@@ -22,6 +25,8 @@ from edgekd.pipeline._config import (
     BenchSection,
     DistillSection,
     ExportSection,
+    HandoffKeep,
+    HandoffSection,
     KeepChoice,
     PipelineConfig,
     PruneSection,
@@ -62,7 +67,7 @@ from edgekd.pipeline._state import StageRecord, artifact_hash, read_record, stag
 __all__ = [
     "PipelineConfig", "TeacherSection", "StudentSection", "DistillSection", "PruneSection", "QuantizeSection",
     "ExportSection", "BenchSection", "RegressionSection", "ReportSection", "KeepChoice",
-    "load_pipeline_config", "config_from_mapping", "parse_overrides",
+    "HandoffSection", "HandoffKeep", "load_pipeline_config", "config_from_mapping", "parse_overrides",
     "run_pipeline", "prepare_run_dir", "build_summary", "RunSummary", "TableRow", "Latency", "StageOutcome", "ReportFn",
     "plan", "rows_of", "Stage", "Row", "StageRecord", "stage_key", "artifact_hash", "read_record",
     "KDComparison", "KDDiagnosis", "SeedStats", "compare_students", "diagnose", "suggestions", "bootstrap_gain",

@@ -39,8 +39,8 @@ from edgekd.specs import ChannelMode
 
 __all__ = [
     "PipelineConfig", "TeacherSection", "StudentSection", "DistillSection", "PruneSection", "QuantizeSection",
-    "ExportSection", "BenchSection", "RegressionSection", "ReportSection", "KeepChoice",
-    "load_pipeline_config", "parse_overrides", "config_from_mapping",
+    "ExportSection", "BenchSection", "RegressionSection", "ReportSection", "HandoffSection", "KeepChoice",
+    "HandoffKeep", "load_pipeline_config", "parse_overrides", "config_from_mapping",
 ]  # fmt: skip
 
 
@@ -50,6 +50,17 @@ class KeepChoice(str, Enum):
     BETTER = "better"  # the distilled one unless the baseline is better on validation beyond noise (bootstrap)
     DISTILLED = "distilled"
     BASELINE = "baseline"
+
+
+class HandoffKeep(str, Enum):
+    """Whether a compression stage's output is carried forward (``keep:`` of prune, quantize and export).
+
+    ``auto``: only when it is faster than its parent at every benchmarked batch and its validation metric is
+    within ``handoff.max_drop`` of the parent's; ``always``: regardless (it is still measured, and the run says so).
+    """
+
+    AUTO = "auto"
+    ALWAYS = "always"
 
 
 class _Section(BaseModel):
@@ -134,9 +145,27 @@ class PruneSection(PruneConfig):
 
     Attributes:
         recovery_teacher: ``parent`` (the unpruned student, the `edgekd prune` default) or ``teacher``.
+        keep: a list: module paths never pruned (as in `edgekd prune`); ``auto`` / ``always``: the hand-off
+            choice (:class:`HandoffKeep`) for the pruned model (then no module is exempt).
     """
 
     recovery_teacher: typing.Literal["parent", "teacher"] = "parent"
+    keep: HandoffKeep | list[str] = Field(default_factory=list)
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _keep_kind(cls, v: Any) -> Any:
+        if isinstance(v, str) and v not in {k.value for k in HandoffKeep}:
+            raise ValueError("give auto or always (the hand-off choice), or a list of module paths never pruned")
+        return v
+
+    @property
+    def handoff_keep(self) -> HandoffKeep:
+        return self.keep if isinstance(self.keep, HandoffKeep) else HandoffKeep.AUTO
+
+    @property
+    def module_keep(self) -> list[str]:
+        return [] if isinstance(self.keep, HandoffKeep) else list(self.keep)
 
     @model_validator(mode="before")
     @classmethod
@@ -151,7 +180,14 @@ class PruneSection(PruneConfig):
 
 
 class QuantizeSection(QuantizeConfig):
-    """One quantization target (:class:`~edgekd.quantize.QuantizeConfig`), checked when the file is read."""
+    """One quantization target (:class:`~edgekd.quantize.QuantizeConfig`), checked when the file is read.
+
+    Attributes:
+        keep: hand off its low-precision file only when measured faster within the accuracy budget
+            (``auto``), or regardless (``always``).
+    """
+
+    keep: HandoffKeep = HandoffKeep.AUTO
 
     @model_validator(mode="after")
     def _names(self) -> QuantizeSection:
@@ -164,8 +200,10 @@ class QuantizeSection(QuantizeConfig):
 
 
 class ExportSection(_Section):
-    """The export bundle of the final FP32 model (`edgekd export`)."""
+    """The export bundle of the final FP32 model (`edgekd export`); ``keep`` is the hand-off choice of its FP16
+    file (:class:`HandoffKeep`)."""
 
+    keep: HandoffKeep = HandoffKeep.AUTO
     formats: list[str] = Field(default_factory=lambda: ["onnx", "onnx-fp16"])
     check: list[str] = Field(default_factory=list)
     opset: int = Field(17, ge=13)
@@ -204,6 +242,20 @@ class BenchSection(BenchSettings):
         return BenchSettings(**self.model_dump(include=set(BenchSettings.model_fields)))
 
 
+class HandoffSection(_Section):
+    """How `edgekd run` decides whether a compression stage is carried forward (see :mod:`edgekd.pipeline._handoff`).
+
+    Attributes:
+        max_drop: the most the validation metric (``student.train.select_metric``) may fall below the parent's,
+            in points (x100), for the child to be kept.
+        rounds: interleaved rounds of the latency comparison (:func:`~edgekd.bench.compare_latency`); each model is
+            timed ``bench.min_s / rounds`` seconds per round.
+    """
+
+    max_drop: float = Field(0.5, ge=0)
+    rounds: int = Field(5, ge=2)
+
+
 class RegressionSection(_Section):
     """A benchmark baseline to gate on (`edgekd bench --baseline`): exit 7 when p50 or p90 regressed."""
 
@@ -239,8 +291,10 @@ class PipelineConfig(_Section):
         seed: the base seed of every stage (training seeds are ``seed``, ``seed + 1``, ...).
         seeds: train the teacher (when trained here), the baseline and the student over this many seeds.
         target_sensitivity: the operating point: the threshold reaching it on validation, reported on test.
-        prune, export, bench, regression: ``null`` leaves the stage out.
+        prune, export, bench, regression: ``null`` leaves the stage out (the hand-off checks then measure with
+            the default ``bench`` settings).
         quantize: one entry per target; an empty list leaves quantization out.
+        handoff: the accuracy budget and rounds of the hand-off decisions.
     """
 
     name: str = "run"
@@ -257,6 +311,7 @@ class PipelineConfig(_Section):
     export: ExportSection | None = Field(default_factory=ExportSection)
     bench: BenchSection | None = Field(default_factory=BenchSection)
     regression: RegressionSection | None = None
+    handoff: HandoffSection = Field(default_factory=HandoffSection)
     report: ReportSection = Field(default_factory=ReportSection)
 
     @model_validator(mode="after")

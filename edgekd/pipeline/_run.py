@@ -5,7 +5,8 @@
 stage runs, its key (its settings and the hashes of the outputs it reads, see :mod:`._state`) is compared
 with the stage's record: an unchanged stage is skipped, an interrupted training stage resumes from its
 checkpoint, anything else runs again and replaces its earlier output. At the end the final table
-(:class:`RunSummary`, also ``RUN/summary.json``) is built from the evaluations and the benchmark, the report
+(:class:`RunSummary`, also ``RUN/summary.json``) is built from the evaluations, the benchmark and the hand-off
+decisions (:mod:`._handoff`: which artifact each deployment target gets, re-checked against the final benchmark), the report
 is written by the function the caller gives (the CLI passes :func:`edgekd.report.write_report`), and a
 regression against the configured benchmark baseline raises :class:`~edgekd.errors.RegressionError` (exit 7)
 after everything is written.
@@ -27,6 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 from pydantic import BaseModel, Field
+from rich.markup import escape
 
 from edgekd._io import MARKER_FILE, atomic_write_text
 from edgekd._progress import stderr_console
@@ -44,6 +47,7 @@ from edgekd.errors import ArtifactError, InvalidInputError, RegressionError
 from edgekd.export import read_manifest
 from edgekd.modeldir import ModelCard, is_model_dir, read_card
 from edgekd.pipeline._config import PipelineConfig, config_from_mapping, load_pipeline_config
+from edgekd.pipeline._handoff import KEEP_PREFIX, HandoffDecision, HandoffSummary, handoff_targets, recheck
 from edgekd.pipeline._stages import (
     BENCH_FILE,
     EVAL_DIR,
@@ -58,6 +62,7 @@ from edgekd.pipeline._stages import (
     rows_of,
 )
 from edgekd.pipeline._state import StageRecord, artifact_hash, now, read_record, stage_key, write_record
+from edgekd.quantize import TARGETS
 from edgekd.specs import current_command, package_versions
 from edgekd.students import count_macs
 from edgekd.teachers import Teacher, load_teacher
@@ -100,6 +105,7 @@ class TableRow(BaseModel):
         params, macs, size_bytes: of the seed-0 artifact (MACs per sample).
         latency: by batch size (as a string, JSON keys), from the benchmark.
         eval: the evaluation JSON (``eval/NAME.json``); history: training curves (``history.jsonl``) per seed.
+        handoff: the deployment targets this row is the hand-off for (``RunSummary.handoff``).
     """
 
     name: str
@@ -118,6 +124,7 @@ class TableRow(BaseModel):
     eval: list[str] = Field(default_factory=list)
     history: list[str] = Field(default_factory=list)
     stages: list[str] = Field(default_factory=list)
+    handoff: list[str] = Field(default_factory=list)
 
 
 class StageOutcome(BaseModel):
@@ -133,7 +140,11 @@ class StageOutcome(BaseModel):
 
 
 class RunSummary(BaseModel):
-    """The final table and everything the report needs (``RUN/summary.json``; the ``--json`` of `edgekd run`)."""
+    """The final table and everything the report needs (``RUN/summary.json``; the ``--json`` of `edgekd run`).
+
+    ``handoff`` holds every hand-off decision (with its interleaved measurements), the hand-off per deployment
+    target, and the lines of the final benchmark's re-check (a hand-off slower than the chosen student).
+    """
 
     schema_: str = Field(SUMMARY_SCHEMA, alias="schema")
     name: str
@@ -146,6 +157,7 @@ class RunSummary(BaseModel):
     target_sensitivity: float
     rows: list[TableRow]
     kd: dict[str, Any] = Field(default_factory=dict)
+    handoff: HandoffSummary = Field(default_factory=HandoffSummary)
     bench: str | None = None
     regressions: list[str] = Field(default_factory=list)
     stages: list[StageOutcome] = Field(default_factory=list)
@@ -170,6 +182,7 @@ class Runner:
         self.records: dict[str, StageRecord] = {}
         self.outcomes: list[StageOutcome] = []
         self.stages: dict[str, Stage] = {}
+        self.val_cache: dict[tuple[str, str | None], dict[str, Any]] = {}  # validation metrics per artifact
 
     @cached_property
     def data(self) -> DataBundle:
@@ -206,6 +219,23 @@ class Runner:
         """The FP32 model directory a compression stage starts from (``select``: the chosen student)."""
         return self.path(self.chosen() if source == "select" else self.stages[source].output)
 
+    def carried(self, name: str) -> str:
+        """The FP32 stage carried forward after compression stage ``name``: ``name`` when its hand-off decision
+        (``keep-NAME``, already run or skipped) kept it, else what it was measured against (``select``...)."""
+        rec = self.records.get(KEEP_PREFIX + name)
+        if rec is None or "kept" not in rec.result:
+            raise ArtifactError(f"stage {name} has no hand-off decision yet", "the run's plan is out of order")
+        return name if rec.result["kept"] else rec.settings["source"]
+
+    def resolve(self, st: Stage) -> Stage:
+        """``st`` with its FP32 source filled in when a hand-off decision picks it (``Stage.carry``)."""
+        if st.carry is None:
+            return st
+        source = self.carried(st.carry)
+        st = replace(st, settings={**st.settings, "source": source}, inputs=tuple(dict.fromkeys((*st.inputs, source))))
+        self.stages[st.name] = st
+        return st
+
     def artifact_path(self, source: str, precision: str | None) -> Path:
         path = self.path(self.stages[source].output)
         return onnx_file(path, precision) if precision else path
@@ -217,6 +247,9 @@ class Runner:
             m = read_manifest(path.parent)
             model = load_teacher(f"onnx:{path}", data=self.data)
             info = {"kind": "onnx", "params": m.params, "macs": m.macs, "size_bytes": path.stat().st_size}
+            fp32 = self.stages[source].settings.get("source")  # the FP32 model it was made from (resolved)
+            if info["macs"] is None and fp32 in self.stages:  # a card without MACs: the same graph's, counted
+                info["macs"] = self._fp32_macs(fp32)
         else:
             model = self.load(source)
             card = self.card(source)
@@ -225,6 +258,11 @@ class Runner:
             if card and card.macs is None:
                 info["macs"] = _count_macs(model, card)
         return model, {**info, "artifact": self.rel(path), "precision": precision or "fp32"}
+
+    def _fp32_macs(self, source: str) -> int | None:
+        path = self.final_fp32(source)
+        card = read_card(path)
+        return card.macs if card.macs is not None else _count_macs(load_teacher(str(path), data=self.data), card)
 
     def rel(self, path: Path) -> str:
         try:
@@ -241,6 +279,7 @@ class Runner:
 
     def execute(self, st: Stage) -> None:
         """Skip, resume or run one stage (see the module docstring) and record what happened."""
+        st = self.resolve(st)
         inputs = {n: self.records[n].output_sha256 or "" for n in st.inputs}
         if "data" in st.settings:  # the data's content, not only its name, decides the stage
             inputs["data"] = self.data_fingerprint
@@ -378,6 +417,8 @@ def run_pipeline(
     for st in stages:
         runner.execute(st)
     summary = build_summary(runner)
+    for line in summary.handoff.recheck:  # the hand-off is slower than the student in the final benchmark
+        log(f"[yellow]{escape(line)}[/]")
     atomic_write_text(root / SUMMARY_FILE, json.dumps(summary.dump(), indent=2) + "\n")
     if report is not None and cfg.report.enabled:
         st = report_stage(cfg, stages)
@@ -474,8 +515,41 @@ def _gradcam_means(path: Path) -> dict[str, Any]:
     return {k: cams[k] for k in ("mean", "layers", "images") if k in cams}
 
 
+def _fp32_onnx(runner: Runner) -> str | None:
+    """The export bundle's FP32 ONNX file (the carried FP32 model, as shipped), when the run made one."""
+    if "bundle" not in runner.records or not runner.path("bundle").is_dir():
+        return None
+    try:
+        return runner.rel(onnx_file(runner.path("bundle"), "fp32"))
+    except FileNotFoundError:  # a bundle of engines only: no FP32 ONNX file to name
+        return None
+
+
+def _handoff(runner: Runner, rows: list[TableRow]) -> HandoffSummary:
+    """The hand-off decisions, the hand-off per deployment target (rows marked), and the final re-check."""
+    cfg = runner.cfg
+    decisions = {}
+    for st in runner.stages.values():
+        if st.kind == "handoff" and st.name in runner.records:
+            d = HandoffDecision.model_validate(runner.records[st.name].result)
+            decisions[d.stage] = d
+    if "select" not in runner.records:
+        return HandoffSummary(decisions=list(decisions.values()))
+    start = runner.chosen()
+    fp32 = runner.carried("pruned") if cfg.prune is not None else "select"
+    targets = [(q.target, "cuda" if q.method.value == "fp16" or TARGETS.get(q.target).gpu else "cpu", q.stage_name)
+               for q in cfg.quantize]  # fmt: skip
+    if KEEP_PREFIX + "fp16" in runner.stages:  # the export's FP16 file (a GPU artifact)
+        targets.append(("fp16", "cuda", "fp16"))
+    handoffs = handoff_targets(targets, decisions, start if fp32 == "select" else fp32, _fp32_onnx(runner))
+    for row in rows:
+        row.handoff = [t.target for t in handoffs if t.stage == row.name]
+    lines = recheck(handoffs, {r.name: r.latency for r in rows}, {r.name: r.label for r in rows}, start)
+    return HandoffSummary(decisions=list(decisions.values()), targets=handoffs, recheck=lines)
+
+
 def build_summary(runner: Runner) -> RunSummary:
-    """The final table from the evaluations, the benchmark and the KD comparison of a finished run."""
+    """The final table from the evaluations, the benchmark, the hand-off decisions and the KD comparison."""
     cfg, data = runner.cfg, runner.data
     rows = [_row(runner, r) for r in rows_of(cfg)]
     _latencies(runner, rows)
@@ -483,7 +557,7 @@ def build_summary(runner: Runner) -> RunSummary:
     return RunSummary(
         name=cfg.name, run_dir=str(runner.root), data=data.spec, task=data.task.value,
         label_names=list(data.label_names), seeds=cfg.seeds, target_sensitivity=cfg.target_sensitivity, rows=rows,
-        kd=json.loads(kd_path.read_text()) if kd_path.is_file() else {},
+        kd=json.loads(kd_path.read_text()) if kd_path.is_file() else {}, handoff=_handoff(runner, rows),
         bench=BENCH_FILE if runner.path(BENCH_FILE).is_file() else None, regressions=_regressions(runner),
         stages=list(runner.outcomes), report=REPORT_FILE if cfg.report.enabled and runner.report_fn else None,
         report_settings=cfg.report.model_dump(mode="json"),

@@ -13,8 +13,12 @@ baseline[-sN]      the student without the teacher (same seed, schedule, aug)  `
 student[-sN]       distillation (:func:`~edgekd.distill.distill_model`)        ``student/``
 select             distilled vs baseline on validation, diagnostics, choice    ``kd.json``
 pruned             :func:`~edgekd.prune.prune_model_dir` of the chosen student ``pruned/``
+keep-pruned        pruned vs its parent: interleaved latency, val metric;      ``handoff/pruned.json``
+                   carried forward or not (:mod:`._handoff`)
 int8-TARGET        :func:`~edgekd.quantize.quantize_model_dir` per target      ``int8-cpu-x86/`` (bundle)
+keep-int8-TARGET   the low-precision file vs its FP32 parent                   ``handoff/int8-cpu-x86.json``
 bundle             :func:`~edgekd.export.export_bundle`                        ``bundle/``
+keep-fp16          the export's FP16 file vs its FP32 parent                   ``handoff/fp16.json``
 eval-NAME          metrics, ECE, operating point, logits of every artifact     ``eval/NAME.json`` + ``.npz``
 bench              :func:`~edgekd.bench.benchmark` of the table's artifacts    ``bench.json``
 report             the HTML report (a function the caller gives)               ``report/index.html``
@@ -22,6 +26,11 @@ report             the HTML report (a function the caller gives)               `
 
 ``-sN`` stages exist with ``seeds > 1``: seed ``seed + N``; the student of seed N distils from the teacher of
 seed N when the teacher is trained here. Pruning, quantization, export and the benchmark follow seed 0.
+
+The quantization targets and the export start from the FP32 model carried forward, which ``keep-pruned``
+decides when the run gets there: such a stage names ``carry="pruned"`` and the runner fills in its
+``source`` (``pruned``, or ``select``: the chosen student) before computing its key, so the key names the
+model it really compresses and a flipped decision re-runs exactly the stages it changes.
 """
 
 from __future__ import annotations
@@ -33,17 +42,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+
 from edgekd._io import atomic_write_text, sha256_file
-from edgekd.bench import benchmark, model_latency_ms, onnx_latency_ms, write_json
+from edgekd.bench import bench_devices, benchmark, compare_latency, model_latency_ms, onnx_latency_ms, write_json
 from edgekd.distill import CacheSettings, RunSettings, TrainConfig, run_training
 from edgekd.export import export_bundle, read_manifest
 from edgekd.importer import import_model
-from edgekd.pipeline._config import PipelineConfig, QuantizeSection
+from edgekd.metrics import compute_metrics
+from edgekd.pipeline._config import BenchSection, HandoffKeep, PipelineConfig, QuantizeSection
 from edgekd.pipeline._diagnose import bootstrap_gain, compare_students, diagnose, final_losses
 from edgekd.pipeline._evaluate import evaluate_artifact, split_logits, write_evaluation
+from edgekd.pipeline._handoff import HANDOFF_DIR, KEEP_PREFIX, decide
 from edgekd.pipeline._state import artifact_hash
 from edgekd.prune import PruneConfig, prune_model_dir
-from edgekd.quantize import QuantizeConfig, quantize_model_dir
+from edgekd.quantize import TARGETS, QuantizeConfig, quantize_model_dir
+from edgekd.teachers import load_teacher
 
 if TYPE_CHECKING:
     from edgekd.pipeline._run import Runner
@@ -59,7 +73,11 @@ REPORT_FILE = "report/index.html"
 
 @dataclass
 class Stage:
-    """One stage: ``execute(runner, stage, resume) -> result summary`` writes ``output``."""
+    """One stage: ``execute(runner, stage, resume) -> result summary`` writes ``output``.
+
+    ``carry`` names the compression stage whose hand-off decision picks this stage's FP32 ``source`` at run
+    time (see the module docstring); the resolved source then joins ``settings`` and ``inputs``.
+    """
 
     name: str
     kind: str
@@ -68,6 +86,7 @@ class Stage:
     execute: Callable[[Runner, Stage, bool], dict[str, Any]]
     inputs: tuple[str, ...] = ()
     resumable: bool = False
+    carry: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,17 +146,25 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     select = {"metric": cfg.student.train.select_metric, "keep": cfg.distill.keep.value, "augment":
               cfg.student.train.augment, "samples": cfg.distill.diagnose_samples, "seed": cfg.seed}  # fmt: skip
     stages.append(Stage("select", "select", KD_FILE, select, _select, (teacher_of(0), *students, *baselines)))
-    final = "select"
+    carry = None  # the stage whose hand-off decision picks the FP32 source of quantization and export
     if cfg.prune is not None:
         extra = (teacher_of(0),) if cfg.prune.recovery_teacher == "teacher" else ()
         stages.append(Stage("pruned", "prune", "pruned", _prune_settings(cfg), _prune, ("select", *extra)))
-        final = "pruned"
+        stages.append(_keep_stage(cfg, "pruned", None, cfg.prune.handoff_keep, None, ("select", "pruned"), None))
+        carry = "pruned"
+    source, deps = (carry, ()) if carry else ("select", ("select",))
     for q in cfg.quantize:
-        settings = {"source": final, **_quantize_config(cfg, q).model_dump(mode="json")}
-        stages.append(Stage(q.stage_name, "quantize", q.stage_name, settings, _quantize, (final,)))
+        settings = {"source": source, **_quantize_config(cfg, q).model_dump(mode="json")}
+        stages.append(Stage(q.stage_name, "quantize", q.stage_name, settings, _quantize, deps, carry=carry))
+        device = "cuda" if q.method.value == "fp16" or TARGETS.get(q.target).gpu else "cpu"
+        precision = q.stage_name.split("-", 1)[0]
+        stages.append(_keep_stage(cfg, q.stage_name, precision, q.keep, device, (q.stage_name, *deps), carry))
     if cfg.export is not None:
-        settings = {"source": final, "data": cfg.data, **cfg.export.model_dump(mode="json")}
-        stages.append(Stage("bundle", "export", "bundle", settings, _export, (final,)))
+        settings = {"source": source, "data": cfg.data, **cfg.export.model_dump(mode="json", exclude={"keep"})}
+        stages.append(Stage("bundle", "export", "bundle", settings, _export, deps, carry=carry))
+        if any(r.name == "fp16" and r.source == ("bundle",) for r in rows_of(cfg)):
+            stages.append(_keep_stage(cfg, "fp16", "fp16", cfg.export.keep, "cuda", ("bundle", *deps), carry,
+                                      child_source="bundle"))  # fmt: skip
     for row in rows_of(cfg):
         for stage, source in zip(row.stages, row.source):
             settings = {"target_sensitivity": cfg.target_sensitivity, "data": cfg.data, "precision": row.precision,
@@ -155,7 +182,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
 
 def report_stage(cfg: PipelineConfig, stages: list[Stage]) -> Stage:
     """The last stage: the HTML report over every evaluation, the benchmark and the KD comparison."""
-    deps = tuple(s.name for s in stages if s.kind in ("evaluate", "bench", "select"))
+    deps = tuple(s.name for s in stages if s.kind in ("evaluate", "bench", "select", "handoff"))
     return Stage("report", "report", REPORT_FILE, {"report": cfg.report.model_dump(mode="json")}, _report, deps)
 
 
@@ -264,6 +291,7 @@ def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
 def _prune_settings(cfg: PipelineConfig) -> dict[str, Any]:
     p = cfg.prune.model_dump(mode="json")
     p["train"]["seed"] = cfg.seed
+    p["keep"] = cfg.prune.module_keep  # `keep: auto|always` is the hand-off choice (keep-pruned), not pruning's
     return {"data": cfg.data, **p}
 
 
@@ -279,7 +307,7 @@ def _prune(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
 
 
 def _quantize_config(cfg: PipelineConfig, q: QuantizeSection) -> QuantizeConfig:
-    d = q.model_dump(mode="json")
+    d = q.model_dump(mode="json", exclude={"keep"})
     d["train"]["seed"] = cfg.seed
     return QuantizeConfig.model_validate(d)
 
@@ -299,6 +327,61 @@ def _export(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     manifest = export_bundle(r.final_fp32(source), r.path(st.output), data=data, overwrite=True, command=r.command(st),
                              log=r.log, **s)  # fmt: skip
     return {"files": [f.name for f in manifest.model_files()]}
+
+
+def _keep_stage(cfg: PipelineConfig, child: str, precision: str | None, keep: HandoffKeep, device: str | None,
+                inputs: tuple[str, ...], carry: str | None, *, child_source: str | None = None) -> Stage:  # fmt: skip
+    """``keep-CHILD``: is ``child`` (a row; its file of ``precision``) carried forward over its FP32 parent?"""
+    bench = cfg.bench or BenchSection()
+    settings = {"child": child, "child_source": child_source or child, "precision": precision,
+                "source": carry or "select", "keep": keep.value, "device": device, "data": cfg.data,
+                "metric": cfg.student.train.select_metric, **cfg.handoff.model_dump(mode="json"),
+                "bench": bench.model_dump(mode="json")}  # fmt: skip
+    return Stage(KEEP_PREFIX + child, "handoff", f"{HANDOFF_DIR}/{child}.json", settings, _keep, inputs, carry=carry)
+
+
+def _val_metrics(r: Runner, path: Path, onnx: bool) -> dict[str, Any]:
+    """The metrics of `edgekd eval` on the validation split (cached per artifact within the run)."""
+    key = (str(path.resolve()), artifact_hash(path))
+    if key not in r.val_cache:
+        model = load_teacher(f"onnx:{path}" if onnx else str(path), data=r.data)
+        r.val_cache[key] = compute_metrics(*split_logits(model, r.data, "val"), r.data.task)
+    return r.val_cache[key]
+
+
+def _deciding(metric: str, parent: dict[str, Any], child: dict[str, Any]) -> tuple[str, float | None, float | None]:
+    """The run's deciding metric on validation, or accuracy when it is ``loss`` or undefined there (NaN)."""
+    vals = (parent.get(metric), child.get(metric))
+    if all(isinstance(v, float) and v == v for v in vals):
+        return metric, vals[0], vals[1]
+    return "acc", parent.get("acc"), child.get("acc")
+
+
+def _keep(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = st.settings
+    parent_path, child_path = r.final_fp32(s["source"]), r.artifact_path(s["child_source"], s["precision"])
+    bench = BenchSection.model_validate(s["bench"])
+    devices = bench_devices(bench.backends, bench.devices, bench.settings())
+    targeted = [d for d in devices if s["device"] in (None, d)]
+    comparison, unmeasured = None, None
+    if targeted:
+        comparison = compare_latency(str(parent_path), str(child_path), backends=bench.backends, devices=targeted,
+                                     batches=bench.batches, settings=bench.settings(), rounds=s["rounds"])  # fmt: skip
+        if not comparison.results:
+            unmeasured = "; ".join(sorted({x.reason for x in comparison.skipped})) or "nothing ran"
+    else:
+        unmeasured = f"{s['device']} is not among the bench devices ({', '.join(devices) or 'none'})"
+    metric, parent_val, child_val = _deciding(s["metric"], _val_metrics(r, parent_path, False),
+                                              _val_metrics(r, child_path, s["precision"] is not None))  # fmt: skip
+    d = decide(stage=s["child"], parent=r.chosen() if s["source"] == "select" else s["source"], keep=s["keep"],
+               metric=metric, parent_val=parent_val, child_val=child_val, max_drop=s["max_drop"],
+               latency=comparison.results if comparison else (), unmeasured=unmeasured, target_device=s["device"])  # fmt: skip
+    d = d.model_copy(update={"parent_artifact": r.rel(parent_path), "child_artifact": r.rel(child_path)})
+    record = {**d.model_dump(mode="json"),
+              "comparison": comparison.model_dump(mode="json", exclude={"results"}) if comparison else None}  # fmt: skip
+    atomic_write_text(r.path(st.output), json.dumps(record, indent=2) + "\n")
+    r.log(f"[{'green' if d.kept else 'yellow'}]{escape(d.line)}[/]")
+    return d.model_dump(mode="json")
 
 
 def onnx_file(bundle: Path, precision: str) -> Path:

@@ -5,8 +5,10 @@ its rows name every evaluation, training history and artifact), ``bench.json``, 
 model directories, and writes ``RUN/report/index.html`` (figures embedded) with the figures also as PNG files
 in ``RUN/report/figures/`` and the Grad-CAM scores in ``RUN/report/gradcam.json``. Sections:
 
-* **summary**: the final table (ACC, AUROC, sensitivity/specificity at the operating point, ECE, params, MACs,
-  size, p50/p90 latency per batch, speedup against the teacher);
+* **summary**: the final table (the hand-off per deployment target marked, ACC, AUROC, sensitivity/specificity
+  at the operating point, ECE, params, MACs, size, p50/p90 latency per batch, speedup against the teacher), the
+  KD verdict, and each hand-off decision: its line, and the interleaved latencies and validation metric of child
+  and parent that decided it (``summary.json["handoff"]``);
 * **kd**: is the teacher helping: distilled against no-teacher student on val and test (spread over seeds),
   the verdict, the evidence and suggestions, a grid of augmented training views;
 * **pareto**: test AUROC against latency per batch size, the teacher as reference;
@@ -109,12 +111,12 @@ def _op(row: dict[str, Any], key: str) -> Any:
 def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     s = run.summary
     batches = sorted({int(b) for r in run.rows for b in r.get("latency", {})})
-    head = ["stage", "ACC", "AUROC", "sens@op", "spec@op", "ECE", "params", "MACs", "size MB"]
+    head = ["stage", "hand-off", "ACC", "AUROC", "sens@op", "spec@op", "ECE", "params", "MACs", "size MB"]
     head += [f"p50/p90 ms b{b}" for b in batches] + [f"speedup b{b}" for b in batches]
     body = []
     for r in run.rows:
         lat = r.get("latency", {})
-        cells = [r["label"], _pm(r, "test", "acc"), _pm(r, "test", "auroc"), _op(r, "sensitivity"),
+        cells = [r["label"], ", ".join(r.get("handoff", [])) or "", _pm(r, "test", "acc"), _pm(r, "test", "auroc"), _op(r, "sensitivity"),
                  _op(r, "specificity"), r["test"].get("ece"), r.get("params"), r.get("macs"),
                  (r.get("size_bytes") or math.nan) / 1e6]  # fmt: skip
         cells += [
@@ -131,7 +133,35 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     verdict = (
         f'<div class="verdict {"good" if kd.get("helps") else "bad"}">{esc(kd.get("message", ""))}</div>' if kd else ""
     )
-    page.section("summary", "Summary", verdict, table(head, body), paragraph(note, "muted"))
+    page.section("summary", "Summary", verdict, table(head, body), paragraph(note, "muted"), *_handoff_parts(s))
+
+
+def _handoff_parts(s: dict[str, Any]) -> list[str]:
+    """Each hand-off decision as its line and the measurements behind it; the final benchmark's re-check."""
+    h = s.get("handoff") or {}
+    decisions = h.get("decisions", [])
+    if not decisions:
+        return []
+    parts = [f'<div class="verdict {"good" if d["kept"] else "bad"}">{esc(d["line"])}</div>' for d in decisions]
+    parts += [f'<div class="verdict bad">{esc(line)}</div>' for line in h.get("recheck", [])]
+    rows = []
+    for d in decisions:
+        val = f"{fmt(d.get('child_val'))} vs {fmt(d.get('parent_val'))}"
+        for p in d.get("latency") or [None]:
+            lat = [f"{p['backend']}/{p['device']}", p["batch"], f"{p['child_p50_ms']:.4g} vs {p['parent_p50_ms']:.4g}",
+                   f"{p['ratio']:.2f}x"] if p else ["not measured", "", d.get("unmeasured") or "", ""]  # fmt: skip
+            rows.append([d["stage"], d["parent"], *lat, f"{d['metric']} {val}", d["keep"],
+                         "yes" if d["kept"] else "no"])  # fmt: skip
+    targets = [[t["target"], t["device"], t["note"]] for t in h.get("targets", [])]
+    parts += [table(["child", "parent", "backend/device", "batch", "p50 ms child vs parent", "child / parent",
+                     "val metric child vs parent", "keep", "carried forward"], rows),
+              paragraph("Each compression stage is timed against its parent in the same run, interleaved (the two "
+                        "alternate over short rounds; the median of the per-round p50s), on the run's benchmark "
+                        "backends, devices and batches. A child is carried forward when it is faster at every batch "
+                        "and its validation metric is within the budget (<code>handoff.max_drop</code> points), or "
+                        "when its stage says <code>keep: always</code>.", "muted"),
+              table(["deployment target", "device", "hand-off"], targets)]  # fmt: skip
+    return parts
 
 
 def _augment_grid(run: _Run, n: int) -> bytes | None:
