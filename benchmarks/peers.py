@@ -217,7 +217,7 @@ def ptq_section(args, data, student: str, out: Path) -> dict[str, Any]:
     card = read_card(student)
     t0 = time.perf_counter()
     r = quantize_model_dir(student, out / "ptq_edgekd", QuantizeConfig(method="ptq", target="cpu-x86",
-                           calib_samples=args.calib_samples), data=data, overwrite=True,
+                           calib_samples=args.calib_samples), data=data, latency=onnx_latency_ms, overwrite=True,
                            progress=not args.no_progress)  # fmt: skip
     fp32, calib = out / "ptq_edgekd" / "model.onnx", split_inputs(data, "train", card.preprocess,
                                                                    n=args.calib_samples, seed=0)[0]  # fmt: skip
@@ -247,7 +247,7 @@ def sensitivity_section(args, data, model_dir: str, out: Path) -> dict[str, Any]
     cfg = QuantizeConfig(method="ptq", target="cpu-x86", calib_samples=args.calib_samples, sensitivity=True,
                          max_drop=args.max_drop, metric=args.sensitivity_metric)  # fmt: skip
     t0 = time.perf_counter()
-    r = quantize_model_dir(model_dir, out / "mixed_edgekd", cfg, data=data, overwrite=True,
+    r = quantize_model_dir(model_dir, out / "mixed_edgekd", cfg, data=data, latency=onnx_latency_ms, overwrite=True,
                            progress=not args.no_progress)  # fmt: skip
     seconds = time.perf_counter() - t0
     fp32 = out / "mixed_edgekd" / "model.onnx"
