@@ -10,6 +10,10 @@ Backends are runners with one contract (``load / run / sync / close``) in the :d
 ``torch`` (eager, ``torch.compile``, CUDA graphs), ``ort`` (ONNX Runtime CPU/CUDA/TensorRT providers),
 ``trt`` (native TensorRT 10 engines).
 
+Channel widths the target runs fast are measured too (:func:`cached_width_probe`, :func:`width_multiple`): a
+second-long probe of conv workloads at widths that are and are not multiples of 1..32, cached per device, which
+`edgekd prune --round-to auto` rounds channel counts to.
+
 Example:
     >>> from edgekd.bench import BenchSettings, benchmark, compare_reports, load_report
     >>> report = benchmark(["runs/teacher", "runs/student"], batches=(1, 32),
@@ -55,11 +59,33 @@ from edgekd.bench._schema import (
 )
 from edgekd.bench._stats import p50_drift, summarize
 from edgekd.bench._timing import Timing, time_runner
+from edgekd.bench._widths import (
+    WIDTH_BACKENDS,
+    WIDTH_CANDIDATES,
+    ConvProbeBackend,
+    WidthProbe,
+    cache_dir,
+    cached_width_probe,
+    choose_multiple,
+    probe_spatial,
+    probe_widths,
+    width_multiple,
+)
 
 __all__ = [
     "benchmark",
     "model_latency_ms",
     "onnx_latency_ms",
+    "width_multiple",
+    "cached_width_probe",
+    "probe_widths",
+    "probe_spatial",
+    "choose_multiple",
+    "cache_dir",
+    "WidthProbe",
+    "ConvProbeBackend",
+    "WIDTH_BACKENDS",
+    "WIDTH_CANDIDATES",
     "noise_warnings",
     "default_backends",
     "compare_reports",
