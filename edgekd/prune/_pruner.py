@@ -13,8 +13,9 @@ ordinary smaller network (no masks) that exports and runs faster everywhere.
 * MACs/params targets, reached by pruning small increments of the channel ratio and re-measuring until a
   step's goal is met (:mod:`._target`); a latency run moves in MACs proposals (:meth:`ChannelPruner.prune_to`)
   that its caller measures;
-* channel counts rounded to a multiple (``round_to``) without ever rounding a layer away: a layer narrower than
-  the multiple keeps its width;
+* channel counts rounded to a multiple (``round_to``): a layer whose kept channels round below one multiple
+  keeps one multiple (not, as in Torch-Pruning, its unrounded width), one narrower than the multiple keeps its
+  width;
 * gradients for the ``taylor`` criterion before each step.
 
 Example:
@@ -57,8 +58,10 @@ class _KeepingPruner(tp.pruner.BasePruner):
         return super()._check_pruning_ratio(group)
 
     def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-        # Torch-Pruning rounds the kept channels down to the multiple, and to 0 when fewer remain than the multiple
-        # (a 16-wide layer with round_to=32 would lose every channel): keep at least one multiple, or the layer.
+        # Torch-Pruning rounds the kept channels down to the multiple, to 0 when fewer remain than one multiple; its
+        # group check then refuses to empty the layer, so the layer is not pruned at all and keeps a width that is
+        # no multiple (48 with round_to=32 stays 48). Keep one multiple instead (48 -> 32), or the whole layer
+        # when it is narrower than the multiple (16 stays 16).
         kept = current_channels - n_pruned
         kept = max(kept - kept % round_to, min(round_to, current_channels))
         return current_channels - kept
