@@ -10,7 +10,7 @@ import pytest
 from torch import nn
 from typer.testing import CliRunner
 
-from edgekd.bench import cached_width_probe, choose_multiple, probe_spatial, width_multiple
+from edgekd.bench import _widths, cached_width_probe, choose_multiple, probe_spatial, width_multiple
 from edgekd.bench._widths import WidthTiming, cache_dir, probe_widths_for
 from edgekd.cli import app
 from edgekd.errors import InvalidInputError
@@ -231,10 +231,28 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "mine"
 
 
-def test_real_probe_on_ort_is_cached_and_survives_a_corrupt_cache(tmp_path):
+@pytest.fixture
+def real_probe(monkeypatch):
+    """The real ORT measurement with its ``stable`` flag forced (a busy CI machine must not decide what is cached)."""
+    real, measured = _widths.probe_widths, []
+
+    def install(stable: bool) -> list:
+        def probe(**kw):
+            measured.append(real(**kw))
+            return measured[-1].model_copy(update={"stable": stable})
+
+        monkeypatch.setattr(_widths, "probe_widths", probe)
+        return measured
+
+    return install
+
+
+def test_real_probe_on_ort_is_cached_and_survives_a_corrupt_cache(tmp_path, real_probe):
+    measured = real_probe(True)
     kw = {"spatial": 6, "budget_s": 0.05, "threads": 1, "cache": tmp_path}
     first = cached_width_probe(**kw)
-    assert first.source == "measured" and first.multiple in first.candidates
+    assert first.source == "measured" and first.multiple in first.candidates and first.rounds >= 4
+    assert all(m in first.candidates for m in first.half_multiples) and len(first.half_multiples) == 2
     files = list(tmp_path.glob("widths-ort-*.json"))
     assert len(files) == 1 and str(files[0]) == first.cache_file
     saved = json.loads(files[0].read_text())
@@ -244,14 +262,24 @@ def test_real_probe_on_ort_is_cached_and_survives_a_corrupt_cache(tmp_path):
     assert all(t["ms"] > 0 and t["ns_per_mac"] > 0 for t in saved["timings"])
     again = cached_width_probe(**kw)
     assert again.source == "cached" and again.measured_at == first.measured_at and again.multiple == first.multiple
+    assert len(measured) == 1  # the cache answered
     files[0].write_text("{not json")
     redone = cached_width_probe(**kw)
-    assert redone.source == "measured" and "could not be read" in redone.note
+    assert redone.source == "measured" and "could not be read" in redone.note and len(measured) == 2
     assert json.loads(files[0].read_text())["key"] == first.key  # rewritten, valid again
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
-def test_width_multiple_is_a_width_probe_fn(tiny_model_dir, tmp_path):
+def test_unstable_probe_is_used_but_not_cached(tmp_path, real_probe):
+    measured = real_probe(False)
+    kw = {"spatial": 6, "budget_s": 0.0, "threads": 1, "cache": tmp_path}
+    first = cached_width_probe(**kw)
+    assert first.cache_file is None and "unstable" in first.note and list(tmp_path.iterdir()) == []
+    assert cached_width_probe(**kw).source == "measured" and len(measured) == 2  # measured again, not kept
+
+
+def test_width_multiple_is_a_width_probe_fn(tiny_model_dir, tmp_path, real_probe):
+    real_probe(True)
     card = read_card(tiny_model_dir)
     multiple, record = width_multiple(card, threads=1, cache=tmp_path)
     assert multiple == record["multiple"] and record["fingerprint_id"] == record["key"]

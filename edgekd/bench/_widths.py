@@ -16,7 +16,7 @@ The probe (a second or two):
    candidate divisor is ``m`` (so 40 stands for 8, 44 for 4, 47 for 1), nearest to ``center`` (48) within
    +-center/3: every class has about the same mean size, because the cost per MAC also falls with size.
 3. **Timing**: every session is loaded and warmed first; then rounds run every width for a short burst
-   (about 2 ms) in rotating order, at least 3 rounds and until ``budget_s``; a width's time is the minimum over
+   (about 2 ms) in rotating order, at least 4 rounds and until ``budget_s``; a width's time is the minimum over
    rounds of its burst median. Interleaving spreads a shared machine's noise over all widths, and the minimum
    is the estimate least disturbed by other load.
 4. **Choice**: a width class's cost is the median cost per MAC (ns) of its widths; a multiple ``m``'s cost is
@@ -25,6 +25,10 @@ The probe (a second or two):
    ``tolerance`` (10 %) of the largest candidate's. A multiple that is not measurably faster is not chosen:
    it would only take channels away. (A median over all widths divisible by ``m`` would hide a minority of
    slow ones: 44 and 52 among 40..64 for ``m = 4``.)
+
+5. **Stability**: the choice is made again from the even and from the odd rounds alone; when either differs
+   (a busy machine: other processes took the cores during some rounds), the result is used but marked
+   ``stable: false`` and *not cached*, so the next run measures again instead of keeping a noisy choice.
 
 The result (every width's ms and ns/MAC, each multiple's cost, the choice, and the device fingerprint: CPU
 model, ISA flags such as avx2/avx512f/avx512_vnni/amx, backend and its version, threads) is cached as JSON in
@@ -77,7 +81,7 @@ WIDTH_TOLERANCE = 0.10  # a multiple within 10 % of the best cost per MAC counts
 PROBE_VERSION = 2  # bump when the method changes: older cache files are then measured again
 PER_CLASS = 4
 BURST_S = 0.002
-MIN_ROUNDS, MAX_ROUNDS = 3, 200
+MIN_ROUNDS, MAX_ROUNDS = 4, 200  # at least two rounds per half for the stability check
 
 
 def cache_dir() -> Path:
@@ -202,7 +206,9 @@ class WidthProbe(BaseModel):
         key: hash of the fingerprint and the workload (the cache file's name).
         workload: spatial size, batch, conv depth and centre width.
         timings: every measured width; costs: every candidate multiple.
-        note: why a cache file was not used, or could not be written.
+        half_multiples: the choice from the even and from the odd rounds alone.
+        stable: both halves chose ``multiple`` (an unstable result is not cached).
+        note: why a cache file was not used, or the result not cached.
     """
 
     version: int = PROBE_VERSION
@@ -216,6 +222,8 @@ class WidthProbe(BaseModel):
     timings: list[WidthTiming]
     costs: list[MultipleCost]
     multiple: int
+    half_multiples: list[int]
+    stable: bool
     measured_at: str
     probe_s: float
     source: Literal["measured", "cached"] = "measured"
@@ -288,8 +296,8 @@ def device_fingerprint(backend: str = "ort", threads: int | None = None) -> dict
             "logical_cores": cpu.logical_cores, "threads": threads, **impl.versions()}  # fmt: skip
 
 
-def _time_widths(runs: dict[int, Callable[[], None]], budget_s: float) -> tuple[dict[int, float], int]:
-    """Interleaved bursts (step 3 above): the minimum over rounds of each width's burst median, in ms."""
+def _time_widths(runs: dict[int, Callable[[], None]], budget_s: float) -> dict[int, list[float]]:
+    """Interleaved bursts (step 3 above): each width's burst median (ms) in every round."""
     iters = {}
     for w, run in runs.items():
         run()
@@ -297,7 +305,7 @@ def _time_widths(runs: dict[int, Callable[[], None]], budget_s: float) -> tuple[
         t0 = time.perf_counter()
         run()
         iters[w] = max(3, min(50, int(BURST_S / max(time.perf_counter() - t0, 1e-7))))
-    best = dict.fromkeys(runs, math.inf)
+    medians: dict[int, list[float]] = {w: [] for w in runs}
     order, rounds, end = list(runs), 0, time.perf_counter() + budget_s
     while rounds < MIN_ROUNDS or (time.perf_counter() < end and rounds < MAX_ROUNDS):
         k = rounds % len(order)
@@ -307,9 +315,9 @@ def _time_widths(runs: dict[int, Callable[[], None]], budget_s: float) -> tuple[
                 t0 = time.perf_counter_ns()
                 runs[w]()
                 times.append(time.perf_counter_ns() - t0)
-            best[w] = min(best[w], statistics.median(times) / 1e6)
+            medians[w].append(statistics.median(times) / 1e6)
         rounds += 1
-    return best, rounds
+    return medians
 
 
 def _key(fingerprint: dict[str, Any], workload: dict[str, int], candidates: list[int], tolerance: float) -> str:
@@ -341,17 +349,24 @@ def probe_widths(*, spatial: int, batch: int = 1, threads: int | None = None, ba
     t0 = time.perf_counter()
     try:
         runs = {w: impl.load(w, spatial=spatial, batch=batch, depth=depth, threads=threads) for w in widths}
-        ms, rounds = _time_widths(runs, budget_s)
+        medians = _time_widths(runs, budget_s)
     finally:
         impl.close()
-    timings = []
-    for w in widths:
-        macs = depth * batch * w * w * 9 * spatial * spatial
-        timings.append(WidthTiming(width=w, ms=ms[w], macs=macs, ns_per_mac=ms[w] * 1e6 / macs))
-    multiple, costs = choose_multiple(timings, candidates=cands, tolerance=tolerance)
+
+    def timings(rounds: slice) -> list[WidthTiming]:
+        out = []
+        for w in widths:
+            ms, macs = min(medians[w][rounds]), depth * batch * w * w * 9 * spatial * spatial
+            out.append(WidthTiming(width=w, ms=ms, macs=macs, ns_per_mac=ms * 1e6 / macs))
+        return out
+
+    every = timings(slice(None))
+    multiple, costs = choose_multiple(every, candidates=cands, tolerance=tolerance)
+    halves = [choose_multiple(timings(slice(k, None, 2)), candidates=cands, tolerance=tolerance)[0] for k in (0, 1)]
     return WidthProbe(key=_key(fingerprint, workload, cands, tolerance), backend=backend, fingerprint=fingerprint,
-                      workload=workload, candidates=cands, tolerance=tolerance, rounds=rounds, timings=timings,
-                      costs=costs, multiple=multiple, probe_s=round(time.perf_counter() - t0, 3),
+                      workload=workload, candidates=cands, tolerance=tolerance, rounds=len(medians[widths[0]]),
+                      timings=every, costs=costs, multiple=multiple, half_multiples=halves,
+                      stable=halves == [multiple, multiple], probe_s=round(time.perf_counter() - t0, 3),
                       measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
 
 
@@ -386,6 +401,10 @@ def cached_width_probe(*, spatial: int, batch: int = 1, threads: int | None = No
     probe = probe_widths(spatial=spatial, batch=batch, threads=threads, backend=backend, candidates=cands,
                          tolerance=tolerance, center=center, depth=depth, budget_s=budget_s)  # fmt: skip
     probe = probe.model_copy(update={"cache_file": str(path), "note": note})
+    if not probe.stable:
+        why = (f"unstable: the even and odd rounds chose {probe.half_multiples} (a busy machine?); not cached, "
+               "measured again next time")  # fmt: skip
+        return probe.model_copy(update={"cache_file": None, "note": f"{note}; {why}" if note else why})
     try:
         atomic_write_text(path, probe.model_dump_json(indent=2) + "\n")
     except OSError as e:

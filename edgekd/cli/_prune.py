@@ -202,6 +202,8 @@ def _render(report) -> None:
     w = report.round_to
     where = f", {w['fingerprint']['cpu_model']} {'/'.join(w['fingerprint']['isa'])}" if w.get("fingerprint") else ""
     console.print(f"widths rounded to multiples of {w.get('multiple') or 1} ({w.get('source')}{where})")
+    if w.get("note"):
+        console.print(f"[yellow]width probe: {w['note']}[/]")
     if (lat := report.latency_target) is not None:
         if lat["already_met"]:
             console.print(f"[yellow]the unpruned model already meets the budget ({lat['unpruned_ms']:.3g} ms <= "
