@@ -132,13 +132,15 @@ def test_latency_loop_keeps_going_past_a_slower_step(tiny_model_dir, tmp_path):
     assert fake.calls[0] == (1, 32)  # the default batch of a latency target
 
 
-def test_unreachable_budget_fails_cleanly_and_writes_nothing(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("round_to", [None, 8])
+def test_unreachable_budget_fails_cleanly_and_writes_nothing(round_to, tiny_model_dir, tmp_path):
     fake = FakeLatency(_base_macs(tiny_model_dir), curve=lambda kept: 3.0 + 10.0 * kept)  # never under 3 ms
-    cfg = _cfg(target_latency_ms=2.0).model_copy(update={"max_layer_ratio": 0.6})
+    cfg = _cfg(target_latency_ms=2.0).model_copy(update={"max_layer_ratio": 0.6, "round_to": round_to})
     with pytest.raises(
         InvalidInputError, match=r"cannot be reached: smallest measured [\d.]+ ms at \d+% of the MACs \(unpruned 13 ms"
-    ):
+    ) as err:
         prune_model_dir(tiny_model_dir, tmp_path / "p", cfg, latency=fake, progress=False)
+    assert ("smaller multiple than 8" in err.value.hint) == (round_to == 8)
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder
     assert len(fake.calls) > 2  # it measured proposals before giving up
 
@@ -253,6 +255,7 @@ def test_real_probe_on_ort_is_cached_and_survives_a_corrupt_cache(tmp_path, real
     first = cached_width_probe(**kw)
     assert first.source == "measured" and first.multiple in first.candidates and first.rounds >= 4
     assert all(m in first.candidates for m in first.half_multiples) and len(first.half_multiples) == 2
+    assert 0 < first.cpu_share < 10
     files = list(tmp_path.glob("widths-ort-*.json"))
     assert len(files) == 1 and str(files[0]) == first.cache_file
     saved = json.loads(files[0].read_text())

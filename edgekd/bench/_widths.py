@@ -26,9 +26,12 @@ The probe (a second or two):
    it would only take channels away. (A median over all widths divisible by ``m`` would hide a minority of
    slow ones: 44 and 52 among 40..64 for ``m = 4``.)
 
-5. **Stability**: the choice is made again from the even and from the odd rounds alone; when either differs
-   (a busy machine: other processes took the cores during some rounds), the result is used but marked
-   ``stable: false`` and *not cached*, so the next run measures again instead of keeping a noisy choice.
+5. **Stability**: the choice is made again from the even and from the odd rounds alone, and the process's CPU
+   time over the timed phase is compared with wall time x threads (ORT's intra-op threads spin while they
+   wait, so an uncontended probe gets about 100 %). When the halves disagree or the probe got less than
+   80 % of its threads' CPU time (other processes took the cores: here 51 % with 2 threads beside two training
+   jobs, when the choice moved from 8 to 32), the result is used but marked ``stable: false`` and *not
+   cached*, so the next run measures again instead of keeping a busy moment's choice for the device.
 
 The result (every width's ms and ns/MAC, each multiple's cost, the choice, and the device fingerprint: CPU
 model, ISA flags such as avx2/avx512f/avx512_vnni/amx, backend and its version, threads) is cached as JSON in
@@ -82,6 +85,7 @@ PROBE_VERSION = 2  # bump when the method changes: older cache files are then me
 PER_CLASS = 4
 BURST_S = 0.002
 MIN_ROUNDS, MAX_ROUNDS = 4, 200  # at least two rounds per half for the stability check
+MIN_CPU_SHARE = 0.8  # of wall time x threads during the timed phase; less: the cores were taken by others
 
 
 def cache_dir() -> Path:
@@ -207,7 +211,8 @@ class WidthProbe(BaseModel):
         workload: spatial size, batch, conv depth and centre width.
         timings: every measured width; costs: every candidate multiple.
         half_multiples: the choice from the even and from the odd rounds alone.
-        stable: both halves chose ``multiple`` (an unstable result is not cached).
+        cpu_share: process CPU time / (wall time x threads) of the timed phase.
+        stable: both halves chose ``multiple`` and ``cpu_share >= 0.8`` (an unstable result is not cached).
         note: why a cache file was not used, or the result not cached.
     """
 
@@ -223,6 +228,7 @@ class WidthProbe(BaseModel):
     costs: list[MultipleCost]
     multiple: int
     half_multiples: list[int]
+    cpu_share: float
     stable: bool
     measured_at: str
     probe_s: float
@@ -349,7 +355,9 @@ def probe_widths(*, spatial: int, batch: int = 1, threads: int | None = None, ba
     t0 = time.perf_counter()
     try:
         runs = {w: impl.load(w, spatial=spatial, batch=batch, depth=depth, threads=threads) for w in widths}
+        wall, cpu = time.perf_counter(), time.process_time()
         medians = _time_widths(runs, budget_s)
+        share = (time.process_time() - cpu) / max((time.perf_counter() - wall) * threads, 1e-9)
     finally:
         impl.close()
 
@@ -365,8 +373,9 @@ def probe_widths(*, spatial: int, batch: int = 1, threads: int | None = None, ba
     halves = [choose_multiple(timings(slice(k, None, 2)), candidates=cands, tolerance=tolerance)[0] for k in (0, 1)]
     return WidthProbe(key=_key(fingerprint, workload, cands, tolerance), backend=backend, fingerprint=fingerprint,
                       workload=workload, candidates=cands, tolerance=tolerance, rounds=len(medians[widths[0]]),
-                      timings=every, costs=costs, multiple=multiple, half_multiples=halves,
-                      stable=halves == [multiple, multiple], probe_s=round(time.perf_counter() - t0, 3),
+                      timings=every, costs=costs, multiple=multiple, half_multiples=halves, cpu_share=round(share, 3),
+                      stable=halves == [multiple, multiple] and share >= MIN_CPU_SHARE,
+                      probe_s=round(time.perf_counter() - t0, 3),
                       measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
 
 
@@ -402,8 +411,8 @@ def cached_width_probe(*, spatial: int, batch: int = 1, threads: int | None = No
                          tolerance=tolerance, center=center, depth=depth, budget_s=budget_s)  # fmt: skip
     probe = probe.model_copy(update={"cache_file": str(path), "note": note})
     if not probe.stable:
-        why = (f"unstable: the even and odd rounds chose {probe.half_multiples} (a busy machine?); not cached, "
-               "measured again next time")  # fmt: skip
+        why = (f"unstable (the even and odd rounds chose {probe.half_multiples}, {probe.cpu_share:.0%} of the "
+               f"threads' CPU time: a busy machine?); not cached, measured again next time")  # fmt: skip
         return probe.model_copy(update={"cache_file": None, "note": f"{note}; {why}" if note else why})
     try:
         atomic_write_text(path, probe.model_dump_json(indent=2) + "\n")

@@ -287,12 +287,13 @@ def _latency_plan(cfg: PruneConfig, model: nn.Module, card: ModelCard, latency: 
             "already_met": ms <= aim, "final_ms": None}  # fmt: skip
 
 
-def _unreachable(plan: dict, steps: list[dict]) -> InvalidInputError:
+def _unreachable(plan: dict, steps: list[dict], round_to: int | None) -> InvalidInputError:
     ms, kept = min([(plan["unpruned_ms"], 1.0)] + [(s["latency_ms"], s["macs_kept"]) for s in steps])
+    rounding = f", round to a smaller multiple than {round_to} (--round-to)" if round_to and round_to > 1 else ""
     return InvalidInputError(
         f"the latency budget {plan['budget_ms']:g} ms at batch {plan['batch']} cannot be reached: smallest measured "
         f"{ms:.3g} ms at {kept:.0%} of the MACs (unpruned {plan['unpruned_ms']:.3g} ms, {len(steps)} proposals)",
-        "relax the budget, raise --max-layer-ratio or drop --keep, or prune another model",
+        f"relax the budget, raise --max-layer-ratio or drop --keep{rounding}, or prune another model",
     )
 
 
@@ -307,7 +308,7 @@ def _latency_search(pruner: ChannelPruner, model: nn.Module, card: ModelCard, da
     steps, history, kept, ms = [], [], 1.0, plan["unpruned_ms"]
     while ms > plan["aim_ms"]:
         if pruner.exhausted:
-            raise _unreachable(plan, steps)
+            raise _unreachable(plan, steps, pruner.round_to)
         kept *= min(1 - cfg.latency_step, max(1 - MAX_PROPOSAL, math.sqrt(plan["aim_ms"] / ms)))
         record = pruner.prune_to(kept)
         kept = record["macs_kept"]

@@ -157,7 +157,7 @@ class ChannelPruner:
         if target.kind is TargetKind.RATIO and target.value > max_layer_ratio:
             raise InvalidInputError(f"channel ratio {target.value} exceeds the per-layer limit {max_layer_ratio}")
         self.model, self.input_shape, self.target, self.steps = model, tuple(input_shape), target, steps
-        self.importance_name, self.grad_fn = importance, grad_fn
+        self.importance_name, self.grad_fn, self.round_to = importance, grad_fn, round_to
         self.goals = target.goals(steps) if target.kind is not TargetKind.LATENCY else []
         self.classifier = classifier or find_classifier(model, int(num_classes or 0))
         self.keep = list(keep)
