@@ -281,6 +281,18 @@ def test_unstable_probe_is_used_but_not_cached(tmp_path, real_probe):
     assert cached_width_probe(**kw).source == "measured" and len(measured) == 2  # measured again, not kept
 
 
+def test_unstable_rounds_use_the_smallest_choice(monkeypatch, tmp_path):
+    # even rounds: multiples of 16 fast; odd rounds: every width equally slow (what a busy machine can produce)
+    def rounds(runs, budget_s):
+        cost = [lambda w: 1.0 if w % 16 == 0 else 1.6, lambda w: 1.3]
+        return {w: [cost[k % 2](w) * 3 * w * w * 9 * 36 / 1e6 for k in range(4)] for w in runs}
+
+    monkeypatch.setattr(_widths, "_time_widths", rounds)
+    probe = cached_width_probe(spatial=6, threads=1, cache=tmp_path)
+    assert (probe.all_rounds_multiple, probe.half_multiples, probe.stable) == (16, [16, 1], False)
+    assert probe.multiple == 1 and "using the smallest, 1" in probe.note and list(tmp_path.iterdir()) == []
+
+
 def test_width_multiple_is_a_width_probe_fn(tiny_model_dir, tmp_path, real_probe):
     real_probe(True)
     card = read_card(tiny_model_dir)

@@ -30,8 +30,10 @@ The probe (a second or two):
    time over the timed phase is compared with wall time x threads (ORT's intra-op threads spin while they
    wait, so an uncontended probe gets about 100 %). When the halves disagree or the probe got less than
    80 % of its threads' CPU time (other processes took the cores: here 51 % with 2 threads beside two training
-   jobs, when the choice moved from 8 to 32), the result is used but marked ``stable: false`` and *not
-   cached*, so the next run measures again instead of keeping a busy moment's choice for the device.
+   jobs, when the choice moved from 8 to 32), the result is marked ``stable: false`` and *not cached*, so the
+   next run measures again instead of keeping a busy moment's choice for the device. An unstable result uses
+   the smallest of its three choices: a multiple too small costs some kernel speed, which a latency-target
+   run measures and prunes past anyway, while one too large coarsens pruning and can make a budget unreachable.
 
 The result (every width's ms and ns/MAC, each multiple's cost, the choice, and the device fingerprint: CPU
 model, ISA flags such as avx2/avx512f/avx512_vnni/amx, backend and its version, threads) is cached as JSON in
@@ -204,7 +206,9 @@ class WidthProbe(BaseModel):
     """What the probe measured and chose (the cache file's content).
 
     Attributes:
-        multiple: the chosen channel multiple.
+        multiple: the chosen channel multiple (unstable: the smallest of ``all_rounds_multiple`` and
+            ``half_multiples``).
+        all_rounds_multiple: the choice from every round.
         source: ``measured`` now, or ``cached`` (read from ``cache_file``).
         fingerprint: the device: CPU model, ISA flags, backend and version, threads.
         key: hash of the fingerprint and the workload (the cache file's name).
@@ -227,6 +231,7 @@ class WidthProbe(BaseModel):
     timings: list[WidthTiming]
     costs: list[MultipleCost]
     multiple: int
+    all_rounds_multiple: int
     half_multiples: list[int]
     cpu_share: float
     stable: bool
@@ -371,10 +376,11 @@ def probe_widths(*, spatial: int, batch: int = 1, threads: int | None = None, ba
     every = timings(slice(None))
     multiple, costs = choose_multiple(every, candidates=cands, tolerance=tolerance)
     halves = [choose_multiple(timings(slice(k, None, 2)), candidates=cands, tolerance=tolerance)[0] for k in (0, 1)]
+    stable = halves == [multiple, multiple] and share >= MIN_CPU_SHARE
     return WidthProbe(key=_key(fingerprint, workload, cands, tolerance), backend=backend, fingerprint=fingerprint,
                       workload=workload, candidates=cands, tolerance=tolerance, rounds=len(medians[widths[0]]),
-                      timings=every, costs=costs, multiple=multiple, half_multiples=halves, cpu_share=round(share, 3),
-                      stable=halves == [multiple, multiple] and share >= MIN_CPU_SHARE,
+                      timings=every, costs=costs, multiple=multiple if stable else min(multiple, *halves),
+                      all_rounds_multiple=multiple, half_multiples=halves, cpu_share=round(share, 3), stable=stable,
                       probe_s=round(time.perf_counter() - t0, 3),
                       measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
 
@@ -411,8 +417,9 @@ def cached_width_probe(*, spatial: int, batch: int = 1, threads: int | None = No
                          tolerance=tolerance, center=center, depth=depth, budget_s=budget_s)  # fmt: skip
     probe = probe.model_copy(update={"cache_file": str(path), "note": note})
     if not probe.stable:
-        why = (f"unstable (the even and odd rounds chose {probe.half_multiples}, {probe.cpu_share:.0%} of the "
-               f"threads' CPU time: a busy machine?); not cached, measured again next time")  # fmt: skip
+        why = (f"unstable (all rounds chose {probe.all_rounds_multiple}, the even and odd rounds "
+               f"{probe.half_multiples}, with {probe.cpu_share:.0%} of the threads' CPU time: a busy machine?): using "
+               f"the smallest, {probe.multiple}; not cached, measured again next time")  # fmt: skip
         return probe.model_copy(update={"cache_file": None, "note": f"{note}; {why}" if note else why})
     try:
         atomic_write_text(path, probe.model_dump_json(indent=2) + "\n")
