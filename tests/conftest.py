@@ -28,3 +28,12 @@ def tiny_model_dir(tmp_path_factory) -> str:
     cfg = TrainConfig(epochs=2, batch_size=32, lr=5e-3, warmup_epochs=0.5)
     train_model(RunSettings(student="small:tinycnn", data=SYNTH, train=cfg), out, progress=False)
     return str(out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Measured caches (the width probe of `--round-to auto`) go to a temporary folder, never ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEKD_CACHE_DIR", str(tmp_path_factory.mktemp("edgekd-cache")))
+    yield
+    mp.undo()

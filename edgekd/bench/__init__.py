@@ -11,6 +11,10 @@ Backends are runners with one contract (``load / run / sync / close``) in the :d
 ``trt`` (native TensorRT 10 engines). :func:`compare_latency` times a compressed model against its parent,
 interleaved over short rounds (the figure that decides whether a compression step made it faster).
 
+Channel widths the target runs fast are measured too (:func:`cached_width_probe`, :func:`width_multiple`): a
+second-long probe of conv workloads at widths that are and are not multiples of 1..32, cached per device, which
+`edgekd prune --round-to auto` rounds channel counts to.
+
 Example:
     >>> from edgekd.bench import BenchSettings, benchmark, compare_reports, load_report
     >>> report = benchmark(["runs/teacher", "runs/student"], batches=(1, 32),
@@ -57,6 +61,18 @@ from edgekd.bench._schema import (
 )
 from edgekd.bench._stats import p50_drift, summarize
 from edgekd.bench._timing import Timing, time_runner
+from edgekd.bench._widths import (
+    WIDTH_BACKENDS,
+    WIDTH_CANDIDATES,
+    ConvProbeBackend,
+    WidthProbe,
+    cache_dir,
+    cached_width_probe,
+    choose_multiple,
+    probe_spatial,
+    probe_widths,
+    width_multiple,
+)
 
 __all__ = [
     "benchmark",
@@ -67,6 +83,16 @@ __all__ = [
     "RoundTiming",
     "model_latency_ms",
     "onnx_latency_ms",
+    "width_multiple",
+    "cached_width_probe",
+    "probe_widths",
+    "probe_spatial",
+    "choose_multiple",
+    "cache_dir",
+    "WidthProbe",
+    "ConvProbeBackend",
+    "WIDTH_BACKENDS",
+    "WIDTH_CANDIDATES",
     "noise_warnings",
     "default_backends",
     "compare_reports",

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgekd._config import validate
 from edgekd._io import check_report_path
-from edgekd.bench import model_latency_ms
+from edgekd.bench import model_latency_ms, width_multiple
 from edgekd.cli._app import PANEL_COMPRESS, app
 from edgekd.cli._options import (
     ConfigOpt,
@@ -25,9 +26,11 @@ from edgekd.cli._options import (
 )  # fmt: skip
 from edgekd.cli._render import fmt
 from edgekd.distill import DeviceName, OptimizerName, TrainConfig
-from edgekd.prune import PruneConfig, PruneTarget, prune_model_dir
+from edgekd.prune import LatencyBackend, PruneConfig, PruneTarget, parse_round_to, prune_model_dir
 
-P, R, T = "Pruning", "Recovery", "Teacher"
+P, L, R, T = "Pruning", "Latency target", "Recovery", "Teacher"
+# How each latency backend is measured (the bench layer's functions satisfy edgekd.prune.LatencyFn).
+LATENCY_FNS = {LatencyBackend.ORT: model_latency_ms}
 
 
 def _csv(text: str | None) -> list[str]:
@@ -57,6 +60,31 @@ def prune(
     target_params: Annotated[
         float | None, typer.Option(help="Target: keep this fraction of the parameters.", rich_help_panel=P)
     ] = None,
+    target_latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="Target: prune until the measured p50 latency of one batch is at most this many ms.",
+            rich_help_panel=L,
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None, typer.Option(help="Batch size the latency target is measured at [default: 32].", rich_help_panel=L)
+    ] = None,
+    backend: Annotated[
+        LatencyBackend | None,
+        typer.Option(
+            help="Where the latency target is measured (ort: ONNX Runtime CPU) [default: ort].", rich_help_panel=L
+        ),
+    ] = None,
+    latency_margin: Annotated[
+        float, typer.Option(help="Aim this fraction under the budget (re-measurements vary).", rich_help_panel=L)
+    ] = 0.05,
+    short_term_epochs: Annotated[
+        int,
+        typer.Option(
+            help="Fine-tuning epochs after each latency proposal (--recovery-epochs: at the end).", rich_help_panel=L
+        ),
+    ] = 0,
     steps: Annotated[
         int, typer.Option(help="Prune in this many steps, fine-tuning after each.", rich_help_panel=P)
     ] = 1,
@@ -77,8 +105,12 @@ def prune(
         ),
     ] = None,
     round_to: Annotated[
-        int | None, typer.Option(help="Keep channel counts multiples of this (8 for tensor cores).", rich_help_panel=P)
-    ] = None,
+        str,
+        typer.Option(
+            help="Channel counts are multiples of: auto (measured on this machine, cached) | N | none.",
+            rich_help_panel=P,
+        ),
+    ] = "auto",
     max_layer_ratio: Annotated[
         float, typer.Option(help="No layer loses more than this fraction of its channels.", rich_help_panel=P)
     ] = 0.9,
@@ -123,18 +155,22 @@ def prune(
     """Prune channels structurally (Torch-Pruning DepGraph), recovering accuracy with the teacher.
 
     Example: edgekd prune runs/student --target-macs 0.5 --steps 2 --importance lamp --out runs/student-pruned
+
+    Example: edgekd prune runs/student --target-latency-ms 2.5 --batch 32 --out runs/student-fast
     """
 
     flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
     check_report_path(json_out)
     train_cfg = resolve_config(ctx, TrainConfig, config, flags, section="recovery")
-    target = PruneTarget.from_options(ratio=ratio, target_macs=target_macs, target_params=target_params)
-    cfg = PruneConfig(importance=importance, target=target, steps=steps, global_pruning=global_pruning,
-                      keep=_csv(keep), round_to=round_to, max_layer_ratio=max_layer_ratio,
-                      recovery_epochs=recovery_epochs, kd=kd, teacher=teacher, latency_batch=latency_batch or None,
-                      train=train_cfg, **({"losses": loss} if loss else {}))  # fmt: skip
-    report = prune_model_dir(model_dir, out, cfg, data=data, latency=model_latency_ms, overwrite=overwrite,
-                             progress=not quiet)  # fmt: skip
+    target = PruneTarget.from_options(ratio=ratio, target_macs=target_macs, target_params=target_params,
+                                      target_latency_ms=target_latency_ms, batch=batch, backend=backend)  # fmt: skip
+    cfg = validate(PruneConfig, dict(importance=importance, target=target, steps=steps, global_pruning=global_pruning,
+                   keep=_csv(keep), round_to=parse_round_to(round_to), max_layer_ratio=max_layer_ratio,
+                   recovery_epochs=recovery_epochs, kd=kd, teacher=teacher, latency_batch=latency_batch or None,
+                   latency_margin=latency_margin, short_term_epochs=short_term_epochs, train=train_cfg,
+                   **({"losses": loss} if loss else {})))  # fmt: skip
+    report = prune_model_dir(model_dir, out, cfg, data=data, latency=LATENCY_FNS[target.backend or LatencyBackend.ORT],
+                             width_probe=width_multiple, overwrite=overwrite, progress=not quiet)  # fmt: skip
     if not quiet and json_out != "-":
         _render(report)
     emit_json(report, json_out)
@@ -163,3 +199,16 @@ def _render(report) -> None:
     console.print(f"MACs kept {report.after.macs / report.before.macs:.3f}{speed}; recovery: {report.recovery}"
                   + ("" if report.target_met else " [yellow](target not reached: raise --max-layer-ratio or "
                      "drop --keep)[/]"))  # fmt: skip
+    w = report.round_to
+    where = f", {w['fingerprint']['cpu_model']} {'/'.join(w['fingerprint']['isa'])}" if w.get("fingerprint") else ""
+    console.print(f"widths rounded to multiples of {w.get('multiple') or 1} ({w.get('source')}{where})")
+    if w.get("note"):
+        console.print(f"[yellow]width probe: {w['note']}[/]")
+    if (lat := report.latency_target) is not None:
+        if lat["already_met"]:
+            console.print(f"[yellow]the unpruned model already meets the budget ({lat['unpruned_ms']:.3g} ms <= "
+                          f"{lat['aim_ms']:.3g} ms at batch {lat['batch']}): nothing pruned[/]")  # fmt: skip
+        else:
+            console.print(f"latency budget {lat['budget_ms']:g} ms at batch {lat['batch']} (aim {lat['aim_ms']:.3g}): "
+                          f"{lat['unpruned_ms']:.3g} -> {report.steps[-1]['latency_ms']:.3g} ms in "
+                          f"{len(report.steps)} measured proposals; re-measured {fmt(lat['final_ms'])} ms")  # fmt: skip

@@ -140,8 +140,9 @@ class DistillSection(_Section):
 
 
 class PruneSection(PruneConfig):
-    """:class:`~edgekd.prune.PruneConfig` with the target written as one of ``target_macs``, ``target_params``
-    or ``ratio`` (as on the command line), and which model recovery distils from.
+    """:class:`~edgekd.prune.PruneConfig` with the target written as one of ``target_macs``, ``target_params``,
+    ``ratio`` or ``target_latency_ms`` (with ``batch`` and ``backend``, as on the command line), and which model
+    recovery distils from.
 
     Attributes:
         recovery_teacher: ``parent`` (the unpruned student, the `edgekd prune` default) or ``teacher``.
@@ -173,7 +174,8 @@ class PruneSection(PruneConfig):
         if not isinstance(values, dict):
             return values
         values = dict(values)
-        flat = {k: values.pop(k) for k in ("target_macs", "target_params", "ratio") if k in values}
+        keys = ("target_macs", "target_params", "ratio", "target_latency_ms", "batch", "backend")
+        flat = {k: values.pop(k) for k in keys if k in values}
         if flat or "target" not in values:
             values["target"] = PruneTarget.from_options(**flat)
         return values

@@ -45,7 +45,15 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from edgekd._io import atomic_write_text, sha256_file
-from edgekd.bench import bench_devices, benchmark, compare_latency, model_latency_ms, onnx_latency_ms, write_json
+from edgekd.bench import (
+    bench_devices,
+    benchmark,
+    compare_latency,
+    model_latency_ms,
+    onnx_latency_ms,
+    width_multiple,
+    write_json,
+)
 from edgekd.distill import CacheSettings, RunSettings, TrainConfig, run_training
 from edgekd.export import export_bundle, read_manifest
 from edgekd.importer import import_model
@@ -301,7 +309,8 @@ def _prune(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     teacher = r.teacher_ref(st.inputs[1]) if s.pop("recovery_teacher") == "teacher" else None
     cfg = PruneConfig.model_validate({**s, "teacher": teacher})
     report = prune_model_dir(r.final_fp32("select"), r.path(st.output), cfg, data=r.data, latency=model_latency_ms,
-                             overwrite=True, progress=r.progress, command=r.command(st))  # fmt: skip
+                             width_probe=width_multiple, overwrite=True, progress=r.progress,
+                             command=r.command(st))  # fmt: skip
     return {"macs_kept": report.after.macs / report.before.macs, "params": report.after.params,
             "target_met": report.target_met, "test": _scalars(report.metrics_after.get("test", {}))}  # fmt: skip
 

@@ -2,13 +2,15 @@
 
 * :data:`IMPORTANCE`: one registry of channel-importance criteria (``l1``, ``l2``, ``taylor``, ``bn-scale``,
   ``lamp``, ``random``), each following Torch-Pruning's ``importance(group) -> Tensor`` contract;
-* :class:`PruneTarget`: a channel ratio, or a fraction of MACs or params to keep, reached in steps;
+* :class:`PruneTarget`: a channel ratio, or a fraction of MACs or params to keep, reached in steps, or a
+  measured latency budget (ms at a batch) reached NetAdapt-style: prune, measure, repeat;
 * :class:`ChannelPruner`: DepGraph pruning (Fang et al., CVPR 2023) that keeps the classifier and named
   layers and steps towards a MACs/params target by re-measuring;
 * recovery between steps through :func:`edgekd.distill.finetune`, distilling from a teacher or with CE;
 * :func:`prune_model_dir`: the whole `edgekd prune` run, ending in an ordinary model directory whose card
   stores the pruned widths (:func:`edgekd.students.capture_structure` / ``apply_structure``), so it reloads without pickle;
-* latency is measured through a function the caller gives (:data:`LatencyFn`), not by importing bench.
+* latency is measured through a function the caller gives (:data:`LatencyFn`), and the channel multiple of
+  ``round_to="auto"`` comes from a width probe it gives (:data:`WidthProbeFn`), not by importing bench.
 
 Example:
     >>> cfg = PruneConfig(importance="lamp", target=PruneTarget.from_options(target_macs=0.5), steps=2)
@@ -16,7 +18,7 @@ Example:
     >>> model, card = load_model_dir("runs/student-pruned")  # the pruned architecture, no pickle
 """
 
-from edgekd.prune._api import REPORT_FILE, PruneConfig, PruneReport, prune_model_dir
+from edgekd.prune._api import REPORT_FILE, PruneConfig, PruneReport, parse_round_to, prune_model_dir
 from edgekd.prune._importance import (
     IMPORTANCE,
     accumulate_gradients,
@@ -24,13 +26,13 @@ from edgekd.prune._importance import (
     list_importance,
     needs_gradients,
 )  # fmt: skip
-from edgekd.prune._measure import LatencyFn, ModelStats, model_stats
+from edgekd.prune._measure import LatencyFn, ModelStats, WidthProbeFn, model_stats
 from edgekd.prune._pruner import ChannelPruner, find_classifier, resolve_modules
-from edgekd.prune._target import PruneTarget, TargetKind
+from edgekd.prune._target import LatencyBackend, PruneTarget, TargetKind
 
 __all__ = [
     "IMPORTANCE", "build_importance", "list_importance", "needs_gradients", "accumulate_gradients",
-    "PruneTarget", "TargetKind", "ChannelPruner", "find_classifier", "resolve_modules",
-    "ModelStats", "model_stats", "LatencyFn",
-    "PruneConfig", "PruneReport", "prune_model_dir", "REPORT_FILE",
+    "PruneTarget", "TargetKind", "LatencyBackend", "ChannelPruner", "find_classifier", "resolve_modules",
+    "ModelStats", "model_stats", "LatencyFn", "WidthProbeFn",
+    "PruneConfig", "PruneReport", "prune_model_dir", "parse_round_to", "REPORT_FILE",
 ]  # fmt: skip

@@ -6,6 +6,27 @@ cross-entropy only (:func:`edgekd.distill.finetune`); evaluate; write an ordinar
 widths (``structure``), so it reloads without pickle, exports and benchmarks like any other. Params, MACs,
 weights size and ONNX Runtime CPU latency before and after go into ``prune_report.json`` and the return value.
 
+**Widths the hardware likes** (``round_to``): channel counts are rounded to a multiple that is fast on the target.
+``round_to="auto"`` (the default) asks the ``width_probe`` the caller passes (`edgekd prune` passes
+:func:`edgekd.bench.width_multiple`: a short ONNX Runtime CPU probe, cached per device) for that multiple; without
+a probe (plain library use) the widths are *not rounded*, with a ``UserWarning`` and ``source: "not rounded: no
+width probe given"`` in the report, never an assumed constant. An integer rounds to it; None does not round.
+
+**A latency budget** (``PruneTarget(kind="latency")``): MACs are not latency, so the run measures. NetAdapt
+(Yang et al., "NetAdapt: Platform-Aware Neural Network Adaptation for Mobile Applications", ECCV 2018) proposes
+a smaller network, measures it on the target and repeats until the budget is met, fine-tuning a little per
+step and longer at the end. Here one proposal removes the globally least important channels (the criterion's
+ranking) down to a MACs fraction ``k_{i+1} = k_i * clip(sqrt(aim / t_i), 0.75, 1 - latency_step)`` (half-way, in
+log, to what proportional scaling would need; 5 to 25 % of the MACs per proposal), and the measured p50
+``t_i`` at the target's batch (through the ``latency`` function) decides: the run stops at the first proposal with
+``t_i <= aim = budget * (1 - latency_margin)`` (the margin, 5 % by default, is there so that an independent
+re-measurement with `edgekd bench` also meets the budget). Latency is not monotonic in MACs (a width can fall off
+a fast kernel), so a proposal that got slower does not stop the run. NetAdapt's per-layer proposals, each
+fine-tuned and compared on accuracy, cost a fine-tuning per layer per step; the global ranking replaces them.
+A budget the unpruned model already meets prunes nothing (the output is the unpruned model and the report says
+so); a budget that cannot be met (the pruner is out of channels first) fails with the smallest latency measured
+and writes nothing.
+
 The output is written atomically: a failed run leaves nothing at ``out``.
 
 Example:
@@ -18,31 +39,54 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from edgekd._io import atomic_dir, atomic_write_text, check_output, sha256_file
 from edgekd.data import DataBundle, make_loader
 from edgekd.distill import DEFAULT_LOSSES, TrainConfig, evaluate_split, finetune
+from edgekd.errors import InvalidInputError
 from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, load_model_dir, save_model_dir
 from edgekd.prune._importance import IMPORTANCE, accumulate_gradients
-from edgekd.prune._measure import LatencyFn, ModelStats, model_stats
+from edgekd.prune._measure import LatencyFn, ModelStats, WidthProbeFn, model_stats
 from edgekd.prune._pruner import ChannelPruner
 from edgekd.prune._target import PruneTarget
 from edgekd.specs import current_command
 from edgekd.students import build_model, capture_structure, count_macs
 from edgekd.teachers import load_teacher
 
-__all__ = ["PruneConfig", "PruneReport", "prune_model_dir", "REPORT_FILE"]
+__all__ = ["PruneConfig", "PruneReport", "prune_model_dir", "parse_round_to", "REPORT_FILE", "AUTO"]
 
 REPORT_FILE = "prune_report.json"
 WORK_DIR = ".recovery"
+AUTO = "auto"
+# A latency proposal removes at most this fraction of the current MACs (at least ``latency_step``).
+MAX_PROPOSAL = 0.25
+
+
+def parse_round_to(value: Any) -> int | Literal["auto"] | None:
+    """``round_to`` from CLI text or a config value: ``auto``, ``none``/``null``/None, or a positive integer.
+
+    Raises:
+        InvalidInputError: anything else (exit 3).
+    """
+    text = str(value).strip().lower() if value is not None else "none"
+    if text == AUTO:
+        return AUTO
+    if text in ("none", "null", ""):
+        return None
+    if not isinstance(value, bool) and text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise InvalidInputError(f"--round-to must be auto, none or a positive integer, got {value!r}",
+                            "auto measures the widths this machine runs fast; 8 rounds to multiples of 8")  # fmt: skip
 
 
 class PruneConfig(BaseModel):
@@ -53,7 +97,8 @@ class PruneConfig(BaseModel):
         target: what to reach (:class:`PruneTarget`).
         steps: pruning steps, each followed by recovery fine-tuning.
         global_pruning: rank the channels of all layers together (else the same ratio per layer).
-        round_to: keep channel counts multiples of this.
+        round_to: keep channel counts multiples of this: ``"auto"`` (default) asks the run's width probe, None
+            does not round (see the module docstring for ``"auto"`` without a probe).
         keep: module paths never pruned (the classifier's outputs are always kept).
         max_layer_ratio: no layer loses more than this fraction of its channels.
         recovery_epochs: fine-tuning epochs after each step (0: none).
@@ -61,8 +106,13 @@ class PruneConfig(BaseModel):
         teacher: the teacher (model directory, ONNX file, ...); default the unpruned model itself.
         losses: loss terms with a teacher.
         taylor_batches: batches of gradients before each step for the ``taylor`` criterion.
-        latency_batch: batch size of the ORT CPU latency measurement (None: not measured).
-        latency_s: minimum timed seconds per latency measurement.
+        latency_batch: batch size of the ORT CPU latency measurement (None: not measured; a latency target
+            measures at its own batch).
+        latency_s: minimum timed seconds per latency measurement (also each measurement of a latency run).
+        latency_margin: a latency run aims this fraction under the budget (re-measurements vary).
+        latency_step: a latency proposal removes at least this fraction of the current MACs.
+        short_term_epochs: a latency run's fine-tuning epochs after each proposal (NetAdapt's short-term
+            fine-tuning; 0: none); ``recovery_epochs`` is then the long-term fine-tuning at the end.
         train: recovery hyper-parameters (its ``epochs`` is ``recovery_epochs``).
     """
 
@@ -72,7 +122,7 @@ class PruneConfig(BaseModel):
     target: PruneTarget
     steps: int = Field(1, ge=1)
     global_pruning: bool = True
-    round_to: int | None = Field(None, ge=1)
+    round_to: int | Literal["auto"] | None = AUTO
     keep: list[str] = Field(default_factory=list)
     max_layer_ratio: float = Field(0.9, gt=0, le=1)
     recovery_epochs: int = Field(2, ge=0)
@@ -82,19 +132,39 @@ class PruneConfig(BaseModel):
     taylor_batches: int = Field(4, ge=1)
     latency_batch: int | None = Field(32, ge=1)
     latency_s: float = Field(2.0, gt=0)
+    latency_margin: float = Field(0.05, ge=0, lt=0.5)
+    latency_step: float = Field(0.05, gt=0, le=MAX_PROPOSAL)
+    short_term_epochs: int = Field(0, ge=0)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_epochs=0.0))
 
+    @field_validator("round_to", mode="before")
+    @classmethod
+    def _round_to(cls, v: Any) -> Any:
+        return parse_round_to(v)
+
     def check(self) -> None:
-        """Validate the registry names (a pydantic validator would turn the helpful error into a generic one).
+        """Validate what a pydantic validator would turn into a generic error.
 
         Raises:
             UnknownNameError: an unknown importance criterion (exit 3, with close names).
+            InvalidInputError: ``steps`` other than 1 with a latency target (exit 3).
         """
         IMPORTANCE.get(self.importance)
+        if self.target.is_latency and self.steps != 1:
+            raise InvalidInputError("--steps does not apply to a latency target: it prunes in measured proposals "
+                                    "until the budget is met", "drop --steps; --short-term-epochs fine-tunes "
+                                    "between proposals, --recovery-epochs at the end")  # fmt: skip
 
 
 class PruneReport(BaseModel):
-    """What a pruning run did and measured (``prune_report.json``)."""
+    """What a pruning run did and measured (``prune_report.json``).
+
+    ``round_to`` says which channel multiple was used and where it came from (``source``: ``config``, the width
+    probe's ``measured``/``cached`` with its device ``fingerprint`` and table, or ``not rounded: ...``).
+    ``latency_target`` (latency targets only) holds the budget, the aim under it, the unpruned and final p50 and
+    whether it was met; each of its ``steps`` records the measured p50 (``latency_ms``, ``batch``, ``threads``)
+    and the MACs kept.
+    """
 
     source: str
     out: str
@@ -106,6 +176,8 @@ class PruneReport(BaseModel):
     teacher: str | None = None
     classifier: str
     keep: list[str] = Field(default_factory=list)
+    round_to: dict[str, Any] = Field(default_factory=dict)
+    latency_target: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = Field(default_factory=list)
     before: ModelStats
     after: ModelStats
@@ -138,35 +210,131 @@ def _recovery_kind(cfg: PruneConfig, teacher_ref: str | None) -> str:
     return "none" if not cfg.recovery_epochs else ("kd" if teacher_ref else "ce")
 
 
-def _prune_and_recover(
-    model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig, work: Path, teacher, progress: bool
-) -> tuple[ChannelPruner, list[dict], list[dict]]:
+def _make_pruner(model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig,
+                 round_to: int | None) -> ChannelPruner:  # fmt: skip
     pre = card.preprocess
-    pruner = ChannelPruner(model, (1, pre.in_chans, *pre.input_size), importance=cfg.importance, target=cfg.target,
-                           steps=cfg.steps, global_pruning=cfg.global_pruning, round_to=cfg.round_to, keep=cfg.keep,
-                           num_classes=card.spec.num_classes, max_layer_ratio=cfg.max_layer_ratio,
-                           grad_fn=_grad_fn(data, card, cfg))  # fmt: skip
+    return ChannelPruner(model, (1, pre.in_chans, *pre.input_size), importance=cfg.importance, target=cfg.target,
+                         steps=cfg.steps, global_pruning=cfg.global_pruning, round_to=round_to, keep=cfg.keep,
+                         num_classes=card.spec.num_classes, max_layer_ratio=cfg.max_layer_ratio,
+                         grad_fn=_grad_fn(data, card, cfg))  # fmt: skip
+
+
+def _recover(model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig, work: Path, teacher,
+             progress: bool, *, epochs: int, step: int | str, seed: int) -> list[dict]:  # fmt: skip
+    """Fine-tune ``model`` for ``epochs`` (KD from ``teacher`` or CE); the history rows carry ``step``."""
+    torch.manual_seed(seed)
+    train_cfg = cfg.train.model_copy(update={"epochs": max(1, epochs)})
+    hist = finetune(model, card.preprocess, data, train_cfg, work, teacher=teacher, losses=cfg.losses,
+                    progress=progress)  # fmt: skip
+    return [{"step": step, **h} for h in hist]
+
+
+def _recovered_val(hist: list[dict]) -> dict[str, Any]:
+    return {key: v for key, v in hist[-1].items() if key.startswith("val_")}
+
+
+def _prune_and_recover(
+    pruner: ChannelPruner, model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig, work: Path, teacher,
+    progress: bool
+) -> tuple[list[dict], list[dict]]:  # fmt: skip
     steps, history = [], []
-    train_cfg = cfg.train.model_copy(update={"epochs": max(1, cfg.recovery_epochs)})
     for k in range(cfg.steps):
         record = pruner.step()
         if cfg.recovery_epochs:
-            torch.manual_seed(cfg.train.seed + k)
-            hist = finetune(model, pre, data, train_cfg, work / f"step{k + 1}", teacher=teacher, losses=cfg.losses,
-                           progress=progress)  # fmt: skip
-            history += [{"step": k + 1, **h} for h in hist]
-            record["recovered_val"] = {key: v for key, v in hist[-1].items() if key.startswith("val_")}
+            hist = _recover(model, card, data, cfg, work / f"step{k + 1}", teacher, progress,
+                            epochs=cfg.recovery_epochs, step=k + 1, seed=cfg.train.seed + k)  # fmt: skip
+            history += hist
+            record["recovered_val"] = _recovered_val(hist)
         steps.append(record)
-    return pruner, steps, history
+    return steps, history
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Latency target (NetAdapt) and hardware widths
+
+
+def _resolve_round_to(cfg: PruneConfig, card: ModelCard, width_probe: WidthProbeFn | None
+                      ) -> tuple[int | None, dict[str, Any]]:  # fmt: skip
+    """The multiple channel counts are rounded to, and where it came from (for the report and lineage)."""
+    if cfg.round_to != AUTO:
+        return cfg.round_to, {"requested": cfg.round_to, "multiple": cfg.round_to, "source": "config"}
+    if width_probe is None:
+        warnings.warn("round_to='auto' without a width probe: channel counts are not rounded (pass width_probe="
+                      "edgekd.bench.width_multiple, as `edgekd prune` does, or an integer round_to)", UserWarning,
+                      stacklevel=3)  # fmt: skip
+        return None, {"requested": AUTO, "multiple": None, "source": "not rounded: no width probe given"}
+    multiple, record = width_probe(card)
+    return (int(multiple) if multiple > 1 else None), {"requested": AUTO, **record, "multiple": int(multiple)}
+
+
+def _measure(latency: LatencyFn, model: nn.Module, card: ModelCard, cfg: PruneConfig) -> tuple[float, int]:
+    ((ms, threads),) = latency([model], card, batch=cfg.target.batch, seconds=cfg.latency_s)
+    return float(ms), int(threads)
+
+
+def _latency_plan(cfg: PruneConfig, model: nn.Module, card: ModelCard, latency: LatencyFn | None) -> dict | None:
+    """Measure the unpruned model against a latency budget before any work (None: not a latency target)."""
+    t = cfg.target
+    if not t.is_latency:
+        return None
+    if latency is None:
+        raise InvalidInputError("a latency target needs a latency function to measure with",
+                                "pass latency=edgekd.bench.model_latency_ms (the CLI and pipeline do)")  # fmt: skip
+    ms, threads = _measure(latency, model, card, cfg)
+    aim = t.value * (1 - cfg.latency_margin)
+    return {"budget_ms": t.value, "aim_ms": aim, "margin": cfg.latency_margin, "batch": t.batch,
+            "backend": t.backend.value, "unpruned_ms": ms, "threads": threads, "met": ms <= aim,
+            "already_met": ms <= aim, "final_ms": None}  # fmt: skip
+
+
+def _unreachable(plan: dict, steps: list[dict], round_to: int | None) -> InvalidInputError:
+    ms, kept = min([(plan["unpruned_ms"], 1.0)] + [(s["latency_ms"], s["macs_kept"]) for s in steps])
+    rounding = f", round to a smaller multiple than {round_to} (--round-to)" if round_to and round_to > 1 else ""
+    return InvalidInputError(
+        f"the latency budget {plan['budget_ms']:g} ms at batch {plan['batch']} cannot be reached: smallest measured "
+        f"{ms:.3g} ms at {kept:.0%} of the MACs (unpruned {plan['unpruned_ms']:.3g} ms, {len(steps)} proposals)",
+        f"relax the budget, raise --max-layer-ratio or drop --keep{rounding}, or prune another model",
+    )
+
+
+def _latency_search(pruner: ChannelPruner, model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig,
+                    plan: dict, latency: LatencyFn, work: Path, teacher, progress: bool
+                    ) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """NetAdapt's loop: propose a smaller model, measure it, repeat until the measured p50 meets the aim.
+
+    Keeps going past a proposal that got no faster (latency is not monotonic in MACs); fails when the pruner
+    runs out of channels first. The proposal size is in the module docstring.
+    """
+    steps, history, kept, ms = [], [], 1.0, plan["unpruned_ms"]
+    while ms > plan["aim_ms"]:
+        if pruner.exhausted:
+            raise _unreachable(plan, steps, pruner.round_to)
+        kept *= min(1 - cfg.latency_step, max(1 - MAX_PROPOSAL, math.sqrt(plan["aim_ms"] / ms)))
+        record = pruner.prune_to(kept)
+        kept = record["macs_kept"]
+        prev, (ms, threads) = ms, _measure(latency, model, card, cfg)
+        record.update(latency_ms=ms, batch=plan["batch"], threads=threads, faster=ms < prev, met=ms <= plan["aim_ms"])
+        if cfg.short_term_epochs:
+            k = record["step"]
+            hist = _recover(model, card, data, cfg, work / f"step{k}", teacher, progress,
+                            epochs=cfg.short_term_epochs, step=k, seed=cfg.train.seed + k)  # fmt: skip
+            history += hist
+            record["recovered_val"] = _recovered_val(hist)
+        steps.append(record)
+    if steps and cfg.recovery_epochs:  # long-term fine-tuning of the chosen network
+        history += _recover(model, card, data, cfg, work / "final", teacher, progress, epochs=cfg.recovery_epochs,
+                            step="final", seed=cfg.train.seed + len(steps) + 1)  # fmt: skip
+    return steps, history
 
 
 def _latencies(source_model: nn.Module, pruned: nn.Module, card: ModelCard, cfg: PruneConfig, before: ModelStats,
                after: ModelStats, latency: LatencyFn | None) -> tuple[ModelStats, ModelStats, float | None]:  # fmt: skip
     """Both latencies in one call of ``latency``, one right after the other (same machine state)."""
-    if not cfg.latency_batch or latency is None:
+    batch = cfg.target.batch if cfg.target.is_latency else cfg.latency_batch
+    if not batch or latency is None:
         return before, after, None
-    (b_ms, threads), (a_ms, _) = latency([source_model, pruned], card, batch=cfg.latency_batch, seconds=cfg.latency_s)
-    lat = {"latency_batch": cfg.latency_batch, "latency_threads": threads}
+    (b_ms, threads), (a_ms, _) = latency([source_model, pruned], card, batch=batch, seconds=cfg.latency_s)
+    lat = {"latency_batch": batch, "latency_threads": threads}
     before = before.model_copy(update={"latency_ms": b_ms, **lat})
     after = after.model_copy(update={"latency_ms": a_ms, **lat})
     return before, after, b_ms / a_ms if a_ms > 0 else None
@@ -182,10 +350,19 @@ def _pruned_card(
     before: dict,
     teacher_ref: str | None,
     command: str,
+    widths: dict[str, Any],
+    plan: dict | None,
 ) -> ModelCard:
     notes = {"importance": cfg.importance, "target": cfg.target.model_dump(mode="json"), "steps": cfg.steps,
-             "global": cfg.global_pruning, "round_to": cfg.round_to, "keep": cfg.keep,
-             "recovery_epochs": cfg.recovery_epochs, "recovery": _recovery_kind(cfg, teacher_ref)}  # fmt: skip
+             "global": cfg.global_pruning, "round_to": widths.get("multiple"), "round_to_requested": cfg.round_to,
+             "round_to_source": widths.get("source"), "keep": cfg.keep, "recovery_epochs": cfg.recovery_epochs,
+             "recovery": _recovery_kind(cfg, teacher_ref)}  # fmt: skip
+    if widths.get("fingerprint_id"):
+        notes["width_fingerprint"] = widths["fingerprint_id"]
+    if plan is not None:
+        notes["latency"] = {k: plan[k] for k in ("budget_ms", "batch", "backend", "unpruned_ms", "final_ms", "met")}
+        if plan["already_met"]:
+            notes["recovery"] = "none"  # nothing was pruned, so nothing was fine-tuned
     lineage = Lineage(command=command, parent=str(source), parent_sha256=sha256_file(source / WEIGHTS_FILE),
                       data=data.spec, teachers=[teacher_ref] if teacher_ref else [],
                       losses=list(cfg.losses) if teacher_ref else ["ce"], stage="prune", notes=notes)  # fmt: skip
@@ -204,6 +381,7 @@ def prune_model_dir(
     *,
     data: str | DataBundle | None = None,
     latency: LatencyFn | None = None,
+    width_probe: WidthProbeFn | None = None,
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
@@ -215,15 +393,18 @@ def prune_model_dir(
         out: the pruned model directory to write (new, or an earlier edgekd output with ``overwrite``).
         cfg: the run's configuration.
         data: data spec or bundle (default: the data in the source's lineage).
-        latency: measures models' latency for the report (e.g. :func:`edgekd.bench.model_latency_ms`); None:
-            latency is not measured.
+        latency: measures models' latency for the report and for a latency target (e.g.
+            :func:`edgekd.bench.model_latency_ms`); None: latency is not measured (a latency target needs it).
+        width_probe: finds the channel multiple for ``round_to="auto"`` (e.g. :func:`edgekd.bench.width_multiple`);
+            None: ``"auto"`` does not round, with a warning.
         overwrite: replace an earlier edgekd output at ``out`` (never other files, never ``source``).
         progress: show progress bars.
         command: the command line, for the lineage.
 
     Raises:
         ArtifactError: ``source`` is missing or malformed (exit 4).
-        InvalidInputError: a bad criterion, target, ``--keep`` path or data (exit 3).
+        InvalidInputError: a bad criterion, target, ``--keep`` path or data, or a latency budget that cannot be
+            reached (exit 3; nothing is written).
     """
     cfg.check()
     source, out = Path(source), Path(out)
@@ -233,33 +414,34 @@ def prune_model_dir(
     torch.manual_seed(cfg.train.seed)
     model, card, bundle = load_model_and_data(source, data, seed=cfg.train.seed)
     original, _ = load_model_dir(source)
+    plan = _latency_plan(cfg, model, card, latency)  # before any work: a budget already met prunes nothing
+    round_to, widths = _resolve_round_to(cfg, card, width_probe)
+    pruner = _make_pruner(model, card, bundle, cfg, round_to)
     before_metrics = _evaluate(model, card, bundle)
     before = model_stats(model, card, weights=source / WEIGHTS_FILE)
-    teacher, teacher_ref = _teacher(cfg, source, bundle)
+    teacher, teacher_ref = _teacher(cfg, source, bundle) if not (plan and plan["already_met"]) else (None, None)
     with atomic_dir(out) as tmp:
-        pruner, steps, history = _prune_and_recover(model, card, bundle, cfg, tmp / WORK_DIR, teacher, progress)
+        if plan is None:
+            steps, history = _prune_and_recover(pruner, model, card, bundle, cfg, tmp / WORK_DIR, teacher, progress)
+        else:
+            steps, history = _latency_search(pruner, model, card, bundle, cfg, plan, latency, tmp / WORK_DIR, teacher,
+                                             progress)  # fmt: skip
+            plan["met"] = plan["already_met"] or steps[-1]["met"]
         shutil.rmtree(tmp / WORK_DIR, ignore_errors=True)  # per-epoch checkpoints of the recovery runs
         metrics = _evaluate(model, card, bundle)
-        new_card = _pruned_card(
-            model,
-            card,
-            source,
-            bundle,
-            cfg,
-            metrics,
-            before_metrics,
-            teacher_ref,
-            command if command is not None else current_command(),
-        )
+        before, after, speedup = _latencies(original, model, card, cfg, before, model_stats(model, card), latency)
+        if plan is not None:
+            plan["final_ms"] = after.latency_ms
+        new_card = _pruned_card(model, card, source, bundle, cfg, metrics, before_metrics, teacher_ref,
+                                command if command is not None else current_command(), widths, plan)  # fmt: skip
         save_model_dir(model, new_card, tmp)
-        after = model_stats(model, new_card, weights=tmp / WEIGHTS_FILE)
-        before, after, speedup = _latencies(original, model, card, cfg, before, after, latency)
+        after = after.model_copy(update={"size_bytes": (tmp / WEIGHTS_FILE).stat().st_size})
         report = PruneReport(
             source=str(source), out=str(out), data=bundle.spec, importance=cfg.importance, target=cfg.target,
-            target_met=all(s["goal_met"] for s in steps), recovery=_recovery_kind(cfg, teacher_ref),
-            teacher=teacher_ref, classifier=pruner.classifier, keep=cfg.keep,
-            steps=steps, before=before, after=after, latency_speedup=speedup, metrics_before=before_metrics,
-            metrics_after=metrics,
+            target_met=plan["met"] if plan else all(s["goal_met"] for s in steps),
+            recovery=_recovery_kind(cfg, teacher_ref) if steps else "none", teacher=teacher_ref,
+            classifier=pruner.classifier, keep=cfg.keep, round_to=widths, latency_target=plan, steps=steps,
+            before=before, after=after, latency_speedup=speedup, metrics_before=before_metrics, metrics_after=metrics,
         )  # fmt: skip
         atomic_write_text(tmp / REPORT_FILE, report.model_dump_json(indent=2))
         atomic_write_text(tmp / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))

@@ -1,8 +1,10 @@
-"""Size of a model before and after compression (params, MACs, bytes), and the latency contract.
+"""Size of a model before and after compression (params, MACs, bytes), and the measuring contracts.
 
 Pruning does not time models itself: it reports latency through a :data:`LatencyFn` it is given (the CLI
-passes :func:`edgekd.bench.model_latency_ms`, which exports to ONNX and times ONNX Runtime on the CPU), so
-the pruning layer never depends on the export or benchmark layers.
+passes :func:`edgekd.bench.model_latency_ms`, which exports to ONNX and times ONNX Runtime on the CPU), and
+learns which channel counts the target runs fast from a :data:`WidthProbeFn` (the CLI passes
+:func:`edgekd.bench.width_multiple`, a short measured probe cached per device), so the pruning layer never
+depends on the export or benchmark layers.
 
 Example:
     >>> stats = model_stats(model, card, weights="runs/student/model.safetensors")
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from torch import nn
@@ -21,7 +23,7 @@ from torch import nn
 from edgekd.specs import ModelCard
 from edgekd.students import count_macs, count_params
 
-__all__ = ["ModelStats", "model_stats", "LatencyFn"]
+__all__ = ["ModelStats", "model_stats", "LatencyFn", "WidthProbeFn"]
 
 
 class LatencyFn(Protocol):
@@ -29,6 +31,17 @@ class LatencyFn(Protocol):
 
     def __call__(self, models: Sequence[nn.Module], card: ModelCard, *, batch: int, seconds: float
                  ) -> list[tuple[float, int]]: ...  # fmt: skip
+
+
+class WidthProbeFn(Protocol):
+    """The channel multiple the target runs fast for models with ``card``'s input, and what it was found from.
+
+    Returns:
+        ``(multiple, record)``: ``record`` says where the multiple came from (``source``: ``measured`` or
+        ``cached``, the device ``fingerprint``, the measured table); it goes into ``prune_report.json``.
+    """
+
+    def __call__(self, card: ModelCard) -> tuple[int, dict[str, Any]]: ...
 
 
 class ModelStats(BaseModel):

@@ -11,7 +11,11 @@ ordinary smaller network (no masks) that exports and runs faster everywhere.
 * layers that are never pruned: the classifier's outputs (the classes) and user-named modules, which keep
   every channel, input and output (groups that touch them are skipped);
 * MACs/params targets, reached by pruning small increments of the channel ratio and re-measuring until a
-  step's goal is met (:mod:`._target`);
+  step's goal is met (:mod:`._target`); a latency run moves in MACs proposals (:meth:`ChannelPruner.prune_to`)
+  that its caller measures;
+* channel counts rounded to a multiple (``round_to``): a layer whose kept channels round below one multiple
+  keeps one multiple (not, as in Torch-Pruning, its unrounded width), one narrower than the multiple keeps its
+  width;
 * gradients for the ``taylor`` criterion before each step.
 
 Example:
@@ -52,6 +56,15 @@ class _KeepingPruner(tp.pruner.BasePruner):
         if any(dep.target.module in self._frozen for dep, _ in group):
             return False
         return super()._check_pruning_ratio(group)
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        # Torch-Pruning rounds the kept channels down to the multiple, to 0 when fewer remain than one multiple; its
+        # group check then refuses to empty the layer, so the layer is not pruned at all and keeps a width that is
+        # no multiple (48 with round_to=32 stays 48). Keep one multiple instead (48 -> 32), or the whole layer
+        # when it is narrower than the multiple (16 stays 16).
+        kept = current_channels - n_pruned
+        kept = max(kept - kept % round_to, min(round_to, current_channels))
+        return current_channels - kept
 
 
 def _build_pruner(model: nn.Module, example: torch.Tensor, importance: str, **kwargs: Any) -> _KeepingPruner:
@@ -112,7 +125,8 @@ class ChannelPruner:
         target: what to reach after the last step.
         steps: pruning steps (the caller fine-tunes between them).
         global_pruning: rank channels of all layers together (else each layer loses the same ratio).
-        round_to: keep channel counts multiples of this (8 suits tensor cores and int8 kernels).
+        round_to: keep channel counts multiples of this (the width probe finds the target's; a layer narrower
+            than it keeps its width).
         keep: module paths never pruned (inputs and outputs); the classifier's outputs are always kept.
         classifier: the classifier's path (default: found by :func:`find_classifier` from ``num_classes``).
         num_classes: the classifier's outputs.
@@ -143,8 +157,8 @@ class ChannelPruner:
         if target.kind is TargetKind.RATIO and target.value > max_layer_ratio:
             raise InvalidInputError(f"channel ratio {target.value} exceeds the per-layer limit {max_layer_ratio}")
         self.model, self.input_shape, self.target, self.steps = model, tuple(input_shape), target, steps
-        self.importance_name, self.grad_fn = importance, grad_fn
-        self.goals = target.goals(steps)
+        self.importance_name, self.grad_fn, self.round_to = importance, grad_fn, round_to
+        self.goals = target.goals(steps) if target.kind is not TargetKind.LATENCY else []
         self.classifier = classifier or find_classifier(model, int(num_classes or 0))
         self.keep = list(keep)
         frozen = frozenset(m for mod in resolve_modules(model, self.keep) for m in mod.modules())
@@ -165,9 +179,17 @@ class ChannelPruner:
         """Current parameters and MACs (per sample) of the model."""
         return {"params": count_params(self.model), "macs": count_macs(self.model, self.input_shape)}
 
+    @property
+    def _key(self) -> str:
+        return "params" if self.target.kind is TargetKind.PARAMS else "macs"  # latency runs move in MACs
+
+    @property
+    def exhausted(self) -> bool:
+        """True when every increment is used: no layer can lose more channels within ``max_layer_ratio``."""
+        return self._pruner.current_step >= self._pruner.iterative_steps
+
     def _reached(self, goal: float, now: dict[str, int]) -> bool:
-        key = "macs" if self.target.kind is TargetKind.MACS else "params"
-        return now[key] <= goal * self.base[key]
+        return now[self._key] <= goal * self.base[self._key]
 
     def _approach(self, goal: float) -> tuple[int, dict[str, int]]:
         """Raise the channel ratio increment by increment until the MACs/params goal is met.
@@ -177,7 +199,7 @@ class ChannelPruner:
         its previous jump (channels of different layers cost very different MACs, so one estimate can be
         far off); it closes in geometrically and the last moves are single increments.
         """
-        key = "macs" if self.target.kind is TargetKind.MACS else "params"
+        key = self._key
         pruner, moves, jump = self._pruner, 0, 1
         now = self.measure()
         slope = None  # measure removed per increment, over the last move
@@ -199,6 +221,8 @@ class ChannelPruner:
         Raises:
             InvalidInputError: called more than ``steps`` times.
         """
+        if self.target.kind is TargetKind.LATENCY:
+            raise InvalidInputError("a latency target is pruned by measured proposals (prune_to), not by steps")
         if self.done >= self.steps:
             raise InvalidInputError(f"all {self.steps} pruning steps are done")
         goal = self.goals[self.done]
@@ -215,3 +239,21 @@ class ChannelPruner:
         return {"step": self.done, "goal": goal, "increments": increments, **now,
                 "macs_kept": now["macs"] / self.base["macs"], "params_kept": now["params"] / self.base["params"],
                 "goal_met": self.target.kind is TargetKind.RATIO or self._reached(goal, now)}  # fmt: skip
+
+    def prune_to(self, macs_kept: float) -> dict[str, Any]:
+        """One proposal of a latency run: prune until at most ``macs_kept`` of the original MACs remain.
+
+        The caller measures the latency afterwards and decides whether to propose again (NetAdapt). When the
+        pruner is :attr:`exhausted` first, the record's ``goal_met`` is false.
+        """
+        if self.target.kind is not TargetKind.LATENCY:
+            raise InvalidInputError("prune_to is for latency targets; use step() for ratio/MACs/params targets")
+        self.model.eval()
+        if needs_gradients(self.importance_name) and self.grad_fn is not None:
+            self.grad_fn(self.model)
+        increments, now = self._approach(macs_kept)
+        self.model.zero_grad(set_to_none=True)
+        self.done += 1
+        return {"step": self.done, "goal": macs_kept, "increments": increments, **now,
+                "macs_kept": now["macs"] / self.base["macs"], "params_kept": now["params"] / self.base["params"],
+                "goal_met": self._reached(macs_kept, now)}  # fmt: skip
