@@ -6,7 +6,7 @@ calibration ranges (computed once, cached), checked for parity against the FP32 
 *native* kernels, and the ones that pass are timed beside the FP32 file at each batch size, in alternating
 order over two rounds (same threads, same state); the fastest by geometric mean over the batches wins. Schemes
 exact by construction on the device (``safe_elsewhere``) come first: one that saturates depending on the data
-(S8S8 on AVX2) is taken only when none of them passes.
+(S8S8 on AVX2) is timed and recorded, but taken only when none of them passes.
 
 For a target of another device (``cpu-x86-vnni`` built on an AVX2 machine, ``cpu-arm``, ``tensorrt``) only
 the schemes exact by construction on that device are tried, parity uses *reference* kernels (exact Q/DQ
@@ -158,21 +158,25 @@ def choose_scheme(
     # Schemes exact by construction on the device win over ones that passed on these samples only (S8S8 on AVX2
     # saturates depending on the data): the others are taken only when no exact one passes.
     exact = [t for t in passing if t["scheme"] in target.safe_elsewhere]
-    passing = exact or passing
+    pool = exact or passing
     if len(passing) > 1 and latency is not None:
+        # Every passing scheme is timed (the record shows what the data-dependent ones would have given).
         timed = [files[t["scheme"]] for t in passing] + ([fp32] if fp32 is not None else [])
         ms = _timings(timed, latency, batches)
+        speed = {t["scheme"]: _geomean(m) for t, m in zip(passing, ms)}
         for t, m in zip(passing, ms):
             t["latency_ms"] = {str(b): v for b, v in m.items()}
         if fp32 is not None:
             record["fp32_latency_ms"] = {str(b): v for b, v in ms[-1].items()}
-        best = min(range(len(passing)), key=lambda i: _geomean(ms[i]))
-        chosen = passing[best]["scheme"]
-        reason = (f"fastest passing scheme on this {record['isa']} CPU (geometric mean over batches "
-                  f"{list(batches)}: " + ", ".join(f"{t['scheme']} {_geomean(m):.3f} ms"
-                                                    for t, m in zip(passing, ms)) + ")")  # fmt: skip
+        chosen = min((t["scheme"] for t in pool), key=speed.__getitem__)
+        timings = ", ".join(f"{name} {v:.3f} ms" for name, v in speed.items())
+        reason = (f"fastest {'exact-by-construction ' if exact else ''}scheme passing parity on this {record['isa']} "
+                  f"CPU (geometric mean p50 over batches {list(batches)}: {timings})")  # fmt: skip
+        faster = [n for n in speed if n not in {t["scheme"] for t in pool} and speed[n] < speed[chosen]]
+        if faster:
+            reason += f"; {', '.join(faster)} ran faster but can saturate on inputs beyond the parity samples"
     else:
-        chosen = passing[0]["scheme"]
+        chosen = pool[0]["scheme"]
         reason = "the only candidate" if len(schemes) == 1 else "first passing scheme in the target's order"
         if kernels == "reference":
             reason += f"; checked with reference kernels (this CPU is {record['isa']}): verify on the device"
