@@ -30,9 +30,9 @@ emulated CPU. ``/proc/cpuinfo`` only adds the flags NumPy does not report (``avx
 when it agrees with CPUID on AVX-512.
 
 Example:
-    >>> cpu_info().isa
+    >>> cpu_isa().isa
     'x86-avx2'
-    >>> cpu_info().flags
+    >>> cpu_isa().flags
     ['avx2', 'fma']
 """
 
@@ -44,7 +44,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["CpuInfo", "cpu_info", "isa_class", "native_target", "ISA_CLASSES", "INT8_FLAGS"]
+__all__ = ["CpuIsa", "cpu_isa", "isa_class", "native_target", "parse_cpuinfo", "proc_cpuinfo", "ISA_CLASSES", "INT8_FLAGS"]
 
 ISA_CLASSES = ("x86-vnni", "x86-avx2", "x86-sse", "arm64-dotprod", "arm64", "other")
 # The flags that decide the class, in the spelling of /proc/cpuinfo (reported with every figure).
@@ -64,7 +64,7 @@ def native_target(isa: str) -> str | None:
     return _NATIVE_TARGETS.get(isa)
 
 
-class CpuInfo(BaseModel):
+class CpuIsa(BaseModel):
     """The CPU as INT8 kernels see it.
 
     Attributes:
@@ -86,11 +86,8 @@ class CpuInfo(BaseModel):
         return f"{self.model or self.arch} ({self.isa}: {' '.join(self.flags) or 'no SIMD flags'})"
 
 
-def _proc_cpuinfo() -> tuple[str, set[str]]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return "", set()
+def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
+    """The model name and the flags of the first processor in a ``/proc/cpuinfo`` text (x86 or Arm spelling)."""
     model, flags = "", set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -100,6 +97,14 @@ def _proc_cpuinfo() -> tuple[str, set[str]]:
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
     return model, flags
+
+
+def proc_cpuinfo() -> str:
+    """The text of ``/proc/cpuinfo`` ("" where there is none: not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _cpuid_flags() -> set[str] | None:
@@ -129,10 +134,10 @@ def isa_class(arch: str, flags: set[str] | frozenset[str]) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_info() -> CpuInfo:
+def cpu_isa() -> CpuIsa:
     """This CPU's model, INT8-relevant flags and class (read once per process)."""
     arch = platform.machine()
-    model, proc = _proc_cpuinfo()
+    model, proc = parse_cpuinfo(proc_cpuinfo())
     cpuid = _cpuid_flags()
     if cpuid is None:
         flags = proc
@@ -144,4 +149,4 @@ def cpu_info() -> CpuInfo:
             flags |= proc & {"avx_vnni", "amx_int8"}
     flags &= set(INT8_FLAGS)
     ordered = [f for f in INT8_FLAGS if f in flags]
-    return CpuInfo(arch=arch, model=model, flags=ordered, isa=isa_class(arch, flags))
+    return CpuIsa(arch=arch, model=model, flags=ordered, isa=isa_class(arch, flags))

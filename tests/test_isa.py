@@ -23,7 +23,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from edgekd._cpu import INT8_FLAGS, cpu_info, isa_class, native_target
+from edgekd._cpu import INT8_FLAGS, cpu_isa, isa_class, native_target
 from edgekd.cli import app
 from edgekd.errors import InvalidInputError, VerificationError
 from edgekd.export import BundleFile, Precision, Reference, check_isa, ort_session, verify_bundle, write_bundle
@@ -47,7 +47,7 @@ from edgekd.quantize._targets import candidates, native_on
 from .conftest import SYNTH
 
 runner = CliRunner()
-HERE = cpu_info().isa
+HERE = cpu_isa().isa
 SATURATES = HERE in ("x86-avx2", "x86-sse")  # x86 without VNNI: u8 x s8 pairs add in a saturating int16
 K = 64
 
@@ -102,7 +102,7 @@ def test_isa_class_from_flags(arch, flags, expected):
 
 
 def test_cpu_info_comes_from_cpuid():
-    info = cpu_info()
+    info = cpu_isa()
     assert set(info.flags) <= set(INT8_FLAGS) and info.isa == isa_class(info.arch, set(info.flags))
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
@@ -251,7 +251,7 @@ def test_quantize_records_the_instruction_set(tiny, tmp_path):
     m = read_manifest(tmp_path / "native")
     assert m.target == native_target(HERE) == res.target and m.isa["requested"] == "cpu-x86"
     assert m.isa["verified_isa"] == HERE and m.isa["kernels"] == "native"
-    assert m.isa["scheme"] in TARGETS.get(m.target).schemes and m.isa["built_on"]["flags"] == cpu_info().flags
+    assert m.isa["scheme"] in TARGETS.get(m.target).schemes and m.isa["built_on"]["flags"] == cpu_isa().flags
     assert next(p for p in m.parity if p.precision is Precision.INT8).kernels == "native"
     assert check_isa(tmp_path / "native") is None  # checked on this class: nothing to re-check
     other = quantize_model_dir(tiny["dir"], tmp_path / "other", cfg.model_copy(update={"target": _other_class_target()}),
@@ -303,14 +303,14 @@ QEMU_SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import numpy as np
-    from edgekd._cpu import cpu_info
+    from edgekd._cpu import cpu_isa
     from edgekd.errors import VerificationError
     from edgekd.export import check_isa, ort_session, parity_check, Precision
     from edgekd.modeldir import load_model_dir
     from edgekd.quantize import CalibrationReader, choose_scheme, resolve_target
 
     args = json.loads(sys.argv[1])
-    out = {"isa": cpu_info().isa}
+    out = {"isa": cpu_isa().isa}
     for name, bundle in args["bundles"].items():
         try:
             out[name] = "passed" if check_isa(bundle) else "nothing"

@@ -18,8 +18,8 @@ import platform
 import shutil
 import socket
 import subprocess
-from pathlib import Path
 
+from edgekd._cpu import cpu_isa, isa_class, parse_cpuinfo, proc_cpuinfo
 from edgekd.bench._artifacts import cwd_git_revision
 from edgekd.bench._schema import CpuInfo, Environment, GpuInfo
 from edgekd.modeldir import package_versions
@@ -41,13 +41,6 @@ CPU_FLAGS = (
 )
 
 
-def _cpuinfo_text() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:  # not Linux
-        return ""
-
-
 def cpu_info(threads: int | None = None, cpuinfo: str | None = None) -> CpuInfo:
     """CPU model, flags of interest, core counts and the threads a benchmark used.
 
@@ -57,18 +50,12 @@ def cpu_info(threads: int | None = None, cpuinfo: str | None = None) -> CpuInfo:
     """
     import psutil
 
-    text = _cpuinfo_text() if cpuinfo is None else cpuinfo
-    model, flags = "", set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu model") and not model:
-            model = value.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = set(value.split())
+    model, flags = parse_cpuinfo(proc_cpuinfo() if cpuinfo is None else cpuinfo)
     return CpuInfo(
         model=model or platform.processor() or platform.machine(),
         flags={f: f in flags for f in CPU_FLAGS},
+        # CPUID's class for this CPU (an emulator's /proc/cpuinfo describes its host); from the text when given
+        isa=cpu_isa().isa if cpuinfo is None else isa_class(platform.machine(), flags),
         physical_cores=psutil.cpu_count(logical=False),
         logical_cores=psutil.cpu_count(logical=True),
         threads_used=threads,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from edgekd._cpu import INT8_FLAGS
 from edgekd.bench._schema import SCHEMA_VERSION, BenchReport, BenchResult, Comparison
 from edgekd.errors import ArtifactError
 from edgekd.modeldir import atomic_write_text, read_json, validate_file
@@ -65,6 +66,11 @@ _CSV_FIELDS = [
 ]
 
 
+def cpu_line(env) -> str:
+    """``AMD EPYC (x86-avx2: avx2 fma)``: the CPU with its class and the flags that decide INT8 speed."""
+    flags = " ".join(f for f, on in env.cpu.flags.items() if on and f in INT8_FLAGS)
+    return f"{env.cpu.model} ({env.cpu.isa or 'unknown class'}: {flags or 'no SIMD flags'})"
+
 def speedups(report: BenchReport) -> list[float | None]:
     """Per result: the first artifact's p50 at the same (backend, device, batch) over this p50, or None."""
     first = report.artifacts[0] if report.artifacts else (report.results[0].artifact if report.results else None)
@@ -104,7 +110,7 @@ def _roof(r: BenchResult) -> str:
 def results_table(report: BenchReport, title: str = "edgekd bench") -> Table:
     """One row per result and per skipped configuration, with speedups against the first artifact."""
     env = report.environment
-    caption = f"{env.cpu.model}; {env.cpu.threads_used or '?'} threads" + (f"; {env.gpus[0].name}" if env.gpus else "")
+    caption = f"{cpu_line(env)}; {env.cpu.threads_used or '?'} threads" + (f"; {env.gpus[0].name}" if env.gpus else "")
     t = Table(title=title, caption=caption)
     for col in (
         "artifact",
@@ -275,7 +281,7 @@ def to_markdown(report: BenchReport) -> str:
     """A GitHub-flavoured Markdown table with the environment line above it."""
     env = report.environment
     lines = [
-        f"**edgekd bench** — {env.timestamp}, {env.cpu.model}, {env.cpu.threads_used or '?'} threads"
+        f"**edgekd bench** — {env.timestamp}, {cpu_line(env)}, {env.cpu.threads_used or '?'} threads"
         + (f", {env.gpus[0].name}" if env.gpus else "")
         + f", torch {env.versions.get('torch', '?')}, onnxruntime {env.versions.get('onnxruntime', '?')}",
         "",

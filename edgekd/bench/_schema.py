@@ -195,6 +195,7 @@ class Roofline(BaseModel):
 class CpuInfo(BaseModel):
     model: str
     flags: dict[str, bool] = Field(default_factory=dict)
+    isa: str | None = None  # the INT8 instruction-set class (edgekd._cpu): x86-vnni, x86-avx2, arm64-dotprod, ...
     physical_cores: int | None = None
     logical_cores: int | None = None
     threads_used: int | None = None

@@ -34,7 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from edgekd._cpu import cpu_info
+from edgekd._cpu import cpu_isa
 from edgekd.data import load_data
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.export._onnx import _prepare
@@ -299,5 +299,5 @@ def parity_check(
         file=os.path.basename(str(onnx_path)), precision=precision, n=len(samples), batch_sizes=sizes,
         max_abs=max_abs, max_rel=max_abs / scale, mean_abs=sum_abs / max(count, 1), top1_agreement=top1,
         tolerance=tol, passed=_passes(tol, max_abs, top1), samples=sample_source,
-        reference=ref_kind, kernels=kernels, isa=cpu_info().isa,
+        reference=ref_kind, kernels=kernels, isa=cpu_isa().isa,
     )  # fmt: skip

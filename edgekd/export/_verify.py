@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from edgekd._cpu import cpu_info, native_target
+from edgekd._cpu import cpu_isa, native_target
 from edgekd.errors import ArtifactError, VerificationError
 from edgekd.export._bundle import MANIFEST_FILE, PARITY_FILE, Manifest, read_manifest
 from edgekd.export._parity import ParityResult, Tolerance, make_samples, ort_session, parity_check, run_onnx
@@ -180,7 +180,7 @@ def _hashes(root: Path, m: Manifest) -> VerifyResult:
 
 def _isa_error(m: Manifest, failed: list[ParityResult], where: str) -> VerificationError | None:
     """The error when only INT8 files fail and this CPU is not the class they were checked on (else None)."""
-    rec, here = m.isa or {}, cpu_info().isa
+    rec, here = m.isa or {}, cpu_isa().isa
     if not failed or any(p.precision is not Precision.INT8 or p.kernels != "native" for p in failed):
         return None
     if rec.get("verified_isa") == here:
@@ -228,7 +228,7 @@ def check_isa(path: str | os.PathLike, files: list[str] | None = None) -> str | 
     """
     root = Path(path)
     m = read_manifest(root)
-    here = cpu_info().isa
+    here = cpu_isa().isa
     int8 = [f for f in m.model_files() if f.kind == "onnx" and f.precision is Precision.INT8
             and (files is None or f.name in files)]  # fmt: skip
     if not int8 or (m.isa or {}).get("verified_isa") == here:

@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from edgekd._cpu import cpu_info
+from edgekd._cpu import cpu_isa
 from edgekd._io import check_output
 from edgekd.data import DataBundle
 from edgekd.distill import DEFAULT_LOSSES, TrainConfig
@@ -214,7 +214,7 @@ def _qat(job: _Job, calib: np.ndarray) -> tuple[Path, dict[str, Any]]:
     if job.target.name == "tensorrt":  # the fake-quant graph is TensorRT's explicit-quantization input
         dst = job.work / "model.int8.onnx"
         record["export"] = export_onnx(qat, card, dst, opset=cfg.opset)
-        details["scheme_choice"] = {"target": "tensorrt", "kernels": kernels_for(job.target), "isa": cpu_info().isa,
+        details["scheme_choice"] = {"target": "tensorrt", "kernels": kernels_for(job.target), "isa": cpu_isa().isa,
                                     "chosen": scheme.name, "reason": "QAT fake-quantization graph", "trials": []}  # fmt: skip
         return dst, details
     dst, details["scheme_choice"] = job.choose(tuned, tuned_model, calib, "model.qat")
@@ -248,8 +248,8 @@ def _verify(parity: list, lint: list, target: QuantTarget) -> None:
         hint = "fix the TensorRT lint findings above (see `edgekd export --check tensorrt`)"
     elif any(p.precision is not Precision.INT8 for p in failed):
         hint = "the FP32/FP16 file differs from PyTorch: check the export (`edgekd export` reports the same check)"
-    elif failed[0].kernels == "native" and target_for_isa(cpu_info().isa) not in (None, target.name):
-        hint = f"this {cpu_info().isa} CPU's INT8 kernels differ from {target.name}'s: use --target {target_for_isa(cpu_info().isa)}"
+    elif failed[0].kernels == "native" and target_for_isa(cpu_isa().isa) not in (None, target.name):
+        hint = f"this {cpu_isa().isa} CPU's INT8 kernels differ from {target.name}'s: use --target {target_for_isa(cpu_isa().isa)}"
     else:
         hint = "try --calibration entropy or percentile, --sensitivity, or --method qat"
     raise VerificationError(message, hint)
@@ -259,7 +259,7 @@ def _isa_record(cfg: QuantizeConfig, target: QuantTarget, choice: dict[str, Any]
     """What the manifest says of the instruction set the INT8 file was checked on (None for FP16)."""
     if choice is None:
         return None
-    info = cpu_info()
+    info = cpu_isa()
     native = choice["kernels"] == "native"
     return {"requested": cfg.target, "target": target.name, "scheme": choice["chosen"],
             "verified_isa": info.isa if native else None, "kernels": choice["kernels"],

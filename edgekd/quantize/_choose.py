@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd._cpu import cpu_info
+from edgekd._cpu import cpu_isa
 from edgekd.errors import VerificationError
 from edgekd.export import ParityResult, Precision, parity_check
 from edgekd.modeldir import ModelCard
@@ -76,7 +76,7 @@ def _diagnose(failed: ParityResult, dst: Path, card: ModelCard, x: np.ndarray, r
               tried: list[dict[str, Any]]) -> VerificationError:  # fmt: skip
     """The error when no scheme passed, naming the cause (kernel overflow, or INT8 itself)."""
     scores = ", ".join(f"{t['scheme']} top-1 {t['parity']['top1_agreement']:.3f}" for t in tried)
-    isa = cpu_info().isa
+    isa = cpu_isa().isa
     if failed.kernels == "native":
         exact = parity_check(dst, None, card, samples=x, reference_logits=ref, precision=Precision.INT8,
                              kernels="reference")  # fmt: skip
@@ -148,7 +148,7 @@ def choose_scheme(
         if res.passed and (kernels == "reference" or latency is None):
             break  # nothing to time here: the first passing scheme in the target's order
     passing = [t for t in trials if t["passed"]]
-    record: dict[str, Any] = {"target": target.name, "kernels": kernels, "isa": cpu_info().isa, "trials": trials}
+    record: dict[str, Any] = {"target": target.name, "kernels": kernels, "isa": cpu_isa().isa, "trials": trials}
     if not passing:
         if strict:
             last = ParityResult.model_validate(trials[-1]["parity"])

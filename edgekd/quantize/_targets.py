@@ -46,7 +46,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgekd._cpu import cpu_info, native_target
+from edgekd._cpu import cpu_isa, native_target
 from edgekd.errors import InvalidInputError
 from edgekd.registry import Registry
 
@@ -173,7 +173,7 @@ def resolve_target(name: str, isa: str | None = None) -> QuantTarget:
     target = TARGETS.get(name)
     if not target.auto:
         return target
-    isa = isa or cpu_info().isa
+    isa = isa or cpu_isa().isa
     native = native_target(isa)
     if native is None or not isa.startswith("x86"):
         raise InvalidInputError(
@@ -185,7 +185,7 @@ def resolve_target(name: str, isa: str | None = None) -> QuantTarget:
 
 def native_on(target: QuantTarget, isa: str | None = None) -> bool:
     """Whether a CPU of class ``isa`` (default: this one) runs ``target``'s kernels itself."""
-    isa = isa or cpu_info().isa
+    isa = isa or cpu_isa().isa
     return target.isa is not None and native_target(isa) == target.name
 
 
