@@ -212,3 +212,7 @@ def _render(report) -> None:
             console.print(f"latency budget {lat['budget_ms']:g} ms at batch {lat['batch']} (aim {lat['aim_ms']:.3g}): "
                           f"{lat['unpruned_ms']:.3g} -> {report.steps[-1]['latency_ms']:.3g} ms in "
                           f"{len(report.steps)} measured proposals; re-measured {fmt(lat['final_ms'])} ms")  # fmt: skip
+        if lat.get("final_met") is False:
+            console.print(f"[yellow]re-measured after recovery at {fmt(lat['final_ms'])} ms, above the {lat['budget_ms']:g} "
+                          "ms budget with the same widths: this machine's speed changed between the measurements; "
+                          "check with `edgekd bench` on a quiet machine[/]")  # fmt: skip

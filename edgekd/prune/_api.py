@@ -430,8 +430,9 @@ def prune_model_dir(
         shutil.rmtree(tmp / WORK_DIR, ignore_errors=True)  # per-epoch checkpoints of the recovery runs
         metrics = _evaluate(model, card, bundle)
         before, after, speedup = _latencies(original, model, card, cfg, before, model_stats(model, card), latency)
-        if plan is not None:
+        if plan is not None:  # re-measured after recovery (same widths): above the budget means the speed moved
             plan["final_ms"] = after.latency_ms
+            plan["final_met"] = after.latency_ms is not None and after.latency_ms <= plan["budget_ms"]
         new_card = _pruned_card(model, card, source, bundle, cfg, metrics, before_metrics, teacher_ref,
                                 command if command is not None else current_command(), widths, plan)  # fmt: skip
         save_model_dir(model, new_card, tmp)
