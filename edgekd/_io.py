@@ -4,6 +4,10 @@ Artifacts appear complete or not at all: files are written to a temporary name b
 renamed into place (``os.replace`` is atomic on one file system); directories are built under a
 temporary name and renamed. Files get the umask's permissions, not ``mkstemp``'s private 0600.
 
+A temporary name carries its writer (``.NAME.edgekd-HOST-PID.XXXX.tmp``): a failure removes it, and a process
+that was killed cannot, so the next write of the same target removes the temporaries of writers on this host
+that no longer run (:func:`reap_stale`); a live writer's, or another host's, are left alone.
+
 Example:
     >>> atomic_write_text("runs/x/config.yaml", "epochs: 3\\n")
     >>> with atomic_dir("runs/bundle") as tmp:
@@ -12,9 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -23,6 +30,7 @@ from edgekd.errors import ArtifactError, InvalidInputError
 __all__ = [
     "atomic_write_bytes", "atomic_write_text", "atomic_dir", "sha256_file", "umask",
     "check_output", "check_report_path", "is_edgekd_artifact", "replace_dir", "ARTIFACT_MARKERS", "MARKER_FILE",
+    "reap_stale", "temp_prefix",
 ]  # fmt: skip
 
 
@@ -42,11 +50,50 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname())[:40].strip("-") or "host"
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary sibling of ``name`` written by this process (see the module docstring)."""
+    return f".{name}.edgekd-{_host()}-{os.getpid()}."
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def reap_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``path`` left by killed writers on this host; returns what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    host, removed = _host(), []
+    pattern = re.compile(re.escape(f".{path.name}.edgekd-{host}-") + r"(\d+)\.[^.]*\.tmp")
+    for p in path.parent.glob(glob.escape(f".{path.name}.edgekd-{host}-") + "*.tmp"):
+        m = pattern.fullmatch(p.name)
+        if not m or int(m.group(1)) == os.getpid() or _running(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    reap_stale(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -82,7 +129,8 @@ class atomic_dir:
         if self.target.exists() and not self.overwrite:
             raise ArtifactError(f"{self.target} already exists", "choose another --out or pass --overwrite")
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp"))
+        reap_stale(self.target)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=temp_prefix(self.target.name), suffix=".tmp"))
         os.chmod(self.tmp, 0o777 & ~umask())  # mkdtemp makes directories private (0700)
         return self.tmp
 

@@ -15,6 +15,7 @@ Exit codes (also in the README):
 5     an optional dependency, GPU or network resource is unavailable
 6     a verification failed: ONNX parity, bundle hashes, lint findings
 7     a benchmark regression or latency budget was exceeded, or new data drifted (``edgekd drift --fail-above``)
+8     training diverged or did not learn (non-finite or exploding loss, validation at chance): no model written
 130   interrupted (Ctrl-C)
 ====  ==========================================================
 """
@@ -70,7 +71,15 @@ class UnknownNameError(InvalidInputError, KeyError):
 
 
 class TrainingDivergedError(InvalidInputError):
-    """The loss became non-finite: the settings (learning rate, loss weights) or the data do not train."""
+    """Training diverged (a non-finite or exploding loss) or learned nothing (validation at chance, loss flat).
+
+    The settings (learning rate first, then loss weights) or the data do not train. Its own exit code (8), so a
+    script can tell "these settings do not train" from a malformed input (3); still an :class:`InvalidInputError`
+    for callers that catch those. ``epochs_done``: the epochs whose checkpoint is kept (None when not known).
+    """
+
+    exit_code = 8
+    epochs_done: int | None = None
 
 
 class ArtifactError(EdgeKDError):

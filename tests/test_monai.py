@@ -24,8 +24,10 @@ from tests.conftest import SYNTH
 
 monai_bundle = pytest.importorskip("monai.bundle")
 runner = CliRunner()
-# verify_metadata downloads the schema its metadata names; offline it runs only against a local copy.
+# verify_metadata downloads the schema its metadata names unless the file is already at `filepath`: CI (offline)
+# keeps MONAI's schema in ../shared/monai/ beside the repository; EDGEKD_MONAI_META_SCHEMA points elsewhere.
 SCHEMA_ENV = "EDGEKD_MONAI_META_SCHEMA"
+SCHEMA_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "monai" / "meta_schema_20240725.json"
 NET = {"_target_": "monai.networks.nets.Classifier", "in_shape": [1, 16, 16], "classes": 2, "channels": [4, 8],
        "strides": [2, 2]}  # fmt: skip
 
@@ -172,13 +174,22 @@ def test_export_checks_and_records_monai_parity(tiny_model_dir, tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_verify_metadata_against_a_local_schema(tiny_model_dir, tmp_path):
-    schema = os.environ.get(SCHEMA_ENV)
-    if not schema or not Path(schema).is_file():
-        pytest.skip(f"verify_metadata needs MONAI's metadata schema; offline set {SCHEMA_ENV} to a local copy")
-    pytest.importorskip("jsonschema")
+def test_verify_metadata_against_the_shared_schema(tiny_model_dir, tmp_path):
+    import jsonschema  # noqa: F401  (a dev dependency through edgekd[monai]; verify_metadata needs it)
+
+    schema = Path(os.environ.get(SCHEMA_ENV) or SCHEMA_FILE)
+    assert schema.is_file(), f"MONAI's metadata schema is missing at {schema}: set {SCHEMA_ENV} to a copy of it"
     export_bundle(tiny_model_dir, tmp_path / "mb", formats="monai-bundle")
-    monai_bundle.verify_metadata(meta_file=str(tmp_path / "mb/configs/metadata.json"), filepath=schema)
+    meta = json.loads((tmp_path / "mb/configs/metadata.json").read_text())
+    assert meta["schema"].endswith(schema.name)  # the schema the metadata names is the one checked against
+    before = schema.stat().st_mtime_ns
+    # The file is at `filepath`, so MONAI does not download; a failed check raises (ValidationError).
+    monai_bundle.verify_metadata(meta_file=str(tmp_path / "mb/configs/metadata.json"), filepath=str(schema))
+    assert schema.stat().st_mtime_ns == before  # read, not re-downloaded over the shared copy
+    broken = {k: v for k, v in meta.items() if k != "network_data_format"}  # a required key missing
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(Exception, match="network_data_format"):
+        monai_bundle.verify_metadata(meta_file=str(tmp_path / "broken.json"), filepath=str(schema))
 
 
 def test_zoo_download_fails_clearly_offline(tmp_path, monkeypatch):

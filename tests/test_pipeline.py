@@ -139,7 +139,9 @@ def test_compare_students_keeps_the_better_and_says_so(tiny_model_dir):
     better = compare_students([_card(tiny_model_dir, 0.95, 0.95)] * 2, [_card(tiny_model_dir, 0.93, 0.92)] * 2,
                               metric="auroc")  # fmt: skip
     assert better.helps and better.chosen == "student" and better.gain_val_std == 0.0 and better.suggestions == []
-    assert suggestions(diag, helps=True, seeds=1, gain=0.01) == []
+    # the findings are suggestions whatever the verdict; the one-seed line only when distillation does not help
+    when_helps = " ".join(suggestions(diag, helps=True, seeds=1, gain=0.01))
+    assert "augmentation" in when_helps and "capacity gap" in when_helps and "--seeds" not in when_helps
     # a baseline ahead by less than the noise of the validation set: not told apart, the distilled student stays
     tie = compare_students([_card(tiny_model_dir, 0.995, 0.97)], [_card(tiny_model_dir, 0.996, 0.96)], metric="auroc",
                            diagnosis=diag, val_ci=(-0.004, 0.003))  # fmt: skip

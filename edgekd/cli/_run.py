@@ -69,15 +69,20 @@ def render_summary(s: RunSummary) -> None:
     batches = sorted({int(b) for r in s.rows for b in r.latency})
     t = Table(
         title=f"edgekd run {s.name}: {s.data}, test split (operating point: sensitivity {s.target_sensitivity:g} on val)"
+        + (f"; * the KD verdict's metric ({s.kd['metric']})" if s.kd.get("metric") else "")
     )
-    for col in ("stage", "hand-off", "ACC", "AUROC", "sens@op", "spec@op", "ECE", "params", "MACs", "size"):
+    decides = s.kd.get("metric")  # the KD verdict's metric (balanced accuracy for multi-class by default)
+    extra = [decides] if decides and decides not in ("acc", "auroc") else []
+    names = {"acc": "ACC", "auroc": "AUROC", "balanced_acc": "bal. ACC", "f1_macro": "macro F1"}
+    cols = [names.get(m, m) + ("*" if m == decides else "") for m in (*extra, "acc", "auroc")]
+    for col in ("stage", "hand-off", *cols, "sens@op", "spec@op", "ECE", "params", "MACs", "size"):
         t.add_column(col, justify="left" if col in ("stage", "hand-off") else "right")
     for b in batches:
         t.add_column(f"p50/p90 ms b{b}", justify="right")
         t.add_column(f"speedup b{b}", justify="right")
     for r in s.rows:
         sp = r.spread.get
-        cells = [r.label, ", ".join(r.handoff), _cell(r.test.get("acc"), sp("test.acc")), _cell(r.test.get("auroc"), sp("test.auroc")),
+        cells = [r.label, ", ".join(r.handoff), *[_cell(r.test.get(m), sp(f"test.{m}")) for m in (*extra, "acc", "auroc")],
                  _cell(r.operating_point.get("sensitivity")), _cell(r.operating_point.get("specificity")),
                  _cell(r.test.get("ece")), _si(r.params), _si(r.macs), f"{(r.size_bytes or 0) / 1e6:.2f}MB"]  # fmt: skip
         for b in batches:

@@ -40,6 +40,7 @@ class TrainState:
     best_val: dict = field(default_factory=dict)
     best_state: dict | None = None
     history: list = field(default_factory=list)
+    loss_reference: float | None = None  # the first step's loss, before any update (the scale of divergence)
 
     def is_better(self, score: float) -> bool:
         if not higher_is_better(self.select_metric):
@@ -85,6 +86,7 @@ def save_checkpoint(out_dir: Path, model, objective, optimizer, scaler, st: Trai
         "best_val": st.best_val,
         "select_metric": st.select_metric,
         "history": st.history,
+        "loss_reference": st.loss_reference,
         "optimizer": opt_meta,
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
     }
@@ -157,6 +159,7 @@ def load_checkpoint(out_dir: Path, model, objective, optimizer, scaler) -> Train
         best_val=meta["best_val"],
         best_state=best,
         history=meta["history"],
+        loss_reference=meta.get("loss_reference"),
     )
 
 

@@ -3,6 +3,12 @@
 In the spirit of torchvision's ``train_one_epoch`` and nanoGPT: one :class:`Trainer` with one readable
 method per part (set-up, epoch, step), an objective that owns the loss, and a checkpoint written atomically
 every epoch (:mod:`._checkpoint`, never pickled).
+
+A run that diverges stops before anything is saved (:class:`~edgekd.errors.TrainingDivergedError`, exit 8): a
+non-finite loss, a loss above :data:`EXPLODE_FACTOR` times its first value (the loss of the first step, before
+any update, and at least 1), or, after the last epoch, validation no better than a constant predictor while the
+training loss never fell below that first value (:func:`check_learned`). The checkpoint of the last good epoch
+stays for ``--resume``.
 """
 
 from __future__ import annotations
@@ -36,9 +42,15 @@ from edgekd.distill._dist import (
 from edgekd.distill._objective import Objective
 from edgekd.errors import DependencyError, Interrupted, InvalidInputError, TrainingDivergedError
 from edgekd.metrics import compute_metrics
-from edgekd.specs import Preprocess
+from edgekd.specs import Preprocess, Task
 
-__all__ = ["fit", "Trainer", "Schedule", "FitResult", "predict", "resolve_device", "lr_at"]
+__all__ = ["fit", "Trainer", "Schedule", "FitResult", "predict", "resolve_device", "lr_at", "check_learned",
+           "EXPLODE_FACTOR"]  # fmt: skip
+
+# A step loss above this many times the run's first loss (floored at 1: a fine-tuned model can start near 0)
+# has diverged. Cross-entropy at chance is ln K (0.69 for two classes), so the limit is >= 100 and a legitimate
+# run, whose loss falls or at worst wobbles around its start, stays orders of magnitude below it.
+EXPLODE_FACTOR = 100.0
 
 
 def resolve_device(name: DeviceName | str) -> torch.device:
@@ -208,6 +220,7 @@ class Trainer:
         state = TrainState(select_metric=cfg.select_metric)
         if resume:
             state = load_checkpoint(self.out_dir, self.model, self.objective, self.optimizer, self.scaler)
+        self.state = state
         for epoch in range(state.epoch, cfg.epochs):
             try:
                 record = self._epoch(epoch, state)
@@ -218,6 +231,7 @@ class Trainer:
             self.dist.barrier()
             if self.on_epoch_end:
                 self.on_epoch_end(epoch + 1, record)
+        check_learned(state, self.data.labels("val") if len(self.data.val) else None, self.data.task, lr=cfg.lr)
         if state.best_state is None:  # resumed a finished run
             state.best_state = load_best(self.out_dir)
         return FitResult(state.best_epoch, state.best_metric, cfg.select_metric, state.history, state.best_state,
@@ -271,6 +285,8 @@ class Trainer:
                     break
                 lr = self.schedule.lr(epoch * steps + i, self.cfg)
                 loss, terms = self._step(images, targets, indices, epoch, lr, where=(epoch, i))
+                if self.state.loss_reference is None:  # the loss before any update: the scale divergence is read on
+                    self.state.loss_reference = _mean_over_ranks(loss, self.dist)
                 n = images.shape[0]
                 seen += n
                 for k, v in {"loss": loss, **terms}.items():
@@ -291,12 +307,9 @@ class Trainer:
             loss, terms = self.objective(self.net, images, targets, indices, epoch)
         # A sync point (and with several processes a collective), but a diverged run must stop on every rank
         # before anything is saved.
-        if not self.dist.all_min(bool(torch.isfinite(loss))):
-            raise TrainingDivergedError(
-                f"the loss became {loss.item()} at epoch {where[0] + 1}, step {where[1] + 1}",
-                "lower --lr, add --grad-clip, or check the data and the loss weights; the last good epoch's "
-                "checkpoint is kept and no model was written",
-            )
+        limit = self._loss_limit()
+        if not self.dist.all_min(bool(torch.isfinite(loss) & (loss.detach().float() <= limit))):
+            raise self._diverged(float(loss.detach().float().item()), limit, where)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self._sync_objective_grads()
@@ -308,6 +321,22 @@ class Trainer:
         if self.step_losses is not None:
             self.step_losses.append(_mean_over_ranks(loss.detach(), self.dist))
         return loss.detach(), terms
+
+    def _loss_limit(self) -> float:
+        """The loss above which the run has diverged (no limit before the first step has set the scale)."""
+        ref = getattr(self, "state", None) and self.state.loss_reference
+        return math.inf if ref is None else EXPLODE_FACTOR * max(1.0, ref)
+
+    def _diverged(self, value: float, limit: float, where: tuple[int, int]) -> TrainingDivergedError:
+        at = f"at epoch {where[0] + 1}, step {where[1] + 1}"
+        if math.isfinite(value):
+            ref = self.state.loss_reference
+            what = f"the loss became {value:.3g} {at}, over {EXPLODE_FACTOR:g}x its first value ({ref:.3g})"
+        else:
+            what = f"the loss became {value} {at}"
+        err = TrainingDivergedError(f"training diverged: {what}", _diverged_hint(self.cfg.lr))
+        err.epochs_done = self.state.epoch  # the checkpoint of the last good epoch (a resumable caller says so)
+        return err
 
     def _sync_objective_grads(self) -> None:
         """DDP averages the student's gradients; the objective's own parameters (FitNet adapters) here."""
@@ -384,6 +413,44 @@ def _interrupted(out_dir: Path, done: int, epochs: int) -> Interrupted:
         return Interrupted(f"interrupted during epoch {done + 1} of {epochs}; the checkpoint after epoch {done} is "
                            f"kept in {out_dir / CKPT_DIR}", "run the same command again with --resume to continue")  # fmt: skip
     return Interrupted(f"interrupted during epoch 1 of {epochs}, before any checkpoint", "run the command again")
+
+
+def _diverged_hint(lr: float) -> str:
+    return (f"the learning rate is the likely cause: lower --lr (now {lr:g}; e.g. {lr / 10:g}) or add --grad-clip; "
+            "otherwise check the data and the loss weights; no model was written")  # fmt: skip
+
+
+def check_learned(state: TrainState, val_targets: np.ndarray | None, task: Task, *, lr: float) -> None:
+    """Refuse a finished run that learned nothing: validation at chance *and* a training loss that never fell.
+
+    Both must hold, so a hard dataset that a small model cannot separate yet (validation at chance, loss falling)
+    passes, and so does a model whose loss is flat because it starts trained (validation above chance). Chance:
+    the validation accuracy of every epoch at most the share of the most frequent class (what always predicting
+    it scores), and the AUROC, where defined, at most 0.5. Multi-label tasks are not checked.
+
+    Raises:
+        TrainingDivergedError: the run did not learn (exit 8).
+    """
+    hist = state.history
+    if task is Task.MULTILABEL or not hist or val_targets is None or state.loss_reference is None:
+        return
+    y = np.asarray(val_targets).reshape(-1).astype(np.int64)
+    if not len(y):
+        return
+    majority = float(np.bincount(y).max()) / len(y)
+    accs = [float(h["val_acc"]) for h in hist if "val_acc" in h]
+    aurocs = [float(h["val_auroc"]) for h in hist if isinstance(h.get("val_auroc"), float) and h["val_auroc"] == h["val_auroc"]]
+    losses = [float(h["loss"]) for h in hist if "loss" in h]
+    at_chance = bool(accs) and max(accs) <= majority + 1e-9 and (not aurocs or max(aurocs) <= 0.5 + 1e-9)
+    if not at_chance or not losses or min(losses) < state.loss_reference:
+        return
+    msg = (f"training did not learn: after {len(hist)} epoch(s) the best validation accuracy {max(accs):.3f} is no "
+           f"better than always predicting the most frequent class ({majority:.3f})"
+           + (f", AUROC {max(aurocs):.3f}" if aurocs else "")
+           + f", and the training loss never fell below its first value ({state.loss_reference:.3g})")  # fmt: skip
+    hint = (f"the learning rate is the likely cause: try another --lr (now {lr:g}; too high stalls as surely as too "
+            "low) or check that the labels match the images; no model was written")  # fmt: skip
+    raise TrainingDivergedError(msg, hint)
 
 
 def _score(val: dict, metric: str) -> float:

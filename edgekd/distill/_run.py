@@ -6,7 +6,11 @@ with the task loss; with teachers it distils.
 
 The run works in ``.OUT.edgekd-run/`` beside ``OUT`` (checkpoint, ``config.yaml``, the default teacher
 cache) and renames it to ``OUT`` only once the model is complete, so a failed, diverged or interrupted run
-never touches an existing ``OUT`` and ``--resume`` finds its checkpoint there.
+never touches an existing ``OUT``. What is left of the work folder after a failure (:func:`_after_failure`):
+a run that diverged after a good epoch, or was interrupted (Ctrl-C) after one, keeps it with the checkpoint of
+that epoch for ``--resume``, and its message says where; any other failure (a full disk or a permission error,
+an invalid input found late, a crash) removes it. A killed process cannot clean up: the next run to the same
+``OUT`` replaces the folder, or continues it with ``--resume``.
 
 Example:
     >>> s = RunSettings(student="small:resnet8", teachers=["runs/teacher"], train=TrainConfig(epochs=6))
@@ -17,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,7 @@ from edgekd.distill._objective import Objective, SupervisedObjective
 from edgekd.distill._settings import RunSettings
 from edgekd.distill._train import finish_run, resolve_student
 from edgekd.distill._unlabeled import flush_unlabeled, unlabeled_notes, with_unlabeled
-from edgekd.errors import ArtifactError, InvalidInputError
+from edgekd.errors import ArtifactError, EdgeKDError, Interrupted, InvalidInputError, TrainingDivergedError
 from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, read_card
 from edgekd.specs import Lineage, ModelCard, current_command
 from edgekd.teachers import Teacher, load_teacher
@@ -122,8 +127,11 @@ def run_training(
         command: the command line for the lineage (default: this process's).
 
     Raises:
-        InvalidInputError: bad settings, an existing ``out`` without ``overwrite``, diverged training (exit 3).
-        ArtifactError: unreadable inputs, a missing or mismatching checkpoint on resume (exit 4).
+        InvalidInputError: bad settings, an existing ``out`` without ``overwrite`` (exit 3).
+        TrainingDivergedError: the loss diverged or the run learned nothing (exit 8; the hint says whether a
+            checkpoint is kept for ``--resume``).
+        ArtifactError: unreadable inputs, a missing or mismatching checkpoint on resume, a full disk or a
+            permission error while writing (exit 4; the work folder is removed).
     """
     out, cfg = Path(out), settings.train
     torch.manual_seed(cfg.seed)
@@ -135,6 +143,20 @@ def run_training(
                 for t in settings.teachers]  # fmt: skip
     ctx = init_distributed(resolve_device(cfg.device).type)
     work = _prepare(settings, out, overwrite, ctx)
+    try:
+        return _run_in(work, settings, out, bundle, net, spec, pre, parent, teachers, ctx, progress=progress,
+                       command=command)  # fmt: skip
+    except BaseException as e:
+        problem = _after_failure(e, settings, work, out, ctx)
+        if problem is None:
+            raise
+        raise problem from e
+
+
+def _run_in(work: Path, settings: RunSettings, out: Path, bundle: DataBundle, net, spec, pre, parent,
+            teachers: list[Teacher], ctx: DistContext, *, progress: bool, command: str | None) -> ModelCard:  # fmt: skip
+    """The run inside its work folder: objective, loop, lineage, test evaluation, model directory, rename."""
+    cfg = settings.train
     cache = _open_cache(settings, work, teachers, bundle, ctx)
     objective = task_objective(
         net,
@@ -152,9 +174,9 @@ def run_training(
         atomic_write_text(work / "config.yaml", record)
     try:
         result = fit(net, objective, bundle, cfg, work, preprocess=pre, resume=settings.resume, progress=progress)
-    except BaseException:
-        if cache is not None and not ctx.enabled:  # keep what was computed (a shared cache's flush is collective)
-            cache.flush()
+    except BaseException as e:
+        if cache is not None and not ctx.enabled and not isinstance(e, OSError):  # keep what was computed (a shared
+            cache.flush()  # cache's flush is collective; after a disk error there is nothing to keep it on)
         raise
     if cache is not None:
         cache.flush()
@@ -174,6 +196,41 @@ def run_training(
         replace_dir(work, out)
     ctx.barrier()
     return card
+
+
+def _after_failure(e: BaseException, settings: RunSettings, work: Path, out: Path, ctx: DistContext
+                   ) -> EdgeKDError | None:  # fmt: skip
+    """Keep the work folder only where ``--resume`` can use it; return the error to raise instead (None: ``e``).
+
+    Kept (rank 0 decides; the folder is shared): the run diverged after a good epoch or was interrupted after
+    one, and the message says so; or the folder existed before this run (``--resume``: never removed, its older
+    checkpoint is intact). Removed otherwise, so a full disk, a read-only folder or a crash leaves nothing beside
+    ``OUT``.
+    """
+    if work == out or not ctx.is_main:
+        return None
+    disk = isinstance(e, OSError)
+    resumable = isinstance(e, (KeyboardInterrupt, Interrupted)) or (
+        isinstance(e, TrainingDivergedError) and bool(e.epochs_done)
+    )
+    keep = settings.resume or (resumable and has_checkpoint(work))
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    if disk:
+        what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "the file system is read-only"}.get(e.errno, e.strerror or type(e).__name__)  # fmt: skip
+        where = f" writing {e.filename}" if e.filename else ""
+        left = (f"the checkpoint in {work} is kept for --resume" if keep
+                else f"the unfinished run's work folder {work} was removed, nothing was written to {out}")  # fmt: skip
+        return ArtifactError(f"training to {out} failed: {what}{where}",
+                             f"free disk space or fix the permissions and run again; {left}")  # fmt: skip
+    if isinstance(e, TrainingDivergedError) and keep and e.epochs_done:
+        e.hint = (f"{e.hint}; the checkpoint after epoch {e.epochs_done} (the last good one) is kept in {work}: run "
+                  "the same command with a lower --lr and --resume to continue from it")  # fmt: skip
+    elif isinstance(e, TrainingDivergedError) and not settings.resume:
+        e.hint = f"{e.hint}; nothing is kept beside {out}"
+    return None
 
 
 def train_model(settings: RunSettings, out: str | Path, **kwargs: Any) -> ModelCard:

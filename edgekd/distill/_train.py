@@ -18,7 +18,7 @@ from edgekd.metrics import compute_metrics
 from edgekd.modeldir import is_model_dir, load_model_dir, save_model_dir
 from edgekd.monitor import save_reference
 from edgekd.specs import ChannelMode, Lineage, ModelCard, ModelSpec, Preprocess, Task
-from edgekd.students import build_model, check_input_size
+from edgekd.students import build_model, check_spec_input_size
 
 __all__ = ["resolve_student", "class_weights", "finish_run", "evaluate_split"]
 
@@ -59,8 +59,8 @@ def resolve_student(
         return net, card.spec, card.preprocess, str(model)
     in_chans = data.channels if channels is ChannelMode.ADAPT else 3
     spec = ModelSpec(name=model, num_classes=data.num_classes, in_chans=in_chans, small_input=small_input)
+    check_spec_input_size(spec, size or data.image_size)  # before building (and downloading weights), on `meta`
     net = build_model(spec, pretrained=pretrained)
-    check_input_size(net, model, size or data.image_size, in_chans)  # before any training work
     return net, spec, data.preprocess(input_size=size, in_chans=in_chans), None
 
 

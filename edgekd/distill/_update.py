@@ -310,17 +310,21 @@ def update_model(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work / MARKER_FILE).write_text("edgekd update in progress\n")
-    result = fit(student, objective, bundle, cfg, work, preprocess=pre, progress=progress)
-    new_classes = [n for n in names if n not in card.label_names]
-    notes = {"update": {"method": "finetune" if lwf is None else "lwf", "lwf_weight": lwf, "T": temperature,
-                        "freeze_norm": freeze_norm,
-                        "kind": "class-incremental" if new_classes else "domain-incremental",
-                        "new_classes": new_classes, "chain": _chain(model_dir, card, parent_sha)}}  # fmt: skip
-    lineage = Lineage(command=command if command is not None else current_command(), parent=str(model_dir),
-                      parent_sha256=parent_sha, data=bundle.spec, stage="update",
-                      teachers=[] if lwf is None else [str(model_dir)],
-                      losses=["ce"] if lwf is None else ["ce", f"lwf:{lwf:g},T={temperature:g}"], notes=notes)  # fmt: skip
-    new_card = finish_run(student, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage)
-    (work / MARKER_FILE).unlink(missing_ok=True)
-    replace_dir(work, out)
+    try:  # update has no --resume: a failed run leaves nothing beside OUT (a diverged one included)
+        result = fit(student, objective, bundle, cfg, work, preprocess=pre, progress=progress)
+        new_classes = [n for n in names if n not in card.label_names]
+        notes = {"update": {"method": "finetune" if lwf is None else "lwf", "lwf_weight": lwf, "T": temperature,
+                            "freeze_norm": freeze_norm,
+                            "kind": "class-incremental" if new_classes else "domain-incremental",
+                            "new_classes": new_classes, "chain": _chain(model_dir, card, parent_sha)}}  # fmt: skip
+        lineage = Lineage(command=command if command is not None else current_command(), parent=str(model_dir),
+                          parent_sha256=parent_sha, data=bundle.spec, stage="update",
+                          teachers=[] if lwf is None else [str(model_dir)],
+                          losses=["ce"] if lwf is None else ["ce", f"lwf:{lwf:g},T={temperature:g}"], notes=notes)  # fmt: skip
+        new_card = finish_run(student, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage)
+        (work / MARKER_FILE).unlink(missing_ok=True)
+        replace_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     return new_card

@@ -40,12 +40,17 @@ from edgekd.pipeline._config import (
     parse_overrides,
 )
 from edgekd.pipeline._diagnose import (
+    DECIDING_METRIC,
     KDComparison,
     KDDiagnosis,
+    SecondaryGain,
     SeedStats,
     bootstrap_gain,
+    bootstrap_gains,
     compare_students,
     diagnose,
+    resolve_metric,
+    secondary_metrics,
     suggestions,
 )
 from edgekd.pipeline._evaluate import evaluate_artifact, split_logits
@@ -71,6 +76,7 @@ __all__ = [
     "run_pipeline", "prepare_run_dir", "build_summary", "RunSummary", "TableRow", "Latency", "StageOutcome", "ReportFn",
     "plan", "rows_of", "Stage", "Row", "StageRecord", "stage_key", "artifact_hash", "read_record",
     "KDComparison", "KDDiagnosis", "SeedStats", "compare_students", "diagnose", "suggestions", "bootstrap_gain",
+    "bootstrap_gains", "resolve_metric", "secondary_metrics", "SecondaryGain", "DECIDING_METRIC",
     "distill_with_baseline",
     "evaluate_artifact", "split_logits",
     "CONFIG_FILE", "SUMMARY_FILE", "KD_FILE", "BENCH_FILE", "EVAL_DIR", "REPORT_FILE",

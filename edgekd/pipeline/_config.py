@@ -33,6 +33,7 @@ from edgekd.bench import RUNNERS, BenchSettings
 from edgekd.distill import DEFAULT_LOSSES, TrainConfig, parse_loss
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.export import parse_formats
+from edgekd.metrics import METRIC_NAMES
 from edgekd.prune import PruneConfig, PruneTarget
 from edgekd.quantize import QuantizeConfig
 from edgekd.specs import ChannelMode
@@ -122,6 +123,9 @@ class DistillSection(_Section):
         baseline: also train the student without the teacher (same seed, schedule, augmentation).
         keep: which student the later stages compress.
         diagnose_samples: training samples the diagnostics look at (teacher confidence, augmented views).
+        metric: the validation metric that decides whether distillation helps, also the report's Pareto view and
+            summary: ``auto`` (AUROC for binary tasks, balanced accuracy for multi-class, AUROC for multi-label)
+            or a metric name (``acc``, ``balanced_acc``, ``auroc``, ``f1_macro``...).
     """
 
     losses: list[str] = Field(default_factory=lambda: list(DEFAULT_LOSSES))
@@ -130,6 +134,14 @@ class DistillSection(_Section):
     baseline: bool = True
     keep: KeepChoice = KeepChoice.BETTER
     diagnose_samples: int = Field(1024, ge=16)
+    metric: str = "auto"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v != "auto" and v not in METRIC_NAMES:
+            raise ValueError(f"unknown metric {v!r}; choose auto or one of {', '.join(METRIC_NAMES)}")
+        return v
 
     @field_validator("losses")
     @classmethod

@@ -15,9 +15,17 @@ test, and :func:`diagnose` computes the evidence behind the suggestions:
 * the **capacity gap**: teacher and student parameters, and the student's final distillation loss
   (Mirzadeh et al., AAAI 2020: a too-large gap hurts; a teacher assistant bridges it).
 
+The deciding metric fits the task (:func:`resolve_metric`, ``distill.metric: auto``): AUROC for a binary task,
+whose threshold is chosen later (the operating point); balanced accuracy for a multi-class one, where macro
+one-vs-rest AUROC can rise while the top-1 answers get worse; AUROC for multi-label. The other metrics
+(:func:`secondary_metrics`: accuracy for a binary AUROC decision, accuracy and AUROC for a multi-class one) are
+bootstrapped on the same resamples (:func:`bootstrap_gains`): when one of them moves against the deciding one
+beyond its noise, the verdict says so and does not call the result a gain. The diagnosis's findings become
+suggestions whenever they are out of range, whatever the verdict.
+
 Example:
-    >>> cmp = compare_students({"student": [card]}, {"baseline": [card_b]}, metric="auroc")
-    >>> cmp.helps, cmp.gain_val
+    >>> cmp = compare_students([card], [card_b], metric="balanced_acc", secondary_ci={"auroc": (-0.01, 0.02)})
+    >>> cmp.helps, cmp.gain_val, cmp.disagree
 """
 
 from __future__ import annotations
@@ -33,14 +41,15 @@ from pydantic import BaseModel, Field
 from scipy.stats import rankdata
 
 from edgekd.data import Augment, AugmentedDataset, DataBundle
-from edgekd.metrics import compute_metrics, higher_is_better, probabilities
+from edgekd.errors import InvalidInputError
+from edgekd.metrics import METRIC_NAMES, compute_metrics, higher_is_better, probabilities
 from edgekd.modeldir import ModelCard
 from edgekd.specs import Task
 from edgekd.teachers import Teacher
 
 __all__ = [
-    "SeedStats", "KDDiagnosis", "KDComparison", "seed_stats", "diagnose", "compare_students", "suggestions",
-    "bootstrap_gain",
+    "SeedStats", "KDDiagnosis", "KDComparison", "SecondaryGain", "seed_stats", "diagnose", "compare_students",
+    "suggestions", "bootstrap_gain", "bootstrap_gains", "resolve_metric", "secondary_metrics", "DECIDING_METRIC",
 ]  # fmt: skip
 
 # Evidence thresholds of the suggestions (see `suggestions`).
@@ -48,6 +57,34 @@ AUG_DROP = 0.03  # teacher accuracy on augmented views this much below the clean
 CONFIDENT = 0.97  # mean top-class probability on its own training images: little beyond the labels
 CAPACITY_RATIO = 20.0  # teacher / student parameters
 LOW_AGREEMENT = 0.95  # student-teacher top-1 agreement on training images
+
+# `distill.metric: auto`: the metric that decides whether distillation helps, per task (module docstring).
+DECIDING_METRIC = {Task.BINARY: "auroc", Task.MULTICLASS: "balanced_acc", Task.MULTILABEL: "auroc"}
+
+
+def resolve_metric(metric: str, task: Task) -> str:
+    """``auto`` -> the task's deciding metric (:data:`DECIDING_METRIC`); any other known metric as given.
+
+    Raises:
+        InvalidInputError: an unknown metric name (exit 3).
+    """
+    if metric == "auto":
+        return DECIDING_METRIC[Task(task)]
+    if metric not in METRIC_NAMES:
+        raise InvalidInputError(f"unknown KD metric {metric!r}", f"use auto or one of {', '.join(METRIC_NAMES)}")
+    return metric
+
+
+def secondary_metrics(metric: str, task: Task) -> list[str]:
+    """The metrics checked against the deciding one: accuracy for a binary AUROC decision, AUROC for a binary
+    accuracy one; for multi-class, accuracy, balanced accuracy and AUROC other than the deciding one; none for
+    multi-label (no paired bootstrap there)."""
+    task = Task(task)
+    if task is Task.MULTILABEL:
+        return []
+    if task is Task.BINARY:
+        return ["acc"] if metric == "auroc" else ["auroc"]
+    return [m for m in ("balanced_acc", "acc", "auroc") if m != metric]
 
 
 class SeedStats(BaseModel):
@@ -98,16 +135,29 @@ class KDDiagnosis(BaseModel):
     final_losses: dict[str, float] = Field(default_factory=dict)
 
 
+class SecondaryGain(BaseModel):
+    """A metric checked against the deciding one: gains (distilled minus baseline, means over seeds) on val and
+    test, the 95 % paired-bootstrap interval of the val gain, and whether it excludes 0."""
+
+    val: float | None = None
+    test: float | None = None
+    ci: list[float] | None = None
+    significant: bool | None = None
+
+
 class KDComparison(BaseModel):
     """Distilled against no-teacher students, the decision and the suggestions.
 
     Attributes:
-        metric: the validation metric that decides (the student's ``select_metric``).
+        metric: the validation metric that decides (``distill.metric``, resolved for the task).
         distilled, baseline: per-seed figures (``baseline`` None without a baseline run).
         gain_val, gain_test: distilled minus baseline, means over seeds; ``*_std`` their spread.
         gain_val_ci: 95 % paired-bootstrap interval of ``gain_val`` (:func:`bootstrap_gain`); significant: it
             excludes 0.
-        helps: distillation beats the baseline on validation (None without a baseline).
+        helps: distillation beats the baseline on the deciding metric on validation and no secondary metric says
+            the opposite beyond its noise (None without a baseline).
+        secondary: the other metrics' gains and intervals (:func:`secondary_metrics`).
+        disagree: the secondary metrics that move against the deciding one beyond their noise.
         chosen: the stage whose model the later stages compress.
         diagnosis: the evidence; suggestions: what to try, from it.
         message: one plain sentence for the terminal.
@@ -126,6 +176,8 @@ class KDComparison(BaseModel):
     helps: bool | None = None
     gain_val_ci: list[float] | None = None
     significant: bool | None = None
+    secondary: dict[str, SecondaryGain] = Field(default_factory=dict)
+    disagree: list[str] = Field(default_factory=list)
     keep: str = "better"
     chosen: str = "student"
     diagnosis: KDDiagnosis | None = None
@@ -225,8 +277,13 @@ def diagnose(
 
 
 def suggestions(d: KDDiagnosis | None, *, helps: bool | None, seeds: int, gain: float | None) -> list[str]:
-    """What to try when distillation does not beat the baseline, each from a figure of the diagnosis."""
-    if helps is not False or d is None:
+    """What to try, each from a figure of the diagnosis that is out of range, whatever the verdict.
+
+    A finding (an augmentation that misleads the teacher, an over-confident teacher, a capacity gap) is a
+    suggestion even when distillation helps: the gain could be larger. When it does not help, the one-seed and
+    the no-single-cause lines are added.
+    """
+    if d is None:
         return []
     out = []
     if d.augmented_drop is not None and d.augmented_drop >= AUG_DROP:
@@ -245,6 +302,8 @@ def suggestions(d: KDDiagnosis | None, *, helps: bool | None, seeds: int, gain: 
         out.append(f"capacity gap: the teacher has {d.params_ratio:.0f}x the student's parameters and the student "
                    f"agrees with it on {100 * (agree or 0):.1f}% of training images (final losses {kd}); try a larger "
                    "student or an intermediate teacher assistant (Mirzadeh et al. 2020)")  # fmt: skip
+    if helps is not False:
+        return out
     if seeds == 1 and gain is not None:
         out.append(f"one seed cannot separate a difference of {gain:+.4f} from seed noise; run with --seeds 3")
     if not out:
@@ -252,19 +311,75 @@ def suggestions(d: KDDiagnosis | None, *, helps: bool | None, seeds: int, gain: 
     return out
 
 
+def _auc(score: np.ndarray, pos: np.ndarray) -> float:
+    """Binary AUROC as the Mann-Whitney U from average ranks (ties count 1/2), as ``roc_auc_score`` gives it."""
+    n_pos = int(pos.sum())
+    n_neg = len(pos) - n_pos
+    if not n_pos or not n_neg:
+        return math.nan
+    ranks = rankdata(score)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def _metric(logits: np.ndarray, y: np.ndarray, task: Task, metric: str) -> float:
-    """One metric, cheaply (bootstrap resamples): AUROC and accuracy directly, others through compute_metrics."""
+    """One metric, cheaply (bootstrap resamples): accuracy, balanced accuracy and AUROC directly (the same values
+    as :func:`~edgekd.metrics.compute_metrics`), others through it."""
     if metric == "acc":
         return float((logits.argmax(1) == y).mean())
-    if metric == "auroc" and task is Task.BINARY and logits.shape[1] == 2:
-        if len(np.unique(y)) < 2:
+    if metric == "balanced_acc":  # mean recall over the classes present (sklearn's balanced_accuracy_score)
+        present = np.unique(y)
+        if len(present) < 2:
             return math.nan
-        # Mann-Whitney U from average ranks (ties count 1/2); the logit margin ranks as P(positive) does
-        ranks = rankdata(logits[:, 1] - logits[:, 0])
-        pos = y == 1
-        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+        pred = logits.argmax(1)
+        return float(np.mean([(pred[y == c] == c).mean() for c in present]))
+    if metric == "auroc" and task is Task.BINARY and logits.shape[1] == 2:
+        return _auc(logits[:, 1] - logits[:, 0], y == 1)  # the logit margin ranks as P(positive) does
+    if metric == "auroc" and task is Task.MULTICLASS:
+        # macro one-vs-rest over the classes (NaN when one is absent, as compute_metrics), on probabilities:
+        # the softmax of class k does not rank as its logit does
+        k = logits.shape[1]
+        if len(np.unique(y)) < k:
+            return math.nan
+        probs = probabilities(logits, task)
+        return float(np.mean([_auc(probs[:, c], y == c) for c in range(k)]))
     return float(compute_metrics(logits, y, task).get(metric, math.nan))
+
+
+def bootstrap_gains(
+    distilled: list[np.ndarray],
+    baseline: list[np.ndarray],
+    targets: np.ndarray,
+    task: Task,
+    metrics: list[str],
+    *,
+    n: int = 1000,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """95 % paired-bootstrap intervals of the validation gains (distilled minus baseline, averaged over seeds).
+
+    Each of ``n`` resamples draws the validation images with replacement and scores every seed's distilled and
+    baseline logits on the same draw (Efron & Tibshirani 1993, the paired bootstrap of a difference), for every
+    metric on the same draws, so each interval is the noise of a validation set this size. A gain is positive
+    when distillation is better (for ``loss``, lower). Empty for multi-label tasks; a metric undefined on every
+    draw is left out.
+    """
+    if task is Task.MULTILABEL or not metrics:
+        return {}
+    y = np.asarray(targets).reshape(-1).astype(int)
+    rng = np.random.default_rng(seed)
+    gains: dict[str, list[float]] = {m: [] for m in metrics}
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        for m in metrics:
+            diffs = [_metric(a[idx], y[idx], task, m) - _metric(b[idx], y[idx], task, m)
+                     for a, b in zip(distilled, baseline)]  # fmt: skip
+            gains[m].append((1.0 if higher_is_better(m) else -1.0) * float(np.mean(diffs)))
+    out = {}
+    for m, g in gains.items():
+        if np.isfinite(g).any():
+            lo, hi = np.nanpercentile(g, [2.5, 97.5])
+            out[m] = (float(lo), float(hi))
+    return out
 
 
 def bootstrap_gain(
@@ -277,25 +392,42 @@ def bootstrap_gain(
     n: int = 1000,
     seed: int = 0,
 ) -> tuple[float, float] | None:
-    """95 % paired-bootstrap interval of the validation gain (distilled minus baseline, averaged over seeds).
+    """The interval of one metric (:func:`bootstrap_gains`); None for multi-label tasks."""
+    return bootstrap_gains(distilled, baseline, targets, task, [metric], n=n, seed=seed).get(metric)
 
-    Each of ``n`` resamples draws the validation images with replacement and scores every seed's distilled and
-    baseline logits on the same draw (Efron & Tibshirani 1993, the paired bootstrap of a difference), so the
-    interval is the noise of a validation set this size. None for multi-label tasks.
-    """
-    if task is Task.MULTILABEL:
-        return None
-    y = np.asarray(targets).reshape(-1).astype(int)
-    sign = 1.0 if higher_is_better(metric) else -1.0
-    rng = np.random.default_rng(seed)
-    gains = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        diffs = [_metric(a[idx], y[idx], task, metric) - _metric(b[idx], y[idx], task, metric)
-                 for a, b in zip(distilled, baseline)]  # fmt: skip
-        gains.append(sign * float(np.mean(diffs)))
-    lo, hi = np.nanpercentile(gains, [2.5, 97.5])
-    return float(lo), float(hi)
+
+def _seed_values(cards: list[ModelCard], split: str, metric: str) -> list[float]:
+    return [float(c.metrics.get(split, {}).get(metric, math.nan)) for c in cards]
+
+
+def _secondary(distilled: list[ModelCard], baseline: list[ModelCard], names: list[str],
+               cis: dict[str, tuple[float, float]]) -> dict[str, SecondaryGain]:  # fmt: skip
+    out = {}
+    for m in names:
+        sign = 1.0 if higher_is_better(m) else -1.0
+        gains = {split: sign * float(np.nanmean(np.subtract(_seed_values(distilled, split, m),
+                                                            _seed_values(baseline, split, m))))
+                 for split in ("val", "test")}  # fmt: skip
+        if not any(math.isfinite(g) for g in gains.values()):
+            continue  # not computed for these models (e.g. AUROC of a split missing a class)
+        ci = cis.get(m)
+        out[m] = SecondaryGain(val=gains["val"], test=gains["test"], ci=list(ci) if ci else None,
+                               significant=None if ci is None else not (ci[0] <= 0 <= ci[1]))  # fmt: skip
+    return out
+
+
+def _against(gain: float, sec: SecondaryGain) -> bool:
+    """The secondary moves against a deciding gain of ``gain`` beyond its noise (without an interval: at all)."""
+    if sec.val is None or not math.isfinite(sec.val):
+        return False
+    if gain > 0:
+        return sec.ci[1] < 0 if sec.ci else sec.val < 0
+    return sec.ci[0] > 0 if sec.ci else sec.val > 0
+
+
+def _fmt_secondary(m: str, sec: SecondaryGain) -> str:
+    ci = f" (95% CI {sec.ci[0]:+.4f} to {sec.ci[1]:+.4f})" if sec.ci else ""
+    return f"val {m} {sec.val:+.4f}{ci}"
 
 
 def compare_students(
@@ -306,41 +438,63 @@ def compare_students(
     keep: str = "better",
     diagnosis: KDDiagnosis | None = None,
     val_ci: tuple[float, float] | None = None,
+    secondary: list[str] | None = None,
+    secondary_ci: dict[str, tuple[float, float]] | None = None,
 ) -> KDComparison:
     """Distilled against no-teacher students over seeds on ``metric``; decide which the later stages use.
 
-    ``keep="better"`` keeps the distilled student unless the baseline is better on validation beyond noise:
-    when ``val_ci`` (:func:`bootstrap_gain`) contains 0 the two are not told apart and the distilled student
-    stays, and the message says so; without an interval any advantage of the baseline counts.
-    ``"distilled"`` / ``"baseline"`` force the choice.
+    Distillation *helps* when its validation gain on ``metric`` is positive and no ``secondary`` metric (default:
+    :func:`secondary_metrics` of the task) moves the other way beyond its noise (``secondary_ci``, from
+    :func:`bootstrap_gains`; without an interval any opposite move counts). A disagreement is said in the message
+    and is never called a gain.
+
+    ``keep="better"`` keeps the distilled student unless the baseline is better beyond noise: on ``metric`` (when
+    ``val_ci`` contains 0 the two are not told apart and the distilled student stays, and the message says so;
+    without an interval any advantage of the baseline counts), or on a secondary metric that disagrees with a
+    deciding gain (a gain bought with a loss elsewhere is not taken). ``"distilled"`` / ``"baseline"`` force the
+    choice.
     """
     d = seed_stats(distilled, metric)
     cmp: dict[str, Any] = {"metric": metric, "seeds": len(distilled), "distilled": d, "keep": keep,
                            "diagnosis": diagnosis}  # fmt: skip
     if not baseline:
         cmp["message"] = "no baseline was trained (distill.baseline: false): the KD gain is not known"
+        cmp["suggestions"] = suggestions(diagnosis, helps=None, seeds=len(distilled), gain=None)
         return KDComparison(**cmp)
     b = seed_stats(baseline, metric)
     sign = 1.0 if higher_is_better(metric) else -1.0  # a gain is positive when distillation is better
     pairs = {k: np.subtract(getattr(d, k), getattr(b, k)) * (sign if k in ("val", "test") else 1.0)
              for k in ("val", "test", "val_acc", "test_acc")}  # fmt: skip
     gain, gain_t = float(pairs["val"].mean()), float(pairs["test"].mean())
-    helps = gain > 0
+    task = distilled[0].task
+    names = secondary_metrics(metric, task) if secondary is None else [m for m in secondary if m != metric]
+    sec = _secondary(distilled, baseline, names, secondary_ci or {})
+    disagree = [m for m, g in sec.items() if _against(gain, g)]
+    helps = gain > 0 and not disagree
     significant = None if val_ci is None else not (val_ci[0] <= 0 <= val_ci[1])
-    baseline_wins = gain < 0 and significant is not False
+    baseline_wins = (gain < 0 and significant is not False) or (gain > 0 and bool(disagree))
     chosen = {"distilled": "student", "baseline": "baseline"}.get(keep) or ("baseline" if baseline_wins else "student")
     sd = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
     spread = f" ± {sd(pairs['val']):.4f}" if len(distilled) > 1 else ""
     ci = "" if val_ci is None else (f" (95% CI {val_ci[0]:+.4f} to {val_ci[1]:+.4f}"
                                     f"{'' if significant else ': within the noise of the validation set'})")  # fmt: skip
-    verdict = "helps" if helps else "does NOT beat the same student trained without the teacher"
+    if helps:
+        verdict = "helps"
+    elif gain > 0:
+        verdict = "is NOT a gain: the metrics disagree"
+    else:
+        verdict = "does NOT beat the same student trained without the teacher"
     msg = f"distillation {verdict}: val {metric} {gain:+.4f}{spread}{ci}, test {gain_t:+.4f}"
+    if disagree:
+        word = "but" if gain > 0 else "though"
+        msg += (f"; {word} " + ", ".join(_fmt_secondary(m, sec[m]) for m in disagree)
+                + (" beyond its noise" if len(disagree) == 1 else " beyond their noise"))  # fmt: skip
     msg += f"; the later stages use the {'distilled student' if chosen == 'student' else 'no-teacher baseline'}"
     if chosen == "student" and not helps and keep == "better":
         msg += " (no significant difference on validation)"
     cmp.update(baseline=b, gain_val=gain, gain_val_std=sd(pairs["val"]), gain_test=gain_t,
                gain_test_std=sd(pairs["test"]), gain_val_acc=float(pairs["val_acc"].mean()),
                gain_test_acc=float(pairs["test_acc"].mean()), helps=helps, chosen=chosen, message=msg,
-               gain_val_ci=list(val_ci) if val_ci else None, significant=significant,
-               suggestions=suggestions(diagnosis, helps=helps, seeds=len(distilled), gain=gain))  # fmt: skip
+               gain_val_ci=list(val_ci) if val_ci else None, significant=significant, secondary=sec,
+               disagree=disagree, suggestions=suggestions(diagnosis, helps=helps, seeds=len(distilled), gain=gain))  # fmt: skip
     return KDComparison(**cmp)

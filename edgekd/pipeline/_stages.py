@@ -59,7 +59,14 @@ from edgekd.export import export_bundle, read_manifest
 from edgekd.importer import import_model
 from edgekd.metrics import compute_metrics
 from edgekd.pipeline._config import BenchSection, HandoffKeep, PipelineConfig, QuantizeSection
-from edgekd.pipeline._diagnose import bootstrap_gain, compare_students, diagnose, final_losses
+from edgekd.pipeline._diagnose import (
+    bootstrap_gains,
+    compare_students,
+    diagnose,
+    final_losses,
+    resolve_metric,
+    secondary_metrics,
+)
 from edgekd.pipeline._evaluate import evaluate_artifact, split_logits, write_evaluation
 from edgekd.pipeline._handoff import HANDOFF_DIR, KEEP_PREFIX, decide
 from edgekd.pipeline._state import artifact_hash
@@ -151,7 +158,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     stages += [_train_stage(cfg, f"student{_suffix(i)}", "distill", cfg.seed + i, (teacher_of(i),)) for i in seeds]
     students = tuple(f"student{_suffix(i)}" for i in seeds)
     baselines = tuple(f"baseline{_suffix(i)}" for i in seeds) if cfg.distill.baseline else ()
-    select = {"metric": cfg.student.train.select_metric, "keep": cfg.distill.keep.value, "augment":
+    select = {"metric": cfg.distill.metric, "keep": cfg.distill.keep.value, "augment":
               cfg.student.train.augment, "samples": cfg.distill.diagnose_samples, "seed": cfg.seed}  # fmt: skip
     stages.append(Stage("select", "select", KD_FILE, select, _select, (teacher_of(0), *students, *baselines)))
     carry = None  # the stage whose hand-off decision picks the FP32 source of quantization and export
@@ -278,14 +285,17 @@ def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     diagnosis = diagnose(r.load(st.inputs[0]), models, r.data, augment=s["augment"], seed=s["seed"],
                          samples=s["samples"], teacher_params=teacher_card.params if teacher_card else None,
                          student_params=r.card("student").params, losses=final_losses(r.path("student")))  # fmt: skip
-    ci = None
-    if baselines:
+    metric = resolve_metric(s["metric"], r.data.task)  # `auto`: the task's deciding metric
+    secondary = secondary_metrics(metric, r.data.task)
+    cis: dict[str, tuple[float, float]] = {}
+    if baselines:  # every metric on the same bootstrap draws of the validation set
         y = split_logits(models["student"], r.data, "val")[1]
-        ci = bootstrap_gain([split_logits(r.load(n), r.data, "val")[0] for n in students],
-                            [split_logits(r.load(n), r.data, "val")[0] for n in baselines], y, r.data.task,
-                            s["metric"], seed=s["seed"])  # fmt: skip
-    cmp = compare_students([r.card(n) for n in students], [r.card(n) for n in baselines] or None, metric=s["metric"],
-                           keep=s["keep"], diagnosis=diagnosis, val_ci=ci)  # fmt: skip
+        cis = bootstrap_gains([split_logits(r.load(n), r.data, "val")[0] for n in students],
+                              [split_logits(r.load(n), r.data, "val")[0] for n in baselines], y, r.data.task,
+                              [metric, *secondary], seed=s["seed"])  # fmt: skip
+    cmp = compare_students([r.card(n) for n in students], [r.card(n) for n in baselines] or None, metric=metric,
+                           keep=s["keep"], diagnosis=diagnosis, val_ci=cis.get(metric), secondary=secondary,
+                           secondary_ci=cis)  # fmt: skip
     record = {**cmp.model_dump(mode="json"), "chosen_path": cmp.chosen,
               "chosen_sha256": artifact_hash(r.path(cmp.chosen))}  # fmt: skip
     atomic_write_text(r.path(st.output), json.dumps(record, indent=2) + "\n")

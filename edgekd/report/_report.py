@@ -108,16 +108,31 @@ def _op(row: dict[str, Any], key: str) -> Any:
     return row.get("operating_point", {}).get(key)
 
 
+_METRIC_LABELS = {"acc": "ACC", "auroc": "AUROC", "balanced_acc": "balanced ACC", "f1_macro": "macro F1"}
+
+
+def deciding_metric(run: _Run) -> str:
+    """The metric the KD verdict decided on (``kd.json``), which the summary and the Pareto view show first; without
+    a KD comparison, AUROC when the rows have it, else accuracy."""
+    metric = (run.summary.get("kd") or {}).get("metric")
+    if metric and any(isinstance(r["test"].get(metric), (int, float)) for r in run.rows):
+        return metric
+    return "auroc" if any(not math.isnan(r["test"].get("auroc", math.nan)) for r in run.rows) else "acc"
+
+
 def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     s = run.summary
+    metric = deciding_metric(run)
+    metrics = [metric] + [m for m in ("acc", "auroc") if m != metric]
     batches = sorted({int(b) for r in run.rows for b in r.get("latency", {})})
-    head = ["stage", "hand-off", "ACC", "AUROC", "sens@op", "spec@op", "ECE", "params", "MACs", "size MB"]
+    head = ["stage", "hand-off", f"{_METRIC_LABELS.get(metric, metric)} (decides)",
+            *[_METRIC_LABELS[m] for m in metrics[1:]], "sens@op", "spec@op", "ECE", "params", "MACs", "size MB"]  # fmt: skip
     head += [f"p50/p90 ms b{b}" for b in batches] + [f"speedup b{b}" for b in batches]
     body = []
     for r in run.rows:
         lat = r.get("latency", {})
-        cells = [r["label"], ", ".join(r.get("handoff", [])) or "", _pm(r, "test", "acc"), _pm(r, "test", "auroc"), _op(r, "sensitivity"),
-                 _op(r, "specificity"), r["test"].get("ece"), r.get("params"), r.get("macs"),
+        cells = [r["label"], ", ".join(r.get("handoff", [])) or "", *[_pm(r, "test", m) for m in metrics],
+                 _op(r, "sensitivity"), _op(r, "specificity"), r["test"].get("ece"), r.get("params"), r.get("macs"),
                  (r.get("size_bytes") or math.nan) / 1e6]  # fmt: skip
         cells += [
             f"{lat[str(b)]['p50_ms']:.2f} / {lat[str(b)]['p90_ms']:.2f}" if str(b) in lat else "n/a" for b in batches
@@ -125,7 +140,8 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
         cells += [f"{lat[str(b)]['speedup']:.1f}x" if lat.get(str(b), {}).get("speedup") else "n/a" for b in batches]
         body.append(cells)
     seeds = f"; figures are means ± standard deviations over {s['seeds']} seeds" if s["seeds"] > 1 else ""
-    note = (f"Test split of <code>{esc(s['data'])}</code>. The operating point is the threshold that reaches "
+    note = (f"Test split of <code>{esc(s['data'])}</code>; the KD verdict and the Pareto view use "
+            f"<code>{esc(metric)}</code> (<code>distill.metric</code>). The operating point is the threshold that reaches "
             f"sensitivity {s['target_sensitivity']:.2f} on validation, applied to test{seeds}. Latency: the benchmark "
             f"of the seed-0 artifacts (<code>{esc(s.get('bench') or 'not run')}</code>); speedup is the teacher's p50 over "
             "the stage's at the same batch size.")  # fmt: skip
@@ -200,6 +216,18 @@ def _kd_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
                      f"{kd['gain_val_acc']:+.4f}", f"{kd['gain_test_acc']:+.4f}"])  # fmt: skip
     parts = [f'<div class="verdict {"good" if kd.get("helps") else "bad"}">{esc(kd.get("message", ""))}</div>',
              table(["student", f"val {metric}", f"test {metric}", "val ACC", "test ACC"], rows)]  # fmt: skip
+    if kd.get("secondary"):
+        ci = kd.get("gain_val_ci")
+        srows = [[f"{metric} (decides)", f"{kd['gain_val']:+.4f}", f"{kd['gain_test']:+.4f}",
+                  f"{ci[0]:+.4f} to {ci[1]:+.4f}" if ci else "n/a", ""]]  # fmt: skip
+        for m, g in kd["secondary"].items():
+            sci = g.get("ci")
+            srows.append([m, fmt(g.get("val")), fmt(g.get("test")), f"{sci[0]:+.4f} to {sci[1]:+.4f}" if sci else "n/a",
+                          "yes: disagrees beyond its noise" if m in kd.get("disagree", []) else "no"])  # fmt: skip
+        parts += [table(["metric", "KD gain val", "KD gain test", "95% CI (val, paired bootstrap)",
+                         "against the deciding metric"], srows),
+                  paragraph("A gain on the deciding metric is called a gain only when no other metric moves the other "
+                            "way beyond the noise of the validation set.", "muted")]  # fmt: skip
     if kd.get("suggestions"):
         parts.append("<p><b>What to try</b> (from the evidence below):</p><ul>"
                      + "".join(f"<li>{esc(t)}</li>" for t in kd["suggestions"]) + "</ul>")  # fmt: skip
@@ -231,7 +259,7 @@ def _kd_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
 
 
 def _pareto_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
-    metric = "auroc" if any(not math.isnan(r["test"].get("auroc", math.nan)) for r in run.rows) else "acc"
+    metric = deciding_metric(run)
     pts = [{"label": r["label"], metric: r["test"].get(metric), f"{metric}_std": r.get("spread", {}).get(f"test.{metric}"),
             "latency": {b: lat["p50_ms"] for b, lat in r.get("latency", {}).items()}} for r in run.rows]  # fmt: skip
     pngs["pareto"] = figs.pareto_png(pts, metric=metric)

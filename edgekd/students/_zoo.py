@@ -43,6 +43,9 @@ __all__ = [
     "parse_model_name",
     "build_model",
     "check_input_size",
+    "check_spec_input_size",
+    "min_input_size",
+    "MIN_INPUT_SIZE",
     "probe_forward",
     "list_models",
     "is_student",
@@ -226,7 +229,11 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False) -> nn.Module:
 
 
 MAX_INPUT_SIZE = 4096  # pixels per side: larger is a typo, not an edge model's input
+# edgekd's own floor: the drift reference of every model directory takes image statistics with a 3x3 Laplacian
+# on reflect padding, which needs 2 pixels per side.
+MIN_INPUT_SIZE = 2
 _PROBE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
+_STRIDED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
 def _first_line(e: BaseException) -> str:
@@ -254,29 +261,101 @@ def probe_forward(model: nn.Module, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def check_input_size(model: nn.Module, name: str, input_size: tuple[int, int], in_chans: int) -> None:
-    """Refuse an input size the network cannot run at, found by one dry forward pass at batch 1.
+def _input_problem(model: nn.Module, shape: tuple[int, ...]) -> str | None:
+    """Why ``model`` cannot take zeros of ``shape`` (NCHW): the forward fails, or a strided layer gets a map
+    smaller than its stride (padding keeps such a network running on 1-pixel maps, downsampling nothing real), or
+    the image is below :data:`MIN_INPUT_SIZE`. None when it can."""
+    found: list[str] = []
 
-    Every architecture has its own floor (strided stems and pools shrink the map to nothing: ``tv:resnet18``
-    runs at 32 px and below, ``tv:inception_v3`` needs 75 px; a ViT wants exactly its image size), so the
-    check runs the model rather than keeping a table. Call it after building, before any training work.
+    def pre_hook(name: str, module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        stride = module.stride if isinstance(module.stride, tuple) else (module.stride,) * 2
+        if found or not torch.is_tensor(x) or x.dim() != 4:
+            return
+        size = tuple(x.shape[-2:])
+        if any(st > 1 and d < st for d, st in zip(size, stride)):
+            found.append(f"its layer {name} (stride {stride[0]}) would get a {size[0]}x{size[1]} map")
 
-    Raises:
-        InvalidInputError: a size below 1 or above :data:`MAX_INPUT_SIZE`, or one the model cannot run at;
-            the hint names the smallest common square size that runs (exit 3).
+    handles = [m.register_forward_pre_hook(partial(pre_hook, n)) for n, m in model.named_modules()
+               if isinstance(m, _STRIDED) and m.stride is not None]  # fmt: skip
+    try:
+        reason = probe_forward(model, shape)
+    finally:
+        for h in handles:
+            h.remove()
+    if reason or found:
+        return reason or found[0]
+    if min(shape[2:]) < MIN_INPUT_SIZE:
+        return f"edgekd needs at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} px (the drift reference's image statistics)"
+    return None
+
+
+def min_input_size(model: nn.Module, in_chans: int, *, above: int = 0) -> int | None:
+    """The smallest square side above ``above`` that ``model`` takes (see :func:`check_input_size`), or None.
+
+    The first working size among common ones (8, 16, ... 512), then a bisection below it: a network's floor is
+    its downsampling (``tv:resnet18`` halves the image five times: 17 px, so that its last stride-2 stage still
+    gets 2 px), or a fixed size (a ViT: its patch grid).
 
     Example:
-        >>> check_input_size(model, "tv:inception_v3", (32, 32), 3)  # raises: needs at least 75 px
+        >>> min_input_size(build_model(ModelSpec(name="tv:resnet18", num_classes=2)), 3)
+        17
+    """
+
+    def takes(side: int) -> bool:
+        return _input_problem(model, (1, in_chans, side, side)) is None
+
+    hi = next((s for s in _PROBE_SIZES if s > above and takes(s)), None)
+    if hi is None:
+        return None
+    lo = max([above, *(s for s in _PROBE_SIZES if s < hi)])
+    while hi - lo > 1:  # smallest working side in (lo, hi]: lo fails (or is `above`), hi works
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if takes(mid) else (mid, hi)
+    return hi
+
+
+def check_input_size(model: nn.Module, name: str, input_size: tuple[int, int], in_chans: int) -> None:
+    """Refuse an input size the network cannot take, found by dry forward passes at batch 1.
+
+    Every architecture has its own floor, so the check runs the model rather than keeping a table: the forward
+    must run (``tv:inception_v3`` needs 75 px; a ViT wants exactly its image size) and every strided layer must
+    get a map at least its stride wide (``tv:resnet18`` halves the image five times, so it needs 17 px for its
+    last stride-2 stage to see 2 px; below, padding keeps it running on 1-pixel maps that carry nothing). On a
+    model built on the ``meta`` device (:func:`check_spec_input_size`) the passes cost no memory or compute.
+
+    Raises:
+        InvalidInputError: a size outside 1..:data:`MAX_INPUT_SIZE`, or one the model cannot take; the hint
+            names the smallest size it takes (exit 3).
+
+    Example:
+        >>> check_input_size(model, "tv:resnet18", (1, 1), 3)  # raises: its smallest input is 17x17 px
     """
     h, w = (int(v) for v in input_size)
     if min(h, w) < 1 or max(h, w) > MAX_INPUT_SIZE:
         raise InvalidInputError(f"input size {h}x{w} is outside 1..{MAX_INPUT_SIZE} px", "e.g. --input-size 224")
-    reason = probe_forward(model, (1, in_chans, h, w))
+    reason = _input_problem(model, (1, in_chans, h, w))
     if reason is None:
         return
-    runs = next((s for s in _PROBE_SIZES if s > max(h, w) and probe_forward(model, (1, in_chans, s, s)) is None), None)
-    hint = f"{name} runs at {runs}x{runs}: pass --input-size {runs}" if runs else "choose another input size or model"
+    least = min_input_size(model, in_chans, above=min(h, w))
+    hint = (f"the smallest input {name} takes is {least}x{least} px: pass --input-size {least}" if least
+            else "choose another input size or model")  # fmt: skip
     raise InvalidInputError(f"{name} cannot run at input size {h}x{w}: {reason}", hint)
+
+
+def check_spec_input_size(spec: ModelSpec, input_size: tuple[int, int]) -> None:
+    """:func:`check_input_size` before building the model: on a copy built on the ``meta`` device (no memory, no
+    weight initialisation; on the CPU where the builder or an op has no meta support).
+
+    Raises:
+        InvalidInputError: as :func:`check_input_size`, or as :func:`build_model` for a bad spec.
+    """
+    try:
+        with torch.device("meta"):
+            model = build_model(spec)
+        check_input_size(model, spec.name, input_size, spec.in_chans)
+    except NotImplementedError:  # e.g. an op without a meta kernel: the real thing at batch 1
+        check_input_size(build_model(spec), spec.name, input_size, spec.in_chans)
 
 
 def list_models(source: str | None = None) -> list[str]:
