@@ -190,6 +190,14 @@ def _photometric_family(value: str) -> str:
     return "grayscale" if value.startswith("MONOCHROME") else "colour"
 
 
+def _bad_code(fields: dict[str, Any]) -> str | None:
+    for key in SCOPE_KEYS:
+        for v in fields.get(key) or ():
+            if not isinstance(v, str) or not _CS.fullmatch(v):
+                return f"intended use {key}={v!r} is not a DICOM code string"
+    return None
+
+
 @dataclass(frozen=True)
 class ScopeCheck:
     """The result of checking one input against an :class:`IntendedUse`.
@@ -236,12 +244,9 @@ class IntendedUse(BaseModel):
 
     @model_validator(mode="after")
     def _codes(self) -> IntendedUse:
-        for key in SCOPE_KEYS:
-            for v in getattr(self, key):
-                if not _CS.fullmatch(v):
-                    raise InvalidInputError(f"intended use {key}={v!r} is not a DICOM code string",
-                                            "use upper-case letters, digits, '_' or spaces (at most 16), "
-                                            "e.g. modality=CR,DX body_part=CHEST")  # fmt: skip
+        bad = _bad_code(self.model_dump())
+        if bad:
+            raise ValueError(bad)
         return self
 
     @classmethod
@@ -263,6 +268,10 @@ class IntendedUse(BaseModel):
             if not vals:
                 raise InvalidInputError(f"--intended-use {item!r} names no value", f"e.g. {key}=CR")
             fields[key] = fields.get(key, ()) + vals
+        bad = _bad_code(fields)
+        if bad:
+            raise InvalidInputError(bad, "use upper-case letters, digits, '_' or spaces (at most 16 characters), "
+                                         "e.g. --intended-use 'modality=CR,DX body_part=CHEST'")  # fmt: skip
         return cls(**fields, source=source)
 
     @property

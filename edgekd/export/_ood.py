@@ -101,13 +101,26 @@ class BundleCheck:
     ood: dict[str, Any] = field(default_factory=dict)
 
 
+def _session_run(session, wanted: list[str], name: str, x: np.ndarray) -> list[np.ndarray]:
+    """``session.run`` over ``x``; a static-batch file runs in slices of its batch (the last one zero-padded)."""
+    fixed = session.get_inputs()[0].shape[0]
+    if not isinstance(fixed, int) or fixed <= 0 or fixed == len(x):
+        return session.run(wanted, {name: x})
+    parts = []
+    for i in range(0, len(x), fixed):
+        chunk = x[i : i + fixed]
+        pad = np.zeros((fixed - len(chunk), *x.shape[1:]), x.dtype)
+        parts.append([o[: len(chunk)] for o in session.run(wanted, {name: np.concatenate([chunk, pad])})])
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(wanted))]
+
+
 def _run(session, feature: str | None, pre: Preprocess, data: DataBundle) -> tuple[Outputs, np.ndarray, np.ndarray]:
     in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     wanted = [out_name] + ([feature] if feature else [])
     logits, feats, stats, targets = [], [], [], []
     for images, y in make_loader(data.val, 256, shuffle=False):
         x = pre.numpy(images.numpy())
-        outs = session.run(wanted, {in_name: x})
+        outs = _session_run(session, wanted, in_name, x)
         logits.append(np.asarray(outs[0], dtype=np.float32))
         feats.append(np.asarray(outs[1], dtype=np.float64).reshape(len(x), -1) if feature else np.zeros((len(x), 0)))
         stats.append(input_statistics(x, pre))
