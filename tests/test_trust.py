@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+import yaml
 from PIL import Image
 from scipy.spatial.distance import mahalanobis
 from typer.testing import CliRunner
@@ -34,13 +35,14 @@ from edgekd.serve import evaluate_bundle, fhir_bundle, load_model, predict
 from edgekd.specs import IntendedUse
 
 from .test_dicom import write_dicom
+from .test_pipeline import SYNTH, TRAIN
 
 runner = CliRunner()
 DATA = "synthetic:classes=2,n=1200,size=16,channels=1,seed=5"
 CHEST = "modality=CR,DX body_part=CHEST"
 
 
-def _pydicom_file(name: str) -> Path:
+def pydicom_file(name: str) -> Path:
     data = pytest.importorskip("pydicom.data", reason="pydicom-data is not installed")
     try:
         path = data.get_testdata_file(name, download=False)
@@ -51,17 +53,24 @@ def _pydicom_file(name: str) -> Path:
     return Path(path)
 
 
+def trusted_bundles(tmp_path_factory) -> dict[str, Path]:
+    """A tiny binary model declared for chest CR/DX, and its INT8 and FP32 bundles with the operating point
+    (built once per session; also used by test_serve_fuzz.py)."""
+    root = tmp_path_factory.getbasetemp() / "trust"
+    out = {"model": root / "model", "fp32": root / "fp32", "int8": root / "int8"}
+    if not (out["int8"] / "manifest.json").is_file():
+        cfg = TrainConfig(epochs=2, batch_size=64, lr=5e-3, warmup_epochs=0.2)
+        train_model(RunSettings(student="small:tinycnn", data=DATA, train=cfg, intended_use=CHEST), out["model"],
+                    progress=False, overwrite=True)  # fmt: skip
+        export_bundle(out["model"], out["fp32"], n_samples=16, target_sensitivity=0.9, overwrite=True)
+        quantize_model_dir(out["model"], out["int8"], QuantizeConfig(target="cpu-x86", calib_samples=64),
+                           progress=False, target_sensitivity=0.9, overwrite=True)  # fmt: skip
+    return out
+
+
 @pytest.fixture(scope="module")
 def trusted(tmp_path_factory) -> dict[str, Path]:
-    """A tiny binary model declared for chest CR/DX, and its INT8 and FP32 bundles with the operating point."""
-    root = tmp_path_factory.mktemp("trust")
-    cfg = TrainConfig(epochs=2, batch_size=64, lr=5e-3, warmup_epochs=0.2)
-    train_model(RunSettings(student="small:tinycnn", data=DATA, train=cfg, intended_use=CHEST), root / "model",
-                progress=False)  # fmt: skip
-    export_bundle(root / "model", root / "fp32", n_samples=16, target_sensitivity=0.9)
-    quantize_model_dir(root / "model", root / "int8", QuantizeConfig(target="cpu-x86", calib_samples=64),
-                       progress=False, target_sensitivity=0.9)  # fmt: skip
-    return {"model": root / "model", "fp32": root / "fp32", "int8": root / "int8"}
+    return trusted_bundles(tmp_path_factory)
 
 
 # -- intended use ------------------------------------------------------------------------------------------------
@@ -134,8 +143,8 @@ def test_declared_intended_use_reaches_the_card_the_bundle_and_its_model_card(tr
 
 
 def test_predict_refuses_out_of_scope_dicom_and_never_classifies_a_seg(trusted, tmp_path):
-    chest, hand = _pydicom_file("RG1_UNCI.dcm"), _pydicom_file("RG3_UNCI.dcm")
-    ct, us, seg, sr = (_pydicom_file(n) for n in ("CT_small.dcm", "US1_UNCR.dcm", "liver_1frame.dcm", "reportsi.dcm"))
+    chest, hand = pydicom_file("RG1_UNCI.dcm"), pydicom_file("RG3_UNCI.dcm")
+    ct, us, seg, sr = (pydicom_file(n) for n in ("CT_small.dcm", "US1_UNCR.dcm", "liver_1frame.dcm", "reportsi.dcm"))
     png = tmp_path / "x.png"
     Image.fromarray(np.full((16, 16), 90, np.uint8)).save(png)
     files = [chest, hand, ct, us, seg, sr, png]
@@ -250,3 +259,33 @@ def test_the_operating_point_is_the_bundle_files_own_and_predict_decides_at_it(t
     r = runner.invoke(app, ["eval", str(trusted["int8"]), "--json", str(tmp_path / "e.json")])
     assert r.exit_code == 0 and "at the operating threshold" in r.output, r.output
     assert json.loads((tmp_path / "e.json").read_text())["at_threshold"]["threshold"] == at["threshold"]
+
+
+@pytest.mark.slow
+def test_run_then_predict_on_its_handoff_bundle_gives_the_reports_sensitivity_and_specificity(tmp_path):
+    """Acceptance: the operating point `edgekd run` validated is the one its INT8 and exported bundles decide at."""
+    cfg = {"name": "op", "data": SYNTH, "target_sensitivity": 0.9, "intended_use": CHEST,
+           "teacher": {"model": "small:tinycnn", "train": dict(TRAIN)},
+           "student": {"model": "small:tinycnn", "train": dict(TRAIN)},
+           "distill": {"baseline": False, "diagnose_samples": 16},
+           "quantize": [{"method": "ptq", "target": "cpu-x86", "calib_samples": 32, "parity_samples": 16}],
+           "export": {"formats": ["onnx"], "n_samples": 8}, "bench": None}  # fmt: skip
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["run", str(tmp_path / "p.yaml"), "--out", str(run), "--no-report", "--json",
+                            str(tmp_path / "t.json"), "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    row = next(x for x in json.loads((tmp_path / "t.json").read_text())["rows"] if x["name"] == "int8-cpu-x86")
+    y = load_data(SYNTH).labels("test")
+    for bundle in ("int8-cpu-x86", "bundle"):
+        m = read_manifest(run / bundle)
+        assert m.extra["operating_point"]["target_sensitivity"] == 0.9 and m.intended_use == IntendedUse.parse(CHEST)
+    evaluation = json.loads((run / "eval" / "int8-cpu-x86.json").read_text())["operating_point"]
+    assert read_manifest(run / "int8-cpu-x86").extra["operating_point"]["threshold"] == pytest.approx(
+        evaluation["threshold"], abs=1e-9)
+    out = tmp_path / "p.csv"
+    r = runner.invoke(app, ["predict", str(run / "int8-cpu-x86"), "--data", SYNTH, "--split", "test", "--out", str(out)])
+    assert r.exit_code == 0 and "operating point: sensitivity >= 0.9" in r.output.replace("\n", ""), r.output
+    decided = np.array([row_["decision"] == "class_1" for row_ in csv.DictReader(out.open())])
+    assert decided[y == 1].mean() == pytest.approx(row["operating_point"]["sensitivity"])
+    assert (~decided[y == 0]).mean() == pytest.approx(row["operating_point"]["specificity"])
