@@ -204,10 +204,15 @@ def test_classify_refuses_out_of_scope_dicom_with_422_and_answers_chest_cr(clien
     models = load_models([f"{NAME}={bundle}"], threads=1)
     with running_server(models, ServeConfig(port=0, allow_out_of_scope=True)) as base:
         r = httpx.post(f"{base}/v2/models/{NAME}/classify", content=hand.read_bytes(), headers=headers)
-        assert r.status_code == 200 and r.json()["intended_use"] == "out-of-scope" and "out of scope" in r.json()["flags"]
+        assert (
+            r.status_code == 200 and r.json()["intended_use"] == "out-of-scope" and "out of scope" in r.json()["flags"]
+        )
         r = httpx.post(f"{base}/v2/models/{NAME}/classify?format=fhir", content=hand.read_bytes(), headers=headers)
         assert r.status_code == 200 and "out-of-scope" in {t["code"] for t in r.json()["meta"]["tag"]}
-        assert httpx.post(f"{base}/v2/models/{NAME}/classify", content=seg.read_bytes(), headers=headers).status_code == 422
+        assert (
+            httpx.post(f"{base}/v2/models/{NAME}/classify", content=seg.read_bytes(), headers=headers).status_code
+            == 422
+        )
 
 
 def test_model_metadata_lists_the_ood_outputs(client):

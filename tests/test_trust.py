@@ -157,7 +157,10 @@ def test_predict_refuses_out_of_scope_dicom_and_never_classifies_a_seg(trusted, 
                                                        "US1_UNCR.dcm": "out-of-scope", "liver_1frame.dcm": "not-an-image",
                                                        "reportsi.dcm": "not-an-image"}  # fmt: skip
     assert "BodyPartExamined EXTREMITY" in refused["RG3_UNCI.dcm"].reason
-    assert "Modality US is outside" in refused["US1_UNCR.dcm"].reason and "segmentation" in refused["liver_1frame.dcm"].reason
+    assert (
+        "Modality US is outside" in refused["US1_UNCR.dcm"].reason
+        and "segmentation" in refused["liver_1frame.dcm"].reason
+    )
     allowed = predict(trusted["int8"], [str(f) for f in files], progress=False, allow_out_of_scope=True)
     got = {Path(p.source).name: p for p in allowed.predictions}
     assert got["RG3_UNCI.dcm"].intended_use == "out-of-scope" and "out of scope" in got["RG3_UNCI.dcm"].flags
@@ -255,7 +258,8 @@ def test_the_operating_point_is_the_bundle_files_own_and_predict_decides_at_it(t
     y = data.labels("test")
     decided = np.array([p.decision == "class_1" for p in preds])
     assert at["sensitivity"] == pytest.approx(decided[y == 1].mean()) and at["specificity"] == pytest.approx(
-        (~decided[y == 0]).mean())
+        (~decided[y == 0]).mean()
+    )
     r = runner.invoke(app, ["eval", str(trusted["int8"]), "--json", str(tmp_path / "e.json")])
     assert r.exit_code == 0 and "at the operating threshold" in r.output, r.output
     assert json.loads((tmp_path / "e.json").read_text())["at_threshold"]["threshold"] == at["threshold"]
@@ -282,9 +286,12 @@ def test_run_then_predict_on_its_handoff_bundle_gives_the_reports_sensitivity_an
         assert m.extra["operating_point"]["target_sensitivity"] == 0.9 and m.intended_use == IntendedUse.parse(CHEST)
     evaluation = json.loads((run / "eval" / "int8-cpu-x86.json").read_text())["operating_point"]
     assert read_manifest(run / "int8-cpu-x86").extra["operating_point"]["threshold"] == pytest.approx(
-        evaluation["threshold"], abs=1e-9)
+        evaluation["threshold"], abs=1e-9
+    )
     out = tmp_path / "p.csv"
-    r = runner.invoke(app, ["predict", str(run / "int8-cpu-x86"), "--data", SYNTH, "--split", "test", "--out", str(out)])
+    r = runner.invoke(
+        app, ["predict", str(run / "int8-cpu-x86"), "--data", SYNTH, "--split", "test", "--out", str(out)]
+    )
     assert r.exit_code == 0 and "operating point: sensitivity >= 0.9" in r.output.replace("\n", ""), r.output
     decided = np.array([row_["decision"] == "class_1" for row_ in csv.DictReader(out.open())])
     assert decided[y == 1].mean() == pytest.approx(row["operating_point"]["sensitivity"])

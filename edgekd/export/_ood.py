@@ -38,8 +38,14 @@ from edgekd.monitor import MIN_IMAGES, Outputs, Reference, reference_from_output
 from edgekd.monitor._reference import confidence_of
 from edgekd.specs import ModelCard, Preprocess, Task
 
-__all__ = ["BundleCheck", "feature_tensor", "feature_session", "input_statistics", "validate_bundle_file",
-           "validation_data"]
+__all__ = [
+    "BundleCheck",
+    "feature_tensor",
+    "feature_session",
+    "input_statistics",
+    "validate_bundle_file",
+    "validation_data",
+]
 
 _THROUGH = {"DequantizeLinear", "QuantizeLinear", "Identity", "Cast"}
 

@@ -77,7 +77,11 @@ def evaluate_bundle(path: str | Path, *, data: str | None = None, split: str = "
                       "reference": info.ood_reference}  # fmt: skip
     if info.task is Task.BINARY and info.threshold is not None:
         p, y = probabilities(logits, Task.BINARY)[:, 1], targets.astype(int).reshape(-1)
-        res["at_threshold"] = {"threshold": info.threshold, "source": info.threshold_source, **_rates(p, y, info.threshold)}
+        res["at_threshold"] = {
+            "threshold": info.threshold,
+            "source": info.threshold_source,
+            **_rates(p, y, info.threshold),
+        }
         val = (logits, targets) if split == "val" else _split_outputs(model, bundle, "val", batch_size)[:2]
         point = operating_point(*val, logits, targets, target_sensitivity)
         res["operating_point"] = {**{k: point[k] for k in ("target_sensitivity", "threshold", "val")},

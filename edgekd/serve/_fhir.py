@@ -194,8 +194,6 @@ def operation_outcome(skipped: Sequence[tuple[str, ...]]) -> dict[str, Any]:
     return validate_resource({"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues})
 
 
-_outcome = operation_outcome
-
 
 def fhir_bundle(preds: Sequence[Prediction], info: ModelInfo, skipped: Sequence[tuple[str, ...]] = ()) -> dict:
     """A FHIR ``Bundle`` of type ``collection``: one DiagnosticReport per prediction, then an
@@ -203,7 +201,7 @@ def fhir_bundle(preds: Sequence[Prediction], info: ModelInfo, skipped: Sequence[
     issued = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     resources = [diagnostic_report(p, info, issued=issued) for p in preds]
     if skipped:
-        resources.append(_outcome(skipped))
+        resources.append(operation_outcome(skipped))
     bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "collection", "timestamp": issued,
               "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources]}  # fmt: skip
     return validate_resource(bundle)
