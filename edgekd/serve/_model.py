@@ -54,7 +54,7 @@ from edgekd.export import (
 )
 from edgekd.metrics import probabilities
 from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, read_json, sha256_file, validate_file
-from edgekd.monitor import logits_and_features, read_reference
+from edgekd.monitor import Reference, logits_and_features, read_reference
 from edgekd.serve._ood import OODScore, OODScorer
 from edgekd.specs import IntendedUse, ScopeCheck
 
@@ -336,7 +336,7 @@ def _load_bundle(root: Path, *, name: str | None, precision: str | None, thresho
                        has_features=features is not None, ood=scorer, intended_use=m.intended_use)  # fmt: skip
 
 
-def _bundle_reference(root: Path, m: Manifest):
+def _bundle_reference(root: Path, m: Manifest) -> tuple[Reference | None, str]:
     """The bundle's OOD reference and, without one, why."""
     if m.ood is None:
         return None, "the bundle predates out-of-distribution references: re-export it"

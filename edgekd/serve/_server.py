@@ -53,6 +53,7 @@ from edgekd.serve._protocol import (
     parse_infer_request,
     tensor_spec,
 )
+from edgekd.specs import ScopeCheck
 
 __all__ = [
     "ServeConfig",
@@ -330,7 +331,7 @@ class InferenceServer:
                       "intended_use": pred.intended_use, "scope_reason": pred.scope_reason, "flags": pred.flags,
                       "sha256": info.sha256, "disclaimer": DISCLAIMER})  # fmt: skip
 
-    def _check_scope(self, m: LoadedModel, data: bytes) -> Any:
+    def _check_scope(self, m: LoadedModel, data: bytes) -> ScopeCheck:
         """The intended-use check of an image body; 422 when it is refused."""
         try:
             attrs = input_attributes(data)
