@@ -7,6 +7,7 @@ from pathlib import Path
 from edgekd.data import load_data
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import Lineage, ModelCard, ModelSpec, save_model_dir, sha256_file
+from edgekd.specs import IntendedUse
 from edgekd.students import build_model, check_input_size, count_params
 from edgekd.students._monai import check_network_def
 from edgekd.teachers import import_checkpoint, read_monai_bundle
@@ -26,14 +27,16 @@ def import_model(
     in_chans: int | None = None,
     input_size: int | None = None,
     trust_pickle: bool = False,
+    intended_use: IntendedUse | None = None,
 ) -> ModelCard:
     """Load ``checkpoint`` into ``model``'s architecture and save it with ``data``'s labels and preprocessing.
 
     A MONAI Bundle folder (it has ``configs/metadata.json``; ``model`` ``monai:`` or ``None``) becomes a
-    ``monai:bundle`` model with the bundle's own preprocessing; see :func:`import_monai`.
+    ``monai:bundle`` model with the bundle's own preprocessing; see :func:`import_monai`. ``intended_use``
+    (default: the header values of DICOM training data, else none) goes into the model card.
     """
     if (model or "").startswith("monai:") or (model is None and (Path(checkpoint) / META_FILE).is_file()):
-        return import_monai(checkpoint, data=data, out=out, trust_pickle=trust_pickle)
+        return import_monai(checkpoint, data=data, out=out, trust_pickle=trust_pickle, intended_use=intended_use)
     if not model:
         raise InvalidInputError(f"no architecture for {checkpoint}", "pass --model, e.g. --model small:resnet18")
     bundle = load_data(data)
@@ -51,12 +54,14 @@ def import_model(
         lineage=Lineage(
             stage="import", data=bundle.spec, parent=str(checkpoint), parent_sha256=sha256_file(checkpoint)
         ),
+        intended_use=intended_use or bundle.intended_use,
     )
     save_model_dir(net, card, out)
     return card
 
 
-def import_monai(bundle_dir: str | Path, *, data: str, out: str | Path, trust_pickle: bool = False) -> ModelCard:
+def import_monai(bundle_dir: str | Path, *, data: str, out: str | Path, trust_pickle: bool = False,
+                 intended_use: IntendedUse | None = None) -> ModelCard:  # fmt: skip
     """A MONAI Bundle as a model directory: spec ``monai:bundle`` holding its ``network_def``, its weights,
     the bundle's preprocessing and ``data``'s labels.
 
@@ -86,6 +91,7 @@ def import_monai(bundle_dir: str | Path, *, data: str, out: str | Path, trust_pi
         preprocess=preprocess,
         params=count_params(net.eval()),
         lineage=Lineage(stage="import", data=bundle.spec, parent=str(bundle_dir), parent_sha256=mb.fingerprint()),
+        intended_use=intended_use or bundle.intended_use,
     )
     save_model_dir(net, card, out)
     return card

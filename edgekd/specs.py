@@ -7,6 +7,9 @@
   side: ``x = (resize(u8 / 255) [repeat channels] - mean) / std``.
 * :class:`ModelSpec`: what to build (registry name and the arguments that change the architecture).
 * :class:`Lineage` and :class:`ModelCard`: the contents of a model directory's ``edgekd.json``.
+* :class:`IntendedUse`: the kind of image a model is meant for (DICOM Modality, BodyPartExamined, ViewPosition,
+  photometric interpretation), recorded from DICOM training data or declared, and checked against an input's
+  header by ``edgekd predict`` and ``edgekd serve``.
 
 Example:
     >>> spec = ModelSpec(name="small:resnet8x4", num_classes=2, in_chans=1)
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import re
 import shlex
 import sys
+from dataclasses import dataclass
 from enum import Enum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -38,6 +43,9 @@ __all__ = [
     "ModelSpec",
     "Lineage",
     "ModelCard",
+    "IntendedUse",
+    "ScopeCheck",
+    "SCOPE_KEYS",
     "FORMAT_VERSION",
     "package_versions",
     "current_command",
@@ -171,6 +179,138 @@ class Lineage(BaseModel):
     notes: dict[str, Any] = Field(default_factory=dict)
 
 
+# IntendedUse key -> the DICOM attribute it is checked against.
+SCOPE_KEYS = {"modality": "Modality", "body_part": "BodyPartExamined", "view": "ViewPosition",
+              "photometric": "PhotometricInterpretation"}  # fmt: skip
+_CS = re.compile(r"[A-Z0-9 _]{1,16}")  # DICOM's Code String: what these attributes may hold
+
+
+def _photometric_family(value: str) -> str:
+    """Grayscale or colour: the DICOM reader inverts MONOCHROME1 and converts YBR and palettes to RGB."""
+    return "grayscale" if value.startswith("MONOCHROME") else "colour"
+
+
+def _bad_code(fields: dict[str, Any]) -> str | None:
+    for key in SCOPE_KEYS:
+        for v in fields.get(key) or ():
+            if not isinstance(v, str) or not _CS.fullmatch(v):
+                return f"intended use {key}={v!r} is not a DICOM code string"
+    return None
+
+
+@dataclass(frozen=True)
+class ScopeCheck:
+    """The result of checking one input against an :class:`IntendedUse`.
+
+    Attributes:
+        status: ``in-scope``, ``out-of-scope`` (refused unless allowed), ``not-checkable`` (answered and
+            flagged: the input carries no header to check, or lacks a checked attribute), ``unrestricted``
+            (the model records no intended use) or ``not-an-image`` (a DICOM object that is no image to
+            classify: always refused).
+        reason: one line for the user (empty when in scope).
+    """
+
+    status: str
+    reason: str = ""
+
+    @property
+    def refused(self) -> bool:
+        """Refused unless out-of-scope inputs are allowed (``not-an-image`` is refused whatever the flag)."""
+        return self.status in ("out-of-scope", "not-an-image")
+
+
+class IntendedUse(BaseModel):
+    """What a model is meant to classify, as DICOM attribute values (empty: not restricted).
+
+    Recorded from the DICOM headers of the training split (``source="dicom"``), or declared by the user
+    (``--intended-use modality=CR,DX body_part=CHEST``, ``source="declared"``). Only these coarse values are
+    kept, never an identifier: each is a DICOM Code String (upper case letters, digits, space, ``_``; at most
+    16 characters). ``photometric`` is compared as grayscale (``MONOCHROME1``/``MONOCHROME2``) or colour
+    (``RGB``, ``YBR_*``, ``PALETTE COLOR``), since the reader converts within each family.
+
+    Example:
+        >>> use = IntendedUse.parse(["modality=CR,DX body_part=CHEST"])
+        >>> use.check({"Modality": "CR", "BodyPartExamined": "EXTREMITY"}).reason
+        'BodyPartExamined EXTREMITY is outside the intended use (CHEST)'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    modality: tuple[str, ...] = ()
+    body_part: tuple[str, ...] = ()
+    view: tuple[str, ...] = ()
+    photometric: tuple[str, ...] = ()
+    source: str = "declared"
+
+    @model_validator(mode="after")
+    def _codes(self) -> IntendedUse:
+        bad = _bad_code(self.model_dump())
+        if bad:
+            raise ValueError(bad)
+        return self
+
+    @classmethod
+    def parse(cls, values: list[str] | tuple[str, ...] | str, *, source: str = "declared") -> IntendedUse:
+        """``["modality=CR,DX body_part=CHEST"]`` (items split on spaces or ``;``) -> an :class:`IntendedUse`.
+
+        Raises:
+            InvalidInputError: an unknown key, a missing ``=`` or a value that is no code string (exit 3).
+        """
+        items = [values] if isinstance(values, str) else list(values)
+        fields: dict[str, tuple[str, ...]] = {}
+        for item in " ".join(items).replace(";", " ").split():
+            key, sep, raw = item.partition("=")
+            key = key.strip().lower().replace("-", "_")
+            if not sep or key not in SCOPE_KEYS:
+                raise InvalidInputError(f"--intended-use {item!r}: expected KEY=V1,V2 with KEY one of "
+                                        f"{', '.join(SCOPE_KEYS)}", "e.g. --intended-use 'modality=CR,DX body_part=CHEST'")  # fmt: skip
+            vals = tuple(dict.fromkeys(v.strip().upper() for v in raw.split(",") if v.strip()))
+            if not vals:
+                raise InvalidInputError(f"--intended-use {item!r} names no value", f"e.g. {key}=CR")
+            fields[key] = fields.get(key, ()) + vals
+        bad = _bad_code(fields)
+        if bad:
+            raise InvalidInputError(bad, "use upper-case letters, digits, '_' or spaces (at most 16 characters), "
+                                         "e.g. --intended-use 'modality=CR,DX body_part=CHEST'")  # fmt: skip
+        return cls(**fields, source=source)
+
+    @property
+    def empty(self) -> bool:
+        return not any(getattr(self, k) for k in SCOPE_KEYS)
+
+    def describe(self) -> str:
+        """``modality CR, DX; body_part CHEST`` (or ``any image``)."""
+        parts = [f"{k} {', '.join(getattr(self, k))}" for k in SCOPE_KEYS if getattr(self, k)]
+        return "; ".join(parts) or "any image"
+
+    def check(self, attributes: dict[str, str] | None) -> ScopeCheck:
+        """Check an input's DICOM attributes (``None``: the input is no DICOM file, e.g. a PNG)."""
+        if self.empty:
+            return ScopeCheck("unrestricted")
+        if attributes is None:
+            return ScopeCheck("not-checkable", f"not a DICOM file: its modality, body part and view cannot be "
+                                               f"checked against the intended use ({self.describe()})")  # fmt: skip
+        outside, missing = [], []
+        for key, tag in SCOPE_KEYS.items():
+            allowed = getattr(self, key)
+            value = (attributes.get(tag) or "").strip().upper()
+            if not allowed:
+                continue
+            if not value:
+                missing.append(tag)
+            elif key == "photometric":
+                if _photometric_family(value) not in {_photometric_family(a) for a in allowed}:
+                    outside.append(f"{tag} {value} is outside the intended use ({', '.join(allowed)})")
+            elif value not in allowed:
+                outside.append(f"{tag} {value} is outside the intended use ({', '.join(allowed)})")
+        if outside:
+            return ScopeCheck("out-of-scope", "; ".join(outside))
+        if missing:
+            return ScopeCheck("not-checkable", f"the file records no {', '.join(missing)} to check against the "
+                                               f"intended use ({self.describe()})")  # fmt: skip
+        return ScopeCheck("in-scope")
+
+
 class ModelCard(BaseModel):
     """Contents of ``edgekd.json``."""
 
@@ -185,6 +325,7 @@ class ModelCard(BaseModel):
     params: int | None = None
     macs: int | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    intended_use: IntendedUse | None = None
 
 
 def package_versions() -> dict[str, str]:

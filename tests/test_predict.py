@@ -81,7 +81,8 @@ def test_cli_csv_has_a_row_per_input_and_exits_4_when_some_were_skipped(bundles,
     assert r.exit_code == 4, r.output
     assert "3 of 7 input(s) were skipped" in r.output and "gone.png: file does not exist" in r.output
     rows = list(csv.DictReader(out.open()))
-    assert list(rows[0]) == ["path", "label", "p_class_0", "p_class_1", "decision", "threshold", "error"]
+    assert list(rows[0]) == ["path", "label", "p_class_0", "p_class_1", "decision", "threshold", "ood_score",
+                             "out_of_distribution", "intended_use", "scope_reason", "error"]  # fmt: skip
     ok = [row for row in rows if not row["error"]]
     assert len(ok) == 4 and all(row["decision"] in ("class_0", "class_1") and row["threshold"] == "0.5" for row in ok)
     errors = {Path(row["path"]).name: row["error"] for row in rows if row["error"]}

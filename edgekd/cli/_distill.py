@@ -28,6 +28,7 @@ from edgekd.cli._options import (
     EpochsOpt,
     GradClipOpt,
     InputSizeOpt,
+    IntendedUseOpt,
     JsonOpt,
     LabelSmoothingOpt,
     LrOpt,
@@ -183,6 +184,7 @@ def distill(
             rich_help_panel=D,
         ),
     ] = False,
+    intended_use: IntendedUseOpt = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:

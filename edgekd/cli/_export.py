@@ -11,7 +11,7 @@ from rich.table import Table
 
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_EXPORT, app
-from edgekd.cli._options import JsonOpt, OutOpt, OverwriteOpt, console, emit_json
+from edgekd.cli._options import JsonOpt, OutOpt, OverwriteOpt, TargetSensitivityOpt, console, emit_json
 from edgekd.errors import VerificationError
 from edgekd.export import export_bundle, lint_errors, lint_onnx, verify_bundle
 
@@ -71,6 +71,7 @@ def export(
         Path, typer.Option(help="Timing cache file reused across engine builds.", rich_help_panel=T)
     ] = DEFAULT_TIMING_CACHE,
     overwrite: OverwriteOpt = False,
+    target_sensitivity: TargetSensitivityOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     """Export a model directory to a verified bundle (ONNX, FP16 ONNX, TensorRT engine) with parity checks.
@@ -83,7 +84,7 @@ def export(
     manifest = export_bundle(
         model_dir, out, formats=format, opset=opset, static=static, simplify=simplify, data=data, n_samples=samples,
         check=check or (), workspace_mb=workspace_mb, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-        timing_cache=timing_cache, exporter=exporter, overwrite=overwrite,
+        timing_cache=timing_cache, exporter=exporter, overwrite=overwrite, target_sensitivity=target_sensitivity,
         log=None if quiet else lambda line: console.print(escape(line)),
     )  # fmt: skip
     if not quiet:

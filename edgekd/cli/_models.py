@@ -9,10 +9,11 @@ import typer
 from rich.table import Table
 
 from edgekd.cli._app import PANEL_MODELS, app
-from edgekd.cli._options import DataOpt, JsonOpt, OutOpt, console, emit_json
+from edgekd.cli._options import DataOpt, IntendedUseOpt, JsonOpt, OutOpt, console, emit_json
 from edgekd.cli._render import fmt
 from edgekd.describe import describe_model
 from edgekd.importer import import_model
+from edgekd.specs import IntendedUse
 from edgekd.students import list_models, zoo_rows
 
 
@@ -90,6 +91,7 @@ def import_cmd(
     trust_pickle: Annotated[
         bool, typer.Option(help="Allow unpickling a full model object. Unpickling runs code: only for files you trust.")
     ] = False,
+    intended_use: IntendedUseOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     """Turn a user checkpoint into a model directory (the data gives labels and preprocessing).
@@ -107,6 +109,7 @@ def import_cmd(
         in_chans=in_chans,
         input_size=input_size,
         trust_pickle=trust_pickle,
+        intended_use=IntendedUse.parse(intended_use) if intended_use else None,
     )
     console.print(f"imported {checkpoint} as {card.spec.name} ({card.params:,} params) -> [bold]{out}[/]")
     emit_json({"out": str(out), "spec": card.spec, "params": card.params}, json_out)

@@ -187,5 +187,30 @@ __all__ += [
     "SmallInputOpt", "ChannelsOpt", "InputSizeOpt", "EpochsOpt", "BatchSizeOpt", "OptimizerOpt", "LrOpt",
     "MomentumOpt", "WeightDecayOpt", "WarmupEpochsOpt", "LabelSmoothingOpt", "ClassWeightingOpt", "AugmentOpt",
     "GradClipOpt", "AmpOpt", "ChannelsLastOpt", "SelectMetricOpt", "NumWorkersOpt", "MaxStepsOpt", "ResumeOpt",
-    "DeterministicOpt", "AmpDtypeOpt", "CompileOpt", "NprocOpt",
+    "DeterministicOpt", "AmpDtypeOpt", "CompileOpt", "NprocOpt", "IntendedUseOpt", "TargetSensitivityOpt",
 ]  # fmt: skip
+
+TargetSensitivityOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--target-sensitivity",
+        min=0.0,
+        max=1.0,
+        help="Binary tasks: store the operating threshold reaching this sensitivity on the validation split in "
+        "the manifest (predict/serve decide at it; default: none, they use 0.5).",
+        rich_help_panel="Output",
+        show_default=False,
+    ),
+]
+
+IntendedUseOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--intended-use",
+        help="What the model is meant for, recorded in its card and enforced by predict/serve: "
+        "'modality=CR,DX body_part=CHEST' (keys modality, body_part, view, photometric; repeatable). "
+        "Default: the DICOM header values of DICOM training data, else none.",
+        rich_help_panel="Output",
+        show_default=False,
+    ),
+]

@@ -19,6 +19,7 @@ from edgekd.cli._options import (
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
+    TargetSensitivityOpt,
     console,
     emit_json,
     resolve_config,
@@ -94,6 +95,7 @@ def quantize(
     device: DeviceOpt = DeviceName.AUTO,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
+    target_sensitivity: TargetSensitivityOpt = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -110,7 +112,7 @@ def quantize(
                          opset=opset, qat_backend=qat_backend, kd=kd, teacher=teacher, train=train_cfg,
                          **({"losses": loss} if loss else {}))  # fmt: skip
     result = quantize_model_dir(model_dir, out, cfg, data=data, latency=onnx_latency_ms, overwrite=overwrite,
-                                progress=not quiet)  # fmt: skip
+                                progress=not quiet, target_sensitivity=target_sensitivity)  # fmt: skip
     if not quiet and json_out != "-":
         _render(result)
     emit_json(result, json_out)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from edgekd.cli._app import PANEL_DEPLOY, app
 from edgekd.cli._options import JsonOpt, QuietOpt, console, emit_json
-from edgekd.errors import ArtifactError
+from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.export import Precision
 from edgekd.serve import (
     DISCLAIMER,
@@ -40,6 +40,12 @@ NoVerifyOpt = Annotated[
     typer.Option("--no-verify", help="Skip the bundle's hash and parity check (a warning is printed).",
                  rich_help_panel=_RUN),
 ]  # fmt: skip
+AllowScopeOpt = Annotated[
+    bool,
+    typer.Option("--allow-out-of-scope", help="Answer DICOM images outside the model's intended use (flagged) "
+                 "instead of refusing them. DICOM objects that are no image (SEG, SR, RT, waveforms...) are "
+                 "refused whatever this says.", rich_help_panel=_RUN),
+]  # fmt: skip
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -47,6 +53,9 @@ def _model_line(info: ModelInfo) -> str:
     line = f"[bold]{info.name}[/]: {escape(info.source)} {info.file} ({info.precision}, sha256 {info.sha256[:12]})"
     if info.threshold is not None:
         line += f", threshold {info.threshold:g} ({escape(info.threshold_source)})"
+    use = info.intended_use
+    line += f"; intended use: {escape(use.describe()) if use is not None and not use.empty else 'not recorded'}"
+    line += f"; out-of-distribution reference: {escape(info.ood_reference)}"
     return line
 
 
@@ -59,14 +68,23 @@ def _render(res: PredictResult, quiet: bool) -> None:
     if not res.out and res.predictions:
         t = Table(title=f"{len(res.predictions)} prediction(s)" + (f", first {_SHOWN}" if len(res.predictions) >
                                                                       _SHOWN else ""))  # fmt: skip
-        for col in ("path", "label", "probabilities", "decision"):
+        for col in ("path", "label", "probabilities", "decision", "ood score", "flags"):
             t.add_column(col, overflow="fold")
         for p in res.predictions[:_SHOWN]:
             probs = " ".join(f"{k}={v:.3f}" for k, v in p.probabilities.items())
-            t.add_row(escape(p.source), escape(p.label), escape(probs), escape(p.decision or ""))
+            score = "" if p.ood_score is None else f"{p.ood_score:.2f}"
+            t.add_row(escape(p.source), escape(p.label), escape(probs), escape(p.decision or ""), score,
+                      escape(", ".join(p.flags)))  # fmt: skip
         console.print(t)
     for s in res.skipped:
-        _err.print(f"[yellow]skipped:[/] {escape(s.source)}: {escape(s.reason)}")
+        _err.print(f"[yellow]{'refused' if s.refused else 'skipped'}:[/] {escape(s.source)}: {escape(s.reason)}")
+    for p in res.predictions:
+        if p.intended_use == "out-of-scope":
+            _err.print(f"[yellow]answered out of scope:[/] {escape(p.source)}: {escape(p.scope_reason)}")
+    flagged = sum(1 for p in res.predictions if p.out_of_distribution)
+    if flagged:
+        _err.print(f"[yellow]{flagged} of {len(res.predictions)} prediction(s) are out of distribution[/] (unlike the "
+                   "validation images: do not rely on them)")  # fmt: skip
     if res.out:
         console.print(f"{len(res.predictions)} prediction(s), {len(res.skipped)} skipped: [bold]{res.out}[/]")
     if not quiet:
@@ -124,29 +142,37 @@ def predict_cmd(
     ] = None,  # fmt: skip
     threads: ThreadsOpt = 0,
     no_verify: NoVerifyOpt = False,
+    allow_out_of_scope: AllowScopeOpt = False,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images with a bundle's own preprocessing: label, per-class probabilities and, for binary
-    tasks, the decision at the bundle's operating threshold.
+    tasks, the decision at the bundle's operating threshold; each with its out-of-distribution score and flag.
 
     Unreadable images are listed with the reason and skipped; the command then exits 4 (the output file
-    still holds every other prediction, and the skipped ones in its error column).
+    still holds every other prediction, and the skipped ones in its error column). DICOM inputs outside the
+    model's intended use, and DICOM objects that are no image, are refused with the reason (exit 3 when
+    nothing was unreadable); PNG/JPEG inputs to a model with an intended use are answered, marked not checkable.
 
     Example: edgekd predict bundles/student-int8 scans/ extra/*.png --out preds.csv
     """
     res = predict(model, inputs or [], data=data, split=split, batch=batch, out=out, fhir=fhir, overwrite=overwrite,
                   precision=precision.value if precision else None, threshold=threshold, verify=not no_verify,
-                  threads=threads, progress=not quiet and json_out != "-")  # fmt: skip
+                  threads=threads, progress=not quiet and json_out != "-",
+                  allow_out_of_scope=allow_out_of_scope)  # fmt: skip
     _warn_unverified(res.model)
     if json_out != "-":
         console.print(_model_line(res.model))
         _render(res, quiet)
     emit_json(res.to_json(), json_out)
-    if res.skipped:
-        total = len(res.predictions) + len(res.skipped)
-        raise ArtifactError(f"{len(res.skipped)} of {total} input(s) were skipped (unreadable or missing)",
-                            "each is listed above with its reason" + (f" and in {out}" if out else ""))  # fmt: skip
+    total = len(res.predictions) + len(res.skipped)
+    where = "each is listed above with its reason" + (f" and in {out}" if out else "")
+    if res.unreadable:
+        raise ArtifactError(f"{len(res.unreadable)} of {total} input(s) were skipped (unreadable or missing)"
+                            + (f", {len(res.refused)} refused" if res.refused else ""), where)  # fmt: skip
+    if res.refused:
+        raise InvalidInputError(f"{len(res.refused)} of {total} input(s) were refused (outside the model's intended "
+                                "use, or not an image to classify)", where)  # fmt: skip
 
 
 @app.command(rich_help_panel=PANEL_DEPLOY)
@@ -195,6 +221,12 @@ def serve(
     fhir: Annotated[
         bool, typer.Option("--fhir", help="The image endpoint answers FHIR DiagnosticReports.", rich_help_panel=_OUT)
     ] = False,
+    allow_out_of_scope: AllowScopeOpt = False,
+    drain_s: Annotated[
+        float,
+        typer.Option(help="On SIGTERM: seconds readiness reports 503 while requests are still answered, before the "
+                     "server stops (in-flight requests always finish).", rich_help_panel=_NET),
+    ] = 5.0,
 ) -> None:
     """Serve bundles over the Open Inference Protocol v2 (KServe / Triton REST API) with micro-batching.
 
@@ -206,7 +238,8 @@ def serve(
     """
     require_serve_deps()
     config = ServeConfig(host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
-                         max_body_mb=max_body_mb, api_key=api_key or None, fhir=fhir).check()  # fmt: skip
+                         max_body_mb=max_body_mb, api_key=api_key or None, fhir=fhir,
+                         allow_out_of_scope=allow_out_of_scope, drain_s=drain_s).check()  # fmt: skip
     models = load_models(bundles, model_name=model_name, precision=precision.value if precision else None,
                          verify=not no_verify, threads=threads)  # fmt: skip
     for m in models.values():

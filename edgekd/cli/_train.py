@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_TRAIN, app
@@ -27,6 +28,7 @@ from edgekd.cli._options import (
     EpochsOpt,
     GradClipOpt,
     InputSizeOpt,
+    IntendedUseOpt,
     JsonOpt,
     LabelSmoothingOpt,
     LrOpt,
@@ -60,6 +62,7 @@ from edgekd.distill import (
     under_launcher,
 )
 from edgekd.evaluate import evaluate_model_dir
+from edgekd.serve import evaluate_bundle, is_bundle
 from edgekd.specs import ChannelMode
 
 PANEL_MODEL, PANEL_OPT, PANEL_RUN = "Model", "Optimisation", "Run"
@@ -111,6 +114,7 @@ def train(
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     download: DownloadOpt = False,
+    intended_use: IntendedUseOpt = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -133,7 +137,7 @@ def train(
 
 @app.command("eval", rich_help_panel=PANEL_TRAIN)
 def eval_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    model_dir: Annotated[Path, typer.Argument(help="Model directory, or a bundle (run as edgekd predict runs it).")],
     data: Annotated[
         str | None, typer.Option("--data", "-d", help="Data spec (default: the data the model was trained on).")
     ] = None,
@@ -144,12 +148,26 @@ def eval_cmd(
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a model directory: accuracy, balanced accuracy, macro F1, AUROC, sensitivity/specificity.
+    """Evaluate a model directory or a bundle: accuracy, balanced accuracy, macro F1, AUROC, sensitivity/specificity.
+
+    A binary bundle also reports sensitivity, specificity and accuracy at its operating threshold (the one
+    `edgekd predict` and `edgekd serve` decide at), and the share of images flagged out of distribution.
 
     Example: edgekd eval runs/teacher --split test --json metrics.json
+             edgekd eval runs/pneumonia/int8-cpu-x86 --split test
     """
-
-    res = evaluate_model_dir(model_dir, data=data, split=split, batch_size=batch_size, device=device, download=download)
+    if is_bundle(model_dir):
+        res = evaluate_bundle(model_dir, data=data, split=split, batch_size=batch_size)
+    else:
+        res = evaluate_model_dir(model_dir, data=data, split=split, batch_size=batch_size, device=device,
+                                 download=download)  # fmt: skip
     if not quiet and json_out != "-":
         metrics_table(f"{model_dir} on {res['data']} [{split}]", res["metrics"], res["label_names"])
+        at = res.get("at_threshold")
+        if at:
+            console.print(f"at the operating threshold {at['threshold']:.4g} ({escape(at['source'])}): sensitivity "
+                          f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f}, accuracy {at['acc']:.3f}")  # fmt: skip
+        if res.get("ood"):
+            o = res["ood"]
+            console.print(f"out of distribution: {o['flagged']} of {o['n']} images ({o['rate']:.1%})")
     emit_json(res, json_out)

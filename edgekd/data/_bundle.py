@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from edgekd.data._dataset import channel_stats
 from edgekd.errors import InvalidInputError
-from edgekd.specs import Preprocess, Task
+from edgekd.specs import IntendedUse, Preprocess, Task
 
 __all__ = ["DataBundle", "SourceData", "SPLITS", "check_targets"]
 
@@ -33,6 +33,7 @@ class SourceData:
     test: Dataset
     task: Task
     label_names: list[str] = field(default_factory=list)
+    intended_use: IntendedUse | None = None  # DICOM sources: the header values seen in the training split
 
 
 def check_targets(spec: str, data: SourceData) -> None:
@@ -94,6 +95,8 @@ class DataBundle:
         channels: channels of the raw images.
         image_size: ``(H, W)`` shared by all raw images of the bundle.
         mean, std: per data channel on the ``[0, 1]`` scale, from the training split.
+        intended_use: for DICOM data, the Modality, BodyPartExamined, ViewPosition and photometric
+            interpretation values of the training split (what a model trained on it is meant for); else None.
 
     Example:
         >>> bundle = load_data("synthetic:classes=3,n=60")
@@ -112,6 +115,7 @@ class DataBundle:
     image_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    intended_use: IntendedUse | None = None
 
     @classmethod
     def from_source(cls, spec: str, data: SourceData) -> DataBundle:
@@ -137,6 +141,7 @@ class DataBundle:
             image_size=tuple(train.image_size),
             mean=mean,
             std=std,
+            intended_use=data.intended_use,
         )
 
     def split(self, name: str) -> Dataset:

@@ -29,9 +29,18 @@ depth), decoded lazily while training.
 
 Privacy: the only tag values edgekd copies out of a file into anything it writes, prints or logs are the
 allow-list :data:`ALLOWED_TAGS` (Modality, Rows, Columns); error messages may also name the image-format tags
-of :data:`FORMAT_TAGS` (transfer syntax, photometric interpretation, frames, samples and bits). Patient, study,
-institution and device tags are never read into a result, and pydicom's own warnings (which can quote tag
-values) are silenced while reading.
+of :data:`FORMAT_TAGS` (transfer syntax, photometric interpretation, frames, samples and bits). The intended-use
+check (:func:`dicom_attributes`) also reads the coarse description tags of :data:`SCOPE_TAGS` (BodyPartExamined,
+ViewPosition, SOP Class UID): they go into a model card (the values seen in training) and into the reason an
+input is refused, and only when they are DICOM code strings (upper-case letters, digits, space, ``_``, at most
+16 characters; anything else is reported as ``(non-standard)``), so free text never leaves a file. Patient,
+study, institution and device tags are never read into a result, and pydicom's own warnings (which can quote
+tag values) are silenced while reading.
+
+Objects that are no image to classify (segmentations, structured reports and key-object selections, RT
+structure sets, plans, doses, images and records, waveforms, presentation states, encapsulated documents, raw
+data, registrations) are recognised by their SOP Class UID or Modality (:func:`non_image_kind`) and never
+classified by ``edgekd predict`` or ``edgekd serve``.
 
 Example:
     >>> bundle = load_data("dicom:/data/ct,labels=/data/ct/labels.csv,window=40/400,size=128")
@@ -63,7 +72,7 @@ from edgekd.data._files import MAX_SIZE, FileItem, _assign_splits, require_class
 from edgekd.data._load import SOURCES
 from edgekd.data._spec import opt_int
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
-from edgekd.specs import Task
+from edgekd.specs import SCOPE_KEYS, IntendedUse, Task
 
 __all__ = [
     "ALLOWED_TAGS",
@@ -78,11 +87,16 @@ __all__ = [
     "dicom_summary",
     "parse_window",
     "parse_frame",
+    "SCOPE_TAGS",
+    "dicom_attributes",
+    "dicom_attributes_of",
+    "non_image_kind",
 ]
 
 ALLOWED_TAGS = ("Modality", "Rows", "Columns")
 FORMAT_TAGS = ("TransferSyntaxUID", "PhotometricInterpretation", "NumberOfFrames", "SamplesPerPixel",
                "BitsStored", "BitsAllocated")  # fmt: skip
+SCOPE_TAGS = ("BodyPartExamined", "ViewPosition", "SOPClassUID")
 DICOM_OPTIONS = ("labels", "window", "frame", "size", "channels", "val", "test", "seed")
 DICOM_EXTS = frozenset({".dcm", ".dicom"})
 _WINDOW_HINT = "use window=auto, window=minmax or window=CENTER/WIDTH, e.g. window=40/400"
@@ -398,6 +412,73 @@ def decode_dicom_bytes(data: bytes, channels: int, *, window: Window | str = "au
     return read_dicom(io.BytesIO(data), channels=channels, window=window)
 
 
+# SOP Class UID prefixes (PS3.4 B.5) and Modality values (PS3.3 C.7.3.1.1.1) of objects that are no image to classify.
+_NON_IMAGE_SOP = (
+    ("1.2.840.10008.5.1.4.1.1.66.4", "segmentation (SEG)"), ("1.2.840.10008.5.1.4.1.1.66.5", "surface segmentation"),
+    ("1.2.840.10008.5.1.4.1.1.66", "raw data, registration or fiducials"),
+    ("1.2.840.10008.5.1.4.1.1.67", "real world value mapping"),
+    ("1.2.840.10008.5.1.4.1.1.88.59", "key object selection (KOS)"),
+    ("1.2.840.10008.5.1.4.1.1.88", "structured report (SR)"), ("1.2.840.10008.5.1.4.1.1.481", "radiotherapy (RT) object"),
+    ("1.2.840.10008.5.1.4.1.1.9", "waveform"), ("1.2.840.10008.5.1.4.1.1.11", "presentation state"),
+    ("1.2.840.10008.5.1.4.1.1.104", "encapsulated document (PDF, CDA, STL...)"),
+    ("1.2.840.10008.5.1.4.1.1.68", "surface model"), ("1.2.840.10008.5.1.4.1.1.200", "protocol"),
+    ("1.2.840.10008.5.1.4.1.1.90", "content assessment"), ("1.2.840.10008.5.1.4.1.1.82", "measurement"),
+)  # fmt: skip
+_NON_IMAGE_MODALITY = {
+    "SEG": "segmentation (SEG)", "SR": "structured report (SR)", "KO": "key object selection (KOS)",
+    "PR": "presentation state", "RTSTRUCT": "radiotherapy (RT) object", "RTPLAN": "radiotherapy (RT) object",
+    "RTDOSE": "radiotherapy (RT) object", "RTIMAGE": "radiotherapy (RT) object", "RTRECORD": "radiotherapy (RT) object",
+    "RTION": "radiotherapy (RT) object", "PLAN": "radiotherapy (RT) object", "RWV": "real world value mapping",
+    "ECG": "waveform", "EPS": "waveform", "HD": "waveform", "AU": "waveform", "RESP": "waveform", "EEG": "waveform",
+    "EMG": "waveform", "EOG": "waveform", "DOC": "encapsulated document (PDF, CDA, STL...)", "REG": "registration",
+    "FID": "fiducials", "M3D": "surface model", "MEASUREMENT": "measurement",
+}  # fmt: skip
+
+
+def _code_string(value: Any) -> str:
+    """A DICOM Code String value as edgekd may report it: ``""`` when absent, ``(non-standard)`` when not a CS."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else ""
+    text = str(value).strip().upper()
+    if not text:
+        return ""
+    return text if len(text) <= 16 and all(c.isascii() and (c.isalnum() or c in " _") for c in text) else "(non-standard)"
+
+
+def dicom_attributes_of(ds) -> dict[str, str]:
+    """The attributes the intended-use check reads (Modality, BodyPartExamined, ViewPosition,
+    PhotometricInterpretation, SOPClassUID) from a parsed dataset, as sanitised strings (``""`` when absent)."""
+    uid = str(ds.get("SOPClassUID") or "").strip()
+    return {
+        "Modality": _code_string(ds.get("Modality")),
+        "BodyPartExamined": _code_string(ds.get("BodyPartExamined")),
+        "ViewPosition": _code_string(ds.get("ViewPosition")),
+        "PhotometricInterpretation": _code_string(ds.get("PhotometricInterpretation")),
+        "SOPClassUID": uid if uid.replace(".", "").isdigit() and len(uid) <= 64 else "",
+    }
+
+
+def dicom_attributes(src: Path | bytes) -> dict[str, str]:
+    """:func:`dicom_attributes_of` of a file or of a file's bytes (header only, pixels not read).
+
+    Raises:
+        ArtifactError: not a DICOM file, or a damaged one.
+    """
+    with _quiet():
+        return dicom_attributes_of(_read(io.BytesIO(src) if isinstance(src, bytes) else Path(src), pixels=False))
+
+
+def non_image_kind(attributes: dict[str, str]) -> str | None:
+    """What a DICOM object is when it is no image to classify (``"segmentation (SEG)"``...), else None."""
+    uid = attributes.get("SOPClassUID", "")
+    for prefix, kind in _NON_IMAGE_SOP:
+        if uid == prefix or uid.startswith(prefix + "."):
+            return kind
+    return _NON_IMAGE_MODALITY.get(attributes.get("Modality", ""))
+
+
 def dicom_summary(path: Path) -> dict[str, Any]:
     """The allow-listed header values of a file (Modality, Rows, Columns): all edgekd may report about it."""
     h = _header(Path(path))
@@ -555,4 +636,22 @@ def _dicom(arg, options, *, seed, download, root) -> SourceData:
     targets = np.array([it.label for it in items], dtype=np.int64)
     datasets = {s: DicomDataset([items[i].path for i in idx], targets[idx], channels=channels, size=size,
                                 window=window, frame=frame) for s, idx in splits.items()}  # fmt: skip
-    return SourceData(**datasets, task=Task.BINARY if len(names) == 2 else Task.MULTICLASS, label_names=names)
+    scope = training_scope([items[i].path for i in splits["train"]])
+    return SourceData(**datasets, task=Task.BINARY if len(names) == 2 else Task.MULTICLASS, label_names=names,
+                      intended_use=scope)  # fmt: skip
+
+
+def training_scope(paths: Sequence[Path]) -> IntendedUse:
+    """The intended use of a model trained on these files: every Modality, BodyPartExamined, ViewPosition and
+    PhotometricInterpretation value their headers hold (an attribute absent from some file is not restricted)."""
+    seen: dict[str, set[str]] = {k: set() for k in SCOPE_KEYS}
+    absent: set[str] = set()
+    for path in paths:
+        attrs = dicom_attributes(path)
+        for key, tag in SCOPE_KEYS.items():
+            value = attrs.get(tag, "")
+            if value and value != "(non-standard)":
+                seen[key].add(value)
+            else:
+                absent.add(key)
+    return IntendedUse(**{k: tuple(sorted(v)) for k, v in seen.items() if k not in absent}, source="dicom")

@@ -190,7 +190,8 @@ def _run_in(work: Path, settings: RunSettings, out: Path, bundle: DataBundle, ne
     if not ctx.is_main:  # rank 0 evaluates and writes the model directory; the others read its card
         ctx.barrier()
         return read_card(out)
-    card = finish_run(net, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage)
+    card = finish_run(net, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage,
+                      intended_use=settings.intended_use)  # fmt: skip
     if work != out:
         (work / MARKER_FILE).unlink(missing_ok=True)  # edgekd.json marks the finished model directory
         replace_dir(work, out)

@@ -17,12 +17,12 @@ import os
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgekd._config import read_yaml, validate
 from edgekd.distill._config import TrainConfig
 from edgekd.errors import InvalidInputError
-from edgekd.specs import ChannelMode
+from edgekd.specs import ChannelMode, IntendedUse
 
 __all__ = ["CacheSettings", "RunSettings", "resolve_run_settings", "DEFAULT_LOSSES", "RUN_KEYS"]
 
@@ -67,6 +67,9 @@ class RunSettings(BaseModel):
             :mod:`edgekd.distill._unlabeled`); needs a teacher.
         unlabeled_ratio: unlabelled images per labelled image in a step.
         train: the optimisation settings.
+        intended_use: what the model is meant to classify (``"modality=CR,DX body_part=CHEST"``, a list of
+            such items, or a mapping); recorded in the model card. None: DICOM data records the header values
+            of its training split, other data no intended use.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -88,6 +91,14 @@ class RunSettings(BaseModel):
     unlabeled: str | None = None
     unlabeled_ratio: float = Field(1.0, gt=0, le=64)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    intended_use: IntendedUse | None = None
+
+    @field_validator("intended_use", mode="before")
+    @classmethod
+    def _parse_intended_use(cls, value: Any) -> Any:
+        if isinstance(value, (str, list, tuple)):
+            return IntendedUse.parse(list(value) if not isinstance(value, str) else value) if value else None
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> RunSettings:

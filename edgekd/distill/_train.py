@@ -17,7 +17,7 @@ from edgekd.errors import InvalidInputError
 from edgekd.metrics import compute_metrics
 from edgekd.modeldir import is_model_dir, load_model_dir, save_model_dir
 from edgekd.monitor import save_reference
-from edgekd.specs import ChannelMode, Lineage, ModelCard, ModelSpec, Preprocess, Task
+from edgekd.specs import ChannelMode, IntendedUse, Lineage, ModelCard, ModelSpec, Preprocess, Task
 from edgekd.students import build_model, check_spec_input_size
 
 __all__ = ["resolve_student", "class_weights", "finish_run", "evaluate_split"]
@@ -85,6 +85,7 @@ def finish_run(
     out: Path,
     lineage: Lineage,
     eval_test: bool = True,
+    intended_use: IntendedUse | None = None,
 ) -> ModelCard:
     """Load the best weights, evaluate on test, and write the model directory and its history into ``out``."""
     model.load_state_dict(result.best_state)
@@ -99,6 +100,7 @@ def finish_run(
         preprocess=preprocess,
         metrics=metrics,
         lineage=lineage,
+        intended_use=intended_use if intended_use is not None else data.intended_use,
     )
     save_model_dir(model, card, out)
     save_reference(model, preprocess, data, out)  # drift statistics of the finished model on val (edgekd drift)

@@ -321,7 +321,8 @@ def update_model(
                           parent_sha256=parent_sha, data=bundle.spec, stage="update",
                           teachers=[] if lwf is None else [str(model_dir)],
                           losses=["ce"] if lwf is None else ["ce", f"lwf:{lwf:g},T={temperature:g}"], notes=notes)  # fmt: skip
-        new_card = finish_run(student, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage)
+        new_card = finish_run(student, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage,
+                              intended_use=bundle.intended_use or card.intended_use)  # fmt: skip
         (work / MARKER_FILE).unlink(missing_ok=True)
         replace_dir(work, out)
     except BaseException:

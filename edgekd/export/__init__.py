@@ -41,6 +41,14 @@ from edgekd.export._fp16 import to_fp16
 from edgekd.export._lint import LINT_RULES, LINT_TARGETS, Finding, lint_errors, lint_onnx, resolve_profile
 from edgekd.export._monai import edgekd_network, export_monai_bundle, monai_inference_config, monai_metadata
 from edgekd.export._onnx import choose_exporter, export_onnx, has_fake_quant
+from edgekd.export._ood import (
+    BundleCheck,
+    feature_session,
+    feature_tensor,
+    input_statistics,
+    validate_bundle_file,
+    validation_data,
+)
 from edgekd.export._parity import (
     TOLERANCES,
     ParityResult,
@@ -125,4 +133,11 @@ __all__ = [
     "PREPROCESS_FILE",
     "PARITY_FILE",
     "MODEL_CARD_FILE",
+    # what the bundle was validated on: OOD reference, operating point
+    "BundleCheck",
+    "feature_session",
+    "feature_tensor",
+    "input_statistics",
+    "validate_bundle_file",
+    "validation_data",
 ]

@@ -8,6 +8,8 @@ Layout of ``BUNDLE/`` (schema version 1):
 ``labels.json``        ``{"task": ..., "labels": [...]}`` in logit order
 ``preprocess.json``    the exact resize / normalise / channel recipe, with a plain-language formula
 ``parity.npz``         reference inputs and logits (no pickle) that ``edgekd verify`` re-runs
+``drift_reference.npz`` the out-of-distribution reference computed by the primary file on validation
+                       (``manifest["ood"]``; absent without usable validation data)
 ``MODEL_CARD.md``      what the model is, data, metrics, intended use and limits, how to run it
 ``manifest.json``      sha256 of every file, IO, precision, target, metrics, parity, versions, lineage
 =====================  ===================================================================
@@ -41,7 +43,9 @@ from edgekd.export._model_card import render_model_card
 from edgekd.export._parity import ParityResult
 from edgekd.export._types import Precision, TensorInfo, onnx_io, static_batch
 from edgekd.modeldir import ModelCard, atomic_dir, package_versions, read_json, sha256_file, validate_file
-from edgekd.specs import ChannelMode, Preprocess, Task
+from edgekd.monitor import REFERENCE_FILE, write_reference
+from edgekd.monitor import Reference as OODReference
+from edgekd.specs import ChannelMode, IntendedUse, Preprocess, Task
 
 __all__ = [
     "BundleFile",
@@ -65,7 +69,7 @@ LABELS_FILE = "labels.json"
 PREPROCESS_FILE = "preprocess.json"
 PARITY_FILE = "parity.npz"
 MODEL_CARD_FILE = "MODEL_CARD.md"
-_RESERVED = {MANIFEST_FILE, LABELS_FILE, PREPROCESS_FILE, PARITY_FILE, MODEL_CARD_FILE}
+_RESERVED = {MANIFEST_FILE, LABELS_FILE, PREPROCESS_FILE, PARITY_FILE, MODEL_CARD_FILE, REFERENCE_FILE}
 MODEL_KINDS = ("onnx", "engine")
 
 
@@ -125,6 +129,11 @@ class Manifest(BaseModel):
     # The instruction set an INT8 file was checked on (edgekd.quantize): ``target``, ``scheme``, ``verified_isa``
     # (None when only reference kernels checked it), ``kernels``, ``built_on``, ``device_isa``; None otherwise.
     isa: dict[str, Any] | None = None
+    # What the model is meant to classify (from the model card): checked by `edgekd predict` / `serve`.
+    intended_use: IntendedUse | None = None
+    # The out-of-distribution reference (``drift_reference.npz``): model file, feature tensor, spaces; or
+    # ``{"available": false, "reason": ...}``. None for bundles written before it existed.
+    ood: dict[str, Any] | None = None
 
     def model_files(self) -> list[ManifestFile]:
         """The ONNX and engine files, in manifest order."""
@@ -217,7 +226,7 @@ def _manifest(card: ModelCard, files: list[ManifestFile], inputs: list[TensorInf
         inputs=inputs, outputs=outputs, dynamic_batch=bool(inputs) and static_batch(inputs[0]) is None,
         files=files, metrics=card.metrics, preprocess=card.preprocess.model_dump(mode="json"),
         spec=card.spec.model_dump(mode="json"), params=card.params, macs=card.macs, versions=versions,
-        lineage=card.lineage.model_dump(mode="json"), **fields,
+        lineage=card.lineage.model_dump(mode="json"), intended_use=card.intended_use, **fields,
     )  # fmt: skip
 
 
@@ -236,6 +245,8 @@ def write_bundle(
     lint: list[Finding] | None = None,
     versions: dict[str, str] | None = None,
     isa: dict[str, Any] | None = None,
+    ood_reference: OODReference | None = None,
+    ood: dict[str, Any] | None = None,
 ) -> Manifest:
     """Write a bundle atomically: a failure leaves no directory (and an existing bundle untouched).
 
@@ -253,6 +264,8 @@ def write_bundle(
         lint: lint findings to record.
         versions: extra package versions (e.g. ``{"tensorrt": ...}``).
         isa: the instruction set the INT8 file was checked on (see :attr:`Manifest.isa`).
+        ood_reference: the out-of-distribution reference to store as ``drift_reference.npz``.
+        ood: its description for ``manifest["ood"]`` (see :func:`~edgekd.export.validate_bundle_file`).
 
     Returns:
         The :class:`Manifest` written to ``manifest.json``.
@@ -269,9 +282,12 @@ def write_bundle(
             shutil.copyfile(f.source, tmp / f.name)
             entries.append(_entry(tmp / f.name, f.kind, f.precision))
         entries += _write_support_files(tmp, card, inputs, reference)
+        if ood_reference is not None:
+            entries.append(_entry(write_reference(tmp, ood_reference), "ood-reference"))
         manifest = _manifest(card, entries, inputs, outputs, target=target, exporter=exporter or {}, profile=profile,
                              parity=parity, lint=lint or [], extra=extra or {}, versions=versions)  # fmt: skip
         manifest.isa = isa
+        manifest.ood = ood
         (tmp / MODEL_CARD_FILE).write_text(render_model_card(manifest, card))
         manifest.files.append(_entry(tmp / MODEL_CARD_FILE, "model-card"))
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")

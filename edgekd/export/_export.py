@@ -30,6 +30,7 @@ from edgekd.export._fp16 import to_fp16
 from edgekd.export._lint import Finding, lint_errors, lint_onnx
 from edgekd.export._monai import export_monai_bundle
 from edgekd.export._onnx import export_onnx
+from edgekd.export._ood import BundleCheck, validate_bundle_file, validation_data
 from edgekd.export._parity import ParityResult, Samples, make_samples, parity_check, torch_logits
 from edgekd.export._tensorrt import build_engine, require_tensorrt, sidecar_path
 from edgekd.export._triton import export_triton
@@ -162,6 +163,24 @@ def _load(model_dir: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
     return model, card.model_copy(update=updates)
 
 
+def _validation(files: list[BundleFile], card: ModelCard, data: str | None, target_sensitivity: float | None,
+                say: Callable[[str], None]) -> BundleCheck:  # fmt: skip
+    """OOD reference and operating point of the bundle's first ONNX file on the validation split."""
+    primary = next((f for f in files if f.kind == "onnx"), None)
+    if primary is None:
+        return BundleCheck(None, None, {"available": False, "reason": "no ONNX file"})
+    bundle, why = validation_data(card, data)
+    check = validate_bundle_file(Path(primary.source), card, bundle, target_sensitivity=target_sensitivity,
+                                 reason=why)  # fmt: skip
+    if check.operating_point is not None:
+        p = check.operating_point
+        say(f"operating threshold {p['threshold']:.4g} (val sensitivity {p['sensitivity']:.3f} >= target "
+            f"{p['target_sensitivity']:g}, specificity {p['specificity']:.3f})")  # fmt: skip
+    say(f"out-of-distribution reference: {', '.join(check.ood['spaces'])} ({check.ood['images']} val images)"
+        if check.reference is not None else f"no out-of-distribution reference: {check.ood.get('reason')}")  # fmt: skip
+    return check
+
+
 def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise InvalidInputError(
@@ -211,6 +230,7 @@ def export_bundle(
     overwrite: bool = False,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
+    target_sensitivity: float | None = None,
 ) -> Manifest:
     """Export a model directory to a verified bundle.
 
@@ -233,6 +253,10 @@ def export_bundle(
         overwrite: replace an earlier edgekd output at ``out`` (never other files, never ``model_dir``).
         command: the command line recorded in the manifest (default: this process's).
         log: called with one line per step (the CLI prints them).
+        target_sensitivity: binary tasks: store the operating threshold reaching this sensitivity on the
+            validation split (by the bundle's first ONNX file) in ``manifest.extra.operating_point``, which
+            ``edgekd predict`` / ``serve`` then decide at. The out-of-distribution reference
+            (``drift_reference.npz``) is computed on the same pass whenever the data loads.
 
     Returns:
         The written :class:`~edgekd.export.Manifest`.
@@ -284,10 +308,14 @@ def export_bundle(
             shipped += engine_files
             extra["engine"] = meta
         target = "tensorrt" if trt is not None or "tensorrt" in checks else "onnxruntime"
+        check = _validation(shipped, card, data, target_sensitivity, say)
+        if check.operating_point is not None:
+            extra["operating_point"] = check.operating_point
         manifest = write_bundle(
             out, card=card, files=shipped, parity=parity, target=target, overwrite=overwrite,
             reference=Reference(samples.inputs[:REFERENCE_SAMPLES], ref[:REFERENCE_SAMPLES]), exporter=info,
             profile=profile, lint=lint, extra=extra, versions={"tensorrt": trt.__version__} if trt else None,
+            ood_reference=check.reference, ood=check.ood,
         )  # fmt: skip
     say(f"bundle written: {out}")
     return manifest

@@ -98,10 +98,33 @@ def _files_and_parity(m: Manifest) -> list[str]:
     return lines
 
 
-def _use_and_limits(card: ModelCard) -> list[str]:
+def _scope_lines(m: Manifest) -> list[str]:
+    use = m.intended_use
+    lines = []
+    if use is not None and not use.empty:
+        origin = "seen in the DICOM training data" if use.source == "dicom" else "declared"
+        lines.append(f"- **Intended use** ({origin}): {use.describe()}. `edgekd predict` and `edgekd serve` refuse "
+                     "a DICOM input outside it (unless `--allow-out-of-scope`) and flag inputs without a DICOM "
+                     "header as not checkable.")  # fmt: skip
+    else:
+        lines.append("- No intended use is recorded (modality, body part, view): inputs are not checked against one.")
+    point = m.extra.get("operating_point") if isinstance(m.extra, dict) else None
+    if isinstance(point, dict) and "threshold" in point:
+        lines.append(f"- Operating threshold {point['threshold']:.6g} on P({m.label_names[-1]}), chosen on the "
+                     f"{point.get('source', 'validation split')} for sensitivity >= {point['target_sensitivity']:g} "
+                     f"(there: sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f}).")  # fmt: skip
+    if m.ood and m.ood.get("available"):
+        lines.append(f"- Every prediction carries an out-of-distribution score from `drift_reference.npz` "
+                     f"({' and '.join(m.ood.get('spaces', []))} spaces, {m.ood.get('images')} validation images); "
+                     "an image beyond the reference's 99.5th percentile in either is flagged.")  # fmt: skip
+    return lines
+
+
+def _use_and_limits(card: ModelCard, m: Manifest | None = None) -> list[str]:
     lines = [
         "## Intended use and limits",
         "",
+        *(_scope_lines(m) if m is not None else []),
         "- Intended for research and for evaluating edge deployment of compressed models on data like the "
         "training data above; accuracy on other populations, devices or image sources is unknown.",
         "- Compression (distillation, pruning, FP16/INT8) can shift errors between classes; check the "
@@ -137,5 +160,5 @@ def _how_to_run(m: Manifest) -> list[str]:
 def render_model_card(manifest: Manifest, card: ModelCard) -> str:
     """The Markdown text of ``MODEL_CARD.md``."""
     parts = [_overview(manifest, card), _data_and_metrics(card), _files_and_parity(manifest),
-             _use_and_limits(card), _how_to_run(manifest)]  # fmt: skip
+             _use_and_limits(card, manifest), _how_to_run(manifest)]  # fmt: skip
     return "\n".join(line for part in parts for line in part)

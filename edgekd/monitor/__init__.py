@@ -25,18 +25,26 @@ from edgekd.monitor._drift import (
     save_reference,
 )
 from edgekd.monitor._reference import (
+    IMAGE_STATISTICS,
+    MIN_IMAGES,
+    OOD_QUANTILE,
     REFERENCE_FILE,
     Gaussian,
     Outputs,
     Reference,
     compute_reference,
+    logits_and_features,
     model_outputs,
+    ood_levels,
     read_reference,
+    reference_from_outputs,
+    unit_image_statistics,
     write_reference,
 )
 
 __all__ = [
     "DEFAULT_THRESHOLD", "EXPECTED_RATE", "DriftReport", "check_drift", "far_images", "psi", "save_reference",
     "REFERENCE_FILE", "Gaussian", "Outputs", "Reference", "compute_reference", "model_outputs", "read_reference",
-    "write_reference",
+    "write_reference", "IMAGE_STATISTICS", "MIN_IMAGES", "OOD_QUANTILE", "ood_levels", "reference_from_outputs",
+    "unit_image_statistics", "logits_and_features",
 ]  # fmt: skip

@@ -54,7 +54,8 @@ from edgekd.errors import ArtifactError
 from edgekd.specs import Preprocess, Task
 
 __all__ = ["Reference", "Gaussian", "Outputs", "compute_reference", "write_reference", "read_reference",
-           "model_outputs", "image_statistics", "REFERENCE_FILE", "BINS", "SPACES", "IMAGE_STATISTICS"]  # fmt: skip
+           "model_outputs", "logits_and_features", "image_statistics", "unit_image_statistics", "reference_from_outputs", "ood_levels",
+           "REFERENCE_FILE", "BINS", "SPACES", "IMAGE_STATISTICS", "OOD_QUANTILE"]  # fmt: skip
 
 REFERENCE_FILE = "drift_reference.npz"
 FORMAT = 2
@@ -66,6 +67,9 @@ IMAGE_STATISTICS = ("mean", "std", "p1", "p5", "p25", "p50", "p75", "p95", "p99"
 # Fewer validation images give no Gaussian references (confidence and PSI are still stored): a 99.5th
 # percentile and a 13-dimensional covariance need a few hundred images; below 100 they are noise.
 MIN_IMAGES = 100
+# A single image is out of distribution beyond this quantile of the reference's out-of-sample distances in a
+# space (the per-space level `edgekd drift` counts far images with: 1 - 0.01 / 2 spaces).
+OOD_QUANTILE = 0.995
 
 
 @dataclass
@@ -151,6 +155,14 @@ def _penultimate(model: nn.Module, classes: int):
             handle.remove()
 
 
+@torch.no_grad()
+def logits_and_features(model: nn.Module, x: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and penultimate features (the classifier's input; the logits without one) of a preprocessed batch."""
+    with _penultimate(model, classes) as captured:
+        logits = model(x).float()
+    return logits, (captured[-1] if captured else logits).float()
+
+
 _LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
 
 
@@ -159,6 +171,16 @@ def image_statistics(images: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     x = images.double().div(255).mean(1, keepdim=True)
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return unit_image_statistics(x)
+
+
+def unit_image_statistics(x: torch.Tensor) -> torch.Tensor:
+    """The :data:`IMAGE_STATISTICS` of images already at the model's input size on the ``[0, 1]`` scale
+    (``[N, C, H, W]``, channels averaged): what ``edgekd serve`` computes from a preprocessed tensor after undoing
+    its normalisation (resizing and averaging channels commute, so this equals :func:`image_statistics`)."""
+    x = x.double()
+    if x.shape[1] != 1:
+        x = x.mean(1, keepdim=True)
     flat = x.flatten(1)
     q = torch.quantile(flat, torch.tensor([0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99], dtype=x.dtype), dim=1).T
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
@@ -211,15 +233,30 @@ def compute_reference(model: nn.Module, preprocess: Preprocess, dataset: Dataset
                       meta: dict[str, Any] | None = None, seed: int = 0) -> Reference:  # fmt: skip
     """Reference statistics of ``model`` (with ``classes`` outputs) on ``dataset`` (its validation split)."""
     out = model_outputs(model, preprocess, dataset, task, classes)
+    return reference_from_outputs(out, task, meta=meta, seed=seed)
+
+
+def reference_from_outputs(out: Outputs, task: Task, *, meta: dict[str, Any] | None = None, seed: int = 0
+                           ) -> Reference:  # fmt: skip
+    """The reference of already computed :class:`Outputs` (a bundle computes them with its own ONNX file).
+
+    Features of width 0 (a model whose classifier input cannot be read) give an image-statistics space only.
+    """
     proj_seed = seed if out.features.shape[1] > MAX_DIM else None
     spaces = {}
     if len(out.probs) >= MIN_IMAGES:
-        spaces = {"features": Gaussian.fit(project(out.features, proj_seed), seed),
-                  "image": Gaussian.fit(out.image, seed)}  # fmt: skip
+        if out.features.shape[1]:
+            spaces["features"] = Gaussian.fit(project(out.features, proj_seed), seed)
+        spaces["image"] = Gaussian.fit(out.image, seed)
     info = {**(meta or {}), "images": len(out.probs), "task": task.value, "feature_dim": int(out.features.shape[1]),
             "projection_seed": proj_seed, "bins": BINS, "image_statistics": list(IMAGE_STATISTICS),
             "format": FORMAT}  # fmt: skip
     return Reference(confidence_of(out.probs, task), prob_histograms(out.probs), spaces, info)
+
+
+def ood_levels(ref: Reference) -> dict[str, float]:
+    """Per space, the squared distance beyond which one image is out of distribution (:data:`OOD_QUANTILE`)."""
+    return {name: float(np.quantile(g.ref_d2, OOD_QUANTILE)) for name, g in ref.spaces.items()}
 
 
 def write_reference(out: str | Path, ref: Reference) -> Path:

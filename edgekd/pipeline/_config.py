@@ -36,7 +36,7 @@ from edgekd.export import parse_formats
 from edgekd.metrics import METRIC_NAMES
 from edgekd.prune import PruneConfig, PruneTarget
 from edgekd.quantize import QuantizeConfig
-from edgekd.specs import ChannelMode
+from edgekd.specs import ChannelMode, IntendedUse
 
 __all__ = [
     "PipelineConfig", "TeacherSection", "StudentSection", "DistillSection", "PruneSection", "QuantizeSection",
@@ -309,6 +309,9 @@ class PipelineConfig(_Section):
             the default ``bench`` settings).
         quantize: one entry per target; an empty list leaves quantization out.
         handoff: the accuracy budget and rounds of the hand-off decisions.
+        intended_use: what the models are meant for (``"modality=CR,DX body_part=CHEST"`` or a mapping
+            ``{modality: [CR, DX], body_part: [CHEST]}``), recorded in every model card and bundle and enforced by
+            ``edgekd predict`` / ``serve``; null: DICOM data records its training headers, other data none.
     """
 
     name: str = "run"
@@ -327,6 +330,14 @@ class PipelineConfig(_Section):
     regression: RegressionSection | None = None
     handoff: HandoffSection = Field(default_factory=HandoffSection)
     report: ReportSection = Field(default_factory=ReportSection)
+    intended_use: IntendedUse | None = None
+
+    @field_validator("intended_use", mode="before")
+    @classmethod
+    def _parse_intended_use(cls, value: Any) -> Any:
+        if isinstance(value, (str, list, tuple)):
+            return IntendedUse.parse(list(value) if not isinstance(value, str) else value) if value else None
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

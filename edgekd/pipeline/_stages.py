@@ -169,13 +169,15 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         carry = "pruned"
     source, deps = (carry, ()) if carry else ("select", ("select",))
     for q in cfg.quantize:
-        settings = {"source": source, **_quantize_config(cfg, q).model_dump(mode="json")}
+        settings = {"source": source, **_quantize_config(cfg, q).model_dump(mode="json"),
+                    "target_sensitivity": cfg.target_sensitivity}  # fmt: skip
         stages.append(Stage(q.stage_name, "quantize", q.stage_name, settings, _quantize, deps, carry=carry))
         device = "cuda" if q.method.value == "fp16" or TARGETS.get(q.target).gpu else "cpu"
         precision = q.stage_name.split("-", 1)[0]
         stages.append(_keep_stage(cfg, q.stage_name, precision, q.keep, device, (q.stage_name, *deps), carry))
     if cfg.export is not None:
-        settings = {"source": source, "data": cfg.data, **cfg.export.model_dump(mode="json", exclude={"keep"})}
+        settings = {"source": source, "data": cfg.data, **cfg.export.model_dump(mode="json", exclude={"keep"}),
+                    "target_sensitivity": cfg.target_sensitivity}  # fmt: skip
         stages.append(Stage("bundle", "export", "bundle", settings, _export, deps, carry=carry))
         if any(r.name == "fp16" and r.source == ("bundle",) for r in rows_of(cfg)):
             stages.append(_keep_stage(cfg, "fp16", "fp16", cfg.export.keep, "cuda", ("bundle", *deps), carry,
@@ -213,13 +215,18 @@ def _teacher_stages(cfg: PipelineConfig, stages: list[Stage]) -> Callable[[int],
     if t.mode == "import":
         settings = {"model": t.model, "checkpoint": str(Path(t.checkpoint).resolve()), "data": cfg.data,
                     "checkpoint_sha256": _file_hash(t.checkpoint), "small_input": t.small_input,
-                    "input_size": t.input_size, "channels": t.channels.value}  # fmt: skip
+                    "input_size": t.input_size, "channels": t.channels.value, **_intended_use(cfg)}  # fmt: skip
         stages.append(Stage("teacher", "import", "teacher", settings, _import))
     else:
         path = t.path.removeprefix("onnx:")
         settings = {"path": str(Path(path).resolve()), "onnx": t.path.startswith("onnx:") or path.endswith(".onnx")}
         stages.append(Stage("teacher", "reference", settings["path"], settings, _reference))
     return lambda i: "teacher"
+
+
+def _intended_use(cfg: PipelineConfig) -> dict[str, Any]:
+    """The ``intended_use`` key of a stage's settings, only when one is declared (older runs keep their keys)."""
+    return {"intended_use": cfg.intended_use.model_dump(mode="json")} if cfg.intended_use is not None else {}
 
 
 def _file_hash(path: str | None) -> str | None:
@@ -234,6 +241,7 @@ def _train_stage(cfg: PipelineConfig, name: str, kind: str, seed: int, teachers:
         "cache_teacher": bool(teachers) and cfg.distill.cache_teacher, "cache_topk": cfg.distill.cache_topk,
         "small_input": section.small_input, "channels": section.channels.value, "input_size": section.input_size,
         "pretrained": section.pretrained, "train": {**section.train.model_dump(mode="json"), "seed": seed},
+        **_intended_use(cfg),
     }  # fmt: skip
     return Stage(name, kind, name, settings, _train, teachers, resumable=True)
 
@@ -248,6 +256,7 @@ def _train(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
         cache=cache, small_input=s["small_input"], channels=s["channels"], input_size=s["input_size"],
         pretrained=s["pretrained"], pretrained_teacher=False, trust_pickle=r.cfg.teacher.trust_pickle,
         download=r.cfg.download, resume=resume, train=TrainConfig.model_validate(s["train"]),
+        intended_use=s.get("intended_use"),
     )  # fmt: skip
     card = run_training(settings, r.path(st.output), data=r.data, overwrite=True, progress=r.progress,
                         command=r.command(st))  # fmt: skip
@@ -263,7 +272,7 @@ def _import(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     t = r.cfg.teacher
     card = import_model(t.checkpoint, model=t.model, data=r.cfg.data, out=r.path(st.output), small_input=t.small_input,
                         in_chans=3 if t.channels.value == "repeat" else None, input_size=t.input_size,
-                        trust_pickle=t.trust_pickle)  # fmt: skip
+                        trust_pickle=t.trust_pickle, intended_use=r.cfg.intended_use)  # fmt: skip
     return {"params": card.params}
 
 
@@ -333,10 +342,10 @@ def _quantize_config(cfg: PipelineConfig, q: QuantizeSection) -> QuantizeConfig:
 
 def _quantize(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     s = dict(st.settings)
-    source = s.pop("source")
+    source, target = s.pop("source"), s.pop("target_sensitivity", None)
     res = quantize_model_dir(r.final_fp32(source), r.path(st.output), QuantizeConfig.model_validate(s), data=r.data,
                              latency=onnx_latency_ms, overwrite=True, progress=r.progress,
-                             command=r.command(st))  # fmt: skip
+                             command=r.command(st), target_sensitivity=target)  # fmt: skip
     return {"delta": res.delta, "sizes": res.sizes, "precision": res.precision}
 
 

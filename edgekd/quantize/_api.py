@@ -47,6 +47,7 @@ from edgekd.export import (
     parity_check,
     to_fp16,
     torch_logits,
+    validate_bundle_file,
     write_bundle,
 )
 from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, sha256_file
@@ -336,6 +337,7 @@ def quantize_model_dir(
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
+    target_sensitivity: float | None = None,
 ) -> QuantizeResult:
     """Quantize the model directory ``source`` into the bundle ``out`` (see the module docstring).
 
@@ -350,6 +352,10 @@ def quantize_model_dir(
         overwrite: replace an earlier edgekd output at ``out``.
         progress: show progress bars.
         command: the command line, for the lineage.
+        target_sensitivity: binary tasks: store the operating threshold of the low-precision file reaching
+            this sensitivity on the validation split in ``manifest.extra.operating_point`` (what ``edgekd
+            predict`` / ``serve`` decide at). The bundle's out-of-distribution reference is computed by the
+            same file on the same pass.
 
     Raises:
         ArtifactError: ``source`` is missing or malformed (exit 4).
@@ -393,9 +399,13 @@ def quantize_model_dir(
             details,
             command if command is not None else current_command(),
         )
+        check = validate_bundle_file(low, card_q, bundle, target_sensitivity=target_sensitivity)
+        if check.operating_point is not None:
+            extra["operating_point"] = check.operating_point
         write_bundle(out, card=card_q, files=shipped, parity=checked["parity"], target=target.name,
                      reference=checked["reference"], exporter=exporter, lint=checked["lint"], extra=extra,
-                     profile=TRT_PROFILE if target.name == "tensorrt" else None, isa=isa)  # fmt: skip
+                     profile=TRT_PROFILE if target.name == "tensorrt" else None, isa=isa,
+                     ood_reference=check.reference, ood=check.ood)  # fmt: skip
     return result
 
 

@@ -3,7 +3,9 @@
 * :func:`load_model` loads a bundle (hashes and stored parity verified first; ONNX Runtime) or a model
   directory (PyTorch), with the bundle's own preprocessing, labels and operating threshold;
 * :func:`predict` classifies files, folders, globs or a data spec and writes CSV, JSON or FHIR, listing every
-  unreadable input with its reason;
+  unreadable input with its reason, refusing inputs outside the model's intended use (and DICOM objects that
+  are no image), and giving each prediction an out-of-distribution score (:class:`OODScorer`);
+* :func:`evaluate_bundle` (``edgekd eval BUNDLE``): a bundle's metrics, also at its operating threshold;
 * :func:`diagnostic_report` / :func:`fhir_bundle`: HL7 FHIR ``DiagnosticReport`` s with an ``Observation``
   per finding and the model as ``Device``, validated with ``fhir.resources`` (the ``serve`` extra);
 * :class:`InferenceServer` + :func:`create_app` / :func:`serve_models` / :func:`running_server`: the Open
@@ -22,18 +24,38 @@ Example:
 from edgekd.export import safe_model_name
 from edgekd.serve._app import bind_socket, create_app, require_serve_deps, running_server, serve_models
 from edgekd.serve._batcher import MicroBatcher, QueueFullError
-from edgekd.serve._fhir import DISCLAIMER, FHIR_VERSION, diagnostic_report, fhir_bundle, require_fhir, validate_resource
+from edgekd.serve._evaluate import evaluate_bundle
+from edgekd.serve._fhir import (
+    DISCLAIMER,
+    FHIR_VERSION,
+    diagnostic_report,
+    fhir_bundle,
+    operation_outcome,
+    require_fhir,
+    validate_resource,
+)
 from edgekd.serve._images import IMAGE_EXTS, InputFile, collect_inputs, decode_image, is_dicom, read_image
 from edgekd.serve._metrics import Metrics
 from edgekd.serve._model import (
     DEFAULT_THRESHOLD,
+    FEATURES,
     LoadedModel,
     ModelInfo,
     Prediction,
     is_bundle,
     load_model,
 )
-from edgekd.serve._predict import OUTPUT_FORMATS, PredictResult, Skipped, output_format, predict, write_predictions
+from edgekd.serve._ood import OODScore, OODScorer
+from edgekd.serve._predict import (
+    OUTPUT_FORMATS,
+    SKIP_KINDS,
+    PredictResult,
+    Skipped,
+    check_input,
+    output_format,
+    predict,
+    write_predictions,
+)
 from edgekd.serve._protocol import (
     DATATYPES,
     HEADER_LENGTH,
@@ -45,7 +67,15 @@ from edgekd.serve._protocol import (
     parse_infer_request,
     tensor_spec,
 )
-from edgekd.serve._server import MODEL_VERSION, InferenceServer, Reply, ServeConfig, is_loopback, load_models
+from edgekd.serve._server import (
+    MODEL_VERSION,
+    OOD_OUTPUTS,
+    InferenceServer,
+    Reply,
+    ServeConfig,
+    is_loopback,
+    load_models,
+)
 
 __all__ = [
     # models
@@ -57,6 +87,14 @@ __all__ = [
     "is_bundle",
     "safe_model_name",
     "DEFAULT_THRESHOLD",
+    "FEATURES",
+    # trust: intended use, out-of-distribution scores, bundle evaluation
+    "OODScore",
+    "OODScorer",
+    "check_input",
+    "evaluate_bundle",
+    "OOD_OUTPUTS",
+    "SKIP_KINDS",
     # predict
     "predict",
     "write_predictions",
@@ -73,6 +111,7 @@ __all__ = [
     # FHIR
     "diagnostic_report",
     "fhir_bundle",
+    "operation_outcome",
     "validate_resource",
     "require_fhir",
     "DISCLAIMER",

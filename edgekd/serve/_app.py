@@ -18,6 +18,12 @@ absence is a :class:`~edgekd.errors.DependencyError` (exit 5) naming ``pip insta
 bodies are read incrementally up to the size limit (413 beyond it, before the rest is read). Uvicorn's
 access log is off: request lines could carry identifiers, and nothing about a request is logged.
 
+Shutdown on SIGTERM drains (what Kubernetes and most load balancers expect): readiness answers 503 at once,
+every request keeps being answered for ``drain_s`` seconds (:class:`~edgekd.serve.ServeConfig`), then uvicorn
+stops accepting connections, finishes the requests in flight and exits. A second SIGTERM, or SIGINT (Ctrl-C),
+skips the wait. ``GET /openapi.json`` describes the routes (OpenAPI 3.1, for clients and for the fuzz tests);
+like every route but health it needs the API key when one is set.
+
 The routes are plain Starlette routes of the FastAPI application: request bodies are raw bytes (binary tensor
 data, images), so FastAPI's body parsing and dependency injection would only add per-request cost.
 
@@ -30,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import threading
 import time
@@ -97,6 +104,7 @@ def _routes(server: InferenceServer) -> list[tuple[str, str, str, bool, Callable
         ("/v2/health/ready", "ready", "GET", True, lambda r: server.ready()),
         ("/v2", "server_metadata", "GET", False, lambda r: server.server_metadata()),
         ("/metrics", "metrics", "GET", False, lambda r: server.metrics_text()),
+        ("/openapi.json", "openapi", "GET", False, lambda r: server.openapi()),
     ]
     return routes
 
@@ -178,8 +186,20 @@ def _url(sock: socket.socket) -> str:
 def _uvicorn_server(server: InferenceServer) -> Any:
     _, uvicorn = require_serve_deps()
     config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, timeout_keep_alive=30,
-                            lifespan="on")  # fmt: skip
-    return uvicorn.Server(config)
+                            lifespan="on", timeout_graceful_shutdown=30)  # fmt: skip
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server whose first SIGTERM drains (readiness false, still answering) before stopping."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if sig != signal.SIGTERM or server.draining or server.config.drain_s <= 0:
+                return super().handle_exit(sig, frame)
+            server.begin_drain()
+            timer = threading.Timer(server.config.drain_s, super().handle_exit, args=(sig, frame))
+            timer.daemon = True
+            timer.start()
+
+    return DrainingServer(config)
 
 
 def serve_models(models: Mapping[str, LoadedModel], config: ServeConfig,

@@ -7,7 +7,16 @@ Each classified image becomes one ``DiagnosticReport`` (status ``preliminary``: 
   identifier, and the precision and architecture in a note;
 * one ``Observation`` per finding (class or label): the class as ``code``, its probability as
   ``valueQuantity`` (UCUM unit ``1``), the model as ``device``; for a binary task the positive class also
-  carries the decision at the operating threshold as ``interpretation`` (``POS`` / ``NEG``).
+  carries the decision at the operating threshold as ``interpretation`` (``POS`` / ``NEG``), naming the
+  threshold and its source;
+* when the model carries an out-of-distribution reference, one more ``Observation`` (code
+  ``urn:edgekd:ood#ood-score``): the score as ``valueQuantity`` and ``interpretation`` ``out-of-distribution`` /
+  ``in-distribution``; a flagged image (out of distribution, outside the intended use but allowed, or not
+  checkable) also gets a ``meta.tag`` and a sentence in the narrative and conclusion.
+
+Inputs that gave no report are listed in an ``OperationOutcome``: unreadable ones with issue code
+``processing``, refused ones (outside the intended use, or DICOM objects that are no image) with
+``not-supported``.
 
 The narrative and the conclusion say plainly that this is decision support, not a diagnosis. No patient is
 referenced: the report's ``identifier`` is the input's name, and linking it to a patient is the receiving
@@ -32,7 +41,8 @@ from edgekd.data import Task
 from edgekd.errors import DependencyError, InvalidInputError
 from edgekd.serve._model import ModelInfo, Prediction
 
-__all__ = ["DISCLAIMER", "FHIR_VERSION", "diagnostic_report", "fhir_bundle", "require_fhir", "validate_resource"]
+__all__ = ["DISCLAIMER", "FHIR_VERSION", "diagnostic_report", "fhir_bundle", "operation_outcome", "require_fhir",
+           "validate_resource"]
 
 FHIR_VERSION = "4.3.0"  # R4B
 DISCLAIMER = (
@@ -42,6 +52,7 @@ DISCLAIMER = (
 _UCUM = "http://unitsofmeasure.org"
 _INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 _XHTML = "http://www.w3.org/1999/xhtml"
+_OOD = "urn:edgekd:ood"
 
 
 def require_fhir() -> Any:
@@ -99,6 +110,40 @@ def _observation(i: int, label: str, p: float, pred: Prediction, info: ModelInfo
     return obs
 
 
+def _ood_observation(pred: Prediction, info: ModelInfo) -> dict[str, Any]:
+    flagged = bool(pred.out_of_distribution)
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": "ood",
+        "status": "preliminary",
+        "code": {"coding": [{"system": _OOD, "code": "ood-score"}], "text": "out-of-distribution score"},
+        "device": {"reference": "#model"},
+        "interpretation": [{"coding": [{"system": _OOD, "code": "out-of-distribution" if flagged else
+                                        "in-distribution"}],
+                            "text": ("beyond" if flagged else "within") + " the reference's 99.5th percentile "
+                                    f"({info.ood_reference})"}],
+        "note": [{"text": "Score = Mahalanobis distance over the 99.5th percentile of the validation images' "
+                          "(penultimate features and image statistics); above 1 the image is unlike the "
+                          "validation data and the answer should not be trusted."}],
+    }  # fmt: skip
+    if pred.ood_score is not None:
+        obs["valueQuantity"] = {"value": round(pred.ood_score, 4), "unit": "ratio", "system": _UCUM, "code": "1"}
+    else:
+        obs["dataAbsentReason"] = {"text": "not computable (non-finite input)"}
+    return obs
+
+
+def _warnings(pred: Prediction) -> str:
+    parts = []
+    if pred.out_of_distribution:
+        parts.append("The image is out of distribution (unlike the validation images): do not rely on this result.")
+    if pred.intended_use == "out-of-scope":
+        parts.append(f"The input is outside the model's intended use ({pred.scope_reason}).")
+    elif pred.intended_use == "not-checkable":
+        parts.append(f"The intended use could not be checked: {pred.scope_reason}.")
+    return " ".join(parts)
+
+
 def _summary(pred: Prediction, info: ModelInfo) -> str:
     if info.task is Task.MULTILABEL:
         found = pred.label.replace(";", ", ") or "none of the labels"
@@ -114,15 +159,19 @@ def diagnostic_report(pred: Prediction, info: ModelInfo, *, issued: str | None =
     """One validated FHIR ``DiagnosticReport`` (a dict) for one prediction, with its findings contained."""
     issued = issued or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     findings = [_observation(i, label, p, pred, info) for i, (label, p) in enumerate(pred.probabilities.items())]
-    summary = _summary(pred, info)
+    if pred.out_of_distribution is not None:
+        findings.append(_ood_observation(pred, info))
+    summary = " ".join(x for x in (_summary(pred, info), _warnings(pred)) if x)
     rows = "".join(f"<li>{html.escape(label)}: {p:.3f}</li>" for label, p in pred.probabilities.items())
     div = (f'<div xmlns="{_XHTML}"><p><b>{html.escape(summary)}</b></p><ul>{rows}</ul>'
            f"<p>Model {html.escape(info.name)} ({html.escape(info.architecture)}, {info.precision}), "
            f"sha256 {info.sha256[:16]}...</p><p><b>{html.escape(DISCLAIMER)}</b></p></div>")  # fmt: skip
+    tags = [{"system": "urn:edgekd", "code": "decision-support", "display": "not a diagnosis"}]
+    tags += [{"system": "urn:edgekd", "code": f.replace(" ", "-"), "display": f} for f in pred.flags]
     report = {
         "resourceType": "DiagnosticReport",
         "id": str(uuid.uuid4()),
-        "meta": {"tag": [{"system": "urn:edgekd", "code": "decision-support", "display": "not a diagnosis"}]},
+        "meta": {"tag": tags},
         "text": {"status": "generated", "div": div},
         "contained": [_device(info), *findings],
         "identifier": [{"system": "urn:edgekd:input", "value": pred.source or "request"}],
@@ -135,19 +184,24 @@ def diagnostic_report(pred: Prediction, info: ModelInfo, *, issued: str | None =
     return validate_resource(report)
 
 
-def _outcome(skipped: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    issues = [{"severity": "error", "code": "processing", "diagnostics": f"{src}: {reason} (skipped)"}
-              for src, reason in skipped]  # fmt: skip
+def operation_outcome(skipped: Sequence[tuple[str, ...]]) -> dict[str, Any]:
+    """A validated ``OperationOutcome`` for inputs without a report: ``(source, reason[, kind])`` each."""
+    issues = []
+    for src, reason, *kind in skipped:
+        refused = bool(kind) and kind[0] != "unreadable"
+        issues.append({"severity": "error", "code": "not-supported" if refused else "processing",
+                       "diagnostics": f"{src}: {reason} ({'refused' if refused else 'skipped'})"})  # fmt: skip
     return validate_resource({"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues})
 
 
-def fhir_bundle(preds: Sequence[Prediction], info: ModelInfo, skipped: Sequence[tuple[str, str]] = ()) -> dict:
+
+def fhir_bundle(preds: Sequence[Prediction], info: ModelInfo, skipped: Sequence[tuple[str, ...]] = ()) -> dict:
     """A FHIR ``Bundle`` of type ``collection``: one DiagnosticReport per prediction, then an
     ``OperationOutcome`` listing the skipped inputs (when any)."""
     issued = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     resources = [diagnostic_report(p, info, issued=issued) for p in preds]
     if skipped:
-        resources.append(_outcome(skipped))
+        resources.append(operation_outcome(skipped))
     bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "collection", "timestamp": issued,
               "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources]}  # fmt: skip
     return validate_resource(bundle)

@@ -28,9 +28,11 @@ from PIL import Image, UnidentifiedImageError
 
 from edgekd.data import UnsupportedImage, decode_dicom_bytes, image_info
 from edgekd.data import decode_image as decode_pil_image
+from edgekd.data._dicom import dicom_attributes, non_image_kind
 from edgekd.errors import ArtifactError, InvalidInputError
 
-__all__ = ["IMAGE_EXTS", "MAX_PIXELS", "InputFile", "collect_inputs", "decode_image", "is_dicom", "read_image"]
+__all__ = ["IMAGE_EXTS", "MAX_PIXELS", "InputFile", "collect_inputs", "decode_image", "is_dicom", "read_image",
+           "read_bytes", "input_attributes", "non_image_reason"]
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"})
 MAX_PIXELS = 64_000_000  # a decompression bomb (a tiny file claiming a huge image) is refused before decoding
@@ -135,13 +137,31 @@ def decode_image(data: bytes, channels: int, *, depth: int = 8) -> np.ndarray:
         raise ArtifactError(f"corrupt or truncated image ({reason})") from e
 
 
-def read_image(path: Path, channels: int, *, depth: int = 8) -> np.ndarray:
-    """Read and decode one image file (see :func:`decode_image`)."""
+def read_bytes(path: Path) -> bytes:
+    """The bytes of one input file, within :data:`MAX_FILE_BYTES`."""
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ArtifactError(f"file of {size:,} bytes exceeds the {MAX_FILE_BYTES:,}-byte limit")
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise ArtifactError(f"cannot read the file ({e.strerror or type(e).__name__})") from None
-    return decode_image(data, channels, depth=depth)
+
+
+def read_image(path: Path, channels: int, *, depth: int = 8) -> np.ndarray:
+    """Read and decode one image file (see :func:`decode_image`)."""
+    return decode_image(read_bytes(path), channels, depth=depth)
+
+
+def input_attributes(data: bytes) -> dict[str, str] | None:
+    """The intended-use attributes of DICOM bytes (header only; see :func:`edgekd.data._dicom.dicom_attributes`),
+    None for other formats (PNG, JPEG...), which carry no modality or body part."""
+    return dicom_attributes(data) if is_dicom(data) else None
+
+
+def non_image_reason(attributes: dict[str, str] | None) -> str | None:
+    """Why a DICOM object is never classified (a segmentation, report, RT object...), else None."""
+    kind = non_image_kind(attributes) if attributes is not None else None
+    if kind is None:
+        return None
+    return f"a DICOM {kind} object, not an image to classify (never classified)"

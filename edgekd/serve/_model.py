@@ -6,10 +6,16 @@ prediction (``verify=False`` skips this and is reported as ``verified: false``).
 bundle's primary one (the first in the manifest: INT8 for a quantized bundle, FP32 for an exported one)
 unless ``precision`` names another; it runs in ONNX Runtime on the CPU. A model directory runs in PyTorch.
 
-Binary tasks decide at an *operating threshold* on P(positive class) (label index 1): the first of
-``operating_threshold``, ``decision_threshold``, ``threshold`` found in the bundle manifest's ``extra``, then
-in its ``metrics`` sections (the model card's ``extra`` for a model directory), else 0.5. Where it came from
-is recorded in :attr:`ModelInfo.threshold_source`.
+Binary tasks decide at an *operating threshold* on P(positive class) (label index 1): the operating point
+that ``edgekd run`` (or ``export`` / ``quantize --target-sensitivity``) chose on validation
+(``manifest.extra.operating_point``), else the first of ``operating_threshold``, ``decision_threshold``,
+``threshold`` found in the bundle manifest's ``extra``, then in its ``metrics`` sections (the model card's
+``extra`` for a model directory), else 0.5. Where it came from is recorded in :attr:`ModelInfo.threshold_source`.
+
+Every prediction also carries the model's *intended use* check (:class:`~edgekd.specs.IntendedUse`, from the
+manifest or model card) and an *out-of-distribution score* (:mod:`._ood`) from the reference the bundle carries
+(``drift_reference.npz``; a model directory's own, when it matches its weights). For a bundle the penultimate
+features come from its ONNX graph, added as an extra session output at load time (the file is unchanged).
 
 Example:
     >>> model = load_model("bundles/student-int8")
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from edgekd.data import Preprocess, Task
 from edgekd.errors import ArtifactError, InvalidInputError
@@ -38,15 +45,18 @@ from edgekd.export import (
     Manifest,
     TensorInfo,
     check_isa,
+    feature_session,
+    feature_tensor,
     onnx_io,
-    ort_session,
     read_manifest,
     safe_model_name,
-    torch_logits,
     verify_bundle,
 )
 from edgekd.metrics import probabilities
 from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, load_model_dir, read_json, sha256_file, validate_file
+from edgekd.monitor import Reference, logits_and_features, read_reference
+from edgekd.serve._ood import OODScore, OODScorer
+from edgekd.specs import IntendedUse, ScopeCheck
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -83,6 +93,8 @@ class ModelInfo:
         threshold: the operating threshold of a binary task (``None`` otherwise).
         threshold_source: where the threshold came from.
         verified: whether the bundle's hashes and parity were checked at load time.
+        intended_use: what the model is meant to classify (None: not recorded).
+        ood_reference: the out-of-distribution reference used, or why there is none.
     """
 
     name: str
@@ -98,9 +110,12 @@ class ModelInfo:
     threshold: float | None
     threshold_source: str
     verified: bool
+    intended_use: IntendedUse | None = None
+    ood_reference: str = "none"
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "task": self.task.value, "labels": list(self.labels)}
+        use = self.intended_use.model_dump(mode="json") if self.intended_use is not None else None
+        return {**asdict(self), "task": self.task.value, "labels": list(self.labels), "intended_use": use}
 
 
 @dataclass(frozen=True)
@@ -112,29 +127,67 @@ class Prediction:
         label: the most probable class (multi-label: the labels at or above the threshold, ``;``-joined).
         probabilities: per class name (softmax; sigmoid per label for multi-label tasks).
         decision: binary tasks: the class decided at the operating threshold on P(label 1).
+        ood_score, out_of_distribution, ood_spaces: see :mod:`edgekd.serve._ood` (None without a reference).
+        intended_use: the input checked against the model's intended use: ``in-scope``, ``out-of-scope``
+            (answered only with ``--allow-out-of-scope``), ``not-checkable`` or ``unrestricted``.
+        scope_reason: why, when not in scope.
     """
 
     source: str
     label: str
     probabilities: dict[str, float]
     decision: str | None = None
+    ood_score: float | None = None
+    out_of_distribution: bool | None = None
+    ood_spaces: dict[str, float | None] | None = None
+    intended_use: str = "unrestricted"
+    scope_reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def flags(self) -> list[str]:
+        """What a reader must know before trusting this answer (empty: nothing)."""
+        out = []
+        if self.out_of_distribution:
+            out.append("out of distribution")
+        if self.intended_use in ("out-of-scope", "not-checkable"):
+            out.append(self.intended_use.replace("-", " "))
+        return out
+
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+FEATURES = "edgekd_penultimate_features"  # the key of the features in run() results (never served)
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to run: :meth:`prepare` images, :meth:`run` tensors, :meth:`classify` logits."""
+    """A model ready to run: :meth:`prepare` images, :meth:`run` tensors, :meth:`classify` logits.
+
+    ``runner`` returns the model's outputs in order, then (when ``has_features``) its penultimate features.
+    """
 
     info: ModelInfo
     preprocess: Preprocess
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     runner: Runner
+    has_features: bool = False
+    ood: OODScorer | None = None
+    intended_use: IntendedUse | None = None
+
+    def check_scope(self, attributes: dict[str, str] | None) -> ScopeCheck:
+        """An input's DICOM attributes (None: no DICOM header) against the intended use."""
+        if self.intended_use is None:
+            return ScopeCheck("unrestricted")
+        return self.intended_use.check(attributes)
+
+    def ood_scores(self, x: np.ndarray, results: dict[str, np.ndarray]) -> list[OODScore] | None:
+        """Per-row OOD scores of the preprocessed batch ``x`` given :meth:`run`'s results (None: no reference)."""
+        if self.ood is None:
+            return None
+        return self.ood.score(x, results.get(FEATURES))
 
     @property
     def static_batch(self) -> int | None:
@@ -146,17 +199,23 @@ class LoadedModel:
         """All outputs by name for already validated ``feeds`` (a static batch runs in chunks)."""
         fixed = self.static_batch
         rows = len(next(iter(feeds.values())))
+        names = [o.name for o in self.outputs] + ([FEATURES] if self.has_features else [])
         if fixed is None or rows == fixed:
-            return dict(zip((o.name for o in self.outputs), self.runner(feeds)))
+            return dict(zip(names, self.runner(feeds)))
         if rows % fixed:
             raise InvalidInputError(f"{self.info.name} has a static batch of {fixed}; got {rows} rows")
         parts = [self.runner({k: v[i : i + fixed] for k, v in feeds.items()}) for i in range(0, rows, fixed)]
-        return {o.name: np.concatenate([p[j] for p in parts]) for j, o in enumerate(self.outputs)}
+        return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """The first output (the logits) for a preprocessed float32 batch ``[N, C, H, W]``."""
-        out = self.run({self.inputs[0].name: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.asarray(out[self.outputs[0].name], dtype=np.float32)
+        return self.forward(x)[0]
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[OODScore] | None]:
+        """Logits and OOD scores of a preprocessed float32 batch ``[N, C, H, W]`` (one model call)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = self.run({self.inputs[0].name: x})
+        return np.asarray(out[self.outputs[0].name], dtype=np.float32), self.ood_scores(x, out)
 
     def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """The bundle's preprocessing on raw ``uint8 [C, H, W]`` images (any size) -> float32 ``[N, C, H, W]``."""
@@ -169,22 +228,31 @@ class LoadedModel:
             return np.zeros((0, pre.in_chans, *pre.input_size), np.float32)
         return np.concatenate([pre.numpy(im[None]) for im in images])
 
-    def classify(self, logits: np.ndarray, sources: Sequence[str]) -> list[Prediction]:
-        """Labels, per-class probabilities and, for binary tasks, the decision at the operating threshold."""
+    def classify(self, logits: np.ndarray, sources: Sequence[str], *, ood: Sequence[OODScore] | None = None,
+                 scopes: Sequence[ScopeCheck] | None = None) -> list[Prediction]:  # fmt: skip
+        """Labels, per-class probabilities and, for binary tasks, the decision at the operating threshold; with
+        the OOD scores and intended-use checks of the rows when given."""
         info = self.info
         probs = probabilities(logits, info.task)
         out = []
-        for src, p in zip(sources, probs):
+        for i, (src, p) in enumerate(zip(sources, probs)):
             per_class = {name: float(v) for name, v in zip(info.labels, p)}
+            extra: dict[str, Any] = {}
+            if ood is not None:
+                s = ood[i].to_json()
+                extra.update(ood_score=s["ood_score"], out_of_distribution=s["out_of_distribution"],
+                             ood_spaces=s["ood_spaces"])  # fmt: skip
+            scope = scopes[i] if scopes is not None else self.check_scope(None)
+            extra.update(intended_use=scope.status, scope_reason=scope.reason)
             if info.task is Task.MULTILABEL:
                 label = ";".join(n for n, v in per_class.items() if v >= DEFAULT_THRESHOLD)
-                out.append(Prediction(str(src), label, per_class))
+                out.append(Prediction(str(src), label, per_class, **extra))
                 continue
             label = info.labels[int(np.argmax(p))]
             decision = None
             if info.task is Task.BINARY and info.threshold is not None:
                 decision = info.labels[1] if p[1] >= info.threshold else info.labels[0]
-            out.append(Prediction(str(src), label, per_class, decision))
+            out.append(Prediction(str(src), label, per_class, decision, **extra))
         return out
 
 
@@ -197,12 +265,26 @@ def _threshold(task: Task, *sections: Any, where: str, override: float | None) -
     else:
         found = next(((sec[k], f"{name}.{k}") for name, sec in sections if isinstance(sec, dict)
                       for k in _THRESHOLD_KEYS if k in sec), None)  # fmt: skip
+        point = next((sec["operating_point"] for _, sec in sections if isinstance(sec, dict)
+                      and isinstance(sec.get("operating_point"), dict) and "threshold" in sec["operating_point"]), None)  # fmt: skip
+        if point is not None:
+            found = (point["threshold"], _point_source(point))
     if found is None:
         return DEFAULT_THRESHOLD, f"default: the {where} records no operating threshold"
     value, source = found
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
         raise InvalidInputError(f"operating threshold {value!r} ({source}) is not a probability in (0, 1)")
     return float(value), source
+
+
+def _point_source(point: dict[str, Any]) -> str:
+    """``operating point: sensitivity >= 0.95 on the validation split of D by F (val sensitivity 0.953, ...)``."""
+    try:
+        return (f"operating point: sensitivity >= {float(point['target_sensitivity']):g} on the "
+                f"{point.get('source', 'validation split')} (there: sensitivity {float(point['sensitivity']):.3f}, "
+                f"specificity {float(point['specificity']):.3f})")  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return "manifest.extra.operating_point"
 
 
 def _pick_file(m: Manifest, precision: str | None, root: Path) -> tuple[str, str]:
@@ -240,12 +322,28 @@ def _load_bundle(root: Path, *, name: str | None, precision: str | None, thresho
     t, t_src = _threshold(m.task, ("manifest.extra", m.extra),
                           *((f"manifest.metrics.{k}", v) for k, v in m.metrics.items()),
                           where="bundle", override=threshold)  # fmt: skip
-    session = ort_session(root / file, threads=threads)
     inputs, outputs = onnx_io(root / file)
+    reference, why = _bundle_reference(root, m)
+    features = feature_tensor(root / file) if reference is not None and "features" in reference.spaces else None
+    session = feature_session(root / file, features, threads=threads)
+    pre = _read_preprocess(root)
+    scorer = OODScorer.load(reference, pre, where=f"{root.name}/drift_reference.npz")
     info = ModelInfo(name=name or safe_model_name(m.name), architecture=m.name, source=str(root), kind="bundle",
                      file=file, precision=prec, sha256=sha, version=m.created, task=m.task,
-                     labels=tuple(m.label_names), threshold=t, threshold_source=t_src, verified=verify)  # fmt: skip
-    return LoadedModel(info, _read_preprocess(root), inputs, outputs, lambda feeds: session.run(None, feeds))
+                     labels=tuple(m.label_names), threshold=t, threshold_source=t_src, verified=verify,
+                     intended_use=m.intended_use, ood_reference=scorer.description if scorer else f"none: {why}")  # fmt: skip
+    return LoadedModel(info, pre, inputs, outputs, lambda feeds: session.run(None, feeds),
+                       has_features=features is not None, ood=scorer, intended_use=m.intended_use)  # fmt: skip
+
+
+def _bundle_reference(root: Path, m: Manifest) -> tuple[Reference | None, str]:
+    """The bundle's OOD reference and, without one, why."""
+    if m.ood is None:
+        return None, "the bundle predates out-of-distribution references: re-export it"
+    if not m.ood.get("available"):
+        return None, str(m.ood.get("reason") or "not available")
+    ref = read_reference(root)
+    return (ref, "") if ref is not None else (None, "drift_reference.npz is missing or of another format")
 
 
 def _load_model_dir(root: Path, *, name: str | None, threshold: float | None) -> LoadedModel:
@@ -255,11 +353,25 @@ def _load_model_dir(root: Path, *, name: str | None, threshold: float | None) ->
     h, w = pre.input_size
     inputs = [TensorInfo(name="input", shape=["batch", pre.in_chans, h, w], dtype="float32")]
     outputs = [TensorInfo(name="logits", shape=["batch", card.spec.num_classes], dtype="float32")]
+    reference = read_reference(root)
+    why = "the model directory holds no drift reference (pruned and imported models have none)"
+    if reference is not None and reference.meta.get("weights_sha256") not in (None, sha256_file(root / WEIGHTS_FILE)):
+        reference, why = None, "the drift reference was computed for other weights"
+    scorer = OODScorer.load(reference, pre, where=f"{root.name}/drift_reference.npz")
     info = ModelInfo(name=name or safe_model_name(card.spec.name), architecture=card.spec.name, source=str(root),
                      kind="model_dir", file=WEIGHTS_FILE, precision="fp32", sha256=sha256_file(root / WEIGHTS_FILE),
                      version=card.lineage.created, task=card.task, labels=tuple(card.label_names), threshold=t,
-                     threshold_source=t_src, verified=False)  # fmt: skip
-    return LoadedModel(info, pre, inputs, outputs, lambda feeds: [torch_logits(model, feeds["input"])])
+                     threshold_source=t_src, verified=False, intended_use=card.intended_use,
+                     ood_reference=scorer.description if scorer else f"none: {why}")  # fmt: skip
+    net = model.eval()
+    classes = card.spec.num_classes
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        logits, feats = logits_and_features(net, torch.from_numpy(np.ascontiguousarray(feeds["input"])), classes)
+        return [logits.numpy().astype(np.float32), feats.double().numpy()]
+
+    return LoadedModel(info, pre, inputs, outputs, run, has_features=True, ood=scorer,
+                       intended_use=card.intended_use)  # fmt: skip
 
 
 def load_model(

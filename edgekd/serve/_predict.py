@@ -5,9 +5,19 @@ An image that cannot be read is *skipped with its reason*: it appears in the out
 a CSV, ``skipped`` in JSON, an ``OperationOutcome`` in FHIR) and in :attr:`PredictResult.skipped`, and the
 CLI exits 4. The output file is written atomically and never replaces an existing file unless ``overwrite``.
 
+Inputs are checked against the model's intended use before they are classified (:class:`~edgekd.specs.IntendedUse`):
+a DICOM file outside it (another Modality, BodyPartExamined, ViewPosition or photometric family) is *refused*
+(``kind: out-of-scope``) unless ``allow_out_of_scope``, when it is answered with ``intended_use: out-of-scope``
+and the reason; a DICOM object that is no image (segmentation, report, RT object, waveform, presentation state,
+encapsulated document...) is refused whatever the flag (``kind: not-an-image``). A refused input is listed like
+a skipped one, and the CLI exits 3 when nothing was unreadable. Inputs without a DICOM header (PNG, JPEG, array
+data) cannot be checked: they are answered and marked ``intended_use: not-checkable`` when the model records an
+intended use. Every prediction also carries its out-of-distribution score and flag (:mod:`._ood`).
+
 Output formats, chosen by the file suffix:
 
-* ``.csv``: ``path, label, p_<class>..., [decision, threshold,] error``;
+* ``.csv``: ``path, label, p_<class>..., [decision, threshold,] ood_score, out_of_distribution, intended_use,
+  scope_reason, error``;
 * ``.json``: ``{"model": ..., "predictions": [...], "skipped": [...]}``;
 * ``.json`` with ``fhir=True``: a FHIR ``Bundle`` of ``DiagnosticReport`` s (see :mod:`._fhir`);
   ``.ndjson`` with ``fhir=True``: one resource per line (FHIR bulk-data style).
@@ -33,11 +43,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from edgekd.data import Task, load_data
+from edgekd.data._dicom import dicom_attributes
 from edgekd.errors import EdgeKDError, InvalidInputError
 from edgekd.modeldir import atomic_write_text
 from edgekd.serve._fhir import DISCLAIMER, fhir_bundle, require_fhir
-from edgekd.serve._images import InputFile, collect_inputs, read_image
+from edgekd.serve._images import InputFile, collect_inputs, decode_image, input_attributes, non_image_reason, read_bytes
 from edgekd.serve._model import LoadedModel, ModelInfo, Prediction, load_model
+from edgekd.specs import ScopeCheck
 
 __all__ = ["PredictResult", "Skipped", "predict", "write_predictions", "output_format", "OUTPUT_FORMATS"]
 
@@ -45,12 +57,29 @@ OUTPUT_FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "ndjson"}
 _PROGRESS_MIN = 256  # images; below this a run is short enough to need no bar
 
 
+SKIP_KINDS = ("unreadable", "out-of-scope", "not-an-image")
+
+
 @dataclass(frozen=True)
 class Skipped:
-    """An input that produced no prediction, and why."""
+    """An input that produced no prediction, and why: ``unreadable`` (missing, corrupt...), ``out-of-scope``
+    (outside the model's intended use) or ``not-an-image`` (a DICOM object that is never classified)."""
 
     source: str
     reason: str
+    kind: str = "unreadable"
+
+    @property
+    def refused(self) -> bool:
+        return self.kind != "unreadable"
+
+
+@dataclass(frozen=True)
+class _Input:
+    """An input read far enough to check it (its DICOM attributes, None for other formats); decoded later."""
+
+    attributes: dict[str, str] | None
+    decode: Any
 
 
 @dataclass
@@ -69,8 +98,16 @@ class PredictResult:
             "n_predicted": len(self.predictions),
             "n_skipped": len(self.skipped),
             "predictions": [p.to_json() for p in self.predictions],
-            "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
+            "skipped": [{"source": s.source, "reason": s.reason, "kind": s.kind} for s in self.skipped],
         }
+
+    @property
+    def unreadable(self) -> list[Skipped]:
+        return [s for s in self.skipped if not s.refused]
+
+    @property
+    def refused(self) -> list[Skipped]:
+        return [s for s in self.skipped if s.refused]
 
 
 def output_format(out: str | os.PathLike, *, fhir: bool = False) -> str:
@@ -93,12 +130,17 @@ def _csv_text(res: PredictResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "label", *(f"p_{n}" for n in info.labels), *(["decision", "threshold"] if binary else []),
-                "error"])  # fmt: skip
+                "ood_score", "out_of_distribution", "intended_use", "scope_reason", "error"])  # fmt: skip
     for p in res.predictions:
         probs = [f"{p.probabilities[n]:.6f}" for n in info.labels]
-        w.writerow([p.source, p.label, *probs, *([p.decision, f"{info.threshold:g}"] if binary else []), ""])
+        ood = ["" if p.ood_score is None else f"{p.ood_score:.4f}",
+               "" if p.out_of_distribution is None else str(p.out_of_distribution).lower()]  # fmt: skip
+        w.writerow([p.source, p.label, *probs, *([p.decision, f"{info.threshold:g}"] if binary else []), *ood,
+                    p.intended_use, p.scope_reason, ""])  # fmt: skip
     for s in res.skipped:
-        w.writerow([s.source, "", *([""] * len(info.labels)), *(["", ""] if binary else []), s.reason])
+        scope = [s.kind, s.reason] if s.refused else ["", ""]
+        w.writerow([s.source, "", *([""] * len(info.labels)), *(["", ""] if binary else []), "", "", *scope,
+                    s.reason])  # fmt: skip
     return buf.getvalue()
 
 
@@ -112,7 +154,7 @@ def write_predictions(res: PredictResult, out: str | os.PathLike, *, fhir: bool 
     fmt, path = output_format(out, fhir=fhir), Path(out)
     if path.exists() and not overwrite:
         raise InvalidInputError(f"{path} already exists", "pass --overwrite to replace it, or choose another --out")
-    skipped = [(s.source, s.reason) for s in res.skipped]
+    skipped = [(s.source, s.reason, s.kind) for s in res.skipped]
     if fmt == "csv":
         text = _csv_text(res)
     elif fmt == "json":
@@ -128,23 +170,34 @@ def write_predictions(res: PredictResult, out: str | os.PathLike, *, fhir: bool 
 
 
 def _data_items(spec: str, split: str, channels: int) -> Iterator[tuple[str, Any]]:
-    """(source, loader) for every item of one split of a data spec."""
+    """(source, loader) for every item of one split of a data spec (DICOM items carry their attributes)."""
     bundle = load_data(spec)
     ds = bundle.split(split)
     if bundle.channels != channels:
         raise InvalidInputError(f"data {spec} has {bundle.channels}-channel images; the model reads {channels}")
     paths = getattr(ds, "paths", None)
+    dicom = type(ds).__name__ == "DicomDataset"
     for i in range(len(ds)):
         source = str(paths[i]) if paths is not None else f"{bundle.spec}#{split}[{i}]"
-        yield source, (lambda i=i: ds[i][0].numpy())
+
+        def load(i: int = i) -> _Input:
+            attrs = dicom_attributes(paths[i]) if dicom else None
+            return _Input(attrs, lambda: ds[i][0].numpy())
+
+        yield source, load
 
 
 def _file_items(files: list[InputFile], channels: int, skipped: list[Skipped]) -> Iterator[tuple[str, Any]]:
     for f in files:
         if f.error is not None or f.path is None:
             skipped.append(Skipped(f.source, f.error or "not a file"))
-        else:
-            yield f.source, (lambda p=f.path: read_image(p, channels))
+            continue
+
+        def load(p: Any = f.path) -> _Input:
+            data = read_bytes(p)
+            return _Input(input_attributes(data), lambda: decode_image(data, channels))
+
+        yield f.source, load
 
 
 def _chunks(items: Iterator[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
@@ -164,20 +217,40 @@ def _progress(total: int, enabled: bool) -> Progress:
                     disable=not enabled or total < _PROGRESS_MIN)  # fmt: skip
 
 
+def check_input(model: LoadedModel, attributes: dict[str, str] | None, *, allow_out_of_scope: bool
+                ) -> tuple[ScopeCheck, Skipped | None]:  # fmt: skip
+    """The intended-use check of one input, and the refusal when it is refused (source filled in by the caller)."""
+    reason = non_image_reason(attributes)
+    if reason is not None:
+        return ScopeCheck("not-an-image", reason), Skipped("", reason, "not-an-image")
+    scope = model.check_scope(attributes)
+    if scope.status == "out-of-scope" and not allow_out_of_scope:
+        why = f"outside the model's intended use: {scope.reason} (--allow-out-of-scope answers it, flagged)"
+        return scope, Skipped("", why, "out-of-scope")
+    return scope, None
+
+
 def _run(model: LoadedModel, items: Iterator[tuple[str, Any]], total: int, batch: int, res: PredictResult,
-         progress: bool) -> None:  # fmt: skip
+         progress: bool, allow_out_of_scope: bool) -> None:  # fmt: skip
     with _progress(total, progress) as bar:
         task = bar.add_task("predict", total=total)
         for chunk in _chunks(items, batch):
-            images, sources = [], []
+            images, sources, scopes = [], [], []
             for source, load in chunk:
                 try:
-                    images.append(load())
+                    item = load()
+                    scope, refused = check_input(model, item.attributes, allow_out_of_scope=allow_out_of_scope)
+                    if refused is not None:
+                        res.skipped.append(Skipped(source, refused.reason, refused.kind))
+                        continue
+                    images.append(item.decode())
                     sources.append(source)
+                    scopes.append(scope)
                 except EdgeKDError as e:  # unreadable: reported with its reason, never dropped
                     res.skipped.append(Skipped(source, e.message))
             if images:
-                res.predictions += model.classify(model.logits(model.prepare(images)), sources)
+                logits, ood = model.forward(model.prepare(images))
+                res.predictions += model.classify(logits, sources, ood=ood, scopes=scopes)
             bar.advance(task, len(chunk))
 
 
@@ -196,6 +269,7 @@ def predict(
     verify: bool = True,
     threads: int = 0,
     progress: bool = True,
+    allow_out_of_scope: bool = False,
 ) -> PredictResult:
     """Classify images with a bundle (ONNX Runtime) or a model directory (PyTorch) and optionally write them.
 
@@ -209,9 +283,12 @@ def predict(
         overwrite: replace an existing ``out``.
         precision, threshold, verify, threads: see :func:`~edgekd.serve.load_model`.
         progress: a progress bar on stderr for long runs.
+        allow_out_of_scope: answer DICOM inputs outside the model's intended use (flagged) instead of refusing
+            them; objects that are no image are refused whatever this says.
 
     Returns:
-        A :class:`PredictResult`; inputs that could not be read are in ``skipped`` (and in the output file).
+        A :class:`PredictResult`; inputs that could not be read or were refused are in ``skipped`` (and in the
+        output file).
 
     Raises:
         InvalidInputError: no inputs, a bad batch size, output format or data spec, or ``out`` exists without
@@ -240,7 +317,7 @@ def predict(
     items: list[tuple[str, Any]] = list(_file_items(files, channels, res.skipped))
     if data is not None:
         items += list(_data_items(data, split, channels))
-    _run(loaded, iter(items), len(items), batch, res, progress)
+    _run(loaded, iter(items), len(items), batch, res, progress, allow_out_of_scope)
     if out is not None:
         res.out = write_predictions(res, out, fhir=fhir, overwrite=overwrite)
     return res

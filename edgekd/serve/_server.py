@@ -9,6 +9,15 @@ checked as a bearer token with a constant-time comparison on every route except 
 Bodies are limited in size (also after gzip/deflate decompression), queues are bounded (503 when full), and
 nothing about a request's content is logged.
 
+Answers a user can trust: ``/classify`` checks a DICOM body against the model's intended use and answers 422
+with the reason when it is outside it (``allow_out_of_scope``: answered, flagged) or is no image (a
+segmentation, report, RT object...: 422 whatever the setting); every answer carries the out-of-distribution
+score and flag, and ``/infer`` returns them as two extra outputs (``ood_score`` FP32 ``[-1]``,
+``out_of_distribution`` BOOL ``[-1]``) listed in the model's metadata when its bundle carries a reference.
+
+Shutdown (:meth:`InferenceServer.begin_drain`): readiness turns false (503) first, so a load balancer stops
+sending; requests in flight and those that still arrive during the drain are answered; then the server stops.
+
 Example:
     >>> server = InferenceServer({"tinycnn": load_model("bundles/tiny")}, ServeConfig(max_batch=16))
     >>> reply = await server.model_metadata("tinycnn", "")
@@ -32,9 +41,10 @@ from edgekd import __version__
 from edgekd.errors import ArtifactError, EdgeKDError, InvalidInputError
 from edgekd.serve._batcher import MicroBatcher, QueueFullError
 from edgekd.serve._fhir import DISCLAIMER, diagnostic_report
-from edgekd.serve._images import decode_image, is_dicom
+from edgekd.serve._images import decode_image, input_attributes, is_dicom, non_image_reason
 from edgekd.serve._metrics import Metrics
-from edgekd.serve._model import LoadedModel, is_bundle, load_model
+from edgekd.serve._model import FEATURES, LoadedModel, is_bundle, load_model
+from edgekd.serve._openapi import openapi_schema
 from edgekd.serve._protocol import (
     HEADER_LENGTH,
     ProtocolError,
@@ -43,6 +53,7 @@ from edgekd.serve._protocol import (
     parse_infer_request,
     tensor_spec,
 )
+from edgekd.specs import ScopeCheck
 
 __all__ = [
     "ServeConfig",
@@ -83,6 +94,9 @@ class ServeConfig:
         max_body_mb: the largest request body (after decompression); larger ones get 413.
         api_key: required as ``Authorization: Bearer KEY``; mandatory off loopback.
         fhir: the image endpoint answers a FHIR DiagnosticReport unless asked for ``?format=json``.
+        allow_out_of_scope: answer DICOM images outside the model's intended use (flagged) instead of 422.
+        drain_s: on SIGTERM, how long readiness reports false (503) while requests are still answered, before
+            the server stops accepting connections and finishes those in flight.
     """
 
     host: str = "127.0.0.1"
@@ -93,6 +107,8 @@ class ServeConfig:
     max_body_mb: float = 32.0
     api_key: str | None = field(default=None, repr=False)
     fhir: bool = False
+    allow_out_of_scope: bool = False
+    drain_s: float = 5.0
 
     @property
     def max_body_bytes(self) -> int:
@@ -107,7 +123,8 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port {self.port} is not in 0..65535")
         for name, value, low in (("max-batch", self.max_batch, 1), ("max-queue", self.max_queue, 1),
-                                 ("max-delay-ms", self.max_delay_ms, 0), ("max-body-mb", self.max_body_mb, 1e-6)):  # fmt: skip
+                                 ("max-delay-ms", self.max_delay_ms, 0), ("max-body-mb", self.max_body_mb, 1e-6),
+                                 ("drain-s", self.drain_s, 0)):  # fmt: skip
             if value < low:
                 raise InvalidInputError(f"--{name} must be >= {low:g}, got {value}")
         if self.api_key is not None and len(self.api_key) < MIN_API_KEY_LENGTH:
@@ -142,6 +159,21 @@ class _Served:
     batcher: MicroBatcher
 
 
+# The extra outputs of /infer for a model with an out-of-distribution reference.
+OOD_OUTPUTS = (TensorSpec("ood_score", "FP32", (-1,)), TensorSpec("out_of_distribution", "BOOL", (-1,)))
+
+
+def _ood_results(m: LoadedModel, x: Any, results: dict) -> dict:
+    """``ood_score`` / ``out_of_distribution`` arrays of one batch (empty without a reference)."""
+    import numpy as np
+
+    scores = m.ood_scores(np.asarray(x, dtype=np.float32), results)
+    if scores is None:
+        return {}
+    return {"ood_score": np.array([s.score for s in scores], dtype=np.float32),
+            "out_of_distribution": np.array([s.out_of_distribution for s in scores], dtype=np.bool_)}  # fmt: skip
+
+
 class InferenceServer:
     """Routes of the server as coroutines returning :class:`Reply`; start() before use, stop() after."""
 
@@ -150,13 +182,14 @@ class InferenceServer:
             raise InvalidInputError("no model to serve", "pass at least one bundle")
         self.config = config.check()
         self.metrics = Metrics()
+        self.draining = False
         self.models: dict[str, _Served] = {}
         for name, m in models.items():
             batcher = MicroBatcher(m.run, max_batch=config.max_batch, max_delay_s=config.max_delay_ms / 1000,
                                    max_queue=config.max_queue,
                                    on_batch=lambda rows, s, name=name: self.metrics.observe_batch(name, rows, s))  # fmt: skip
-            self.models[name] = _Served(m, [tensor_spec(t) for t in m.inputs], [tensor_spec(t) for t in m.outputs],
-                                        batcher)  # fmt: skip
+            outs = [tensor_spec(t) for t in m.outputs] + (list(OOD_OUTPUTS) if m.ood is not None else [])
+            self.models[name] = _Served(m, [tensor_spec(t) for t in m.inputs], outs, batcher)
 
     async def start(self) -> None:
         for s in self.models.values():
@@ -165,6 +198,12 @@ class InferenceServer:
     async def stop(self) -> None:
         for s in self.models.values():
             await s.batcher.stop()
+
+    def begin_drain(self) -> None:
+        """Readiness turns false (503); requests are still answered until the server stops."""
+        if not self.draining:
+            self.draining = True
+            _log.warning("draining: readiness is false; in-flight requests are answered before the server stops")
 
     # ---------------------------------------------------------------- auth, lookup, bodies
 
@@ -228,6 +267,8 @@ class InferenceServer:
         return _json({"live": True})
 
     async def ready(self) -> Reply:
+        if self.draining:
+            return _json({"ready": False, "reason": "shutting down"}, 503)
         return _json({"ready": True})
 
     async def server_metadata(self) -> Reply:
@@ -242,6 +283,8 @@ class InferenceServer:
 
     async def model_ready(self, name: str, version: str) -> Reply:
         self._served(name, version)
+        if self.draining:
+            return _json({"name": name, "ready": False}, 503)
         return _json({"name": name, "ready": True})
 
     async def infer(self, name: str, version: str, body: bytes, headers: Mapping[str, str]) -> Reply:
@@ -253,6 +296,8 @@ class InferenceServer:
         req = parse_infer_request(body, int(raw_len) if raw_len is not None else None, s.inputs, s.outputs,
                                   max_batch=self.config.max_batch)  # fmt: skip
         outputs = await self._run(name, s, req.inputs)
+        outputs.update(_ood_results(s.model, req.inputs[s.model.inputs[0].name], outputs))
+        outputs.pop(FEATURES, None)
         payload, hdrs = encode_infer_response(name, MODEL_VERSION, req, outputs)
         return Reply(200, payload, hdrs)
 
@@ -268,19 +313,41 @@ class InferenceServer:
             raise ProtocolError(415, f"Content-Type {ctype!r} is not an image type ({', '.join(_IMAGE_TYPES)})")
         m = s.model
         data = self.decode_body(body, headers.get("content-encoding"))
+        scope = self._check_scope(m, data)
         try:
             x = m.prepare([decode_image(data, m.preprocess.data_channels)])
         except EdgeKDError as e:  # DICOM that cannot be decoded here (no pixel data, no decoder...) is 415
             raise ProtocolError(415 if is_dicom(data) else 400, e.message) from None
         outputs = await self._run(name, s, {m.inputs[0].name: x})
-        pred = m.classify(outputs[m.outputs[0].name], ["request"])[0]
+        pred = m.classify(outputs[m.outputs[0].name], ["request"], ood=m.ood_scores(x, outputs), scopes=[scope])[0]
         if fmt == "fhir":
             return Reply(200, json.dumps(diagnostic_report(pred, m.info)).encode(),
                          {"Content-Type": "application/fhir+json"})  # fmt: skip
         info = m.info
         return _json({"model_name": name, "model_version": MODEL_VERSION, "label": pred.label,
                       "probabilities": pred.probabilities, "decision": pred.decision, "threshold": info.threshold,
-                      "threshold_source": info.threshold_source, "sha256": info.sha256, "disclaimer": DISCLAIMER})  # fmt: skip
+                      "threshold_source": info.threshold_source, "ood_score": pred.ood_score,
+                      "out_of_distribution": pred.out_of_distribution, "ood_spaces": pred.ood_spaces,
+                      "intended_use": pred.intended_use, "scope_reason": pred.scope_reason, "flags": pred.flags,
+                      "sha256": info.sha256, "disclaimer": DISCLAIMER})  # fmt: skip
+
+    def _check_scope(self, m: LoadedModel, data: bytes) -> ScopeCheck:
+        """The intended-use check of an image body; 422 when it is refused."""
+        try:
+            attrs = input_attributes(data)
+        except EdgeKDError as e:
+            raise ProtocolError(415, e.message) from None
+        reason = non_image_reason(attrs)
+        if reason is not None:
+            raise ProtocolError(422, reason)
+        scope = m.check_scope(attrs)
+        if scope.status == "out-of-scope" and not self.config.allow_out_of_scope:
+            raise ProtocolError(422, f"outside the model's intended use: {scope.reason} (the server answers such "
+                                     "images, flagged, only with --allow-out-of-scope)")  # fmt: skip
+        return scope
+
+    async def openapi(self) -> Reply:
+        return _json(openapi_schema(self))
 
     async def metrics_text(self) -> Reply:
         depth = {n: s.batcher.depth for n, s in self.models.items()}
