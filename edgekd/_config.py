@@ -36,6 +36,7 @@ from edgekd.errors import ArtifactError, InvalidInputError
 __all__ = [
     "StageConfig",
     "build_config",
+    "config_default",
     "config_fields",
     "read_yaml",
     "resolve_options",
@@ -55,13 +56,15 @@ class StageConfig(BaseModel):
     * ``flat_keys``: keys a file (or a :func:`build_config` caller) may write flat, mapped to their field path,
       e.g. ``{"epochs": "train.epochs", "teacher": "teachers"}`` (the CLI's names, or the layout of an older file);
     * ``exclusive``: groups of keys of which one layer's choice replaces the layer below's, e.g. the kinds of a
-      pruning target: ``--target-macs`` on the command line replaces the file's ``ratio`` instead of clashing.
+      pruning target: ``--target-macs`` on the command line replaces the file's ``ratio`` instead of clashing;
+    * ``input_keys``: other keys its own ``mode="before"`` validator turns into fields (``macs: 0.5`` of a target).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     flat_keys: ClassVar[Mapping[str, str]] = {}
     exclusive: ClassVar[tuple[frozenset[str], ...]] = ()
+    input_keys: ClassVar[frozenset[str]] = frozenset()
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -108,6 +111,31 @@ def config_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{name}"] = info
     return out
+
+
+def config_default(model: type[BaseModel], path: str) -> Any:
+    """The default of the field at dotted ``path`` (a section's own default wins over its class's defaults).
+
+    Raises:
+        KeyError: no such field, the field is required (it has no default), or it is in a section that is None
+            (off) by default.
+    """
+    head, _, rest = path.partition(".")
+    info = model.model_fields[head]
+    if info.is_required():
+        raise KeyError(path)
+    default = info.get_default(call_default_factory=True)
+    if not rest:
+        return default
+    if isinstance(default, BaseModel):
+        value = default
+        for part in rest.split("."):
+            value = getattr(value, part)
+        return value
+    sub = _section(model, head)
+    if sub is None or default is None:  # no such section, or it is off by default (e.g. no teacher cache)
+        raise KeyError(path)
+    return config_default(sub, rest)
 
 
 def build_config(
@@ -193,7 +221,7 @@ def _section(model: type[BaseModel] | None, name: str) -> type[StageConfig] | No
 
 def _valid_keys(model: type[BaseModel]) -> list[str]:
     flat = getattr(model, "flat_keys", {})
-    return sorted(set(model.model_fields) | set(flat))
+    return sorted(set(model.model_fields) | set(flat) | set(getattr(model, "input_keys", ())))
 
 
 def _unknown(path: str, key: str, model: type[BaseModel], where: str) -> InvalidInputError:
@@ -210,6 +238,9 @@ def _canonical(model: type[BaseModel], raw: Mapping[str, Any], where: str, prefi
     flat = getattr(model, "flat_keys", {})
     for k, v in raw.items():
         key = _key(k)
+        if key in getattr(model, "input_keys", ()):
+            out[key] = v
+            continue
         path = flat.get(key, key)
         head, _, rest = path.partition(".")
         if head not in model.model_fields:
