@@ -255,7 +255,9 @@ def _canonical(model: type[BaseModel], raw: Mapping[str, Any], where: str, prefi
         else:
             value = v
         out[head] = (
-            _merge(out[head], value, sub) if isinstance(out.get(head), dict) and isinstance(value, dict) else value
+            _merge(out[head], value, sub, layers=False)
+            if isinstance(out.get(head), dict) and isinstance(value, dict)
+            else value
         )
     return out
 
@@ -272,16 +274,20 @@ def _defaults(model: type[BaseModel]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any], model: type[BaseModel] | None) -> dict[str, Any]:
-    """Deep merge: ``over`` wins; sections merge key by key; an ``exclusive`` group of ``over`` replaces base's."""
+def _merge(
+    base: Mapping[str, Any], over: Mapping[str, Any], model: type[BaseModel] | None, *, layers: bool = True
+) -> dict[str, Any]:
+    """Deep merge: ``over`` wins; sections merge key by key. Between ``layers`` (file over defaults, flags over
+    the file) a key of an ``exclusive`` group in ``over`` drops base's other keys of the group; within one layer
+    (``layers=False``) they are kept, so that two kinds given together are refused by the config."""
     out = dict(base)
-    for group in getattr(model, "exclusive", ()):
+    for group in getattr(model, "exclusive", ()) if layers else ():
         if group & over.keys():
             for k in group - over.keys():
                 out.pop(k, None)
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v, _section(model, k))
+            out[k] = _merge(out[k], v, _section(model, k), layers=layers)
         else:
             out[k] = v
     return out

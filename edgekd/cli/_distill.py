@@ -60,6 +60,8 @@ from edgekd.pipeline import KDComparison, distill_with_baseline
 D, C, U = "Distillation", "Teacher cache", "Unlabelled data"
 # `baseline` chooses the library function (distill_with_baseline), so it is no key of DistillConfig.
 DISTILL_NOT_CONFIG = NOT_CONFIG | {"baseline"}
+# Options whose name is not a field of DistillConfig (the others are fields or its flat keys).
+DISTILL_FIELDS = {"teacher": "teachers", "loss": "losses", "teacher_weight": "teacher_weights"}
 
 
 def _opt(path: str, help: str, *decls: str, panel: str = D) -> object:
@@ -192,13 +194,7 @@ def distill(
         launch_nproc(nproc, sys.argv[1:])  # re-runs this command under torch.distributed.run
     check_report_path(json_out)
     flags = {k: v for k, v in locals().items() if k not in DISTILL_NOT_CONFIG | {"ctx"}}
-    settings = cli_config(
-        ctx,
-        DistillConfig,
-        config,
-        flags,
-        {"teacher": "teachers", "loss": "losses", "teacher_weight": "teacher_weights"},
-    )
+    settings = cli_config(ctx, DistillConfig, config, flags, DISTILL_FIELDS)
     if not settings.teachers:
         raise InvalidInputError("no teacher given", "pass --teacher DIR (a model directory from `edgekd train`)")
     if baseline:

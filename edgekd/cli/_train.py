@@ -62,6 +62,7 @@ from edgekd.serve import evaluate_bundle, is_bundle
 PANEL_MODEL, PANEL_OPT, PANEL_RUN = "Model", "Optimisation", "Run"
 # Options whose name is not a key of DistillConfig (the others are fields or its flat keys: epochs, lr, ...).
 TRAIN_FIELDS = {"model": "student"}
+TRAIN_NOT_CONFIG = NOT_CONFIG
 
 
 @app.command(rich_help_panel=PANEL_TRAIN)
@@ -131,7 +132,7 @@ def train(
     if nproc > 1 and not under_launcher():
         launch_nproc(nproc, sys.argv[1:])  # re-runs this command under torch.distributed.run
     check_report_path(json_out)
-    flags = {k: v for k, v in locals().items() if k not in NOT_CONFIG | {"ctx"}}
+    flags = {k: v for k, v in locals().items() if k not in TRAIN_NOT_CONFIG | {"ctx"}}
     settings = cli_config(ctx, DistillConfig, config, flags, TRAIN_FIELDS)
     card = train_model(settings, out, overwrite=overwrite, progress=not quiet)
     if not quiet and json_out != "-":
