@@ -97,7 +97,11 @@ def validate(model: type[M], values: Mapping[str, Any], where: str = "option") -
     try:
         return model.model_validate(dict(values))
     except ValidationError as e:
-        raise InvalidInputError(validation_message(e, where)) from None
+        err = e.errors()[0]
+        if not err.get("loc"):  # a check of the whole config: its message says what to change
+            raise InvalidInputError(str(err.get("msg", "invalid")).removeprefix("Value error, ")) from None
+        hint = "give it in the config file or with its flag" if err.get("type") == "missing" else None
+        raise InvalidInputError(validation_message(e, where), hint) from None
 
 
 def config_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
