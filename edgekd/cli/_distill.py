@@ -106,9 +106,9 @@ def distill(
     pretrained_teacher: Annotated[
         bool | None, _opt("pretrained_teacher", "Allow a registry-name teacher with its pretrained weights.")
     ] = None,
-    trust_pickle: Annotated[
-        bool | None, _opt("trust_pickle", "Allow ckpt: teachers that are pickled models (runs code).")
-    ] = None,
+    trust_pickle: Annotated[  # False, not None: every trust_pickle parameter defaults to False (a security audit)
+        bool, _opt("trust_pickle", "Allow ckpt: teachers that are pickled models (runs code).")
+    ] = False,
     cache_teacher: Annotated[
         bool | None,
         _opt(

@@ -411,7 +411,8 @@ def quantize_model_dir(
                               precision=precision),
                    BundleFile(source=ref_onnx, name=fp32.name, precision=Precision.FP32)]  # fmt: skip
         extra = {"quantization": {**result.model_dump(mode="json", exclude={"out"}),
-                                  "fp32_reference": "qat-tuned" if ref_onnx != fp32 else "source"}}  # fmt: skip
+                                  "fp32_reference": "qat-tuned" if ref_onnx != fp32 else "source",
+                                  "config": cfg.model_dump(mode="json")}}  # fmt: skip
         card_q = _quantized_card(
             card,
             source,
