@@ -66,6 +66,17 @@ class StageConfig(BaseModel):
     exclusive: ClassVar[tuple[frozenset[str], ...]] = ()
     input_keys: ClassVar[frozenset[str]] = frozenset()
 
+    @classmethod
+    def build(
+        cls: type[S],
+        config_path: str | os.PathLike | None = None,
+        given: Mapping[str, Any] | None = None,
+        *,
+        section: str | None = None,
+    ) -> S:
+        """:func:`build_config` for this config: ``PruneConfig.build("prune.yaml", {"steps": 2})``."""
+        return build_config(cls, config_path, given, section=section)
+
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping safely; keys are normalised from ``kebab-case`` to ``snake_case``."""

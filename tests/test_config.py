@@ -56,6 +56,7 @@ def test_defaults_file_given_precedence_and_deep_merge(tmp_path):
     assert cfg.train.lr == 0.25  # given wins over the file
     assert cfg.train.warmup_epochs == 0.0  # the section's default of this stage, not TrainConfig's 1.0
     assert build_config(_Stage, None, {}).train.lr == 1e-3
+    assert _Stage.build(path, {"steps": 2}).steps == 2
 
 
 def test_exclusive_group_replaced_by_the_upper_layer(tmp_path):
