@@ -168,7 +168,7 @@ def _is_key(model: type[BaseModel], path: str) -> bool:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_option_is_a_config_key_with_no_default_of_its_own(command):
+def test_every_option_is_a_config_key_and_has_no_default_of_its_own(command):
     model, _, _, fields, not_config = COMMANDS[command]
     click_cmd = typer.main.get_command(app).commands[command]
     options = [p for p in click_cmd.params if p.param_type_name == "option" and p.name != "help"]
