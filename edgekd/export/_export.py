@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from edgekd._config import validate
+from edgekd._config import build_config
 from edgekd._io import check_output
 from edgekd.errors import VerificationError
 from edgekd.export._bundle import MANIFEST_FILE, BundleFile, Manifest, Reference, write_bundle
@@ -89,7 +89,7 @@ def resolve_export_config(cfg: ExportConfig | None = None, **options: Any) -> Ex
     if not options:
         return cfg if cfg is not None else ExportConfig()
     base = cfg.model_dump(exclude_unset=True) if cfg is not None else {}
-    return validate(ExportConfig, {**base, **options})
+    return build_config(ExportConfig, None, {**base, **options})
 
 
 def _write_files(job: FileJob) -> list[Finding]:

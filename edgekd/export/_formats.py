@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from edgekd._config import StageConfig
 from edgekd.errors import InvalidInputError, VerificationError
 from edgekd.export._bundle import BundleFile, Manifest
 from edgekd.export._fp16 import to_fp16
@@ -277,7 +278,7 @@ FORMATS: dict[str, ExportFormat] = _table(
     ExportFormat(
         "onnx",
         FormatKind.FILE,
-        "FP32 ONNX graph (always exported: the parity reference)",
+        "FP32 ONNX graph, always exported as the parity reference",
         write_onnx,
         suffix=".onnx",
         onnx=True,
@@ -296,7 +297,7 @@ FORMATS: dict[str, ExportFormat] = _table(
     ExportFormat(
         "engine",
         FormatKind.FILE,
-        "TensorRT engine (needs a GPU)",
+        "TensorRT engine, needs a GPU",
         write_engine,
         suffix=".engine",
         target="tensorrt",
@@ -366,7 +367,7 @@ def _check_combination(names: list[str]) -> None:
         )
 
 
-class ExportConfig(BaseModel):
+class ExportConfig(StageConfig):
     """Settings of `edgekd export` (CLI flags, ``--config`` YAML, :func:`~edgekd.export.export_bundle`, and the
     ``export:`` section of `edgekd run`).
 
@@ -390,8 +391,6 @@ class ExportConfig(BaseModel):
             ``edgekd predict`` / ``serve`` then decide at. The out-of-distribution reference
             (``drift_reference.npz``) is computed on the same pass whenever the data loads.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     formats: list[str] = Field(default_factory=lambda: ["onnx"])
     opset: int = Field(17, ge=MIN_OPSET, le=MAX_OPSET)
