@@ -27,9 +27,10 @@ from torch import nn
 from edgekd._config import build_config
 from edgekd._io import check_output
 from edgekd.errors import VerificationError
-from edgekd.export._bundle import MANIFEST_FILE, BundleFile, Manifest, Reference, write_bundle
+from edgekd.export._bundle import BundleFile, Reference, write_bundle
 from edgekd.export._formats import FORMATS, ExportConfig, FileJob, FormatKind, OutputJob
 from edgekd.export._lint import Finding, lint_errors, lint_onnx
+from edgekd.export._manifest import MANIFEST_FILE, Manifest
 from edgekd.export._ood import BundleCheck, validate_bundle_file, validation_data
 from edgekd.export._parity import make_samples, torch_logits
 from edgekd.modeldir import WEIGHTS_FILE, ModelCard, load_model_dir, sha256_file

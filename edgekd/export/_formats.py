@@ -36,8 +36,9 @@ from torch import nn
 
 from edgekd._config import StageConfig
 from edgekd.errors import InvalidInputError, VerificationError
-from edgekd.export._bundle import BundleFile, Manifest
+from edgekd.export._bundle import BundleFile
 from edgekd.export._fp16 import to_fp16
+from edgekd.export._manifest import Manifest
 from edgekd.export._monai import export_monai_bundle, require_monai
 from edgekd.export._onnx import EXPORTERS, MAX_OPSET, MIN_OPSET, export_onnx
 from edgekd.export._parity import ParityResult, Samples, parity_check
