@@ -238,7 +238,7 @@ def test_changed_key_reruns_that_stage_and_later_ones(full_run):
     for name in ("int8-cpu-x86", "eval-int8-cpu-x86", "bench"):
         assert status[name] == "ran", (name, status)
     assert "report" not in status  # --no-report
-    assert read_record(tmp / "run", "int8-cpu-x86").settings["calib_samples"] == 24
+    assert read_record(tmp / "run", "int8-cpu-x86").settings["quantize"]["calib_samples"] == 24
 
 
 def test_run_refuses_a_foreign_directory(tmp_path):
