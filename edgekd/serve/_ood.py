@@ -66,8 +66,9 @@ class OODScorer:
             return None
         m = reference.meta
         by = f", by {m['model_file']}" if m.get("model_file") else ""
-        desc = (f"{where or 'drift_reference.npz'}: {' + '.join(reference.spaces)} spaces, {m.get('images')} "
-                f"{m.get('split', 'val')} images of {m.get('data')}{by}; flagged beyond the "
+        fit = f" (fitted on {m['fit_images']} {m['fit']} images)" if m.get("fit") else ""
+        desc = (f"{where or 'drift_reference.npz'}: {' + '.join(reference.spaces)} spaces{fit}, calibrated on "
+                f"{m.get('images')} {m.get('split', 'val')} images of {m.get('data')}{by}; flagged beyond the "
                 f"{100 * OOD_QUANTILE:g}th percentile of the combined score")  # fmt: skip
         return cls(reference, preprocess, ood_levels(reference), desc)
 
