@@ -32,6 +32,7 @@ from edgekd.monitor import read_reference
 from edgekd.monitor._reference import image_statistics
 from edgekd.quantize import QuantizeConfig, quantize_model_dir
 from edgekd.serve import evaluate_bundle, fhir_bundle, load_model, predict
+from edgekd.serve._model import FEATURES
 from edgekd.specs import IntendedUse
 
 from .test_dicom import write_dicom
@@ -190,6 +191,23 @@ def test_bundles_carry_a_reference_computed_by_their_own_file(trusted):
         assert m.ood["feature_tensor"] == feature_tensor(trusted[b] / file) and m.ood["spaces"] == ["features", "image"]
         ref = read_reference(trusted[b])
         assert ref.meta["model_file"] == file and ref.meta["images"] == len(load_data(DATA).val) >= 100
+
+
+def test_references_are_fitted_on_train_and_calibrated_on_held_out_validation_images(trusted):
+    """The stored distances are the validation images' under the deployed Gaussian, by the bundle's own file;
+    the Gaussian itself is fitted on the training split (tests/test_ood.py pins why)."""
+    data = load_data(DATA)
+    for b in ("model", "fp32", "int8"):
+        meta = read_reference(trusted[b]).meta
+        assert meta["fit"] == "train" and meta["fit_images"] == len(data.train) and meta["calibrated_on"] == "val"
+    for b in ("fp32", "int8"):
+        assert read_manifest(trusted[b]).ood["calibrated_on"] == "val"
+        model, ref = load_model(trusted[b]), read_reference(trusted[b])
+        x = model.prepare([data.val[i][0].numpy() for i in range(len(data.val))])
+        features = model.run({model.inputs[0].name: x})[FEATURES]
+        np.testing.assert_allclose(ref.spaces["features"].ref_d2, ref.d2("features", features), rtol=1e-4)
+        image = input_statistics(x, model.preprocess)
+        np.testing.assert_allclose(ref.spaces["image"].ref_d2, ref.d2("image", image), rtol=1e-4)
 
 
 def test_mahalanobis_and_image_statistics_match_reference_implementations(trusted):

@@ -4,7 +4,9 @@ Both are computed when the bundle is written, by the bundle's own primary ONNX f
 bundle) on the validation split of the model's data, so that the deployed file's numbers are the ones checked:
 
 * **out-of-distribution reference** (``drift_reference.npz``, the format of a model directory's, see
-  :mod:`edgekd.monitor`): Gaussian references of the *penultimate features* and of the 13 *image statistics*.
+  :mod:`edgekd.monitor`): Gaussian references of the *penultimate features* and of the 13 *image statistics*,
+  fitted on the training split (at most :data:`~edgekd.monitor.MAX_FIT_IMAGES` images) and calibrated on the
+  held-out validation split.
   The features are read from the ONNX graph itself: the input of the classifier (the last ``Gemm`` /
   ``MatMul`` before the logits, through any ``DequantizeLinear`` / ``QuantizeLinear`` / ``Cast``), added as
   an extra graph output when a session is created (:func:`feature_session`; the file is not changed, so its
@@ -30,12 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from edgekd.data import DataBundle, load_data, make_loader
 from edgekd.errors import ArtifactError
 from edgekd.metrics import probabilities, threshold_for_sensitivity
-from edgekd.monitor import MIN_IMAGES, Outputs, Reference, reference_from_outputs, unit_image_statistics
-from edgekd.monitor._reference import confidence_of
+from edgekd.monitor import MIN_IMAGES, OOD_QUANTILE, Outputs, Reference, reference_from_outputs, unit_image_statistics
+from edgekd.monitor._reference import confidence_of, fit_subset
 from edgekd.specs import ModelCard, Preprocess, Task
 
 __all__ = [
@@ -120,11 +123,13 @@ def _session_run(session, wanted: list[str], name: str, x: np.ndarray) -> list[n
     return [np.concatenate([p[j] for p in parts]) for j in range(len(wanted))]
 
 
-def _run(session, feature: str | None, pre: Preprocess, data: DataBundle) -> tuple[Outputs, np.ndarray, np.ndarray]:
+def _run(
+    session, feature: str | None, pre: Preprocess, dataset: Dataset, task: Task
+) -> tuple[Outputs, np.ndarray, np.ndarray]:
     in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     wanted = [out_name] + ([feature] if feature else [])
     logits, feats, stats, targets = [], [], [], []
-    for images, y in make_loader(data.val, 256, shuffle=False):
+    for images, y in make_loader(dataset, 256, shuffle=False):
         x = pre.numpy(images.numpy())
         outs = _session_run(session, wanted, in_name, x)
         logits.append(np.asarray(outs[0], dtype=np.float32))
@@ -132,7 +137,7 @@ def _run(session, feature: str | None, pre: Preprocess, data: DataBundle) -> tup
         stats.append(input_statistics(x, pre))
         targets.append(y.numpy())
     z = np.concatenate(logits)
-    out = Outputs(probabilities(z, data.task).astype(np.float64), np.concatenate(feats), np.concatenate(stats))
+    out = Outputs(probabilities(z, task).astype(np.float64), np.concatenate(feats), np.concatenate(stats))
     return out, z, np.concatenate(targets)
 
 
@@ -177,7 +182,8 @@ def validate_bundle_file(path: Path, card: ModelCard, data: DataBundle | None, *
     if data.num_classes != card.spec.num_classes:
         return BundleCheck(None, None, {"available": False, "reason": f"data {data.spec} has other classes"})
     feature = feature_tensor(path)
-    out, z, y = _run(feature_session(path, feature, threads=2), feature, card.preprocess, data)
+    session = feature_session(path, feature, threads=2)
+    out, z, y = _run(session, feature, card.preprocess, data.val, data.task)
     where = f"validation split of {data.spec} by {path.name}"
     point = None
     if target_sensitivity is not None and card.task is Task.BINARY and (y == 1).any():
@@ -187,8 +193,11 @@ def validate_bundle_file(path: Path, card: ModelCard, data: DataBundle | None, *
         return BundleCheck(None, point, {"available": False, "reason": reason})
     meta = {"data": data.spec, "split": "val", "model_file": path.name, "feature_tensor": feature,
             "computed": "by the bundle's ONNX file"}  # fmt: skip
-    ref = reference_from_outputs(out, card.task, meta=meta)
+    # the Gaussians are fitted on training images, their distances calibrated on the validation ones
+    fit, _, _ = _run(session, feature, card.preprocess, fit_subset(data.train), data.task)
+    ref = reference_from_outputs(out, card.task, fit=fit, meta=meta)
     ood = {"available": True, "reference": "drift_reference.npz", "model_file": path.name, "feature_tensor": feature,
-           "spaces": list(ref.spaces), "images": len(out.probs), "data": data.spec,
+           "spaces": list(ref.spaces), "images": len(out.probs), "data": data.spec, "fit": ref.meta["fit"],
+           "fit_images": ref.meta["fit_images"], "calibrated_on": "val", "quantile": OOD_QUANTILE,
            "val_confidence_median": float(np.median(confidence_of(out.probs, card.task)))}  # fmt: skip
     return BundleCheck(ref, point, ood)

@@ -3,10 +3,11 @@
 The model runs on the new images; its outputs are compared with the reference statistics stored at training
 time (:mod:`edgekd.monitor._reference`):
 
-* **score (the verdict)**: the share of new images that lie far from the validation images: beyond the
-  reference's 99.5th percentile of squared Mahalanobis distance (out-of-sample validation distances) in
-  penultimate-feature space *or* in image-statistics space (contrast, sharpness, noise). Without drift about
-  1 % of images are that far (0.5 % per space); a new scanner or site moves many more. The score is compared
+* **score (the verdict)**: the share of new images that lie far from the validation images: the combined
+  squared Mahalanobis distance (penultimate-feature space and image-statistics space: contrast, sharpness,
+  noise; the max of the per-space distances over their quantiles, see :func:`~edgekd.monitor.ood_levels`)
+  beyond its 99th percentile on the held-out validation images. Without drift 1 % of images
+  (:data:`EXPECTED_RATE`) are that far; a new scanner or site moves many more. The score is compared
   with a threshold (:data:`DEFAULT_THRESHOLD`, 0.05: five times the expected share) and a one-sided binomial
   test gives the p-value of that many far images under "no drift" (Mahalanobis distance as an
   out-of-distribution score: Lee et al., NeurIPS 2018). Counting far *images* makes it sensitive to a minority
@@ -47,6 +48,7 @@ from edgekd.monitor._reference import (
     compute_reference,
     confidence_of,
     model_outputs,
+    ood_levels,
     prob_histograms,
     read_reference,
     write_reference,
@@ -56,7 +58,7 @@ from edgekd.specs import Preprocess
 __all__ = ["DriftReport", "check_drift", "far_images", "save_reference", "DEFAULT_THRESHOLD", "EXPECTED_RATE", "psi"]
 
 DEFAULT_THRESHOLD = 0.05
-EXPECTED_RATE = 0.01  # the share of reference images beyond the per-space quantiles, all spaces together
+EXPECTED_RATE = 0.01  # the share of reference images counted far, all spaces together (calibrated jointly)
 PSI_MAJOR = 0.25
 KS_ALPHA = 0.01
 
@@ -104,21 +106,22 @@ def psi(expected: np.ndarray, actual: np.ndarray, eps: float = 1e-4) -> float:
 
 
 def save_reference(model, preprocess: Preprocess, data: DataBundle, out: str | Path) -> Path:
-    """Compute the reference on ``data``'s validation split and write it into the model directory ``out``."""
+    """Compute the reference (fitted on ``data``'s training split, calibrated on its validation split) and write it
+    into the model directory ``out``."""
     meta = {"data": data.spec, "split": "val", "weights_sha256": sha256_file(Path(out) / WEIGHTS_FILE)}
-    ref = compute_reference(model, preprocess, data.val, data.task, data.num_classes, meta=meta)
+    ref = compute_reference(model, preprocess, data.val, data.task, data.num_classes, fit_on=data.train, meta=meta)
     return write_reference(out, ref)
 
 
 def far_images(ref: Reference, out: Outputs) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per image: far in any space (the score's numerator), far per space, and the distances per space.
 
-    Each space uses the reference's ``1 - EXPECTED_RATE / spaces`` quantile (a Bonferroni split), so about
-    :data:`EXPECTED_RATE` of images from the reference's own distribution count as far.
+    The levels are :func:`~edgekd.monitor.ood_levels` at ``1 - EXPECTED_RATE``, calibrated on all spaces
+    together, so :data:`EXPECTED_RATE` of the reference's own images count as far.
     """
-    level = 1 - EXPECTED_RATE / len(ref.spaces)
+    level = ood_levels(ref, 1 - EXPECTED_RATE)
     d2 = {name: ref.d2(name, out.space(name)) for name in ref.spaces}
-    far_by = {name: d2[name] > np.quantile(g.ref_d2, level) for name, g in ref.spaces.items()}
+    far_by = {name: d2[name] > level[name] for name in ref.spaces}
     return np.logical_or.reduce(list(far_by.values())), far_by, d2
 
 
@@ -128,8 +131,9 @@ def _reference(model_dir: Path, model, card, reference_data: str | None, seed: i
         if bundle.num_classes != card.spec.num_classes:
             raise InvalidInputError(f"--reference-data {reference_data} has {bundle.num_classes} classes, the model "
                                     f"{card.spec.num_classes}")  # fmt: skip
+        meta = {"data": bundle.spec, "split": "val", "computed": "on the fly"}
         return compute_reference(model, card.preprocess, bundle.val, card.task, card.spec.num_classes,
-                                 meta={"data": bundle.spec, "split": "val", "computed": "on the fly"})  # fmt: skip
+                                 fit_on=bundle.train, meta=meta)  # fmt: skip
     ref = read_reference(model_dir)
     if ref is None:
         raise ArtifactError(f"{model_dir} holds no drift reference (models from edgekd train, distill and update do)",

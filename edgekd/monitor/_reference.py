@@ -7,10 +7,9 @@ and ``drift_reference.npz`` is written beside the weights (numpy arrays, read wi
   ``max(p, 1 - p)``), the sample a two-sample Kolmogorov-Smirnov test compares new data against;
 * ``prob_hist``: per class, a histogram of its predicted probability over 10 equal bins of ``[0, 1]`` (the
   expected distribution of the population-stability index);
-* two Gaussian references, each a mean, an inverse covariance (Ledoit-Wolf shrinkage, so that a few hundred
-  images give a well-conditioned estimate) and the *out-of-sample* squared Mahalanobis distances of the
-  validation images (two-fold cross-fitting: fitted on one half, measured on the other; in-sample distances
-  would be biased low and make every new image look far):
+* two Gaussian references, each a mean, an inverse covariance (Ledoit-Wolf shrinkage, so that a few thousand
+  images give a well-conditioned estimate) and the *held-out* squared Mahalanobis distances of the validation
+  images to that very Gaussian:
 
   - ``features``: the *penultimate features* (the input of the last linear layer; the logits when there is
     none): what the model sees. Features wider than 256 are first projected to 256 dimensions by a fixed
@@ -22,13 +21,33 @@ and ``drift_reference.npz`` is written beside the weights (numpy arrays, read wi
     built to ignore (measured: on PneumoniaMNIST with another scanner's contrast, blur and noise, 22 % of the
     shifted images are far out in penultimate-feature space, 100 % in image statistics).
 
+**Fit on train, calibrate on validation.** The mean and covariance are fitted on the *training* split (at most
+:data:`MAX_FIT_IMAGES`, a seeded draw) and the distances kept for calibration are those of the *validation*
+images, which neither the network nor the Gaussian has seen: the quantiles an image is compared with are then
+those of the Gaussian that is deployed, measured out of sample. Distances of the images a Gaussian was fitted
+on are biased low (Gaussian data, sample covariance of ``n`` images in ``d`` dimensions: the mean out-of-sample
+distance is ``(n + 1) / (n - d - 2)`` times the in-sample one, 1.15 for 524 images and 64 features, and more in
+the tail where a threshold sits), so a threshold taken from them flags more than its share of new images.
+Without a training split (a library call with one dataset) the fallback is two-fold cross-fitting on the
+validation images (fitted on one half, measured on the other), then a fit on all of them.
+
+**One calibrated score** (:func:`ood_levels`). The two spaces are combined into one score,
+``s = max_space d2_space / q_space`` (each space's squared distance over its 99.5th validation percentile), whose
+own quantile is taken on the same validation images: an image is out of distribution when ``s`` exceeds its
+99.5th percentile (:data:`OOD_QUANTILE`), so about 0.5 % of in-distribution images are flagged *in all*.
+Flagging each space at its own 99.5th percentile and OR-ing the two flags would flag up to twice that
+(about 1 % when the spaces are nearly independent). With ``n`` validation images the calibrated rate is itself
+uncertain: the exceedance probability of the ``k``-th largest of ``n`` is ``Beta(k, n + 1 - k)``; for
+``n = 524`` the 99.5th percentile sits at a rate of 0.5 % with a 95 % upper bound near 1.3 %.
+
 ``meta`` (JSON) records the data spec, split, image count, task, feature dimension and the weights' sha256,
 so a reference is never used with other weights. No image, path or label of the data is stored. A
 validation split of fewer than :data:`MIN_IMAGES` (100) images gives no Gaussian references: `edgekd drift`
 then needs ``--reference-data`` with a larger split.
 
 Example:
-    >>> ref = compute_reference(model, card.preprocess, bundle.val, card.task, card.spec.num_classes)
+    >>> ref = compute_reference(model, card.preprocess, bundle.val, card.task, card.spec.num_classes,
+    ...                         fit_on=bundle.train)
     >>> write_reference("runs/student", ref)
 """
 
@@ -46,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from edgekd._io import atomic_write_bytes
 from edgekd.data import make_loader
@@ -55,7 +74,7 @@ from edgekd.specs import Preprocess, Task
 
 __all__ = ["Reference", "Gaussian", "Outputs", "compute_reference", "write_reference", "read_reference",
            "model_outputs", "logits_and_features", "image_statistics", "unit_image_statistics", "reference_from_outputs", "ood_levels",
-           "REFERENCE_FILE", "BINS", "SPACES", "IMAGE_STATISTICS", "OOD_QUANTILE"]  # fmt: skip
+           "fit_subset", "REFERENCE_FILE", "BINS", "SPACES", "IMAGE_STATISTICS", "OOD_QUANTILE", "MAX_FIT_IMAGES"]  # fmt: skip
 
 REFERENCE_FILE = "drift_reference.npz"
 FORMAT = 2
@@ -67,9 +86,12 @@ IMAGE_STATISTICS = ("mean", "std", "p1", "p5", "p25", "p50", "p75", "p95", "p99"
 # Fewer validation images give no Gaussian references (confidence and PSI are still stored): a 99.5th
 # percentile and a 13-dimensional covariance need a few hundred images; below 100 they are noise.
 MIN_IMAGES = 100
-# A single image is out of distribution beyond this quantile of the reference's out-of-sample distances in a
-# space (the per-space level `edgekd drift` counts far images with: 1 - 0.01 / 2 spaces).
+# A single image is out of distribution beyond this quantile of the reference's combined, held-out score
+# (all spaces together: about 0.5 % of in-distribution images are flagged).
 OOD_QUANTILE = 0.995
+# The Gaussians are fitted on at most this many training images (a seeded draw): a 256-dimensional covariance
+# is well estimated from a few thousand, and a large training split is not run through the model again.
+MAX_FIT_IMAGES = 5000
 
 
 @dataclass
@@ -86,16 +108,23 @@ class Gaussian:
         return np.einsum("nd,de,ne->n", z, self.precision, z)
 
     @classmethod
-    def fit(cls, x: np.ndarray, seed: int = 0) -> Gaussian:
-        """Ledoit-Wolf fit on all rows; reference distances by two-fold cross-fitting."""
+    def fit(cls, x: np.ndarray, seed: int = 0, *, held_out: np.ndarray | None = None) -> Gaussian:
+        """Ledoit-Wolf fit on the rows of ``x``; the reference distances are those of ``held_out`` under this fit.
+
+        Without ``held_out`` rows they come from two-fold cross-fitting on ``x`` (see the module docstring).
+        """
+        lw = LedoitWolf().fit(x)
+        g = cls(lw.location_, lw.precision_, np.zeros(0))
+        if held_out is not None:
+            g.ref_d2 = g.d2(held_out)
+            return g
         order = np.random.default_rng([seed, 3]).permutation(len(x))
         halves = (order[: len(x) // 2], order[len(x) // 2 :])
-        ref_d2 = np.empty(len(x))
+        g.ref_d2 = np.empty(len(x))
         for fit_on, test_on in (halves, halves[::-1]):
-            lw = LedoitWolf().fit(x[fit_on])
-            ref_d2[test_on] = cls(lw.location_, lw.precision_, np.zeros(0)).d2(x[test_on])
-        lw = LedoitWolf().fit(x)
-        return cls(lw.location_, lw.precision_, ref_d2)
+            half = LedoitWolf().fit(x[fit_on])
+            g.ref_d2[test_on] = cls(half.location_, half.precision_, np.zeros(0)).d2(x[test_on])
+        return g
 
 
 @dataclass
@@ -229,34 +258,69 @@ def prob_histograms(probs: np.ndarray) -> np.ndarray:
     return np.stack([np.histogram(np.clip(probs[:, k], 0, 1), edges)[0] for k in range(probs.shape[1])])
 
 
+def fit_subset(dataset: Dataset, seed: int = 0) -> Dataset:
+    """``dataset``, or a seeded draw of :data:`MAX_FIT_IMAGES` of its items when it is larger."""
+    if len(dataset) <= MAX_FIT_IMAGES:
+        return dataset
+    order = np.random.default_rng([seed, 5]).choice(len(dataset), MAX_FIT_IMAGES, replace=False)
+    return Subset(dataset, np.sort(order).tolist())
+
+
 def compute_reference(model: nn.Module, preprocess: Preprocess, dataset: Dataset, task: Task, classes: int, *,
-                      meta: dict[str, Any] | None = None, seed: int = 0) -> Reference:  # fmt: skip
-    """Reference statistics of ``model`` (with ``classes`` outputs) on ``dataset`` (its validation split)."""
+                      fit_on: Dataset | None = None, meta: dict[str, Any] | None = None, seed: int = 0
+                      ) -> Reference:  # fmt: skip
+    """Reference statistics of ``model`` (with ``classes`` outputs) on ``dataset`` (its validation split).
+
+    ``fit_on`` (the training split) is the data the Gaussians are fitted on, ``dataset`` the held-out data their
+    distances are calibrated on (see the module docstring); without it, cross-fitting on ``dataset``.
+    """
     out = model_outputs(model, preprocess, dataset, task, classes)
-    return reference_from_outputs(out, task, meta=meta, seed=seed)
+    fit = None if fit_on is None else model_outputs(model, preprocess, fit_subset(fit_on, seed), task, classes)
+    return reference_from_outputs(out, task, fit=fit, meta=meta, seed=seed)
 
 
-def reference_from_outputs(out: Outputs, task: Task, *, meta: dict[str, Any] | None = None, seed: int = 0
-                           ) -> Reference:  # fmt: skip
+def reference_from_outputs(out: Outputs, task: Task, *, fit: Outputs | None = None,
+                           meta: dict[str, Any] | None = None, seed: int = 0) -> Reference:  # fmt: skip
     """The reference of already computed :class:`Outputs` (a bundle computes them with its own ONNX file).
 
-    Features of width 0 (a model whose classifier input cannot be read) give an image-statistics space only.
+    ``out`` are the validation (calibration) outputs, ``fit`` those of the training images the Gaussians are
+    fitted on (fewer than :data:`MIN_IMAGES`, or None: cross-fitting on ``out``). Features of width 0 (a model
+    whose classifier input cannot be read) give an image-statistics space only.
     """
     proj_seed = seed if out.features.shape[1] > MAX_DIM else None
+
+    def rows(o: Outputs, name: str) -> np.ndarray:
+        return o.image if name == "image" else project(o.features, proj_seed)
+
+    fit = fit if fit is not None and len(fit.probs) >= MIN_IMAGES else None
     spaces = {}
     if len(out.probs) >= MIN_IMAGES:
-        if out.features.shape[1]:
-            spaces["features"] = Gaussian.fit(project(out.features, proj_seed), seed)
-        spaces["image"] = Gaussian.fit(out.image, seed)
+        for name in SPACES:
+            cal = rows(out, name)
+            if cal.shape[1]:
+                spaces[name] = Gaussian.fit(cal, seed) if fit is None else Gaussian.fit(rows(fit, name), held_out=cal)
+    how = "val, two-fold cross-fitting" if fit is None else "train"
+    fitted = {"fit": how, "fit_images": len(out.probs if fit is None else fit.probs), "calibrated_on": "val"}
     info = {**(meta or {}), "images": len(out.probs), "task": task.value, "feature_dim": int(out.features.shape[1]),
             "projection_seed": proj_seed, "bins": BINS, "image_statistics": list(IMAGE_STATISTICS),
-            "format": FORMAT}  # fmt: skip
+            "format": FORMAT, **fitted, "ood_quantile": OOD_QUANTILE, "ood_combined": "max over spaces"}  # fmt: skip
     return Reference(confidence_of(out.probs, task), prob_histograms(out.probs), spaces, info)
 
 
-def ood_levels(ref: Reference) -> dict[str, float]:
-    """Per space, the squared distance beyond which one image is out of distribution (:data:`OOD_QUANTILE`)."""
-    return {name: float(np.quantile(g.ref_d2, OOD_QUANTILE)) for name, g in ref.spaces.items()}
+def ood_levels(ref: Reference, quantile: float = OOD_QUANTILE) -> dict[str, float]:
+    """Per space, the squared distance ``L_space`` such that ``max_space d2_space / L_space > 1`` holds for a
+    ``1 - quantile`` share of the reference images (all spaces together; see the module docstring).
+
+    ``L_space = q_space * q_joint``: ``q_space`` is the ``quantile`` of the space's reference distances,
+    ``q_joint`` the ``quantile`` of ``max_space d2_space / q_space`` over the reference images (the spaces'
+    distances are of the same images, in the same order). A reference of one space gives ``L = q``.
+    """
+    q = {name: max(float(np.quantile(g.ref_d2, quantile)), 1e-12) for name, g in ref.spaces.items()}
+    if not q:
+        return {}
+    joint = np.max(np.stack([g.ref_d2 / q[name] for name, g in ref.spaces.items()]), axis=0)
+    factor = max(float(np.quantile(joint, quantile)), 1e-12)
+    return {name: level * factor for name, level in q.items()}
 
 
 def write_reference(out: str | Path, ref: Reference) -> Path:

@@ -1,13 +1,15 @@
 """Per-image out-of-distribution scores from the reference a bundle (or model directory) carries.
 
 The reference (``drift_reference.npz``, see :mod:`edgekd.monitor`) holds Gaussian models of the penultimate
-features and of 13 image statistics of the validation images, with their out-of-sample squared Mahalanobis
-distances. One image's score in a space is its squared distance over the reference's 99.5th percentile
-(:data:`~edgekd.monitor.OOD_QUANTILE`) of those distances; its ``ood_score`` is the larger of the two, and
-``out_of_distribution`` is ``ood_score > 1``: beyond the 99.5th percentile in either space, the per-space level
-`edgekd drift` counts far images with (about 1 % of in-distribution images are flagged). Mahalanobis distance
-as an out-of-distribution detector: Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution
-Samples and Adversarial Attacks", NeurIPS 2018.
+features and of 13 image statistics, fitted on training images, with the squared Mahalanobis distances of the
+held-out validation images. One image's score in a space is its squared distance over that space's level
+(:func:`~edgekd.monitor.ood_levels`: the space's 99.5th validation percentile times one factor that calibrates
+the two spaces *jointly*); its ``ood_score`` is the larger of the two, and ``out_of_distribution`` is
+``ood_score > 1``: beyond the 99.5th percentile (:data:`~edgekd.monitor.OOD_QUANTILE`) of the combined score on
+the validation images, so about 0.5 % of in-distribution images are flagged in all (not 0.5 % per space). A
+space's value above 1 says that space alone raised the flag. Mahalanobis distance as an out-of-distribution
+detector: Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial
+Attacks", NeurIPS 2018.
 
 The image statistics are computed from the preprocessed model input with its normalisation undone, so an
 Open Inference Protocol tensor is scored exactly like an image file. A non-finite input or feature scores
@@ -36,7 +38,7 @@ __all__ = ["OODScore", "OODScorer"]
 
 @dataclass(frozen=True)
 class OODScore:
-    """One image: the score (max over spaces of distance / 99.5th-percentile distance), the flag, per space."""
+    """One image: the score (max over spaces of distance / the space's jointly calibrated level), the flag, per space."""
 
     score: float
     out_of_distribution: bool
@@ -64,9 +66,10 @@ class OODScorer:
             return None
         m = reference.meta
         by = f", by {m['model_file']}" if m.get("model_file") else ""
-        desc = (f"{where or 'drift_reference.npz'}: {' + '.join(reference.spaces)} spaces, {m.get('images')} "
-                f"{m.get('split', 'val')} images of {m.get('data')}{by}; flagged beyond the "
-                f"{100 * OOD_QUANTILE:g}th percentile")  # fmt: skip
+        fit = f" (fitted on {m['fit_images']} {m['fit']} images)" if m.get("fit") else ""
+        desc = (f"{where or 'drift_reference.npz'}: {' + '.join(reference.spaces)} spaces{fit}, calibrated on "
+                f"{m.get('images')} {m.get('split', 'val')} images of {m.get('data')}{by}; flagged beyond the "
+                f"{100 * OOD_QUANTILE:g}th percentile of the combined score")  # fmt: skip
         return cls(reference, preprocess, ood_levels(reference), desc)
 
     def score(self, x: np.ndarray, features: np.ndarray | None) -> list[OODScore]:
