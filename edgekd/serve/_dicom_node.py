@@ -222,7 +222,7 @@ def _transfer_syntaxes() -> list[str]:
     for ts in (
         uid.JPEGBaseline8Bit,
         uid.JPEGExtended12Bit,
-        uid.JPEGLosslessP14,
+        uid.JPEGLossless,
         uid.JPEGLosslessSV1,
         uid.JPEGLSLossless,
         uid.JPEGLSNearLossless,
@@ -403,13 +403,15 @@ class DicomNode:
         return f"AE {str(req.ae_title).strip()!r} ({req.address})"
 
     def _on_accepted(self, event: Any) -> None:
-        for cx in event.assoc.rejected_contexts:
-            name = getattr(cx.abstract_syntax, "name", cx.abstract_syntax)
+        rejected = event.assoc.rejected_contexts
+        if rejected:
+            names = sorted({str(getattr(cx.abstract_syntax, "name", cx.abstract_syntax)) for cx in rejected})
             log.warning(
-                "refused from %s: presentation context %s: no transfer syntax the node can decode (result %s)",
+                "refused from %s: %d presentation context(s) without a transfer syntax the node can decode (%s%s)",
                 self._peer(event),
-                name,
-                cx.result,
+                len(rejected),
+                ", ".join(names[:3]),
+                ", ..." if len(names) > 3 else "",
             )
 
     def _on_rejected(self, event: Any) -> None:
