@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,10 +21,12 @@ _NET, _OUT, _LIMITS = "Network", "Results", "Limits and timeouts"
 
 
 def _setup_logging() -> None:
-    """One line per event on stderr; pynetdicom's own lines only from WARNING (its INFO/DEBUG dump UIDs)."""
+    """One line per event on stderr, the node's own. pynetdicom's lines repeat them (its INFO and DEBUG also dump
+    UIDs and AE titles): shown from WARNING with EDGEKD_DEBUG=1 only."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name, level in (("edgekd.dicom", logging.INFO), ("pynetdicom", logging.WARNING)):
+    quiet = logging.WARNING if os.environ.get("EDGEKD_DEBUG") else logging.CRITICAL
+    for name, level in (("edgekd.dicom", logging.INFO), ("pynetdicom", quiet)):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)

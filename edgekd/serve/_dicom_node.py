@@ -461,11 +461,11 @@ class DicomNode:
             return self._refuse(event, "resources", f"cannot spool the instance ({e.strerror or type(e).__name__})")
         self.counters.add("accepted")
         log.info(
-            "accepted job %s from %s (%s image, %.1f MB)",
+            "accepted job %s from %s (%s image, %s)",
             job[-12:],
             self._peer(event),
             IMAGE_SOP_CLASSES[sop_class],
-            len(data) / 1e6,
+            f"{len(data) / 1e6:.1f} MB" if len(data) >= 1e6 else f"{len(data) / 1e3:.0f} kB",
         )
         self._work.set()
         return STATUS["success"]
