@@ -511,6 +511,41 @@ def test_destination_and_settings_are_checked():
 
 def test_cli_help_lists_the_command_and_bad_options_exit_3(bundle, tmp_path):
     r = runner.invoke(app, ["dicom-node", "--help"])
-    assert r.exit_code == 0 and "--send-to" in r.output and "--outbox" in r.output
+    assert r.exit_code == 0 and "--send-to" in r.output and "--outbox" in r.output and "Example" in r.output
     r = runner.invoke(app, ["dicom-node", str(bundle), "--send-to", "nowhere", "--outbox", str(tmp_path / "b")])
     assert r.exit_code == 3 and "AE@HOST:PORT" in r.output
+
+
+def test_delivery_is_retried_with_back_off_until_the_destination_comes_up(model, tmp_path, caplog, procs):
+    need("storescp")
+    dest_port = free_port()
+    cfg = NodeConfig(port=0, outbox=tmp_path / "box", send_to=Destination("DEST", "127.0.0.1", dest_port), retry_s=0.2)
+    with caplog.at_level("INFO", logger="edgekd.dicom"), DicomNode(model, cfg) as n:
+        ds = pydicom.dcmread(small_cr(tmp_path / "a.dcm"))
+        assert _scu_store(n.port, ds) == STATUS["success"]
+        end = time.monotonic() + WAIT_S
+        while caplog.text.count("retry in") < 2 and time.monotonic() < end:  # at least two failed attempts
+            time.sleep(0.1)
+        assert "retry in 0 s" in caplog.text and "retry in 0.4" not in caplog.text  # one line per attempt, %.0f s
+        start_storescp(tmp_path / "received", dest_port, procs)
+        [sr] = received(tmp_path / "received", 1)
+        assert referenced_instances(sr) == {ds.SOPInstanceUID}
+    assert "delivered 1 result(s)" in caplog.text
+
+
+def test_the_sr_copies_no_patient_data_beyond_the_study_reference(model):
+    from edgekd.serve._dicom_sr import Outcome, ResultUIDs, classification_sr, uuid_uid
+    from edgekd.serve._predict import Skipped
+
+    src = pydicom.dcmread(pydicom_file("RG1_UNCI.dcm"), stop_before_pixels=True)
+    src.PatientBirthDate, src.PatientSex, src.InstitutionName = "19700101", "F", "St Elsewhere"
+    src.ReferringPhysicianName, src.OtherPatientIDs, src.PatientAddress = "Dr^Who", "X123", "1 Main St"
+    refusal = Outcome(refused=Skipped("x", "outside the model's intended use: Modality CT", "out-of-scope"))
+    [sr] = classification_sr(src, refusal, model.info, ResultUIDs(uuid_uid(), uuid_uid("s")))
+    assert not sr.PatientBirthDate and not sr.PatientSex and not sr.ReferringPhysicianName
+    for tag in ("InstitutionName", "OtherPatientIDs", "PatientAddress"):
+        assert tag not in sr
+    assert sr.PatientID == src.PatientID and sr.StudyInstanceUID == src.StudyInstanceUID
+    text = str(sr)
+    for value in ("19700101", "St Elsewhere", "Dr^Who", "X123", "1 Main St"):
+        assert value not in text

@@ -11,7 +11,8 @@ node at a time):
 
 * ``incoming/``: every accepted instance, written atomically (temporary file, fsync, rename) *before* the
   C-STORE success status is sent;
-* ``out/``: results, written atomically; the instance is removed from ``incoming/`` only once all its results
+* ``out/``: results, written atomically (without a destination they wait there for another process to collect
+  them, and count against ``max_pending``); the instance is removed from ``incoming/`` only once all its results
   are there, and a result is sent only once its instance is gone, so a crash at any point either re-does a job
   (its result UIDs are derived from the job: the same objects again) or resumes its delivery;
 * ``failed/``: results the destination refused for good (a failure status other than out of resources), and
@@ -550,9 +551,11 @@ class DicomNode:
     # -- delivery --------------------------------------------------------------------------------------------
 
     def _deliverable(self) -> list[Path]:
-        """Results whose instance is fully processed (its spooled file is gone)."""
+        """Results whose instance is fully processed (its spooled file is gone). ``out`` is listed before
+        ``incoming``: a result written meanwhile is seen with its instance still there, and waits."""
+        results = self._files("out")
         incoming = {p.stem for p in self._files("incoming")}
-        return [p for p in self._files("out") if p.name.split(".", 1)[0] not in incoming]
+        return [p for p in results if p.name.split(".", 1)[0] not in incoming]
 
     def _deliver_loop(self) -> None:
         dest = self.config.send_to
