@@ -14,8 +14,7 @@ from rich.markup import escape
 from edgekd.cli._app import PANEL_DEPLOY, app
 from edgekd.cli._options import JsonOpt, console, emit_json
 from edgekd.cli._serve import AllowScopeOpt, NoVerifyOpt, PrecisionOpt, ThreadsOpt, _model_line, _warn_unverified
-from edgekd.serve import load_model
-from edgekd.serve._dicom_node import Destination, DicomNode, NodeConfig, serve_dicom
+from edgekd.serve import Destination, DicomNode, NodeConfig, load_model, serve_dicom
 
 _NET, _OUT, _LIMITS = "Network", "Results", "Limits and timeouts"
 
