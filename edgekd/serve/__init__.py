@@ -8,6 +8,8 @@
 * :func:`evaluate_bundle` (``edgekd eval BUNDLE``): a bundle's metrics, also at its operating threshold;
 * :func:`diagnostic_report` / :func:`fhir_bundle`: HL7 FHIR ``DiagnosticReport`` s with an ``Observation``
   per finding and the model as ``Device``, validated with ``fhir.resources`` (the ``serve`` extra);
+* :class:`DicomNode` / :func:`serve_dicom` (``edgekd dicom-node``): a DICOM Storage SCP answering each received
+  image with DICOM results (:data:`RESULT_WRITERS`: a Comprehensive SR for classification);
 * :class:`InferenceServer` + :func:`create_app` / :func:`serve_models` / :func:`running_server`: the Open
   Inference Protocol v2 REST API (KServe, Triton clients) on FastAPI and uvicorn, with dynamic
   micro-batching (:class:`MicroBatcher`), bounded queues, body limits, an API key off loopback and
@@ -24,6 +26,8 @@ Example:
 from edgekd.export import safe_model_name
 from edgekd.serve._app import bind_socket, create_app, require_serve_deps, running_server, serve_models
 from edgekd.serve._batcher import MicroBatcher, QueueFullError
+from edgekd.serve._dicom_node import Destination, DicomNode, NodeConfig, serve_dicom
+from edgekd.serve._dicom_sr import RESULT_WRITERS, writers_for
 from edgekd.serve._evaluate import evaluate_bundle
 from edgekd.serve._fhir import (
     DISCLAIMER,
@@ -116,6 +120,13 @@ __all__ = [
     "require_fhir",
     "DISCLAIMER",
     "FHIR_VERSION",
+    # DICOM node (edgekd dicom-node): Storage SCP, results as DICOM (one writer per task)
+    "DicomNode",
+    "NodeConfig",
+    "Destination",
+    "serve_dicom",
+    "RESULT_WRITERS",
+    "writers_for",
     # server
     "ServeConfig",
     "InferenceServer",
