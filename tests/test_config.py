@@ -260,7 +260,8 @@ def _norm(v: Any) -> Any:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_key_of_the_config_is_honoured_from_the_file(command, monkeypatch, tmp_path):
     model = COMMANDS[command][0]
-    values = {path: _other_value(model, path, info) for path, info in config_fields(model).items()}
+    fields = {path: info for path, info in config_fields(model).items() if path not in model.unread}
+    values = {path: _other_value(model, path, info) for path, info in fields.items()}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_nest(values)))
     seen = _capture(monkeypatch, command)
@@ -349,6 +350,14 @@ def test_unknown_key_exits_3_with_one_line_naming_it(command, text, name, monkey
     assert r.exit_code == 3 and not seen
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and f"unknown key {name}" in lines[0] and "valid keys" in lines[0], r.output
+
+
+def test_a_key_the_stage_never_reads_exits_3(monkeypatch, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("target_macs: 0.5\ntrain: {epochs: 5}\n")  # recovery_epochs decides pruning's fine-tuning
+    seen = _capture(monkeypatch, "prune")
+    r = _invoke("prune", "--config", str(path), tmp_path=tmp_path)
+    assert r.exit_code == 3 and "train.epochs" in r.output and "recovery_epochs" in r.output and not seen
 
 
 def test_unknown_nested_target_key_exits_3(monkeypatch, tmp_path):
