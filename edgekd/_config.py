@@ -57,7 +57,9 @@ class StageConfig(BaseModel):
       e.g. ``{"epochs": "train.epochs", "teacher": "teachers"}`` (the CLI's names, or the layout of an older file);
     * ``exclusive``: groups of keys of which one layer's choice replaces the layer below's, e.g. the kinds of a
       pruning target: ``--target-macs`` on the command line replaces the file's ``ratio`` instead of clashing;
-    * ``input_keys``: other keys its own ``mode="before"`` validator turns into fields (``macs: 0.5`` of a target).
+    * ``input_keys``: other keys its own ``mode="before"`` validator turns into fields (``macs: 0.5`` of a target);
+    * ``unread``: field paths of a shared section that this stage never reads, with what to set instead
+      (``{"train.epochs": "recovery_epochs"}`` for pruning): a file or flag setting one is an error.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -65,6 +67,7 @@ class StageConfig(BaseModel):
     flat_keys: ClassVar[Mapping[str, str]] = {}
     exclusive: ClassVar[tuple[frozenset[str], ...]] = ()
     input_keys: ClassVar[frozenset[str]] = frozenset()
+    unread: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def build(
@@ -178,9 +181,9 @@ def build_config(
         raw: Mapping[str, Any] = read_yaml(config_path)
         if section is not None and isinstance(raw.get(section), Mapping):
             raw = raw[section]
-        values = _merge(values, _canonical(model, raw, f"config file {config_path}"), model)
+        values = _merge(values, _read(model, raw, f"config file {config_path}"), model)
     if given:
-        values = _merge(values, _canonical(model, given, "the options"), model)
+        values = _merge(values, _read(model, given, "the options"), model)
     return validate(model, values)
 
 
@@ -245,6 +248,21 @@ def _unknown(path: str, key: str, model: type[BaseModel], where: str) -> Invalid
     hint = f"did you mean {path.removesuffix(key)}{close[0]}? " if close else ""
     where_ = f" of {path.removesuffix(key).rstrip('.')}" if "." in path else ""
     return InvalidInputError(f"unknown key {path} in {where}", f"{hint}valid keys{where_}: {', '.join(valid)}")
+
+
+def _read(model: type[BaseModel], raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One layer in the nested shape of ``model``; a key it never reads is refused."""
+    values = _canonical(model, raw, where)
+    for path, instead in getattr(model, "unread", {}).items():
+        node: Any = values
+        for part in path.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
+        if node is not _MISSING:
+            raise InvalidInputError(f"{path} in {where} is not read by {model.__name__}", f"set {instead} instead")
+    return values
+
+
+_MISSING = object()
 
 
 def _canonical(model: type[BaseModel], raw: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:

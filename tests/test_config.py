@@ -260,7 +260,8 @@ def _norm(v: Any) -> Any:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_key_of_the_config_is_honoured_from_the_file(command, monkeypatch, tmp_path):
     model = COMMANDS[command][0]
-    values = {path: _other_value(model, path, info) for path, info in config_fields(model).items()}
+    fields = {path: info for path, info in config_fields(model).items() if path not in model.unread}
+    values = {path: _other_value(model, path, info) for path, info in fields.items()}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_nest(values)))
     seen = _capture(monkeypatch, command)
@@ -351,6 +352,14 @@ def test_unknown_key_exits_3_with_one_line_naming_it(command, text, name, monkey
     assert len(lines) == 1 and f"unknown key {name}" in lines[0] and "valid keys" in lines[0], r.output
 
 
+def test_a_key_the_stage_never_reads_exits_3(monkeypatch, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("target_macs: 0.5\ntrain: {epochs: 5}\n")  # recovery_epochs decides pruning's fine-tuning
+    seen = _capture(monkeypatch, "prune")
+    r = _invoke("prune", "--config", str(path), tmp_path=tmp_path)
+    assert r.exit_code == 3 and "train.epochs" in r.output and "recovery_epochs" in r.output and not seen
+
+
 def test_unknown_nested_target_key_exits_3(monkeypatch, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("target: {macs: 0.5, bogus: 1}\n")
@@ -379,3 +388,34 @@ def test_a_loss_typo_fails_before_data_loads(command, args, monkeypatch, tmp_pat
     r = _invoke(command, *(a.format(cfg=tmp_path / "c.yaml") for a in args), tmp_path=tmp_path)
     assert r.exit_code == 3 and not seen, r.output
     assert "kdd" in r.output or "TT" in r.output
+
+
+def test_saved_distill_config_reads_back(tmp_path):
+    s = DistillConfig(
+        student="small:tinycnn",
+        teachers="runs/t",
+        losses=["ce:1", "kd:1,T=4"],
+        cache={"topk": 3},
+        intended_use="modality=CR",
+        train=TrainConfig(epochs=2),
+    )
+    assert [str(t) for t in s.losses] == ["ce:1", "kd:1,T=4"] and s.cache.topk == 3
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(s.record()))
+    assert DistillConfig.build(path) == s
+
+
+@pytest.mark.parametrize(
+    "target",
+    [{"kind": "macs", "value": 0.5}, {"macs": 0.5}, "target_macs", {"latency_ms": 2.5, "batch": 8}, {"ratio": 0.3}],
+)
+def test_prune_target_forms(target):
+    given = {"target_macs": 0.5} if target == "target_macs" else {"target": target}
+    t = PruneConfig.build(None, given).target
+    assert t.model_dump(mode="json") in (
+        {"kind": "macs", "value": 0.5},
+        {"kind": "latency", "value": 2.5, "batch": 8, "backend": "ort"},
+        {"kind": "ratio", "value": 0.3},
+    )
+    with pytest.raises(InvalidInputError, match="exactly one pruning target"):
+        PruneConfig.build(None, {"target.macs": 0.5, "target.ratio": 0.3})

@@ -133,6 +133,7 @@ class PruneConfig(StageConfig):
     """
 
     flat_keys: ClassVar = _FLAT
+    unread: ClassVar = {"train.epochs": "recovery_epochs (and short_term_epochs for a latency target)"}
 
     importance: str = "l2"
     target: PruneTarget
