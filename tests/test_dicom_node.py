@@ -416,6 +416,15 @@ def test_concurrent_associations_lose_nothing_and_deliver_each_result_once(node,
     assert len({sr.SOPInstanceUID for sr in results}) == 20
 
 
+def test_the_same_image_sent_twice_is_answered_by_the_same_sr_instance(node, tmp_path):
+    port, folder, _ = node
+    before = set(folder.iterdir())
+    image = small_cr(tmp_path / "a.dcm")
+    assert storescu(port, image).returncode == 0 and storescu(port, image).returncode == 0
+    first, second = new_results(folder, before, 2)
+    assert first.SOPInstanceUID == second.SOPInstanceUID  # a PACS keeps one
+
+
 def test_logs_name_no_patient_and_no_uid(node):
     _, _, proc = node
     log = proc.text()
