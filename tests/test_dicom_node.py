@@ -416,6 +416,15 @@ def test_concurrent_associations_lose_nothing_and_deliver_each_result_once(node,
     assert len({sr.SOPInstanceUID for sr in results}) == 20
 
 
+def test_the_same_image_sent_twice_is_answered_by_the_same_sr_instance(node, tmp_path):
+    port, folder, _ = node
+    before = set(folder.iterdir())
+    image = small_cr(tmp_path / "a.dcm")
+    assert storescu(port, image).returncode == 0 and storescu(port, image).returncode == 0
+    first, second = new_results(folder, before, 2)
+    assert first.SOPInstanceUID == second.SOPInstanceUID  # a PACS keeps one
+
+
 def test_logs_name_no_patient_and_no_uid(node):
     _, _, proc = node
     log = proc.text()
@@ -549,3 +558,37 @@ def test_the_sr_copies_no_patient_data_beyond_the_study_reference(model):
     text = str(sr)
     for value in ("19700101", "St Elsewhere", "Dr^Who", "X123", "1 Main St"):
         assert value not in text
+
+
+def test_a_busy_destination_is_retried_and_a_refusing_one_leaves_the_result_in_failed(model, tmp_path):
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ComprehensiveSRStorage
+
+    answers = [STATUS["resources"], STATUS["success"], STATUS["mismatch"]]  # busy, then stored; then refused
+    stored = []
+
+    def on_store(event):
+        code = answers.pop(0) if answers else STATUS["success"]
+        if code == STATUS["success"]:
+            stored.append(event.dataset.SOPInstanceUID)
+        return code
+
+    dest = AE(ae_title="DEST")
+    dest.add_supported_context(ComprehensiveSRStorage)
+    server = dest.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        send_to = Destination("DEST", "127.0.0.1", server.server_address[1])
+        cfg = NodeConfig(port=0, outbox=tmp_path / "box", send_to=send_to, retry_s=0.2)
+        with DicomNode(model, cfg) as n:
+            assert _scu_store(n.port, pydicom.dcmread(small_cr(tmp_path / "a.dcm"))) == STATUS["success"]
+            end = time.monotonic() + WAIT_S
+            while not stored and time.monotonic() < end:
+                time.sleep(0.1)
+            assert len(stored) == 1 and n.counters.delivered == 1  # the 0xA700 was retried
+            assert _scu_store(n.port, pydicom.dcmread(small_cr(tmp_path / "b.dcm"))) == STATUS["success"]
+            while not list((tmp_path / "box" / "failed").glob("*.dcm")) and time.monotonic() < end:
+                time.sleep(0.1)
+            assert len(list((tmp_path / "box" / "failed").glob("*.dcm"))) == 1 and n.counters.failed == 1
+            assert n.idle() and len(stored) == 1
+    finally:
+        server.shutdown()

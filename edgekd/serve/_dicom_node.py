@@ -14,7 +14,8 @@ node at a time):
 * ``out/``: results, written atomically (without a destination they wait there for another process to collect
   them, and count against ``max_pending``); the instance is removed from ``incoming/`` only once all its results
   are there, and a result is sent only once its instance is gone, so a crash at any point either re-does a job
-  (its result UIDs are derived from the job: the same objects again) or resumes its delivery;
+  (its result UIDs are derived from the source instance and the model: the same objects again) or resumes its
+  delivery;
 * ``failed/``: results the destination refused for good (a failure status other than out of resources), and
   instances whose processing raised; each with one log line.
 
@@ -539,7 +540,16 @@ class DicomNode:
         study = str(source.StudyInstanceUID)
         for name in self.writers:
             uids = ResultUIDs(
-                sop_instance_uid=uuid_uid("result", job.stem, name),
+                # name-based on what the result depends on: a rebuild after a crash, or the same image sent again,
+                # gives the same instance (a PACS keeps one), never a pile of duplicates
+                sop_instance_uid=uuid_uid(
+                    "result",
+                    str(source.SOPInstanceUID),
+                    info.sha256,
+                    name,
+                    f"{info.threshold}",
+                    str(self.config.allow_out_of_scope),
+                ),
                 series_instance_uid=uuid_uid("series", info.sha256, name, study),
                 instance_number=_instance_number(job.stem),
             )

@@ -5,7 +5,9 @@ A result writer is a function ``(source, outcome, model, uids) -> [Dataset, ...]
 (binary, multi-class, multi-label) get ``sr``: a Comprehensive SR. A segmentation task would get ``seg`` (a DICOM
 SEG built with ``highdicom.seg.Segmentation`` referencing the source image) and an optional ``gradcam-sc``
 secondary capture; neither is registered yet, and a bundle whose task has no writer is refused when the node
-starts (:func:`writers_for` raises), never answered with nothing.
+starts (:func:`writers_for` raises), never answered with nothing. A Grad-CAM writer needs a PyTorch model (a model
+directory: a bundle holds ONNX files only) and ``edgekd.report``, a sibling layer of this one: it would be
+registered here from a layer above both (the CLI), with its name added to the task's writers.
 
 The ``sr`` writer builds a Comprehensive SR with highdicom, a TID 1500 *Measurement Report* whose one TID 1501
 measurement group holds:
