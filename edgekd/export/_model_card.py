@@ -114,7 +114,8 @@ def _scope_lines(m: Manifest) -> list[str]:
     if m.ood and m.ood.get("available"):
         lines.append(f"- Every prediction carries an out-of-distribution score from `drift_reference.npz` "
                      f"({' and '.join(m.ood.get('spaces', []))} spaces, {m.ood.get('images')} validation images); "
-                     "an image beyond the reference's 99.5th percentile in either is flagged.")  # fmt: skip
+                     "an image beyond the 99.5th percentile of the combined score on held-out validation images "
+                     "is flagged.")  # fmt: skip
     return lines
 
 

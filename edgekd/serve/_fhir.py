@@ -120,11 +120,12 @@ def _ood_observation(pred: Prediction, info: ModelInfo) -> dict[str, Any]:
         "device": {"reference": "#model"},
         "interpretation": [{"coding": [{"system": _OOD, "code": "out-of-distribution" if flagged else
                                         "in-distribution"}],
-                            "text": ("beyond" if flagged else "within") + " the reference's 99.5th percentile "
+                            "text": ("beyond" if flagged else "within") + " the reference's 99.5th percentile (combined score) "
                                     f"({info.ood_reference})"}],
-        "note": [{"text": "Score = Mahalanobis distance over the 99.5th percentile of the validation images' "
-                          "(penultimate features and image statistics); above 1 the image is unlike the "
-                          "validation data and the answer should not be trusted."}],
+        "note": [{"text": "Score = the larger of the squared Mahalanobis distances (penultimate features, image "
+                          "statistics) over their levels, calibrated jointly at the 99.5th percentile of held-out "
+                          "validation images; above 1 the image is unlike the validation data and the answer "
+                          "should not be trusted."}],
     }  # fmt: skip
     if pred.ood_score is not None:
         obs["valueQuantity"] = {"value": round(pred.ood_score, 4), "unit": "ratio", "system": _UCUM, "code": "1"}
