@@ -40,7 +40,7 @@ from edgekd.bench import (
     to_markdown,
 )
 from edgekd.bench._env import capture_environment, cpu_info
-from edgekd.bench._schema import Environment, ModelInfo
+from edgekd.bench._schema import ArtifactInfo, Environment
 from edgekd.cli import app
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
 from edgekd.modeldir import Lineage, ModelCard, ModelSpec, load_model_dir, save_model_dir
@@ -623,7 +623,7 @@ def _result(name="m", p50=1.0, p90=1.2, batch=1) -> BenchResult:
         batch=batch,
         precision="fp32",
         stats=stats,
-        model=ModelInfo(kind="onnx"),
+        model=ArtifactInfo(kind="onnx"),
     )
 
 

@@ -25,7 +25,7 @@ from edgekd.bench._api import benchmark
 from edgekd.bench._gate import check_budget, compare_reports, enforce, parse_fraction, regressions
 from edgekd.bench._report import load_report
 from edgekd.bench._runners import RUNNERS
-from edgekd.bench._schema import BenchReport, BenchSettings, BudgetViolation, Comparison, Device, Precision
+from edgekd.bench._schema import BenchDevice, BenchReport, BenchSettings, BudgetViolation, Comparison, ComputePrecision
 
 __all__ = ["BenchConfig", "GateConfig", "GateResult", "run_benchmark", "check_gate"]
 
@@ -73,9 +73,9 @@ class BenchConfig(BenchSettings, StageConfig):
     """
 
     backends: list[str] | None = None
-    devices: list[Device] | None = None
+    devices: list[BenchDevice] | None = None
     batches: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    precision: Precision | None = None
+    precision: ComputePrecision | None = None
     verify: bool = True
     gate: GateConfig = Field(default_factory=GateConfig)
 

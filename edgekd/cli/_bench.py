@@ -32,8 +32,7 @@ from edgekd.bench import (
     write_csv,
     write_markdown,
 )
-from edgekd.bench._schema import OrtOptLevel, OrtProvider
-from edgekd.bench._schema import Precision as ComputePrecision
+from edgekd.bench._schema import ComputePrecision, OrtOptLevel, OrtProvider
 from edgekd.cli._app import PANEL_BENCH, app
 from edgekd.cli._errors import print_warning
 from edgekd.cli._options import ConfigOpt, JsonOpt, QuietOpt, console, emit_json

@@ -67,10 +67,10 @@ from edgekd.pipeline._context import (
     EvalStage,
     HandoffStage,
     ImportStage,
+    PipelineRunner,
     PruneStage,
     QuantizeStage,
     ReferenceStage,
-    Runner,
     SelectStage,
     Stage,
 )
@@ -285,7 +285,7 @@ def _train_stage(cfg: PipelineConfig, name: str, kind: str, seed: int, teachers:
     return Stage(name, kind, name, run, _train, teachers, uses_data=True, resumable=True)
 
 
-def _train(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _train(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     run = st.config
     assert isinstance(run, RunSettings)
     cache = run.cache.model_copy(update={"dir": str(r.path(run.cache.dir))}) if run.cache else None
@@ -311,7 +311,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def _import(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _import(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     t = st.config
     assert isinstance(t, ImportStage)
     card = import_model(
@@ -328,7 +328,7 @@ def _import(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return {"params": card.params}
 
 
-def _reference(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _reference(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     teacher = r.load(st.name)  # checks that it loads and fits the data
     return {"kind": teacher.kind, "num_classes": teacher.num_classes}
 
@@ -337,7 +337,7 @@ def _reference(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
 # Distillation against the baseline
 
 
-def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _select(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, SelectStage)
     students = [n for n in st.inputs if n.startswith("student")]
@@ -391,7 +391,7 @@ def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
 # Compression, export, evaluation, benchmark, report
 
 
-def _prune(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _prune(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, PruneStage)
     teacher = r.teacher_ref(s.recovery_teacher) if s.recovery_teacher else None
@@ -414,7 +414,7 @@ def _prune(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     }
 
 
-def _quantize(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _quantize(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, QuantizeStage) and st.source is not None
     res = quantize_model_dir(
@@ -431,7 +431,7 @@ def _quantize(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return {"delta": res.delta, "sizes": res.sizes, "precision": res.precision}
 
 
-def _export(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _export(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     assert st.source is not None
     manifest = export_bundle(
         r.final_fp32(st.source), r.path(st.output), st.config, overwrite=True, command=r.command(st), log=r.log
@@ -475,7 +475,7 @@ def _keep_stage(
     )
 
 
-def _val_metrics(r: Runner, path: Path, onnx: bool) -> dict[str, Any]:
+def _val_metrics(r: PipelineRunner, path: Path, onnx: bool) -> dict[str, Any]:
     """The metrics of `edgekd eval` on the validation split (cached per artifact within the run)."""
     key = (str(path.resolve()), artifact_hash(path))
     if key not in r.val_cache:
@@ -492,7 +492,7 @@ def _deciding(metric: str, parent: dict[str, Any], child: dict[str, Any]) -> tup
     return "acc", parent.get("acc"), child.get("acc")
 
 
-def _keep(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _keep(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s, source = st.config, st.source
     assert isinstance(s, HandoffStage) and source is not None
     parent_path, child_path = r.final_fp32(source), r.artifact_path(s.child_source, s.precision)
@@ -539,7 +539,7 @@ def _keep(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return d.model_dump(mode="json")
 
 
-def _evaluate(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _evaluate(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, EvalStage) and st.source is not None
     name = st.name.removeprefix("eval-")
@@ -549,7 +549,7 @@ def _evaluate(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return {"test": _scalars(res["test"]), "val": _scalars(res["val"])}
 
 
-def _bench(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _bench(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, BenchStage)
     paths = [str(r.artifact_path(source, precision)) for _, source, precision in s.rows]
@@ -558,6 +558,6 @@ def _bench(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return {"results": len(report.results), "skipped": len(report.skipped)}
 
 
-def _report(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _report(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     path = r.write_report()
     return {"path": str(path)}
