@@ -1,8 +1,10 @@
 """The stages of `edgekd run`, in order, each a call of the library function that the matching command makes.
 
 :func:`plan` turns a :class:`~edgekd.pipeline.PipelineConfig` into a list of :class:`Stage`: its name, what
-it does, where its output goes in the run directory, the resolved settings that go into its key and the
-earlier stages it reads. The executors below run one stage each:
+it does, where its output goes in the run directory, its typed config (the stage's own config class, e.g. the
+:class:`~edgekd.distill.DistillConfig` of a student, the :class:`~edgekd.export.ExportConfig` of the bundle; its
+JSON goes into the key), its FP32 source and the earlier stages it reads. The executors below run one stage each,
+reading the typed config (no settings dict in between):
 
 =================  ==========================================================  ===========================
 stage              what                                                        output (in the run dir)
@@ -53,7 +55,7 @@ from edgekd.bench import (
     width_multiple,
     write_json,
 )
-from edgekd.distill import CacheSettings, RunSettings, run_training
+from edgekd.distill import CacheSettings, DistillConfig, run_training
 from edgekd.export import export_bundle
 from edgekd.importer import import_model
 from edgekd.metrics import compute_metrics
@@ -269,7 +271,7 @@ def _train_stage(cfg: PipelineConfig, name: str, kind: str, seed: int, teachers:
     resolved to paths in the run directory when it runs (a moved run directory keeps its keys)."""
     section = cfg.teacher if name.startswith("teacher") else cfg.student
     cache = CacheSettings(dir=f"teacher_cache/{name}", topk=cfg.distill.cache_topk)
-    run = RunSettings(
+    run = DistillConfig(
         student=section.model,
         data=cfg.data,
         teachers=list(teachers),
@@ -287,7 +289,7 @@ def _train_stage(cfg: PipelineConfig, name: str, kind: str, seed: int, teachers:
 
 def _train(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     run = st.config
-    assert isinstance(run, RunSettings)
+    assert isinstance(run, DistillConfig)
     cache = run.cache.model_copy(update={"dir": str(r.path(run.cache.dir))}) if run.cache else None
     run = run.model_copy(
         update={
