@@ -842,7 +842,7 @@ def test_cli_bench_reads_a_config_file_and_flags_override_it(arts, tmp_path):
     assert sorted({x["batch"] for x in report["results"]}) == [1, 2] and {x["backend"] for x in report["results"]} == {
         "ort"
     }
-    assert report["settings"]["min_iters"] == 15  # the flag wins over the file
+    assert report["settings"]["min_iters"] == 15 and report["config"]["gate"]["budget_ms"] == 100000  # flag > file
     r = run("bench", str(arts["onnx"]), "--config", str(tmp_path / "bench.yaml"), *FAST_FLAGS, "--budget-ms", "1e-9")
     assert r.exit_code == 7, r.output
     (tmp_path / "bad.yaml").write_text("batch: [1]\n")

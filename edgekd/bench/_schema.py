@@ -270,6 +270,8 @@ class BenchReport(BaseModel):
     artifacts: list[str] = Field(default_factory=list)
     results: list[BenchResult] = Field(default_factory=list)
     skipped: list[SkippedRun] = Field(default_factory=list)
+    # The resolved BenchConfig of `edgekd bench` / run_benchmark (backends, batches, gate...); None otherwise.
+    config: dict[str, Any] | None = None
 
     @field_validator("schema_version")
     @classmethod
