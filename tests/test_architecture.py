@@ -103,3 +103,27 @@ def test_a_cycle_hidden_under_type_checking_is_found(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     g = grimp.build_graph("hidden_cycle", include_external_packages=False, exclude_type_checking_imports=False)
     assert _cycles(_sibling_edges(g, "hidden_cycle")) == [["hidden_cycle.a", "hidden_cycle.b"]]
+
+
+def test_a_public_name_means_one_thing_across_export_bench_pipeline_and_serve():
+    """Issue 22: two ``Precision``, ``Skipped``, ``ModelInfo``, ``Runner``... meant different things."""
+    import importlib
+
+    owners: dict[str, dict[int, str]] = {}
+    for pkg in ("edgekd.export", "edgekd.bench", "edgekd.pipeline", "edgekd.serve"):
+        mod = importlib.import_module(pkg)
+        for name in mod.__all__:
+            owners.setdefault(name, {})[id(getattr(mod, name))] = pkg
+    clashes = {name: sorted(by.values()) for name, by in owners.items() if len(by) > 1}
+    assert not clashes, f"one name, different things: {clashes}"
+
+
+def test_renamed_bench_names_still_import_with_a_deprecation_warning():
+    import edgekd.bench as bench
+
+    for old, new in (("Precision", "ComputePrecision"), ("Skipped", "SkippedRun")):
+        with pytest.warns(DeprecationWarning, match=new):
+            assert getattr(bench, old) is getattr(bench, new)
+        assert old not in bench.__all__
+    with pytest.raises(AttributeError):
+        bench.NoSuchName  # noqa: B018

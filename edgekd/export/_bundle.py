@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.export._lint import Finding
-from edgekd.export._manifest import MANIFEST_FILE, MODEL_KINDS, Manifest, ManifestFile
+from edgekd.export._manifest import MANIFEST_FILE, Manifest, ManifestFile
 from edgekd.export._model_card import render_model_card
 from edgekd.export._parity import ParityResult
 from edgekd.export._types import Precision, TensorInfo, onnx_io, static_batch
@@ -72,7 +72,8 @@ class BundleFile(BaseModel):
         source: where it is now.
         name: its file name inside the bundle (no folders).
         kind: ``"onnx"``, ``"engine"``, ``"engine-meta"`` (a sidecar) or any other free-form kind.
-        precision: the precision of a model file; ``None`` for other files.
+        precision: the precision of a model file (what makes it one: :meth:`Manifest.model_files`); ``None``
+            for other files.
     """
 
     source: Path
@@ -159,7 +160,7 @@ def _write_support_files(tmp: Path, card: ModelCard, inputs: list[TensorInfo], r
 
 def _manifest(card: ModelCard, files: list[ManifestFile], inputs: list[TensorInfo], outputs: list[TensorInfo],
               **fields: Any) -> Manifest:  # fmt: skip
-    precisions = [f.precision for f in files if f.kind in MODEL_KINDS and f.precision is not None]
+    precisions = [f.precision for f in files if f.precision is not None]
     versions = {**package_versions(), **(fields.pop("versions", None) or {})}
     return Manifest(
         name=card.spec.name, target=fields.pop("target"), task=card.task, label_names=list(card.label_names),

@@ -137,6 +137,7 @@ def _files_bundle(
             "source_sha256": sha256_file(Path(model_dir) / WEIGHTS_FILE),
             "command": command if command is not None else current_command(),
             "parity_samples": samples.source,
+            "config": cfg.model_dump(mode="json"),  # the resolved ExportConfig (STYLE.md point 8)
             **job.extra,
         }
         check = _validation(shipped, card, cfg.data, cfg.target_sensitivity, say)

@@ -27,7 +27,7 @@ __all__ = ["Manifest", "ManifestFile", "read_manifest", "SCHEMA_VERSION", "MANIF
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-MODEL_KINDS = ("onnx", "engine")
+MODEL_KINDS = ("onnx", "engine")  # the model files of bundles written before a file's precision marked it
 
 
 class ManifestFile(BaseModel):
@@ -77,8 +77,9 @@ class Manifest(BaseModel):
     ood: dict[str, Any] | None = None
 
     def model_files(self) -> list[ManifestFile]:
-        """The ONNX and engine files, in manifest order."""
-        return [f for f in self.files if f.kind in MODEL_KINDS]
+        """The model files (ONNX graphs, engines, any file format of :data:`~edgekd.export.FORMATS`), in manifest
+        order: the files with a precision (sidecars and support files have none)."""
+        return [f for f in self.files if f.precision is not None or f.kind in MODEL_KINDS]
 
 
 def read_manifest(bundle: str | os.PathLike) -> Manifest:

@@ -355,8 +355,12 @@ class PipelineConfig(_Section):
         return self
 
     def resolved(self) -> dict[str, Any]:
-        """The JSON-ready mapping saved as ``pipeline.yaml`` (it reads back through :func:`config_from_mapping`)."""
-        return self.model_dump(mode="json")
+        """The JSON-ready mapping saved as ``pipeline.yaml`` (it reads back through :func:`config_from_mapping`).
+
+        The teacher's and student's ``train.seed`` are left out: the run's top-level ``seed`` sets them (a file that
+        gives one is refused), so a saved file holding the default would not read back."""
+        no_seed = {"train": {"seed"}}
+        return self.model_dump(mode="json", exclude={"teacher": no_seed, "student": no_seed})
 
 
 # ---------------------------------------------------------------------------------------------------------------

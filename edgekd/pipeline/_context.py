@@ -1,4 +1,4 @@
-"""The run context of `edgekd run`: the output names, :class:`Stage`, and :class:`Runner` (the state of one run and
+"""The run context of `edgekd run`: the output names, :class:`Stage`, and :class:`PipelineRunner` (the state of one run and
 the skip / resume / run loop of one stage), which the stage executors (:mod:`._stages`) and
 :func:`~edgekd.pipeline.run_pipeline` (:mod:`._run`) both use.
 
@@ -41,7 +41,7 @@ from edgekd.teachers import Teacher, load_teacher
 
 __all__ = [
     "Stage",
-    "Runner",
+    "PipelineRunner",
     "ReferenceStage",
     "ImportStage",
     "SelectStage",
@@ -187,7 +187,7 @@ class Stage:
     kind: str
     output: str
     config: BaseModel | None
-    execute: Callable[[Runner, Stage, bool], dict[str, Any]]
+    execute: Callable[[PipelineRunner, Stage, bool], dict[str, Any]]
     inputs: tuple[str, ...] = ()
     source: str | None = None
     carry: str | None = None
@@ -201,7 +201,7 @@ class Stage:
         return {**out, "source": self.source} if self.source is not None else out
 
 
-class Runner:
+class PipelineRunner:
     """The state of one `edgekd run`: configuration, run directory, data, stage records (used by the stages)."""
 
     def __init__(

@@ -46,8 +46,8 @@ from edgekd.pipeline._context import (
     KD_FILE,
     REPORT_FILE,
     SUMMARY_FILE,
+    PipelineRunner,
     ReportFn,
-    Runner,
     StageOutcome,
     onnx_file,
 )
@@ -56,8 +56,7 @@ from edgekd.pipeline._stages import Row, plan, report_stage, rows_of
 from edgekd.quantize import TARGETS
 from edgekd.specs import package_versions
 
-__all__ = ["run_pipeline", "RunSummary", "TableRow", "Latency", "StageOutcome", "ReportFn", "Runner",
-           "CONFIG_FILE", "SUMMARY_FILE"]  # fmt: skip
+__all__ = ["run_pipeline", "prepare_run_dir", "build_summary", "RunSummary", "TableRow", "Latency"]
 
 SUMMARY_SCHEMA = "edgekd.run/1"
 
@@ -201,7 +200,7 @@ def run_pipeline(
             raise ArtifactError(f"regression.baseline {cfg.regression.baseline} does not exist",
                                 "write one with `edgekd bench ... --json FILE` or remove regression.baseline")  # fmt: skip
     atomic_write_text(root / CONFIG_FILE, yaml.safe_dump(cfg.resolved(), sort_keys=False))
-    runner = Runner(cfg, root, report=report, progress=progress, log=log)
+    runner = PipelineRunner(cfg, root, report=report, progress=progress, log=log)
     stages = plan(cfg)
     runner.stages = {s.name: s for s in stages}
     for st in stages:
@@ -234,7 +233,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
 
 
-def _row(runner: Runner, row: Row) -> TableRow:
+def _row(runner: PipelineRunner, row: Row) -> TableRow:
     evals = [json.loads(runner.path(f"{EVAL_DIR}/{s}.json").read_text()) for s in row.stages]
     first = evals[0]
     out = TableRow(name=row.name, label=row.label, kind=first.get("kind", "model_dir"), artifact=first["artifact"],
@@ -263,7 +262,7 @@ def _row(runner: Runner, row: Row) -> TableRow:
     return out
 
 
-def _latencies(runner: Runner, rows: list[TableRow]) -> None:
+def _latencies(runner: PipelineRunner, rows: list[TableRow]) -> None:
     path = runner.path(BENCH_FILE)
     if not path.is_file():
         return
@@ -282,7 +281,7 @@ def _latencies(runner: Runner, rows: list[TableRow]) -> None:
             row.latency[str(batch)] = lat
 
 
-def _regressions(runner: Runner) -> list[str]:
+def _regressions(runner: PipelineRunner) -> list[str]:
     reg, path = runner.cfg.regression, runner.path(BENCH_FILE)
     if reg is None or not path.is_file():
         return []
@@ -299,7 +298,7 @@ def _gradcam_means(path: Path) -> dict[str, Any]:
     return {k: cams[k] for k in ("mean", "layers", "images") if k in cams}
 
 
-def _fp32_onnx(runner: Runner) -> str | None:
+def _fp32_onnx(runner: PipelineRunner) -> str | None:
     """The export bundle's FP32 ONNX file (the carried FP32 model, as shipped), when the run made one."""
     if "bundle" not in runner.records or not runner.path("bundle").is_dir():
         return None
@@ -309,7 +308,7 @@ def _fp32_onnx(runner: Runner) -> str | None:
         return None
 
 
-def _handoff(runner: Runner, rows: list[TableRow]) -> HandoffSummary:
+def _handoff(runner: PipelineRunner, rows: list[TableRow]) -> HandoffSummary:
     """The hand-off decisions, the hand-off per deployment target (rows marked), and the final re-check."""
     cfg = runner.cfg
     decisions = {}
@@ -332,7 +331,7 @@ def _handoff(runner: Runner, rows: list[TableRow]) -> HandoffSummary:
     return HandoffSummary(decisions=list(decisions.values()), targets=handoffs, recheck=lines)
 
 
-def build_summary(runner: Runner) -> RunSummary:
+def build_summary(runner: PipelineRunner) -> RunSummary:
     """The final table from the evaluations, the benchmark, the hand-off decisions and the KD comparison."""
     cfg, data = runner.cfg, runner.data
     rows = [_row(runner, r) for r in rows_of(cfg)]

@@ -1,8 +1,10 @@
 """The stages of `edgekd run`, in order, each a call of the library function that the matching command makes.
 
 :func:`plan` turns a :class:`~edgekd.pipeline.PipelineConfig` into a list of :class:`Stage`: its name, what
-it does, where its output goes in the run directory, the resolved settings that go into its key and the
-earlier stages it reads. The executors below run one stage each:
+it does, where its output goes in the run directory, its typed config (the stage's own config class, e.g. the
+:class:`~edgekd.distill.DistillConfig` of a student, the :class:`~edgekd.export.ExportConfig` of the bundle; its
+JSON goes into the key), its FP32 source and the earlier stages it reads. The executors below run one stage each,
+reading the typed config (no settings dict in between):
 
 =================  ==========================================================  ===========================
 stage              what                                                        output (in the run dir)
@@ -53,7 +55,7 @@ from edgekd.bench import (
     width_multiple,
     write_json,
 )
-from edgekd.distill import CacheSettings, RunSettings, run_training
+from edgekd.distill import CacheSettings, DistillConfig, run_training
 from edgekd.export import export_bundle
 from edgekd.importer import import_model
 from edgekd.metrics import compute_metrics
@@ -67,10 +69,10 @@ from edgekd.pipeline._context import (
     EvalStage,
     HandoffStage,
     ImportStage,
+    PipelineRunner,
     PruneStage,
     QuantizeStage,
     ReferenceStage,
-    Runner,
     SelectStage,
     Stage,
 )
@@ -269,7 +271,7 @@ def _train_stage(cfg: PipelineConfig, name: str, kind: str, seed: int, teachers:
     resolved to paths in the run directory when it runs (a moved run directory keeps its keys)."""
     section = cfg.teacher if name.startswith("teacher") else cfg.student
     cache = CacheSettings(dir=f"teacher_cache/{name}", topk=cfg.distill.cache_topk)
-    run = RunSettings(
+    run = DistillConfig(
         student=section.model,
         data=cfg.data,
         teachers=list(teachers),
@@ -285,9 +287,9 @@ def _train_stage(cfg: PipelineConfig, name: str, kind: str, seed: int, teachers:
     return Stage(name, kind, name, run, _train, teachers, uses_data=True, resumable=True)
 
 
-def _train(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _train(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     run = st.config
-    assert isinstance(run, RunSettings)
+    assert isinstance(run, DistillConfig)
     cache = run.cache.model_copy(update={"dir": str(r.path(run.cache.dir))}) if run.cache else None
     run = run.model_copy(
         update={
@@ -311,7 +313,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def _import(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _import(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     t = st.config
     assert isinstance(t, ImportStage)
     card = import_model(
@@ -328,7 +330,7 @@ def _import(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return {"params": card.params}
 
 
-def _reference(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _reference(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     teacher = r.load(st.name)  # checks that it loads and fits the data
     return {"kind": teacher.kind, "num_classes": teacher.num_classes}
 
@@ -337,7 +339,7 @@ def _reference(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
 # Distillation against the baseline
 
 
-def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _select(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, SelectStage)
     students = [n for n in st.inputs if n.startswith("student")]
@@ -391,7 +393,7 @@ def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
 # Compression, export, evaluation, benchmark, report
 
 
-def _prune(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _prune(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, PruneStage)
     teacher = r.teacher_ref(s.recovery_teacher) if s.recovery_teacher else None
@@ -414,7 +416,7 @@ def _prune(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     }
 
 
-def _quantize(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _quantize(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, QuantizeStage) and st.source is not None
     res = quantize_model_dir(
@@ -431,7 +433,7 @@ def _quantize(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return {"delta": res.delta, "sizes": res.sizes, "precision": res.precision}
 
 
-def _export(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _export(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     assert st.source is not None
     manifest = export_bundle(
         r.final_fp32(st.source), r.path(st.output), st.config, overwrite=True, command=r.command(st), log=r.log
@@ -475,7 +477,7 @@ def _keep_stage(
     )
 
 
-def _val_metrics(r: Runner, path: Path, onnx: bool) -> dict[str, Any]:
+def _val_metrics(r: PipelineRunner, path: Path, onnx: bool) -> dict[str, Any]:
     """The metrics of `edgekd eval` on the validation split (cached per artifact within the run)."""
     key = (str(path.resolve()), artifact_hash(path))
     if key not in r.val_cache:
@@ -492,7 +494,7 @@ def _deciding(metric: str, parent: dict[str, Any], child: dict[str, Any]) -> tup
     return "acc", parent.get("acc"), child.get("acc")
 
 
-def _keep(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _keep(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s, source = st.config, st.source
     assert isinstance(s, HandoffStage) and source is not None
     parent_path, child_path = r.final_fp32(source), r.artifact_path(s.child_source, s.precision)
@@ -539,7 +541,7 @@ def _keep(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return d.model_dump(mode="json")
 
 
-def _evaluate(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _evaluate(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, EvalStage) and st.source is not None
     name = st.name.removeprefix("eval-")
@@ -549,7 +551,7 @@ def _evaluate(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return {"test": _scalars(res["test"]), "val": _scalars(res["val"])}
 
 
-def _bench(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _bench(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, BenchStage)
     paths = [str(r.artifact_path(source, precision)) for _, source, precision in s.rows]
@@ -558,6 +560,6 @@ def _bench(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
     return {"results": len(report.results), "skipped": len(report.skipped)}
 
 
-def _report(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _report(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     path = r.write_report()
     return {"path": str(path)}

@@ -157,7 +157,7 @@ class Prediction:
         return out
 
 
-Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+InferFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 FEATURES = "edgekd_penultimate_features"  # the key of the features in run() results (never served)
 
 
@@ -172,7 +172,7 @@ class LoadedModel:
     preprocess: Preprocess
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
-    runner: Runner
+    runner: InferFn
     has_features: bool = False
     ood: OODScorer | None = None
     intended_use: IntendedUse | None = None

@@ -31,6 +31,7 @@ class InferenceServer(Protocol):
     models: Mapping[str, Any]
     config: _Config
 
+
 __all__ = ["openapi_schema"]
 
 _ERROR = {"description": "refused", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
