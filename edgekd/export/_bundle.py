@@ -70,7 +70,7 @@ PREPROCESS_FILE = "preprocess.json"
 PARITY_FILE = "parity.npz"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 _RESERVED = {MANIFEST_FILE, LABELS_FILE, PREPROCESS_FILE, PARITY_FILE, MODEL_CARD_FILE, REFERENCE_FILE}
-MODEL_KINDS = ("onnx", "engine")
+MODEL_KINDS = ("onnx", "engine", "openvino", "executorch")  # openvino: model.xml (model.bin: openvino-weights)
 
 
 class BundleFile(BaseModel):
@@ -136,7 +136,7 @@ class Manifest(BaseModel):
     ood: dict[str, Any] | None = None
 
     def model_files(self) -> list[ManifestFile]:
-        """The ONNX and engine files, in manifest order."""
+        """The model files (ONNX, engines, OpenVINO IR, ExecuTorch programs), in manifest order."""
         return [f for f in self.files if f.kind in MODEL_KINDS]
 
 
