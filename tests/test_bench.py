@@ -817,3 +817,34 @@ def test_native_tensorrt_engine(arts, tmp_path):
     report = benchmark([str(engine)], backends=["trt"], batches=(1, 8, 16), settings=FAST)
     assert [r.batch for r in report.results] == [1, 8]
     assert "profile" in report.skipped[0].reason  # batch 16 is outside the engine's profile
+
+
+def test_bench_config_is_the_settings_plus_what_to_run_and_the_gate():
+    from edgekd.bench import BenchConfig, GateConfig
+
+    cfg = BenchConfig(batches="1,8", backends="ort", cv_warn="15%", gate={"max_regression": "5%"})
+    assert (cfg.batches, cfg.backends, cfg.cv_warn, cfg.gate.max_regression) == ([1, 8], ["ort"], 0.15, 0.05)
+    assert cfg.settings() == BenchSettings(cv_warn=0.15)  # the measurement defaults are BenchSettings'
+    assert GateConfig().active is False and GateConfig(budget_ms=1).active
+    for bad in ({"backends": "onnxrt"}, {"batches": [0]}, {"gate": {"max_regresion": 0.1}}):
+        with pytest.raises((InvalidInputError, ValueError)):
+            BenchConfig.model_validate(bad)
+
+
+def test_cli_bench_reads_a_config_file_and_flags_override_it(arts, tmp_path):
+    (tmp_path / "bench.yaml").write_text(
+        "bench:\n  backends: [ort]\n  batches: [1, 2]\n  min_iters: 12\n  gate:\n    budget_ms: 100000\n"
+    )
+    out = tmp_path / "b.json"
+    r = run("bench", str(arts["onnx"]), "--config", str(tmp_path / "bench.yaml"), *FAST_FLAGS, "--json", str(out))
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert sorted({x["batch"] for x in report["results"]}) == [1, 2] and {x["backend"] for x in report["results"]} == {
+        "ort"
+    }
+    assert report["settings"]["min_iters"] == 15  # the flag wins over the file
+    r = run("bench", str(arts["onnx"]), "--config", str(tmp_path / "bench.yaml"), *FAST_FLAGS, "--budget-ms", "1e-9")
+    assert r.exit_code == 7, r.output
+    (tmp_path / "bad.yaml").write_text("batch: [1]\n")
+    r = run("bench", str(arts["onnx"]), "--config", str(tmp_path / "bad.yaml"), *FAST_FLAGS)
+    assert r.exit_code == 3 and "batch" in r.output

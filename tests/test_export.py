@@ -19,9 +19,12 @@ from typer.testing import CliRunner
 from edgekd.cli import app
 from edgekd.errors import ArtifactError, InvalidInputError, VerificationError
 from edgekd.export import (
+    FORMATS,
     MANIFEST_FILE,
     TOLERANCES,
     BundleFile,
+    ExportConfig,
+    FormatKind,
     Precision,
     Reference,
     Tolerance,
@@ -34,6 +37,7 @@ from edgekd.export import (
     ort_session,
     parity_check,
     read_manifest,
+    resolve_export_config,
     run_onnx,
     to_fp16,
     torch_logits,
@@ -535,3 +539,50 @@ def test_verify_with_data_compares_fp16_with_fp32_on_real_samples(bundle, tiny_m
     res = verify_bundle(bundle, data=card.lineage.data)
     cross = [p for p in res.parity if "vs model.onnx" in p.samples]
     assert [p.file for p in cross] == ["model.fp16.onnx"] and cross[0].passed
+
+
+# ---------------------------------------------------------------- the formats table and ExportConfig
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_every_format_is_one_complete_table_entry(name):
+    fmt = FORMATS[name]
+    assert fmt.name == name and callable(fmt.write) and fmt.description
+    if fmt.kind is FormatKind.FILE:
+        assert fmt.suffix and not fmt.picks
+    else:
+        assert not fmt.suffix and all(FORMATS[p].kind is FormatKind.FILE for p in fmt.picks)
+    suffixes = [f.suffix for f in FORMATS.values() if f.kind is FormatKind.FILE]
+    assert len(set(suffixes)) == len(suffixes)
+
+
+def test_export_config_validates_formats_checks_and_the_profile():
+    assert ExportConfig(formats="ONNX, onnx-fp16,onnx").formats == ["onnx", "onnx-fp16"]
+    assert ExportConfig(formats="onnx-fp16,triton").output is FORMATS["triton"]
+    bad_options = [
+        ({"formats": "tflite"}, "onnx-fp16"),
+        ({"formats": "onnx,monai-bundle"}, "alone"),
+        ({"formats": "triton,engine"}, "one ONNX model"),
+        ({"check": "trt"}, "tensorrt"),
+        ({"min_batch": 9}, "min-batch"),
+        ({"exporter": "x"}, "torchscript"),
+        ({"opsett": 17}, "opsett"),
+    ]
+    for bad, match in bad_options:
+        with pytest.raises(InvalidInputError, match=match):
+            resolve_export_config(**bad)
+    cfg = resolve_export_config(ExportConfig(opset=18), n_samples=8)
+    assert (cfg.opset, cfg.n_samples, cfg.formats) == (18, 8, ["onnx"])
+
+
+def test_cli_export_reads_a_config_file_and_flags_override_it(tiny_model_dir, tmp_path):
+    (tmp_path / "export.yaml").write_text("export:\n  formats: [onnx, onnx-fp16]\n  n_samples: 4\n  opset: 16\n")
+    config, out, m_json = tmp_path / "export.yaml", tmp_path / "b", tmp_path / "m.json"
+    r = run("export", tiny_model_dir, "--config", config, "--opset", 17, "--out", out, "--json", m_json)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert [f["name"] for f in m["files"] if f["kind"] == "onnx"] == ["model.onnx", "model.fp16.onnx"]
+    assert m["exporter"]["opset"] == 17 and m["parity"][0]["n"] == 4
+    (tmp_path / "bad.yaml").write_text("formats: [onnx]\nsample: 4\n")
+    r = run("export", tiny_model_dir, "--config", tmp_path / "bad.yaml", "--out", tmp_path / "c")
+    assert r.exit_code == 3 and "sample" in r.output and not (tmp_path / "c").exists()

@@ -27,6 +27,7 @@ Example:
 from edgekd.bench._api import benchmark, default_backends
 from edgekd.bench._artifacts import Artifact, ArtifactKind, resolve_artifact
 from edgekd.bench._compare import LatencyComparison, PairLatency, RoundTiming, bench_devices, compare_latency
+from edgekd.bench._config import BenchConfig, GateConfig, GateResult, check_gate, run_benchmark
 from edgekd.bench._env import capture_environment
 from edgekd.bench._gate import check_budget, compare_reports, enforce, parse_fraction, regressions
 from edgekd.bench._latency import model_latency_ms, onnx_latency_ms
@@ -76,6 +77,11 @@ from edgekd.bench._widths import (
 
 __all__ = [
     "benchmark",
+    "run_benchmark",
+    "check_gate",
+    "BenchConfig",
+    "GateConfig",
+    "GateResult",
     "compare_latency",
     "bench_devices",
     "LatencyComparison",

@@ -14,11 +14,12 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from edgekd._config import build_config
 from edgekd._io import check_report_path
 from edgekd.bench import (
-    BenchSettings,
-    benchmark,
-    check_budget,
+    BenchConfig,
+    GateConfig,
+    check_gate,
     compare_reports,
     comparison_table,
     enforce,
@@ -27,14 +28,15 @@ from edgekd.bench import (
     parse_fraction,
     regressions,
     results_table,
+    run_benchmark,
     write_csv,
     write_markdown,
 )
-from edgekd.bench._schema import OrtOptLevel, OrtProvider, Precision
+from edgekd.bench._schema import OrtOptLevel, OrtProvider
+from edgekd.bench._schema import Precision as ComputePrecision
 from edgekd.cli._app import PANEL_BENCH, app
 from edgekd.cli._errors import print_warning
-from edgekd.cli._options import JsonOpt, QuietOpt, console, emit_json
-from edgekd.errors import InvalidInputError
+from edgekd.cli._options import ConfigOpt, JsonOpt, QuietOpt, console, emit_json
 
 __all__ = ["bench_app"]
 
@@ -61,22 +63,18 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench", rich_help_panel=PANEL_BENCH)
 
 
-def _split(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise InvalidInputError(f"empty list {value!r}", "give comma-separated values, e.g. 1,8,32")
-    return items
+_D = BenchConfig.model_fields
 
 
-def _batches(value: str) -> list[int]:
-    out = []
-    for v in _split(value) or []:
-        if not v.isdigit() or int(v) < 1:
-            raise InvalidInputError(f"--batch needs positive integers, got {v!r}", "e.g. --batch 1,8,32")
-        out.append(int(v))
-    return out
+def _default(name: str) -> str:
+    """``(default: X)`` of a :class:`BenchConfig` field (options default to "not given"; the config supplies it)."""
+    info = _D[name] if "." not in name else GateConfig.model_fields[name.split(".")[1]]
+    value = info.default_factory() if info.default_factory is not None else info.default
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    if hasattr(value, "value"):
+        value = value.value
+    return f"(default: {'none' if value is None else value})"
 
 
 @bench_app.command("run")
@@ -105,72 +103,113 @@ def run_cmd(
         str | None,
         typer.Option(help="Comma list of cpu, cuda (default: cuda when present; engines: cuda).", rich_help_panel=W),
     ] = None,
-    batch: Annotated[str, typer.Option(help="Comma list of batch sizes.", rich_help_panel=W)] = "1",
+    batch: Annotated[
+        str | None, typer.Option(help=f"Comma list of batch sizes {_default('batches')}.", rich_help_panel=W)
+    ] = None,
     precision: Annotated[
-        Precision | None,
+        ComputePrecision | None,
         typer.Option(
             help="torch: compute dtype; ONNX/engines: which file of a bundle (default: all).", rich_help_panel=W
         ),
     ] = None,
-    warmup_s: Annotated[float, typer.Option(help="Minimum warm-up time.", rich_help_panel=M)] = 1.0,
-    warmup_iters: Annotated[int, typer.Option(help="Minimum warm-up iterations.", rich_help_panel=M)] = 10,
-    min_s: Annotated[float, typer.Option(help="Minimum timed duration.", rich_help_panel=M)] = 3.0,
-    min_iters: Annotated[int, typer.Option(help="Minimum timed iterations.", rich_help_panel=M)] = 50,
+    warmup_s: Annotated[
+        float | None, typer.Option(help=f"Minimum warm-up time {_default('warmup_s')}.", rich_help_panel=M)
+    ] = None,
+    warmup_iters: Annotated[
+        int | None, typer.Option(help=f"Minimum warm-up iterations {_default('warmup_iters')}.", rich_help_panel=M)
+    ] = None,
+    min_s: Annotated[
+        float | None, typer.Option(help=f"Minimum timed duration {_default('min_s')}.", rich_help_panel=M)
+    ] = None,
+    min_iters: Annotated[
+        int | None, typer.Option(help=f"Minimum timed iterations {_default('min_iters')}.", rich_help_panel=M)
+    ] = None,
     max_s: Annotated[
         float | None, typer.Option(help="Cap on the timed phase (slow models).", rich_help_panel=M)
     ] = None,
     cv_warn: Annotated[
-        str, typer.Option(help="Warn when the coefficient of variation exceeds this.", rich_help_panel=M)
-    ] = "10%",
-    drift_warn: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Warn when the p50 of one fifth of the run differs from another's by more than this.",
+            help=f"Warn when the coefficient of variation exceeds this {_default('cv_warn')}.", rich_help_panel=M
+        ),
+    ] = None,
+    drift_warn: Annotated[
+        str | None,
+        typer.Option(
+            help="Warn when the p50 of one fifth of the run differs from another's by more than this "
+            f"{_default('drift_warn')}.",
             rich_help_panel=M,
         ),
-    ] = "10%",  # fmt: skip
+    ] = None,
     roofline: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--roofline/--no-roofline",
-            help="Measure this machine's matmul peak (~1 s) and report achieved FLOP/s against it.",
+            help="Measure this machine's matmul peak (~1 s) and report achieved FLOP/s against it (default: on).",
             rich_help_panel=M,
         ),
-    ] = True,
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(help="CPU threads (torch and ORT intra-op; default: physical cores).", rich_help_panel=K),
     ] = None,
-    channels_last: Annotated[bool, typer.Option(help="torch: NHWC memory format.", rich_help_panel=K)] = False,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--channels-last/--no-channels-last", help="torch: NHWC memory format (default: off).", rich_help_panel=K
+        ),
+    ] = None,
     compile: Annotated[
-        bool, typer.Option("--compile", help="torch: torch.compile the model.", rich_help_panel=K)
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile", help="torch: torch.compile the model (default: off).", rich_help_panel=K
+        ),
+    ] = None,
     cuda_graphs: Annotated[
-        bool, typer.Option(help="torch on CUDA: replay a captured CUDA graph.", rich_help_panel=K)
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs",
+            help="torch on CUDA: replay a captured CUDA graph (default: off).",
+            rich_help_panel=K,
+        ),
+    ] = None,
     ort_opt_level: Annotated[
-        OrtOptLevel, typer.Option(help="ONNX Runtime graph optimisation level.", rich_help_panel=K)
-    ] = OrtOptLevel.ALL,
+        OrtOptLevel | None,
+        typer.Option(help=f"ONNX Runtime graph optimisation level {_default('ort_opt_level')}.", rich_help_panel=K),
+    ] = None,
     ort_provider: Annotated[
-        OrtProvider, typer.Option(help="ONNX Runtime execution provider (auto: by --device).", rich_help_panel=K)
-    ] = OrtProvider.AUTO,
+        OrtProvider | None,
+        typer.Option(help="ONNX Runtime execution provider (default auto: by --device).", rich_help_panel=K),
+    ] = None,
+    config: ConfigOpt = None,
     json_out: JsonOpt = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write CSV.", rich_help_panel=OUT)] = None,
     markdown_out: Annotated[
         Path | None, typer.Option("--markdown", help="Also write a Markdown table.", rich_help_panel=OUT)
     ] = None,
     times: Annotated[
-        bool, typer.Option("--times/--no-times", help="Keep per-iteration times in the JSON.", rich_help_panel=OUT)
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--times/--no-times", help="Keep per-iteration times in the JSON (default: on).", rich_help_panel=OUT
+        ),
+    ] = None,
     baseline: Annotated[
         Path | None, typer.Option(help="Baseline JSON to compare with (p50 and p90).", rich_help_panel=G)
     ] = None,
     max_regression: Annotated[
-        str, typer.Option(help="Allowed slow-down against --baseline, e.g. 10% or 0.1.", rich_help_panel=G)
-    ] = "10%",
+        str | None,
+        typer.Option(
+            help=f"Allowed slow-down against --baseline, e.g. 10% or 0.1 {_default('gate.max_regression')}.",
+            rich_help_panel=G,
+        ),
+    ] = None,
     min_abs_ms: Annotated[
-        float, typer.Option(help="A regression must also exceed this many ms (noise floor).", rich_help_panel=G)
-    ] = 0.05,
+        float | None,
+        typer.Option(
+            help=f"A regression must also exceed this many ms (noise floor) {_default('gate.min_abs_ms')}.",
+            rich_help_panel=G,
+        ),
+    ] = None,
     budget_ms: Annotated[
         float | None, typer.Option(help="Fail (exit 7) when a p90 latency exceeds this.", rich_help_panel=G)
     ] = None,
@@ -182,60 +221,55 @@ def run_cmd(
 ) -> None:
     """Benchmark artifacts on backends, devices and batch sizes; exit 7 when a gate fails.
 
+    Flags override the --config YAML file (its keys are the fields of edgekd.bench.BenchConfig, the gate under
+    gate:; a bench: section is read when present), which overrides the defaults.
+
     Example: edgekd bench runs/teacher runs/student --batch 1,32 --json bench.json --baseline base.json --max-regression 10%
     """
 
     for path in (json_out, csv_out, markdown_out):
         check_report_path(path)
-    if no_verify:
+    flags = {
+        "backends": backend,
+        "devices": device,
+        "batches": batch,
+        "precision": precision,
+        "warmup_s": warmup_s,
+        "warmup_iters": warmup_iters,
+        "min_s": min_s,
+        "min_iters": min_iters,
+        "max_s": max_s,
+        "cv_warn": cv_warn,
+        "drift_warn": drift_warn,
+        "roofline": roofline,
+        "threads": threads,
+        "channels_last": channels_last,
+        "compile": compile,
+        "cuda_graphs": cuda_graphs,
+        "ort_opt_level": ort_opt_level,
+        "ort_provider": ort_provider,
+        "keep_times": times,
+        "verify": False if no_verify else None,
+        "gate.baseline": baseline and str(baseline),
+        "gate.max_regression": max_regression,
+        "gate.min_abs_ms": min_abs_ms,
+        "gate.budget_ms": budget_ms,
+    }
+    cfg = build_config(BenchConfig, config, {k: v for k, v in flags.items() if v is not None}, section="bench")
+    if not cfg.verify:
         print_warning("--no-verify: bundle files are run without checking their sha256 against the manifest")
-    settings = _settings(
-        BenchSettings,
-        warmup_s=warmup_s,
-        warmup_iters=warmup_iters,
-        min_s=min_s,
-        min_iters=min_iters,
-        max_s=max_s,
-        cv_warn=parse_fraction(cv_warn),
-        drift_warn=parse_fraction(drift_warn),
-        threads=threads,
-        channels_last=channels_last,
-        compile=compile,
-        cuda_graphs=cuda_graphs,
-        ort_opt_level=ort_opt_level,
-        ort_provider=ort_provider,
-        roofline=roofline,
-        keep_times=times,
-    )
-    report = benchmark(
-        artifacts,
-        backends=_split(backend),
-        devices=_split(device),
-        batches=_batches(batch),
-        precision=precision.value if precision else None,
-        settings=settings,
-        progress=not quiet,
-        verify=not no_verify,
-    )
+    report = run_benchmark(artifacts, cfg, progress=not quiet)
     show = json_out != "-"
     if show:
         console.print(results_table(report))
         for warning in noise_warnings(report):
             console.print(f"[yellow]warning:[/] {warning}")
     _write_outputs(report, json_out, csv_out, markdown_out)
-    _gate(report, baseline, parse_fraction(max_regression), min_abs_ms, budget_ms, show)
-
-
-def _settings(model: Any, **values: Any) -> Any:
-    """Validate the method/runtime flags (e.g. ``--min-iters 0``) into a one-line error, exit 3."""
-    from pydantic import ValidationError
-
-    try:
-        return model(**values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_", "-") if err.get("loc") else "a setting"
-        raise InvalidInputError(f"invalid {flag}: {err['msg']}") from None
+    gate = check_gate(report, cfg.gate, enforce_it=False)
+    if show and cfg.gate.baseline is not None:
+        title = f"against {cfg.gate.baseline} (B/A > 1 is slower)"
+        console.print(comparison_table(gate.comparisons, title=title))
+    enforce(gate.regressed, gate.over_budget, max_regression=cfg.gate.max_regression, min_abs_ms=cfg.gate.min_abs_ms)
 
 
 def _write_outputs(report: Any, json_out: str | None, csv_out: Path | None, markdown_out: Path | None) -> None:
@@ -245,20 +279,6 @@ def _write_outputs(report: Any, json_out: str | None, csv_out: Path | None, mark
         write_csv(report, csv_out)
     if markdown_out is not None:
         write_markdown(report, markdown_out)
-
-
-def _gate(
-    report: Any, baseline: Path | None, max_regression: float, min_abs_ms: float, budget_ms: float | None, show: bool
-) -> None:
-    """Compare with the baseline and the budget; print what failed; raise RegressionError (exit 7)."""
-    regressed = []
-    if baseline is not None:
-        comps = compare_reports(load_report(baseline), report, max_regression=max_regression, min_abs_ms=min_abs_ms)
-        if show:
-            console.print(comparison_table(comps, title=f"against {baseline} (B/A > 1 is slower)"))
-        regressed = regressions(comps)
-    over = check_budget(report, budget_ms) if budget_ms is not None else []
-    enforce(regressed, over, max_regression=max_regression, min_abs_ms=min_abs_ms)
 
 
 @bench_app.command("compare")

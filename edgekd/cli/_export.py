@@ -9,47 +9,71 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from edgekd._config import build_config
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_EXPORT, app
-from edgekd.cli._options import JsonOpt, OutOpt, OverwriteOpt, TargetSensitivityOpt, console, emit_json
+from edgekd.cli._options import ConfigOpt, JsonOpt, OutOpt, OverwriteOpt, TargetSensitivityOpt, console, emit_json
 from edgekd.errors import VerificationError
-from edgekd.export import export_bundle, lint_errors, lint_onnx, verify_bundle
+from edgekd.export import FORMATS, ExportConfig, export_bundle, lint_errors, lint_onnx, verify_bundle
 
 E, T, C = "Export", "TensorRT", "Checks"
-DEFAULT_TIMING_CACHE = Path("~/.cache/edgekd/tensorrt-timing.cache")
+_D = ExportConfig.model_fields
 
-MinBatchOpt = Annotated[int, typer.Option(help="Smallest batch of the optimization profile.", rich_help_panel=T)]
-OptBatchOpt = Annotated[int, typer.Option(help="Batch the engine is tuned for.", rich_help_panel=T)]
-MaxBatchOpt = Annotated[int, typer.Option(help="Largest batch of the optimization profile.", rich_help_panel=T)]
+
+def _default(name: str) -> str:
+    """``(default: X)`` of an :class:`ExportConfig` field, for help texts of options that default to "not given"."""
+    info = _D[name]
+    value = info.default_factory() if info.default_factory is not None else info.default
+    if isinstance(value, list):
+        value = ",".join(map(str, value)) or "none"
+    return f"(default: {value})"
+
+
+MinBatchOpt = Annotated[
+    int | None,
+    typer.Option(help=f"Smallest batch of the optimization profile {_default('min_batch')}.", rich_help_panel=T),
+]
+OptBatchOpt = Annotated[
+    int | None, typer.Option(help=f"Batch the engine is tuned for {_default('opt_batch')}.", rich_help_panel=T)
+]
+MaxBatchOpt = Annotated[
+    int | None,
+    typer.Option(help=f"Largest batch of the optimization profile {_default('max_batch')}.", rich_help_panel=T),
+]
+_FORMAT_HELP = "Comma-separated: " + "; ".join(f"{f.name} ({f.description})" for f in FORMATS.values())
 
 
 @app.command(rich_help_panel=PANEL_EXPORT)
 def export(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory (trained, distilled, pruned or QAT).")],
+    model_dir: Annotated[
+        Path, typer.Argument(help="Model directory (trained, distilled, pruned or QAT), or a bundle.")
+    ],
     out: OutOpt,
     format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Comma-separated: onnx, onnx-fp16, engine (TensorRT, needs a GPU).",
-            rich_help_panel=E,
-        ),
-    ] = "onnx",
-    opset: Annotated[int, typer.Option(help="ONNX opset (TensorRT 10 parses 9..20).", rich_help_panel=E)] = 17,
+        str | None,
+        typer.Option("--format", "-f", help=f"{_FORMAT_HELP} {_default('formats')}.", rich_help_panel=E),
+    ] = None,
+    opset: Annotated[
+        int | None, typer.Option(help=f"ONNX opset (TensorRT 10 parses 9..20) {_default('opset')}.", rich_help_panel=E)
+    ] = None,
     static: Annotated[
-        bool, typer.Option("--static", help="Fix the batch to 1 (default: dynamic batch).", rich_help_panel=E)
-    ] = False,
+        bool | None,
+        typer.Option("--static/--dynamic", help="Fix the batch to 1, or keep it dynamic (default).", rich_help_panel=E),
+    ] = None,
     simplify: Annotated[
-        bool, typer.Option("--simplify/--no-simplify", help="Clean the graph with onnxslim.", rich_help_panel=E)
-    ] = True,
-    exporter: Annotated[
-        str,
+        bool | None,
         typer.Option(
-            help="auto | torchscript | dynamo (auto: TorchScript for fake-quantized models and opset < 18).",
+            "--simplify/--no-simplify", help="Clean the graph with onnxslim (default: on).", rich_help_panel=E
+        ),
+    ] = None,
+    exporter: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | torchscript | dynamo (auto: TorchScript for fake-quantized models and opset < 18) "
+            f"{_default('exporter')}.",
             rich_help_panel=E,
         ),
-    ] = "auto",
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option(
@@ -59,34 +83,59 @@ def export(
             rich_help_panel=C,
         ),
     ] = None,
-    samples: Annotated[int, typer.Option(help="Parity samples.", rich_help_panel=C)] = 64,
+    samples: Annotated[
+        int | None, typer.Option(help=f"Parity samples {_default('n_samples')}.", rich_help_panel=C)
+    ] = None,
     check: Annotated[
         list[str] | None, typer.Option(help="Extra checks: tensorrt (lint; errors fail the export).", rich_help_panel=C)
     ] = None,
-    min_batch: MinBatchOpt = 1,
-    opt_batch: OptBatchOpt = 8,
-    max_batch: MaxBatchOpt = 32,
-    workspace_mb: Annotated[int, typer.Option(help="Builder workspace limit (MiB).", rich_help_panel=T)] = 1024,
+    min_batch: MinBatchOpt = None,
+    opt_batch: OptBatchOpt = None,
+    max_batch: MaxBatchOpt = None,
+    workspace_mb: Annotated[
+        int | None, typer.Option(help=f"Builder workspace limit (MiB) {_default('workspace_mb')}.", rich_help_panel=T)
+    ] = None,
     timing_cache: Annotated[
-        Path, typer.Option(help="Timing cache file reused across engine builds.", rich_help_panel=T)
-    ] = DEFAULT_TIMING_CACHE,
-    overwrite: OverwriteOpt = False,
+        Path | None,
+        typer.Option(
+            help=f"Timing cache file reused across engine builds {_default('timing_cache')}.", rich_help_panel=T
+        ),
+    ] = None,
     target_sensitivity: TargetSensitivityOpt = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Export a model directory to a verified bundle (ONNX, FP16 ONNX, TensorRT engine) with parity checks.
+
+    Flags override the --config YAML file (its keys are the fields of edgekd.export.ExportConfig; an export:
+    section is read when present), which overrides the defaults.
 
     Example: edgekd export runs/student --format onnx,onnx-fp16 --check tensorrt --out bundles/student
     """
 
     quiet = json_out == "-"
     check_report_path(json_out)
+    given = {
+        "formats": format,
+        "opset": opset,
+        "static": static,
+        "simplify": simplify,
+        "exporter": exporter,
+        "data": data,
+        "n_samples": samples,
+        "check": check,
+        "min_batch": min_batch,
+        "opt_batch": opt_batch,
+        "max_batch": max_batch,
+        "workspace_mb": workspace_mb,
+        "timing_cache": timing_cache,
+        "target_sensitivity": target_sensitivity,
+    }
+    cfg = build_config(ExportConfig, config, {k: v for k, v in given.items() if v is not None}, section="export")
     manifest = export_bundle(
-        model_dir, out, formats=format, opset=opset, static=static, simplify=simplify, data=data, n_samples=samples,
-        check=check or (), workspace_mb=workspace_mb, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-        timing_cache=timing_cache, exporter=exporter, overwrite=overwrite, target_sensitivity=target_sensitivity,
-        log=None if quiet else lambda line: console.print(escape(line)),
-    )  # fmt: skip
+        model_dir, out, cfg, overwrite=overwrite, log=None if quiet else lambda line: console.print(escape(line))
+    )
     if not quiet:
         files = ", ".join(f"{f.name} ({f.precision.value})" for f in manifest.model_files() if f.precision)
         console.print(f"exporter {manifest.exporter.get('exporter')}: {manifest.exporter.get('exporter_reason')}")
@@ -108,9 +157,9 @@ def _findings_table(path: Path, findings: list) -> None:
 def lint_onnx_cmd(
     onnx_file: Annotated[Path, typer.Argument(help="ONNX model to check.")],
     target: Annotated[str, typer.Option(help="Deployment target.")] = "tensorrt",
-    min_batch: MinBatchOpt = 1,
-    opt_batch: OptBatchOpt = 8,
-    max_batch: MaxBatchOpt = 32,
+    min_batch: MinBatchOpt = None,
+    opt_batch: OptBatchOpt = None,
+    max_batch: MaxBatchOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     """Check an ONNX model for TensorRT compatibility without a GPU; exits 6 when errors are found.
@@ -121,7 +170,8 @@ def lint_onnx_cmd(
     Example: edgekd lint-onnx bundles/student/model.onnx --target tensorrt --json lint.json
     """
 
-    profile = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch}
+    given = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch}
+    profile = build_config(ExportConfig, None, {k: v for k, v in given.items() if v is not None}).profile()
     findings = lint_onnx(onnx_file, target=target, profile=profile)
     errors = lint_errors(findings)
     if json_out != "-":

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from edgekd._config import StageConfig
 from edgekd.data import Augment
 from edgekd.metrics import METRIC_NAMES
 
@@ -34,7 +35,7 @@ class AmpDtype(str, Enum):
     FP16 = "fp16"
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StageConfig):
     """Hyper-parameters of one training run; saved next to every output as ``config.yaml``."""
 
     model_config = ConfigDict(extra="forbid", use_enum_values=False)

@@ -13,10 +13,12 @@ The artifact is what leaves the team, so every step is checked:
   re-checks it on the receiving side;
 * :func:`export_triton` writes a Triton model repository entry (``config.pbtxt``, ``1/model.onnx``, labels)
   from a bundle;
-* :func:`export_monai_bundle` (``--format monai-bundle``) writes a MONAI Bundle checked with ``monai.bundle``.
+* :func:`export_monai_bundle` (``--format monai-bundle``) writes a MONAI Bundle checked with ``monai.bundle``;
+* :data:`FORMATS` is the one table of export formats (each a file inside the bundle or an output kind, with its
+  writer) and :class:`ExportConfig` the one typed config of `edgekd export`.
 
 Example:
-    >>> manifest = export_bundle("runs/student", "bundles/student", formats="onnx,onnx-fp16")
+    >>> manifest = export_bundle("runs/student", "bundles/student", ExportConfig(formats=["onnx", "onnx-fp16"]))
     >>> verify_bundle("bundles/student").ok
     True
 """
@@ -36,7 +38,18 @@ from edgekd.export._bundle import (
     read_manifest,
     write_bundle,
 )
-from edgekd.export._export import CHECKS, FORMATS, export_bundle, parse_formats
+from edgekd.export._export import export_bundle, resolve_export_config
+from edgekd.export._formats import (
+    CHECKS,
+    DEFAULT_TIMING_CACHE,
+    FORMATS,
+    ExportConfig,
+    ExportFormat,
+    FileJob,
+    FormatKind,
+    OutputJob,
+    parse_formats,
+)
 from edgekd.export._fp16 import to_fp16
 from edgekd.export._lint import LINT_RULES, LINT_TARGETS, Finding, lint_errors, lint_onnx, resolve_profile
 from edgekd.export._monai import edgekd_network, export_monai_bundle, monai_inference_config, monai_metadata
@@ -113,6 +126,13 @@ __all__ = [
     # bundles
     "write_bundle",
     "export_bundle",
+    "resolve_export_config",
+    "ExportConfig",
+    "ExportFormat",
+    "FormatKind",
+    "FileJob",
+    "OutputJob",
+    "DEFAULT_TIMING_CACHE",
     "parse_formats",
     "verify_bundle",
     "check_isa",

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -44,12 +43,19 @@ from torch import nn
 
 from edgekd._io import check_output
 from edgekd.errors import ArtifactError, DependencyError, VerificationError
-from edgekd.export._bundle import MANIFEST_FILE, Manifest, read_manifest
+from edgekd.export._bundle import Manifest, read_manifest
 from edgekd.modeldir import ModelCard, atomic_dir, is_model_dir, load_model_dir, sha256_file
 from edgekd.specs import ChannelMode, ModelSpec, Preprocess, Task, package_versions
 from edgekd.students import apply_structure, build_model
 
-__all__ = ["export_monai_bundle", "edgekd_network", "monai_metadata", "monai_inference_config", "MONAI_TOLERANCE"]
+__all__ = [
+    "export_monai_bundle",
+    "edgekd_network",
+    "monai_metadata",
+    "monai_inference_config",
+    "require_monai",
+    "MONAI_TOLERANCE",
+]
 
 MONAI_TOLERANCE = 1e-4
 META_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -72,7 +78,7 @@ def edgekd_network(spec: dict[str, Any], structure: dict[str, dict[str, int]] | 
     return model
 
 
-def _require_monai():
+def require_monai():
     try:
         import monai
         import monai.bundle
@@ -233,24 +239,21 @@ Preprocessing (also in `configs/metadata.json` under `edgekd.preprocess`): scale
 """
 
 
-def _sources(source: Path, work: Path, say: Callable[[str], None], export: Callable[..., Manifest],
-             export_kw: dict[str, Any]) -> tuple[Path, list[Path]]:  # fmt: skip
-    """The model directory and the ONNX files: exported and parity-checked now, or taken from a bundle."""
-    if (source / MANIFEST_FILE).is_file():
-        manifest = read_manifest(source)
-        model_dir = (manifest.extra.get("quantization") or {}).get("source") or manifest.extra.get("source")
-        if not model_dir or not is_model_dir(model_dir):
-            raise ArtifactError(f"bundle {source} does not name an existing model directory it was made from",
-                                "export the model directory instead, or run from the folder the bundle was made in")  # fmt: skip
-        return Path(model_dir), [source / f.name for f in manifest.model_files() if f.name.endswith(".onnx")]
-    bundle = work / "bundle"
-    manifest = export(source, bundle, formats=["onnx"], log=say, **export_kw)
-    return source, [bundle / f.name for f in manifest.model_files()]
+def _sources(bundle: Path) -> tuple[Path, list[Path]]:
+    """The model directory a bundle was made from and the bundle's ONNX files."""
+    manifest = read_manifest(bundle)
+    model_dir = (manifest.extra.get("quantization") or {}).get("source") or manifest.extra.get("source")
+    if not model_dir or not is_model_dir(model_dir):
+        raise ArtifactError(
+            f"bundle {bundle} does not name an existing model directory it was made from",
+            "export the model directory instead, or run from the folder the bundle was made in",
+        )
+    return Path(model_dir), [bundle / f.name for f in manifest.model_files() if f.name.endswith(".onnx")]
 
 
 def _check_with_monai(root: Path, model: nn.Module, card: ModelCard) -> float:
     """MONAI's verify_net_in_out, then MONAI's network + transforms against edgekd's logits; returns max |diff|."""
-    monai = _require_monai()
+    monai = require_monai()
     meta, config = str(root / "configs/metadata.json"), str(root / "configs/inference.json")
     try:
         monai.bundle.verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config, device="cpu")
@@ -297,15 +300,19 @@ def _write(tmp: Path, model: nn.Module, card: ModelCard, onnx_files: list[Path],
     return hashes
 
 
-def export_monai_bundle(source: str | os.PathLike, out: str | os.PathLike, *, export: Callable[..., Manifest],
-                        overwrite: bool = False, log: Callable[[str], None] | None = None, **export_kw: Any
-                        ) -> Manifest:  # fmt: skip
-    """Write ``source`` (a model directory, or an edgekd bundle such as a quantized one) as a MONAI Bundle.
+def export_monai_bundle(
+    bundle: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    source: str | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Write an edgekd bundle (e.g. a quantized one) as a MONAI Bundle.
 
-    A model directory is exported to ONNX and parity-checked first by ``export`` (edgekd's
-    :func:`~edgekd.export.export_bundle`, which calls this function for ``--format monai-bundle``; ``export_kw``
-    go to it); a bundle's ONNX files (FP32, INT8) are shipped as they are, with the
-    weights of the model directory it was made from.
+    The bundle's ONNX files (FP32, INT8) are shipped as they are, with the weights of the model directory it was
+    made from. ``edgekd export --format monai-bundle`` of a model directory exports and parity-checks it to a
+    temporary bundle first (see :data:`~edgekd.export.FORMATS`) and passes the model directory as ``source``.
 
     Returns:
         A :class:`Manifest` describing the export (``extra["monai_bundle"]``: files, sha256s, MONAI's check).
@@ -316,21 +323,26 @@ def export_monai_bundle(source: str | os.PathLike, out: str | os.PathLike, *, ex
             is written (exit 6).
     """
     say = log or (lambda _m: None)
-    monai = _require_monai()
-    source, out = Path(source), Path(out)
-    check_output(out, overwrite=overwrite, inputs=(source,))
-    with tempfile.TemporaryDirectory(prefix="edgekd-monai-") as work:
-        model_dir, onnx_files = _sources(source, Path(work), say, export, export_kw)
-        model, card = load_model_dir(model_dir)
-        versions = _versions(monai)
-        with atomic_dir(out, overwrite=overwrite) as tmp:
-            hashes = _write(tmp, model, card, onnx_files, str(source), versions)
-            say("checking the bundle with monai.bundle (verify_net_in_out, outputs against edgekd's)")
-            err = _check_with_monai(tmp, model, card)
-            say(f"MONAI bundle outputs match edgekd's: max abs error {err:.2e}")
-            record = {"source": str(source), "model_dir": str(model_dir), "files": hashes, "max_abs_error": err,
-                      "monai_version": monai.__version__}  # fmt: skip
-            (tmp / _MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    monai = require_monai()
+    bundle, out = Path(bundle), Path(out)
+    source = source or str(bundle)
+    check_output(out, overwrite=overwrite, inputs=(bundle, source))
+    model_dir, onnx_files = _sources(bundle)
+    model, card = load_model_dir(model_dir)
+    versions = _versions(monai)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        hashes = _write(tmp, model, card, onnx_files, source, versions)
+        say("checking the bundle with monai.bundle (verify_net_in_out, outputs against edgekd's)")
+        err = _check_with_monai(tmp, model, card)
+        say(f"MONAI bundle outputs match edgekd's: max abs error {err:.2e}")
+        record = {
+            "source": source,
+            "model_dir": str(model_dir),
+            "files": hashes,
+            "max_abs_error": err,
+            "monai_version": monai.__version__,
+        }
+        (tmp / _MARKER).write_text(json.dumps(record, indent=2) + "\n")
     say(f"MONAI bundle written: {out}")
     return Manifest(name=card.spec.name, target="monai", task=card.task, label_names=list(card.label_names),
                     metrics=card.metrics, preprocess=card.preprocess.model_dump(mode="json"),
