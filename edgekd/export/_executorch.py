@@ -430,3 +430,33 @@ def add_executorch(
         )
         versions = {"executorch": _version()}
         return extend_bundle(root, files, parity, runtime="executorch", info=info, versions=versions)
+
+
+def write_executorch(job: Any) -> list[BundleFile]:
+    """The ``executorch`` entry of the table of formats: ``model.pte`` (FP32) of the model being exported (a
+    :class:`~edgekd.export._formats.FileJob`), batch bound ``cfg.max_batch``, parity-checked on the export's
+    parity samples. A fake-quantized (QAT) model is refused: ExecuTorch INT8 comes from PT2E quantization of an
+    FP32 model (export it, quantize it with ``edgekd quantize``, then add ``--format executorch`` to that bundle)."""
+    require_executorch("--format executorch")
+    if job.exporter.get("fake_quant"):
+        raise InvalidInputError(
+            "--format executorch exports FP32 models, not fake-quantized (QAT) ones",
+            "quantize the FP32 model with `edgekd quantize --method ptq`, then export that bundle",
+        )
+    path = job.work / "model.pte"
+    made = export_pte(job.model, job.card, path, max_batch=job.cfg.max_batch)
+    res = executorch_parity(
+        path, Precision.FP32, job.card.task, job.samples.inputs, job.ref, sample_source=job.samples.source
+    )
+    job.say(require_parity(res, "executorch").summary())
+    job.parity.append(res)
+    job.extra.setdefault("runtimes", {})["executorch"] = {
+        "source": "the exported model",
+        "programs": {path.name: made},
+        "files": [path.name],
+        "max_batch": made["max_batch"],
+        "backend": "xnnpack",
+        "usage": ET_USAGE.format(model=path.name, max_batch=made["max_batch"]),
+    }
+    job.versions["executorch"] = _version()
+    return [BundleFile(source=path, name=path.name, kind="executorch", precision=Precision.FP32)]

@@ -207,3 +207,32 @@ def verify_openvino(
         return f"openvino is not installed: {OPENVINO_EXTRA}"
     results.append(openvino_parity(path, precision, task, x, ref, sample_source=f"parity.npz ({len(x)} samples)"))
     return None
+
+
+def write_openvino(job: Any) -> list[BundleFile]:
+    """The ``openvino`` entry of the table of formats: an IR of each FP32/INT8 ONNX graph of the bundle being
+    written (a :class:`~edgekd.export._formats.FileJob`), parity-checked on the export's own parity samples."""
+    ov = require_openvino("--format openvino")
+    files: list[BundleFile] = []
+    for onnx in [f for f in job.onnx_files() if f.precision in _CONVERTED]:
+        xml, weights = convert_to_openvino(onnx.source, job.work / _ir_name(onnx.name))
+        res = openvino_parity(
+            xml, onnx.precision, job.card.task, job.samples.inputs, job.ref, sample_source=job.samples.source
+        )
+        job.say(require_parity(res, "openvino").summary())
+        job.parity.append(res)
+        files += [
+            BundleFile(source=xml, name=xml.name, kind="openvino", precision=onnx.precision),
+            BundleFile(source=weights, name=weights.name, kind="openvino-weights"),
+        ]
+    names = [f.name for f in files if f.kind == "openvino"]
+    job.extra.setdefault("runtimes", {})["openvino"] = {
+        "files": names,
+        "converted_from": [n.removesuffix(".xml") + ".onnx" for n in names],
+        "compress_to_fp16": False,
+        "config": ov_config(2),
+        "device": "CPU",
+        "usage": OV_USAGE.format(model=names[0] if names else "model.xml"),
+    }
+    job.versions["openvino"] = ov.__version__
+    return files
