@@ -48,6 +48,8 @@ class Backend(str, Enum):
     TORCH = "torch"
     ORT = "ort"
     TRT = "trt"
+    OPENVINO = "openvino"
+    EXECUTORCH = "executorch"
 
 
 class Device(str, Enum):

@@ -68,6 +68,7 @@ __all__ = [
     "ET_USAGE",
     "MIN_TRACE_BATCH",
     "verify_executorch",
+    "executorch_version",
     "LoadedProgram",
 ]
 
@@ -94,7 +95,8 @@ def require_executorch(what: str = "the ExecuTorch runtime") -> Any:
     return executorch
 
 
-def _version() -> str:
+def executorch_version() -> str:
+    """The installed executorch version."""
     from importlib.metadata import version
 
     return version("executorch")
@@ -428,7 +430,7 @@ def add_executorch(
             backend="xnnpack",
             usage=ET_USAGE.format(model=files[0].name, max_batch=bound),
         )
-        versions = {"executorch": _version()}
+        versions = {"executorch": executorch_version()}
         return extend_bundle(root, files, parity, runtime="executorch", info=info, versions=versions)
 
 
@@ -458,5 +460,5 @@ def write_executorch(job: Any) -> list[BundleFile]:
         "backend": "xnnpack",
         "usage": ET_USAGE.format(model=path.name, max_batch=made["max_batch"]),
     }
-    job.versions["executorch"] = _version()
+    job.versions["executorch"] = executorch_version()
     return [BundleFile(source=path, name=path.name, kind="executorch", precision=Precision.FP32)]
