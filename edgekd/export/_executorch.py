@@ -8,11 +8,14 @@ partitioner=[XnnpackPartitioner()])`` -> ``to_executorch()``.
 
 **Batch dimension.** The batch is exported dynamic, ``Dim("batch", min=1, max=max_batch)``, and ExecuTorch
 plans memory for the upper bound: the program accepts any batch in ``[1, upper bound]`` and refuses a larger
-one (``set_inputs`` fails). Measured with executorch 1.5.1 / torch 2.14.1: when the example input traced has a
-batch below 16, the XNNPACK lowering narrows the bound to 15 whatever ``max`` says, so edgekd traces at
-``max(16, ...)`` and records the bound the program really has (read back from its input tensor spec) as
-``extra.runtimes.executorch.max_batch``. A model that cannot export with a dynamic batch is exported at a
-fixed batch 1 (recorded).
+one (``set_inputs`` fails). Measured with executorch 1.5.1 / torch 2.14.1 on conv nets: the XNNPACK lowering
+guards the batch at 16, so an example batch below 16 narrows the bound to 15 whatever ``max`` says, and an
+example batch of 16 with ``max=16`` makes the program static (only batch 16 runs: "Failed to resize output
+tensor"). edgekd therefore traces at batch 16 with ``max = max(max_batch, 17)`` for ``max_batch >= 16``, at
+``max_batch`` itself below 16 (the bound is then ``max_batch``), and exports a fixed batch of 1 for
+``max_batch = 1``; it records the bound the program really has (read back from its input tensor spec) as
+``extra.runtimes.executorch.max_batch``. A model that cannot export with a dynamic batch is exported at a fixed
+batch 1 (recorded).
 
 **INT8** (a bundle with an INT8 ONNX file from ``edgekd quantize --method ptq``): PT2E quantization with the
 XNNPACK quantizer (``XNNPACKQuantizer`` + ``get_symmetric_quantization_config(is_per_channel=True)``: INT8
@@ -190,6 +193,8 @@ def run_pte(program: LoadedProgram, inputs: np.ndarray, batch_size: int) -> np.n
 
 def _export(net: nn.Module, x: torch.Tensor, max_batch: int) -> tuple[Any, bool]:
     """``torch.export`` with a dynamic batch in ``[1, max_batch]``; a fixed batch of 1 when that fails."""
+    if max_batch < 2:
+        return torch.export.export(net, (x[:1],)), False
     dims = {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}}
     try:
         return torch.export.export(net, (x,), dynamic_shapes=dims), True
@@ -252,13 +257,18 @@ def export_pte(
     if max_batch < 1:
         raise InvalidInputError(f"--max-batch must be >= 1, got {max_batch}")
     pre = card.preprocess
-    trace = max(MIN_TRACE_BATCH, 2) if max_batch >= MIN_TRACE_BATCH else max(2, max_batch)
+    # the batch guard at 16 (module docstring): trace at 16 with a bound above it, or below 16 at the bound itself
+    trace, bound_asked = (
+        (MIN_TRACE_BATCH, max(max_batch, MIN_TRACE_BATCH + 1))
+        if max_batch >= MIN_TRACE_BATCH
+        else (max(1, max_batch), max_batch)
+    )
     x = torch.zeros((trace, pre.in_chans, *pre.input_size))
     net = _prepare(model)
     try:
         if calibration is not None:
-            net = _quantize_pt2e(net, x, max_batch, calibration)
-        exported, dynamic = _export(net, x, max_batch)
+            net = _quantize_pt2e(net, x, bound_asked, calibration)
+        exported, dynamic = _export(net, x, bound_asked)
         lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
         delegated = any("lowered_module" in n.name for n in lowered.exported_program().graph.nodes)
         program = lowered.to_executorch()
