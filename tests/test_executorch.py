@@ -71,6 +71,7 @@ def test_fp32_program_joins_the_bundle_with_a_dynamic_batch(fp32):
     assert verify_bundle(fp32).ok
 
 
+@pytest.mark.slow  # quantize + PT2E + lowering: ~25 s on a shared 2-core VM
 def test_int8_program_is_pt2e_on_the_quantize_calibration_samples(int8, tiny_model_dir):
     m = read_manifest(int8)
     res = next(p for p in m.parity if p.file == "model.int8.pte")
@@ -86,6 +87,7 @@ def test_int8_program_is_pt2e_on_the_quantize_calibration_samples(int8, tiny_mod
     assert verify_bundle(int8).ok
 
 
+@pytest.mark.slow
 def test_perturbed_weights_fail_parity_and_another_model_is_refused(fp32, tiny_model_dir, tmp_path):
     model, card = load_model_dir(tiny_model_dir)
     with torch.no_grad():
@@ -112,7 +114,9 @@ def test_bench_backend_sizes_the_thread_pool_and_skips_batches_above_the_bound(f
     assert [s.batch for s in skipped] == [32] and "does not take batch 32" in skipped[0].reason
 
 
-@pytest.mark.parametrize("which,precision,floor", [("fp32", "fp32", 1.0), ("int8", "int8", 0.99)])
+@pytest.mark.parametrize(
+    "which,precision,floor", [("fp32", "fp32", 1.0), pytest.param("int8", "int8", 0.99, marks=pytest.mark.slow)]
+)
 def test_predict_through_executorch_agrees_with_ort(which, precision, floor, fp32, int8):
     bundle = fp32 if which == "fp32" else int8
 
