@@ -169,3 +169,18 @@ def test_missing_openvino_is_exit_5_naming_the_extra(monkeypatch, tiny_model_dir
     assert e.value.exit_code == 5 and "edgekd[openvino]" in str(e.value)
     r = runner.invoke(app, ["export", tiny_model_dir, "--format", "openvino", "--out", str(tmp_path / "b")])
     assert r.exit_code == 5 and "edgekd[openvino]" in r.output and not (tmp_path / "b").exists()
+
+
+def test_triton_export_writes_the_openvino_backend_config(fp32, tmp_path):
+    from edgekd.export import parse_triton_config
+
+    r = runner.invoke(app, ["export", str(fp32), "--format", "triton,openvino", "--out", str(tmp_path / "repo")])
+    assert r.exit_code == 0, r.output
+    entry = next((tmp_path / "repo").iterdir())
+    text = (entry / "config.pbtxt").read_text()
+    assert 'backend: "openvino"' in text and "onnxruntime" not in text
+    assert sorted(p.name for p in (entry / "1").iterdir()) == ["model.bin", "model.xml"]
+    parsed = parse_triton_config(text)
+    if parsed is not None:  # tritonclient[grpc] (dev) parses it with Triton's own protobuf
+        assert parsed.backend == "openvino" and parsed.parameters["NUM_STREAMS"].string_value == "1"
+    assert (entry / "1" / "model.xml").read_bytes() == (fp32 / "model.xml").read_bytes()

@@ -252,10 +252,12 @@ def write_engine(job: FileJob) -> list[BundleFile]:
 
 def write_triton(job: OutputJob) -> Manifest:
     """A Triton model repository entry (:func:`~edgekd.export.export_triton`) of one ONNX file of the bundle:
-    the picked format's, else the bundle's first (INT8 for a quantized bundle; FP32 for one exported here)."""
+    the picked format's, else the bundle's first (INT8 for a quantized bundle; FP32 for one exported here); with
+    ``openvino`` picked, the bundle's OpenVINO IR for Triton's OpenVINO backend (``backend: "openvino"``)."""
     precision = job.pick.precision.value if job.pick and job.pick.precision else None
     if job.source is not None:
         precision = precision or Precision.FP32.value
+    backend = "openvino" if job.pick is not None and job.pick.name == "openvino" else "onnxruntime"
     return export_triton(
         job.bundle,
         job.out,
@@ -264,6 +266,7 @@ def write_triton(job: OutputJob) -> Manifest:
         overwrite=job.overwrite,
         source=job.source,
         log=job.say,
+        backend=backend,
     )
 
 
@@ -348,7 +351,7 @@ FORMATS: dict[str, ExportFormat] = _table(
         "Triton model repository",
         write_triton,
         target="triton",
-        picks=("onnx", "onnx-fp16"),
+        picks=("onnx", "onnx-fp16", "openvino"),
         owns_out=False,
     ),
     ExportFormat(
