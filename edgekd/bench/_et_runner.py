@@ -42,6 +42,7 @@ class ExecuTorchRunner(Runner):
         super().__init__()
         self.program: Any = None
         self.inputs: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
 
     @classmethod
     def unavailable(cls, device: str, settings: BenchSettings) -> str | None:
@@ -63,9 +64,7 @@ class ExecuTorchRunner(Runner):
         sample = target.artifact.input_shape
         if sample is None:
             raise SkipConfig("the bundle does not say the input shape")
-        self.inputs = [
-            torch.from_numpy(torch.randn((batch, *sample), generator=torch.Generator().manual_seed(0)).numpy())
-        ]
+        self.inputs = [torch.randn((batch, *sample), generator=torch.Generator().manual_seed(0))]
         try:
             self.program.method.execute(self.inputs)  # the first call resizes the planned tensors to this batch
         except RuntimeError as e:
@@ -80,10 +79,10 @@ class ExecuTorchRunner(Runner):
         }
 
     def run(self) -> None:
-        self.program.method.execute(self.inputs)
+        self.outputs = self.program.method.execute(self.inputs)  # kept (one reference) for readers of the result
 
     def close(self) -> None:
         if self.program is not None:
             self.program.release()
             self.program = None
-        self.inputs = []
+        self.inputs, self.outputs = [], []
