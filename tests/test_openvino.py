@@ -184,3 +184,49 @@ def test_triton_export_writes_the_openvino_backend_config(fp32, tmp_path):
     if parsed is not None:  # tritonclient[grpc] (dev) parses it with Triton's own protobuf
         assert parsed.backend == "openvino" and parsed.parameters["NUM_STREAMS"].string_value == "1"
     assert (entry / "1" / "model.xml").read_bytes() == (fp32 / "model.xml").read_bytes()
+
+
+@pytest.mark.slow  # a server subprocess: ~15 s
+def test_serve_runtime_openvino_answers_tritonclient_like_ort(fp32):
+    import os
+    import re
+    import subprocess
+
+    import tritonclient.http as triton_http
+
+    from edgekd.export import safe_model_name
+
+    from .test_serve import ort_reference, preprocess_of, synthetic_images
+
+    cmd = [
+        sys.executable,
+        "-c",
+        "from edgekd.cli import main; main()",
+        "serve",
+        str(fp32),
+        "--runtime",
+        "openvino",
+        "--port",
+        "0",
+        "--threads",
+        "1",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        while not (m := re.search(r"listening on http://(127\.0\.0\.1:\d+)/v2", lines[-1] if lines else "")):
+            line = proc.stdout.readline()
+            assert line, f"edgekd serve exited: {''.join(lines)} {proc.stderr.read()}"
+            lines.append(line)
+        assert "runtime: openvino" in "".join(lines) and "model.xml" in "".join(lines)
+        client = triton_http.InferenceServerClient(m.group(1))
+        x = preprocess_of(fp32).numpy(np.stack(synthetic_images(5)))
+        inp = triton_http.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        got = client.infer(safe_model_name(read_manifest(fp32).name), [inp]).as_numpy("logits")
+        np.testing.assert_allclose(got, ort_reference(fp32 / "model.onnx", x), atol=1e-4)
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
