@@ -455,6 +455,7 @@ def write_executorch(job: Any) -> list[BundleFile]:
             "--format executorch exports FP32 models, not fake-quantized (QAT) ones",
             "quantize the FP32 model with `edgekd quantize --method ptq`, then export that bundle",
         )
+    job.ship(job.onnx_files()[0])  # the bundle's IO description, OOD features and predict/serve need an ONNX graph
     path = job.work / "model.pte"
     made = export_pte(job.model, job.card, path, max_batch=job.cfg.max_batch)
     res = executorch_parity(

@@ -215,6 +215,7 @@ def write_openvino(job: Any) -> list[BundleFile]:
     ov = require_openvino("--format openvino")
     files: list[BundleFile] = []
     for onnx in [f for f in job.onnx_files() if f.precision in _CONVERTED]:
+        job.ship(onnx)  # the IR ships with the graph it was converted from (IO description, OOD features, Triton)
         xml, weights = convert_to_openvino(onnx.source, job.work / _ir_name(onnx.name))
         res = openvino_parity(
             xml, onnx.precision, job.card.task, job.samples.inputs, job.ref, sample_source=job.samples.source
