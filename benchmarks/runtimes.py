@@ -8,7 +8,9 @@ OpenVINO and ExecuTorch INT8 files to that bundle (one calibration); then
 1. one ``edgekd bench`` run of both bundles on ``ort,openvino,executorch`` at batch 1 and 32, same threads
    (the side-by-side table: fastest per batch);
 2. the independent check: for each runtime a ten-line timing loop written against the runtime's own API on the
-   FP32 file (median of ``--iters`` calls after a warm-up), compared with ``edgekd bench``'s p50 (within 10 %?);
+   FP32 file (median of ``--iters`` calls after a warm-up), interleaved ``--rounds`` times with edgekd's runner
+   and timing loop (what ``edgekd bench`` runs) on the same file, batch and threads: the ratio of the medians
+   (within 10 %?);
 3. decisions of ``edgekd predict`` on the whole test split through each runtime against ORT's.
 
 Run: ``python benchmarks/runtimes.py --json benchmarks/results/cpu-DATE/runtimes.json``. The machine is named in
@@ -47,31 +49,17 @@ def _model(work: Path, epochs: int, given: str | None) -> Path:
     return out
 
 
-def _own_loops(bundle: Path, batch: int, threads: int, iters: int) -> dict[str, float]:
-    """Median ms per call, each runtime driven by its own API only (no edgekd code in the loop)."""
+def _own_calls(bundle: Path, batch: int, threads: int) -> dict:
+    """One inference call per runtime, each written against the runtime's own API only (no edgekd code)."""
     x = np.random.default_rng(0).standard_normal((batch, 1, 28, 28)).astype(np.float32)
-    out: dict[str, float] = {}
-
-    def median_ms(call) -> float:
-        for _ in range(max(10, iters // 10)):
-            call()
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter_ns()
-            call()
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-        return statistics.median(times)
-
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(str(bundle / "model.onnx"), so, providers=["CPUExecutionProvider"])
-    out["ort"] = median_ms(lambda: sess.run(None, {"input": x}))
     import openvino as ov
 
     req = ov.Core().compile_model(str(bundle / "model.xml"), "CPU", ov_config(threads)).create_infer_request()
-    out["openvino"] = median_ms(lambda: req.infer({0: x}))
     import torch
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
@@ -80,7 +68,50 @@ def _own_loops(bundle: Path, batch: int, threads: int, iters: int) -> dict[str, 
     program = Runtime.get().load_program(str(bundle / "model.pte"))
     method = program.load_method("forward")
     xt = torch.from_numpy(x)
-    out["executorch"] = median_ms(lambda: method.execute([xt]))
+    return {
+        "ort": lambda: sess.run(None, {"input": x}),
+        "openvino": lambda: req.infer({0: x}),
+        "executorch": lambda: method.execute([xt]),
+        "_keep": (program, method),
+    }
+
+
+def _own_median_ms(call, iters: int) -> float:
+    """The ten-line loop: warm up, then the median of ``iters`` host-timed calls."""
+    for _ in range(max(10, iters // 10)):
+        call()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter_ns()
+        call()
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return statistics.median(times)
+
+
+def _independent_check(bundle: Path, batch: int, threads: int, iters: int, rounds: int) -> dict:
+    """Own-API loop vs edgekd's runner + timing loop, interleaved in ``rounds`` (a shared machine drifts)."""
+    from edgekd.bench import RUNNERS, resolve_artifact, summarize, time_runner
+
+    calls = _own_calls(bundle, batch, threads)
+    art = resolve_artifact(str(bundle))
+    settings = BenchSettings(threads=threads, warmup_s=0.1, warmup_iters=10, min_s=0.2, min_iters=iters)
+    out = {}
+    for rt in ("ort", "openvino", "executorch"):
+        cls = RUNNERS.get(rt)
+        target = cls.targets(art, "fp32")[0][0]
+        own, ours = [], []
+        with cls() as runner:
+            runner.load(target, "cpu", batch, settings)
+            for _ in range(rounds):
+                own.append(_own_median_ms(calls[rt], iters))
+                ours.append(summarize(time_runner(runner, settings).times_ms, batch=batch).p50_ms)
+        out[rt] = {
+            "own_api_median_ms": statistics.median(own),
+            "edgekd_p50_ms": statistics.median(ours),
+            "ratio": statistics.median(own) / statistics.median(ours),
+            "rounds_own_ms": own,
+            "rounds_edgekd_ms": ours,
+        }
     return out
 
 
@@ -112,32 +143,24 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-s", type=float, default=2.0)
-    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reuse", action="store_true", help="keep the bundles of an earlier run in --work")
     ap.add_argument("--json", default="benchmarks/results/runtimes.json")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     md = _model(work, args.epochs, args.model_dir)
     fp32, q, q_rt = work / "fp32", work / "int8", work / "int8-runtimes"
-    export_bundle(md, fp32, formats="onnx,openvino,executorch", overwrite=True, log=print)
-    quantize_model_dir(md, q, QuantizeConfig(method="ptq", target="cpu-x86"), progress=False, overwrite=True)
-    export_bundle(q, q_rt, formats="openvino,executorch", overwrite=True, log=print)
+    if not (args.reuse and (q_rt / "manifest.json").is_file()):
+        export_bundle(md, fp32, formats="onnx,openvino,executorch", overwrite=True, log=print)
+        quantize_model_dir(md, q, QuantizeConfig(method="ptq", target="cpu-x86"), progress=False, overwrite=True)
+        export_bundle(q, q_rt, formats="openvino,executorch", overwrite=True, log=print)
     settings = BenchSettings(threads=args.threads, min_s=args.min_s, min_iters=50, roofline=False, keep_times=False)
     report = benchmark(
         [str(fp32), str(q_rt)], backends=["ort", "openvino", "executorch"], batches=(1, 32), settings=settings
     )
-    bench_p50 = {(r.artifact, r.backend, r.batch, r.precision): r.stats.p50_ms for r in report.results}
-    check = {}
-    for batch in (1, 32):
-        own = _own_loops(fp32, batch, args.threads, args.iters)
-        check[str(batch)] = {
-            rt: {
-                "own_api_median_ms": v,
-                "edgekd_bench_p50_ms": bench_p50[(str(fp32), rt, batch, "fp32")],
-                "ratio": v / bench_p50[(str(fp32), rt, batch, "fp32")],
-            }
-            for rt, v in own.items()
-        }
+    check = {str(b): _independent_check(fp32, b, args.threads, args.iters, args.rounds) for b in (1, 32)}
     payload = {
         "environment": environment(),
         "threads": args.threads,
@@ -157,7 +180,10 @@ def main() -> None:
             "fastest:",
             row["fastest"],
         )
-    print("independent check:", {b: {rt: round(v["ratio"], 3) for rt, v in c.items()} for b, c in check.items()})
+    print(
+        "independent check (own API / edgekd):",
+        {b: {rt: round(v["ratio"], 3) for rt, v in c.items()} for b, c in check.items()},
+    )
     print("agreement:", payload["agreement_vs_ort"])
     write_json(args.json, payload)
 
