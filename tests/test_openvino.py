@@ -230,3 +230,9 @@ def test_serve_runtime_openvino_answers_tritonclient_like_ort(fp32):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_format_openvino_alone_ships_the_onnx_graph_it_came_from(tiny_model_dir, tmp_path):
+    m = export_bundle(tiny_model_dir, tmp_path / "b", formats="openvino", n_samples=8)
+    assert [f.name for f in m.model_files()] == ["model.onnx", "model.xml"]
+    assert m.inputs and m.inputs[0].name == "input"  # the IO description comes from the shipped ONNX graph
