@@ -36,6 +36,7 @@ from edgekd.errors import ArtifactError, InvalidInputError
 __all__ = [
     "StageConfig",
     "build_config",
+    "config_default",
     "config_fields",
     "read_yaml",
     "resolve_options",
@@ -55,13 +56,29 @@ class StageConfig(BaseModel):
     * ``flat_keys``: keys a file (or a :func:`build_config` caller) may write flat, mapped to their field path,
       e.g. ``{"epochs": "train.epochs", "teacher": "teachers"}`` (the CLI's names, or the layout of an older file);
     * ``exclusive``: groups of keys of which one layer's choice replaces the layer below's, e.g. the kinds of a
-      pruning target: ``--target-macs`` on the command line replaces the file's ``ratio`` instead of clashing.
+      pruning target: ``--target-macs`` on the command line replaces the file's ``ratio`` instead of clashing;
+    * ``input_keys``: other keys its own ``mode="before"`` validator turns into fields (``macs: 0.5`` of a target);
+    * ``unread``: field paths of a shared section that this stage never reads, with what to set instead
+      (``{"train.epochs": "recovery_epochs"}`` for pruning): a file or flag setting one is an error.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     flat_keys: ClassVar[Mapping[str, str]] = {}
     exclusive: ClassVar[tuple[frozenset[str], ...]] = ()
+    input_keys: ClassVar[frozenset[str]] = frozenset()
+    unread: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def build(
+        cls: type[S],
+        config_path: str | os.PathLike | None = None,
+        given: Mapping[str, Any] | None = None,
+        *,
+        section: str | None = None,
+    ) -> S:
+        """:func:`build_config` for this config: ``PruneConfig.build("prune.yaml", {"steps": 2})``."""
+        return build_config(cls, config_path, given, section=section)
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -94,7 +111,11 @@ def validate(model: type[M], values: Mapping[str, Any], where: str = "option") -
     try:
         return model.model_validate(dict(values))
     except ValidationError as e:
-        raise InvalidInputError(validation_message(e, where)) from None
+        err = e.errors()[0]
+        if not err.get("loc"):  # a check of the whole config: its message says what to change
+            raise InvalidInputError(str(err.get("msg", "invalid")).removeprefix("Value error, ")) from None
+        hint = "give it in the config file or with its flag" if err.get("type") == "missing" else None
+        raise InvalidInputError(validation_message(e, where), hint) from None
 
 
 def config_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
@@ -108,6 +129,31 @@ def config_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{name}"] = info
     return out
+
+
+def config_default(model: type[BaseModel], path: str) -> Any:
+    """The default of the field at dotted ``path`` (a section's own default wins over its class's defaults).
+
+    Raises:
+        KeyError: no such field, the field is required (it has no default), or it is in a section that is None
+            (off) by default.
+    """
+    head, _, rest = path.partition(".")
+    info = model.model_fields[head]
+    if info.is_required():
+        raise KeyError(path)
+    default = info.get_default(call_default_factory=True)
+    if not rest:
+        return default
+    if isinstance(default, BaseModel):
+        value = default
+        for part in rest.split("."):
+            value = getattr(value, part)
+        return value
+    sub = _section(model, head)
+    if sub is None or default is None:  # no such section, or it is off by default (e.g. no teacher cache)
+        raise KeyError(path)
+    return config_default(sub, rest)
 
 
 def build_config(
@@ -135,9 +181,9 @@ def build_config(
         raw: Mapping[str, Any] = read_yaml(config_path)
         if section is not None and isinstance(raw.get(section), Mapping):
             raw = raw[section]
-        values = _merge(values, _canonical(model, raw, f"config file {config_path}"), model)
+        values = _merge(values, _read(model, raw, f"config file {config_path}"), model)
     if given:
-        values = _merge(values, _canonical(model, given, "the options"), model)
+        values = _merge(values, _read(model, given, "the options"), model)
     return validate(model, values)
 
 
@@ -193,7 +239,7 @@ def _section(model: type[BaseModel] | None, name: str) -> type[StageConfig] | No
 
 def _valid_keys(model: type[BaseModel]) -> list[str]:
     flat = getattr(model, "flat_keys", {})
-    return sorted(set(model.model_fields) | set(flat))
+    return sorted(set(model.model_fields) | set(flat) | set(getattr(model, "input_keys", ())))
 
 
 def _unknown(path: str, key: str, model: type[BaseModel], where: str) -> InvalidInputError:
@@ -204,12 +250,30 @@ def _unknown(path: str, key: str, model: type[BaseModel], where: str) -> Invalid
     return InvalidInputError(f"unknown key {path} in {where}", f"{hint}valid keys{where_}: {', '.join(valid)}")
 
 
+def _read(model: type[BaseModel], raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One layer in the nested shape of ``model``; a key it never reads is refused."""
+    values = _canonical(model, raw, where)
+    for path, instead in getattr(model, "unread", {}).items():
+        node: Any = values
+        for part in path.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
+        if node is not _MISSING:
+            raise InvalidInputError(f"{path} in {where} is not read by {model.__name__}", f"set {instead} instead")
+    return values
+
+
+_MISSING = object()
+
+
 def _canonical(model: type[BaseModel], raw: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
     """``raw`` in the nested shape of ``model``: flat keys and dotted paths placed, unknown keys refused."""
     out: dict[str, Any] = {}
     flat = getattr(model, "flat_keys", {})
     for k, v in raw.items():
         key = _key(k)
+        if key in getattr(model, "input_keys", ()):
+            out[key] = v
+            continue
         path = flat.get(key, key)
         head, _, rest = path.partition(".")
         if head not in model.model_fields:
@@ -224,7 +288,9 @@ def _canonical(model: type[BaseModel], raw: Mapping[str, Any], where: str, prefi
         else:
             value = v
         out[head] = (
-            _merge(out[head], value, sub) if isinstance(out.get(head), dict) and isinstance(value, dict) else value
+            _merge(out[head], value, sub, layers=False)
+            if isinstance(out.get(head), dict) and isinstance(value, dict)
+            else value
         )
     return out
 
@@ -241,16 +307,20 @@ def _defaults(model: type[BaseModel]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any], model: type[BaseModel] | None) -> dict[str, Any]:
-    """Deep merge: ``over`` wins; sections merge key by key; an ``exclusive`` group of ``over`` replaces base's."""
+def _merge(
+    base: Mapping[str, Any], over: Mapping[str, Any], model: type[BaseModel] | None, *, layers: bool = True
+) -> dict[str, Any]:
+    """Deep merge: ``over`` wins; sections merge key by key. Between ``layers`` (file over defaults, flags over
+    the file) a key of an ``exclusive`` group in ``over`` drops base's other keys of the group; within one layer
+    (``layers=False``) they are kept, so that two kinds given together are refused by the config."""
     out = dict(base)
-    for group in getattr(model, "exclusive", ()):
+    for group in getattr(model, "exclusive", ()) if layers else ():
         if group & over.keys():
             for k in group - over.keys():
                 out.pop(k, None)
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v, _section(model, k))
+            out[k] = _merge(out[k], v, _section(model, k), layers=layers)
         else:
             out[k] = v
     return out

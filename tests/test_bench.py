@@ -40,7 +40,7 @@ from edgekd.bench import (
     to_markdown,
 )
 from edgekd.bench._env import capture_environment, cpu_info
-from edgekd.bench._schema import Environment, ModelInfo
+from edgekd.bench._schema import ArtifactInfo, Environment
 from edgekd.cli import app
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
 from edgekd.modeldir import Lineage, ModelCard, ModelSpec, load_model_dir, save_model_dir
@@ -645,7 +645,7 @@ def _result(name="m", p50=1.0, p90=1.2, batch=1) -> BenchResult:
         batch=batch,
         precision="fp32",
         stats=stats,
-        model=ModelInfo(kind="onnx"),
+        model=ArtifactInfo(kind="onnx"),
     )
 
 
@@ -864,7 +864,7 @@ def test_cli_bench_reads_a_config_file_and_flags_override_it(arts, tmp_path):
     assert sorted({x["batch"] for x in report["results"]}) == [1, 2] and {x["backend"] for x in report["results"]} == {
         "ort"
     }
-    assert report["settings"]["min_iters"] == 15  # the flag wins over the file
+    assert report["settings"]["min_iters"] == 15 and report["config"]["gate"]["budget_ms"] == 100000  # flag > file
     r = run("bench", str(arts["onnx"]), "--config", str(tmp_path / "bench.yaml"), *FAST_FLAGS, "--budget-ms", "1e-9")
     assert r.exit_code == 7, r.output
     (tmp_path / "bad.yaml").write_text("batch: [1]\n")

@@ -24,6 +24,7 @@ from edgekd.export import (
     TOLERANCES,
     BundleFile,
     ExportConfig,
+    ExportFormat,
     FormatKind,
     Precision,
     Reference,
@@ -583,6 +584,23 @@ def test_cli_export_reads_a_config_file_and_flags_override_it(tiny_model_dir, tm
     m = json.loads((tmp_path / "m.json").read_text())
     assert [f["name"] for f in m["files"] if f["kind"] == "onnx"] == ["model.onnx", "model.fp16.onnx"]
     assert m["exporter"]["opset"] == 17 and m["parity"][0]["n"] == 4
+    assert m["extra"]["config"]["opset"] == 17 and m["extra"]["config"]["n_samples"] == 4  # the resolved config
     (tmp_path / "bad.yaml").write_text("formats: [onnx]\nsample: 4\n")
     r = run("export", tiny_model_dir, "--config", tmp_path / "bad.yaml", "--out", tmp_path / "c")
     assert r.exit_code == 3 and "sample" in r.output and not (tmp_path / "c").exists()
+
+
+def test_a_new_format_is_one_table_entry_and_its_writer(tiny_model_dir, tmp_path, monkeypatch):
+    """What adding e.g. ``openvino`` takes: the entry and the writer, nothing else (issue 22)."""
+
+    def write_copy(job):
+        path = job.path("onnx-copy")
+        shutil.copyfile(job.onnx_files()[0].source, path)
+        return [BundleFile(source=path, name=path.name, kind="copy", precision=Precision.FP32)]
+
+    entry = ExportFormat("onnx-copy", FormatKind.FILE, "a copy", write_copy, suffix=".copy.bin", target="copy-rt")
+    monkeypatch.setitem(FORMATS, "onnx-copy", entry)
+    m = export_bundle(tiny_model_dir, tmp_path / "b", formats="onnx,onnx-copy", n_samples=8)
+    assert [(f.name, f.kind) for f in m.model_files()] == [("model.onnx", "onnx"), ("model.copy.bin", "copy")]
+    assert m.target == "copy-rt" and read_manifest(tmp_path / "b").model_files()[1].precision is Precision.FP32
+    assert verify_bundle(tmp_path / "b").ok

@@ -27,7 +27,7 @@ from PIL import Image
 from edgekd._config import read_yaml, resolve_options
 from edgekd.bench._env import cpu_info
 from edgekd.bench._report import load_report, write_json
-from edgekd.bench._schema import BenchReport, BenchResult, BenchSettings, Environment, ModelInfo, Stats
+from edgekd.bench._schema import ArtifactInfo, BenchReport, BenchResult, BenchSettings, Environment, Stats
 from edgekd.data import load_data, parse_data_spec
 from edgekd.data._spec import format_data_spec
 from edgekd.distill import LOSSES, TrainConfig, parse_loss, resolve_run_settings
@@ -230,7 +230,7 @@ def _valid_report() -> dict:
     stats = Stats(n=10, total_s=0.01, mean_ms=1.0, std_ms=0.0, min_ms=1.0, max_ms=1.2, p50_ms=1.0, p90_ms=1.2,
                   p95_ms=1.2, p99_ms=1.2, cv=0.0, throughput=1000.0)  # fmt: skip
     result = BenchResult(artifact="m", name="m", backend="ort", device="cpu", batch=1, precision="fp32", stats=stats,
-                         model=ModelInfo(kind="onnx"))  # fmt: skip
+                         model=ArtifactInfo(kind="onnx"))  # fmt: skip
     env = Environment(timestamp="t", platform="p", python="3", cpu=cpu_info(cpuinfo=""))
     return json.loads(BenchReport(environment=env, settings=BenchSettings(), results=[result]).model_dump_json())
 

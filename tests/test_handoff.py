@@ -198,7 +198,7 @@ def test_prune_keep_takes_the_handoff_choice_or_module_paths():
     stages = {s.name: s for s in plan(cfg)}
     auto = {s.name: s for s in plan(config_from_mapping(_config(), overrides=["prune.keep=auto"]))}
     # the hand-off choice is the decision's setting, never pruning's: changing it does not re-prune
-    assert stages["pruned"].settings == auto["pruned"].settings and stages["pruned"].settings["keep"] == []
+    assert stages["pruned"].settings == auto["pruned"].settings and stages["pruned"].settings["prune"]["keep"] == []
     assert stages["keep-pruned"].settings["keep"] == "always" and auto["keep-pruned"].settings["keep"] == "auto"
     assert "keep" not in stages["int8-cpu-x86"].settings and "keep" not in stages["bundle"].settings
     order = [s.name for s in plan(cfg)]

@@ -238,7 +238,7 @@ def test_changed_key_reruns_that_stage_and_later_ones(full_run):
     for name in ("int8-cpu-x86", "eval-int8-cpu-x86", "bench"):
         assert status[name] == "ran", (name, status)
     assert "report" not in status  # --no-report
-    assert read_record(tmp / "run", "int8-cpu-x86").settings["calib_samples"] == 24
+    assert read_record(tmp / "run", "int8-cpu-x86").settings["quantize"]["calib_samples"] == 24
 
 
 def test_run_refuses_a_foreign_directory(tmp_path):
@@ -290,3 +290,32 @@ def test_kill_9_mid_stage_then_resume_matches_uninterrupted(tmp_path):
     for name in ("teacher", "baseline", "student"):
         for k in ("acc", "auroc", "ece"):
             assert rows[name]["test"][k] == pytest.approx(ref[name]["test"][k], abs=1e-6), (name, k)
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_saved_pipeline_yaml_reads_back_as_the_same_config(example, tmp_path):
+    from edgekd.pipeline import config_from_mapping
+
+    cfg = load_pipeline_config(example)
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+    assert load_pipeline_config(tmp_path / "pipeline.yaml") == cfg == config_from_mapping(cfg.resolved())
+
+
+def test_each_stage_carries_its_typed_config_and_the_key_hashes_its_json():
+    from edgekd.bench import BenchConfig
+    from edgekd.distill import DistillConfig
+    from edgekd.export import ExportConfig
+    from edgekd.pipeline import config_from_mapping, plan
+    from edgekd.prune import PruneConfig
+
+    tiny = {"model": "small:tinycnn"}
+    prune = {"ratio": 0.5, "recovery_teacher": "teacher"}
+    cfg = config_from_mapping({"teacher": tiny, "student": dict(tiny), "prune": prune, "seed": 3})
+    stages = {s.name: s for s in plan(cfg)}
+    assert isinstance(stages["student"].config, DistillConfig) and stages["student"].config.teachers == ["teacher"]
+    assert stages["student"].config.train.seed == 3
+    assert isinstance(stages["bundle"].config, ExportConfig) and stages["bundle"].config.data == cfg.data
+    assert isinstance(stages["bench"].config.bench, BenchConfig)
+    pruned = stages["pruned"]
+    assert isinstance(pruned.config.prune, PruneConfig) and pruned.config.recovery_teacher == "teacher"
+    assert "teacher" in pruned.inputs and pruned.settings["prune"] == pruned.config.prune.model_dump(mode="json")

@@ -202,6 +202,7 @@ def test_quantize_model_dir_writes_verified_bundle(tiny_model_dir, tmp_path):
     assert [f.name for f in manifest.model_files()] == ["model.int8.onnx", "model.onnx"]
     quant = manifest.extra["quantization"]
     assert quant["method"] == "ptq" and quant["target"] == "tensorrt" and "acc" in quant["delta"]
+    assert QuantizeConfig.model_validate(quant["config"]).calib_samples == 64  # the resolved config, saved
     assert [p.precision.value for p in manifest.parity] == ["int8", "fp32"] and all(p.passed for p in manifest.parity)
     assert manifest.lineage["stage"] == "quantize" and manifest.target == "tensorrt"
     assert verify_bundle(out).ok

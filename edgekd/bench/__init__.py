@@ -53,11 +53,11 @@ from edgekd.bench._schema import (
     BenchSettings,
     BudgetViolation,
     Comparison,
+    ComputePrecision,
     Environment,
     OrtOptLevel,
     OrtProvider,
-    Precision,
-    Skipped,
+    SkippedRun,
     Stats,
 )
 from edgekd.bench._stats import p50_drift, summarize
@@ -138,7 +138,21 @@ __all__ = [
     "Environment",
     "OrtOptLevel",
     "OrtProvider",
-    "Precision",
-    "Skipped",
+    "ComputePrecision",
+    "SkippedRun",
     "Stats",
 ]
+
+# Names this package exported before each name meant one thing (edgekd.export.Precision is a file's precision,
+# edgekd.serve.Skipped an input `edgekd predict` skipped); still importable, with a DeprecationWarning.
+_RENAMED = {"Precision": "ComputePrecision", "Skipped": "SkippedRun"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(f"edgekd.bench.{name} is deprecated; use edgekd.bench.{new}", DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,15 @@ from edgekd.bench._memory import MemoryProbe
 from edgekd.bench._onnxinfo import onnx_size_bytes, read_onnx_info
 from edgekd.bench._roofline import measure_peak_flops, roofline_for
 from edgekd.bench._runners import RUNNERS, SkipConfig, Target, cuda_unavailable_reason, physical_cores
-from edgekd.bench._schema import BenchReport, BenchResult, BenchSettings, Device, ModelInfo, Precision, Skipped
+from edgekd.bench._schema import (
+    ArtifactInfo,
+    BenchDevice,
+    BenchReport,
+    BenchResult,
+    BenchSettings,
+    ComputePrecision,
+    SkippedRun,
+)
 from edgekd.bench._stats import summarize
 from edgekd.bench._timing import time_runner
 from edgekd.errors import DependencyError, InvalidInputError
@@ -70,11 +78,11 @@ def _validate(
     for b in backends or ():
         RUNNERS.get(b)  # an unknown name raises UnknownNameError with suggestions
     for d in devices or ():
-        if d not in {x.value for x in Device}:
+        if d not in {x.value for x in BenchDevice}:
             raise InvalidInputError(f"unknown device {d!r}", "use cpu or cuda")
     if not batches or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in batches):
         raise InvalidInputError(f"batch sizes must be positive integers, got {list(batches)}")
-    if precision is not None and precision not in {p.value for p in Precision}:
+    if precision is not None and precision not in {p.value for p in ComputePrecision}:
         raise InvalidInputError(f"unknown precision {precision!r}", "use fp32, fp16, bf16 or int8")
 
 
@@ -116,10 +124,10 @@ def _plan(
     batches: Sequence[int],
     precision: str | None,
     settings: BenchSettings,
-) -> tuple[list[_Planned], list[Skipped]]:
+) -> tuple[list[_Planned], list[SkippedRun]]:
     """Which runner runs which file where; unavailable explicit requests raise, defaulted ones are skipped."""
     planned: list[_Planned] = []
-    skipped: list[Skipped] = []
+    skipped: list[SkippedRun] = []
     fitted: dict[str, bool] = {}
     for art in arts:
         for backend in backends or default_backends(art):
@@ -132,7 +140,7 @@ def _plan(
                     raise DependencyError(f"backend {backend} on {device} is unavailable: {reason}")
                 if reason or not targets:
                     skipped.append(
-                        Skipped(
+                        SkippedRun(
                             artifact=art.given,
                             name=art.name,
                             backend=backend,
@@ -149,7 +157,7 @@ def _plan(
 
 def _check_requests(
     planned: list[_Planned],
-    skipped: list[Skipped],
+    skipped: list[SkippedRun],
     backends: Sequence[str] | None,
     devices: Sequence[str] | None,
     fitted: dict[str, bool],
@@ -165,14 +173,14 @@ def _check_requests(
             raise DependencyError(f"nothing can run on {device}: {'; '.join(sorted(reasons))}")
 
 
-def _model_info(p: _Planned) -> ModelInfo:
+def _model_info(p: _Planned) -> ArtifactInfo:
     art, target = p.target.artifact, p.target
     macs, size = art.macs, art.size_bytes
     if target.file is not None and art.kind is ArtifactKind.BUNDLE:
         size = onnx_size_bytes(target.file) if target.file.suffix == ".onnx" else target.file.stat().st_size
         if macs is None and target.file.suffix == ".onnx":
             macs = read_onnx_info(target.file).macs
-    return ModelInfo(
+    return ArtifactInfo(
         kind=art.kind.value,
         file=str(target.file) if target.file else str(art.path),
         size_bytes=size,
@@ -297,7 +305,7 @@ def benchmark(
 
 
 def _run_all(
-    planned: list[_Planned], settings: BenchSettings, peaks: dict[str, float], skipped: list[Skipped], progress: bool
+    planned: list[_Planned], settings: BenchSettings, peaks: dict[str, float], skipped: list[SkippedRun], progress: bool
 ) -> list[BenchResult]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -319,7 +327,7 @@ def _run_all(
                 results.append(run_config(p, settings, peaks.get(p.device)))
             except SkipConfig as e:
                 skipped.append(
-                    Skipped(
+                    SkippedRun(
                         artifact=p.target.artifact.given,
                         name=p.target.name,
                         backend=p.backend,

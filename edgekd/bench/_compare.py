@@ -12,7 +12,7 @@ runs in the first round only; later rounds re-touch the model with one untimed c
 
 The plan is :func:`~edgekd.bench.benchmark`'s (same runners, same artifacts, same skips): every backend x
 device x batch on which *both* models run is one :class:`PairLatency`; a configuration only one of them runs
-on, or that a runner refuses (a fixed batch in the file), is a :class:`~edgekd.bench.Skipped` row.
+on, or that a runner refuses (a fixed batch in the file), is a :class:`~edgekd.bench.SkippedRun` row.
 
 Example:
     >>> cmp = compare_latency("runs/x/student", "runs/x/pruned", backends=["ort"], devices=["cpu"],
@@ -33,7 +33,7 @@ from edgekd.bench._api import _default_devices, _plan, _Planned, _unique_names, 
 from edgekd.bench._artifacts import Artifact, resolve_artifact
 from edgekd.bench._env import capture_environment
 from edgekd.bench._runners import RUNNERS, Runner, SkipConfig, physical_cores
-from edgekd.bench._schema import BenchSettings, Environment, Skipped
+from edgekd.bench._schema import BenchSettings, Environment, SkippedRun
 from edgekd.bench._timing import time_runner
 from edgekd.errors import InvalidInputError
 
@@ -87,7 +87,7 @@ class LatencyComparison(BaseModel):
     settings: BenchSettings
     environment: Environment
     results: list[PairLatency] = Field(default_factory=list)
-    skipped: list[Skipped] = Field(default_factory=list)
+    skipped: list[SkippedRun] = Field(default_factory=list)
 
     def child_faster(self) -> bool | None:
         """True when the child is faster in every measured configuration; None when nothing was measured."""
@@ -178,8 +178,8 @@ def _measure_pair(
                        threads=int(threads) if threads else None, rounds=timings)  # fmt: skip
 
 
-def _skip(p: _Planned, reason: str) -> Skipped:
-    return Skipped(artifact=p.target.artifact.given, name=p.target.name, backend=p.backend, device=p.device,
+def _skip(p: _Planned, reason: str) -> SkippedRun:
+    return SkippedRun(artifact=p.target.artifact.given, name=p.target.name, backend=p.backend, device=p.device,
                    batch=p.batch, precision=p.target.precision, reason=reason)  # fmt: skip
 
 

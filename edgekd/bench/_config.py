@@ -25,7 +25,7 @@ from edgekd.bench._api import benchmark
 from edgekd.bench._gate import check_budget, compare_reports, enforce, parse_fraction, regressions
 from edgekd.bench._report import load_report
 from edgekd.bench._runners import RUNNERS
-from edgekd.bench._schema import BenchReport, BenchSettings, BudgetViolation, Comparison, Device, Precision
+from edgekd.bench._schema import BenchDevice, BenchReport, BenchSettings, BudgetViolation, Comparison, ComputePrecision
 
 __all__ = ["BenchConfig", "GateConfig", "GateResult", "run_benchmark", "check_gate"]
 
@@ -73,9 +73,9 @@ class BenchConfig(BenchSettings, StageConfig):
     """
 
     backends: list[str] | None = None
-    devices: list[Device] | None = None
+    devices: list[str] | None = None
     batches: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    precision: Precision | None = None
+    precision: ComputePrecision | None = None
     verify: bool = True
     gate: GateConfig = Field(default_factory=GateConfig)
 
@@ -101,6 +101,14 @@ class BenchConfig(BenchSettings, StageConfig):
             raise ValueError(f"batch sizes must be positive integers, got {v}")
         return v
 
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, v: list[str] | None) -> list[str] | None:
+        for d in v or ():
+            if d not in {x.value for x in BenchDevice}:
+                raise ValueError(f"unknown device {d!r}; use {' or '.join(x.value for x in BenchDevice)}")
+        return v
+
     @field_validator("backends")
     @classmethod
     def _known_backends(cls, v: list[str] | None) -> list[str] | None:
@@ -116,18 +124,20 @@ class BenchConfig(BenchSettings, StageConfig):
 def run_benchmark(
     artifacts: Sequence[str | os.PathLike], cfg: BenchConfig | None = None, *, progress: bool = False
 ) -> BenchReport:
-    """:func:`~edgekd.bench.benchmark` of ``artifacts`` with the settings of ``cfg`` (default :class:`BenchConfig`)."""
+    """:func:`~edgekd.bench.benchmark` of ``artifacts`` with the settings of ``cfg`` (default :class:`BenchConfig`);
+    the report records ``cfg`` (``report.config``)."""
     cfg = cfg or BenchConfig()
-    return benchmark(
+    report = benchmark(
         [str(a) for a in artifacts],
         backends=cfg.backends,
-        devices=[d.value for d in cfg.devices] if cfg.devices is not None else None,
+        devices=cfg.devices,
         batches=tuple(cfg.batches),
         precision=cfg.precision.value if cfg.precision else None,
         settings=cfg.settings(),
         progress=progress,
         verify=cfg.verify,
     )
+    return report.model_copy(update={"config": cfg.model_dump(mode="json")})  # the resolved config, saved with it
 
 
 @dataclass(frozen=True)

@@ -20,20 +20,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = [
     "SCHEMA_VERSION",
     "Backend",
-    "Device",
-    "Precision",
+    "BenchDevice",
+    "ComputePrecision",
     "OrtOptLevel",
     "OrtProvider",
     "BenchSettings",
     "Stats",
     "MemoryInfo",
-    "ModelInfo",
+    "ArtifactInfo",
     "Roofline",
     "CpuInfo",
     "GpuInfo",
     "Environment",
     "BenchResult",
-    "Skipped",
+    "SkippedRun",
     "BenchReport",
     "Comparison",
     "BudgetViolation",
@@ -52,12 +52,12 @@ class Backend(str, Enum):
     EXECUTORCH = "executorch"
 
 
-class Device(str, Enum):
+class BenchDevice(str, Enum):
     CPU = "cpu"
     CUDA = "cuda"
 
 
-class Precision(str, Enum):
+class ComputePrecision(str, Enum):
     """Compute precision: the torch dtype, or which file of a bundle to run (``int8`` only for files)."""
 
     FP32 = "fp32"
@@ -172,7 +172,7 @@ class MemoryInfo(BaseModel):
     cuda_used_delta_bytes: int | None = None
 
 
-class ModelInfo(BaseModel):
+class ArtifactInfo(BaseModel):
     """What was run: file, size, params and MACs (per sample) when derivable, input shapes, lineage."""
 
     kind: str
@@ -238,7 +238,7 @@ class BenchResult(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     stats: Stats
     memory: MemoryInfo = Field(default_factory=MemoryInfo)
-    model: ModelInfo
+    model: ArtifactInfo
     roofline: Roofline = Field(default_factory=Roofline)
     warnings: list[str] = Field(default_factory=list)
     times_ms: list[float] | None = None
@@ -248,7 +248,7 @@ class BenchResult(BaseModel):
         return (self.name, self.backend, self.device, self.batch, self.precision)
 
 
-class Skipped(BaseModel):
+class SkippedRun(BaseModel):
     """A configuration that was not run, and why."""
 
     artifact: str
@@ -271,7 +271,9 @@ class BenchReport(BaseModel):
     settings: BenchSettings
     artifacts: list[str] = Field(default_factory=list)
     results: list[BenchResult] = Field(default_factory=list)
-    skipped: list[Skipped] = Field(default_factory=list)
+    skipped: list[SkippedRun] = Field(default_factory=list)
+    # The resolved BenchConfig of `edgekd bench` / run_benchmark (backends, batches, gate...); None otherwise.
+    config: dict[str, Any] | None = None
 
     @field_validator("schema_version")
     @classmethod

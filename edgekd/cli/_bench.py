@@ -14,11 +14,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from edgekd._config import build_config
 from edgekd._io import check_report_path
 from edgekd.bench import (
     BenchConfig,
-    GateConfig,
     check_gate,
     compare_reports,
     comparison_table,
@@ -33,11 +31,10 @@ from edgekd.bench import (
     write_markdown,
 )
 from edgekd.bench._runtimes import fastest_by_batch, record_fastest, runtimes_table
-from edgekd.bench._schema import OrtOptLevel, OrtProvider
-from edgekd.bench._schema import Precision as ComputePrecision
+from edgekd.bench._schema import ComputePrecision, OrtOptLevel, OrtProvider
 from edgekd.cli._app import PANEL_BENCH, app
 from edgekd.cli._errors import print_warning
-from edgekd.cli._options import ConfigOpt, JsonOpt, QuietOpt, console, emit_json
+from edgekd.cli._options import ConfigOpt, JsonOpt, QuietOpt, cli_config, console, default_text, emit_json
 
 __all__ = ["bench_app"]
 
@@ -64,22 +61,23 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench", rich_help_panel=PANEL_BENCH)
 
 
-_D = BenchConfig.model_fields
-
-
-def _default(name: str) -> str:
-    """``(default: X)`` of a :class:`BenchConfig` field (options default to "not given"; the config supplies it)."""
-    info = _D[name] if "." not in name else GateConfig.model_fields[name.split(".")[1]]
-    value = info.default_factory() if info.default_factory is not None else info.default
-    if isinstance(value, list):
-        value = ",".join(map(str, value))
-    if hasattr(value, "value"):
-        value = value.value
-    return f"(default: {'none' if value is None else value})"
+# Options whose name is not their BenchConfig field.
+_FIELDS = {
+    "backend": "backends",
+    "device": "devices",
+    "batch": "batches",
+    "times": "keep_times",
+    "no_verify": "verify",
+    "baseline": "gate.baseline",
+    "max_regression": "gate.max_regression",
+    "min_abs_ms": "gate.min_abs_ms",
+    "budget_ms": "gate.budget_ms",
+}
 
 
 @bench_app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     artifacts: Annotated[
         list[str],
         typer.Argument(
@@ -105,7 +103,8 @@ def run_cmd(
         typer.Option(help="Comma list of cpu, cuda (default: cuda when present; engines: cuda).", rich_help_panel=W),
     ] = None,
     batch: Annotated[
-        str | None, typer.Option(help=f"Comma list of batch sizes {_default('batches')}.", rich_help_panel=W)
+        str | None,
+        typer.Option(help=f"Comma list of batch sizes {default_text(BenchConfig, 'batches')}.", rich_help_panel=W),
     ] = None,
     precision: Annotated[
         ComputePrecision | None,
@@ -114,16 +113,22 @@ def run_cmd(
         ),
     ] = None,
     warmup_s: Annotated[
-        float | None, typer.Option(help=f"Minimum warm-up time {_default('warmup_s')}.", rich_help_panel=M)
+        float | None,
+        typer.Option(help=f"Minimum warm-up time {default_text(BenchConfig, 'warmup_s')}.", rich_help_panel=M),
     ] = None,
     warmup_iters: Annotated[
-        int | None, typer.Option(help=f"Minimum warm-up iterations {_default('warmup_iters')}.", rich_help_panel=M)
+        int | None,
+        typer.Option(
+            help=f"Minimum warm-up iterations {default_text(BenchConfig, 'warmup_iters')}.", rich_help_panel=M
+        ),
     ] = None,
     min_s: Annotated[
-        float | None, typer.Option(help=f"Minimum timed duration {_default('min_s')}.", rich_help_panel=M)
+        float | None,
+        typer.Option(help=f"Minimum timed duration {default_text(BenchConfig, 'min_s')}.", rich_help_panel=M),
     ] = None,
     min_iters: Annotated[
-        int | None, typer.Option(help=f"Minimum timed iterations {_default('min_iters')}.", rich_help_panel=M)
+        int | None,
+        typer.Option(help=f"Minimum timed iterations {default_text(BenchConfig, 'min_iters')}.", rich_help_panel=M),
     ] = None,
     max_s: Annotated[
         float | None, typer.Option(help="Cap on the timed phase (slow models).", rich_help_panel=M)
@@ -131,14 +136,15 @@ def run_cmd(
     cv_warn: Annotated[
         str | None,
         typer.Option(
-            help=f"Warn when the coefficient of variation exceeds this {_default('cv_warn')}.", rich_help_panel=M
+            help=f"Warn when the coefficient of variation exceeds this {default_text(BenchConfig, 'cv_warn')}.",
+            rich_help_panel=M,
         ),
     ] = None,
     drift_warn: Annotated[
         str | None,
         typer.Option(
             help="Warn when the p50 of one fifth of the run differs from another's by more than this "
-            f"{_default('drift_warn')}.",
+            f"{default_text(BenchConfig, 'drift_warn')}.",
             rich_help_panel=M,
         ),
     ] = None,
@@ -176,7 +182,10 @@ def run_cmd(
     ] = None,
     ort_opt_level: Annotated[
         OrtOptLevel | None,
-        typer.Option(help=f"ONNX Runtime graph optimisation level {_default('ort_opt_level')}.", rich_help_panel=K),
+        typer.Option(
+            help=f"ONNX Runtime graph optimisation level {default_text(BenchConfig, 'ort_opt_level')}.",
+            rich_help_panel=K,
+        ),
     ] = None,
     ort_provider: Annotated[
         OrtProvider | None,
@@ -200,14 +209,14 @@ def run_cmd(
     max_regression: Annotated[
         str | None,
         typer.Option(
-            help=f"Allowed slow-down against --baseline, e.g. 10% or 0.1 {_default('gate.max_regression')}.",
+            help=f"Allowed slow-down against --baseline, e.g. 10% or 0.1 {default_text(BenchConfig, 'gate.max_regression')}.",
             rich_help_panel=G,
         ),
     ] = None,
     min_abs_ms: Annotated[
         float | None,
         typer.Option(
-            help=f"A regression must also exceed this many ms (noise floor) {_default('gate.min_abs_ms')}.",
+            help=f"A regression must also exceed this many ms (noise floor) {default_text(BenchConfig, 'gate.min_abs_ms')}.",
             rich_help_panel=G,
         ),
     ] = None,
@@ -239,9 +248,9 @@ def run_cmd(
     for path in (json_out, csv_out, markdown_out):
         check_report_path(path)
     flags = {
-        "backends": backend,
-        "devices": device,
-        "batches": batch,
+        "backend": backend,
+        "device": device,
+        "batch": batch,
         "precision": precision,
         "warmup_s": warmup_s,
         "warmup_iters": warmup_iters,
@@ -257,14 +266,14 @@ def run_cmd(
         "cuda_graphs": cuda_graphs,
         "ort_opt_level": ort_opt_level,
         "ort_provider": ort_provider,
-        "keep_times": times,
-        "verify": False if no_verify else None,
-        "gate.baseline": baseline and str(baseline),
-        "gate.max_regression": max_regression,
-        "gate.min_abs_ms": min_abs_ms,
-        "gate.budget_ms": budget_ms,
+        "times": times,
+        "no_verify": not no_verify,
+        "baseline": str(baseline) if baseline else None,
+        "max_regression": max_regression,
+        "min_abs_ms": min_abs_ms,
+        "budget_ms": budget_ms,
     }
-    cfg = build_config(BenchConfig, config, {k: v for k, v in flags.items() if v is not None}, section="bench")
+    cfg = cli_config(ctx, BenchConfig, config, flags, _FIELDS, section="bench")
     if not cfg.verify:
         print_warning("--no-verify: bundle files are run without checking their sha256 against the manifest")
     report = run_benchmark(artifacts, cfg, progress=not quiet)

@@ -12,60 +12,60 @@ from rich.table import Table
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_TRAIN, app
 from edgekd.cli._options import (
-    AmpDtypeOpt,
-    AmpOpt,
-    AugmentOpt,
-    BatchSizeOpt,
-    ChannelsLastOpt,
-    ChannelsOpt,
-    ClassWeightingOpt,
-    CompileOpt,
+    NOT_CONFIG,
     ConfigOpt,
-    DataOpt,
-    DeterministicOpt,
-    DeviceOpt,
-    DownloadOpt,
-    EpochsOpt,
-    GradClipOpt,
-    InputSizeOpt,
     IntendedUseOpt,
     JsonOpt,
-    LabelSmoothingOpt,
-    LrOpt,
-    MaxStepsOpt,
-    MomentumOpt,
     NprocOpt,
-    NumWorkersOpt,
-    OptimizerOpt,
     OutOpt,
     OverwriteOpt,
     QuietOpt,
-    ResumeOpt,
-    SeedOpt,
-    SelectMetricOpt,
-    SmallInputOpt,
-    WarmupEpochsOpt,
-    WeightDecayOpt,
+    RunAmpDtypeOpt,
+    RunAmpOpt,
+    RunAugmentOpt,
+    RunBatchSizeOpt,
+    RunChannelsLastOpt,
+    RunChannelsOpt,
+    RunClassWeightingOpt,
+    RunCompileOpt,
+    RunDataOpt,
+    RunDeterministicOpt,
+    RunDeviceOpt,
+    RunDownloadOpt,
+    RunEpochsOpt,
+    RunGradClipOpt,
+    RunInputSizeOpt,
+    RunLabelSmoothingOpt,
+    RunLrOpt,
+    RunMaxStepsOpt,
+    RunMomentumOpt,
+    RunNumWorkersOpt,
+    RunOptimizerOpt,
+    RunResumeOpt,
+    RunSeedOpt,
+    RunSelectMetricOpt,
+    RunSmallInputOpt,
+    RunWarmupEpochsOpt,
+    RunWeightDecayOpt,
+    cli_config,
+    config_option,
     console,
     emit_json,
-    given_options,
 )
 from edgekd.cli._render import metrics_table
-from edgekd.distill import (
-    AmpDtype,
-    ClassWeighting,
-    DeviceName,
-    OptimizerName,
-    distill_model,
-    launch_nproc,
-    list_losses,
-    resolve_run_settings,
-    under_launcher,
-)
+from edgekd.distill import DistillConfig, distill_model, launch_nproc, list_losses, under_launcher
+from edgekd.errors import InvalidInputError
 from edgekd.pipeline import KDComparison, distill_with_baseline
-from edgekd.specs import ChannelMode
 
-D, C = "Distillation", "Teacher cache"
+D, C, U = "Distillation", "Teacher cache", "Unlabelled data"
+# `baseline` chooses the library function (distill_with_baseline), so it is no key of DistillConfig.
+DISTILL_NOT_CONFIG = NOT_CONFIG | {"baseline"}
+# Options whose name is not a field of DistillConfig (the others are fields or its flat keys).
+DISTILL_FIELDS = {"teacher": "teachers", "loss": "losses", "teacher_weight": "teacher_weights"}
+
+
+def _opt(path: str, help: str, *decls: str, panel: str = D) -> object:
+    return config_option(*decls, model=DistillConfig, path=path, help=help, rich_help_panel=panel)
 
 
 @app.command(rich_help_panel=PANEL_TRAIN)
@@ -73,108 +73,104 @@ def distill(
     ctx: typer.Context,
     out: OutOpt,
     student: Annotated[
-        str,
-        typer.Option(
-            "--student",
-            "-s",
-            help="Registry name (small:resnet8x4, tv:mobilenet_v3_small) or a model directory.",
-            rich_help_panel=D,
-        ),
-    ] = "",
-    teacher: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--teacher",
-            "-t",
-            help="Model directory, onnx:FILE.onnx, ckpt:FILE@MODEL or a pretrained registry name; repeat for several.",
-            rich_help_panel=D,
+        str | None,
+        _opt(
+            "student", "Registry name (small:resnet8x4, tv:mobilenet_v3_small) or a model directory.", "--student", "-s"
         ),
     ] = None,
-    data: DataOpt = "pneumoniamnist",
+    teacher: Annotated[
+        list[str] | None,
+        _opt(
+            "teachers",
+            "Model directory, onnx:FILE.onnx, ckpt:FILE@MODEL or a pretrained registry name; repeat for several.",
+            "--teacher",
+            "-t",
+        ),
+    ] = None,
+    data: RunDataOpt = None,
     loss: Annotated[
         list[str] | None,
-        typer.Option(
+        _opt(
+            "losses",
+            "NAME[:WEIGHT][,key=value...], repeatable (default: ce:1 + kd:1,T=4). See `edgekd losses`.",
             "--loss",
             "-l",
-            help="NAME[:WEIGHT][,key=value...], repeatable (default: ce:1 + kd:1,T=4). See `edgekd losses`.",
-            rich_help_panel=D,
         ),
     ] = None,
     teacher_weight: Annotated[
-        list[float] | None,
-        typer.Option(help="One per --teacher, in order (normalised; default equal).", rich_help_panel=D),
+        list[float] | None, _opt("teacher_weights", "One per --teacher, in order (normalised; default equal).")
     ] = None,
     pretrained: Annotated[
-        bool, typer.Option(help="Start a registry student from pretrained weights (downloads once).", rich_help_panel=D)
-    ] = False,
+        bool | None, _opt("pretrained", "Start a registry student from pretrained weights (downloads once).")
+    ] = None,
     pretrained_teacher: Annotated[
-        bool, typer.Option(help="Allow a registry-name teacher with its pretrained weights.", rich_help_panel=D)
-    ] = False,
-    trust_pickle: Annotated[
-        bool, typer.Option(help="Allow ckpt: teachers that are pickled models (runs code).", rich_help_panel=D)
+        bool | None, _opt("pretrained_teacher", "Allow a registry-name teacher with its pretrained weights.")
+    ] = None,
+    trust_pickle: Annotated[  # False, not None: every trust_pickle parameter defaults to False (a security audit)
+        bool, _opt("trust_pickle", "Allow ckpt: teachers that are pickled models (runs code).")
     ] = False,
     cache_teacher: Annotated[
-        bool,
-        typer.Option(
-            help="Compute teacher logits once per sample and view, store them memory-mapped (fp16).", rich_help_panel=C
+        bool | None,
+        _opt(
+            "cache.enabled",
+            "Compute teacher logits once per sample and view, store them memory-mapped (fp16) (default: off).",
+            panel=C,
         ),
-    ] = False,
+    ] = None,
     cache_dir: Annotated[
-        Path | None,
-        typer.Option(help="Cache folder (default OUT/teacher_cache); share it between runs.", rich_help_panel=C),
+        Path | None, _opt("cache.dir", "Cache folder (default OUT/teacher_cache); share it between runs.", panel=C)
     ] = None,
     cache_topk: Annotated[
-        int | None, typer.Option(help="Store only the top-k logits (the rest spread uniformly).", rich_help_panel=C)
+        int | None, _opt("cache.topk", "Store only the top-k logits (the rest spread uniformly).", panel=C)
     ] = None,
     cache_views: Annotated[
         int | None,
-        typer.Option(
-            help="Augmentation views to cache (default: --epochs); epoch e replays view e mod V.", rich_help_panel=C
-        ),
+        _opt("cache.views", "Augmentation views to cache (default: --epochs); epoch e replays view e mod V.", panel=C),
     ] = None,
     cache_readonly: Annotated[
-        bool, typer.Option(help="Never write the cache; error if it does not match.", rich_help_panel=C)
-    ] = False,
+        bool | None, _opt("cache.readonly", "Never write the cache; error if it does not match.", panel=C)
+    ] = None,
     unlabeled: Annotated[
         str | None,
-        typer.Option(
-            help="Unlabelled images mixed into every step, KD and feature losses only: folder:DIR, dicom:DIR, or a "
-            "data spec whose labels are ignored (its train split).",
-            rich_help_panel="Unlabelled data",
+        _opt(
+            "unlabeled",
+            "Unlabelled images mixed into every step, KD and feature losses only: folder:DIR, "
+            "dicom:DIR, or a data spec whose labels are ignored (its train split).",
+            panel=U,
         ),
     ] = None,
     unlabeled_ratio: Annotated[
-        float, typer.Option(help="Unlabelled images per labelled image in a step.", rich_help_panel="Unlabelled data")
-    ] = 1.0,
-    small_input: SmallInputOpt = False,
-    channels: ChannelsOpt = ChannelMode.ADAPT,
-    input_size: InputSizeOpt = None,
-    epochs: EpochsOpt = 10,
-    batch_size: BatchSizeOpt = 128,
-    optimizer: OptimizerOpt = OptimizerName.ADAMW,
-    lr: LrOpt = 2e-3,
-    momentum: MomentumOpt = 0.9,
-    weight_decay: WeightDecayOpt = 5e-4,
-    warmup_epochs: WarmupEpochsOpt = 1.0,
-    label_smoothing: LabelSmoothingOpt = 0.0,
-    class_weighting: ClassWeightingOpt = ClassWeighting.NONE,
-    augment: AugmentOpt = "none",
-    grad_clip: GradClipOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = DeviceName.AUTO,
-    amp: AmpOpt = None,
-    amp_dtype: AmpDtypeOpt = AmpDtype.AUTO,
-    compile: CompileOpt = False,
+        float | None, _opt("unlabeled_ratio", "Unlabelled images per labelled image in a step.", panel=U)
+    ] = None,
+    small_input: RunSmallInputOpt = None,
+    channels: RunChannelsOpt = None,
+    input_size: RunInputSizeOpt = None,
+    epochs: RunEpochsOpt = None,
+    batch_size: RunBatchSizeOpt = None,
+    optimizer: RunOptimizerOpt = None,
+    lr: RunLrOpt = None,
+    momentum: RunMomentumOpt = None,
+    weight_decay: RunWeightDecayOpt = None,
+    warmup_epochs: RunWarmupEpochsOpt = None,
+    label_smoothing: RunLabelSmoothingOpt = None,
+    class_weighting: RunClassWeightingOpt = None,
+    augment: RunAugmentOpt = None,
+    grad_clip: RunGradClipOpt = None,
+    seed: RunSeedOpt = None,
+    device: RunDeviceOpt = None,
+    amp: RunAmpOpt = None,
+    amp_dtype: RunAmpDtypeOpt = None,
+    compile: RunCompileOpt = None,
     nproc: NprocOpt = 1,
-    channels_last: ChannelsLastOpt = None,
-    select_metric: SelectMetricOpt = "auroc",
-    num_workers: NumWorkersOpt = 0,
-    max_steps_per_epoch: MaxStepsOpt = None,
-    resume: ResumeOpt = False,
-    deterministic: DeterministicOpt = False,
+    channels_last: RunChannelsLastOpt = None,
+    select_metric: RunSelectMetricOpt = None,
+    num_workers: RunNumWorkersOpt = None,
+    max_steps_per_epoch: RunMaxStepsOpt = None,
+    resume: RunResumeOpt = None,
+    deterministic: RunDeterministicOpt = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
-    download: DownloadOpt = False,
+    download: RunDownloadOpt = None,
     baseline: Annotated[
         bool,
         typer.Option(
@@ -191,12 +187,16 @@ def distill(
     """Distil one or more teachers into a compact student (soft-label and feature losses).
 
     Example: edgekd distill --student small:resnet8x4 --teacher runs/teacher --data pneumoniamnist --loss ce:1 --loss kd:1,T=4 --cache-teacher --out runs/student
+
+    Example: edgekd distill --config distill.yaml --epochs 3 --out runs/student   (flags override the file)
     """
-    flags = {k: v for k, v in locals().items() if k != "ctx"}
     if nproc > 1 and not under_launcher():
         launch_nproc(nproc, sys.argv[1:])  # re-runs this command under torch.distributed.run
     check_report_path(json_out)
-    settings = resolve_run_settings(flags, config=config, given=given_options(ctx), require_teacher=True)
+    flags = {k: v for k, v in locals().items() if k not in DISTILL_NOT_CONFIG | {"ctx"}}
+    settings = cli_config(ctx, DistillConfig, config, flags, DISTILL_FIELDS)
+    if not settings.teachers:
+        raise InvalidInputError("no teacher given", "pass --teacher DIR (a model directory from `edgekd train`)")
     if baseline:
         cmp = distill_with_baseline(settings, out, overwrite=overwrite, progress=not quiet)
         _render_comparison(cmp, quiet, json_out)

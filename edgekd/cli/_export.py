@@ -12,49 +12,58 @@ from rich.table import Table
 from edgekd._config import build_config
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_EXPORT, app
-from edgekd.cli._options import ConfigOpt, JsonOpt, OutOpt, OverwriteOpt, TargetSensitivityOpt, console, emit_json
+from edgekd.cli._options import (
+    ConfigOpt,
+    JsonOpt,
+    OutOpt,
+    OverwriteOpt,
+    TargetSensitivityOpt,
+    cli_config,
+    console,
+    default_text,
+    emit_json,
+)
 from edgekd.errors import VerificationError
 from edgekd.export import FORMATS, ExportConfig, export_bundle, lint_errors, lint_onnx, verify_bundle
 
 E, T, C = "Export", "TensorRT", "Checks"
-_D = ExportConfig.model_fields
-
-
-def _default(name: str) -> str:
-    """``(default: X)`` of an :class:`ExportConfig` field, for help texts of options that default to "not given"."""
-    info = _D[name]
-    value = info.default_factory() if info.default_factory is not None else info.default
-    if isinstance(value, list):
-        value = ",".join(map(str, value)) or "none"
-    return f"(default: {value})"
-
-
 MinBatchOpt = Annotated[
     int | None,
-    typer.Option(help=f"Smallest batch of the optimization profile {_default('min_batch')}.", rich_help_panel=T),
+    typer.Option(
+        help=f"Smallest batch of the optimization profile {default_text(ExportConfig, 'min_batch')}.", rich_help_panel=T
+    ),
 ]
 OptBatchOpt = Annotated[
-    int | None, typer.Option(help=f"Batch the engine is tuned for {_default('opt_batch')}.", rich_help_panel=T)
+    int | None,
+    typer.Option(help=f"Batch the engine is tuned for {default_text(ExportConfig, 'opt_batch')}.", rich_help_panel=T),
 ]
 MaxBatchOpt = Annotated[
     int | None,
-    typer.Option(help=f"Largest batch of the optimization profile {_default('max_batch')}.", rich_help_panel=T),
+    typer.Option(
+        help=f"Largest batch of the optimization profile {default_text(ExportConfig, 'max_batch')}.", rich_help_panel=T
+    ),
 ]
 _FORMAT_HELP = "Comma-separated: " + "; ".join(f"{f.name} ({f.description})" for f in FORMATS.values())
 
 
 @app.command(rich_help_panel=PANEL_EXPORT)
 def export(
+    ctx: typer.Context,
     model_dir: Annotated[
         Path, typer.Argument(help="Model directory (trained, distilled, pruned or QAT), or a bundle.")
     ],
     out: OutOpt,
     format: Annotated[
         str | None,
-        typer.Option("--format", "-f", help=f"{_FORMAT_HELP} {_default('formats')}.", rich_help_panel=E),
+        typer.Option(
+            "--format", "-f", help=f"{_FORMAT_HELP} {default_text(ExportConfig, 'formats')}.", rich_help_panel=E
+        ),
     ] = None,
     opset: Annotated[
-        int | None, typer.Option(help=f"ONNX opset (TensorRT 10 parses 9..20) {_default('opset')}.", rich_help_panel=E)
+        int | None,
+        typer.Option(
+            help=f"ONNX opset (TensorRT 10 parses 9..20) {default_text(ExportConfig, 'opset')}.", rich_help_panel=E
+        ),
     ] = None,
     static: Annotated[
         bool | None,
@@ -70,7 +79,7 @@ def export(
         str | None,
         typer.Option(
             help="auto | torchscript | dynamo (auto: TorchScript for fake-quantized models and opset < 18) "
-            f"{_default('exporter')}.",
+            f"{default_text(ExportConfig, 'exporter')}.",
             rich_help_panel=E,
         ),
     ] = None,
@@ -84,7 +93,7 @@ def export(
         ),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(help=f"Parity samples {_default('n_samples')}.", rich_help_panel=C)
+        int | None, typer.Option(help=f"Parity samples {default_text(ExportConfig, 'n_samples')}.", rich_help_panel=C)
     ] = None,
     check: Annotated[
         list[str] | None, typer.Option(help="Extra checks: tensorrt (lint; errors fail the export).", rich_help_panel=C)
@@ -93,12 +102,16 @@ def export(
     opt_batch: OptBatchOpt = None,
     max_batch: MaxBatchOpt = None,
     workspace_mb: Annotated[
-        int | None, typer.Option(help=f"Builder workspace limit (MiB) {_default('workspace_mb')}.", rich_help_panel=T)
+        int | None,
+        typer.Option(
+            help=f"Builder workspace limit (MiB) {default_text(ExportConfig, 'workspace_mb')}.", rich_help_panel=T
+        ),
     ] = None,
     timing_cache: Annotated[
         Path | None,
         typer.Option(
-            help=f"Timing cache file reused across engine builds {_default('timing_cache')}.", rich_help_panel=T
+            help=f"Timing cache file reused across engine builds {default_text(ExportConfig, 'timing_cache')}.",
+            rich_help_panel=T,
         ),
     ] = None,
     target_sensitivity: TargetSensitivityOpt = None,
@@ -114,16 +127,15 @@ def export(
     Example: edgekd export runs/student --format onnx,onnx-fp16 --check tensorrt --out bundles/student
     """
 
-    quiet = json_out == "-"
     check_report_path(json_out)
-    given = {
-        "formats": format,
+    flags = {
+        "format": format,
         "opset": opset,
         "static": static,
         "simplify": simplify,
         "exporter": exporter,
         "data": data,
-        "n_samples": samples,
+        "samples": samples,
         "check": check,
         "min_batch": min_batch,
         "opt_batch": opt_batch,
@@ -132,7 +144,8 @@ def export(
         "timing_cache": timing_cache,
         "target_sensitivity": target_sensitivity,
     }
-    cfg = build_config(ExportConfig, config, {k: v for k, v in given.items() if v is not None}, section="export")
+    cfg = cli_config(ctx, ExportConfig, config, flags, {"format": "formats", "samples": "n_samples"}, section="export")
+    quiet = json_out == "-"
     manifest = export_bundle(
         model_dir, out, cfg, overwrite=overwrite, log=None if quiet else lambda line: console.print(escape(line))
     )

@@ -8,33 +8,38 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgekd._config import validate
 from edgekd._io import check_report_path
 from edgekd.bench import model_latency_ms, width_multiple
 from edgekd.cli._app import PANEL_COMPRESS, app
 from edgekd.cli._options import (
+    NOT_CONFIG,
     ConfigOpt,
-    DeviceOpt,
     JsonOpt,
     OutOpt,
     OverwriteOpt,
     QuietOpt,
-    SeedOpt,
+    cli_config,
+    config_option,
     console,
     emit_json,
-    resolve_config,
-)  # fmt: skip
+)
 from edgekd.cli._render import fmt
-from edgekd.distill import DeviceName, OptimizerName, TrainConfig
-from edgekd.prune import LatencyBackend, PruneConfig, PruneTarget, parse_round_to, prune_model_dir
+from edgekd.distill import DeviceName, OptimizerName
+from edgekd.prune import LatencyBackend, PruneConfig, prune_model_dir
 
 P, L, R, T = "Pruning", "Latency target", "Recovery", "Teacher"
 # How each latency backend is measured (the bench layer's functions satisfy edgekd.prune.LatencyFn).
 LATENCY_FNS = {LatencyBackend.ORT: model_latency_ms}
+# Inputs of the run, not keys of PruneConfig (every other option is a field or one of its flat keys).
+PRUNE_NOT_CONFIG = NOT_CONFIG | {"model_dir", "data"}
 
 
-def _csv(text: str | None) -> list[str]:
-    return [p.strip() for p in (text or "").split(",") if p.strip()]
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _opt(path: str, help: str, panel: str, *decls: str, **kwargs: object) -> object:
+    return config_option(*decls, model=PruneConfig, path=path, help=help, rich_help_panel=panel, **kwargs)
 
 
 @app.command(rich_help_panel=PANEL_COMPRESS)
@@ -48,105 +53,85 @@ def prune(
             "--data", "-d", help="Data spec (default: the data the model was trained on).", rich_help_panel="Data"
         ),
     ] = None,
-    importance: Annotated[
-        str, typer.Option(help="l1 | l2 | taylor | bn-scale | lamp | random.", rich_help_panel=P)
-    ] = "l2",
-    ratio: Annotated[
-        float | None, typer.Option(help="Target: remove this fraction of the channels.", rich_help_panel=P)
-    ] = None,
+    importance: Annotated[str | None, _opt("importance", "l1 | l2 | taylor | bn-scale | lamp | random.", P)] = None,
+    ratio: Annotated[float | None, _opt("target.ratio", "Target: remove this fraction of the channels.", P)] = None,
     target_macs: Annotated[
-        float | None, typer.Option(help="Target: keep this fraction of the MACs (0.5 halves them).", rich_help_panel=P)
+        float | None, _opt("target.macs", "Target: keep this fraction of the MACs (0.5 halves them).", P)
     ] = None,
     target_params: Annotated[
-        float | None, typer.Option(help="Target: keep this fraction of the parameters.", rich_help_panel=P)
+        float | None, _opt("target.params", "Target: keep this fraction of the parameters.", P)
     ] = None,
     target_latency_ms: Annotated[
         float | None,
-        typer.Option(
-            help="Target: prune until the measured p50 latency of one batch is at most this many ms.",
-            rich_help_panel=L,
+        _opt(
+            "target.latency_ms", "Target: prune until the measured p50 latency of one batch is at most this many ms.", L
         ),
     ] = None,
     batch: Annotated[
-        int | None, typer.Option(help="Batch size the latency target is measured at [default: 32].", rich_help_panel=L)
+        int | None, _opt("target.batch", "Batch size the latency target is measured at (default: 32).", L)
     ] = None,
     backend: Annotated[
         LatencyBackend | None,
-        typer.Option(
-            help="Where the latency target is measured (ort: ONNX Runtime CPU) [default: ort].", rich_help_panel=L
-        ),
+        _opt("target.backend", "Where the latency target is measured (ort: ONNX Runtime CPU; default: ort).", L),
     ] = None,
     latency_margin: Annotated[
-        float, typer.Option(help="Aim this fraction under the budget (re-measurements vary).", rich_help_panel=L)
-    ] = 0.05,
+        float | None, _opt("latency_margin", "Aim this fraction under the budget (re-measurements vary).", L)
+    ] = None,
     short_term_epochs: Annotated[
-        int,
-        typer.Option(
-            help="Fine-tuning epochs after each latency proposal (--recovery-epochs: at the end).", rich_help_panel=L
-        ),
-    ] = 0,
-    steps: Annotated[
-        int, typer.Option(help="Prune in this many steps, fine-tuning after each.", rich_help_panel=P)
-    ] = 1,
+        int | None,
+        _opt("short_term_epochs", "Fine-tuning epochs after each latency proposal (--recovery-epochs: at the end).", L),
+    ] = None,
+    steps: Annotated[int | None, _opt("steps", "Prune in this many steps, fine-tuning after each.", P)] = None,
     global_pruning: Annotated[
-        bool,
-        typer.Option(
+        bool | None,
+        _opt(
+            "global_pruning",
+            "Rank channels across layers, or prune every layer by the same ratio.",
+            P,
             "--global/--per-layer",
-            help="Rank channels across layers, or prune every layer by the same ratio.",
-            rich_help_panel=P,
         ),
-    ] = True,
+    ] = None,
     keep: Annotated[
         str | None,
-        typer.Option(
-            help="Comma-separated module paths never pruned, e.g. layer3,fc "
-            "(the classifier's outputs are always kept).",
-            rich_help_panel=P,
+        _opt(
+            "keep",
+            "Comma-separated module paths never pruned, e.g. layer3,fc (the classifier's outputs are always kept).",
+            P,
         ),
     ] = None,
     round_to: Annotated[
-        str,
-        typer.Option(
-            help="Channel counts are multiples of: auto (measured on this machine, cached) | N | none.",
-            rich_help_panel=P,
-        ),
-    ] = "auto",
+        str | None,
+        _opt("round_to", "Channel counts are multiples of: auto (measured on this machine, cached) | N | none.", P),
+    ] = None,
     max_layer_ratio: Annotated[
-        float, typer.Option(help="No layer loses more than this fraction of its channels.", rich_help_panel=P)
-    ] = 0.9,
+        float | None, _opt("max_layer_ratio", "No layer loses more than this fraction of its channels.", P)
+    ] = None,
     recovery_epochs: Annotated[
-        int, typer.Option(help="Fine-tuning epochs after each step (0: none).", rich_help_panel=R)
-    ] = 2,
+        int | None, _opt("recovery_epochs", "Fine-tuning epochs after each step (0: none).", R)
+    ] = None,
     kd: Annotated[
-        bool,
-        typer.Option(
-            "--kd/--no-kd",
-            help="Recover by distilling from the teacher, or with cross-entropy only.",
-            rich_help_panel=R,
-        ),
-    ] = True,
-    teacher: Annotated[
-        str | None, typer.Option(help="Teacher for recovery (default: the unpruned model).", rich_help_panel=T)
+        bool | None,
+        _opt("kd", "Recover by distilling from the teacher, or with cross-entropy only.", T, "--kd/--no-kd"),
     ] = None,
-    loss: Annotated[
-        list[str] | None,
-        typer.Option(help="Recovery loss terms with a teacher (default ce:1 and kd:1,T=4).", rich_help_panel=T),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(rich_help_panel=R)] = 128,
-    optimizer: Annotated[OptimizerName, typer.Option(rich_help_panel=R)] = OptimizerName.ADAMW,
-    lr: Annotated[float, typer.Option(help="Peak fine-tuning learning rate.", rich_help_panel=R)] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(rich_help_panel=R)] = 5e-4,
-    warmup_epochs: Annotated[float, typer.Option(rich_help_panel=R)] = 0.0,
-    augment: Annotated[str, typer.Option(help="none | light | medical.", rich_help_panel=R)] = "none",
+    teacher: Annotated[str | None, _opt("teacher", "Teacher for recovery (default: the unpruned model).", T)] = None,
+    loss: Annotated[list[str] | None, _opt("losses", "Recovery loss terms with a teacher.", T)] = None,
+    batch_size: Annotated[int | None, _opt("train.batch_size", "", R)] = None,
+    optimizer: Annotated[OptimizerName | None, _opt("train.optimizer", "", R)] = None,
+    lr: Annotated[float | None, _opt("train.lr", "Peak fine-tuning learning rate.", R)] = None,
+    weight_decay: Annotated[float | None, _opt("train.weight_decay", "", R)] = None,
+    warmup_epochs: Annotated[float | None, _opt("train.warmup_epochs", "", R)] = None,
+    augment: Annotated[str | None, _opt("train.augment", "none | light | medical.", R)] = None,
     select_metric: Annotated[
-        str, typer.Option(help="Validation metric picking the best recovery epoch.", rich_help_panel=R)
-    ] = "auroc",
-    max_steps_per_epoch: Annotated[int | None, typer.Option(hidden=True)] = None,
+        str | None, _opt("train.select_metric", "Validation metric picking the best recovery epoch.", R)
+    ] = None,
+    max_steps_per_epoch: Annotated[int | None, _opt("train.max_steps_per_epoch", "", R, hidden=True)] = None,
     latency_batch: Annotated[
-        int, typer.Option(help="Batch size of the ORT CPU latency measurement (0: skip).", rich_help_panel="Output")
-    ] = 32,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = DeviceName.AUTO,
+        int | None, _opt("latency_batch", "Batch size of the ORT CPU latency measurement (0: skip).", "Output")
+    ] = None,
+    seed: Annotated[int | None, _opt("train.seed", "Random seed (data order, init, splits).", "Run", "--seed")] = None,
+    device: Annotated[
+        DeviceName | None, _opt("train.device", "auto picks CUDA when present.", "Run", "--device")
+    ] = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
@@ -157,20 +142,24 @@ def prune(
     Example: edgekd prune runs/student --target-macs 0.5 --steps 2 --importance lamp --out runs/student-pruned
 
     Example: edgekd prune runs/student --target-latency-ms 2.5 --batch 32 --out runs/student-fast
-    """
 
-    flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
+    Example: edgekd prune runs/student --config prune.yaml --steps 3 --out runs/student-pruned   (flags override
+    the file; its keys are PruneConfig's: importance, target: {macs: 0.5}, train: {lr: 0.001}, ...)
+    """
     check_report_path(json_out)
-    train_cfg = resolve_config(ctx, TrainConfig, config, flags, section="recovery")
-    target = PruneTarget.from_options(ratio=ratio, target_macs=target_macs, target_params=target_params,
-                                      target_latency_ms=target_latency_ms, batch=batch, backend=backend)  # fmt: skip
-    cfg = validate(PruneConfig, dict(importance=importance, target=target, steps=steps, global_pruning=global_pruning,
-                   keep=_csv(keep), round_to=parse_round_to(round_to), max_layer_ratio=max_layer_ratio,
-                   recovery_epochs=recovery_epochs, kd=kd, teacher=teacher, latency_batch=latency_batch or None,
-                   latency_margin=latency_margin, short_term_epochs=short_term_epochs, train=train_cfg,
-                   **({"losses": loss} if loss else {})))  # fmt: skip
-    report = prune_model_dir(model_dir, out, cfg, data=data, latency=LATENCY_FNS[target.backend or LatencyBackend.ORT],
-                             width_probe=width_multiple, overwrite=overwrite, progress=not quiet)  # fmt: skip
+    flags = {k: v for k, v in locals().items() if k not in PRUNE_NOT_CONFIG | {"ctx"}}
+    cfg = cli_config(ctx, PruneConfig, config, {**flags, "keep": _csv(keep)}, section="prune")
+    latency = LATENCY_FNS[cfg.target.backend or LatencyBackend.ORT]
+    report = prune_model_dir(
+        model_dir,
+        out,
+        cfg,
+        data=data,
+        latency=latency,
+        width_probe=width_multiple,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
     if not quiet and json_out != "-":
         _render(report)
     emit_json(report, json_out)

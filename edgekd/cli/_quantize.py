@@ -12,24 +12,31 @@ from edgekd._io import check_report_path
 from edgekd.bench import onnx_latency_ms
 from edgekd.cli._app import PANEL_COMPRESS, app
 from edgekd.cli._options import (
+    NOT_CONFIG,
     ConfigOpt,
-    DeviceOpt,
     JsonOpt,
     OutOpt,
     OverwriteOpt,
     QuietOpt,
-    SeedOpt,
     TargetSensitivityOpt,
+    cli_config,
+    config_option,
     console,
     emit_json,
-    resolve_config,
 )
 from edgekd.cli._render import fmt
-from edgekd.distill import DeviceName, OptimizerName, TrainConfig
+from edgekd.distill import DeviceName, OptimizerName
 from edgekd.quantize import TARGETS, Calibration, QuantizeConfig, QuantMethod, quantize_model_dir
 
 Q, C, QA = "Quantization", "Calibration", "QAT"
 TARGETS_EPILOG = "Targets (--target):\n\n" + "\n\n".join(f"{n}: {TARGETS.get(n).summary}" for n in TARGETS.names())
+# Inputs of the run and the bundle's operating point, not keys of QuantizeConfig (the other options are fields or
+# its flat keys).
+QUANTIZE_NOT_CONFIG = NOT_CONFIG | {"model_dir", "data", "target_sensitivity"}
+
+
+def _opt(path: str, help: str, panel: str, *decls: str, **kwargs: object) -> object:
+    return config_option(*decls, model=QuantizeConfig, path=path, help=help, rich_help_panel=panel, **kwargs)
 
 
 @app.command(rich_help_panel=PANEL_COMPRESS, epilog=TARGETS_EPILOG)
@@ -44,55 +51,43 @@ def quantize(
         ),
     ] = None,
     method: Annotated[
-        QuantMethod,
-        typer.Option(
-            help="ptq (calibrated static INT8), qat (training with the teacher) or fp16 (GPU targets).",
-            rich_help_panel=Q,
-        ),
-    ] = QuantMethod.PTQ,
+        QuantMethod | None,
+        _opt("method", "ptq (calibrated static INT8), qat (training with the teacher) or fp16 (GPU targets).", Q),
+    ] = None,
     target: Annotated[
-        str,
-        typer.Option(
-            help="The device class: cpu-x86 (this x86 CPU) | cpu-x86-vnni | cpu-x86-avx2 | cpu-arm | tensorrt "
+        str | None,
+        _opt(
+            "target",
+            "The device class: cpu-x86 (this x86 CPU) | cpu-x86-vnni | cpu-x86-avx2 | cpu-arm | tensorrt "
             "(one line each below).",
-            rich_help_panel=Q,
+            Q,
         ),
-    ] = "cpu-x86",
-    calibration: Annotated[
-        Calibration, typer.Option(help="Activation range estimator.", rich_help_panel=C)
-    ] = Calibration.MINMAX,
-    calib_samples: Annotated[int, typer.Option(help="Training samples for calibration.", rich_help_panel=C)] = 256,
+    ] = None,
+    calibration: Annotated[Calibration | None, _opt("calibration", "Activation range estimator.", C)] = None,
+    calib_samples: Annotated[int | None, _opt("calib_samples", "Training samples for calibration.", C)] = None,
     sensitivity: Annotated[
-        bool,
-        typer.Option(help="Keep the most sensitive layers in FP32 until --max-drop is met (PTQ).", rich_help_panel=C),
-    ] = False,
-    max_drop: Annotated[
-        float, typer.Option(help="Allowed validation drop of --metric, in points.", rich_help_panel=C)
-    ] = 0.5,
-    metric: Annotated[
-        str, typer.Option(help="Budget metric: acc | auroc | balanced_acc | f1_macro.", rich_help_panel=C)
-    ] = "acc",
-    max_fp32_nodes: Annotated[int | None, typer.Option(help="Most layers kept in FP32.", rich_help_panel=C)] = None,
-    qat_backend: Annotated[str, typer.Option(help="auto | modelopt | torch.", rich_help_panel=QA)] = "auto",
-    epochs: Annotated[int, typer.Option(help="QAT epochs.", rich_help_panel=QA)] = 2,
+        bool | None, _opt("sensitivity", "Keep the most sensitive layers in FP32 until --max-drop is met (PTQ).", C)
+    ] = None,
+    max_drop: Annotated[float | None, _opt("max_drop", "Allowed validation drop of --metric, in points.", C)] = None,
+    metric: Annotated[str | None, _opt("metric", "Budget metric: acc | auroc | balanced_acc | f1_macro.", C)] = None,
+    max_fp32_nodes: Annotated[int | None, _opt("max_fp32_nodes", "Most layers kept in FP32.", C)] = None,
+    qat_backend: Annotated[str | None, _opt("qat_backend", "auto | modelopt | torch.", QA)] = None,
+    epochs: Annotated[int | None, _opt("train.epochs", "QAT epochs.", QA)] = None,
     kd: Annotated[
-        bool,
-        typer.Option("--kd/--no-kd", help="QAT distils from the teacher, or uses labels only.", rich_help_panel=QA),
-    ] = True,
-    teacher: Annotated[
-        str | None, typer.Option(help="QAT teacher (default: the FP32 model).", rich_help_panel=QA)
+        bool | None, _opt("kd", "QAT distils from the teacher, or uses labels only.", QA, "--kd/--no-kd")
     ] = None,
-    loss: Annotated[
-        list[str] | None, typer.Option(help="QAT loss terms (default ce:1 and kd:1,T=4).", rich_help_panel=QA)
+    teacher: Annotated[str | None, _opt("teacher", "QAT teacher (default: the FP32 model).", QA)] = None,
+    loss: Annotated[list[str] | None, _opt("losses", "QAT loss terms.", QA)] = None,
+    batch_size: Annotated[int | None, _opt("train.batch_size", "", QA)] = None,
+    optimizer: Annotated[OptimizerName | None, _opt("train.optimizer", "", QA)] = None,
+    lr: Annotated[float | None, _opt("train.lr", "QAT peak learning rate.", QA)] = None,
+    warmup_epochs: Annotated[float | None, _opt("train.warmup_epochs", "", QA)] = None,
+    max_steps_per_epoch: Annotated[int | None, _opt("train.max_steps_per_epoch", "", QA, hidden=True)] = None,
+    opset: Annotated[int | None, _opt("opset", "ONNX opset.", "Output")] = None,
+    seed: Annotated[int | None, _opt("train.seed", "Random seed (data order, init, splits).", "Run", "--seed")] = None,
+    device: Annotated[
+        DeviceName | None, _opt("train.device", "auto picks CUDA when present.", "Run", "--device")
     ] = None,
-    batch_size: Annotated[int, typer.Option(rich_help_panel=QA)] = 128,
-    optimizer: Annotated[OptimizerName, typer.Option(rich_help_panel=QA)] = OptimizerName.ADAMW,
-    lr: Annotated[float, typer.Option(help="QAT peak learning rate.", rich_help_panel=QA)] = 1e-4,
-    warmup_epochs: Annotated[float, typer.Option(rich_help_panel=QA)] = 0.0,
-    max_steps_per_epoch: Annotated[int | None, typer.Option(hidden=True)] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset.", rich_help_panel="Output")] = 17,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = DeviceName.AUTO,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     target_sensitivity: TargetSensitivityOpt = None,
@@ -102,17 +97,23 @@ def quantize(
     """Quantize for a target, evaluate FP32 vs INT8 in ONNX Runtime, and write a verified bundle.
 
     Example: edgekd quantize runs/student --method ptq --target cpu-x86 --calibration entropy --out bundles/int8
-    """
 
-    flags = {k: v for k, v in locals().items() if k in TrainConfig.model_fields}
+    Example: edgekd quantize runs/student --config quantize.yaml --method qat --out bundles/int8-qat   (flags
+    override the file; its keys are QuantizeConfig's: method, calibration, train: {lr: 0.0001}, ...)
+    """
     check_report_path(json_out)
-    train_cfg = resolve_config(ctx, TrainConfig, config, flags, section="qat")
-    cfg = QuantizeConfig(method=method, target=target, calibration=calibration, calib_samples=calib_samples,
-                         sensitivity=sensitivity, max_drop=max_drop, metric=metric, max_fp32_nodes=max_fp32_nodes,
-                         opset=opset, qat_backend=qat_backend, kd=kd, teacher=teacher, train=train_cfg,
-                         **({"losses": loss} if loss else {}))  # fmt: skip
-    result = quantize_model_dir(model_dir, out, cfg, data=data, latency=onnx_latency_ms, overwrite=overwrite,
-                                progress=not quiet, target_sensitivity=target_sensitivity)  # fmt: skip
+    flags = {k: v for k, v in locals().items() if k not in QUANTIZE_NOT_CONFIG | {"ctx"}}
+    cfg = cli_config(ctx, QuantizeConfig, config, flags)
+    result = quantize_model_dir(
+        model_dir,
+        out,
+        cfg,
+        data=data,
+        latency=onnx_latency_ms,
+        overwrite=overwrite,
+        progress=not quiet,
+        target_sensitivity=target_sensitivity,
+    )
     if not quiet and json_out != "-":
         _render(result)
     emit_json(result, json_out)

@@ -12,60 +12,57 @@ from rich.markup import escape
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_TRAIN, app
 from edgekd.cli._options import (
-    AmpDtypeOpt,
-    AmpOpt,
-    AugmentOpt,
-    BatchSizeOpt,
-    ChannelsLastOpt,
-    ChannelsOpt,
-    ClassWeightingOpt,
-    CompileOpt,
+    NOT_CONFIG,
     ConfigOpt,
-    DataOpt,
-    DeterministicOpt,
     DeviceOpt,
     DownloadOpt,
-    EpochsOpt,
-    GradClipOpt,
-    InputSizeOpt,
     IntendedUseOpt,
     JsonOpt,
-    LabelSmoothingOpt,
-    LrOpt,
-    MaxStepsOpt,
-    MomentumOpt,
     NprocOpt,
-    NumWorkersOpt,
-    OptimizerOpt,
     OutOpt,
     OverwriteOpt,
     QuietOpt,
-    ResumeOpt,
-    SeedOpt,
-    SelectMetricOpt,
-    SmallInputOpt,
-    WarmupEpochsOpt,
-    WeightDecayOpt,
+    RunAmpDtypeOpt,
+    RunAmpOpt,
+    RunAugmentOpt,
+    RunBatchSizeOpt,
+    RunChannelsLastOpt,
+    RunChannelsOpt,
+    RunClassWeightingOpt,
+    RunCompileOpt,
+    RunDataOpt,
+    RunDeterministicOpt,
+    RunDeviceOpt,
+    RunDownloadOpt,
+    RunEpochsOpt,
+    RunGradClipOpt,
+    RunInputSizeOpt,
+    RunLabelSmoothingOpt,
+    RunLrOpt,
+    RunMaxStepsOpt,
+    RunMomentumOpt,
+    RunNumWorkersOpt,
+    RunOptimizerOpt,
+    RunResumeOpt,
+    RunSeedOpt,
+    RunSelectMetricOpt,
+    RunSmallInputOpt,
+    RunWarmupEpochsOpt,
+    RunWeightDecayOpt,
+    cli_config,
+    config_option,
     console,
     emit_json,
-    given_options,
 )
 from edgekd.cli._render import metrics_table
-from edgekd.distill import (
-    AmpDtype,
-    ClassWeighting,
-    DeviceName,
-    OptimizerName,
-    launch_nproc,
-    resolve_run_settings,
-    train_model,
-    under_launcher,
-)
+from edgekd.distill import DeviceName, DistillConfig, launch_nproc, train_model, under_launcher
 from edgekd.evaluate import evaluate_model_dir
 from edgekd.serve import evaluate_bundle, is_bundle
-from edgekd.specs import ChannelMode
 
 PANEL_MODEL, PANEL_OPT, PANEL_RUN = "Model", "Optimisation", "Run"
+# Options whose name is not a key of DistillConfig (the others are fields or its flat keys: epochs, lr, ...).
+TRAIN_FIELDS = {"model": "student"}
+TRAIN_NOT_CONFIG = NOT_CONFIG
 
 
 @app.command(rich_help_panel=PANEL_TRAIN)
@@ -73,47 +70,55 @@ def train(
     ctx: typer.Context,
     out: OutOpt,
     model: Annotated[
-        str,
-        typer.Option(
+        str | None,
+        config_option(
             "--model",
             "-m",
+            model=DistillConfig,
+            path="student",
             help="Registry name (tv:resnet18, small:resnet8x4, timm:...) or a model directory to fine-tune.",
             rich_help_panel=PANEL_MODEL,
         ),
-    ] = "",
-    data: DataOpt = "pneumoniamnist",
-    small_input: SmallInputOpt = False,
+    ] = None,
+    data: RunDataOpt = None,
+    small_input: RunSmallInputOpt = None,
     pretrained: Annotated[
-        bool, typer.Option(help="Start from pretrained weights (downloads once).", rich_help_panel=PANEL_MODEL)
-    ] = False,
-    channels: ChannelsOpt = ChannelMode.ADAPT,
-    input_size: InputSizeOpt = None,
-    epochs: EpochsOpt = 10,
-    batch_size: BatchSizeOpt = 128,
-    optimizer: OptimizerOpt = OptimizerName.ADAMW,
-    lr: LrOpt = 2e-3,
-    momentum: MomentumOpt = 0.9,
-    weight_decay: WeightDecayOpt = 5e-4,
-    warmup_epochs: WarmupEpochsOpt = 1.0,
-    label_smoothing: LabelSmoothingOpt = 0.0,
-    class_weighting: ClassWeightingOpt = ClassWeighting.NONE,
-    augment: AugmentOpt = "none",
-    grad_clip: GradClipOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = DeviceName.AUTO,
-    amp: AmpOpt = None,
-    amp_dtype: AmpDtypeOpt = AmpDtype.AUTO,
-    compile: CompileOpt = False,
+        bool | None,
+        config_option(
+            model=DistillConfig,
+            path="pretrained",
+            help="Start from pretrained weights (downloads once).",
+            rich_help_panel=PANEL_MODEL,
+        ),
+    ] = None,
+    channels: RunChannelsOpt = None,
+    input_size: RunInputSizeOpt = None,
+    epochs: RunEpochsOpt = None,
+    batch_size: RunBatchSizeOpt = None,
+    optimizer: RunOptimizerOpt = None,
+    lr: RunLrOpt = None,
+    momentum: RunMomentumOpt = None,
+    weight_decay: RunWeightDecayOpt = None,
+    warmup_epochs: RunWarmupEpochsOpt = None,
+    label_smoothing: RunLabelSmoothingOpt = None,
+    class_weighting: RunClassWeightingOpt = None,
+    augment: RunAugmentOpt = None,
+    grad_clip: RunGradClipOpt = None,
+    seed: RunSeedOpt = None,
+    device: RunDeviceOpt = None,
+    amp: RunAmpOpt = None,
+    amp_dtype: RunAmpDtypeOpt = None,
+    compile: RunCompileOpt = None,
     nproc: NprocOpt = 1,
-    channels_last: ChannelsLastOpt = None,
-    select_metric: SelectMetricOpt = "auroc",
-    num_workers: NumWorkersOpt = 0,
-    max_steps_per_epoch: MaxStepsOpt = None,
-    resume: ResumeOpt = False,
-    deterministic: DeterministicOpt = False,
+    channels_last: RunChannelsLastOpt = None,
+    select_metric: RunSelectMetricOpt = None,
+    num_workers: RunNumWorkersOpt = None,
+    max_steps_per_epoch: RunMaxStepsOpt = None,
+    resume: RunResumeOpt = None,
+    deterministic: RunDeterministicOpt = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
-    download: DownloadOpt = False,
+    download: RunDownloadOpt = None,
     intended_use: IntendedUseOpt = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
@@ -121,12 +126,14 @@ def train(
     """Train a model with labels only (the teacher, or a no-teacher baseline).
 
     Example: edgekd train --model small:resnet18 --data pneumoniamnist --epochs 4 --out runs/teacher
+
+    Example: edgekd train --config train.yaml --lr 1e-3 --out runs/teacher   (flags override the file)
     """
-    flags = {k: v for k, v in locals().items() if k != "ctx"}
     if nproc > 1 and not under_launcher():
         launch_nproc(nproc, sys.argv[1:])  # re-runs this command under torch.distributed.run
     check_report_path(json_out)
-    settings = resolve_run_settings(flags, config=config, given=given_options(ctx))
+    flags = {k: v for k, v in locals().items() if k not in TRAIN_NOT_CONFIG | {"ctx"}}
+    settings = cli_config(ctx, DistillConfig, config, flags, TRAIN_FIELDS)
     card = train_model(settings, out, overwrite=overwrite, progress=not quiet)
     if not quiet and json_out != "-":
         console.print(f"best epoch {card.metrics['best_epoch']['epoch']} by val {settings.train.select_metric}; "

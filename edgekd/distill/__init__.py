@@ -1,6 +1,6 @@
 """The training engine: one runner for train, distil, pruning recovery and QAT; losses, taps, teacher cache.
 
-* :class:`RunSettings` (+ :class:`TrainConfig`): one typed object per run; :func:`resolve_run_settings`
+* :class:`DistillConfig` (``RunSettings``; + :class:`TrainConfig`): one typed config per run; :func:`resolve_run_settings`
   applies defaults < YAML < flags for Python callers and the CLI alike;
 * :func:`train_model` / :func:`distill_model` (:func:`run_training`): a whole run to a model directory;
 * :class:`Trainer` / :func:`fit`: the loop itself, for any model and :class:`Objective`;
@@ -24,7 +24,15 @@ from edgekd.distill._label import LabelReport, label_images
 from edgekd.distill._loop import FitResult, Schedule, Trainer, fit, lr_at, predict, resolve_device
 from edgekd.distill._objective import Objective, SupervisedObjective, task_loss
 from edgekd.distill._run import distill_model, is_resumable, run_training, train_model, work_dir
-from edgekd.distill._settings import DEFAULT_LOSSES, RUN_KEYS, CacheSettings, RunSettings, resolve_run_settings
+from edgekd.distill._settings import (
+    DEFAULT_LOSSES,
+    RUN_KEYS,
+    CacheSettings,
+    DistillConfig,
+    RunSettings,
+    check_losses,
+    resolve_run_settings,
+)
 from edgekd.distill._train import class_weights, evaluate_split, finish_run, resolve_student
 from edgekd.distill._unlabeled import UnlabeledDistillObjective
 from edgekd.distill._update import LwFObjective, update_model
@@ -44,7 +52,7 @@ from edgekd.distill.losses import (
 __all__ = [
     "ClassWeighting", "DeviceName", "OptimizerName", "TrainConfig", "AmpDtype",
     "DistContext", "init_distributed", "launch_nproc", "per_rank_batch", "under_launcher",
-    "RunSettings", "CacheSettings", "resolve_run_settings", "RUN_KEYS", "DEFAULT_LOSSES",
+    "DistillConfig", "RunSettings", "CacheSettings", "check_losses", "resolve_run_settings", "RUN_KEYS", "DEFAULT_LOSSES",
     "run_training", "train_model", "distill_model", "work_dir", "is_resumable",
     "Trainer", "Schedule", "FitResult", "TrainState", "CKPT_DIR", "fit", "lr_at", "predict", "resolve_device",
     "Objective", "SupervisedObjective", "task_loss",

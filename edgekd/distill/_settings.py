@@ -1,53 +1,104 @@
-"""One typed object for a training run: what to train, on what, from which teachers, with which losses.
+"""One typed config for a training run: what to train, on what, from which teachers, with which losses.
 
-:class:`RunSettings` is what `edgekd train` and `edgekd distill` build from their flags and ``--config``
-(:func:`resolve_run_settings`: defaults < YAML < flags), and what a Python caller passes to
-:func:`~edgekd.distill.train_model` / :func:`~edgekd.distill.distill_model`. The YAML file is flat: the
-run keys below next to :class:`~edgekd.distill.TrainConfig`'s keys (``epochs``, ``lr``, ...).
+:class:`DistillConfig` (also exported under its older name ``RunSettings``) is the single source of the defaults
+and validation of `edgekd train` and `edgekd distill`: the CLI builds it from ``--config`` and the flags with
+:func:`edgekd._config.build_config` (defaults < YAML < flags), a Python caller passes one to
+:func:`~edgekd.distill.train_model` / :func:`~edgekd.distill.distill_model`, the pipeline builds one per stage.
+Loss terms are parsed when it is built, so a typo in ``--loss`` fails before any data or model is loaded.
+
+The YAML file may be nested (``train: {epochs: 6}``, ``cache: {topk: 5}``) or flat, with the CLI's names
+(``model``, ``teacher``, ``loss``, ``epochs``, ``cache_topk``...), as the saved ``config.yaml`` is (:meth:`record`).
 
 Example:
-    >>> s = RunSettings(student="small:resnet8", data="pneumoniamnist", teachers=["runs/teacher"],
-    ...                 losses=["ce:1", "kd:1,T=4"], train=TrainConfig(epochs=6))
+    >>> s = DistillConfig(student="small:resnet8", data="pneumoniamnist", teachers=["runs/teacher"],
+    ...                   losses=["ce:1", "kd:1,T=4"], train=TrainConfig(epochs=6))
     >>> card = distill_model(s, "runs/student")
+    >>> s = build_config(DistillConfig, "distill.yaml", {"train.lr": 1e-3})
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
 
-from edgekd._config import read_yaml, validate
+from edgekd._config import StageConfig, build_config, read_yaml
 from edgekd.distill._config import TrainConfig
-from edgekd.errors import InvalidInputError
+from edgekd.distill.losses import LossTerm, parse_loss
+from edgekd.errors import EdgeKDError, InvalidInputError
 from edgekd.specs import ChannelMode, IntendedUse
 
-__all__ = ["CacheSettings", "RunSettings", "resolve_run_settings", "DEFAULT_LOSSES", "RUN_KEYS"]
+__all__ = [
+    "CacheSettings",
+    "DistillConfig",
+    "RunSettings",
+    "resolve_run_settings",
+    "check_losses",
+    "DEFAULT_LOSSES",
+    "RUN_KEYS",
+]
 
 DEFAULT_LOSSES = ("ce:1", "kd:1,T=4")
 
 
-class CacheSettings(BaseModel):
+def _parse(text: Any) -> LossTerm:
+    try:
+        return parse_loss(text)
+    except EdgeKDError as e:  # inside a validator: one line with the hint (the closest loss names)
+        raise ValueError(e.message + (f" ({e.hint})" if e.hint else "")) from None
+
+
+def check_losses(terms: list[str]) -> list[str]:
+    """A config validator: parse every loss term now, so an unknown loss or parameter fails when the config is
+    built, before any data or model is loaded (the terms are kept as text)."""
+    for term in terms:
+        _parse(term)
+    return terms
+
+
+class CacheSettings(StageConfig):
     """The teacher-logit cache (see :class:`~edgekd.distill.TeacherCache`).
 
     Attributes:
+        enabled: False turns the cache off (the same as no cache; ``cache_teacher: false`` in a flat file).
         dir: where (default ``OUT/teacher_cache``); share it between runs to reuse the teacher pass.
         topk: store only the top-k logits per sample (the rest spread uniformly).
         views: augmentation views to cache (default: the run's epochs).
-        readonly: never write; a missing or mismatching cache is an error.
+        readonly: never write; a missing or mismatching cache is an error (implies ``enabled``).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
+    enabled: bool = True
     dir: str | None = None
     topk: int | None = Field(None, ge=1)
     views: int | None = Field(None, ge=1)
     readonly: bool = False
 
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
 
-class RunSettings(BaseModel):
+
+# Flat keys (the CLI's option names, and the layout of `config.yaml`) and the fields they set.
+_FLAT = {
+    "model": "student",
+    "teacher": "teachers",
+    "loss": "losses",
+    "teacher_weight": "teacher_weights",
+    "cache_teacher": "cache.enabled",
+    "cache_dir": "cache.dir",
+    "cache_topk": "cache.topk",
+    "cache_views": "cache.views",
+    "cache_readonly": "cache.readonly",
+    **{name: f"train.{name}" for name in TrainConfig.model_fields},
+}
+
+
+class DistillConfig(StageConfig):
     """Everything a training or distillation run needs besides its output directory.
 
     Attributes:
@@ -55,7 +106,8 @@ class RunSettings(BaseModel):
         data: data spec (see `edgekd.data.load_data`).
         teachers: teacher references (model directories, ``onnx:``, ``ckpt:``, pretrained names); empty for
             plain supervised training.
-        losses: loss terms; default ``ce:1`` alone without teachers, ``ce:1`` + ``kd:1,T=4`` with them.
+        losses: loss terms (text like ``kd:1,T=4`` or :class:`~edgekd.distill.LossTerm`, parsed and checked
+            here); default ``ce:1`` alone without teachers, ``ce:1`` + ``kd:1,T=4`` with them.
         teacher_weights: one per teacher (normalised); default equal.
         cache: cache the teachers' logits (None: no cache).
         small_input, channels, input_size, pretrained: how a registry student is built.
@@ -72,12 +124,13 @@ class RunSettings(BaseModel):
             of its training split, other data no intended use.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
+    flat_keys: ClassVar[Mapping[str, str]] = _FLAT
 
     student: str = Field(min_length=1)
     data: str = "pneumoniamnist"
     teachers: list[str] = Field(default_factory=list)
-    losses: list[str] = Field(default_factory=list)
+    losses: list[LossTerm] = Field(default_factory=list)
     teacher_weights: list[float] | None = None
     cache: CacheSettings | None = None
     small_input: bool = False
@@ -93,6 +146,66 @@ class RunSettings(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     intended_use: IntendedUse | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _need_student(cls, values: Any) -> Any:
+        if isinstance(values, dict) and not values.get("student"):
+            raise ValueError("no model given: pass --model/--student NAME (see `edgekd zoo`) or a model directory")
+        return values
+
+    @field_validator("student", "data", "unlabeled", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _teacher_list(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        items = [v] if isinstance(v, (str, os.PathLike)) else v
+        return [os.fspath(t) if isinstance(t, os.PathLike) else t for t in items]
+
+    @field_validator("teacher_weights", mode="before")
+    @classmethod
+    def _weight_list(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return [v]
+        return v or None
+
+    @field_validator("losses", mode="before")
+    @classmethod
+    def _parse_losses(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        out = []
+        for term in [v] if isinstance(v, (str, LossTerm)) else v:
+            if isinstance(term, LossTerm):
+                out.append(term)
+                continue
+            out.append(_parse(term))
+        return out
+
+    @field_serializer("losses")
+    def _losses_text(self, terms: list[LossTerm]) -> list[str]:
+        return [str(t) for t in terms]
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_on(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return {} if v else None
+        if isinstance(v, CacheSettings):
+            v = v.model_dump()
+        if isinstance(v, Mapping):
+            v = dict(v)
+            if v.pop("enabled", True) is False and not v.get("readonly"):
+                set_ = sorted(k for k, x in v.items() if x not in (None, False))
+                if set_:
+                    raise ValueError(f"cache {', '.join(set_)} given with the cache turned off (add --cache-teacher)")
+                return None
+        return v
+
     @field_validator("intended_use", mode="before")
     @classmethod
     def _parse_intended_use(cls, value: Any) -> Any:
@@ -101,7 +214,7 @@ class RunSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> RunSettings:
+    def _check(self) -> DistillConfig:
         if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):
             raise ValueError(f"{len(self.teacher_weights)} teacher weights for {len(self.teachers)} teachers")
         if self.cache is not None and not self.teachers:
@@ -112,9 +225,9 @@ class RunSettings(BaseModel):
 
     @property
     def loss_terms(self) -> list[str]:
-        """The losses to use: the given ones, or the default for this run's teachers."""
+        """The losses to use, as text: the given ones, or the default for this run's teachers."""
         if self.losses:
-            return list(self.losses)
+            return [str(t) for t in self.losses]
         return list(DEFAULT_LOSSES) if self.teachers else ["ce:1"]
 
     @property
@@ -122,51 +235,20 @@ class RunSettings(BaseModel):
         return "distill" if self.teachers else "train"
 
     def record(self) -> dict[str, Any]:
-        """The flat mapping saved as ``config.yaml`` (it reads back through :func:`resolve_run_settings`)."""
+        """The flat mapping saved as ``config.yaml``; it reads back through :func:`build_config`."""
         flat = self.model_dump(mode="json", exclude={"train", "cache", "resume"})
         flat["losses"] = self.loss_terms
         flat = {_FLAG_OF.get(k, k): v for k, v in flat.items()}  # the CLI's names: teacher, loss, teacher_weight
         if self.cache is not None:
-            flat.update(cache_teacher=True, **{f"cache_{k}": v for k, v in self.cache.model_dump().items()})
+            cache = self.cache.model_dump(exclude={"enabled"})
+            flat.update(cache_teacher=True, **{f"cache_{k}": v for k, v in cache.items()})
         return {**flat, **self.train.model_dump(mode="json")}
 
 
-# Flat option names (CLI flags and YAML keys) of the run; TrainConfig's fields go to `train`.
-_ALIASES = {"model": "student", "teacher": "teachers", "loss": "losses", "teacher_weight": "teacher_weights"}
+RunSettings = DistillConfig  # the earlier name (the pipeline and Python callers use it)
+
 _FLAG_OF = {"teachers": "teacher", "losses": "loss", "teacher_weights": "teacher_weight"}
-_CACHE_KEYS = {"cache_dir": "dir", "cache_topk": "topk", "cache_views": "views", "cache_readonly": "readonly"}
-RUN_KEYS = frozenset(set(RunSettings.model_fields) - {"train", "cache"} | set(_ALIASES) | set(_CACHE_KEYS)
-                     | {"cache_teacher"})  # fmt: skip
-
-
-def _normalise(raw: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        key = _ALIASES.get(k, k)
-        if isinstance(v, os.PathLike):
-            v = os.fspath(v)
-        if key in ("teachers", "losses") and isinstance(v, str):
-            v = [v]
-        if key == "teacher_weights" and isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = [v]
-        out[key] = v
-    return out
-
-
-def _build(values: dict[str, Any]) -> RunSettings:
-    train = {k: values.pop(k) for k in list(values) if k in TrainConfig.model_fields}
-    cache = {_CACHE_KEYS[k]: values.pop(k) for k in list(values) if k in _CACHE_KEYS}
-    if values.pop("cache_teacher", False) or cache.get("readonly"):
-        values["cache"] = {k: v for k, v in cache.items() if v is not None}
-    values["train"] = validate(TrainConfig, train)
-    for key in ("teachers", "losses"):
-        if values.get(key) is None:
-            values.pop(key, None)
-    if values.get("teacher_weights") == []:
-        values["teacher_weights"] = None
-    if not values.get("student"):
-        raise InvalidInputError("no model given", "pass --model/--student NAME (see `edgekd zoo`) or a model directory")
-    return validate(RunSettings, values)
+RUN_KEYS = frozenset(set(DistillConfig.model_fields) - {"train", "cache"} | set(_FLAT) - set(TrainConfig.model_fields))
 
 
 def resolve_run_settings(
@@ -175,34 +257,39 @@ def resolve_run_settings(
     config: str | os.PathLike | None = None,
     given: Collection[str] = (),
     require_teacher: bool = False,
-) -> RunSettings:
-    """Defaults < the flat YAML ``config`` < ``flags`` named in ``given`` (STYLE.md point 8).
+) -> DistillConfig:
+    """Older form of ``build_config(DistillConfig, config, flags)`` for callers passing flat option names.
 
     Args:
-        flags: option values by CLI name (``model``/``student``, ``teacher``, ``loss``, ``epochs``, ...);
-            values for names not in ``given`` only fill what the file leaves open.
+        flags: values by CLI name (``model``/``student``, ``teacher``, ``loss``, ``epochs``, ...) or field path;
+            names not in ``given`` that are not None only fill what the file leaves open; names that are no
+            key of the config are ignored (e.g. a command's ``out``).
         config: a YAML file of the same names (``kebab-case`` accepted), or None.
-        given: the names the user set explicitly.
+        given: the names set explicitly.
         require_teacher: refuse a run without a teacher (`edgekd distill`).
 
     Raises:
-        InvalidInputError: unknown keys, bad values (one line naming the key), no student, no teacher (exit 3).
+        InvalidInputError: unknown keys in the file, bad values (one line naming the key), no student, no teacher
+            (exit 3).
         ArtifactError: the config file is missing or unreadable (exit 4).
     """
-    values: dict[str, Any] = {}
-    known = RUN_KEYS | set(TrainConfig.model_fields)
-    if config is not None:
-        raw = read_yaml(config)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise InvalidInputError(f"unknown keys in {config}: {', '.join(unknown)}",
-                                    f"valid keys: {', '.join(sorted(known - set(_ALIASES)))}")  # fmt: skip
-        values.update(_normalise(raw))
-    for name, value in _normalise({k: v for k, v in flags.items() if k in known}).items():
-        original = next((k for k, v in _ALIASES.items() if v == name and k in flags), name)
-        if original in given or name in given or name not in values:
-            values[name] = value
-    settings = _build(values)
+    keys = set(DistillConfig.model_fields) | set(_FLAT)
+    known = {k: v for k, v in flags.items() if k.split(".")[0] in keys}
+    in_file = _file_paths(read_yaml(config)) if config is not None else set()
+    values = {k: v for k, v in known.items() if k in given or (v is not None and _FLAT.get(k, k) not in in_file)}
+    settings = build_config(DistillConfig, config, values)
     if require_teacher and not settings.teachers:
         raise InvalidInputError("no teacher given", "pass --teacher DIR (a model directory from `edgekd train`)")
     return settings
+
+
+def _file_paths(raw: Mapping[str, Any]) -> set[str]:
+    """The field paths a (flat or nested) file sets."""
+    paths = set()
+    for k, v in raw.items():
+        path = _FLAT.get(k, k)
+        if path in ("train", "cache") and isinstance(v, Mapping):
+            paths |= {f"{path}.{str(s).replace('-', '_')}" for s in v}
+        else:
+            paths.add(path)
+    return paths

@@ -25,17 +25,12 @@ Example:
 
 from edgekd.export._bundle import (
     LABELS_FILE,
-    MANIFEST_FILE,
     MODEL_CARD_FILE,
     PARITY_FILE,
     PREPROCESS_FILE,
-    SCHEMA_VERSION,
     BundleFile,
-    Manifest,
-    ManifestFile,
     Reference,
     preprocess_recipe,
-    read_manifest,
     write_bundle,
 )
 from edgekd.export._executorch import (
@@ -63,6 +58,7 @@ from edgekd.export._formats import (
 )
 from edgekd.export._fp16 import to_fp16
 from edgekd.export._lint import LINT_RULES, LINT_TARGETS, Finding, lint_errors, lint_onnx, resolve_profile
+from edgekd.export._manifest import MANIFEST_FILE, SCHEMA_VERSION, Manifest, ManifestFile, read_manifest
 from edgekd.export._monai import edgekd_network, export_monai_bundle, monai_inference_config, monai_metadata
 from edgekd.export._onnx import choose_exporter, export_onnx, has_fake_quant
 from edgekd.export._ood import (

@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import shutil
@@ -35,42 +34,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.export._lint import Finding
+from edgekd.export._manifest import MANIFEST_FILE, Manifest, ManifestFile
 from edgekd.export._model_card import render_model_card
 from edgekd.export._parity import ParityResult
 from edgekd.export._types import Precision, TensorInfo, onnx_io, static_batch
-from edgekd.modeldir import ModelCard, atomic_dir, package_versions, read_json, sha256_file, validate_file
+from edgekd.modeldir import ModelCard, atomic_dir, package_versions, sha256_file
 from edgekd.monitor import REFERENCE_FILE, write_reference
 from edgekd.monitor import Reference as OODReference
-from edgekd.specs import ChannelMode, IntendedUse, Preprocess, Task
+from edgekd.specs import ChannelMode, Preprocess
 
 __all__ = [
     "BundleFile",
-    "ManifestFile",
-    "Manifest",
     "Reference",
     "write_bundle",
-    "read_manifest",
     "preprocess_recipe",
-    "SCHEMA_VERSION",
-    "MANIFEST_FILE",
     "LABELS_FILE",
     "PREPROCESS_FILE",
     "PARITY_FILE",
     "MODEL_CARD_FILE",
 ]
 
-SCHEMA_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 LABELS_FILE = "labels.json"
 PREPROCESS_FILE = "preprocess.json"
 PARITY_FILE = "parity.npz"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 _RESERVED = {MANIFEST_FILE, LABELS_FILE, PREPROCESS_FILE, PARITY_FILE, MODEL_CARD_FILE, REFERENCE_FILE}
-MODEL_KINDS = ("onnx", "engine", "openvino", "executorch")  # openvino: model.xml (model.bin: openvino-weights)
 
 
 class BundleFile(BaseModel):
@@ -80,64 +72,14 @@ class BundleFile(BaseModel):
         source: where it is now.
         name: its file name inside the bundle (no folders).
         kind: ``"onnx"``, ``"engine"``, ``"engine-meta"`` (a sidecar) or any other free-form kind.
-        precision: the precision of a model file; ``None`` for other files.
+        precision: the precision of a model file (what makes it one: :meth:`Manifest.model_files`); ``None``
+            for other files.
     """
 
     source: Path
     name: str
     kind: str = "onnx"
     precision: Precision | None = None
-
-
-class ManifestFile(BaseModel):
-    """One entry of ``manifest["files"]``."""
-
-    name: str
-    sha256: str
-    kind: str
-    precision: Precision | None = None
-    bytes: int
-
-
-class Manifest(BaseModel):
-    """Contents of ``manifest.json``."""
-
-    schema_version: int = SCHEMA_VERSION
-    name: str
-    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    target: str
-    task: Task
-    label_names: list[str]
-    precision: Precision | None = None
-    precisions: list[Precision] = Field(default_factory=list)
-    inputs: list[TensorInfo] = Field(default_factory=list)
-    outputs: list[TensorInfo] = Field(default_factory=list)
-    dynamic_batch: bool = True
-    profile: dict[str, Any] | None = None
-    files: list[ManifestFile] = Field(default_factory=list)
-    exporter: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    parity: list[ParityResult] = Field(default_factory=list)
-    lint: list[Finding] = Field(default_factory=list)
-    preprocess: dict[str, Any] = Field(default_factory=dict)
-    spec: dict[str, Any] = Field(default_factory=dict)
-    params: int | None = None
-    macs: int | None = None
-    versions: dict[str, str] = Field(default_factory=dict)
-    lineage: dict[str, Any] = Field(default_factory=dict)
-    extra: dict[str, Any] = Field(default_factory=dict)
-    # The instruction set an INT8 file was checked on (edgekd.quantize): ``target``, ``scheme``, ``verified_isa``
-    # (None when only reference kernels checked it), ``kernels``, ``built_on``, ``device_isa``; None otherwise.
-    isa: dict[str, Any] | None = None
-    # What the model is meant to classify (from the model card): checked by `edgekd predict` / `serve`.
-    intended_use: IntendedUse | None = None
-    # The out-of-distribution reference (``drift_reference.npz``): model file, feature tensor, spaces; or
-    # ``{"available": false, "reason": ...}``. None for bundles written before it existed.
-    ood: dict[str, Any] | None = None
-
-    def model_files(self) -> list[ManifestFile]:
-        """The model files (ONNX, engines, OpenVINO IR, ExecuTorch programs), in manifest order."""
-        return [f for f in self.files if f.kind in MODEL_KINDS]
 
 
 @dataclass(frozen=True)
@@ -218,7 +160,7 @@ def _write_support_files(tmp: Path, card: ModelCard, inputs: list[TensorInfo], r
 
 def _manifest(card: ModelCard, files: list[ManifestFile], inputs: list[TensorInfo], outputs: list[TensorInfo],
               **fields: Any) -> Manifest:  # fmt: skip
-    precisions = [f.precision for f in files if f.kind in MODEL_KINDS and f.precision is not None]
+    precisions = [f.precision for f in files if f.precision is not None]
     versions = {**package_versions(), **(fields.pop("versions", None) or {})}
     return Manifest(
         name=card.spec.name, target=fields.pop("target"), task=card.task, label_names=list(card.label_names),
@@ -292,23 +234,3 @@ def write_bundle(
         manifest.files.append(_entry(tmp / MODEL_CARD_FILE, "model-card"))
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
-
-
-def read_manifest(bundle: str | os.PathLike) -> Manifest:
-    """Read and validate ``BUNDLE/manifest.json``.
-
-    Raises:
-        ArtifactError: no bundle, no manifest, a malformed one or a newer schema.
-    """
-    path = Path(bundle) / MANIFEST_FILE
-    if not Path(bundle).is_dir():
-        raise ArtifactError(f"bundle {bundle} does not exist", "pass a directory written by `edgekd export`")
-    if not path.is_file():
-        raise ArtifactError(f"{bundle} has no {MANIFEST_FILE}: not an edgekd bundle", "re-export it")
-    raw = read_json(path, "re-export it")
-    if not isinstance(raw, dict):
-        raise ArtifactError(f"{path} must hold a JSON object, not {type(raw).__name__}", "re-export it")
-    version = raw.get("schema_version", SCHEMA_VERSION)
-    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-        raise ArtifactError(f"{path} uses bundle schema {version}, newer than this edgekd", "upgrade")
-    return validate_file(Manifest, raw, path, "re-export it")

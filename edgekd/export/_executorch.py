@@ -49,7 +49,8 @@ from torch import nn
 
 from edgekd.data import load_data
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
-from edgekd.export._bundle import BundleFile, Manifest, read_manifest
+from edgekd.export._bundle import BundleFile
+from edgekd.export._manifest import Manifest, read_manifest
 from edgekd.export._onnx import _prepare
 from edgekd.export._parity import ParityResult
 from edgekd.export._runtimes import bundle_card, extend_bundle, require_parity, runtime_parity, stored_reference

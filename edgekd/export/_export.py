@@ -28,9 +28,10 @@ from torch import nn
 from edgekd._config import build_config
 from edgekd._io import check_output
 from edgekd.errors import InvalidInputError, VerificationError
-from edgekd.export._bundle import MANIFEST_FILE, BundleFile, Manifest, Reference, write_bundle
+from edgekd.export._bundle import BundleFile, Reference, write_bundle
 from edgekd.export._formats import FORMATS, ExportConfig, FileJob, FormatKind, OutputJob
 from edgekd.export._lint import Finding, lint_errors, lint_onnx
+from edgekd.export._manifest import MANIFEST_FILE, Manifest
 from edgekd.export._ood import BundleCheck, validate_bundle_file, validation_data
 from edgekd.export._parity import make_samples, torch_logits
 from edgekd.modeldir import WEIGHTS_FILE, ModelCard, atomic_dir, load_model_dir, sha256_file
@@ -137,6 +138,7 @@ def _files_bundle(
             "source_sha256": sha256_file(Path(model_dir) / WEIGHTS_FILE),
             "command": command if command is not None else current_command(),
             "parity_samples": samples.source,
+            "config": cfg.model_dump(mode="json"),  # the resolved ExportConfig (STYLE.md point 8)
             **job.extra,
         }
         check = _validation(shipped, card, cfg.data, cfg.target_sensitivity, say)

@@ -36,9 +36,10 @@ from torch import nn
 
 from edgekd._config import StageConfig
 from edgekd.errors import InvalidInputError, VerificationError
-from edgekd.export._bundle import BundleFile, Manifest
+from edgekd.export._bundle import BundleFile
 from edgekd.export._executorch import add_executorch, require_executorch, write_executorch
 from edgekd.export._fp16 import to_fp16
+from edgekd.export._manifest import Manifest
 from edgekd.export._monai import export_monai_bundle, require_monai
 from edgekd.export._onnx import EXPORTERS, MAX_OPSET, MIN_OPSET, export_onnx
 from edgekd.export._openvino import add_openvino, require_openvino, write_openvino

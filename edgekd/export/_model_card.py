@@ -8,12 +8,10 @@ numpy, onnxruntime and PIL and applies ``preprocess.json``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edgekd.export._manifest import Manifest
 from edgekd.modeldir import ModelCard
-
-if TYPE_CHECKING:
-    from edgekd.export._bundle import Manifest
 
 __all__ = ["render_model_card", "is_medical", "RUN_SNIPPET"]
 

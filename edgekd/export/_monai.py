@@ -43,7 +43,7 @@ from torch import nn
 
 from edgekd._io import check_output
 from edgekd.errors import ArtifactError, DependencyError, VerificationError
-from edgekd.export._bundle import Manifest, read_manifest
+from edgekd.export._manifest import Manifest, read_manifest
 from edgekd.modeldir import ModelCard, atomic_dir, is_model_dir, load_model_dir, sha256_file
 from edgekd.specs import ChannelMode, ModelSpec, Preprocess, Task, package_versions
 from edgekd.students import apply_structure, build_model

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
-from edgekd.export._bundle import BundleFile, Manifest, read_manifest
+from edgekd.export._bundle import BundleFile
+from edgekd.export._manifest import Manifest, read_manifest
 from edgekd.export._parity import ParityResult
 from edgekd.export._runtimes import extend_bundle, require_parity, runtime_parity, stored_reference
 from edgekd.export._types import Precision

@@ -27,15 +27,8 @@ import numpy as np
 
 from edgekd._cpu import cpu_isa
 from edgekd.errors import ArtifactError, VerificationError
-from edgekd.export._bundle import (
-    MANIFEST_FILE,
-    MODEL_CARD_FILE,
-    PARITY_FILE,
-    BundleFile,
-    Manifest,
-    ManifestFile,
-    read_manifest,
-)
+from edgekd.export._bundle import MODEL_CARD_FILE, PARITY_FILE, BundleFile
+from edgekd.export._manifest import MANIFEST_FILE, Manifest, ManifestFile, read_manifest
 from edgekd.export._model_card import render_model_card
 from edgekd.export._parity import TOLERANCES, ParityResult, Tolerance, _agreement, _passes
 from edgekd.export._types import Precision

@@ -35,14 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import ArtifactError, InvalidInputError
-from edgekd.export._bundle import (
-    LABELS_FILE,
-    MANIFEST_FILE,
-    MODEL_CARD_FILE,
-    PREPROCESS_FILE,
-    Manifest,
-    read_manifest,
-)
+from edgekd.export._bundle import LABELS_FILE, MODEL_CARD_FILE, PREPROCESS_FILE
+from edgekd.export._manifest import MANIFEST_FILE, Manifest, read_manifest
 from edgekd.export._types import TensorInfo, onnx_io
 from edgekd.export._verify import verify_bundle
 from edgekd.modeldir import atomic_dir, sha256_file

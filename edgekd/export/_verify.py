@@ -30,8 +30,9 @@ from pydantic import BaseModel, Field
 
 from edgekd._cpu import cpu_isa, native_target
 from edgekd.errors import ArtifactError, VerificationError
-from edgekd.export._bundle import MANIFEST_FILE, PARITY_FILE, Manifest, read_manifest
+from edgekd.export._bundle import PARITY_FILE
 from edgekd.export._executorch import verify_executorch
+from edgekd.export._manifest import MANIFEST_FILE, Manifest, read_manifest
 from edgekd.export._openvino import verify_openvino
 from edgekd.export._parity import ParityResult, Tolerance, make_samples, ort_session, parity_check, run_onnx
 from edgekd.export._tensorrt import run_engine, tensorrt_available

@@ -39,6 +39,17 @@ from edgekd.pipeline._config import (
     load_pipeline_config,
     parse_overrides,
 )
+from edgekd.pipeline._context import (
+    BENCH_FILE,
+    CONFIG_FILE,
+    EVAL_DIR,
+    KD_FILE,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    ReportFn,
+    Stage,
+    StageOutcome,
+)
 from edgekd.pipeline._diagnose import (
     DECIDING_METRIC,
     KDComparison,
@@ -54,19 +65,8 @@ from edgekd.pipeline._diagnose import (
     suggestions,
 )
 from edgekd.pipeline._evaluate import evaluate_artifact, split_logits
-from edgekd.pipeline._run import (
-    CONFIG_FILE,
-    SUMMARY_FILE,
-    Latency,
-    ReportFn,
-    RunSummary,
-    StageOutcome,
-    TableRow,
-    build_summary,
-    prepare_run_dir,
-    run_pipeline,
-)
-from edgekd.pipeline._stages import BENCH_FILE, EVAL_DIR, KD_FILE, REPORT_FILE, Row, Stage, plan, rows_of
+from edgekd.pipeline._run import Latency, RunSummary, TableRow, build_summary, prepare_run_dir, run_pipeline
+from edgekd.pipeline._stages import Row, plan, rows_of
 from edgekd.pipeline._state import StageRecord, artifact_hash, read_record, stage_key
 
 __all__ = [

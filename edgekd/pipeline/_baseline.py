@@ -1,7 +1,7 @@
 """`edgekd distill --baseline`: distil, train the same student without the teacher, and say which is better.
 
 Example:
-    >>> s = RunSettings(student="small:resnet8", teachers=["runs/teacher"], train=TrainConfig(epochs=6))
+    >>> s = DistillConfig(student="small:resnet8", teachers=["runs/teacher"], train=TrainConfig(epochs=6))
     >>> cmp = distill_with_baseline(s, "runs/student")  # also writes runs/student-baseline
     >>> cmp.helps, cmp.suggestions
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgekd._io import atomic_write_text, check_output
 from edgekd.data import DataBundle, load_data
-from edgekd.distill import RunSettings, distill_model, train_model
+from edgekd.distill import DistillConfig, distill_model, train_model
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import read_card
 from edgekd.pipeline._diagnose import KDComparison, bootstrap_gain, compare_students, diagnose, final_losses
@@ -32,7 +32,7 @@ def baseline_dir(out: str | os.PathLike) -> Path:
 
 
 def distill_with_baseline(
-    settings: RunSettings,
+    settings: DistillConfig,
     out: str | os.PathLike,
     *,
     baseline_out: str | os.PathLike | None = None,

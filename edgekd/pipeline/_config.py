@@ -29,10 +29,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekd._config import validation_message
-from edgekd.bench import RUNNERS, BenchSettings
+from edgekd.bench import BenchConfig, GateConfig
 from edgekd.distill import DEFAULT_LOSSES, TrainConfig, parse_loss
 from edgekd.errors import ArtifactError, InvalidInputError
-from edgekd.export import parse_formats
+from edgekd.export import ExportConfig
 from edgekd.metrics import METRIC_NAMES
 from edgekd.prune import PruneConfig, PruneTarget
 from edgekd.quantize import QuantizeConfig
@@ -180,6 +180,14 @@ class PruneSection(PruneConfig):
     def module_keep(self) -> list[str]:
         return [] if isinstance(self.keep, HandoffKeep) else list(self.keep)
 
+    def prune_config(self, seed: int) -> PruneConfig:
+        """The :class:`~edgekd.prune.PruneConfig` this section states: recovery trained with ``seed``, the modules
+        never pruned as ``keep`` (``keep: auto|always`` is the hand-off choice, not pruning's); no recovery
+        teacher (the pipeline names it by stage, see :func:`~edgekd.pipeline.plan`)."""
+        fields = {name: getattr(self, name) for name in PruneConfig.model_fields}
+        fields.update(train=self.train.model_copy(update={"seed": seed}), keep=self.module_keep, teacher=None)
+        return PruneConfig(**fields)
+
     @model_validator(mode="before")
     @classmethod
     def _flat_target(cls, values: Any) -> Any:
@@ -212,48 +220,51 @@ class QuantizeSection(QuantizeConfig):
     def stage_name(self) -> str:
         return f"{'fp16' if self.method.value == 'fp16' else 'int8'}-{self.target}"
 
+    def quantize_config(self, seed: int) -> QuantizeConfig:
+        """The :class:`~edgekd.quantize.QuantizeConfig` this entry states (QAT trained with ``seed``)."""
+        fields = {name: getattr(self, name) for name in QuantizeConfig.model_fields}
+        return QuantizeConfig(**{**fields, "train": self.train.model_copy(update={"seed": seed})})
 
-class ExportSection(_Section):
-    """The export bundle of the final FP32 model (`edgekd export`); ``keep`` is the hand-off choice of its FP16
-    file (:class:`HandoffKeep`)."""
+
+class ExportSection(ExportConfig):
+    """The export bundle of the final FP32 model: :class:`~edgekd.export.ExportConfig` (FP16 too by default), with
+    the run's ``data`` and ``target_sensitivity``; ``keep`` is the hand-off choice of its FP16 file
+    (:class:`HandoffKeep`)."""
 
     keep: HandoffKeep = HandoffKeep.AUTO
     formats: list[str] = Field(default_factory=lambda: ["onnx", "onnx-fp16"])
-    check: list[str] = Field(default_factory=list)
-    opset: int = Field(17, ge=13)
-    static: bool = False
-    simplify: bool = True
-    n_samples: int = Field(64, ge=1)
-    exporter: str = "auto"
-    workspace_mb: int = Field(1024, ge=1)
-    min_batch: int = Field(1, ge=1)
-    opt_batch: int = Field(8, ge=1)
-    max_batch: int = Field(32, ge=1)
 
-    @field_validator("formats")
-    @classmethod
-    def _known_formats(cls, v: list[str]) -> list[str]:
-        return parse_formats(v)
+    @model_validator(mode="after")
+    def _run_keys(self) -> ExportSection:
+        for key in ("data", "target_sensitivity"):
+            if getattr(self, key) is not None:  # (null in a saved pipeline.yaml)
+                raise ValueError(f"export.{key}: the run's top-level `{key}` key sets it")
+        return self
+
+    def export_config(self, data: str, target_sensitivity: float) -> ExportConfig:
+        """The :class:`~edgekd.export.ExportConfig` of the ``bundle`` stage."""
+        fields = {name: getattr(self, name) for name in ExportConfig.model_fields}
+        return ExportConfig(**{**fields, "data": data, "target_sensitivity": target_sensitivity})
 
 
-class BenchSection(BenchSettings):
-    """Benchmark configurations: :class:`~edgekd.bench.BenchSettings` plus backends, devices and batches."""
+class BenchSection(BenchConfig):
+    """Benchmark configurations: :class:`~edgekd.bench.BenchConfig` with the run's defaults (ONNX Runtime, batches 1
+    and 32, shorter timing); the gate is the ``regression`` section."""
 
     backends: list[str] | None = Field(default_factory=lambda: ["ort"])
-    devices: list[str] | None = None
     batches: list[int] = Field(default_factory=lambda: [1, 32], min_length=1)
     min_s: float = Field(1.0, ge=0)
     min_iters: int = Field(20, ge=1)
 
-    @field_validator("backends")
-    @classmethod
-    def _known_backends(cls, v: list[str] | None) -> list[str] | None:
-        for name in v or ():
-            RUNNERS.get(name)  # an unknown name raises with the closest names
-        return v
+    @model_validator(mode="after")
+    def _no_gate(self) -> BenchSection:
+        if self.gate != GateConfig():  # (the defaults in a saved pipeline.yaml)
+            raise ValueError("bench.gate: set the gate with the top-level `regression` section")
+        return self
 
-    def settings(self) -> BenchSettings:
-        return BenchSettings(**self.model_dump(include=set(BenchSettings.model_fields)))
+    def bench_config(self) -> BenchConfig:
+        """The :class:`~edgekd.bench.BenchConfig` these settings state."""
+        return BenchConfig(**{name: getattr(self, name) for name in BenchConfig.model_fields})
 
 
 class HandoffSection(_Section):
@@ -270,13 +281,7 @@ class HandoffSection(_Section):
     rounds: int = Field(5, ge=2)
 
 
-class RegressionSection(_Section):
-    """A benchmark baseline to gate on (`edgekd bench --baseline`): exit 7 when p50 or p90 regressed."""
-
-    baseline: str | None = None
-    max_regression: float = Field(0.10, ge=0)
-    min_abs_ms: float = Field(0.05, ge=0)
-    budget_ms: float | None = Field(None, gt=0)
+RegressionSection = GateConfig  # a benchmark baseline and budget to gate on (`edgekd bench --baseline`): exit 7
 
 
 class ReportSection(_Section):
@@ -350,8 +355,12 @@ class PipelineConfig(_Section):
         return self
 
     def resolved(self) -> dict[str, Any]:
-        """The JSON-ready mapping saved as ``pipeline.yaml`` (it reads back through :func:`config_from_mapping`)."""
-        return self.model_dump(mode="json")
+        """The JSON-ready mapping saved as ``pipeline.yaml`` (it reads back through :func:`config_from_mapping`).
+
+        The teacher's and student's ``train.seed`` are left out: the run's top-level ``seed`` sets them (a file that
+        gives one is refused), so a saved file holding the default would not read back."""
+        no_seed = {"train": {"seed"}}
+        return self.model_dump(mode="json", exclude={"teacher": no_seed, "student": no_seed})
 
 
 # ---------------------------------------------------------------------------------------------------------------

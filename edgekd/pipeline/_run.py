@@ -22,16 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import yaml
@@ -40,45 +36,29 @@ from rich.markup import escape
 
 from edgekd._io import MARKER_FILE, atomic_write_text
 from edgekd._progress import stderr_console
-from edgekd.bench import check_budget, compare_reports, load_report
-from edgekd.data import DataBundle, load_data
-from edgekd.distill import is_resumable
+from edgekd.bench import check_gate, load_report
 from edgekd.errors import ArtifactError, InvalidInputError, RegressionError
-from edgekd.export import read_manifest
-from edgekd.modeldir import ModelCard, is_model_dir, read_card
 from edgekd.pipeline._config import PipelineConfig, config_from_mapping, load_pipeline_config
-from edgekd.pipeline._handoff import KEEP_PREFIX, HandoffDecision, HandoffSummary, handoff_targets, recheck
-from edgekd.pipeline._stages import (
+from edgekd.pipeline._context import (
     BENCH_FILE,
+    CONFIG_FILE,
     EVAL_DIR,
     KD_FILE,
     REPORT_FILE,
-    Row,
-    Stage,
-    clean_leftovers,
+    SUMMARY_FILE,
+    PipelineRunner,
+    ReportFn,
+    StageOutcome,
     onnx_file,
-    plan,
-    report_stage,
-    rows_of,
 )
-from edgekd.pipeline._state import StageRecord, artifact_hash, now, read_record, stage_key, write_record
+from edgekd.pipeline._handoff import KEEP_PREFIX, HandoffDecision, HandoffSummary, handoff_targets, recheck
+from edgekd.pipeline._stages import Row, plan, report_stage, rows_of
 from edgekd.quantize import TARGETS
-from edgekd.specs import current_command, package_versions
-from edgekd.students import count_macs
-from edgekd.teachers import Teacher, load_teacher
+from edgekd.specs import package_versions
 
-__all__ = ["run_pipeline", "RunSummary", "TableRow", "Latency", "StageOutcome", "ReportFn", "Runner",
-           "CONFIG_FILE", "SUMMARY_FILE"]  # fmt: skip
+__all__ = ["run_pipeline", "prepare_run_dir", "build_summary", "RunSummary", "TableRow", "Latency"]
 
-CONFIG_FILE = "pipeline.yaml"
-SUMMARY_FILE = "summary.json"
 SUMMARY_SCHEMA = "edgekd.run/1"
-
-
-class ReportFn(Protocol):
-    """Writes the report of a finished run directory and returns the HTML file (e.g. ``edgekd.report.write_report``)."""
-
-    def __call__(self, run_dir: str | os.PathLike, *, progress: bool = True) -> Path: ...
 
 
 class Latency(BaseModel):
@@ -127,18 +107,6 @@ class TableRow(BaseModel):
     handoff: list[str] = Field(default_factory=list)
 
 
-class StageOutcome(BaseModel):
-    """What happened to a stage in this run: ``ran``, ``resumed`` or ``skipped`` (unchanged)."""
-
-    name: str
-    kind: str
-    status: str
-    seconds: float
-    output: str
-    output_sha256: str | None = None
-    key: str
-
-
 class RunSummary(BaseModel):
     """The final table and everything the report needs (``RUN/summary.json``; the ``--json`` of `edgekd run`).
 
@@ -171,185 +139,6 @@ class RunSummary(BaseModel):
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
-
-
-class Runner:
-    """The state of one `edgekd run`: configuration, run directory, data, stage records (used by the stages)."""
-
-    def __init__(self, cfg: PipelineConfig, root: Path, *, report: ReportFn | None, progress: bool,
-                 log: Callable[[str], None]) -> None:  # fmt: skip
-        self.cfg, self.root, self.report_fn, self.progress, self.log = cfg, root, report, progress, log
-        self.records: dict[str, StageRecord] = {}
-        self.outcomes: list[StageOutcome] = []
-        self.stages: dict[str, Stage] = {}
-        self.val_cache: dict[tuple[str, str | None], dict[str, Any]] = {}  # validation metrics per artifact
-
-    @cached_property
-    def data(self) -> DataBundle:
-        return load_data(self.cfg.data, download=self.cfg.download, seed=self.cfg.seed)
-
-    @cached_property
-    def data_fingerprint(self) -> str:
-        return data_fingerprint(self.data)
-
-    def path(self, output: str) -> Path:
-        return Path(output) if Path(output).is_absolute() else self.root / output
-
-    def command(self, st: Stage) -> str:
-        return f"{current_command() or 'edgekd.pipeline.run_pipeline'}  # stage {st.name} of {self.root}"
-
-    def teacher_ref(self, name: str) -> str:
-        """How the training engine names the output of stage ``name`` as a teacher (``onnx:`` for ONNX files)."""
-        st = self.stages[name]
-        path = self.path(st.output)
-        return f"onnx:{path}" if st.settings.get("onnx") else str(path)
-
-    def load(self, name: str) -> Teacher:
-        return load_teacher(self.teacher_ref(name), data=self.data, trust_pickle=self.cfg.teacher.trust_pickle)
-
-    def card(self, name: str) -> ModelCard | None:
-        path = self.path(self.stages[name].output)
-        return read_card(path) if is_model_dir(path) else None
-
-    def chosen(self) -> str:
-        kd = json.loads(self.path(KD_FILE).read_text())
-        return kd["chosen"]
-
-    def final_fp32(self, source: str) -> Path:
-        """The FP32 model directory a compression stage starts from (``select``: the chosen student)."""
-        return self.path(self.chosen() if source == "select" else self.stages[source].output)
-
-    def carried(self, name: str) -> str:
-        """The FP32 stage carried forward after compression stage ``name``: ``name`` when its hand-off decision
-        (``keep-NAME``, already run or skipped) kept it, else what it was measured against (``select``...)."""
-        rec = self.records.get(KEEP_PREFIX + name)
-        if rec is None or "kept" not in rec.result:
-            raise ArtifactError(f"stage {name} has no hand-off decision yet", "the run's plan is out of order")
-        return name if rec.result["kept"] else rec.settings["source"]
-
-    def resolve(self, st: Stage) -> Stage:
-        """``st`` with its FP32 source filled in when a hand-off decision picks it (``Stage.carry``)."""
-        if st.carry is None:
-            return st
-        source = self.carried(st.carry)
-        st = replace(st, settings={**st.settings, "source": source}, inputs=tuple(dict.fromkeys((*st.inputs, source))))
-        self.stages[st.name] = st
-        return st
-
-    def artifact_path(self, source: str, precision: str | None) -> Path:
-        path = self.path(self.stages[source].output)
-        return onnx_file(path, precision) if precision else path
-
-    def artifact(self, name: str, source: str, precision: str | None) -> tuple[Teacher, dict[str, Any]]:
-        """The artifact of a table row as a runnable model, and its params, MACs and size."""
-        path = self.artifact_path(source, precision)
-        if precision:
-            m = read_manifest(path.parent)
-            model = load_teacher(f"onnx:{path}", data=self.data)
-            info = {"kind": "onnx", "params": m.params, "macs": m.macs, "size_bytes": path.stat().st_size}
-            fp32 = self.stages[source].settings.get("source")  # the FP32 model it was made from (resolved)
-            if info["macs"] is None and fp32 in self.stages:  # a card without MACs: the same graph's, counted
-                info["macs"] = self._fp32_macs(fp32)
-        else:
-            model = self.load(source)
-            card = self.card(source)
-            info = {"kind": "model_dir" if card else "onnx", "params": card.params if card else None,
-                    "macs": card.macs if card else None, "size_bytes": artifact_size(path)}  # fmt: skip
-            if card and card.macs is None:
-                info["macs"] = _count_macs(model, card)
-        return model, {**info, "artifact": self.rel(path), "precision": precision or "fp32"}
-
-    def _fp32_macs(self, source: str) -> int | None:
-        path = self.final_fp32(source)
-        card = read_card(path)
-        return card.macs if card.macs is not None else _count_macs(load_teacher(str(path), data=self.data), card)
-
-    def rel(self, path: Path) -> str:
-        try:
-            return str(path.resolve().relative_to(self.root.resolve()))
-        except ValueError:
-            return str(path)
-
-    def write_report(self) -> Path:
-        if self.report_fn is None:
-            raise InvalidInputError("no report function given", "pass report=edgekd.report.write_report")
-        return self.report_fn(self.root, progress=self.progress)
-
-    # -- the loop ----------------------------------------------------------------------------------------------
-
-    def execute(self, st: Stage) -> None:
-        """Skip, resume or run one stage (see the module docstring) and record what happened."""
-        st = self.resolve(st)
-        inputs = {n: self.records[n].output_sha256 or "" for n in st.inputs}
-        if "data" in st.settings:  # the data's content, not only its name, decides the stage
-            inputs["data"] = self.data_fingerprint
-        key = stage_key(st.settings, inputs)
-        rec, out = read_record(self.root, st.name), self.path(st.output)
-        if (
-            rec is not None
-            and rec.done
-            and rec.key == key
-            and rec.output_sha256
-            and artifact_hash(out) == rec.output_sha256
-        ):
-            self.records[st.name] = rec
-            self.outcomes.append(StageOutcome(name=st.name, kind=st.kind, status="skipped", seconds=0.0, output=rec.output,
-                                              output_sha256=rec.output_sha256, key=key))  # fmt: skip
-            self.log(f"[dim]{st.name}: unchanged, skipped[/]")
-            return
-        resume = bool(rec is not None and not rec.done and rec.key == key and st.resumable and is_resumable(out))
-        self.log(
-            f"[bold]{st.name}[/]: {'resuming the interrupted ' + st.kind if resume else st.kind} -> {self.rel(out)}"
-        )
-        if self.root.resolve() in out.resolve().parents:
-            clean_leftovers(self.root, self.rel(out))
-        record = StageRecord(name=st.name, kind=st.kind, key=key, settings=st.settings, inputs=inputs,
-                             output=self.rel(out), resumed=resume)  # fmt: skip
-        write_record(self.root, record)
-        t0 = time.perf_counter()
-        result = st.execute(self, st, resume)
-        seconds = time.perf_counter() - t0
-        record = record.model_copy(update={"status": "done", "output_sha256": artifact_hash(out), "finished": now(),
-                                           "seconds": seconds, "result": result})  # fmt: skip
-        write_record(self.root, record)
-        self.records[st.name] = record
-        self.outcomes.append(StageOutcome(name=st.name, kind=st.kind, status="resumed" if resume else "ran",
-                                          seconds=seconds, output=record.output, output_sha256=record.output_sha256,
-                                          key=key))  # fmt: skip
-
-
-def data_fingerprint(data: DataBundle) -> str:
-    """sha256 over each split's size, labels and content: the pixels of in-memory data, the path, size and
-    modification time of each file of file-backed data (an edited image folder changes the key)."""
-    h = hashlib.sha256(data.spec.encode())
-    for split in ("train", "val", "test"):
-        ds = data.split(split)
-        h.update(f"|{split}|{len(ds)}|".encode())
-        h.update(np.ascontiguousarray(data.labels(split)).tobytes())
-        images, paths = getattr(ds, "images", None), getattr(ds, "paths", None)
-        if isinstance(images, np.ndarray):
-            h.update(np.ascontiguousarray(images).tobytes())
-        elif paths is not None:
-            for f in paths:
-                st = os.stat(f)
-                h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def artifact_size(path: Path) -> int | None:
-    if path.is_file():
-        return path.stat().st_size
-    weights = path / "model.safetensors"
-    return weights.stat().st_size if weights.is_file() else None
-
-
-def _count_macs(model: Teacher, card: ModelCard) -> int | None:
-    pre = card.preprocess
-    return count_macs(model.model, (1, pre.in_chans, *pre.input_size)) if model.model is not None else None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The run directory
 
 
 def prepare_run_dir(root: Path) -> Path:
@@ -411,7 +200,7 @@ def run_pipeline(
             raise ArtifactError(f"regression.baseline {cfg.regression.baseline} does not exist",
                                 "write one with `edgekd bench ... --json FILE` or remove regression.baseline")  # fmt: skip
     atomic_write_text(root / CONFIG_FILE, yaml.safe_dump(cfg.resolved(), sort_keys=False))
-    runner = Runner(cfg, root, report=report, progress=progress, log=log)
+    runner = PipelineRunner(cfg, root, report=report, progress=progress, log=log)
     stages = plan(cfg)
     runner.stages = {s.name: s for s in stages}
     for st in stages:
@@ -444,7 +233,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
 
 
-def _row(runner: Runner, row: Row) -> TableRow:
+def _row(runner: PipelineRunner, row: Row) -> TableRow:
     evals = [json.loads(runner.path(f"{EVAL_DIR}/{s}.json").read_text()) for s in row.stages]
     first = evals[0]
     out = TableRow(name=row.name, label=row.label, kind=first.get("kind", "model_dir"), artifact=first["artifact"],
@@ -473,7 +262,7 @@ def _row(runner: Runner, row: Row) -> TableRow:
     return out
 
 
-def _latencies(runner: Runner, rows: list[TableRow]) -> None:
+def _latencies(runner: PipelineRunner, rows: list[TableRow]) -> None:
     path = runner.path(BENCH_FILE)
     if not path.is_file():
         return
@@ -492,19 +281,13 @@ def _latencies(runner: Runner, rows: list[TableRow]) -> None:
             row.latency[str(batch)] = lat
 
 
-def _regressions(runner: Runner) -> list[str]:
+def _regressions(runner: PipelineRunner) -> list[str]:
     reg, path = runner.cfg.regression, runner.path(BENCH_FILE)
     if reg is None or not path.is_file():
         return []
-    new = load_report(path)
-    out = []
-    if reg.baseline:
-        comps = compare_reports(load_report(reg.baseline), new, max_regression=reg.max_regression,
-                                min_abs_ms=reg.min_abs_ms)  # fmt: skip
-        out += [f"{c.label} p50 x{c.p50_ratio:.2f}" for c in comps if c.status == "regressed"]
-    if reg.budget_ms:
-        out += [f"{v.label} p90 {v.p90_ms:.2f} ms > {v.budget_ms:g} ms" for v in check_budget(new, reg.budget_ms)]
-    return out
+    gate = check_gate(load_report(path), reg, enforce_it=False)
+    out = [f"{c.label} p50 x{c.p50_ratio:.2f}" for c in gate.regressed]
+    return out + [f"{v.label} p90 {v.p90_ms:.2f} ms > {v.budget_ms:g} ms" for v in gate.over_budget]
 
 
 def _gradcam_means(path: Path) -> dict[str, Any]:
@@ -515,7 +298,7 @@ def _gradcam_means(path: Path) -> dict[str, Any]:
     return {k: cams[k] for k in ("mean", "layers", "images") if k in cams}
 
 
-def _fp32_onnx(runner: Runner) -> str | None:
+def _fp32_onnx(runner: PipelineRunner) -> str | None:
     """The export bundle's FP32 ONNX file (the carried FP32 model, as shipped), when the run made one."""
     if "bundle" not in runner.records or not runner.path("bundle").is_dir():
         return None
@@ -525,7 +308,7 @@ def _fp32_onnx(runner: Runner) -> str | None:
         return None
 
 
-def _handoff(runner: Runner, rows: list[TableRow]) -> HandoffSummary:
+def _handoff(runner: PipelineRunner, rows: list[TableRow]) -> HandoffSummary:
     """The hand-off decisions, the hand-off per deployment target (rows marked), and the final re-check."""
     cfg = runner.cfg
     decisions = {}
@@ -548,7 +331,7 @@ def _handoff(runner: Runner, rows: list[TableRow]) -> HandoffSummary:
     return HandoffSummary(decisions=list(decisions.values()), targets=handoffs, recheck=lines)
 
 
-def build_summary(runner: Runner) -> RunSummary:
+def build_summary(runner: PipelineRunner) -> RunSummary:
     """The final table from the evaluations, the benchmark, the hand-off decisions and the KD comparison."""
     cfg, data = runner.cfg, runner.data
     rows = [_row(runner, r) for r in rows_of(cfg)]

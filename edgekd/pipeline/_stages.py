@@ -1,8 +1,10 @@
 """The stages of `edgekd run`, in order, each a call of the library function that the matching command makes.
 
 :func:`plan` turns a :class:`~edgekd.pipeline.PipelineConfig` into a list of :class:`Stage`: its name, what
-it does, where its output goes in the run directory, the resolved settings that go into its key and the
-earlier stages it reads. The executors below run one stage each:
+it does, where its output goes in the run directory, its typed config (the stage's own config class, e.g. the
+:class:`~edgekd.distill.DistillConfig` of a student, the :class:`~edgekd.export.ExportConfig` of the bundle; its
+JSON goes into the key), its FP32 source and the earlier stages it reads. The executors below run one stage each,
+reading the typed config (no settings dict in between):
 
 =================  ==========================================================  ===========================
 stage              what                                                        output (in the run dir)
@@ -36,29 +38,44 @@ model it really compresses and a flipped decision re-runs exactly the stages it 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.markup import escape
 
 from edgekd._io import atomic_write_text, sha256_file
 from edgekd.bench import (
     bench_devices,
-    benchmark,
     compare_latency,
     model_latency_ms,
     onnx_latency_ms,
+    run_benchmark,
     width_multiple,
     write_json,
 )
-from edgekd.distill import CacheSettings, RunSettings, TrainConfig, run_training
-from edgekd.export import export_bundle, read_manifest
+from edgekd.distill import CacheSettings, DistillConfig, run_training
+from edgekd.export import export_bundle
 from edgekd.importer import import_model
 from edgekd.metrics import compute_metrics
-from edgekd.pipeline._config import BenchSection, HandoffKeep, PipelineConfig, QuantizeSection
+from edgekd.pipeline._config import BenchSection, HandoffKeep, PipelineConfig
+from edgekd.pipeline._context import (
+    BENCH_FILE,
+    EVAL_DIR,
+    KD_FILE,
+    REPORT_FILE,
+    BenchStage,
+    EvalStage,
+    HandoffStage,
+    ImportStage,
+    PipelineRunner,
+    PruneStage,
+    QuantizeStage,
+    ReferenceStage,
+    SelectStage,
+    Stage,
+)
 from edgekd.pipeline._diagnose import (
     bootstrap_gains,
     compare_students,
@@ -70,38 +87,11 @@ from edgekd.pipeline._diagnose import (
 from edgekd.pipeline._evaluate import evaluate_artifact, split_logits, write_evaluation
 from edgekd.pipeline._handoff import HANDOFF_DIR, KEEP_PREFIX, decide
 from edgekd.pipeline._state import artifact_hash
-from edgekd.prune import PruneConfig, prune_model_dir
-from edgekd.quantize import TARGETS, QuantizeConfig, quantize_model_dir
+from edgekd.prune import prune_model_dir
+from edgekd.quantize import TARGETS, quantize_model_dir
 from edgekd.teachers import load_teacher
 
-if TYPE_CHECKING:
-    from edgekd.pipeline._run import Runner
-
-__all__ = ["Stage", "Row", "plan", "rows_of", "report_stage", "clean_leftovers", "onnx_file", "KD_FILE", "BENCH_FILE",
-           "EVAL_DIR", "REPORT_FILE"]  # fmt: skip
-
-KD_FILE = "kd.json"
-BENCH_FILE = "bench.json"
-EVAL_DIR = "eval"
-REPORT_FILE = "report/index.html"
-
-
-@dataclass
-class Stage:
-    """One stage: ``execute(runner, stage, resume) -> result summary`` writes ``output``.
-
-    ``carry`` names the compression stage whose hand-off decision picks this stage's FP32 ``source`` at run
-    time (see the module docstring); the resolved source then joins ``settings`` and ``inputs``.
-    """
-
-    name: str
-    kind: str
-    output: str
-    settings: dict[str, Any]
-    execute: Callable[[Runner, Stage, bool], dict[str, Any]]
-    inputs: tuple[str, ...] = ()
-    resumable: bool = False
-    carry: str | None = None
+__all__ = ["Row", "plan", "rows_of", "report_stage", "recovery_teacher"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +138,15 @@ def rows_of(cfg: PipelineConfig) -> list[Row]:
     return rows
 
 
+def recovery_teacher(cfg: PipelineConfig, teacher_of: Callable[[int], str]) -> str | None:
+    """The stage whose model teaches pruning recovery: the teacher with ``prune.recovery_teacher: teacher``, else
+    None (the unpruned parent, as in `edgekd prune`). The one place this is decided: the ``pruned`` stage reads
+    it and hashes it."""
+    if cfg.prune is None or cfg.prune.recovery_teacher != "teacher":
+        return None
+    return teacher_of(0)
+
+
 def plan(cfg: PipelineConfig) -> list[Stage]:
     """The stages of a run, in execution order (see the module docstring)."""
     seeds = range(cfg.seeds)
@@ -158,49 +157,81 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     stages += [_train_stage(cfg, f"student{_suffix(i)}", "distill", cfg.seed + i, (teacher_of(i),)) for i in seeds]
     students = tuple(f"student{_suffix(i)}" for i in seeds)
     baselines = tuple(f"baseline{_suffix(i)}" for i in seeds) if cfg.distill.baseline else ()
-    select = {"metric": cfg.distill.metric, "keep": cfg.distill.keep.value, "augment":
-              cfg.student.train.augment, "samples": cfg.distill.diagnose_samples, "seed": cfg.seed}  # fmt: skip
-    stages.append(Stage("select", "select", KD_FILE, select, _select, (teacher_of(0), *students, *baselines)))
+    select = SelectStage(
+        metric=cfg.distill.metric,
+        keep=cfg.distill.keep,
+        augment=cfg.student.train.augment,
+        samples=cfg.distill.diagnose_samples,
+        seed=cfg.seed,
+    )
+    stages.append(
+        Stage("select", "select", KD_FILE, select, _select, (teacher_of(0), *students, *baselines), uses_data=True)
+    )
     carry = None  # the stage whose hand-off decision picks the FP32 source of quantization and export
     if cfg.prune is not None:
-        extra = (teacher_of(0),) if cfg.prune.recovery_teacher == "teacher" else ()
-        stages.append(Stage("pruned", "prune", "pruned", _prune_settings(cfg), _prune, ("select", *extra)))
+        teacher = recovery_teacher(cfg, teacher_of)
+        prune = PruneStage(prune=cfg.prune.prune_config(cfg.seed), recovery_teacher=teacher)
+        inputs = ("select", teacher) if teacher else ("select",)
+        stages.append(Stage("pruned", "prune", "pruned", prune, _prune, inputs, source="select", uses_data=True))
         stages.append(_keep_stage(cfg, "pruned", None, cfg.prune.handoff_keep, None, ("select", "pruned"), None))
         carry = "pruned"
-    source, deps = (carry, ()) if carry else ("select", ("select",))
+    source, deps = (None, ()) if carry else ("select", ("select",))
     for q in cfg.quantize:
-        settings = {"source": source, **_quantize_config(cfg, q).model_dump(mode="json"),
-                    "target_sensitivity": cfg.target_sensitivity}  # fmt: skip
-        stages.append(Stage(q.stage_name, "quantize", q.stage_name, settings, _quantize, deps, carry=carry))
+        quantize = QuantizeStage(quantize=q.quantize_config(cfg.seed), target_sensitivity=cfg.target_sensitivity)
+        stages.append(
+            Stage(
+                q.stage_name,
+                "quantize",
+                q.stage_name,
+                quantize,
+                _quantize,
+                deps,
+                source=source,
+                carry=carry,
+                uses_data=True,
+            )
+        )
         device = "cuda" if q.method.value == "fp16" or TARGETS.get(q.target).gpu else "cpu"
         precision = q.stage_name.split("-", 1)[0]
         stages.append(_keep_stage(cfg, q.stage_name, precision, q.keep, device, (q.stage_name, *deps), carry))
     if cfg.export is not None:
-        settings = {"source": source, "data": cfg.data, **cfg.export.model_dump(mode="json", exclude={"keep"}),
-                    "target_sensitivity": cfg.target_sensitivity}  # fmt: skip
-        stages.append(Stage("bundle", "export", "bundle", settings, _export, deps, carry=carry))
+        export = cfg.export.export_config(cfg.data, cfg.target_sensitivity)
+        stages.append(
+            Stage("bundle", "export", "bundle", export, _export, deps, source=source, carry=carry, uses_data=True)
+        )
         if any(r.name == "fp16" and r.source == ("bundle",) for r in rows_of(cfg)):
-            stages.append(_keep_stage(cfg, "fp16", "fp16", cfg.export.keep, "cuda", ("bundle", *deps), carry,
-                                      child_source="bundle"))  # fmt: skip
+            stages.append(
+                _keep_stage(
+                    cfg, "fp16", "fp16", cfg.export.keep, "cuda", ("bundle", *deps), carry, child_source="bundle"
+                )
+            )
     for row in rows_of(cfg):
-        for stage, source in zip(row.stages, row.source):
-            settings = {"target_sensitivity": cfg.target_sensitivity, "data": cfg.data, "precision": row.precision,
-                        "source": source}  # fmt: skip
-            deps = (source, "select") if source == "pruned" or row.precision else (source,)
-            stages.append(Stage(f"eval-{stage}", "evaluate", f"{EVAL_DIR}/{stage}.json", settings, _evaluate, deps))
+        for stage, src in zip(row.stages, row.source):
+            ev = EvalStage(precision=row.precision, target_sensitivity=cfg.target_sensitivity)
+            inputs = (src, "select") if src == "pruned" or row.precision else (src,)
+            stages.append(
+                Stage(
+                    f"eval-{stage}",
+                    "evaluate",
+                    f"{EVAL_DIR}/{stage}.json",
+                    ev,
+                    _evaluate,
+                    inputs,
+                    source=src,
+                    uses_data=True,
+                )
+            )
     if cfg.bench is not None:
         rows = [(r.stages[0], r.source[0], r.precision) for r in rows_of(cfg)]
-        settings = {"rows": rows, **cfg.bench.model_dump(mode="json")}
-        stages.append(
-            Stage("bench", "bench", BENCH_FILE, settings, _bench, tuple(dict.fromkeys(s for _, s, _ in rows)))
-        )
+        bench = BenchStage(rows=rows, bench=cfg.bench.bench_config())
+        stages.append(Stage("bench", "bench", BENCH_FILE, bench, _bench, tuple(dict.fromkeys(s for _, s, _ in rows))))
     return stages
 
 
 def report_stage(cfg: PipelineConfig, stages: list[Stage]) -> Stage:
     """The last stage: the HTML report over every evaluation, the benchmark and the KD comparison."""
     deps = tuple(s.name for s in stages if s.kind in ("evaluate", "bench", "select", "handoff"))
-    return Stage("report", "report", REPORT_FILE, {"report": cfg.report.model_dump(mode="json")}, _report, deps)
+    return Stage("report", "report", REPORT_FILE, cfg.report, _report, deps)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,20 +244,22 @@ def _teacher_stages(cfg: PipelineConfig, stages: list[Stage]) -> Callable[[int],
         stages += [_train_stage(cfg, f"teacher{_suffix(i)}", "train", cfg.seed + i, ()) for i in range(cfg.seeds)]
         return lambda i: f"teacher{_suffix(i)}"
     if t.mode == "import":
-        settings = {"model": t.model, "checkpoint": str(Path(t.checkpoint).resolve()), "data": cfg.data,
-                    "checkpoint_sha256": _file_hash(t.checkpoint), "small_input": t.small_input,
-                    "input_size": t.input_size, "channels": t.channels.value, **_intended_use(cfg)}  # fmt: skip
-        stages.append(Stage("teacher", "import", "teacher", settings, _import))
+        imp = ImportStage(
+            model=t.model,
+            checkpoint=str(Path(t.checkpoint).resolve()),
+            data=cfg.data,
+            checkpoint_sha256=_file_hash(t.checkpoint),
+            small_input=t.small_input,
+            input_size=t.input_size,
+            channels=t.channels,
+            intended_use=cfg.intended_use,
+        )
+        stages.append(Stage("teacher", "import", "teacher", imp, _import, uses_data=True))
     else:
         path = t.path.removeprefix("onnx:")
-        settings = {"path": str(Path(path).resolve()), "onnx": t.path.startswith("onnx:") or path.endswith(".onnx")}
-        stages.append(Stage("teacher", "reference", settings["path"], settings, _reference))
+        ref = ReferenceStage(path=str(Path(path).resolve()), onnx=t.path.startswith("onnx:") or path.endswith(".onnx"))
+        stages.append(Stage("teacher", "reference", ref.path, ref, _reference))
     return lambda i: "teacher"
-
-
-def _intended_use(cfg: PipelineConfig) -> dict[str, Any]:
-    """The ``intended_use`` key of a stage's settings, only when one is declared (older runs keep their keys)."""
-    return {"intended_use": cfg.intended_use.model_dump(mode="json")} if cfg.intended_use is not None else {}
 
 
 def _file_hash(path: str | None) -> str | None:
@@ -234,49 +267,70 @@ def _file_hash(path: str | None) -> str | None:
 
 
 def _train_stage(cfg: PipelineConfig, name: str, kind: str, seed: int, teachers: tuple[str, ...]) -> Stage:
+    """A training (``teachers`` empty) or distillation stage; ``teachers`` and the cache are named by stage here and
+    resolved to paths in the run directory when it runs (a moved run directory keeps its keys)."""
     section = cfg.teacher if name.startswith("teacher") else cfg.student
-    settings: dict[str, Any] = {
-        "model": section.model, "data": cfg.data, "teachers": list(teachers),
-        "losses": list(cfg.distill.losses) if teachers else ["ce:1"],
-        "cache_teacher": bool(teachers) and cfg.distill.cache_teacher, "cache_topk": cfg.distill.cache_topk,
-        "small_input": section.small_input, "channels": section.channels.value, "input_size": section.input_size,
-        "pretrained": section.pretrained, "train": {**section.train.model_dump(mode="json"), "seed": seed},
-        **_intended_use(cfg),
-    }  # fmt: skip
-    return Stage(name, kind, name, settings, _train, teachers, resumable=True)
-
-
-def _train(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
-    s = st.settings
-    cache = (
-        CacheSettings(dir=str(r.root / "teacher_cache" / st.name), topk=s["cache_topk"]) if s["cache_teacher"] else None
+    cache = CacheSettings(dir=f"teacher_cache/{name}", topk=cfg.distill.cache_topk)
+    run = DistillConfig(
+        student=section.model,
+        data=cfg.data,
+        teachers=list(teachers),
+        losses=list(cfg.distill.losses) if teachers else ["ce:1"],
+        cache=cache if teachers and cfg.distill.cache_teacher else None,
+        small_input=section.small_input,
+        channels=section.channels,
+        input_size=section.input_size,
+        pretrained=section.pretrained,
+        train=section.train.model_copy(update={"seed": seed}),
+        intended_use=cfg.intended_use,
     )
-    settings = RunSettings(
-        student=s["model"], data=r.cfg.data, teachers=[r.teacher_ref(t) for t in s["teachers"]], losses=s["losses"],
-        cache=cache, small_input=s["small_input"], channels=s["channels"], input_size=s["input_size"],
-        pretrained=s["pretrained"], pretrained_teacher=False, trust_pickle=r.cfg.teacher.trust_pickle,
-        download=r.cfg.download, resume=resume, train=TrainConfig.model_validate(s["train"]),
-        intended_use=s.get("intended_use"),
-    )  # fmt: skip
-    card = run_training(settings, r.path(st.output), data=r.data, overwrite=True, progress=r.progress,
-                        command=r.command(st))  # fmt: skip
-    return {"val": _scalars(card.metrics.get("val", {})), "test": _scalars(card.metrics.get("test", {})),
-            "best_epoch": card.metrics.get("best_epoch", {}).get("epoch"), "params": card.params}  # fmt: skip
+    return Stage(name, kind, name, run, _train, teachers, uses_data=True, resumable=True)
+
+
+def _train(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
+    run = st.config
+    assert isinstance(run, DistillConfig)
+    cache = run.cache.model_copy(update={"dir": str(r.path(run.cache.dir))}) if run.cache else None
+    run = run.model_copy(
+        update={
+            "teachers": [r.teacher_ref(t) for t in run.teachers],
+            "cache": cache,
+            "trust_pickle": r.cfg.teacher.trust_pickle,
+            "download": r.cfg.download,
+            "resume": resume,
+        }
+    )
+    card = run_training(run, r.path(st.output), data=r.data, overwrite=True, progress=r.progress, command=r.command(st))
+    return {
+        "val": _scalars(card.metrics.get("val", {})),
+        "test": _scalars(card.metrics.get("test", {})),
+        "best_epoch": card.metrics.get("best_epoch", {}).get("epoch"),
+        "params": card.params,
+    }
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def _import(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
-    t = r.cfg.teacher
-    card = import_model(t.checkpoint, model=t.model, data=r.cfg.data, out=r.path(st.output), small_input=t.small_input,
-                        in_chans=3 if t.channels.value == "repeat" else None, input_size=t.input_size,
-                        trust_pickle=t.trust_pickle, intended_use=r.cfg.intended_use)  # fmt: skip
+def _import(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
+    t = st.config
+    assert isinstance(t, ImportStage)
+    card = import_model(
+        t.checkpoint,
+        model=t.model,
+        data=t.data,
+        out=r.path(st.output),
+        small_input=t.small_input,
+        in_chans=3 if t.channels.value == "repeat" else None,
+        input_size=t.input_size,
+        trust_pickle=r.cfg.teacher.trust_pickle,
+        intended_use=t.intended_use,
+    )
     return {"params": card.params}
 
 
-def _reference(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _reference(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     teacher = r.load(st.name)  # checks that it loads and fits the data
     return {"kind": teacher.kind, "num_classes": teacher.num_classes}
 
@@ -285,28 +339,52 @@ def _reference(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
 # Distillation against the baseline
 
 
-def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
-    s = st.settings
+def _select(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = st.config
+    assert isinstance(s, SelectStage)
     students = [n for n in st.inputs if n.startswith("student")]
     baselines = [n for n in st.inputs if n.startswith("baseline")]
     models = {"student": r.load("student"), **({"baseline": r.load("baseline")} if baselines else {})}
     teacher_card = r.card(st.inputs[0])
-    diagnosis = diagnose(r.load(st.inputs[0]), models, r.data, augment=s["augment"], seed=s["seed"],
-                         samples=s["samples"], teacher_params=teacher_card.params if teacher_card else None,
-                         student_params=r.card("student").params, losses=final_losses(r.path("student")))  # fmt: skip
-    metric = resolve_metric(s["metric"], r.data.task)  # `auto`: the task's deciding metric
+    diagnosis = diagnose(
+        r.load(st.inputs[0]),
+        models,
+        r.data,
+        augment=s.augment,
+        seed=s.seed,
+        samples=s.samples,
+        teacher_params=teacher_card.params if teacher_card else None,
+        student_params=r.card("student").params,
+        losses=final_losses(r.path("student")),
+    )
+    metric = resolve_metric(s.metric, r.data.task)  # `auto`: the task's deciding metric
     secondary = secondary_metrics(metric, r.data.task)
     cis: dict[str, tuple[float, float]] = {}
     if baselines:  # every metric on the same bootstrap draws of the validation set
         y = split_logits(models["student"], r.data, "val")[1]
-        cis = bootstrap_gains([split_logits(r.load(n), r.data, "val")[0] for n in students],
-                              [split_logits(r.load(n), r.data, "val")[0] for n in baselines], y, r.data.task,
-                              [metric, *secondary], seed=s["seed"])  # fmt: skip
-    cmp = compare_students([r.card(n) for n in students], [r.card(n) for n in baselines] or None, metric=metric,
-                           keep=s["keep"], diagnosis=diagnosis, val_ci=cis.get(metric), secondary=secondary,
-                           secondary_ci=cis)  # fmt: skip
-    record = {**cmp.model_dump(mode="json"), "chosen_path": cmp.chosen,
-              "chosen_sha256": artifact_hash(r.path(cmp.chosen))}  # fmt: skip
+        cis = bootstrap_gains(
+            [split_logits(r.load(n), r.data, "val")[0] for n in students],
+            [split_logits(r.load(n), r.data, "val")[0] for n in baselines],
+            y,
+            r.data.task,
+            [metric, *secondary],
+            seed=s.seed,
+        )
+    cmp = compare_students(
+        [r.card(n) for n in students],
+        [r.card(n) for n in baselines] or None,
+        metric=metric,
+        keep=s.keep.value,
+        diagnosis=diagnosis,
+        val_ci=cis.get(metric),
+        secondary=secondary,
+        secondary_ci=cis,
+    )
+    record = {
+        **cmp.model_dump(mode="json"),
+        "chosen_path": cmp.chosen,
+        "chosen_sha256": artifact_hash(r.path(cmp.chosen)),
+    }
     atomic_write_text(r.path(st.output), json.dumps(record, indent=2) + "\n")
     return {"chosen": cmp.chosen, "helps": cmp.helps, "message": cmp.message, "gain_val": cmp.gain_val}
 
@@ -315,60 +393,91 @@ def _select(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
 # Compression, export, evaluation, benchmark, report
 
 
-def _prune_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    p = cfg.prune.model_dump(mode="json")
-    p["train"]["seed"] = cfg.seed
-    p["keep"] = cfg.prune.module_keep  # `keep: auto|always` is the hand-off choice (keep-pruned), not pruning's
-    return {"data": cfg.data, **p}
+def _prune(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = st.config
+    assert isinstance(s, PruneStage)
+    teacher = r.teacher_ref(s.recovery_teacher) if s.recovery_teacher else None
+    report = prune_model_dir(
+        r.final_fp32(st.source or "select"),
+        r.path(st.output),
+        s.prune.model_copy(update={"teacher": teacher}),
+        data=r.data,
+        latency=model_latency_ms,
+        width_probe=width_multiple,
+        overwrite=True,
+        progress=r.progress,
+        command=r.command(st),
+    )
+    return {
+        "macs_kept": report.after.macs / report.before.macs,
+        "params": report.after.params,
+        "target_met": report.target_met,
+        "test": _scalars(report.metrics_after.get("test", {})),
+    }
 
 
-def _prune(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
-    s = dict(st.settings)
-    s.pop("data")
-    teacher = r.teacher_ref(st.inputs[1]) if s.pop("recovery_teacher") == "teacher" else None
-    cfg = PruneConfig.model_validate({**s, "teacher": teacher})
-    report = prune_model_dir(r.final_fp32("select"), r.path(st.output), cfg, data=r.data, latency=model_latency_ms,
-                             width_probe=width_multiple, overwrite=True, progress=r.progress,
-                             command=r.command(st))  # fmt: skip
-    return {"macs_kept": report.after.macs / report.before.macs, "params": report.after.params,
-            "target_met": report.target_met, "test": _scalars(report.metrics_after.get("test", {}))}  # fmt: skip
-
-
-def _quantize_config(cfg: PipelineConfig, q: QuantizeSection) -> QuantizeConfig:
-    d = q.model_dump(mode="json", exclude={"keep"})
-    d["train"]["seed"] = cfg.seed
-    return QuantizeConfig.model_validate(d)
-
-
-def _quantize(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
-    s = dict(st.settings)
-    source, target = s.pop("source"), s.pop("target_sensitivity", None)
-    res = quantize_model_dir(r.final_fp32(source), r.path(st.output), QuantizeConfig.model_validate(s), data=r.data,
-                             latency=onnx_latency_ms, overwrite=True, progress=r.progress,
-                             command=r.command(st), target_sensitivity=target)  # fmt: skip
+def _quantize(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = st.config
+    assert isinstance(s, QuantizeStage) and st.source is not None
+    res = quantize_model_dir(
+        r.final_fp32(st.source),
+        r.path(st.output),
+        s.quantize,
+        data=r.data,
+        latency=onnx_latency_ms,
+        overwrite=True,
+        progress=r.progress,
+        command=r.command(st),
+        target_sensitivity=s.target_sensitivity,
+    )
     return {"delta": res.delta, "sizes": res.sizes, "precision": res.precision}
 
 
-def _export(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
-    s = dict(st.settings)
-    source, data = s.pop("source"), s.pop("data")
-    manifest = export_bundle(r.final_fp32(source), r.path(st.output), data=data, overwrite=True, command=r.command(st),
-                             log=r.log, **s)  # fmt: skip
+def _export(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
+    assert st.source is not None
+    manifest = export_bundle(
+        r.final_fp32(st.source), r.path(st.output), st.config, overwrite=True, command=r.command(st), log=r.log
+    )
     return {"files": [f.name for f in manifest.model_files()]}
 
 
-def _keep_stage(cfg: PipelineConfig, child: str, precision: str | None, keep: HandoffKeep, device: str | None,
-                inputs: tuple[str, ...], carry: str | None, *, child_source: str | None = None) -> Stage:  # fmt: skip
+def _keep_stage(
+    cfg: PipelineConfig,
+    child: str,
+    precision: str | None,
+    keep: HandoffKeep,
+    device: str | None,
+    inputs: tuple[str, ...],
+    carry: str | None,
+    *,
+    child_source: str | None = None,
+) -> Stage:
     """``keep-CHILD``: is ``child`` (a row; its file of ``precision``) carried forward over its FP32 parent?"""
-    bench = cfg.bench or BenchSection()
-    settings = {"child": child, "child_source": child_source or child, "precision": precision,
-                "source": carry or "select", "keep": keep.value, "device": device, "data": cfg.data,
-                "metric": cfg.student.train.select_metric, **cfg.handoff.model_dump(mode="json"),
-                "bench": bench.model_dump(mode="json")}  # fmt: skip
-    return Stage(KEEP_PREFIX + child, "handoff", f"{HANDOFF_DIR}/{child}.json", settings, _keep, inputs, carry=carry)
+    bench = (cfg.bench or BenchSection()).bench_config()
+    handoff = HandoffStage(
+        child=child,
+        child_source=child_source or child,
+        precision=precision,
+        keep=keep,
+        device=device,
+        metric=cfg.student.train.select_metric,
+        handoff=cfg.handoff,
+        bench=bench,
+    )
+    return Stage(
+        KEEP_PREFIX + child,
+        "handoff",
+        f"{HANDOFF_DIR}/{child}.json",
+        handoff,
+        _keep,
+        inputs,
+        source=None if carry else "select",
+        carry=carry,
+        uses_data=True,
+    )
 
 
-def _val_metrics(r: Runner, path: Path, onnx: bool) -> dict[str, Any]:
+def _val_metrics(r: PipelineRunner, path: Path, onnx: bool) -> dict[str, Any]:
     """The metrics of `edgekd eval` on the validation split (cached per artifact within the run)."""
     key = (str(path.resolve()), artifact_hash(path))
     if key not in r.val_cache:
@@ -385,69 +494,72 @@ def _deciding(metric: str, parent: dict[str, Any], child: dict[str, Any]) -> tup
     return "acc", parent.get("acc"), child.get("acc")
 
 
-def _keep(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
-    s = st.settings
-    parent_path, child_path = r.final_fp32(s["source"]), r.artifact_path(s["child_source"], s["precision"])
-    bench = BenchSection.model_validate(s["bench"])
+def _keep(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
+    s, source = st.config, st.source
+    assert isinstance(s, HandoffStage) and source is not None
+    parent_path, child_path = r.final_fp32(source), r.artifact_path(s.child_source, s.precision)
+    bench = s.bench
     devices = bench_devices(bench.backends, bench.devices, bench.settings())
-    targeted = [d for d in devices if s["device"] in (None, d)]
+    targeted = [d for d in devices if s.device in (None, d)]
     comparison, unmeasured = None, None
     if targeted:
-        comparison = compare_latency(str(parent_path), str(child_path), backends=bench.backends, devices=targeted,
-                                     batches=bench.batches, settings=bench.settings(), rounds=s["rounds"])  # fmt: skip
+        comparison = compare_latency(
+            str(parent_path),
+            str(child_path),
+            backends=bench.backends,
+            devices=targeted,
+            batches=bench.batches,
+            settings=bench.settings(),
+            rounds=s.handoff.rounds,
+        )
         if not comparison.results:
             unmeasured = "; ".join(sorted({x.reason for x in comparison.skipped})) or "nothing ran"
     else:
-        unmeasured = f"{s['device']} is not among the bench devices ({', '.join(devices) or 'none'})"
-    metric, parent_val, child_val = _deciding(s["metric"], _val_metrics(r, parent_path, False),
-                                              _val_metrics(r, child_path, s["precision"] is not None))  # fmt: skip
-    d = decide(stage=s["child"], parent=r.chosen() if s["source"] == "select" else s["source"], keep=s["keep"],
-               metric=metric, parent_val=parent_val, child_val=child_val, max_drop=s["max_drop"],
-               latency=comparison.results if comparison else (), unmeasured=unmeasured, target_device=s["device"])  # fmt: skip
+        unmeasured = f"{s.device} is not among the bench devices ({', '.join(devices) or 'none'})"
+    metric, parent_val, child_val = _deciding(
+        s.metric, _val_metrics(r, parent_path, False), _val_metrics(r, child_path, s.precision is not None)
+    )
+    d = decide(
+        stage=s.child,
+        parent=r.chosen() if source == "select" else source,
+        keep=s.keep.value,
+        metric=metric,
+        parent_val=parent_val,
+        child_val=child_val,
+        max_drop=s.handoff.max_drop,
+        latency=comparison.results if comparison else (),
+        unmeasured=unmeasured,
+        target_device=s.device,
+    )
     d = d.model_copy(update={"parent_artifact": r.rel(parent_path), "child_artifact": r.rel(child_path)})
-    record = {**d.model_dump(mode="json"),
-              "comparison": comparison.model_dump(mode="json", exclude={"results"}) if comparison else None}  # fmt: skip
+    record = {
+        **d.model_dump(mode="json"),
+        "comparison": comparison.model_dump(mode="json", exclude={"results"}) if comparison else None,
+    }
     atomic_write_text(r.path(st.output), json.dumps(record, indent=2) + "\n")
     r.log(f"[{'green' if d.kept else 'yellow'}]{escape(d.line)}[/]")
     return d.model_dump(mode="json")
 
 
-def onnx_file(bundle: Path, precision: str) -> Path:
-    """The ONNX file of ``precision`` in a bundle."""
-    manifest = read_manifest(bundle)
-    for f in manifest.model_files():
-        if f.precision is not None and f.precision.value == precision and f.name.endswith(".onnx"):
-            return bundle / f.name
-    raise FileNotFoundError(f"{bundle} has no {precision} ONNX file")
-
-
-def _evaluate(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
-    s = st.settings
+def _evaluate(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = st.config
+    assert isinstance(s, EvalStage) and st.source is not None
     name = st.name.removeprefix("eval-")
-    model, info = r.artifact(name, s["source"], s["precision"])
-    res = evaluate_artifact(model, r.data, s["target_sensitivity"])
-    out = r.path(st.output)
-    write_evaluation(res, out, {"stage": name, **info})
+    model, info = r.artifact(name, st.source, s.precision)
+    res = evaluate_artifact(model, r.data, s.target_sensitivity)
+    write_evaluation(res, r.path(st.output), {"stage": name, **info})
     return {"test": _scalars(res["test"]), "val": _scalars(res["val"])}
 
 
-def _bench(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
-    b = r.cfg.bench
-    paths = [str(r.artifact_path(source, precision)) for _, source, precision in st.settings["rows"]]
-    report = benchmark(paths, backends=b.backends, devices=b.devices, batches=tuple(b.batches), settings=b.settings(),
-                       progress=r.progress)  # fmt: skip
+def _bench(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
+    s = st.config
+    assert isinstance(s, BenchStage)
+    paths = [str(r.artifact_path(source, precision)) for _, source, precision in s.rows]
+    report = run_benchmark(paths, s.bench, progress=r.progress)
     write_json(report, r.path(st.output))
     return {"results": len(report.results), "skipped": len(report.skipped)}
 
 
-def _report(r: Runner, st: Stage, resume: bool) -> dict[str, Any]:
+def _report(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     path = r.write_report()
     return {"path": str(path)}
-
-
-def clean_leftovers(root: Path, output: str) -> None:
-    """Remove temporary directories a killed stage left beside its output (``.NAME.*.tmp``, ``.NAME.old``)."""
-    out = root / output
-    for p in list(out.parent.glob(f".{out.name}.*.tmp")) + [out.with_name(f".{out.name}.old")]:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)

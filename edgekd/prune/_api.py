@@ -43,16 +43,17 @@ import math
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
+from edgekd._config import StageConfig
 from edgekd._io import atomic_dir, atomic_write_text, check_output, sha256_file
 from edgekd.data import DataBundle, make_loader
-from edgekd.distill import DEFAULT_LOSSES, TrainConfig, evaluate_split, finetune
+from edgekd.distill import DEFAULT_LOSSES, TrainConfig, check_losses, evaluate_split, finetune
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, load_model_dir, save_model_dir
 from edgekd.prune._importance import IMPORTANCE, accumulate_gradients
@@ -89,12 +90,28 @@ def parse_round_to(value: Any) -> int | Literal["auto"] | None:
                             "auto measures the widths this machine runs fast; 8 rounds to multiples of 8")  # fmt: skip
 
 
-class PruneConfig(BaseModel):
-    """Everything that decides a pruning run (saved as ``config.yaml`` next to the output).
+# Flat keys of a prune config file: the CLI's option names of the target, and the recovery settings by name (or
+# under ``recovery:``, the layout `edgekd prune --config` read before). ``epochs`` is not one: ``recovery_epochs``.
+_FLAT = {
+    "ratio": "target.ratio",
+    "target_macs": "target.macs",
+    "target_params": "target.params",
+    "target_latency_ms": "target.latency_ms",
+    "batch": "target.batch",
+    "backend": "target.backend",
+    "loss": "losses",
+    "recovery": "train",
+    **{name: f"train.{name}" for name in TrainConfig.model_fields if name != "epochs"},
+}
+
+
+class PruneConfig(StageConfig):
+    """Everything that decides a pruning run: the single source of `edgekd prune`'s defaults (saved as
+    ``config.yaml`` next to the output; the same class serves the CLI, Python callers and the pipeline).
 
     Attributes:
         importance: channel-importance criterion (:data:`~edgekd.prune.IMPORTANCE`).
-        target: what to reach (:class:`PruneTarget`).
+        target: what to reach (:class:`PruneTarget`; in a file ``target: {macs: 0.5}`` or ``target_macs: 0.5``).
         steps: pruning steps, each followed by recovery fine-tuning.
         global_pruning: rank the channels of all layers together (else the same ratio per layer).
         round_to: keep channel counts multiples of this: ``"auto"`` (default) asks the run's width probe, None
@@ -102,11 +119,10 @@ class PruneConfig(BaseModel):
         keep: module paths never pruned (the classifier's outputs are always kept).
         max_layer_ratio: no layer loses more than this fraction of its channels.
         recovery_epochs: fine-tuning epochs after each step (0: none).
-        kd: distil from the teacher during recovery (else cross-entropy only).
-        teacher: the teacher (model directory, ONNX file, ...); default the unpruned model itself.
-        losses: loss terms with a teacher.
+        kd, teacher, losses: who teaches recovery: with ``kd`` the ``teacher`` (a model directory, ONNX file, ...;
+            default the unpruned model itself) through the ``losses``; without it, cross-entropy only.
         taylor_batches: batches of gradients before each step for the ``taylor`` criterion.
-        latency_batch: batch size of the ORT CPU latency measurement (None: not measured; a latency target
+        latency_batch: batch size of the ORT CPU latency measurement (None or 0: not measured; a latency target
             measures at its own batch).
         latency_s: minimum timed seconds per latency measurement (also each measurement of a latency run).
         latency_margin: a latency run aims this fraction under the budget (re-measurements vary).
@@ -116,7 +132,8 @@ class PruneConfig(BaseModel):
         train: recovery hyper-parameters (its ``epochs`` is ``recovery_epochs``).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    flat_keys: ClassVar = _FLAT
+    unread: ClassVar = {"train.epochs": "recovery_epochs (and short_term_epochs for a latency target)"}
 
     importance: str = "l2"
     target: PruneTarget
@@ -126,6 +143,7 @@ class PruneConfig(BaseModel):
     keep: list[str] = Field(default_factory=list)
     max_layer_ratio: float = Field(0.9, gt=0, le=1)
     recovery_epochs: int = Field(2, ge=0)
+    # who teaches recovery
     kd: bool = True
     teacher: str | None = None
     losses: list[str] = Field(default_factory=lambda: list(DEFAULT_LOSSES))
@@ -136,6 +154,26 @@ class PruneConfig(BaseModel):
     latency_step: float = Field(0.05, gt=0, le=MAX_PROPOSAL)
     short_term_epochs: int = Field(0, ge=0)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_epochs=0.0))
+
+    @field_validator("losses", mode="before")
+    @classmethod
+    def _loss_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, v: list[str]) -> list[str]:
+        return check_losses(v)
+
+    @field_validator("latency_batch", mode="before")
+    @classmethod
+    def _no_latency(cls, v: Any) -> Any:
+        return None if v == 0 and not isinstance(v, bool) else v
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_path(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v
 
     @field_validator("round_to", mode="before")
     @classmethod

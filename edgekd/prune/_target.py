@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import ConfigDict, Field, model_serializer, model_validator
 
-from edgekd.errors import InvalidInputError
+from edgekd._config import StageConfig
+from edgekd.errors import EdgeKDError, InvalidInputError
 
 __all__ = ["TargetKind", "LatencyBackend", "PruneTarget", "DEFAULT_LATENCY_BATCH"]
 
@@ -53,8 +54,16 @@ class LatencyBackend(str, Enum):
     ORT = "ort"  # ONNX Runtime on the CPU (edgekd.bench.model_latency_ms)
 
 
-class PruneTarget(BaseModel):
+# The keys a target may also be written with (YAML ``target: {macs: 0.5}``, the CLI's --target-macs), one per kind.
+_KIND_KEYS = {"ratio": "ratio", "macs": "target_macs", "params": "target_params", "latency_ms": "target_latency_ms"}
+
+
+class PruneTarget(StageConfig):
     """One pruning target.
+
+    Written ``{kind: macs, value: 0.5}``, or with one key per kind: ``{macs: 0.5}``, ``{ratio: 0.3}``,
+    ``{params: 0.6}``, ``{latency_ms: 2.5, batch: 32, backend: ort}`` (checked as :meth:`from_options`). In a config
+    built by :func:`edgekd._config.build_config`, the kind given last (a flag over the file) replaces the other.
 
     Attributes:
         kind: ``ratio`` (channels removed), ``macs`` or ``params`` (fraction kept), or ``latency``.
@@ -64,6 +73,8 @@ class PruneTarget(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True)
+    input_keys: ClassVar[frozenset[str]] = frozenset(_KIND_KEYS)
+    exclusive: ClassVar[tuple[frozenset[str], ...]] = (frozenset({"kind", "value", *_KIND_KEYS}),)
 
     kind: TargetKind
     value: float = Field(gt=0, allow_inf_nan=False)
@@ -73,10 +84,26 @@ class PruneTarget(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _latency_defaults(cls, values: Any) -> Any:
+        if isinstance(values, dict) and _KIND_KEYS.keys() & values.keys():
+            return cls._from_kind_keys(values)
         if isinstance(values, dict) and str(getattr(values.get("kind"), "value", values.get("kind"))) == "latency":
             given = {k: v for k, v in values.items() if v is not None}
             return {"batch": DEFAULT_LATENCY_BATCH, "backend": LatencyBackend.ORT, **given}
         return values
+
+    @classmethod
+    def _from_kind_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if "kind" in values or "value" in values:
+            raise ValueError(f"give the target as kind and value, or as one of {', '.join(_KIND_KEYS)}, not both")
+        unknown = set(values) - set(_KIND_KEYS) - {"batch", "backend"}
+        if unknown:
+            raise ValueError(f"unknown target keys {', '.join(sorted(unknown))}")
+        options = {_KIND_KEYS.get(k, k): v for k, v in values.items()}
+        try:
+            target = cls.from_options(**options)
+        except EdgeKDError as e:  # one line: the message and its hint
+            raise ValueError(e.message + (f" ({e.hint})" if e.hint else "")) from None
+        return {"kind": target.kind, "value": target.value, "batch": target.batch, "backend": target.backend}
 
     @model_validator(mode="after")
     def _by_kind(self) -> PruneTarget:

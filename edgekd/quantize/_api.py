@@ -27,16 +27,17 @@ import math
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
+from edgekd._config import StageConfig
 from edgekd._cpu import cpu_isa
 from edgekd._io import check_output
 from edgekd.data import DataBundle
-from edgekd.distill import DEFAULT_LOSSES, TrainConfig
+from edgekd.distill import DEFAULT_LOSSES, TrainConfig, check_losses
 from edgekd.errors import InvalidInputError, VerificationError
 from edgekd.export import (
     BundleFile,
@@ -74,8 +75,14 @@ class QuantMethod(str, Enum):
     FP16 = "fp16"
 
 
-class QuantizeConfig(BaseModel):
-    """Everything that decides a quantization run.
+# Flat keys of a quantize config file: the CLI's --loss, and the QAT settings by name (or under ``qat:``, the
+# layout `edgekd quantize --config` read before).
+_FLAT = {"loss": "losses", "qat": "train", **{name: f"train.{name}" for name in TrainConfig.model_fields}}
+
+
+class QuantizeConfig(StageConfig):
+    """Everything that decides a quantization run: the single source of `edgekd quantize`'s defaults (the same
+    class serves the CLI, Python callers and the pipeline).
 
     Attributes:
         method: ``ptq``, ``qat`` or ``fp16``.
@@ -89,15 +96,14 @@ class QuantizeConfig(BaseModel):
         parity_samples: test samples of the parity check.
         opset: ONNX opset of the export.
         qat_backend: ``auto``, ``modelopt`` or ``torch``.
-        kd: distil from the teacher during QAT.
-        teacher: QAT teacher (default: the FP32 model itself).
-        losses: QAT loss terms with a teacher.
+        kd, teacher, losses: who teaches QAT: with ``kd`` the ``teacher`` (default: the FP32 model itself) through
+            the ``losses`` (parsed when the config is built); without it, labels only.
         freeze_bn: keep the FP32 batch-norm statistics during QAT (standard practice; see ``freeze_bn_stats``).
         train: QAT fine-tuning hyper-parameters.
         eval_split: split on which FP32 and low-precision files are compared.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    flat_keys: ClassVar = _FLAT
 
     method: QuantMethod = QuantMethod.PTQ
     target: str = "cpu-x86"
@@ -110,12 +116,28 @@ class QuantizeConfig(BaseModel):
     parity_samples: int = Field(256, ge=8)
     opset: int = Field(17, ge=13)
     qat_backend: str = "auto"
+    # who teaches QAT
     kd: bool = True
     teacher: str | None = None
     losses: list[str] = Field(default_factory=lambda: list(DEFAULT_LOSSES))
     freeze_bn: bool = True
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-4, warmup_epochs=0.0))
     eval_split: str = "test"
+
+    @field_validator("losses", mode="before")
+    @classmethod
+    def _loss_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, v: list[str]) -> list[str]:
+        return check_losses(v)
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_path(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v
 
     def check(self) -> None:
         """Validate names and combinations (pydantic validators would hide the helpful errors).
@@ -389,7 +411,8 @@ def quantize_model_dir(
                               precision=precision),
                    BundleFile(source=ref_onnx, name=fp32.name, precision=Precision.FP32)]  # fmt: skip
         extra = {"quantization": {**result.model_dump(mode="json", exclude={"out"}),
-                                  "fp32_reference": "qat-tuned" if ref_onnx != fp32 else "source"}}  # fmt: skip
+                                  "fp32_reference": "qat-tuned" if ref_onnx != fp32 else "source",
+                                  "config": cfg.model_dump(mode="json")}}  # fmt: skip
         card_q = _quantized_card(
             card,
             source,

@@ -167,7 +167,7 @@ class Prediction:
         return out
 
 
-Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+InferFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 FEATURES = "edgekd_penultimate_features"  # the key of the features in run() results (never served)
 
 
@@ -182,7 +182,7 @@ class LoadedModel:
     preprocess: Preprocess
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
-    runner: Runner
+    runner: InferFn
     has_features: bool = False
     ood: OODScorer | None = None
     intended_use: IntendedUse | None = None
@@ -341,7 +341,7 @@ def _runtime_file(m: Manifest, runtime: str, precision: str, root: Path) -> str:
 
 
 def _runtime_runner(m: Manifest, runtime: str, path: Path, threads: int, session: Any, features: str | None
-                    ) -> Runner:
+                    ) -> InferFn:
     """Logits from OpenVINO / ExecuTorch; the OOD features (when the reference has a feature space) from the
     bundle's verified ONNX graph of the same precision in ONNX Runtime, so the score is the ORT server's."""
     lock = threading.Lock()  # an infer request / method runs one call at a time
@@ -395,7 +395,7 @@ def _load_bundle(root: Path, *, name: str | None, precision: str | None, thresho
     features = feature_tensor(root / file) if reference is not None and "features" in reference.spaces else None
     session = feature_session(root / file, features, threads=threads)
     runtime, runtime_src = _pick_runtime(m, runtime)
-    runner: Runner = lambda feeds: session.run(None, feeds)  # noqa: E731
+    runner: InferFn = lambda feeds: session.run(None, feeds)  # noqa: E731
     if runtime != "ort":
         onnx_file, file = file, _runtime_file(m, runtime, prec, root)
         sha = next(f.sha256 for f in m.files if f.name == file)

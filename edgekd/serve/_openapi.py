@@ -14,12 +14,23 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from edgekd import __version__
 
-if TYPE_CHECKING:
-    from edgekd.serve._server import InferenceServer
+
+class _Config(Protocol):
+    api_key: str | None
+
+
+class InferenceServer(Protocol):
+    """What the document describes of an :class:`~edgekd.serve.InferenceServer` (a protocol, so that this module
+    does not import the server that serves it)."""
+
+    models: Mapping[str, Any]
+    config: _Config
+
 
 __all__ = ["openapi_schema"]
 
