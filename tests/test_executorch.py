@@ -132,10 +132,14 @@ def test_predict_through_executorch_agrees_with_ort(which, precision, floor, fp3
     assert load_model(bundle, runtime="executorch", precision=precision).info.file.endswith(".pte")
 
 
-def test_missing_executorch_is_exit_5_naming_the_extra(monkeypatch, tiny_model_dir, tmp_path):
+def test_missing_executorch_is_exit_5_naming_the_extra(monkeypatch, tiny_model_dir, tmp_path, fp32):
     monkeypatch.setitem(sys.modules, "executorch", None)
     with pytest.raises(DependencyError) as e:
         require_executorch("--format executorch")
     assert e.value.exit_code == 5 and "edgekd[executorch]" in str(e.value)
     r = runner.invoke(app, ["export", tiny_model_dir, "--format", "executorch", "--out", str(tmp_path / "b")])
     assert r.exit_code == 5 and "edgekd[executorch]" in r.output and not (tmp_path / "b").exists()
+    r = runner.invoke(app, ["bench", str(fp32), "--backend", "executorch", "--min-s", "0.01", "--no-roofline"])
+    assert r.exit_code == 5 and "edgekd[executorch]" in r.output
+    r = runner.invoke(app, ["predict", str(fp32), "--data", SYNTH, "--runtime", "executorch"])
+    assert r.exit_code == 5 and "edgekd[executorch]" in r.output

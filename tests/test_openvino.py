@@ -162,13 +162,17 @@ def test_predict_through_openvino_agrees_with_ort(which, precision, floor, fp32,
     )
 
 
-def test_missing_openvino_is_exit_5_naming_the_extra(monkeypatch, tiny_model_dir, tmp_path):
+def test_missing_openvino_is_exit_5_naming_the_extra(monkeypatch, tiny_model_dir, tmp_path, fp32):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(DependencyError) as e:
         require_openvino("--format openvino")
     assert e.value.exit_code == 5 and "edgekd[openvino]" in str(e.value)
     r = runner.invoke(app, ["export", tiny_model_dir, "--format", "openvino", "--out", str(tmp_path / "b")])
     assert r.exit_code == 5 and "edgekd[openvino]" in r.output and not (tmp_path / "b").exists()
+    r = runner.invoke(app, ["bench", str(fp32), "--backend", "openvino", "--min-s", "0.01", "--no-roofline"])
+    assert r.exit_code == 5 and "edgekd[openvino]" in r.output
+    r = runner.invoke(app, ["predict", str(fp32), "--data", SYNTH, "--runtime", "openvino"])
+    assert r.exit_code == 5 and "edgekd[openvino]" in r.output
 
 
 def test_triton_export_writes_the_openvino_backend_config(fp32, tmp_path):
