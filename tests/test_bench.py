@@ -379,7 +379,29 @@ RUNNER_IO = {
         released=lambda r: r.engine is None and r.context is None and r.buffers == {},
         atol=1e-3,  # TensorRT may pick TF32 kernels for an fp32 engine
     ),
+    "openvino": RunnerIO(
+        artifact=lambda arts, tmp: _runtime_bundle(arts, tmp, "openvino"),
+        feed=lambda r, x: r.request.get_input_tensor().data.__setitem__(..., x),
+        read=lambda r: r.request.get_output_tensor(0).data.copy(),
+        released=lambda r: r.request is None and r.compiled is None,
+        atol=1e-5,
+    ),
+    "executorch": RunnerIO(
+        artifact=lambda arts, tmp: _runtime_bundle(arts, tmp, "executorch"),
+        feed=lambda r, x: r.inputs[0].copy_(torch.from_numpy(x)),
+        read=lambda r: r.outputs[0].numpy(),
+        released=lambda r: r.program is None and r.inputs == [] and r.outputs == [],
+        atol=1e-5,
+    ),
 }
+
+
+def _runtime_bundle(arts, tmp, fmt: str):
+    """A bundle of the fast model with the runtime's file (the openvino / executorch runners run bundles)."""
+    from edgekd.export import export_bundle
+
+    export_bundle(arts["fast"], tmp / fmt, formats=f"onnx,{fmt}", n_samples=8)
+    return tmp / fmt
 
 
 @pytest.mark.parametrize(

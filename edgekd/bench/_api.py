@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgekd._progress import stderr_console
-from edgekd.bench import _ort_runner, _torch_runner, _trt_runner  # noqa: F401  (runners register on import)
+from edgekd.bench import _et_runner, _ort_runner, _ov_runner, _torch_runner, _trt_runner  # noqa: F401 (registers)
 from edgekd.bench._artifacts import Artifact, ArtifactKind, resolve_artifact
 from edgekd.bench._env import capture_environment
 from edgekd.bench._memory import MemoryProbe
@@ -51,11 +51,13 @@ class _Planned:
 
 
 def default_backends(artifact: Artifact) -> list[str]:
-    """What fits an artifact: model dir -> torch, ort; ONNX -> ort; bundle -> ort (+ trt for engines); engine -> trt."""
+    """What fits an artifact: model dir -> torch, ort; ONNX -> ort; bundle -> ort (+ trt, openvino, executorch for
+    their files); engine -> trt."""
     if artifact.kind is ArtifactKind.MODEL_DIR:
         return ["torch", "ort"]
     kinds = {f.kind for f in artifact.files}
-    return [b for b, k in (("ort", "onnx"), ("trt", "engine")) if k in kinds]
+    pairs = (("ort", "onnx"), ("trt", "engine"), ("openvino", "openvino"), ("executorch", "executorch"))
+    return [b for b, k in pairs if k in kinds]
 
 
 def _default_devices(backend: str) -> list[str]:

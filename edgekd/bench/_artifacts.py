@@ -46,6 +46,7 @@ __all__ = [
 
 MANIFEST_FILE = "manifest.json"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+RUNNABLE_KINDS = ("onnx", "engine", "openvino", "executorch")  # manifest file kinds a runner runs
 _GIT_KEYS = ("git_revision", "git_rev", "git_commit", "git", "revision", "commit")
 
 
@@ -58,7 +59,7 @@ class ArtifactKind(str, Enum):
 
 @dataclass(frozen=True)
 class ArtifactFile:
-    """One runnable file: an ONNX model (``kind='onnx'``) or a TensorRT engine (``kind='engine'``)."""
+    """One runnable file: ONNX (``kind='onnx'``), a TensorRT engine, an OpenVINO IR or an ExecuTorch program."""
 
     path: Path
     kind: str
@@ -167,7 +168,7 @@ def _bundle(given: str, path: Path) -> Artifact:
     manifest = read_manifest(path)
     files = []
     for entry in manifest.get("files", []):
-        if not isinstance(entry, dict) or entry.get("kind") not in ("onnx", "engine"):
+        if not isinstance(entry, dict) or entry.get("kind") not in RUNNABLE_KINDS:
             continue  # labels, preprocess.json, the model card: not runnable
         f = path / str(entry.get("name", ""))
         if not f.is_file():

@@ -48,6 +48,8 @@ class Backend(str, Enum):
     TORCH = "torch"
     ORT = "ort"
     TRT = "trt"
+    OPENVINO = "openvino"
+    EXECUTORCH = "executorch"
 
 
 class BenchDevice(str, Enum):

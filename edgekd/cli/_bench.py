@@ -30,6 +30,7 @@ from edgekd.bench import (
     write_csv,
     write_markdown,
 )
+from edgekd.bench._runtimes import fastest_by_batch, record_fastest, runtimes_table
 from edgekd.bench._schema import ComputePrecision, OrtOptLevel, OrtProvider
 from edgekd.cli._app import PANEL_BENCH, app
 from edgekd.cli._errors import print_warning
@@ -91,7 +92,7 @@ def run_cmd(
         typer.Option(
             "--backend",
             "-b",
-            help="Comma list of torch, ort, trt. Default: "
+            help="Comma list of torch, ort, trt, openvino, executorch. Default: "
             "what fits each artifact; unavailable ones are skipped with a "
             "reason (asked for explicitly: exit 5).",
             rich_help_panel=W,
@@ -226,6 +227,14 @@ def run_cmd(
         bool,
         typer.Option("--no-verify", help="Skip the bundle hash check (a warning is printed).", rich_help_panel=OUT),
     ] = False,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Store the fastest runtime per batch in each bundle (predict/serve default).",
+            rich_help_panel=OUT,
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Benchmark artifacts on backends, devices and batch sizes; exit 7 when a gate fails.
@@ -271,9 +280,16 @@ def run_cmd(
     show = json_out != "-"
     if show:
         console.print(results_table(report))
+        if (side := runtimes_table(report)) is not None:
+            console.print(side)
         for warning in noise_warnings(report):
             console.print(f"[yellow]warning:[/] {warning}")
     _write_outputs(report, json_out, csv_out, markdown_out)
+    for bundle in {r.artifact for r in report.results} if record else ():
+        if (Path(bundle) / "manifest.json").is_file() and any(
+            b.get("artifact") == bundle for b in fastest_by_batch(report)
+        ):
+            record_fastest(bundle, report)
     gate = check_gate(report, cfg.gate, enforce_it=False)
     if show and cfg.gate.baseline is not None:
         title = f"against {cfg.gate.baseline} (B/A > 1 is slower)"

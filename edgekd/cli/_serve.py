@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +35,22 @@ PrecisionOpt = Annotated[
     typer.Option(help="Which ONNX file of the bundle (default: its first: INT8 in a quantized bundle).",
                  rich_help_panel=_RUN, show_default=False),
 ]  # fmt: skip
-ThreadsOpt = Annotated[int, typer.Option(help="ONNX Runtime threads (0: one per physical core).", rich_help_panel=_RUN)]
+ThreadsOpt = Annotated[
+    int, typer.Option(help="Runtime threads (ORT, OpenVINO, ExecuTorch; 0: one per physical core).", rich_help_panel=_RUN)
+]
+
+
+class Runtime(str, Enum):
+    ORT = "ort"
+    OPENVINO = "openvino"
+    EXECUTORCH = "executorch"
+
+
+RuntimeOpt = Annotated[
+    Runtime | None,
+    typer.Option(help="What runs the bundle's file (default: the fastest `edgekd bench --record` stored, else ort).",
+                 rich_help_panel=_RUN, show_default=False),
+]
 NoVerifyOpt = Annotated[
     bool,
     typer.Option("--no-verify", help="Skip the bundle's hash and parity check (a warning is printed).",
@@ -56,6 +72,7 @@ def _model_line(info: ModelInfo) -> str:
     use = info.intended_use
     line += f"; intended use: {escape(use.describe()) if use is not None and not use.empty else 'not recorded'}"
     line += f"; out-of-distribution reference: {escape(info.ood_reference)}"
+    line += f"; runtime: {info.runtime} ({escape(info.runtime_source)})"
     return line
 
 
@@ -141,6 +158,7 @@ def predict_cmd(
         ),
     ] = None,  # fmt: skip
     threads: ThreadsOpt = 0,
+    runtime: RuntimeOpt = None,
     no_verify: NoVerifyOpt = False,
     allow_out_of_scope: AllowScopeOpt = False,
     json_out: JsonOpt = None,
@@ -159,7 +177,7 @@ def predict_cmd(
     res = predict(model, inputs or [], data=data, split=split, batch=batch, out=out, fhir=fhir, overwrite=overwrite,
                   precision=precision.value if precision else None, threshold=threshold, verify=not no_verify,
                   threads=threads, progress=not quiet and json_out != "-",
-                  allow_out_of_scope=allow_out_of_scope)  # fmt: skip
+                  allow_out_of_scope=allow_out_of_scope, runtime=runtime.value if runtime else None)  # fmt: skip
     _warn_unverified(res.model)
     if json_out != "-":
         console.print(_model_line(res.model))
@@ -189,6 +207,7 @@ def serve(
     ] = None,  # fmt: skip
     precision: PrecisionOpt = None,
     threads: ThreadsOpt = 0,
+    runtime: RuntimeOpt = None,
     no_verify: NoVerifyOpt = False,
     host: Annotated[
         str, typer.Option(help="Address to bind; any other than loopback needs --api-key.", rich_help_panel=_NET)
@@ -241,7 +260,7 @@ def serve(
                          max_body_mb=max_body_mb, api_key=api_key or None, fhir=fhir,
                          allow_out_of_scope=allow_out_of_scope, drain_s=drain_s).check()  # fmt: skip
     models = load_models(bundles, model_name=model_name, precision=precision.value if precision else None,
-                         verify=not no_verify, threads=threads)  # fmt: skip
+                         verify=not no_verify, threads=threads, runtime=runtime.value if runtime else None)  # fmt: skip
     for m in models.values():
         _warn_unverified(m.info)
         console.print(_model_line(m.info))

@@ -33,6 +33,17 @@ from edgekd.export._bundle import (
     preprocess_recipe,
     write_bundle,
 )
+from edgekd.export._executorch import (
+    EXECUTORCH_EXTRA,
+    add_executorch,
+    et_threads,
+    executorch_version,
+    export_pte,
+    load_pte,
+    require_executorch,
+    run_pte,
+    set_et_threads,
+)
 from edgekd.export._export import export_bundle, resolve_export_config
 from edgekd.export._formats import (
     CHECKS,
@@ -57,6 +68,15 @@ from edgekd.export._ood import (
     input_statistics,
     validate_bundle_file,
     validation_data,
+)
+from edgekd.export._openvino import (
+    OPENVINO_EXTRA,
+    add_openvino,
+    compile_openvino,
+    convert_to_openvino,
+    ov_config,
+    require_openvino,
+    run_openvino,
 )
 from edgekd.export._parity import (
     TOLERANCES,
@@ -142,6 +162,23 @@ __all__ = [
     "FileCheck",
     "VerifyResult",
     "FORMATS",
+    # OpenVINO and ExecuTorch files of a bundle
+    "add_openvino",
+    "convert_to_openvino",
+    "compile_openvino",
+    "run_openvino",
+    "ov_config",
+    "require_openvino",
+    "OPENVINO_EXTRA",
+    "add_executorch",
+    "export_pte",
+    "load_pte",
+    "run_pte",
+    "set_et_threads",
+    "et_threads",
+    "executorch_version",
+    "require_executorch",
+    "EXECUTORCH_EXTRA",
     "CHECKS",
     "SCHEMA_VERSION",
     "MANIFEST_FILE",

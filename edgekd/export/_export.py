@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,14 +27,14 @@ from torch import nn
 
 from edgekd._config import build_config
 from edgekd._io import check_output
-from edgekd.errors import VerificationError
+from edgekd.errors import InvalidInputError, VerificationError
 from edgekd.export._bundle import BundleFile, Reference, write_bundle
 from edgekd.export._formats import FORMATS, ExportConfig, FileJob, FormatKind, OutputJob
 from edgekd.export._lint import Finding, lint_errors, lint_onnx
 from edgekd.export._manifest import MANIFEST_FILE, Manifest
 from edgekd.export._ood import BundleCheck, validate_bundle_file, validation_data
 from edgekd.export._parity import make_samples, torch_logits
-from edgekd.modeldir import WEIGHTS_FILE, ModelCard, load_model_dir, sha256_file
+from edgekd.modeldir import WEIGHTS_FILE, ModelCard, atomic_dir, load_model_dir, sha256_file
 from edgekd.specs import current_command
 from edgekd.students import count_macs, count_params
 
@@ -189,6 +190,23 @@ def _output(
         return fmt.write(job)
 
 
+def _extend(source: Path, out: Path, cfg: ExportConfig, *, overwrite: bool, say: Callable[[str], None]) -> Manifest:
+    """A copy of the bundle ``source`` at ``out`` with the formats of ``cfg`` added (their ``extend`` writers)."""
+    fmts = [f for f in cfg.selected if f.name != "onnx"]
+    cannot = [f.name for f in fmts if f.extend is None]
+    if cannot or not fmts:
+        raise InvalidInputError(
+            f"{source} is a bundle: --format {','.join(cannot) or 'onnx'} needs a model directory",
+            "formats that can be added to a bundle: " + ", ".join(f.name for f in FORMATS.values() if f.extend),
+        )
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        for f in fmts:
+            manifest = f.extend(tmp, cfg, say)
+    say(f"bundle written: {out}")
+    return manifest
+
+
 def export_bundle(
     model_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -232,4 +250,6 @@ def export_bundle(
             f.requires()
     if fmt is not None:
         return _output(model_dir, out, cfg, overwrite=overwrite, command=command, say=say)
+    if (Path(model_dir) / MANIFEST_FILE).is_file():  # a bundle: add formats that can be made from one
+        return _extend(Path(model_dir), Path(out), cfg, overwrite=overwrite, say=say)
     return _files_bundle(model_dir, out, cfg, overwrite=overwrite, command=command, say=say)

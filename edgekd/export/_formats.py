@@ -37,10 +37,12 @@ from torch import nn
 from edgekd._config import StageConfig
 from edgekd.errors import InvalidInputError, VerificationError
 from edgekd.export._bundle import BundleFile
+from edgekd.export._executorch import add_executorch, require_executorch, write_executorch
 from edgekd.export._fp16 import to_fp16
 from edgekd.export._manifest import Manifest
 from edgekd.export._monai import export_monai_bundle, require_monai
 from edgekd.export._onnx import EXPORTERS, MAX_OPSET, MIN_OPSET, export_onnx
+from edgekd.export._openvino import add_openvino, require_openvino, write_openvino
 from edgekd.export._parity import ParityResult, Samples, parity_check
 from edgekd.export._tensorrt import build_engine, require_tensorrt, sidecar_path
 from edgekd.export._triton import export_triton
@@ -177,6 +179,9 @@ class ExportFormat:
             empty: it is exported alone.
         owns_out: outputs only: ``out`` is the output itself (checked like a bundle directory), not a folder it
             writes into.
+        extend: files only: adds the format to an existing bundle (``(bundle, cfg, say) -> Manifest``), so
+            ``edgekd export BUNDLE --format openvino`` converts a quantized bundle's files; None: from a model
+            directory only.
     """
 
     name: str
@@ -193,6 +198,7 @@ class ExportFormat:
     gpu: bool = False
     picks: tuple[str, ...] = ()
     owns_out: bool = True
+    extend: Callable[..., Manifest] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,10 +253,12 @@ def write_engine(job: FileJob) -> list[BundleFile]:
 
 def write_triton(job: OutputJob) -> Manifest:
     """A Triton model repository entry (:func:`~edgekd.export.export_triton`) of one ONNX file of the bundle:
-    the picked format's, else the bundle's first (INT8 for a quantized bundle; FP32 for one exported here)."""
+    the picked format's, else the bundle's first (INT8 for a quantized bundle; FP32 for one exported here); with
+    ``openvino`` picked, the bundle's OpenVINO IR for Triton's OpenVINO backend (``backend: "openvino"``)."""
     precision = job.pick.precision.value if job.pick and job.pick.precision else None
     if job.source is not None:
         precision = precision or Precision.FP32.value
+    backend = "openvino" if job.pick is not None and job.pick.name == "openvino" else "onnxruntime"
     return export_triton(
         job.bundle,
         job.out,
@@ -259,12 +267,24 @@ def write_triton(job: OutputJob) -> Manifest:
         overwrite=job.overwrite,
         source=job.source,
         log=job.say,
+        backend=backend,
     )
 
 
 def write_monai(job: OutputJob) -> Manifest:
     """A MONAI Bundle (:func:`~edgekd.export.export_monai_bundle`) with the bundle's ONNX files."""
     return export_monai_bundle(job.bundle, job.out, source=job.source, overwrite=job.overwrite, log=job.say)
+
+
+def extend_openvino(bundle: Path, cfg: ExportConfig, say: Callable[[str], None]) -> Manifest:
+    """``openvino`` on a bundle: IR of its FP32/INT8 ONNX files (:func:`~edgekd.export._openvino.add_openvino`)."""
+    return add_openvino(bundle, log=say)
+
+
+def extend_executorch(bundle: Path, cfg: ExportConfig, say: Callable[[str], None]) -> Manifest:
+    """``executorch`` on a bundle: programs of its source model, INT8 by PT2E for a PTQ bundle
+    (:func:`~edgekd.export._executorch.add_executorch`)."""
+    return add_executorch(bundle, max_batch=cfg.max_batch, log=say)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,12 +327,32 @@ FORMATS: dict[str, ExportFormat] = _table(
         gpu=True,
     ),
     ExportFormat(
+        "openvino",
+        FormatKind.FILE,
+        "OpenVINO IR (model.xml/.bin) of each FP32/INT8 ONNX graph",
+        write_openvino,
+        suffix=".xml",
+        extra="openvino",
+        requires=require_openvino,
+        extend=extend_openvino,
+    ),
+    ExportFormat(
+        "executorch",
+        FormatKind.FILE,
+        "ExecuTorch program (XNNPACK), dynamic batch up to max-batch",
+        write_executorch,
+        suffix=".pte",
+        extra="executorch",
+        requires=require_executorch,
+        extend=extend_executorch,
+    ),
+    ExportFormat(
         "triton",
         FormatKind.OUTPUT,
         "Triton model repository",
         write_triton,
         target="triton",
-        picks=("onnx", "onnx-fp16"),
+        picks=("onnx", "onnx-fp16", "openvino"),
         owns_out=False,
     ),
     ExportFormat(

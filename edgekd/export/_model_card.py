@@ -90,7 +90,7 @@ def _data_and_metrics(card: ModelCard) -> list[str]:
 def _files_and_parity(m: Manifest) -> list[str]:
     lines = ["## Files and parity", "", "| file | kind | precision | bytes |", "|---|---|---|---|"]
     lines += [f"| `{f.name}` | {f.kind} | {f.precision.value if f.precision else ''} | {f.bytes:,} |" for f in m.files]
-    lines += ["", "Parity with the PyTorch model (ONNX Runtime, CPU):", ""]
+    lines += ["", "Parity with the PyTorch model (each file in its own runtime, CPU):", ""]
     lines += [f"- {p.summary()} on {p.samples or 'samples'}" for p in m.parity] or ["- not checked"]
     lines += ["", "Run `edgekd verify <bundle>` to re-check every sha256 and re-run parity from `parity.npz`.", ""]
     return lines
@@ -156,8 +156,19 @@ def _how_to_run(m: Manifest) -> list[str]:
     ]
 
 
+def _other_runtimes(m: Manifest) -> list[str]:
+    """One section per runtime file added to the bundle (``extra.runtimes``: OpenVINO, ExecuTorch)."""
+    lines = []
+    runtimes = m.extra.get("runtimes", {}) if isinstance(m.extra, dict) else {}
+    for name, info in runtimes.items():
+        if isinstance(info, dict) and info.get("usage"):
+            files = ", ".join(f"`{f}`" for f in info.get("files", []))
+            lines += [f"## How to run it with {name} ({files})", "", "```python", info["usage"].rstrip(), "```", ""]
+    return lines
+
+
 def render_model_card(manifest: Manifest, card: ModelCard) -> str:
     """The Markdown text of ``MODEL_CARD.md``."""
     parts = [_overview(manifest, card), _data_and_metrics(card), _files_and_parity(manifest),
-             _use_and_limits(card, manifest), _how_to_run(manifest)]  # fmt: skip
+             _use_and_limits(card, manifest), _how_to_run(manifest), _other_runtimes(manifest)]  # fmt: skip
     return "\n".join(line for part in parts for line in part)

@@ -86,23 +86,51 @@ def _batched(inputs: list[TensorInfo]) -> bool:
     return all(t.shape and not (isinstance(t.shape[0], int) and t.shape[0] > 0) for t in inputs)
 
 
-def triton_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo], *, max_batch: int,
-                  max_queue_delay_us: int = 5000) -> str:  # fmt: skip
-    """The ``config.pbtxt`` text of an ONNX model for Triton's ONNX Runtime backend.
+BACKENDS = ("onnxruntime", "openvino")  # Triton backends a bundle's file is exported for
+
+
+def _openvino_parameters(threads: int) -> list[str]:
+    """The OpenVINO backend's parameters: one stream, latency hint, ``threads`` threads (as edgekd bench runs it)."""
+    values = {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
+    return [f'parameters: {{\n  key: "{k}"\n  value: {{ string_value: "{v}" }}\n}}' for k, v in values.items()]
+
+
+def triton_config(
+    name: str,
+    inputs: list[TensorInfo],
+    outputs: list[TensorInfo],
+    *,
+    max_batch: int,
+    max_queue_delay_us: int = 5000,
+    backend: str = "onnxruntime",
+    threads: int = 2,
+) -> str:
+    """The ``config.pbtxt`` text of a model for Triton's ONNX Runtime (``platform: onnxruntime_onnx``) or OpenVINO
+    backend (``backend: "openvino"``, with its ``NUM_STREAMS``, ``PERFORMANCE_HINT``, ``INFERENCE_NUM_THREADS``
+    parameters).
 
     A dynamic batch dimension (symbolic first dim of every input) gives ``max_batch_size: max_batch``, dims
     without the batch and ``dynamic_batching``; a static one gives ``max_batch_size: 0`` and full dims.
     """
     if max_batch < 1:
         raise InvalidInputError(f"max batch must be >= 1, got {max_batch}")
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"unknown Triton backend {backend!r}", f"use {', '.join(BACKENDS)}")
     batched = _batched(inputs)
-    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', 'backend: "onnxruntime"',
+    head = (
+        ['platform: "onnxruntime_onnx"', 'backend: "onnxruntime"']
+        if backend == "onnxruntime"
+        else ['backend: "openvino"']
+    )
+    lines = [f'name: "{name}"', *head,
              f"max_batch_size: {max_batch if batched else 0}",
              "version_policy: { latest: { num_versions: 1 } }",
              "input [\n" + ",\n".join(_tensor(t, batched) for t in inputs) + "\n]",
              "output [\n" + ",\n".join(_tensor(t, batched, labels=i == 0) for i, t in enumerate(outputs)) + "\n]"]  # fmt: skip
     if batched:
         lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}")
+    if backend == "openvino":
+        lines += _openvino_parameters(threads)
     return "\n".join(lines) + "\n"
 
 
@@ -123,17 +151,20 @@ def parse_triton_config(text: str) -> Any | None:
         raise InvalidInputError(f"invalid Triton config.pbtxt: {e}") from e
 
 
-def _pick(m: Manifest, precision: str | None, bundle: Path) -> str:
-    onnx_files = [f for f in m.model_files() if f.kind == "onnx"]
+def _pick(m: Manifest, precision: str | None, bundle: Path, kind: str = "onnx") -> str:
+    onnx_files = [f for f in m.model_files() if f.kind == kind]
     if not onnx_files:
-        raise ArtifactError(f"bundle {bundle} has no ONNX file", "Triton's ONNX Runtime backend needs one")
+        hint = "add one: edgekd export BUNDLE --format openvino" if kind == "openvino" else "re-export it"
+        raise ArtifactError(f"bundle {bundle} has no {kind} file for this Triton backend", hint)
     if precision is None:
         return onnx_files[0].name
     for f in onnx_files:
         if (f.precision.value if f.precision else "fp32") == precision:
             return f.name
     have = ", ".join(sorted((f.precision.value if f.precision else "fp32") for f in onnx_files))
-    raise InvalidInputError(f"bundle {bundle} has no {precision} ONNX file", f"it has: {have}")
+    raise InvalidInputError(
+        f"bundle {bundle} has no {precision} {'ONNX' if kind == 'onnx' else kind} file", f"it has: {have}"
+    )
 
 
 def _check_target(repo: Path, target: Path, overwrite: bool) -> None:
@@ -160,8 +191,10 @@ def export_triton(
     overwrite: bool = False,
     source: str | None = None,
     log: Callable[[str], None] | None = None,
+    backend: str = "onnxruntime",
+    threads: int = 2,
 ) -> Manifest:
-    """Write ``out/NAME/`` (a Triton model repository entry) from one ONNX file of a bundle.
+    """Write ``out/NAME/`` (a Triton model repository entry) from one model file of a bundle.
 
     Args:
         bundle: a bundle from ``edgekd export`` or ``edgekd quantize`` (FP32, FP16 or INT8 files).
@@ -174,6 +207,9 @@ def export_triton(
         overwrite: replace an earlier ``out/NAME`` written by edgekd (never other folders).
         source: what to record as the source (default: ``bundle``).
         log: called with one line per step.
+        backend: ``onnxruntime`` (``1/model.onnx``) or ``openvino`` (the bundle's OpenVINO IR as ``1/model.xml`` +
+            ``1/model.bin``, ``backend: "openvino"``).
+        threads: the OpenVINO backend's ``INFERENCE_NUM_THREADS``.
 
     Returns:
         The bundle's manifest narrowed to the exported file, with ``target="triton"`` and the repository
@@ -194,10 +230,20 @@ def export_triton(
     if verify:
         verify_bundle(root)
         say(f"bundle {root} verified")
-    file = _pick(m, precision, root)
+    kind = "openvino" if backend == "openvino" else "onnx"
+    file = _pick(m, precision, root, kind)
     entry = next(f for f in m.files if f.name == file)
-    inputs, outputs = onnx_io(root / file)
-    text = triton_config(name, inputs, outputs, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us)
+    io_file = _pick(m, entry.precision.value if entry.precision else "fp32", root) if kind == "openvino" else file
+    inputs, outputs = onnx_io(root / io_file)  # an IR is converted from the ONNX file of its precision: same IO
+    text = triton_config(
+        name,
+        inputs,
+        outputs,
+        max_batch=max_batch,
+        max_queue_delay_us=max_queue_delay_us,
+        backend=backend,
+        threads=threads,
+    )
     parsed = parse_triton_config(text)
     info = {
         "repository": str(repo),
@@ -205,6 +251,7 @@ def export_triton(
         "path": str(target),
         "config": str(target / "config.pbtxt"),
         "file": file,
+        "backend": backend,
         "precision": entry.precision.value if entry.precision else "fp32",
         "sha256": entry.sha256,
         "max_batch_size": max_batch if _batched(inputs) else 0,
@@ -215,7 +262,11 @@ def export_triton(
     }  # fmt: skip
     with atomic_dir(target, overwrite=True) as tmp:  # existence and ownership were checked above
         (tmp / "1").mkdir()
-        shutil.copyfile(root / file, tmp / "1" / "model.onnx")
+        if kind == "openvino":  # the backend's default model file name is model.xml (+ model.bin beside it)
+            shutil.copyfile(root / file, tmp / "1" / "model.xml")
+            shutil.copyfile((root / file).with_suffix(".bin"), tmp / "1" / "model.bin")
+        else:
+            shutil.copyfile(root / file, tmp / "1" / "model.onnx")
         (tmp / "config.pbtxt").write_text(text)
         (tmp / LABELS_TXT).write_text("".join(f"{label}\n" for label in m.label_names))
         for extra in (PREPROCESS_FILE, MODEL_CARD_FILE, LABELS_FILE):

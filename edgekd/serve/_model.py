@@ -29,12 +29,14 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 from edgekd.data import Preprocess, Task
@@ -45,10 +47,13 @@ from edgekd.export import (
     Manifest,
     TensorInfo,
     check_isa,
+    compile_openvino,
     feature_session,
     feature_tensor,
+    load_pte,
     onnx_io,
     read_manifest,
+    run_pte,
     safe_model_name,
     verify_bundle,
 )
@@ -60,6 +65,7 @@ from edgekd.specs import IntendedUse, ScopeCheck
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "RUNTIMES",
     "LoadedModel",
     "ModelInfo",
     "Prediction",
@@ -95,6 +101,8 @@ class ModelInfo:
         verified: whether the bundle's hashes and parity were checked at load time.
         intended_use: what the model is meant to classify (None: not recorded).
         ood_reference: the out-of-distribution reference used, or why there is none.
+        runtime: what runs the file: ``ort``, ``openvino``, ``executorch`` (``torch`` for a model directory).
+        runtime_source: why that runtime (given, the fastest the bundle records, or the default).
     """
 
     name: str
@@ -112,6 +120,8 @@ class ModelInfo:
     verified: bool
     intended_use: IntendedUse | None = None
     ood_reference: str = "none"
+    runtime: str = "ort"
+    runtime_source: str = "default"
 
     def to_json(self) -> dict[str, Any]:
         use = self.intended_use.model_dump(mode="json") if self.intended_use is not None else None
@@ -301,6 +311,64 @@ def _pick_file(m: Manifest, precision: str | None, root: Path) -> tuple[str, str
     return f.name, f.precision.value if f.precision else "fp32"
 
 
+RUNTIMES = ("ort", "openvino", "executorch")
+_RUNTIME_KIND = {"openvino": "openvino", "executorch": "executorch"}
+
+
+def _pick_runtime(m: Manifest, runtime: str | None) -> tuple[str, str]:
+    """The runtime asked for, else the fastest at batch 1 that ``edgekd bench --record`` stored, else ort."""
+    if runtime is not None:
+        if runtime not in RUNTIMES:
+            raise InvalidInputError(f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")
+        return runtime, "given"
+    fastest = m.extra.get("fastest_runtime") if isinstance(m.extra, dict) else None
+    by_batch = fastest.get("by_batch", {}) if isinstance(fastest, dict) else {}
+    best = by_batch.get("1") or (by_batch[min(by_batch, key=int)] if by_batch else None)
+    if isinstance(best, dict) and best.get("runtime") in RUNTIMES:
+        return str(best["runtime"]), f"the fastest measured at batch 1 on {fastest.get('cpu', 'this bundle')}"
+    return "ort", "default: the bundle records no measured fastest runtime"
+
+
+def _runtime_file(m: Manifest, runtime: str, precision: str, root: Path) -> str:
+    kind = _RUNTIME_KIND[runtime]
+    files = [f for f in m.model_files() if f.kind == kind]
+    f = next((f for f in files if (f.precision.value if f.precision else "fp32") == precision), None)
+    if f is None:
+        have = ", ".join(g.name for g in files) or "none"
+        raise InvalidInputError(f"bundle {root} has no {precision} {runtime} file (it has: {have})",
+                                f"add one: edgekd export {root} --format {runtime} --out NEW_BUNDLE")
+    return f.name
+
+
+def _runtime_runner(m: Manifest, runtime: str, path: Path, threads: int, session: Any, features: str | None
+                    ) -> InferFn:
+    """Logits from OpenVINO / ExecuTorch; the OOD features (when the reference has a feature space) from the
+    bundle's verified ONNX graph of the same precision in ONNX Runtime, so the score is the ORT server's."""
+    lock = threading.Lock()  # an infer request / method runs one call at a time
+    if runtime == "openvino":
+        request = compile_openvino(path, threads=threads or psutil.cpu_count(logical=False) or 1).create_infer_request()
+
+        def logits(x: np.ndarray) -> np.ndarray:
+            return np.array(request.infer({0: x})[0], dtype=np.float32)
+    else:
+        program = load_pte(path, threads=threads or None)
+        info = m.extra.get("runtimes", {}).get("executorch", {})
+        bound = int(info.get("max_batch") or 1)
+
+        def logits(x: np.ndarray) -> np.ndarray:
+            return run_pte(program, x, bound)
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        x = np.ascontiguousarray(next(iter(feeds.values())), dtype=np.float32)
+        with lock:
+            out = [logits(x)]
+        if features is not None:
+            out.append(session.run([features], feeds)[0])
+        return out
+
+    return run
+
+
 def _read_preprocess(root: Path) -> Preprocess:
     path = root / PREPROCESS_FILE
     raw = read_json(path, "re-export the bundle")
@@ -311,7 +379,7 @@ def _read_preprocess(root: Path) -> Preprocess:
 
 
 def _load_bundle(root: Path, *, name: str | None, precision: str | None, threshold: float | None, verify: bool,
-                 threads: int) -> LoadedModel:  # fmt: skip
+                 threads: int, runtime: str | None = None) -> LoadedModel:
     if verify:
         verify_bundle(root)  # VerificationError (exit 6) on any modified file or failed parity
     m = read_manifest(root)
@@ -326,13 +394,21 @@ def _load_bundle(root: Path, *, name: str | None, precision: str | None, thresho
     reference, why = _bundle_reference(root, m)
     features = feature_tensor(root / file) if reference is not None and "features" in reference.spaces else None
     session = feature_session(root / file, features, threads=threads)
+    runtime, runtime_src = _pick_runtime(m, runtime)
+    runner: InferFn = lambda feeds: session.run(None, feeds)  # noqa: E731
+    if runtime != "ort":
+        onnx_file, file = file, _runtime_file(m, runtime, prec, root)
+        sha = next(f.sha256 for f in m.files if f.name == file)
+        runner = _runtime_runner(m, runtime, root / file, threads, session, features)
+        runtime_src += f"; IO, OOD features from {onnx_file}"
     pre = _read_preprocess(root)
     scorer = OODScorer.load(reference, pre, where=f"{root.name}/drift_reference.npz")
     info = ModelInfo(name=name or safe_model_name(m.name), architecture=m.name, source=str(root), kind="bundle",
                      file=file, precision=prec, sha256=sha, version=m.created, task=m.task,
                      labels=tuple(m.label_names), threshold=t, threshold_source=t_src, verified=verify,
-                     intended_use=m.intended_use, ood_reference=scorer.description if scorer else f"none: {why}")  # fmt: skip
-    return LoadedModel(info, pre, inputs, outputs, lambda feeds: session.run(None, feeds),
+                     intended_use=m.intended_use, ood_reference=scorer.description if scorer else f"none: {why}",
+                     runtime=runtime, runtime_source=runtime_src)  # fmt: skip
+    return LoadedModel(info, pre, inputs, outputs, runner,
                        has_features=features is not None, ood=scorer, intended_use=m.intended_use)  # fmt: skip
 
 
@@ -382,8 +458,9 @@ def load_model(
     threshold: float | None = None,
     verify: bool = True,
     threads: int = 0,
+    runtime: str | None = None,
 ) -> LoadedModel:
-    """Load a bundle (ONNX Runtime) or a model directory (PyTorch) for inference.
+    """Load a bundle (ONNX Runtime, OpenVINO or ExecuTorch) or a model directory (PyTorch) for inference.
 
     Args:
         path: a bundle written by ``edgekd export`` / ``edgekd quantize``, or a model directory.
@@ -391,7 +468,10 @@ def load_model(
         precision: ``fp32``, ``fp16`` or ``int8``: which ONNX file of the bundle (default: its first).
         threshold: override the operating threshold of a binary task.
         verify: check the bundle's hashes and stored parity first (``False``: reported as unverified).
-        threads: ONNX Runtime intra-op threads (0: its default, one per physical core).
+        threads: ONNX Runtime intra-op threads (0: its default, one per physical core); also OpenVINO's and
+            ExecuTorch's (0: physical cores / ExecuTorch's pool as it is).
+        runtime: ``ort``, ``openvino`` or ``executorch``: which runtime runs the bundle's file of ``precision``
+            (default: the fastest at batch 1 that ``edgekd bench --record`` stored in the bundle, else ort).
 
     Raises:
         VerificationError: a modified or damaged bundle (exit 6).
@@ -406,10 +486,12 @@ def load_model(
                                 f"{safe_model_name(name)!r}")  # fmt: skip
     if is_bundle(root):
         return _load_bundle(root, name=name, precision=precision, threshold=threshold, verify=verify,
-                            threads=threads)  # fmt: skip
+                            threads=threads, runtime=runtime)
     if root.is_dir() and is_model_dir(root):
         if precision not in (None, "fp32"):
             raise InvalidInputError(f"{root} is a model directory (fp32)", "export or quantize it to a bundle first")
+        if runtime not in (None, "ort"):
+            raise InvalidInputError(f"{root} is a model directory: it runs in PyTorch", "export it to a bundle first")
         return _load_model_dir(root, name=name, threshold=threshold)
     if not root.exists():
         raise ArtifactError(f"{root} does not exist", "pass a bundle directory or a model directory")

@@ -270,6 +270,7 @@ def predict(
     threads: int = 0,
     progress: bool = True,
     allow_out_of_scope: bool = False,
+    runtime: str | None = None,
 ) -> PredictResult:
     """Classify images with a bundle (ONNX Runtime) or a model directory (PyTorch) and optionally write them.
 
@@ -281,7 +282,7 @@ def predict(
         out: write the results here (``.csv``, ``.json``, ``.ndjson``); checked before any work.
         fhir: write FHIR ``DiagnosticReport`` s instead (needs ``fhir.resources``).
         overwrite: replace an existing ``out``.
-        precision, threshold, verify, threads: see :func:`~edgekd.serve.load_model`.
+        precision, threshold, verify, threads, runtime: see :func:`~edgekd.serve.load_model`.
         progress: a progress bar on stderr for long runs.
         allow_out_of_scope: answer DICOM inputs outside the model's intended use (flagged) instead of refusing
             them; objects that are no image are refused whatever this says.
@@ -310,7 +311,7 @@ def predict(
     if fhir:
         require_fhir()
     loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, precision=precision, threshold=threshold, verify=verify, threads=threads)  # fmt: skip
+        model, precision=precision, threshold=threshold, verify=verify, threads=threads, runtime=runtime)
     res = PredictResult(model=loaded.info)
     channels = loaded.preprocess.data_channels
     files = collect_inputs(list(inputs))

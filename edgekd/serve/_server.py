@@ -363,7 +363,7 @@ def _split_named(given: str) -> tuple[str | None, str]:
 
 
 def load_models(bundles: Sequence[str], *, model_name: str | None = None, precision: str | None = None,
-                verify: bool = True, threads: int = 0) -> dict[str, LoadedModel]:  # fmt: skip
+                verify: bool = True, threads: int = 0, runtime: str | None = None) -> dict[str, LoadedModel]:
     """Load the bundles to serve, each under its name (``NAME=BUNDLE``, ``model_name`` or the bundle's own).
 
     Raises:
@@ -380,7 +380,8 @@ def load_models(bundles: Sequence[str], *, model_name: str | None = None, precis
         if not is_bundle(path):
             hint = "export it first: edgekd export DIR --out BUNDLE" if Path(path).is_dir() else "check the path"
             raise ArtifactError(f"{path} is not a bundle (no manifest.json)", hint)
-        m = load_model(path, name=name or model_name, precision=precision, verify=verify, threads=threads)
+        m = load_model(path, name=name or model_name, precision=precision, verify=verify, threads=threads,
+                       runtime=runtime)
         if m.info.name in models:
             raise InvalidInputError(f"two bundles would both be served as {m.info.name!r}", "name them: NAME=BUNDLE")
         models[m.info.name] = m
