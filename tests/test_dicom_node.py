@@ -277,7 +277,7 @@ def test_a_chest_cr_is_answered_by_an_sr_in_its_study_that_dciodvfy_accepts(node
     assert sr.StudyInstanceUID == src.StudyInstanceUID and sr.SeriesInstanceUID != src.SeriesInstanceUID
     assert sr.SOPInstanceUID.startswith("2.25.") and sr.SeriesInstanceUID.startswith("2.25.")
     assert referenced_instances(sr) == {src.SOPInstanceUID}
-    assert sr.PatientID == src.PatientID and not sr.PatientBirthDate and not sr.PatientSex
+    assert not sr.PatientID and not sr.PatientName and not sr.PatientBirthDate and not sr.PatientSex
     assert "InstitutionName" not in sr and sr.PreliminaryFlag == "PRELIMINARY" and sr.VerificationFlag == "UNVERIFIED"
     [path] = sorted(set(folder.iterdir()) - before)
     assert dciodvfy_errors(path) == []
@@ -554,10 +554,16 @@ def test_the_sr_copies_no_patient_data_beyond_the_study_reference(model):
     assert not sr.PatientBirthDate and not sr.PatientSex and not sr.ReferringPhysicianName
     for tag in ("InstitutionName", "OtherPatientIDs", "PatientAddress"):
         assert tag not in sr
-    assert sr.PatientID == src.PatientID and sr.StudyInstanceUID == src.StudyInstanceUID
+    assert sr.StudyInstanceUID == src.StudyInstanceUID and not sr.PatientID and not sr.PatientName
+    assert not sr.AccessionNumber
     text = str(sr)
-    for value in ("19700101", "St Elsewhere", "Dr^Who", "X123", "1 Main St"):
+    for value in ("19700101", "St Elsewhere", "Dr^Who", "X123", "1 Main St", str(src.PatientName), src.PatientID):
         assert value not in text
+    # opt-in (--copy-patient-identity): a PACS that files results by patient gets the name and ID, nothing more
+    uids = ResultUIDs(uuid_uid(), uuid_uid("s"), patient_identity=True)
+    [sr] = classification_sr(src, refusal, model.info, uids)
+    assert sr.PatientID == src.PatientID and sr.PatientName == src.PatientName
+    assert not sr.PatientBirthDate and "OtherPatientIDs" not in sr and "X123" not in str(sr)
 
 
 def test_a_busy_destination_is_retried_and_a_refusing_one_leaves_the_result_in_failed(model, tmp_path):

@@ -72,6 +72,15 @@ def dicom_node(
     threads: ThreadsOpt = 0,
     no_verify: NoVerifyOpt = False,
     allow_out_of_scope: AllowScopeOpt = False,
+    copy_patient_identity: Annotated[
+        bool,
+        typer.Option(
+            "--copy-patient-identity",
+            help="Results carry the source's Patient Name, Patient ID and Accession Number (for a PACS that files "
+            "results by patient); by default they are empty and the study is referenced by its UID.",
+            rich_help_panel=_OUT,
+        ),
+    ] = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Listen for DICOM images (C-STORE, and C-ECHO) and answer each with a Comprehensive SR in the same study:
@@ -97,6 +106,7 @@ def dicom_node(
         batch=batch,
         allow_out_of_scope=allow_out_of_scope,
         keep_sent=keep_sent,
+        copy_patient_identity=copy_patient_identity,
     ).check()
     model = load_model(bundle, precision=precision.value if precision else None, verify=not no_verify, threads=threads)
     _warn_unverified(model.info)

@@ -170,6 +170,8 @@ class NodeConfig:
         retry_s, retry_max_s: first and largest delivery back-off.
         allow_out_of_scope: analyse (and flag) images outside the intended use instead of refusing them.
         keep_sent: keep delivered results in ``outbox/sent`` (else they are deleted).
+        copy_patient_identity: results carry the source's Patient Name, Patient ID and Accession Number (for a
+            PACS that files results by patient); by default they are empty and the study is referenced by its UID.
     """
 
     host: str = "127.0.0.1"
@@ -189,6 +191,7 @@ class NodeConfig:
     retry_max_s: float = 300.0
     allow_out_of_scope: bool = False
     keep_sent: bool = False
+    copy_patient_identity: bool = False
 
     def check(self) -> NodeConfig:
         check_ae_title(self.ae_title)
@@ -552,6 +555,7 @@ class DicomNode:
                 ),
                 series_instance_uid=uuid_uid("series", info.sha256, name, study),
                 instance_number=_instance_number(job.stem),
+                patient_identity=self.config.copy_patient_identity,
             )
             for i, ds in enumerate(RESULT_WRITERS.get(name)(source, outcome, info, uids)):
                 buf = io.BytesIO()

@@ -32,9 +32,10 @@ kind, the reason and the disclaimer, and no finding.
 References and identity: the SR is in the source's study (same Study Instance UID) in a new series, references
 the source instance (SOP Class + Instance UID, in the measurement group's source image and the evidence
 sequence), and gets new UIDs that the caller derives from UUIDs (``2.25.<uuid>``, :func:`uuid_uid`). Of the
-source's header it copies only :data:`REFERENCE_TAGS`: the study's identity (so a PACS files it in the study)
-and the patient name and ID (so it files it with the patient); birth date, sex and every other patient,
-institution, physician and device attribute is absent or empty. Codes private to edgekd use the scheme
+source's header it copies only :data:`REFERENCE_TAGS`: the study's identity (so a PACS files it in the study).
+The patient name, patient ID, accession number and study ID are written empty (Type 2) unless the node is told to copy
+them (``--copy-patient-identity``, for a PACS that files results by patient); birth date, sex and every other
+patient, institution, physician and device attribute is absent or empty. Codes private to edgekd use the scheme
 ``99EDGEKD``.
 
 Example:
@@ -71,18 +72,12 @@ __all__ = [
     "writers_for",
 ]
 
-# The source header attributes a result carries: study identity, and the patient name and ID a PACS files it
-# under. Type 2 attributes absent from the source are written empty.
-REFERENCE_TAGS = (
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "PatientName",
-    "PatientID",
-    "SpecificCharacterSet",
-)
+# The source header attributes a result carries: the study's identity (its UID references the study). Type 2
+# attributes absent from the source are written empty.
+REFERENCE_TAGS = ("StudyInstanceUID", "StudyDate", "StudyTime", "SpecificCharacterSet")
+# The patient's identifiers, copied only when asked (``ResultUIDs.patient_identity``, ``--copy-patient-identity``:
+# a PACS that files results by patient rather than by Study Instance UID); by default written empty (Type 2).
+IDENTITY_TAGS = ("PatientName", "PatientID", "AccessionNumber", "StudyID")
 _EMPTY_TAGS = ("PatientBirthDate", "PatientSex", "ReferringPhysicianName")
 _SCHEME = "99EDGEKD"
 _NAMESPACE = uuid.UUID("9f1c3c52-3b8e-5d7a-a4de-6a1b0d6c2e27")  # edgekd's namespace for name-based UUIDs
@@ -128,6 +123,8 @@ class ResultUIDs:
     sop_instance_uid: str
     series_instance_uid: str
     instance_number: int = 1
+    # copy the source's Patient Name and ID, Accession Number and Study ID (:data:`IDENTITY_TAGS`); else empty
+    patient_identity: bool = False
 
 
 ResultWriter = Callable[[Any, Outcome, ModelInfo, ResultUIDs], list[Any]]
@@ -152,13 +149,15 @@ def writers_for(task: Task | str) -> tuple[str, ...]:
     return names
 
 
-def reference_header(source: Any) -> Any:
+def reference_header(source: Any, *, patient_identity: bool = False) -> Any:
     """A dataset with only what a result needs of its source: :data:`REFERENCE_TAGS`, the source's SOP Class,
-    SOP Instance and Series Instance UIDs (for the references), and the Type 2 patient attributes left empty."""
+    SOP Instance and Series Instance UIDs (for the references), the patient's :data:`IDENTITY_TAGS` only when
+    ``patient_identity``, and the other Type 2 patient attributes left empty."""
     from pydicom import Dataset
 
     ref = Dataset()
-    for tag in (*REFERENCE_TAGS, "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
+    copied = (*REFERENCE_TAGS, *(IDENTITY_TAGS if patient_identity else ()))
+    for tag in (*copied, "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
         if tag in source:
             ref[tag] = source[tag]
     for tag in ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "PatientName", "PatientID", *_EMPTY_TAGS):
@@ -282,7 +281,7 @@ def classification_sr(source: Any, outcome: Outcome, info: ModelInfo, uids: Resu
     hd = require_highdicom()
     from pydicom.sr.codedict import codes
 
-    ref = reference_header(source)
+    ref = reference_header(source, patient_identity=uids.patient_identity)
     observer, algo = _device(info)
     comments: list[Any] = []
     if outcome.prediction is not None:
