@@ -196,8 +196,8 @@ def check_output(
     return out
 
 
-def _check_parent_writable(out: Path, flag: str) -> None:
-    for parent in [out, *out.parents]:
+def _check_parent_writable(out: Path, flag: str, *, parents_only: bool = False) -> None:
+    for parent in [*([] if parents_only else [out]), *out.parents]:
         if not parent.exists():
             continue
         if not parent.is_dir():
@@ -207,14 +207,33 @@ def _check_parent_writable(out: Path, flag: str) -> None:
         return
 
 
-def check_report_path(path: str | os.PathLike | None, flag: str = "--json") -> None:
-    """A report file (``--json``, ``--csv``...) must be writable: refused before any work if it is a folder."""
+def check_report_path(
+    path: str | os.PathLike | None,
+    flag: str = "--json",
+    *,
+    overwrite: bool = False,
+    inputs: tuple[str | os.PathLike | None, ...] = (),
+) -> None:
+    """A report file (``--json``, ``--csv``...) must be writable, before any work starts.
+
+    Refused: a folder; an existing file unless ``overwrite`` (a report never replaces a file silently); an input
+    of the command, even with ``overwrite``; a parent that is a file or cannot be written.
+
+    Raises:
+        InvalidInputError: a folder, an existing file without ``overwrite``, an input (exit 3).
+        ArtifactError: a parent is a regular file or is not writable (4).
+    """
     if path is None or str(path) == "-":
         return
     p = Path(path)
     if p.is_dir():
         raise InvalidInputError(f"{flag} {p} is a folder", f"give {flag} a file name, e.g. {p / 'report.json'}")
-    _check_parent_writable(p, flag)
+    for given in inputs:
+        if given is not None and Path(given).exists() and p.exists() and p.resolve() == Path(given).resolve():
+            raise InvalidInputError(f"{flag} {p} is an input of this command", f"choose another {flag}")
+    if p.exists() and not overwrite:
+        raise InvalidInputError(f"{flag} {p} already exists", f"choose another {flag}, or pass --overwrite to replace it")
+    _check_parent_writable(p, flag, parents_only=True)
 
 
 def replace_dir(src: Path, target: Path) -> None:

@@ -34,7 +34,16 @@ from edgekd.bench._runtimes import fastest_by_batch, record_fastest, runtimes_ta
 from edgekd.bench._schema import ComputePrecision, OrtOptLevel, OrtProvider
 from edgekd.cli._app import PANEL_BENCH, app
 from edgekd.cli._errors import print_warning
-from edgekd.cli._options import ConfigOpt, JsonOpt, QuietOpt, cli_config, console, default_text, emit_json
+from edgekd.cli._options import (
+    ConfigOpt,
+    JsonOpt,
+    QuietOpt,
+    ReportOverwriteOpt,
+    cli_config,
+    console,
+    default_text,
+    emit_json,
+)
 
 __all__ = ["bench_app"]
 
@@ -193,6 +202,7 @@ def run_cmd(
     ] = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
+    overwrite: ReportOverwriteOpt = False,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write CSV.", rich_help_panel=OUT)] = None,
     markdown_out: Annotated[
         Path | None, typer.Option("--markdown", help="Also write a Markdown table.", rich_help_panel=OUT)
@@ -245,8 +255,8 @@ def run_cmd(
     Example: edgekd bench runs/teacher runs/student --batch 1,32 --json bench.json --baseline base.json --max-regression 10%
     """
 
-    for path in (json_out, csv_out, markdown_out):
-        check_report_path(path)
+    for flag, path in (("--json", json_out), ("--csv", csv_out), ("--markdown", markdown_out)):
+        check_report_path(path, flag, overwrite=overwrite, inputs=(baseline, config))
     flags = {
         "backend": backend,
         "device": device,
@@ -319,12 +329,14 @@ def compare_cmd(
     ] = None,
     min_abs_ms: Annotated[float, typer.Option(help="Absolute noise floor for a regression.", rich_help_panel=G)] = 0.05,
     json_out: JsonOpt = None,
+    overwrite: ReportOverwriteOpt = False,
 ) -> None:
     """Side-by-side p50/p90 of two benchmark reports with B/A ratios; optionally a regression gate.
 
     Example: edgekd bench compare base.json new.json --max-regression 10%
     """
 
+    check_report_path(json_out, overwrite=overwrite, inputs=(base, new))
     threshold = parse_fraction(max_regression) if max_regression is not None else 0.10
     comps = compare_reports(load_report(base), load_report(new), max_regression=threshold, min_abs_ms=min_abs_ms)
     if json_out != "-":

@@ -192,7 +192,7 @@ def distill(
     """
     if nproc > 1 and not under_launcher():
         launch_nproc(nproc, sys.argv[1:])  # re-runs this command under torch.distributed.run
-    check_report_path(json_out)
+    check_report_path(json_out, overwrite=overwrite)
     flags = {k: v for k, v in locals().items() if k not in DISTILL_NOT_CONFIG | {"ctx"}}
     settings = cli_config(ctx, DistillConfig, config, flags, DISTILL_FIELDS)
     if not settings.teachers:

@@ -127,7 +127,7 @@ def export(
     Example: edgekd export runs/student --format onnx,onnx-fp16 --check tensorrt --out bundles/student
     """
 
-    check_report_path(json_out)
+    check_report_path(json_out, overwrite=overwrite)
     flags = {
         "format": format,
         "opset": opset,

@@ -26,6 +26,7 @@ from edgekd.cli._options import (
     OutOpt,
     OverwriteOpt,
     QuietOpt,
+    ReportOverwriteOpt,
     SeedOpt,
     SelectMetricOpt,
     WarmupEpochsOpt,
@@ -67,7 +68,7 @@ def label(
 
     Example: edgekd label runs/teacher_a runs/teacher_b --data folder:/data/unlabeled --min-confidence 0.8 --out labels.npz
     """
-    check_report_path(json_out)
+    check_report_path(json_out, overwrite=overwrite)
     report = label_images([str(t) for t in teachers], data, out, weights=teacher_weight, min_confidence=min_confidence,
                           split=split, batch_size=batch_size, device=device, overwrite=overwrite,
                           progress=not quiet)  # fmt: skip
@@ -129,7 +130,7 @@ def update(
 
     Example: edgekd update runs/site_a --data imagefolder:/data/site_b --lwf --lwf-weight 1 --epochs 5 --out runs/site_b
     """
-    check_report_path(json_out)
+    check_report_path(json_out, overwrite=overwrite)
     keys = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
             "class_weighting", "augment", "seed", "device", "select_metric", "max_steps_per_epoch")  # fmt: skip
     values = locals()
@@ -160,6 +161,7 @@ def drift(
     ] = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = None,
+    overwrite: ReportOverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Compare new images with the model's reference statistics: distances, confidence, class mix.
@@ -169,7 +171,7 @@ def drift(
 
     Example: edgekd drift runs/student --data folder:/data/new_scanner --fail-above 0.05 --json drift.json
     """
-    check_report_path(json_out)
+    check_report_path(json_out, overwrite=overwrite)
     report = check_drift(model_dir, data, split=split, threshold=fail_above, reference_data=reference_data, seed=seed)
     if not quiet and json_out != "-":
         colour = "red" if report.drift else "green"

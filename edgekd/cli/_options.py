@@ -39,6 +39,7 @@ __all__ = [
     "default_text",
     "NOT_CONFIG",
     "OverwriteOpt",
+    "ReportOverwriteOpt",
 ]
 
 console = Console(highlight=False, width=log_width(sys.stdout))
@@ -101,6 +102,16 @@ C = TypeVar("C", bound=StageConfig)
 
 # Options of the config-building commands that are no key of their config: where the output goes, how it is
 # shown, the config file itself, and how the run is launched (`nproc` re-runs the command under torchrun).
+# For commands whose only outputs are report files (--json, --csv...): an existing one is replaced only when asked.
+ReportOverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace report files (--json, --csv, --markdown) that already exist (never an input).",
+        rich_help_panel="Output",
+    ),
+]
+
 NOT_CONFIG = frozenset({"out", "overwrite", "config", "json_out", "quiet", "nproc"})
 
 

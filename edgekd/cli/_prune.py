@@ -146,7 +146,7 @@ def prune(
     Example: edgekd prune runs/student --config prune.yaml --steps 3 --out runs/student-pruned   (flags override
     the file; its keys are PruneConfig's: importance, target: {macs: 0.5}, train: {lr: 0.001}, ...)
     """
-    check_report_path(json_out)
+    check_report_path(json_out, overwrite=overwrite)
     flags = {k: v for k, v in locals().items() if k not in PRUNE_NOT_CONFIG | {"ctx"}}
     cfg = cli_config(ctx, PruneConfig, config, {**flags, "keep": _csv(keep)}, section="prune")
     latency = LATENCY_FNS[cfg.target.backend or LatencyBackend.ORT]

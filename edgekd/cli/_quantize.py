@@ -101,7 +101,7 @@ def quantize(
     Example: edgekd quantize runs/student --config quantize.yaml --method qat --out bundles/int8-qat   (flags
     override the file; its keys are QuantizeConfig's: method, calibration, train: {lr: 0.0001}, ...)
     """
-    check_report_path(json_out)
+    check_report_path(json_out, overwrite=overwrite)
     flags = {k: v for k, v in locals().items() if k not in QUANTIZE_NOT_CONFIG | {"ctx"}}
     cfg = cli_config(ctx, QuantizeConfig, config, flags)
     result = quantize_model_dir(

@@ -52,7 +52,7 @@ def explain_cmd(
 
     Example: edgekd explain runs/pneumonia/student --images 3,17,42 --compare runs/pneumonia/teacher --out review
     """
-    check_report_path(json_out)
+    check_report_path(json_out, overwrite=overwrite)
     chosen = [p.strip() for item in images or [] for p in item.split(",") if p.strip()]
     res = explain(model_dir, out, data=data, images=chosen, compare=compare, n=n, split=split, layer=layer,
                   overwrite=overwrite)  # fmt: skip

@@ -12,7 +12,7 @@ from rich.table import Table
 from edgekd._io import check_report_path
 from edgekd._progress import stderr_console
 from edgekd.cli._app import PANEL_PIPELINE, app
-from edgekd.cli._options import JsonOpt, QuietOpt, console, emit_json
+from edgekd.cli._options import JsonOpt, QuietOpt, ReportOverwriteOpt, console, emit_json
 from edgekd.pipeline import RunSummary, run_pipeline
 from edgekd.report import fmt_score, write_report
 
@@ -34,13 +34,14 @@ def run(
     ] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
     json_out: JsonOpt = None,
+    overwrite: ReportOverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run every stage from data to a reviewed edge bundle; unchanged stages are skipped, interrupted ones resume.
 
     Example: edgekd run examples/pneumonia.yaml --set student.train.epochs=4 --out runs/pneumonia
     """
-    check_report_path(json_out)
+    check_report_path(json_out, overwrite=overwrite, inputs=(pipeline,))
     overrides = [*(set_ or []), *([f"seeds={seeds}"] if seeds is not None else [])]
     summary = run_pipeline(pipeline, out, overrides=overrides, report=None if no_report else write_report,
                            progress=not quiet, log=(lambda _: None) if quiet else stderr_console.print)  # fmt: skip
