@@ -29,7 +29,9 @@ from edgekd.distill._settings import (
     RUN_KEYS,
     CacheSettings,
     DistillConfig,
+    LossTexts,
     RunSettings,
+    TeacherText,
     check_losses,
     resolve_run_settings,
 )
@@ -52,7 +54,7 @@ from edgekd.distill.losses import (
 __all__ = [
     "ClassWeighting", "DeviceName", "OptimizerName", "TrainConfig", "AmpDtype",
     "DistContext", "init_distributed", "launch_nproc", "per_rank_batch", "under_launcher",
-    "DistillConfig", "RunSettings", "CacheSettings", "check_losses", "resolve_run_settings", "RUN_KEYS", "DEFAULT_LOSSES",
+    "DistillConfig", "RunSettings", "CacheSettings", "check_losses", "LossTexts", "TeacherText", "resolve_run_settings", "RUN_KEYS", "DEFAULT_LOSSES",
     "run_training", "train_model", "distill_model", "work_dir", "is_resumable",
     "Trainer", "Schedule", "FitResult", "TrainState", "CKPT_DIR", "fit", "lr_at", "predict", "resolve_device",
     "Objective", "SupervisedObjective", "task_loss",

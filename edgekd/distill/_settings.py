@@ -20,9 +20,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
-from pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from edgekd._config import StageConfig, build_config, read_yaml
 from edgekd.distill._config import TrainConfig
@@ -36,6 +45,8 @@ __all__ = [
     "RunSettings",
     "resolve_run_settings",
     "check_losses",
+    "LossTexts",
+    "TeacherText",
     "DEFAULT_LOSSES",
     "RUN_KEYS",
 ]
@@ -56,6 +67,14 @@ def check_losses(terms: list[str]) -> list[str]:
     for term in terms:
         _parse(term)
     return terms
+
+
+# The "who teaches" fields of the configs that train with a teacher besides distillation (pruning recovery, QAT):
+# loss terms kept as text (one term or a list), checked when the config is built; a teacher path kept as text.
+LossTexts = Annotated[
+    list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), AfterValidator(check_losses)
+]
+TeacherText = Annotated[str | None, BeforeValidator(lambda v: str(v) if isinstance(v, Path) else v)]
 
 
 class CacheSettings(StageConfig):

@@ -53,7 +53,7 @@ from torch import nn
 from edgekd._config import StageConfig
 from edgekd._io import atomic_dir, atomic_write_text, check_output, sha256_file
 from edgekd.data import DataBundle, make_loader
-from edgekd.distill import DEFAULT_LOSSES, TrainConfig, check_losses, evaluate_split, finetune
+from edgekd.distill import DEFAULT_LOSSES, LossTexts, TeacherText, TrainConfig, evaluate_split, finetune
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, load_model_dir, save_model_dir
 from edgekd.prune._importance import IMPORTANCE, accumulate_gradients
@@ -145,8 +145,8 @@ class PruneConfig(StageConfig):
     recovery_epochs: int = Field(2, ge=0)
     # who teaches recovery
     kd: bool = True
-    teacher: str | None = None
-    losses: list[str] = Field(default_factory=lambda: list(DEFAULT_LOSSES))
+    teacher: TeacherText = None
+    losses: LossTexts = Field(default_factory=lambda: list(DEFAULT_LOSSES))
     taylor_batches: int = Field(4, ge=1)
     latency_batch: int | None = Field(32, ge=1)
     latency_s: float = Field(2.0, gt=0)
@@ -155,25 +155,10 @@ class PruneConfig(StageConfig):
     short_term_epochs: int = Field(0, ge=0)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_epochs=0.0))
 
-    @field_validator("losses", mode="before")
-    @classmethod
-    def _loss_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("losses")
-    @classmethod
-    def _known_losses(cls, v: list[str]) -> list[str]:
-        return check_losses(v)
-
     @field_validator("latency_batch", mode="before")
     @classmethod
     def _no_latency(cls, v: Any) -> Any:
         return None if v == 0 and not isinstance(v, bool) else v
-
-    @field_validator("teacher", mode="before")
-    @classmethod
-    def _teacher_path(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, Path) else v
 
     @field_validator("round_to", mode="before")
     @classmethod

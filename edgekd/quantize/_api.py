@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 from torch import nn
 
 from edgekd._config import StageConfig
 from edgekd._cpu import cpu_isa
 from edgekd._io import check_output
 from edgekd.data import DataBundle
-from edgekd.distill import DEFAULT_LOSSES, TrainConfig, check_losses
+from edgekd.distill import DEFAULT_LOSSES, LossTexts, TeacherText, TrainConfig
 from edgekd.errors import InvalidInputError, VerificationError
 from edgekd.export import (
     BundleFile,
@@ -118,26 +118,11 @@ class QuantizeConfig(StageConfig):
     qat_backend: str = "auto"
     # who teaches QAT
     kd: bool = True
-    teacher: str | None = None
-    losses: list[str] = Field(default_factory=lambda: list(DEFAULT_LOSSES))
+    teacher: TeacherText = None
+    losses: LossTexts = Field(default_factory=lambda: list(DEFAULT_LOSSES))
     freeze_bn: bool = True
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-4, warmup_epochs=0.0))
     eval_split: str = "test"
-
-    @field_validator("losses", mode="before")
-    @classmethod
-    def _loss_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("losses")
-    @classmethod
-    def _known_losses(cls, v: list[str]) -> list[str]:
-        return check_losses(v)
-
-    @field_validator("teacher", mode="before")
-    @classmethod
-    def _teacher_path(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, Path) else v
 
     def check(self) -> None:
         """Validate names and combinations (pydantic validators would hide the helpful errors).
