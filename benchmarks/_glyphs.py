@@ -20,8 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["render_arrows", "write_arrows", "render_glyphs", "write_glyphs", "data_spec", "label_names",
-           "flipped_class"]  # fmt: skip
+__all__ = [
+    "render_arrows",
+    "write_arrows",
+    "render_glyphs",
+    "write_glyphs",
+    "data_spec",
+    "label_names",
+    "flipped_class",
+]
 
 
 def label_names(classes: int) -> list[str]:
@@ -33,8 +40,9 @@ def flipped_class(k: int, classes: int) -> int:
     return (classes // 2 - k) % classes
 
 
-def render_arrows(labels: np.ndarray, *, classes: int, size: int, rng: np.random.Generator,
-                  jitter_deg: float = 8.0) -> np.ndarray:  # fmt: skip
+def render_arrows(
+    labels: np.ndarray, *, classes: int, size: int, rng: np.random.Generator, jitter_deg: float = 8.0
+) -> np.ndarray:
     """uint8 ``[N, size, size]`` images of arrows pointing at ``360 * label / classes`` degrees."""
     n = len(labels)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -59,11 +67,18 @@ def render_arrows(labels: np.ndarray, *, classes: int, size: int, rng: np.random
     return np.clip(img * 255, 0, 255).round().astype(np.uint8)
 
 
-def write_arrows(path: str | Path, *, n_train: int = 400, n_eval: int | None = None, classes: int = 8,
-                 size: int = 20, seed: int = 0) -> Path:  # fmt: skip
+def write_arrows(
+    path: str | Path, *, n_train: int = 400, n_eval: int | None = None, classes: int = 8, size: int = 20, seed: int = 0
+) -> Path:
     """Write train / val / test splits (balanced classes; val and test ``n_eval`` each, default ``n_train // 2``)."""
-    return _write(path, lambda labels, rng: render_arrows(labels, classes=classes, size=size, rng=rng),
-                  n_train=n_train, n_eval=n_eval, classes=classes, seed=seed)  # fmt: skip
+    return _write(
+        path,
+        lambda labels, rng: render_arrows(labels, classes=classes, size=size, rng=rng),
+        n_train=n_train,
+        n_eval=n_eval,
+        classes=classes,
+        seed=seed,
+    )
 
 
 def _write(path: str | Path, render, *, n_train: int, n_eval: int | None, classes: int, seed: int) -> Path:
@@ -101,8 +116,9 @@ def _glyph_bank(classes: int, seed: int, grid: int = 5) -> np.ndarray:
     return np.stack(bank).astype(np.float32)
 
 
-def render_glyphs(labels: np.ndarray, *, classes: int, size: int, rng: np.random.Generator,
-                  seed: int = 0) -> np.ndarray:  # fmt: skip
+def render_glyphs(
+    labels: np.ndarray, *, classes: int, size: int, rng: np.random.Generator, seed: int = 0
+) -> np.ndarray:
     """uint8 ``[N, size, size]`` images of asymmetric glyphs (one random bitmap per class, :func:`_glyph_bank`),
     each drawn with a random offset, scale, brightness and noise."""
     import torch
@@ -116,15 +132,23 @@ def render_glyphs(labels: np.ndarray, *, classes: int, size: int, rng: np.random
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
     theta[:, :, 2] = -shift / scale[:, None]
     grid = F.affine_grid(torch.from_numpy(theta), [n, 1, size, size], align_corners=False)
-    glyph = F.grid_sample(bank[torch.as_tensor(labels)], grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=False)[:, 0].numpy()  # fmt: skip
+    glyph = F.grid_sample(
+        bank[torch.as_tensor(labels)], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )[:, 0].numpy()
     bright = rng.uniform(0.65, 0.95, (n, 1, 1))
     img = 0.1 + bright * glyph + rng.normal(0, 0.06, (n, size, size))
     return np.clip(img * 255, 0, 255).round().astype(np.uint8)
 
 
-def write_glyphs(path: str | Path, *, n_train: int = 400, n_eval: int | None = None, classes: int = 8,
-                 size: int = 20, seed: int = 0) -> Path:  # fmt: skip
+def write_glyphs(
+    path: str | Path, *, n_train: int = 400, n_eval: int | None = None, classes: int = 8, size: int = 20, seed: int = 0
+) -> Path:
     """:func:`write_arrows` for glyphs: a horizontal flip makes a shape of no class, labelled as before."""
-    return _write(path, lambda labels, rng: render_glyphs(labels, classes=classes, size=size, rng=rng, seed=seed),
-                  n_train=n_train, n_eval=n_eval, classes=classes, seed=seed)  # fmt: skip
+    return _write(
+        path,
+        lambda labels, rng: render_glyphs(labels, classes=classes, size=size, rng=rng, seed=seed),
+        n_train=n_train,
+        n_eval=n_eval,
+        classes=classes,
+        seed=seed,
+    )

@@ -116,34 +116,59 @@ def _register(pre_s, pre_t) -> tuple[str, str]:
 
 def train_config(cfg: TrainConfig, T: float, steps: Steps, seed: int, ckpt: Path, procs: tuple[str, str]):
     """The torchdistill ``train`` config (what its YAML would hold), with a Python lr lambda."""
-    kd = {"key": "KDLoss", "kwargs": {"student_module_path": ".", "student_module_io": "output",
-                                      "teacher_module_path": ".", "teacher_module_io": "output",
-                                      "temperature": T, "alpha": 1.0, "beta": 1.0, "reduction": "batchmean"}}  # fmt: skip
+    kd = {
+        "key": "KDLoss",
+        "kwargs": {
+            "student_module_path": ".",
+            "student_module_io": "output",
+            "teacher_module_path": ".",
+            "teacher_module_io": "output",
+            "temperature": T,
+            "alpha": 1.0,
+            "beta": 1.0,
+            "reduction": "batchmean",
+        },
+    }
     sampler = {"class_or_func": EpochSeededSampler, "kwargs": {"seed": seed}}
     return {
         "num_epochs": cfg.epochs,
-        "train_data_loader": {"dataset_id": "train", "sampler": sampler, "requires_supp": True,
-                              "kwargs": {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers}},
+        "train_data_loader": {
+            "dataset_id": "train",
+            "sampler": sampler,
+            "requires_supp": True,
+            "kwargs": {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers},
+        },
         "teacher": {"src_ckpt": str(ckpt), "requires_grad": False, "forward_proc": procs[1]},
         "student": {"requires_grad": True, "forward_proc": procs[0]},
         "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": kd, "weight": 1.0}}}},
-        "optimizer": {"key": OPTIMIZER_KEY, "filters_params": False,
-                      "kwargs": {"lr": cfg.lr, "weight_decay": cfg.weight_decay}},
-        "scheduler": {"key": "LambdaLR", "scheduling_step": 1,
-                      "kwargs": {"lr_lambda": lambda s: lr_at(s, steps.total, steps.warmup, 1.0, cfg.min_lr_ratio)}},
-    }  # fmt: skip
+        "optimizer": {
+            "key": OPTIMIZER_KEY,
+            "filters_params": False,
+            "kwargs": {"lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        },
+        "scheduler": {
+            "key": "LambdaLR",
+            "scheduling_step": 1,
+            "kwargs": {"lr_lambda": lambda s: lr_at(s, steps.total, steps.warmup, 1.0, cfg.min_lr_ratio)},
+        },
+    }
 
 
 def torchdistill_call(cfg: TrainConfig, T: float) -> dict[str, Any]:
     """The config as JSON (for the record): the lr lambda and sampler written out in words."""
     steps = Steps(steps=0, total=0, warmup=0)
-    conf = train_config(cfg, T, steps, cfg.seed, Path("teacher.pt"), ("edgekd_preprocess_student",
-                                                                      "edgekd_preprocess_teacher"))  # fmt: skip
-    conf["scheduler"]["kwargs"]["lr_lambda"] = (f"edgekd.distill.lr_at(step, total, warmup={cfg.warmup_epochs} "
-                                                f"epoch(s), min_ratio={cfg.min_lr_ratio}) / lr")  # fmt: skip
+    conf = train_config(
+        cfg, T, steps, cfg.seed, Path("teacher.pt"), ("edgekd_preprocess_student", "edgekd_preprocess_teacher")
+    )
+    conf["scheduler"]["kwargs"]["lr_lambda"] = (
+        f"edgekd.distill.lr_at(step, total, warmup={cfg.warmup_epochs} epoch(s), min_ratio={cfg.min_lr_ratio}) / lr"
+    )
     conf["train_data_loader"]["sampler"] = {"class_or_func": "EpochSeededSampler", "kwargs": {"seed": cfg.seed}}
-    return {"api": "torchdistill.core.distillation.get_distillation_box(teacher, student, {'train': data.train}, "
-                   "train_config, torch.device('cpu'), None, False, 1)", "train_config": conf}  # fmt: skip
+    return {
+        "api": "torchdistill.core.distillation.get_distillation_box(teacher, student, {'train': data.train}, "
+        "train_config, torch.device('cpu'), None, False, 1)",
+        "train_config": conf,
+    }
 
 
 def export_teacher(teacher_dir: str | Path, work: Path) -> tuple[torch.nn.Module, Any, Path]:
@@ -185,8 +210,15 @@ def run_torchdistill(teacher_dir: str, student: str, data, cfg: TrainConfig, T: 
             seen += images.shape[0]
         elapsed = time.perf_counter() - t0
         val = _val_auroc(net, pre, data)
-        history.append({"epoch": epoch + 1, "images_per_s": seen / elapsed, "epoch_time_s": elapsed,
-                        "val_auroc": float(val["auroc"]), "val_acc": float(val["acc"])})  # fmt: skip
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "images_per_s": seen / elapsed,
+                "epoch_time_s": elapsed,
+                "val_auroc": float(val["auroc"]),
+                "val_acc": float(val["acc"]),
+            }
+        )
         if val["auroc"] > best[0]:
             best = (float(val["auroc"]), copy.deepcopy(net.state_dict()), epoch + 1)
         box.post_epoch_process()

@@ -37,11 +37,13 @@ from edgekd.students import count_macs
 __all__ = ["torch_pruning_version", "prune_torch_pruning_alone", "TP_CALL"]
 
 ITERATIVE_STEPS = 400
-TP_CALL = ("tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), "
-           "global_pruning=True, pruning_ratio=1.0, iterative_steps=400, max_pruning_ratio=0.9, "
-           "ignored_layers=[classifier], round_to=8); while MACs > target * base: pruner.step(); then CE "
-           "fine-tuning: SGD(lr=0.01, momentum=0.9, weight_decay=5e-4), MultiStepLR(milestones=[0.6S, 0.8S], "
-           "gamma=0.1) stepped every iteration (S: total steps)")  # fmt: skip
+TP_CALL = (
+    "tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), "
+    "global_pruning=True, pruning_ratio=1.0, iterative_steps=400, max_pruning_ratio=0.9, "
+    "ignored_layers=[classifier], round_to=8); while MACs > target * base: pruner.step(); then CE "
+    "fine-tuning: SGD(lr=0.01, momentum=0.9, weight_decay=5e-4), MultiStepLR(milestones=[0.6S, 0.8S], "
+    "gamma=0.1) stepped every iteration (S: total steps)"
+)
 
 
 def torch_pruning_version() -> str:
@@ -51,9 +53,17 @@ def torch_pruning_version() -> str:
 def _prune(model: nn.Module, example: torch.Tensor, num_classes: int, target_macs: float, round_to: int) -> int:
     """Step the pruner until MACs <= target * base (Torch-Pruning's progressive_pruning); returns the steps."""
     ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
-    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  global_pruning=True, pruning_ratio=1.0, iterative_steps=ITERATIVE_STEPS,
-                                  max_pruning_ratio=0.9, ignored_layers=ignored, round_to=round_to)  # fmt: skip
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=True,
+        pruning_ratio=1.0,
+        iterative_steps=ITERATIVE_STEPS,
+        max_pruning_ratio=0.9,
+        ignored_layers=ignored,
+        round_to=round_to,
+    )
     model.eval()
     base, _ = tp.utils.count_ops_and_params(model, example)
     macs = base
@@ -81,9 +91,18 @@ def _finetune(model: nn.Module, pre, data, epochs: int, lr: float, seed: int, ba
             sched.step()
 
 
-def prune_torch_pruning_alone(source: str | Path, data, *, target_macs: float, round_to: int, epochs: int,
-                              lr: float, seed: int, batch: int = 128, max_steps: int | None = None
-                              ) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+def prune_torch_pruning_alone(
+    source: str | Path,
+    data,
+    *,
+    target_macs: float,
+    round_to: int,
+    epochs: int,
+    lr: float,
+    seed: int,
+    batch: int = 128,
+    max_steps: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Prune the model directory ``source`` with Torch-Pruning's recipe; the pruned model and its record."""
     torch.manual_seed(seed)
     model, card = load_model_dir(source)
@@ -95,6 +114,11 @@ def prune_torch_pruning_alone(source: str | Path, data, *, target_macs: float, r
     _finetune(model, pre, data, epochs, lr, seed, batch, max_steps)
     model.eval()
     test = evaluate_split(model, pre, data, "test", device="cpu")
-    return model, {"auroc": float(test["auroc"]), "acc": float(test["acc"]), "macs_kept": count_macs(model, shape) / before,
-                   "params": sum(p.numel() for p in model.parameters()), "pruner_steps": steps,
-                   "seconds": time.perf_counter() - t0}  # fmt: skip
+    return model, {
+        "auroc": float(test["auroc"]),
+        "acc": float(test["acc"]),
+        "macs_kept": count_macs(model, shape) / before,
+        "params": sum(p.numel() for p in model.parameters()),
+        "pruner_steps": steps,
+        "seconds": time.perf_counter() - t0,
+    }

@@ -72,8 +72,12 @@ def quantize_nncf(fp32: Path, dst: Path, calib: np.ndarray) -> dict[str, Any]:
     with _quiet():
         q = nncf.quantize(onnx.load(str(fp32)), _nncf_dataset(calib), subset_size=len(calib))
     onnx.save(q, str(dst))
-    return {"call": f"nncf.quantize(onnx.load(fp32), nncf.Dataset(<{len(calib)} samples, batch 1>), "
-                    f"subset_size={len(calib)})", "seconds": time.perf_counter() - t0, "qdq": qdq_summary(dst)}  # fmt: skip
+    return {
+        "call": f"nncf.quantize(onnx.load(fp32), nncf.Dataset(<{len(calib)} samples, batch 1>), "
+        f"subset_size={len(calib)})",
+        "seconds": time.perf_counter() - t0,
+        "qdq": qdq_summary(dst),
+    }
 
 
 def _validation_fn(task, metric: str):
@@ -93,24 +97,41 @@ def _validation_fn(task, metric: str):
     return validate
 
 
-def quantize_nncf_accuracy_control(fp32: Path, dst: Path, calib: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                                   task, metric: str, max_drop_points: float) -> dict[str, Any]:  # fmt: skip
+def quantize_nncf_accuracy_control(
+    fp32: Path,
+    dst: Path,
+    calib: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    task,
+    metric: str,
+    max_drop_points: float,
+) -> dict[str, Any]:
     """``nncf.quantize_with_accuracy_control`` with edgekd's budget: ``max_drop`` points -> absolute fraction."""
     import nncf
 
     batches = [(x_val[i : i + 256], y_val[i : i + 256]) for i in range(0, len(x_val), 256)]
     t0 = time.perf_counter()
     with _quiet():
-        q = nncf.quantize_with_accuracy_control(onnx.load(str(fp32)), _nncf_dataset(calib), nncf.Dataset(batches),
-                                                validation_fn=_validation_fn(task, metric),
-                                                max_drop=max_drop_points / 100.0, drop_type=nncf.DropType.ABSOLUTE,
-                                                subset_size=len(calib))  # fmt: skip
+        q = nncf.quantize_with_accuracy_control(
+            onnx.load(str(fp32)),
+            _nncf_dataset(calib),
+            nncf.Dataset(batches),
+            validation_fn=_validation_fn(task, metric),
+            max_drop=max_drop_points / 100.0,
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(calib),
+        )
     onnx.save(q, str(dst))
-    return {"call": f"nncf.quantize_with_accuracy_control(onnx.load(fp32), calibration (<{len(calib)} samples>), "
-                    f"validation (<{len(x_val)} val samples>), validation_fn=<val {metric} via ORT>, "
-                    f"max_drop={max_drop_points / 100.0}, drop_type=nncf.DropType.ABSOLUTE, "
-                    f"subset_size={len(calib)})",
-            "seconds": time.perf_counter() - t0, "qdq": qdq_summary(dst), "fp32_nodes": fp32_nodes(dst)}  # fmt: skip
+    return {
+        "call": f"nncf.quantize_with_accuracy_control(onnx.load(fp32), calibration (<{len(calib)} samples>), "
+        f"validation (<{len(x_val)} val samples>), validation_fn=<val {metric} via ORT>, "
+        f"max_drop={max_drop_points / 100.0}, drop_type=nncf.DropType.ABSOLUTE, "
+        f"subset_size={len(calib)})",
+        "seconds": time.perf_counter() - t0,
+        "qdq": qdq_summary(dst),
+        "fp32_nodes": fp32_nodes(dst),
+    }
 
 
 def quantize_ort_defaults(fp32: Path, dst: Path, calib: np.ndarray) -> dict[str, Any]:
@@ -120,14 +141,20 @@ def quantize_ort_defaults(fp32: Path, dst: Path, calib: np.ndarray) -> dict[str,
     t0 = time.perf_counter()
     with _quiet():
         quantize_static(str(fp32), str(dst), CalibrationReader(calib, batch_size=32))
-    return {"call": f"onnxruntime.quantization.quantize_static(fp32, out, CalibrationReader(<{len(calib)} samples>, "
-                    "batch_size=32))  # defaults: QDQ, QInt8 activations and weights, per_channel=False, MinMax",
-            "seconds": time.perf_counter() - t0, "qdq": qdq_summary(dst)}  # fmt: skip
+    return {
+        "call": f"onnxruntime.quantization.quantize_static(fp32, out, CalibrationReader(<{len(calib)} samples>, "
+        "batch_size=32))  # defaults: QDQ, QInt8 activations and weights, per_channel=False, MinMax",
+        "seconds": time.perf_counter() - t0,
+        "qdq": qdq_summary(dst),
+    }
 
 
 def fp32_nodes(path: Path) -> list[str]:
     """Weighted nodes (Conv, Gemm, MatMul) whose weight is not dequantized: the ones left in FP32."""
     graph = onnx.load(str(path)).graph
     dq_out = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-    return [n.name for n in graph.node
-            if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] not in dq_out]  # fmt: skip
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] not in dq_out
+    ]

@@ -30,9 +30,11 @@ def _kd_rows(kd: dict[str, Any], v: dict[str, Any]) -> list[str]:
     ]
     if kd.get("edgekd_cached"):
         c = kd["edgekd_cached"]
-        rows.append(f"| | img/s with the teacher-logit cache (epochs after the first) "
-                    f"| {c['images_per_s_after_first_epoch']:.1f} | cannot: no teacher-output cache "
-                    f"| {r['cached_vs_torchdistill_images_per_s']:.2f}x vs its live teacher |")  # fmt: skip
+        rows.append(
+            f"| | img/s with the teacher-logit cache (epochs after the first) "
+            f"| {c['images_per_s_after_first_epoch']:.1f} | cannot: no teacher-output cache "
+            f"| {r['cached_vs_torchdistill_images_per_s']:.2f}x vs its live teacher |"
+        )
     rows.append(f"| KD vs NNCF {v['nncf']} | distillation | yes | cannot: no KD API in NNCF 3.x | — |")
     return rows
 
@@ -42,17 +44,21 @@ def _fidelity_row(fid: dict[str, dict[str, float]] | None, peer: str) -> list[st
     if not fid:
         return []
     e, p = fid["edgekd"], fid[peer]
-    return [f"| | test images classed as by FP32 / relative logit error | {e['agreement_pct']:.1f} % / "
-            f"{e['logit_rel_error']:.1e} | {p['agreement_pct']:.1f} % / {p['logit_rel_error']:.1e} "
-            f"| {e['agreement_pct'] - p['agreement_pct']:+.1f} pts / {p['logit_rel_error'] / e['logit_rel_error']:.2f}x "
-            "less error |"]  # fmt: skip
+    return [
+        f"| | test images classed as by FP32 / relative logit error | {e['agreement_pct']:.1f} % / "
+        f"{e['logit_rel_error']:.1e} | {p['agreement_pct']:.1f} % / {p['logit_rel_error']:.1e} "
+        f"| {e['agreement_pct'] - p['agreement_pct']:+.1f} pts / {p['logit_rel_error'] / e['logit_rel_error']:.2f}x "
+        "less error |"
+    ]
 
 
 def _ptq_rows(ptq: dict[str, Any], v: dict[str, Any]) -> list[str]:
     d, lat, sp = ptq["delta_points_vs_fp32"], ptq["latency"], ptq["edgekd_speedup_over"]
     rows = []
-    for peer, label in (("nncf", f"INT8 PTQ vs NNCF {v['nncf']} (`nncf.quantize`)"),
-                        ("onnxruntime", f"INT8 PTQ vs ORT {v['onnxruntime']} `quantize_static` defaults")):  # fmt: skip
+    for peer, label in (
+        ("nncf", f"INT8 PTQ vs NNCF {v['nncf']} (`nncf.quantize`)"),
+        ("onnxruntime", f"INT8 PTQ vs ORT {v['onnxruntime']} `quantize_static` defaults"),
+    ):
         rows += [
             f"| {label} | test ACC / AUROC change vs FP32 ({ptq['arch']}) | {_pts(d['edgekd']['acc'])} / "
             f"{_pts(d['edgekd']['auroc'])} | {_pts(d[peer]['acc'])} / {_pts(d[peer]['auroc'])} "
@@ -91,18 +97,20 @@ def _prune_rows(p: dict[str, Any], v: dict[str, Any]) -> list[str]:
     tp, n = s["torch_pruning"], s["torch_pruning"]["auroc"]["n"]
     u = lat["unpruned"]
     label = f"pruning to {p['summary']['edgekd_kd']['macs_kept']:.0%} MACs vs Torch-Pruning {v['torch-pruning']} alone"
-    rows = [f"| {label} | test AUROC after {p['epochs']} recovery epochs ({n} seed{'s' if n > 1 else ''}; "
-            f"unpruned {p['unpruned']['auroc']:.4f}) | KD {_ms(s['edgekd_kd']['auroc'])}; CE {_ms(s['edgekd_ce']['auroc'])} "
-            f"| {_ms(tp['auroc'])} | KD {_pts(r['edgekd_kd']['auroc_points'])}; CE {_pts(r['edgekd_ce']['auroc_points'])} |",
-            f"| | test ACC | KD {_ms(s['edgekd_kd']['acc'])}; CE {_ms(s['edgekd_ce']['acc'])} | {_ms(tp['acc'])} "
-            f"| KD {_pts(100 * (s['edgekd_kd']['acc']['mean'] - tp['acc']['mean']))} |",
-            f"| | ORT CPU ms, batch 1 / 32 (unpruned {u['batch1_ms']:.3f} / {u['batch32_ms']:.2f}) "
-            f"| {lat['edgekd_kd']['batch1_ms']:.3f} / {lat['edgekd_kd']['batch32_ms']:.2f} "
-            f"| {lat['torch_pruning']['batch1_ms']:.3f} / {lat['torch_pruning']['batch32_ms']:.2f} "
-            f"| {r['edgekd_kd']['batch1_speedup']:.2f}x / {r['edgekd_kd']['batch32_speedup']:.2f}x faster |",
-            f"| pruning vs NNCF {v['nncf']} | structural pruning | yes | not compared: `nncf.prune` inserts "
-            "unstructured masks (no dense speed-up) | — |",
-            f"| pruning vs torchdistill {v['torchdistill']} | pruning | yes | cannot: no pruning | — |"]  # fmt: skip
+    rows = [
+        f"| {label} | test AUROC after {p['epochs']} recovery epochs ({n} seed{'s' if n > 1 else ''}; "
+        f"unpruned {p['unpruned']['auroc']:.4f}) | KD {_ms(s['edgekd_kd']['auroc'])}; CE {_ms(s['edgekd_ce']['auroc'])} "
+        f"| {_ms(tp['auroc'])} | KD {_pts(r['edgekd_kd']['auroc_points'])}; CE {_pts(r['edgekd_ce']['auroc_points'])} |",
+        f"| | test ACC | KD {_ms(s['edgekd_kd']['acc'])}; CE {_ms(s['edgekd_ce']['acc'])} | {_ms(tp['acc'])} "
+        f"| KD {_pts(100 * (s['edgekd_kd']['acc']['mean'] - tp['acc']['mean']))} |",
+        f"| | ORT CPU ms, batch 1 / 32 (unpruned {u['batch1_ms']:.3f} / {u['batch32_ms']:.2f}) "
+        f"| {lat['edgekd_kd']['batch1_ms']:.3f} / {lat['edgekd_kd']['batch32_ms']:.2f} "
+        f"| {lat['torch_pruning']['batch1_ms']:.3f} / {lat['torch_pruning']['batch32_ms']:.2f} "
+        f"| {r['edgekd_kd']['batch1_speedup']:.2f}x / {r['edgekd_kd']['batch32_speedup']:.2f}x faster |",
+        f"| pruning vs NNCF {v['nncf']} | structural pruning | yes | not compared: `nncf.prune` inserts "
+        "unstructured masks (no dense speed-up) | — |",
+        f"| pruning vs torchdistill {v['torchdistill']} | pruning | yes | cannot: no pruning | — |",
+    ]
     return rows
 
 

@@ -107,8 +107,14 @@ def edgekd_p50(onnx_path: Path, batch: int, threads: int, s: dict[str, Any]) -> 
     settings = BenchSettings(**s, threads=threads, roofline=False, keep_times=False)
     report = benchmark([str(onnx_path)], backends=["ort"], devices=["cpu"], batches=(batch,), settings=settings)
     (r,) = report.results
-    return {"p50_ms": r.stats.p50_ms, "p90_ms": r.stats.p90_ms, "cv": r.stats.cv, "n": r.stats.n,
-            "p50_drift": r.stats.p50_drift, "warnings": r.warnings}  # fmt: skip
+    return {
+        "p50_ms": r.stats.p50_ms,
+        "p90_ms": r.stats.p90_ms,
+        "cv": r.stats.cv,
+        "n": r.stats.n,
+        "p50_drift": r.stats.p50_drift,
+        "warnings": r.warnings,
+    }
 
 
 def measure_batch(onnx_path: Path, batch: int, shape: tuple[int, ...], threads: int, s: dict[str, Any]) -> dict:

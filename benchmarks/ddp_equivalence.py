@@ -52,8 +52,16 @@ def worker(args) -> None:
     pre = data.preprocess()
     teacher = Teacher.from_module(teacher_net, pre, name="random-teacher")
     objective = build_distill_objective(student, pre, data.task, [teacher], ["ce:1", "kd:1,T=4"])
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, optimizer="sgd", lr=0.05, warmup_epochs=0.0,
-                      weight_decay=0.0, seed=0, device=args.device)  # fmt: skip
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch,
+        optimizer="sgd",
+        lr=0.05,
+        warmup_epochs=0.0,
+        weight_decay=0.0,
+        seed=0,
+        device=args.device,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(student, objective, data, cfg, tmp, preprocess=pre, progress=False, record_steps=True)
         trainer.fit()
@@ -69,14 +77,30 @@ def worker(args) -> None:
 
 
 def _launch(args, out: Path, nproc: int) -> float:
-    common = ["--worker-out", str(out), "--epochs", str(args.epochs), "--batch", str(args.batch), "--device",
-              args.device]  # fmt: skip
+    common = [
+        "--worker-out",
+        str(out),
+        "--epochs",
+        str(args.epochs),
+        "--batch",
+        str(args.batch),
+        "--device",
+        args.device,
+    ]
     me = str(Path(__file__).resolve())
     if nproc == 1:
         cmd = [sys.executable, me, "--worker", *common]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", me,
-               "--worker", *common]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            me,
+            "--worker",
+            *common,
+        ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env={**env, "OMP_NUM_THREADS": "1"})
@@ -93,18 +117,27 @@ def compare(args) -> dict:
     steps = [abs(x - y) for x, y in zip(a["losses"], b["losses"])]
     weights = {k: float((wa[k].double() - wb[k].double()).abs().max()) for k in wa if wa[k].is_floating_point()}
     result = {
-        "benchmark": "ddp_equivalence", "data": DATA, "nproc": args.nproc, "device": args.device,
-        "epochs": args.epochs, "global_batch": args.batch, "steps": len(a["losses"]),
+        "benchmark": "ddp_equivalence",
+        "data": DATA,
+        "nproc": args.nproc,
+        "device": args.device,
+        "epochs": args.epochs,
+        "global_batch": args.batch,
+        "steps": len(a["losses"]),
         "steps_equal_count": len(a["losses"]) == len(b["losses"]),
-        "max_step_loss_diff": max(steps), "first_step_loss_diff": steps[0],
-        "max_weight_diff": max(weights.values()), "worst_tensor": max(weights, key=weights.get),
+        "max_step_loss_diff": max(steps),
+        "first_step_loss_diff": steps[0],
+        "max_weight_diff": max(weights.values()),
+        "worst_tensor": max(weights, key=weights.get),
         "seconds": {"single": t1, "distributed": tn},
-        "loss_tol": args.loss_tol, "weight_tol": args.weight_tol,
-    }  # fmt: skip
+        "loss_tol": args.loss_tol,
+        "weight_tol": args.weight_tol,
+    }
     result["equivalent"] = bool(
-        result["steps_equal_count"] and result["max_step_loss_diff"] <= args.loss_tol
+        result["steps_equal_count"]
+        and result["max_step_loss_diff"] <= args.loss_tol
         and result["max_weight_diff"] <= args.weight_tol
-    )  # fmt: skip
+    )
     return result
 
 
@@ -126,10 +159,12 @@ def main() -> None:
     result = compare(args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"{args.nproc} processes vs 1, {result['steps']} steps: max |loss diff| per step "
-          f"{result['max_step_loss_diff']:.2e} (first step {result['first_step_loss_diff']:.2e}), max |weight diff| "
-          f"{result['max_weight_diff']:.2e} ({result['worst_tensor']}); equivalent within tolerance: "
-          f"{result['equivalent']}")  # fmt: skip
+    print(
+        f"{args.nproc} processes vs 1, {result['steps']} steps: max |loss diff| per step "
+        f"{result['max_step_loss_diff']:.2e} (first step {result['first_step_loss_diff']:.2e}), max |weight diff| "
+        f"{result['max_weight_diff']:.2e} ({result['worst_tensor']}); equivalent within tolerance: "
+        f"{result['equivalent']}"
+    )
     sys.exit(0 if result["equivalent"] else 1)
 
 

@@ -149,9 +149,17 @@ def amp_speedup(args) -> dict[str, Any]:
     def one(amp: bool, seed: int) -> float:
         student, pre, teacher = _models(args, data, seed)
         objective = build_distill_objective(student, pre, data.task, [teacher], LOSSES)
-        cfg = TrainConfig(epochs=1, batch_size=args.batch_size, max_steps_per_epoch=args.steps, seed=seed,
-                          warmup_epochs=0, device=args.device, amp=amp, amp_dtype=args.amp_dtype,
-                          channels_last=args.device == "cuda")  # fmt: skip
+        cfg = TrainConfig(
+            epochs=1,
+            batch_size=args.batch_size,
+            max_steps_per_epoch=args.steps,
+            seed=seed,
+            warmup_epochs=0,
+            device=args.device,
+            amp=amp,
+            amp_dtype=args.amp_dtype,
+            channels_last=args.device == "cuda",
+        )
         with tempfile.TemporaryDirectory() as tmp:
             res = fit(student, objective, data, cfg, tmp, preprocess=pre, progress=not args.no_progress)
         return res.history[0]["images_per_s"]
@@ -167,10 +175,21 @@ def amp_speedup(args) -> dict[str, Any]:
         )
     f, a = statistics.median(runs["fp32"]), statistics.median(runs[args.amp_dtype])
     print(f"median fp32 {f:.1f} vs {args.amp_dtype} {a:.1f} img/s on {args.device}: {a / f:.2f}x")
-    return {"device": args.device, "amp_dtype": args.amp_dtype, "teacher": args.teacher, "student": args.student,
-            "data": args.amp_data,
-            "batch_size": args.batch_size, "steps": args.steps, "images_per_s": runs, "median_fp32": f,
-            "median_amp": a, "speedup": a / f, "criterion": "speedup >= 2 (on a GPU)", "passed": a / f >= 2}  # fmt: skip
+    return {
+        "device": args.device,
+        "amp_dtype": args.amp_dtype,
+        "teacher": args.teacher,
+        "student": args.student,
+        "data": args.amp_data,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "images_per_s": runs,
+        "median_fp32": f,
+        "median_amp": a,
+        "speedup": a / f,
+        "criterion": "speedup >= 2 (on a GPU)",
+        "passed": a / f >= 2,
+    }
 
 
 def _random_teacher_dir(name: str, data, root: Path) -> Path:
@@ -196,8 +215,14 @@ def cache_speedup(args) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         teacher = _random_teacher_dir(args.cache_teacher_model, data, Path(tmp))
         for key, cached in (("cache", True), ("no_cache", False)):
-            settings = RunSettings(student="small:mobilenet_v3_small", teachers=[str(teacher)], data=data.spec,
-                                   train=cfg, losses=list(LOSSES), cache={} if cached else None)  # fmt: skip
+            settings = RunSettings(
+                student="small:mobilenet_v3_small",
+                teachers=[str(teacher)],
+                data=data.spec,
+                train=cfg,
+                losses=list(LOSSES),
+                cache={} if cached else None,
+            )
             card = distill_model(settings, Path(tmp) / key, data=data, progress=not args.no_progress)
             history = [json.loads(x) for x in (Path(tmp) / key / "history.jsonl").read_text().splitlines()]
             result[key] = {
@@ -232,12 +257,20 @@ def main() -> None:
     ap.add_argument("--cache-steps", type=int, default=8, help="cache part: steps (full batches) per epoch")
     ap.add_argument("--cache-batch", type=int, default=64)
     ap.add_argument("--cache-epochs", type=int, default=3)
-    ap.add_argument("--parts", nargs="+", choices=("overhead", "cache", "amp"), default=None,
-                    help="default: overhead and cache on the CPU, amp with --device cuda")  # fmt: skip
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("overhead", "cache", "amp"),
+        default=None,
+        help="default: overhead and cache on the CPU, amp with --device cuda",
+    )
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the amp part's device")
     ap.add_argument("--amp-dtype", default="bf16", choices=("bf16", "fp16"), help="the amp part's precision")
-    ap.add_argument("--amp-data", default="pneumoniamnist",
-                    help="the amp part's data, e.g. synthetic:classes=2,n=2048,size=224,channels=3 for 224 px")  # fmt: skip
+    ap.add_argument(
+        "--amp-data",
+        default="pneumoniamnist",
+        help="the amp part's data, e.g. synthetic:classes=2,n=2048,size=224,channels=3 for 224 px",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smoke run: few steps, one repeat")
     ap.add_argument("--no-progress", action="store_true")

@@ -91,8 +91,10 @@ def main() -> None:
     arrays = pneumonia_arrays()
     images, labels = arrays["test"]
     shifted = scanner_b(images, seed=2)
-    specs = {"test": write_medmnist(out / "test.npz", {s: (images, labels) for s in ("train", "val", "test")}),
-             "domain_b": write_medmnist(out / "b.npz", {s: (shifted, labels) for s in ("train", "val", "test")})}  # fmt: skip
+    specs = {
+        "test": write_medmnist(out / "test.npz", {s: (images, labels) for s in ("train", "val", "test")}),
+        "domain_b": write_medmnist(out / "b.npz", {s: (shifted, labels) for s in ("train", "val", "test")}),
+    }
     rng = np.random.default_rng(0)
     for pct in (5, 10, 25):
         mixed = images.copy()
@@ -105,8 +107,11 @@ def main() -> None:
     for name, spec in specs.items():
         r = check_drift(model_dir, spec)
         checks[name] = {k: v for k, v in r.to_json().items() if k not in ("reference", "model", "data")}
-        print(f"{name:8s}: {r.verdict:8s} score {r.score:.3f} (far {r.far_images}/{r.images}: {r.far_by_space}), "
-              f"KS p {r.ks_pvalue:.2g}, max PSI {max(r.psi.values()):.3f}", flush=True)  # fmt: skip
+        print(
+            f"{name:8s}: {r.verdict:8s} score {r.score:.3f} (far {r.far_images}/{r.images}: {r.far_by_space}), "
+            f"KS p {r.ks_pvalue:.2g}, max PSI {max(r.psi.values()):.3f}",
+            flush=True,
+        )
     (far_a, space_a), (far_b, space_b) = far(model_dir, images), far(model_dir, shifted)
     k_b = round(args.batch * 0.1)
     alarms = detections = 0
@@ -115,16 +120,31 @@ def main() -> None:
         alarms += far_a[a].mean() > DEFAULT_THRESHOLD
         mix = np.concatenate([far_a[a[k_b:]], far_b[rng.choice(len(images), size=k_b, replace=False)]])
         detections += mix.mean() > DEFAULT_THRESHOLD
-    resampled = {"batch": args.batch, "trials": args.trials, "false_alarm_rate": alarms / args.trials,
-                 "detection_rate_mix_10": detections / args.trials,
-                 "far_share_test": float(far_a.mean()), "far_share_domain_b": float(far_b.mean()),
-                 "far_share_by_space": {"test": space_a, "domain_b": space_b}}  # fmt: skip
-    print(f"batches of {args.batch}: false alarms {resampled['false_alarm_rate']:.1%}, 10 % mix detected "
-          f"{resampled['detection_rate_mix_10']:.1%}; far share test {far_a.mean():.3f}, domain B {far_b.mean():.3f}")  # fmt: skip
+    resampled = {
+        "batch": args.batch,
+        "trials": args.trials,
+        "false_alarm_rate": alarms / args.trials,
+        "detection_rate_mix_10": detections / args.trials,
+        "far_share_test": float(far_a.mean()),
+        "far_share_domain_b": float(far_b.mean()),
+        "far_share_by_space": {"test": space_a, "domain_b": space_b},
+    }
+    print(
+        f"batches of {args.batch}: false alarms {resampled['false_alarm_rate']:.1%}, 10 % mix detected "
+        f"{resampled['detection_rate_mix_10']:.1%}; far share test {far_a.mean():.3f}, domain B {far_b.mean():.3f}"
+    )
     ok = (not checks["test"]["drift"]) and checks["domain_b"]["drift"] and checks["mix_10"]["drift"]
-    result = {"benchmark": "drift", "args": vars(args), "model": str(model_dir), "threshold": DEFAULT_THRESHOLD,
-              "checks": checks, "resampled": resampled, "acceptance": ok, "seconds": time.perf_counter() - t0,
-              "environment": environment()}  # fmt: skip
+    result = {
+        "benchmark": "drift",
+        "args": vars(args),
+        "model": str(model_dir),
+        "threshold": DEFAULT_THRESHOLD,
+        "checks": checks,
+        "resampled": resampled,
+        "acceptance": ok,
+        "seconds": time.perf_counter() - t0,
+        "environment": environment(),
+    }
     write_json(args.json, result)
     print(f"test: no drift, domain B: drift, 10 % mix: drift -> {ok} ({result['seconds']:.0f} s)")
 

@@ -27,8 +27,18 @@ from edgekd.modeldir import ModelCard, ModelSpec  # noqa: E402
 from edgekd.specs import Preprocess, Task  # noqa: E402
 from edgekd.students import build_model, list_models  # noqa: E402
 
-NATIVE = ("tinycnn", "resnet8", "resnet14", "resnet20", "resnet32", "resnet8x4", "resnet32x4", "wrn_16_2",
-          "wrn_40_2", "mobilenetv2_x0_5")  # fmt: skip
+NATIVE = (
+    "tinycnn",
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_2",
+    "wrn_40_2",
+    "mobilenetv2_x0_5",
+)
 
 
 @torch.no_grad()
@@ -57,12 +67,20 @@ def one(name: str, size: int, exporter: str, opset: int) -> dict:
         seconds = time.perf_counter() - t0
         fp32 = parity_check(Path(tmp) / "m.onnx", None, card, samples=samples, reference_logits=ref)
         to_fp16(Path(tmp) / "m.onnx", Path(tmp) / "h.onnx")
-        fp16 = parity_check(Path(tmp) / "h.onnx", None, card, samples=samples, reference_logits=ref,
-                            precision=Precision.FP16)  # fmt: skip
+        fp16 = parity_check(
+            Path(tmp) / "h.onnx", None, card, samples=samples, reference_logits=ref, precision=Precision.FP16
+        )
         sizes = {"fp32": (Path(tmp) / "m.onnx").stat().st_size, "fp16": (Path(tmp) / "h.onnx").stat().st_size}
-    return {"model": name, "exporter": info["exporter"], "reason": info["exporter_reason"], "opset": info["opset"],
-            "export_seconds": round(seconds, 3), "bytes": sizes, "fp32": fp32.model_dump(mode="json"),
-            "fp16": fp16.model_dump(mode="json")}  # fmt: skip
+    return {
+        "model": name,
+        "exporter": info["exporter"],
+        "reason": info["exporter_reason"],
+        "opset": info["opset"],
+        "export_seconds": round(seconds, 3),
+        "bytes": sizes,
+        "fp32": fp32.model_dump(mode="json"),
+        "fp16": fp16.model_dump(mode="json"),
+    }
 
 
 def main() -> None:
@@ -78,8 +96,10 @@ def main() -> None:
         for exporter, opset in runs:
             row = one(name, args.size, exporter, opset)
             rows.append(row)
-            print(f"{name:24s} {row['exporter']:11s} opset {row['opset']} {row['export_seconds']:6.2f}s "
-                  f"fp32 max_abs={row['fp32']['max_abs']:.1e} fp16 top1={row['fp16']['top1_agreement']:.3f}")  # fmt: skip
+            print(
+                f"{name:24s} {row['exporter']:11s} opset {row['opset']} {row['export_seconds']:6.2f}s "
+                f"fp32 max_abs={row['fp32']['max_abs']:.1e} fp16 top1={row['fp16']['top1_agreement']:.3f}"
+            )
     write_json(args.out, {"environment": environment(), "input_size": args.size, "results": rows})
 
 

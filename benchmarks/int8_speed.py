@@ -46,8 +46,14 @@ def get_student(args, data, out: Path) -> str:
     """Reuse ``--student``, or train one (a finished one in OUT/student is reused)."""
     path = Path(args.student) if args.student else out / "student"
     if not is_model_dir(path):
-        cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=2e-3, augment="medical", seed=args.seed,
-                          max_steps_per_epoch=args.max_steps)  # fmt: skip
+        cfg = TrainConfig(
+            epochs=args.epochs,
+            batch_size=128,
+            lr=2e-3,
+            augment="medical",
+            seed=args.seed,
+            max_steps_per_epoch=args.max_steps,
+        )
         train_model(
             RunSettings(student=args.student_model, data=data.spec, train=cfg),
             path,
@@ -59,8 +65,14 @@ def get_student(args, data, out: Path) -> str:
 
 def run_quantize(args, student: str, out: Path, name: str, **kw: Any) -> dict[str, Any]:
     """One `edgekd quantize` run; a failed check is recorded (not raised) so the other runs still report."""
-    train = TrainConfig(epochs=args.qat_epochs, batch_size=128, lr=args.qat_lr, warmup_epochs=0.0, seed=args.seed,
-                        max_steps_per_epoch=args.max_steps)  # fmt: skip
+    train = TrainConfig(
+        epochs=args.qat_epochs,
+        batch_size=128,
+        lr=args.qat_lr,
+        warmup_epochs=0.0,
+        seed=args.seed,
+        max_steps_per_epoch=args.max_steps,
+    )
     cfg = QuantizeConfig(calibration=args.calibration, calib_samples=args.calib_samples, train=train, **kw)
     t0 = time.perf_counter()
     try:
@@ -68,12 +80,23 @@ def run_quantize(args, student: str, out: Path, name: str, **kw: Any) -> dict[st
     except VerificationError as e:
         print(f"{name}: FAILED its checks: {e}")
         return {"name": name, "error": str(e), "seconds": time.perf_counter() - t0}
-    row = {"name": name, "bundle": str(out / name), "metrics": {k: _scalars(v) for k, v in r.metrics.items()},
-           "delta_points": r.delta, "sizes": r.sizes, "lint_errors": r.lint_errors, "qdq": r.qdq,
-           "parity": r.parity, "qat": _qat(r.qat), "seconds": time.perf_counter() - t0}  # fmt: skip
-    print(f"{name}: int8 acc {r.metrics['int8']['acc']:.4f} (fp32 {r.metrics['fp32']['acc']:.4f}, "
-          f"{r.delta.get('acc', 0):+.2f} points), auroc {r.metrics['int8'].get('auroc', float('nan')):.4f} "
-          f"({row['seconds']:.0f} s)")  # fmt: skip
+    row = {
+        "name": name,
+        "bundle": str(out / name),
+        "metrics": {k: _scalars(v) for k, v in r.metrics.items()},
+        "delta_points": r.delta,
+        "sizes": r.sizes,
+        "lint_errors": r.lint_errors,
+        "qdq": r.qdq,
+        "parity": r.parity,
+        "qat": _qat(r.qat),
+        "seconds": time.perf_counter() - t0,
+    }
+    print(
+        f"{name}: int8 acc {r.metrics['int8']['acc']:.4f} (fp32 {r.metrics['fp32']['acc']:.4f}, "
+        f"{r.delta.get('acc', 0):+.2f} points), auroc {r.metrics['int8'].get('auroc', float('nan')):.4f} "
+        f"({row['seconds']:.0f} s)"
+    )
     return row
 
 
@@ -150,23 +173,32 @@ def main() -> None:
     runs = {
         "ptq_cpu_x86": run_quantize(args, student, out, "ptq_cpu_x86", method="ptq", target="cpu-x86"),
         "ptq_tensorrt": run_quantize(args, student, out, "ptq_tensorrt", method="ptq", target="tensorrt"),
-        "qat_cpu_x86": run_quantize(args, student, out, "qat_cpu_x86", method="qat", target="cpu-x86",
-                                    qat_backend=args.qat_backend),
-    }  # fmt: skip
+        "qat_cpu_x86": run_quantize(
+            args, student, out, "qat_cpu_x86", method="qat", target="cpu-x86", qat_backend=args.qat_backend
+        ),
+    }
     lat = latencies(args, runs) if "error" not in runs["ptq_cpu_x86"] else None
     checks = acceptance(runs, lat)
     card = read_card(student)
     payload = {
-        "benchmark": "int8_speed", "quick": args.quick, "data": data.spec, "cpu": cpu_flags(),
+        "benchmark": "int8_speed",
+        "quick": args.quick,
+        "data": data.spec,
+        "cpu": cpu_flags(),
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "student": {"dir": student, "model": card.spec.name, "params": card.params, "macs": card.macs},
-        "latency_ms_batch32": lat, "runs": runs, "acceptance": checks,
-        "elapsed_s": time.perf_counter() - t0, "environment": environment(),
-    }  # fmt: skip
+        "latency_ms_batch32": lat,
+        "runs": runs,
+        "acceptance": checks,
+        "elapsed_s": time.perf_counter() - t0,
+        "environment": environment(),
+    }
     if lat:
         s8 = f", S8S8 (tensorrt scheme) {lat['speedup_s8s8']:.2f}x" if "speedup_s8s8" in lat else ""
-        print(f"ORT CPU @32 ({lat['threads']} threads): FP32 {lat['fp32']:.2f} ms, U8S8 {lat['int8_u8s8']:.2f} ms "
-              f"({lat['speedup_u8s8']:.2f}x){s8}; CPU flags {cpu_flags()['flags']}")  # fmt: skip
+        print(
+            f"ORT CPU @32 ({lat['threads']} threads): FP32 {lat['fp32']:.2f} ms, U8S8 {lat['int8_u8s8']:.2f} ms "
+            f"({lat['speedup_u8s8']:.2f}x){s8}; CPU flags {cpu_flags()['flags']}"
+        )
     for name, ok in checks.items():
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
     write_json(args.json or f"{args.out}.json", payload)

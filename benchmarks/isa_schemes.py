@@ -53,12 +53,14 @@ def main() -> None:
         ref = torch_logits(model, x)
         rows, files = [], []
         for name in SCHEMES.names():
-            path = quantize_onnx(pre, work / f"{name}.onnx", SCHEMES.get(name), CalibrationReader(calib),
-                                 cache=work / "ranges.json")  # fmt: skip
+            path = quantize_onnx(
+                pre, work / f"{name}.onnx", SCHEMES.get(name), CalibrationReader(calib), cache=work / "ranges.json"
+            )
             row = {"scheme": name}
             for kernels in ("native", "reference"):
-                p = parity_check(path, None, card, samples=x, reference_logits=ref, precision=Precision.INT8,
-                                 kernels=kernels)  # fmt: skip
+                p = parity_check(
+                    path, None, card, samples=x, reference_logits=ref, precision=Precision.INT8, kernels=kernels
+                )
                 row[kernels] = {"top1_agreement": p.top1_agreement, "max_abs": p.max_abs, "passed": p.passed}
             rows.append(row)
             files.append(path)
@@ -68,17 +70,30 @@ def main() -> None:
         target = resolve_target("cpu-x86")
         scratch = work / "choice"
         scratch.mkdir()
-        _, choice = choose_scheme(pre, scratch, target, CalibrationReader(calib), x=x, ref=ref, card=card,
-                                  latency=onnx_latency_ms, fp32=fp32)  # fmt: skip
-    payload = {"benchmark": "isa_schemes", "environment": environment(), "cpu": cpu_isa().model_dump(),
-               "model": args.model, "samples": len(x), "fp32_p50_ms": ms[-1], "schemes": rows,
-               "cpu_x86_resolves_to": target.name, "choice": {k: v for k, v in choice.items() if k != "trials"}}  # fmt: skip
+        _, choice = choose_scheme(
+            pre, scratch, target, CalibrationReader(calib), x=x, ref=ref, card=card, latency=onnx_latency_ms, fp32=fp32
+        )
+    payload = {
+        "benchmark": "isa_schemes",
+        "environment": environment(),
+        "cpu": cpu_isa().model_dump(),
+        "model": args.model,
+        "samples": len(x),
+        "fp32_p50_ms": ms[-1],
+        "schemes": rows,
+        "cpu_x86_resolves_to": target.name,
+        "choice": {k: v for k, v in choice.items() if k != "trials"},
+    }
     write_json(args.out, payload)
     for row in rows:
-        print(f"{row['scheme']:9s} native top-1 {row['native']['top1_agreement']:.3f}  reference "
-              f"{row['reference']['top1_agreement']:.3f}  p50 b1 {row['p50_ms'][1]:.3f} b32 {row['p50_ms'][32]:.2f} ms")  # fmt: skip
-    print(f"fp32      p50 b1 {ms[-1][1]:.3f} b32 {ms[-1][32]:.2f} ms; cpu-x86 -> {target.name}: {choice['chosen']} "
-          f"({choice['reason']}); {cpu_isa().describe()}")  # fmt: skip
+        print(
+            f"{row['scheme']:9s} native top-1 {row['native']['top1_agreement']:.3f}  reference "
+            f"{row['reference']['top1_agreement']:.3f}  p50 b1 {row['p50_ms'][1]:.3f} b32 {row['p50_ms'][32]:.2f} ms"
+        )
+    print(
+        f"fp32      p50 b1 {ms[-1][1]:.3f} b32 {ms[-1][32]:.2f} ms; cpu-x86 -> {target.name}: {choice['chosen']} "
+        f"({choice['reason']}); {cpu_isa().describe()}"
+    )
     print(f"wrote {args.out}")
 
 

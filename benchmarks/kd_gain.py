@@ -92,8 +92,14 @@ def run_one(args, method: str, seed: int, teacher: str, data, out: Path) -> dict
             progress=not args.no_progress,
         )
     else:
-        settings = RunSettings(student=args.student, teachers=[teacher], data=data.spec, train=cfg,
-                               losses=list(METHODS[method]), cache={"dir": str(out / "teacher_cache")})  # fmt: skip
+        settings = RunSettings(
+            student=args.student,
+            teachers=[teacher],
+            data=data.spec,
+            train=cfg,
+            losses=list(METHODS[method]),
+            cache={"dir": str(out / "teacher_cache")},
+        )
         card = distill_model(settings, run_dir, data=data, overwrite=True, progress=not args.no_progress)
     row = {
         "method": method,
@@ -163,12 +169,19 @@ def main() -> None:
     summary = summarise(runs)
     params = {"teacher": teacher_info["params"], "student": runs[0]["params"]}
     payload = {
-        "benchmark": "kd_gain", "quick": args.quick, "data": data.spec,
+        "benchmark": "kd_gain",
+        "quick": args.quick,
+        "data": data.spec,
         "config": {k: v for k, v in vars(args).items() if k not in ("json",)},
-        "teacher": teacher_info, "params": params, "runs": runs, "summary": summary,
-        "acceptance": acceptance(summary, params, elapsed), "elapsed_s": elapsed, "environment": environment(),
+        "teacher": teacher_info,
+        "params": params,
+        "runs": runs,
+        "summary": summary,
+        "acceptance": acceptance(summary, params, elapsed),
+        "elapsed_s": elapsed,
+        "environment": environment(),
         "note": "smoke run: the teacher trains 3 steps, so the acceptance is not meaningful" if args.quick else "",
-    }  # fmt: skip
+    }
     for method, s in summary.items():
         print(
             f"{method:8s} acc {s['acc_mean']:.4f} ± {s['acc_std']:.4f}   auroc {s['auroc_mean']:.4f} ± "

@@ -64,8 +64,19 @@ def make_config(data: str, *, epochs_teacher: int, epochs_student: int, seeds: i
 def verdict(summary) -> dict[str, Any]:
     """The KD comparison of a run and the test metrics of its rows."""
     kd = summary.kd
-    keep = ("metric", "helps", "chosen", "gain_val", "gain_test", "gain_val_ci", "significant", "secondary",
-            "disagree", "message", "suggestions")  # fmt: skip
+    keep = (
+        "metric",
+        "helps",
+        "chosen",
+        "gain_val",
+        "gain_test",
+        "gain_val_ci",
+        "significant",
+        "secondary",
+        "disagree",
+        "message",
+        "suggestions",
+    )
     rows = {r.name: {m: r.test.get(m) for m in ("acc", "balanced_acc", "auroc")} for r in summary.rows}
     return {**{k: kd.get(k) for k in keep}, "test": rows}
 
@@ -94,8 +105,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     npz = write_glyphs(out / "glyphs.npz", n_train=args.n_train, size=20, seed=0)
-    cfg = make_config(data_spec(npz), epochs_teacher=args.epochs_teacher, epochs_student=args.epochs_student,
-                      seeds=args.seeds)  # fmt: skip
+    cfg = make_config(
+        data_spec(npz), epochs_teacher=args.epochs_teacher, epochs_student=args.epochs_student, seeds=args.seeds
+    )
     result: dict[str, Any] = {"config": cfg, "n_train": args.n_train, "n_val": args.n_train // 2}
     result["auto"], result["time_s_auto"] = run(out, cfg, [])
     result["auroc_decides"], result["time_s_auroc"] = run(out, cfg, ["distill.metric=auroc"])

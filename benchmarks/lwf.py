@@ -46,8 +46,9 @@ A = "pneumoniamnist"
 
 def domain_b(out: Path) -> str:
     arrays = pneumonia_arrays()
-    return write_medmnist(out / "domain_b.npz", {s: (scanner_b(im, seed=i), y) for i, (s, (im, y)) in
-                                                 enumerate(arrays.items())})  # fmt: skip
+    return write_medmnist(
+        out / "domain_b.npz", {s: (scanner_b(im, seed=i), y) for i, (s, (im, y)) in enumerate(arrays.items())}
+    )
 
 
 METRICS = ("acc", "auroc", "sensitivity", "specificity")
@@ -73,9 +74,13 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for method in ("finetune", "lwf"):
         mine = [r for r in rows if r["method"] == method]
-        out[method] = {k: {"mean": statistics.mean(r[k] for r in mine),
-                           "std": statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0}
-                       for k in (f"{d}_{m}" for d in "ab" for m in METRICS)}  # fmt: skip
+        out[method] = {
+            k: {
+                "mean": statistics.mean(r[k] for r in mine),
+                "std": statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0,
+            }
+            for k in (f"{d}_{m}" for d in "ab" for m in METRICS)
+        }
     out["lwf_keeps_more_of_a"] = out["lwf"]["a_acc"]["mean"] > out["finetune"]["a_acc"]["mean"]
     return out
 
@@ -106,24 +111,50 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for method, weight in (("finetune", None), ("lwf", args.lwf_weight)):
-            cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=0, seed=seed,
-                              max_steps_per_epoch=args.max_steps)  # fmt: skip
+            cfg = TrainConfig(
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                warmup_epochs=0,
+                seed=seed,
+                max_steps_per_epoch=args.max_steps,
+            )
             t1 = time.perf_counter()
             dest = out / f"{method}_s{seed}"
-            update_model(model_a, b, dest, lwf=weight, freeze_norm=not args.update_norm, train=cfg, overwrite=True,
-                         progress=False)  # fmt: skip
+            update_model(
+                model_a,
+                b,
+                dest,
+                lwf=weight,
+                freeze_norm=not args.update_norm,
+                train=cfg,
+                overwrite=True,
+                progress=False,
+            )
             row = {"method": method, "seed": seed, **scores(dest, b), "seconds": time.perf_counter() - t1}
             rows.append(row)
-            print(f"{method:8s} seed {seed}: A ACC {row['a_acc']:.4f} AUROC {row['a_auroc']:.4f} | "
-                  f"B ACC {row['b_acc']:.4f} AUROC {row['b_auroc']:.4f}", flush=True)  # fmt: skip
-    result = {"benchmark": "lwf", "args": vars(args), "domain_b": "benchmarks/_shift.py scanner_b",
-              "before_update": before, "runs": rows, "summary": summary(rows), "seconds": time.perf_counter() - t0,
-              "environment": environment()}  # fmt: skip
+            print(
+                f"{method:8s} seed {seed}: A ACC {row['a_acc']:.4f} AUROC {row['a_auroc']:.4f} | "
+                f"B ACC {row['b_acc']:.4f} AUROC {row['b_auroc']:.4f}",
+                flush=True,
+            )
+    result = {
+        "benchmark": "lwf",
+        "args": vars(args),
+        "domain_b": "benchmarks/_shift.py scanner_b",
+        "before_update": before,
+        "runs": rows,
+        "summary": summary(rows),
+        "seconds": time.perf_counter() - t0,
+        "environment": environment(),
+    }
     write_json(args.json, result)
     s = result["summary"]
     for m in ("finetune", "lwf"):
-        print(f"{m:8s}: A ACC {s[m]['a_acc']['mean']:.4f} +- {s[m]['a_acc']['std']:.4f}, "
-              f"B ACC {s[m]['b_acc']['mean']:.4f} +- {s[m]['b_acc']['std']:.4f}")  # fmt: skip
+        print(
+            f"{m:8s}: A ACC {s[m]['a_acc']['mean']:.4f} +- {s[m]['a_acc']['std']:.4f}, "
+            f"B ACC {s[m]['b_acc']['mean']:.4f} +- {s[m]['b_acc']['std']:.4f}"
+        )
     print(f"LwF keeps more of A: {s['lwf_keeps_more_of_a']} ({result['seconds']:.0f} s)")
 
 

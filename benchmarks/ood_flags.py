@@ -64,14 +64,40 @@ def edgekd(*args: str) -> None:
 def build(work: Path, epochs: int) -> dict[str, Path]:
     out = {"model_dir": work / "model", "int8": work / "int8", "fp32": work / "bundle"}
     if not (out["model_dir"] / "edgekd.json").is_file():
-        edgekd("train", "--model", "small:resnet8", "--data", "pneumoniamnist", "--epochs", str(epochs),
-               "--intended-use", INTENDED, "--out", str(out["model_dir"]), "--overwrite", "--quiet")  # fmt: skip
+        edgekd(
+            "train",
+            "--model",
+            "small:resnet8",
+            "--data",
+            "pneumoniamnist",
+            "--epochs",
+            str(epochs),
+            "--intended-use",
+            INTENDED,
+            "--out",
+            str(out["model_dir"]),
+            "--overwrite",
+            "--quiet",
+        )
     if not (out["int8"] / "manifest.json").is_file():
-        edgekd("quantize", str(out["model_dir"]), "--method", "ptq", "--target", "cpu-x86", "--target-sensitivity",
-               "0.95", "--out", str(out["int8"]), "--overwrite", "--quiet")  # fmt: skip
+        edgekd(
+            "quantize",
+            str(out["model_dir"]),
+            "--method",
+            "ptq",
+            "--target",
+            "cpu-x86",
+            "--target-sensitivity",
+            "0.95",
+            "--out",
+            str(out["int8"]),
+            "--overwrite",
+            "--quiet",
+        )
     if not (out["fp32"] / "manifest.json").is_file():
-        edgekd("export", str(out["model_dir"]), "--target-sensitivity", "0.95", "--out", str(out["fp32"]),
-               "--overwrite")  # fmt: skip
+        edgekd(
+            "export", str(out["model_dir"]), "--target-sensitivity", "0.95", "--out", str(out["fp32"]), "--overwrite"
+        )
     return out
 
 
@@ -89,15 +115,34 @@ def _rows(artifact: str, model, files: dict[str, Path], allow: bool) -> list[dic
     name_of = {str(p): n for n, p in files.items()}
     rows = []
     for p in res.predictions:
-        rows.append({"artifact": artifact, "allow_out_of_scope": allow, "file": name_of[p.source],
-                     "what": FILES[name_of[p.source]], "result": "answered", "label": p.label,
-                     "probability": round(max(p.probabilities.values()), 4), "decision": p.decision,
-                     "ood_score": p.ood_score, "ood_spaces": p.ood_spaces, "out_of_distribution": p.out_of_distribution,
-                     "intended_use": p.intended_use, "reason": p.scope_reason})  # fmt: skip
+        rows.append(
+            {
+                "artifact": artifact,
+                "allow_out_of_scope": allow,
+                "file": name_of[p.source],
+                "what": FILES[name_of[p.source]],
+                "result": "answered",
+                "label": p.label,
+                "probability": round(max(p.probabilities.values()), 4),
+                "decision": p.decision,
+                "ood_score": p.ood_score,
+                "ood_spaces": p.ood_spaces,
+                "out_of_distribution": p.out_of_distribution,
+                "intended_use": p.intended_use,
+                "reason": p.scope_reason,
+            }
+        )
     for s in res.skipped:
-        rows.append({"artifact": artifact, "allow_out_of_scope": allow, "file": name_of[s.source],
-                     "what": FILES[name_of[s.source]], "result": f"refused ({s.kind})" if s.refused else "skipped",
-                     "reason": s.reason})  # fmt: skip
+        rows.append(
+            {
+                "artifact": artifact,
+                "allow_out_of_scope": allow,
+                "file": name_of[s.source],
+                "what": FILES[name_of[s.source]],
+                "result": f"refused ({s.kind})" if s.refused else "skipped",
+                "reason": s.reason,
+            }
+        )
     return sorted(rows, key=lambda r: list(FILES).index(r["file"]))
 
 
@@ -105,8 +150,12 @@ def _false_flags(model) -> dict[str, Any]:
     res = predict(model, [], data="pneumoniamnist", split="test", progress=False)
     flags = np.array([bool(p.out_of_distribution) for p in res.predictions])
     by_space = {s: int(sum((p.ood_spaces or {}).get(s, 0) > 1 for p in res.predictions)) for s in ("features", "image")}
-    return {"n": len(flags), "flagged": int(flags.sum()), "rate": round(float(flags.mean()), 4),
-            "flagged_by_space": by_space}  # fmt: skip
+    return {
+        "n": len(flags),
+        "flagged": int(flags.sum()),
+        "rate": round(float(flags.mean()), 4),
+        "flagged_by_space": by_space,
+    }
 
 
 def _print(rows: list[dict[str, Any]], rates: dict[str, Any]) -> None:
@@ -114,8 +163,10 @@ def _print(rows: list[dict[str, Any]], rates: dict[str, Any]) -> None:
         if r["result"] == "answered":
             spaces = ", ".join(f"{k} {v:.2f}" for k, v in (r["ood_spaces"] or {}).items() if v is not None)
             flag = "FLAGGED" if r["out_of_distribution"] else "not flagged"
-            print(f"{r['artifact']:9} {r['file']:18} {r['what']:42} {r['label']} {r['probability']:.3f}; OOD "
-                  f"{r['ood_score']} ({spaces}) {flag}; {r['intended_use']}")  # fmt: skip
+            print(
+                f"{r['artifact']:9} {r['file']:18} {r['what']:42} {r['label']} {r['probability']:.3f}; OOD "
+                f"{r['ood_score']} ({spaces}) {flag}; {r['intended_use']}"
+            )
         else:
             print(f"{r['artifact']:9} {r['file']:18} {r['what']:42} {r['result']}: {r['reason']}")
     for artifact, rate in rates.items():
@@ -138,13 +189,29 @@ def main() -> None:
             rows += _rows(name, loaded[name], files, allow)
         rates[name] = _false_flags(loaded[name])
     _print([r for r in rows if r["allow_out_of_scope"]], rates)
-    info = {n: {"threshold": m.info.threshold, "threshold_source": m.info.threshold_source,
-                "intended_use": m.info.intended_use.describe() if m.info.intended_use else None,
-                "ood_reference": m.info.ood_reference} for n, m in loaded.items()}  # fmt: skip
-    write_json(args.out, {"what": "issue 23: intended use and OOD flags on pydicom-data files; false-flag rate on "
-                                  "PneumoniaMNIST test (benchmarks/ood_flags.py)", "epochs": args.epochs,
-                          "models": info, "dicom_headers": headers, "rows": rows, "false_flag_rate": rates,
-                          "goal_false_flag_rate": 0.02, "environment": environment()})  # fmt: skip
+    info = {
+        n: {
+            "threshold": m.info.threshold,
+            "threshold_source": m.info.threshold_source,
+            "intended_use": m.info.intended_use.describe() if m.info.intended_use else None,
+            "ood_reference": m.info.ood_reference,
+        }
+        for n, m in loaded.items()
+    }
+    write_json(
+        args.out,
+        {
+            "what": "issue 23: intended use and OOD flags on pydicom-data files; false-flag rate on "
+            "PneumoniaMNIST test (benchmarks/ood_flags.py)",
+            "epochs": args.epochs,
+            "models": info,
+            "dicom_headers": headers,
+            "rows": rows,
+            "false_flag_rate": rates,
+            "goal_false_flag_rate": 0.02,
+            "environment": environment(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -100,20 +100,33 @@ def get_teacher(args, data, out: Path) -> str:
     if not is_model_dir(path):
         # whole epochs (a smoke run caps them too): the teacher is trained once, its quality serves every section
         cfg = _cfg(args, args.teacher_epochs, 2e-3, augment="medical", max_steps_per_epoch=3 if args.quick else None)
-        train_model(RunSettings(student=args.teacher_model, data=data.spec, train=cfg), path, data=data,
-                    progress=not args.no_progress)  # fmt: skip
+        train_model(
+            RunSettings(student=args.teacher_model, data=data.spec, train=cfg),
+            path,
+            data=data,
+            progress=not args.no_progress,
+        )
     return str(path)
 
 
 def _edgekd_kd(args, data, teacher: str, seed: int, out: Path, cache: dict | None = None) -> dict[str, Any]:
-    settings = RunSettings(student=args.student, teachers=[teacher], data=data.spec, losses=["ce:1", f"kd:1,T={args.T}"],
-                           train=_cfg(args, args.epochs, args.lr, seed), cache=cache)  # fmt: skip
+    settings = RunSettings(
+        student=args.student,
+        teachers=[teacher],
+        data=data.spec,
+        losses=["ce:1", f"kd:1,T={args.T}"],
+        train=_cfg(args, args.epochs, args.lr, seed),
+        cache=cache,
+    )
     card = distill_model(settings, out, data=data, overwrite=True, progress=not args.no_progress)
     hist = _history(out)
-    return {"acc": float(card.metrics["test"]["acc"]), "auroc": float(card.metrics["test"]["auroc"]),
-            "best_epoch": card.metrics["best_epoch"]["epoch"], "dir": str(out),
-            "history": [{k: h[k] for k in ("epoch", "images_per_s", "epoch_time_s", "val_auroc", "val_acc")}
-                        for h in hist]}  # fmt: skip
+    return {
+        "acc": float(card.metrics["test"]["acc"]),
+        "auroc": float(card.metrics["test"]["auroc"]),
+        "best_epoch": card.metrics["best_epoch"]["epoch"],
+        "dir": str(out),
+        "history": [{k: h[k] for k in ("epoch", "images_per_s", "epoch_time_s", "val_auroc", "val_acc")} for h in hist],
+    }
 
 
 def _kd_pair(args, data, teacher: str, seed: int, out: Path, edgekd_first: bool) -> dict[str, dict[str, Any]]:
@@ -124,13 +137,21 @@ def _kd_pair(args, data, teacher: str, seed: int, out: Path, edgekd_first: bool)
         if tool == "edgekd":
             r = _edgekd_kd(args, data, teacher, seed, out / f"kd_edgekd_seed{seed}")
         else:
-            r = run_torchdistill(teacher, args.student, data, _cfg(args, args.epochs, args.lr, seed), args.T,
-                                 out / f"kd_torchdistill_seed{seed}")  # fmt: skip
+            r = run_torchdistill(
+                teacher,
+                args.student,
+                data,
+                _cfg(args, args.epochs, args.lr, seed),
+                args.T,
+                out / f"kd_torchdistill_seed{seed}",
+            )
         rows[tool] = {"seed": seed, **r, "seconds": time.perf_counter() - t0, "images_per_s": _throughput(r["history"])}
     for tool in ("edgekd", "torchdistill"):
         r = rows[tool]
-        print(f"KD {tool:12s} seed {seed}: acc {r['acc']:.4f} auroc {r['auroc']:.4f}, {r['images_per_s']:.1f} img/s "
-              f"({r['seconds']:.0f} s)")  # fmt: skip
+        print(
+            f"KD {tool:12s} seed {seed}: acc {r['acc']:.4f} auroc {r['auroc']:.4f}, {r['images_per_s']:.1f} img/s "
+            f"({r['seconds']:.0f} s)"
+        )
     return rows
 
 
@@ -140,12 +161,20 @@ def kd_section(args, data, teacher: str, out: Path) -> dict[str, Any]:
     for i, seed in enumerate(args.seeds):
         for tool, row in _kd_pair(args, data, teacher, seed, out, edgekd_first=i % 2 == 0).items():
             runs[tool].append(row)
-    summary = {tool: {"acc": _mean_std([r["acc"] for r in rs]), "auroc": _mean_std([r["auroc"] for r in rs]),
-                      "images_per_s": _mean_std([r["images_per_s"] for r in rs])} for tool, rs in runs.items()}  # fmt: skip
+    summary = {
+        tool: {
+            "acc": _mean_std([r["acc"] for r in rs]),
+            "auroc": _mean_std([r["auroc"] for r in rs]),
+            "images_per_s": _mean_std([r["images_per_s"] for r in rs]),
+        }
+        for tool, rs in runs.items()
+    }
     e, t = summary["edgekd"], summary["torchdistill"]
-    ratios = {"images_per_s": e["images_per_s"]["mean"] / t["images_per_s"]["mean"],
-              "acc_points": 100 * (e["acc"]["mean"] - t["acc"]["mean"]),
-              "auroc_points": 100 * (e["auroc"]["mean"] - t["auroc"]["mean"])}  # fmt: skip
+    ratios = {
+        "images_per_s": e["images_per_s"]["mean"] / t["images_per_s"]["mean"],
+        "acc_points": 100 * (e["acc"]["mean"] - t["acc"]["mean"]),
+        "auroc_points": 100 * (e["auroc"]["mean"] - t["auroc"]["mean"]),
+    }
     cached = None
     if args.cache_run:
         r = _edgekd_kd(args, data, teacher, args.seeds[0], out / "kd_edgekd_cached", cache={"dir": str(out / "cache")})
@@ -154,11 +183,13 @@ def kd_section(args, data, teacher: str, out: Path) -> dict[str, Any]:
             cached["images_per_s_after_first_epoch"] / t["images_per_s"]["mean"]
         )
         print(f"KD edgekd --cache-teacher: {cached['images_per_s_after_first_epoch']:.1f} img/s after epoch 1")
-    calls = {"edgekd": f"distill_model(RunSettings(student={args.student!r}, teachers=[teacher], losses=['ce:1', "
-                       f"'kd:1,T={args.T}'], train=TrainConfig(epochs={args.epochs}, batch_size={args.batch_size}, "
-                       f"lr={args.lr}, max_steps_per_epoch={args.max_steps or None}, seed=SEED)), out)  "
-                       f"# cache run: cache={{'dir': ...}}",
-             "torchdistill": torchdistill_call(_cfg(args, args.epochs, args.lr), args.T)}  # fmt: skip
+    calls = {
+        "edgekd": f"distill_model(RunSettings(student={args.student!r}, teachers=[teacher], losses=['ce:1', "
+        f"'kd:1,T={args.T}'], train=TrainConfig(epochs={args.epochs}, batch_size={args.batch_size}, "
+        f"lr={args.lr}, max_steps_per_epoch={args.max_steps or None}, seed=SEED)), out)  "
+        f"# cache run: cache={{'dir': ...}}",
+        "torchdistill": torchdistill_call(_cfg(args, args.epochs, args.lr), args.T),
+    }
     return {"runs": runs, "summary": summary, "ratios": ratios, "edgekd_cached": cached, "calls": calls}
 
 
@@ -201,9 +232,14 @@ def _fidelity(files: dict[str, Path], data, pre, threads: int) -> dict[str, dict
     x, _ = split_inputs(data, "test", pre)
     logits = {k: onnx_logits(ort_session(p, threads=threads), x) for k, p in files.items()}
     z = logits["fp32"]
-    return {k: {"agreement_pct": 100 * float(np.mean(v.argmax(1) == z.argmax(1))),
-                "logit_rel_error": float(np.sum((v - z) ** 2) / np.sum(z**2))}
-            for k, v in logits.items() if k != "fp32"}  # fmt: skip
+    return {
+        k: {
+            "agreement_pct": 100 * float(np.mean(v.argmax(1) == z.argmax(1))),
+            "logit_rel_error": float(np.sum((v - z) ** 2) / np.sum(z**2)),
+        }
+        for k, v in logits.items()
+        if k != "fp32"
+    }
 
 
 def _deltas(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -216,85 +252,160 @@ def ptq_section(args, data, student: str, out: Path) -> dict[str, Any]:
     """edgekd, NNCF and ORT-defaults INT8 of the same FP32 ONNX with the same calibration samples."""
     card = read_card(student)
     t0 = time.perf_counter()
-    r = quantize_model_dir(student, out / "ptq_edgekd", QuantizeConfig(method="ptq", target="cpu-x86",
-                           calib_samples=args.calib_samples), data=data, latency=onnx_latency_ms, overwrite=True,
-                           progress=not args.no_progress)  # fmt: skip
-    fp32, calib = out / "ptq_edgekd" / "model.onnx", split_inputs(data, "train", card.preprocess,
-                                                                   n=args.calib_samples, seed=0)[0]  # fmt: skip
-    files = {"fp32": fp32, "edgekd": out / "ptq_edgekd" / "model.int8.onnx",
-             "nncf": out / "ptq_nncf.int8.onnx", "onnxruntime": out / "ptq_ort_defaults.int8.onnx"}  # fmt: skip
-    calls = {"edgekd": {"call": f"quantize_model_dir(student, out, QuantizeConfig(method='ptq', target='cpu-x86', "
-                                f"calib_samples={args.calib_samples}))", "seconds": time.perf_counter() - t0,
-                        "qdq": r.qdq},
-             "nncf": quantize_nncf(fp32, files["nncf"], calib),
-             "onnxruntime": quantize_ort_defaults(fp32, files["onnxruntime"], calib)}  # fmt: skip
+    r = quantize_model_dir(
+        student,
+        out / "ptq_edgekd",
+        QuantizeConfig(method="ptq", target="cpu-x86", calib_samples=args.calib_samples),
+        data=data,
+        latency=onnx_latency_ms,
+        overwrite=True,
+        progress=not args.no_progress,
+    )
+    fp32, calib = (
+        out / "ptq_edgekd" / "model.onnx",
+        split_inputs(data, "train", card.preprocess, n=args.calib_samples, seed=0)[0],
+    )
+    files = {
+        "fp32": fp32,
+        "edgekd": out / "ptq_edgekd" / "model.int8.onnx",
+        "nncf": out / "ptq_nncf.int8.onnx",
+        "onnxruntime": out / "ptq_ort_defaults.int8.onnx",
+    }
+    calls = {
+        "edgekd": {
+            "call": f"quantize_model_dir(student, out, QuantizeConfig(method='ptq', target='cpu-x86', "
+            f"calib_samples={args.calib_samples}))",
+            "seconds": time.perf_counter() - t0,
+            "qdq": r.qdq,
+        },
+        "nncf": quantize_nncf(fp32, files["nncf"], calib),
+        "onnxruntime": quantize_ort_defaults(fp32, files["onnxruntime"], calib),
+    }
     metrics = {k: _onnx_metrics(p, data, card.preprocess, args.threads) for k, p in files.items()}
     lat = _latencies(args, files)
-    ratios = {peer: {f"batch{b}_speedup": lat[peer][f"batch{b}_ms"] / lat["edgekd"][f"batch{b}_ms"] for b in (1, 32)}
-              for peer in ("nncf", "onnxruntime")}  # fmt: skip
+    ratios = {
+        peer: {f"batch{b}_speedup": lat[peer][f"batch{b}_ms"] / lat["edgekd"][f"batch{b}_ms"] for b in (1, 32)}
+        for peer in ("nncf", "onnxruntime")
+    }
     deltas, fidelity = _deltas(metrics), _fidelity(files, data, card.preprocess, args.threads)
     for name in files:
-        print(f"PTQ {name:12s} acc {metrics[name]['acc']:.4f} auroc {metrics[name]['auroc']:.4f}  "
-              f"b1 {lat[name]['batch1_ms']:.3f} ms  b32 {lat[name]['batch32_ms']:.2f} ms")  # fmt: skip
-    return {"model": student, "arch": card.spec.name, "calib_samples": len(calib), "metrics": metrics,
-            "delta_points_vs_fp32": deltas, "fidelity_vs_fp32": fidelity, "latency": lat, "edgekd_speedup_over": ratios, "calls": calls,
-            "edgekd_reported_delta": r.delta}  # fmt: skip
+        print(
+            f"PTQ {name:12s} acc {metrics[name]['acc']:.4f} auroc {metrics[name]['auroc']:.4f}  "
+            f"b1 {lat[name]['batch1_ms']:.3f} ms  b32 {lat[name]['batch32_ms']:.2f} ms"
+        )
+    return {
+        "model": student,
+        "arch": card.spec.name,
+        "calib_samples": len(calib),
+        "metrics": metrics,
+        "delta_points_vs_fp32": deltas,
+        "fidelity_vs_fp32": fidelity,
+        "latency": lat,
+        "edgekd_speedup_over": ratios,
+        "calls": calls,
+        "edgekd_reported_delta": r.delta,
+    }
 
 
 def sensitivity_section(args, data, model_dir: str, out: Path) -> dict[str, Any]:
     """Mixed precision under one budget: edgekd's sensitivity search vs NNCF's accuracy-controlled PTQ."""
     card = read_card(model_dir)
-    cfg = QuantizeConfig(method="ptq", target="cpu-x86", calib_samples=args.calib_samples, sensitivity=True,
-                         max_drop=args.max_drop, metric=args.sensitivity_metric)  # fmt: skip
+    cfg = QuantizeConfig(
+        method="ptq",
+        target="cpu-x86",
+        calib_samples=args.calib_samples,
+        sensitivity=True,
+        max_drop=args.max_drop,
+        metric=args.sensitivity_metric,
+    )
     t0 = time.perf_counter()
-    r = quantize_model_dir(model_dir, out / "mixed_edgekd", cfg, data=data, latency=onnx_latency_ms, overwrite=True,
-                           progress=not args.no_progress)  # fmt: skip
+    r = quantize_model_dir(
+        model_dir,
+        out / "mixed_edgekd",
+        cfg,
+        data=data,
+        latency=onnx_latency_ms,
+        overwrite=True,
+        progress=not args.no_progress,
+    )
     seconds = time.perf_counter() - t0
     fp32 = out / "mixed_edgekd" / "model.onnx"
     calib = split_inputs(data, "train", card.preprocess, n=args.calib_samples, seed=0)[0]
     x_val, y_val = split_inputs(data, "val", card.preprocess, n=SENSITIVITY_VAL_SAMPLES, spread=True)
     files = {"fp32": fp32, "edgekd": out / "mixed_edgekd" / "model.int8.onnx", "nncf": out / "mixed_nncf.int8.onnx"}
-    nncf_call = quantize_nncf_accuracy_control(fp32, files["nncf"], calib, x_val, y_val, data.task,
-                                               args.sensitivity_metric, args.max_drop)  # fmt: skip
+    nncf_call = quantize_nncf_accuracy_control(
+        fp32, files["nncf"], calib, x_val, y_val, data.task, args.sensitivity_metric, args.max_drop
+    )
     metrics = {k: _onnx_metrics(p, data, card.preprocess, args.threads) for k, p in files.items()}
     lat = _latencies(args, files)
     sens = r.sensitivity.model_dump() if r.sensitivity else {}
-    print(f"mixed: edgekd keeps {len(sens.get('fp32_nodes', []))} node(s) in FP32, NNCF "
-          f"{len(nncf_call['fp32_nodes'])}; test acc fp32 {metrics['fp32']['acc']:.4f} edgekd "
-          f"{metrics['edgekd']['acc']:.4f} nncf {metrics['nncf']['acc']:.4f}")  # fmt: skip
-    return {"model": model_dir, "arch": card.spec.name, "budget": {"metric": args.sensitivity_metric,
-            "max_drop_points": args.max_drop, "split": "val"}, "metrics": metrics,
-            "delta_points_vs_fp32": _deltas(metrics), "latency": lat,
-            "fidelity_vs_fp32": _fidelity(files, data, card.preprocess, args.threads),
-            "edgekd_speedup_over": {"nncf": {f"batch{b}_speedup": lat["nncf"][f"batch{b}_ms"]
-                                             / lat["edgekd"][f"batch{b}_ms"] for b in (1, 32)}},
-            "edgekd_fp32_nodes": sens.get("fp32_nodes", []), "edgekd_sensitivity": {k: v for k, v in sens.items()
-                                                                                    if k not in ("nodes",)},
-            "nncf_fp32_nodes": nncf_call["fp32_nodes"], "edgekd_all_int8_weighted_nodes": fp32_nodes(files["edgekd"]),
-            "calls": {"edgekd": {"call": f"quantize_model_dir(model, out, QuantizeConfig(method='ptq', "
-                                         f"target='cpu-x86', calib_samples={args.calib_samples}, sensitivity=True, "
-                                         f"max_drop={args.max_drop}, metric={args.sensitivity_metric!r}))",
-                                 "seconds": seconds},
-                      "nncf": nncf_call, "onnxruntime": "cannot: quantize_static has no accuracy-aware search"}}  # fmt: skip
+    print(
+        f"mixed: edgekd keeps {len(sens.get('fp32_nodes', []))} node(s) in FP32, NNCF "
+        f"{len(nncf_call['fp32_nodes'])}; test acc fp32 {metrics['fp32']['acc']:.4f} edgekd "
+        f"{metrics['edgekd']['acc']:.4f} nncf {metrics['nncf']['acc']:.4f}"
+    )
+    return {
+        "model": model_dir,
+        "arch": card.spec.name,
+        "budget": {"metric": args.sensitivity_metric, "max_drop_points": args.max_drop, "split": "val"},
+        "metrics": metrics,
+        "delta_points_vs_fp32": _deltas(metrics),
+        "latency": lat,
+        "fidelity_vs_fp32": _fidelity(files, data, card.preprocess, args.threads),
+        "edgekd_speedup_over": {
+            "nncf": {f"batch{b}_speedup": lat["nncf"][f"batch{b}_ms"] / lat["edgekd"][f"batch{b}_ms"] for b in (1, 32)}
+        },
+        "edgekd_fp32_nodes": sens.get("fp32_nodes", []),
+        "edgekd_sensitivity": {k: v for k, v in sens.items() if k not in ("nodes",)},
+        "nncf_fp32_nodes": nncf_call["fp32_nodes"],
+        "edgekd_all_int8_weighted_nodes": fp32_nodes(files["edgekd"]),
+        "calls": {
+            "edgekd": {
+                "call": f"quantize_model_dir(model, out, QuantizeConfig(method='ptq', "
+                f"target='cpu-x86', calib_samples={args.calib_samples}, sensitivity=True, "
+                f"max_drop={args.max_drop}, metric={args.sensitivity_metric!r}))",
+                "seconds": seconds,
+            },
+            "nncf": nncf_call,
+            "onnxruntime": "cannot: quantize_static has no accuracy-aware search",
+        },
+    }
 
 
 def _edgekd_prune(args, student: str, data, out: Path, kd: bool, seed: int) -> dict[str, Any]:
-    cfg = PruneConfig(importance="l2", target=PruneTarget.from_options(target_macs=args.target_macs),
-                      steps=args.prune_steps, round_to=args.round_to, recovery_epochs=args.recovery_epochs, kd=kd,
-                      latency_batch=None, train=_cfg(args, 1, args.recovery_lr, seed, warmup_epochs=0.0))  # fmt: skip
+    cfg = PruneConfig(
+        importance="l2",
+        target=PruneTarget.from_options(target_macs=args.target_macs),
+        steps=args.prune_steps,
+        round_to=args.round_to,
+        recovery_epochs=args.recovery_epochs,
+        kd=kd,
+        latency_batch=None,
+        train=_cfg(args, 1, args.recovery_lr, seed, warmup_epochs=0.0),
+    )
     t0 = time.perf_counter()
     rep = prune_model_dir(student, out, cfg, data=data, overwrite=True, progress=not args.no_progress)
-    return {"auroc": float(rep.metrics_after["test"]["auroc"]), "acc": float(rep.metrics_after["test"]["acc"]),
-            "macs_kept": rep.after.macs / rep.before.macs, "params": rep.after.params, "dir": str(out),
-            "unpruned_auroc": float(rep.metrics_before["test"]["auroc"]),
-            "unpruned_acc": float(rep.metrics_before["test"]["acc"]), "seconds": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "auroc": float(rep.metrics_after["test"]["auroc"]),
+        "acc": float(rep.metrics_after["test"]["acc"]),
+        "macs_kept": rep.after.macs / rep.before.macs,
+        "params": rep.after.params,
+        "dir": str(out),
+        "unpruned_auroc": float(rep.metrics_before["test"]["auroc"]),
+        "unpruned_acc": float(rep.metrics_before["test"]["acc"]),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _prune_latency(args, student: str, runs: dict[str, list], tp_model, out: Path) -> dict[str, dict[str, float]]:
     """Latency of the unpruned and the first seed's pruned models, exported with edgekd's exporter alike."""
     unpruned, card = load_model_dir(student)
-    models = {"unpruned": unpruned, "edgekd_kd": load_model_dir(runs["edgekd_kd"][0]["dir"])[0],
-              "edgekd_ce": load_model_dir(runs["edgekd_ce"][0]["dir"])[0], "torch_pruning": tp_model}  # fmt: skip
+    models = {
+        "unpruned": unpruned,
+        "edgekd_kd": load_model_dir(runs["edgekd_kd"][0]["dir"])[0],
+        "edgekd_ce": load_model_dir(runs["edgekd_ce"][0]["dir"])[0],
+        "torch_pruning": tp_model,
+    }
     files = {name: out / f"prune_latency_{name}.onnx" for name in models}
     for name, model in models.items():
         export_onnx(model, card, files[name])
@@ -311,34 +422,62 @@ def prune_section(args, data, student: str, out: Path) -> dict[str, Any]:
             runs[name].append(
                 {"seed": seed, **_edgekd_prune(args, student, data, out / f"{name}_seed{seed}", kd, seed)}
             )
-        model, rec = prune_torch_pruning_alone(student, data, target_macs=args.target_macs, round_to=args.round_to,
-                                               epochs=epochs, lr=args.tp_lr, seed=seed, batch=args.batch_size,
-                                               max_steps=args.max_steps or None)  # fmt: skip
+        model, rec = prune_torch_pruning_alone(
+            student,
+            data,
+            target_macs=args.target_macs,
+            round_to=args.round_to,
+            epochs=epochs,
+            lr=args.tp_lr,
+            seed=seed,
+            batch=args.batch_size,
+            max_steps=args.max_steps or None,
+        )
         tp_models[seed] = model
         runs["torch_pruning"].append({"seed": seed, **rec})
         for name in runs:
             r = runs[name][-1]
-            print(f"prune {name:13s} seed {seed}: auroc {r['auroc']:.4f} acc {r['acc']:.4f} MACs kept "
-                  f"{r['macs_kept']:.3f}")  # fmt: skip
-    summary = {k: {"auroc": _mean_std([r["auroc"] for r in v]), "acc": _mean_std([r["acc"] for r in v]),
-                   "macs_kept": max(r["macs_kept"] for r in v)} for k, v in runs.items()}  # fmt: skip
+            print(
+                f"prune {name:13s} seed {seed}: auroc {r['auroc']:.4f} acc {r['acc']:.4f} MACs kept "
+                f"{r['macs_kept']:.3f}"
+            )
+    summary = {
+        k: {
+            "auroc": _mean_std([r["auroc"] for r in v]),
+            "acc": _mean_std([r["acc"] for r in v]),
+            "macs_kept": max(r["macs_kept"] for r in v),
+        }
+        for k, v in runs.items()
+    }
     lat = _prune_latency(args, student, runs, tp_models[args.prune_seeds[0]], out)
     tp_sum = summary["torch_pruning"]
     per_epoch = math.ceil(len(data.train) / args.batch_size)
     total = epochs * (min(per_epoch, args.max_steps) if args.max_steps else per_epoch)
-    ratios = {k: {"auroc_points": 100 * (summary[k]["auroc"]["mean"] - tp_sum["auroc"]["mean"]),
-                  **{f"batch{b}_speedup": lat["torch_pruning"][f"batch{b}_ms"] / lat[k][f"batch{b}_ms"]
-                     for b in (1, 32)}} for k in ("edgekd_kd", "edgekd_ce")}  # fmt: skip
-    return {"model": student, "epochs": epochs, "runs": runs, "summary": summary, "latency": lat,
-            "unpruned": {"auroc": runs["edgekd_kd"][0]["unpruned_auroc"], "acc": runs["edgekd_kd"][0]["unpruned_acc"]},
-            "edgekd_vs_torch_pruning": ratios,
-            "calls": {"edgekd": f"prune_model_dir(student, out, PruneConfig(importance='l2', target=PruneTarget."
-                                f"from_options(target_macs={args.target_macs}), steps={args.prune_steps}, "
-                                f"round_to={args.round_to}, recovery_epochs={args.recovery_epochs}, kd=True|False, "
-                                f"train=TrainConfig(lr={args.recovery_lr}, batch_size={args.batch_size}, "
-                                f"max_steps_per_epoch={args.max_steps or None}, warmup_epochs=0.0, seed=SEED)))",
-                      "torch_pruning": TP_CALL.replace("0.6S, 0.8S", f"{int(0.6 * total)}, {int(0.8 * total)}")
-                      + f"; {epochs} epochs of {total // epochs} steps, batch {args.batch_size}"}}  # fmt: skip
+    ratios = {
+        k: {
+            "auroc_points": 100 * (summary[k]["auroc"]["mean"] - tp_sum["auroc"]["mean"]),
+            **{f"batch{b}_speedup": lat["torch_pruning"][f"batch{b}_ms"] / lat[k][f"batch{b}_ms"] for b in (1, 32)},
+        }
+        for k in ("edgekd_kd", "edgekd_ce")
+    }
+    return {
+        "model": student,
+        "epochs": epochs,
+        "runs": runs,
+        "summary": summary,
+        "latency": lat,
+        "unpruned": {"auroc": runs["edgekd_kd"][0]["unpruned_auroc"], "acc": runs["edgekd_kd"][0]["unpruned_acc"]},
+        "edgekd_vs_torch_pruning": ratios,
+        "calls": {
+            "edgekd": f"prune_model_dir(student, out, PruneConfig(importance='l2', target=PruneTarget."
+            f"from_options(target_macs={args.target_macs}), steps={args.prune_steps}, "
+            f"round_to={args.round_to}, recovery_epochs={args.recovery_epochs}, kd=True|False, "
+            f"train=TrainConfig(lr={args.recovery_lr}, batch_size={args.batch_size}, "
+            f"max_steps_per_epoch={args.max_steps or None}, warmup_epochs=0.0, seed=SEED)))",
+            "torch_pruning": TP_CALL.replace("0.6S, 0.8S", f"{int(0.6 * total)}, {int(0.8 * total)}")
+            + f"; {epochs} epochs of {total // epochs} steps, batch {args.batch_size}",
+        },
+    }
 
 
 def versions() -> dict[str, str | None]:
@@ -361,12 +500,17 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--T", type=float, default=4.0, help="KD temperature")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="KD seeds")
-    ap.add_argument("--no-cache-run", dest="cache_run", action="store_false",
-                    help="skip the edgekd --cache-teacher run")  # fmt: skip
+    ap.add_argument(
+        "--no-cache-run", dest="cache_run", action="store_false", help="skip the edgekd --cache-teacher run"
+    )
     ap.add_argument("--calib-samples", type=int, default=256)
     ap.add_argument("--sensitive-model", default="teacher", help="'teacher' or a model directory for mixed precision")
-    ap.add_argument("--max-drop", type=float, default=0.0,
-                    help="mixed-precision budget: allowed validation drop, in metric points (0: none)")  # fmt: skip
+    ap.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.0,
+        help="mixed-precision budget: allowed validation drop, in metric points (0: none)",
+    )
     ap.add_argument("--sensitivity-metric", default="auroc", choices=["acc", "auroc", "balanced_acc", "f1_macro"])
     ap.add_argument("--target-macs", type=float, default=0.5)
     ap.add_argument("--prune-steps", type=int, default=2)
@@ -377,8 +521,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--prune-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--latency-s", type=float, default=2.0, help="timed seconds per latency measurement")
     ap.add_argument("--latency-passes", type=int, default=4, help="passes over the files; each keeps its fastest")
-    ap.add_argument("--max-steps", type=int, default=20,
-                    help="steps per epoch of KD and pruning recovery, both sides (0: whole epochs)")  # fmt: skip
+    ap.add_argument(
+        "--max-steps",
+        type=int,
+        default=20,
+        help="steps per epoch of KD and pruning recovery, both sides (0: whole epochs)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
     ap.add_argument("--only", nargs="+", choices=["kd", "ptq", "sensitivity", "prune"], default=None)
     ap.add_argument("--out", default="runs/bench/peers")
@@ -399,8 +547,16 @@ def _start_payload(args, data, teacher: str, json_path: Path) -> dict[str, Any]:
         payload = json.loads(json_path.read_text())
         payload.setdefault("reruns", []).append({"sections": args.only, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return payload
-    return {"benchmark": "peers", "quick": args.quick, "data": data.spec, "cpu": cpu_flags(), "config": vars(args),
-            "versions": versions(), "teacher": teacher, "timings": {}}  # fmt: skip
+    return {
+        "benchmark": "peers",
+        "quick": args.quick,
+        "data": data.spec,
+        "cpu": cpu_flags(),
+        "config": vars(args),
+        "versions": versions(),
+        "teacher": teacher,
+        "timings": {},
+    }
 
 
 def _finish(payload: dict[str, Any], json_path: Path) -> None:
@@ -429,9 +585,12 @@ def main() -> None:
     payload["timings"]["teacher_s"] = time.perf_counter() - t0
     student = args.student_dir or str(out / f"kd_edgekd_seed{args.seeds[0]}")
     sensitive = teacher if args.sensitive_model == "teacher" else args.sensitive_model
-    sections = {"kd": lambda: kd_section(args, data, teacher, out), "ptq": lambda: ptq_section(args, data, student, out),
-                "sensitivity": lambda: sensitivity_section(args, data, sensitive, out),
-                "prune": lambda: prune_section(args, data, student, out)}  # fmt: skip
+    sections = {
+        "kd": lambda: kd_section(args, data, teacher, out),
+        "ptq": lambda: ptq_section(args, data, student, out),
+        "sensitivity": lambda: sensitivity_section(args, data, sensitive, out),
+        "prune": lambda: prune_section(args, data, student, out),
+    }
     for name, run in sections.items():
         if args.only is None or name in args.only:
             t1 = time.perf_counter()
@@ -441,8 +600,10 @@ def main() -> None:
             _finish(payload, json_path)
     print(payload["table"])
     elapsed = payload["elapsed_s" if args.only is None else "rerun_elapsed_s"]
-    print(f"wrote {json_path.with_suffix('.md')}; this run {elapsed / 60:.1f} min, load average "
-          f"{payload['environment']['load_average']}")  # fmt: skip
+    print(
+        f"wrote {json_path.with_suffix('.md')}; this run {elapsed / 60:.1f} min, load average "
+        f"{payload['environment']['load_average']}"
+    )
 
 
 if __name__ == "__main__":

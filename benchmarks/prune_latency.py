@@ -31,8 +31,10 @@ from _common import environment, write_json  # noqa: E402
 
 from edgekd.modeldir import is_model_dir  # noqa: E402
 
-NOTE_ALREADY_MET = ("the unpruned model met the budget when prune measured it: the machine's speed changed between "
-                    "the measurements; rerun when quiet")  # fmt: skip
+NOTE_ALREADY_MET = (
+    "the unpruned model met the budget when prune measured it: the machine's speed changed between "
+    "the measurements; rerun when quiet"
+)
 
 
 def edgekd(*args: str) -> list[str]:
@@ -54,8 +56,22 @@ def get_model(args, work: Path) -> Path:
     path = work / "model"
     if not is_model_dir(path):
         steps = ["--max-steps-per-epoch", "10"] if args.quick else []
-        cmd = ["train", "--model", args.student, "--data", args.data, "--epochs", str(args.epochs), "--batch-size",
-               "128", *steps, "--out", str(path), "--overwrite", "--quiet"]  # fmt: skip
+        cmd = [
+            "train",
+            "--model",
+            args.student,
+            "--data",
+            args.data,
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            "128",
+            *steps,
+            "--out",
+            str(path),
+            "--overwrite",
+            "--quiet",
+        ]
         print("$ edgekd " + " ".join(cmd), flush=True)
         subprocess.run(edgekd(*cmd), check=True)
     return path
@@ -63,8 +79,24 @@ def get_model(args, work: Path) -> Path:
 
 def bench_p50(paths: list[Path], args, out: Path) -> dict[str, float]:
     """`edgekd bench` ORT CPU p50 (ms) at ``--batch`` of each path, by artifact name."""
-    report = run_json(["bench", *map(str, paths), "--backend", "ort", "--device", "cpu", "--batch", str(args.batch),
-                       "--min-s", str(args.bench_s), "--no-roofline", "--no-times", "--quiet"], out)  # fmt: skip
+    report = run_json(
+        [
+            "bench",
+            *map(str, paths),
+            "--backend",
+            "ort",
+            "--device",
+            "cpu",
+            "--batch",
+            str(args.batch),
+            "--min-s",
+            str(args.bench_s),
+            "--no-roofline",
+            "--no-times",
+            "--quiet",
+        ],
+        out,
+    )
     return {r["name"]: r["stats"]["p50_ms"] for r in report["results"]}
 
 
@@ -93,9 +125,22 @@ def main() -> None:
     unpruned = bench_p50([model], args, work / "bench_before.json")[model.name]
     budget = round(args.budget_fraction * unpruned, 4)
     pruned_dir = work / "pruned"
-    prune_args = ["prune", str(model), "--target-latency-ms", str(budget), "--batch", str(args.batch),
-                  "--round-to", "auto", "--recovery-epochs", str(args.recovery_epochs), "--out", str(pruned_dir),
-                  "--overwrite", "--quiet"] + (["--max-steps-per-epoch", "10"] if args.quick else [])  # fmt: skip
+    prune_args = [
+        "prune",
+        str(model),
+        "--target-latency-ms",
+        str(budget),
+        "--batch",
+        str(args.batch),
+        "--round-to",
+        "auto",
+        "--recovery-epochs",
+        str(args.recovery_epochs),
+        "--out",
+        str(pruned_dir),
+        "--overwrite",
+        "--quiet",
+    ] + (["--max-steps-per-epoch", "10"] if args.quick else [])
     t_prune = time.perf_counter()
     report = run_json(prune_args, work / "prune_report.json")
     t_prune = time.perf_counter() - t_prune
@@ -123,20 +168,22 @@ def main() -> None:
             "round_to": {k: widths.get(k) for k in ("requested", "multiple", "source", "fingerprint", "costs")},
             "test_auroc_before": report["metrics_before"]["test"].get("auroc"),
             "test_auroc_after": report["metrics_after"]["test"].get("auroc"),
-        },  # fmt: skip
+        },
         "bench_after": {
             "unpruned_p50_ms": after[model.name],
             "pruned_p50_ms": after[pruned_dir.name],
             "speedup": after[model.name] / after[pruned_dir.name],
-        },  # fmt: skip
+        },
         "met_by_bench": after[pruned_dir.name] <= budget,
         "note": NOTE_ALREADY_MET if lat["already_met"] else None,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     write_json(args.out, payload)
-    print(f"unpruned {unpruned:.3f} ms, budget {budget:.3f} ms; pruned: prune says {lat['final_ms']:.3f} ms, "
-          f"bench says {after[pruned_dir.name]:.3f} ms (met: {payload['met_by_bench']}); "
-          f"widths multiple {widths.get('multiple')} ({widths.get('source')})")  # fmt: skip
+    print(
+        f"unpruned {unpruned:.3f} ms, budget {budget:.3f} ms; pruned: prune says {lat['final_ms']:.3f} ms, "
+        f"bench says {after[pruned_dir.name]:.3f} ms (met: {payload['met_by_bench']}); "
+        f"widths multiple {widths.get('multiple')} ({widths.get('source')})"
+    )
 
 
 if __name__ == "__main__":

@@ -73,35 +73,64 @@ def get_student(args, data, teacher: str, out: Path) -> str:
     """Reuse ``--student``, or distil one from the teacher (a finished one in OUT/student is reused)."""
     path = Path(args.student) if args.student else out / "student"
     if not is_model_dir(path):
-        settings = RunSettings(student=args.student_model, teachers=[teacher], data=data.spec,
-                               train=_cfg(args, args.student_epochs, 5e-3), losses=["ce:1", "kd:1,T=4"],
-                               cache={"dir": str(out / "teacher_cache")})  # fmt: skip
+        settings = RunSettings(
+            student=args.student_model,
+            teachers=[teacher],
+            data=data.spec,
+            train=_cfg(args, args.student_epochs, 5e-3),
+            losses=["ce:1", "kd:1,T=4"],
+            cache={"dir": str(out / "teacher_cache")},
+        )
         distill_model(settings, path, data=data, progress=not args.no_progress)
     return str(path)
 
 
-def prune_and_recover(args, student: str, data, out: Path, kd: bool, seed: int, latency: bool,
-                      teacher: str | None = None) -> dict[str, Any]:  # fmt: skip
+def prune_and_recover(
+    args, student: str, data, out: Path, kd: bool, seed: int, latency: bool, teacher: str | None = None
+) -> dict[str, Any]:
     """One pruning run (recovery data order from ``seed``, KD from ``teacher`` or the unpruned student);
     ``latency`` also times before/after back to back."""
     cfg = PruneConfig(
-        importance=args.importance, target=PruneTarget.from_options(target_macs=args.target_macs), steps=args.steps,
-        round_to=args.round_to, recovery_epochs=args.recovery_epochs, kd=kd, teacher=teacher if kd else None,
-        latency_batch=32 if latency else None, latency_s=args.latency_s, train=_cfg(args, 1, args.lr, seed),
-    )  # fmt: skip
+        importance=args.importance,
+        target=PruneTarget.from_options(target_macs=args.target_macs),
+        steps=args.steps,
+        round_to=args.round_to,
+        recovery_epochs=args.recovery_epochs,
+        kd=kd,
+        teacher=teacher if kd else None,
+        latency_batch=32 if latency else None,
+        latency_s=args.latency_s,
+        train=_cfg(args, 1, args.lr, seed),
+    )
     t0 = time.perf_counter()
-    report = prune_model_dir(student, out / f"pruned_{'kd' if kd else 'ce'}_seed{seed}", cfg, data=data,
-                             latency=model_latency_ms, overwrite=True, progress=not args.no_progress)  # fmt: skip
+    report = prune_model_dir(
+        student,
+        out / f"pruned_{'kd' if kd else 'ce'}_seed{seed}",
+        cfg,
+        data=data,
+        latency=model_latency_ms,
+        overwrite=True,
+        progress=not args.no_progress,
+    )
     row = {
-        "seed": seed, "recovery": report.recovery, "auroc": float(report.metrics_after["test"]["auroc"]),
-        "acc": float(report.metrics_after["test"]["acc"]), "macs_kept": report.after.macs / report.before.macs,
-        "params": report.after.params, "steps": report.steps, "seconds": time.perf_counter() - t0,
-        "before": report.before.model_dump(), "after": report.after.model_dump(),
-        "latency_speedup": report.latency_speedup, "unpruned_auroc": float(report.metrics_before["test"]["auroc"]),
+        "seed": seed,
+        "recovery": report.recovery,
+        "auroc": float(report.metrics_after["test"]["auroc"]),
+        "acc": float(report.metrics_after["test"]["acc"]),
+        "macs_kept": report.after.macs / report.before.macs,
+        "params": report.after.params,
+        "steps": report.steps,
+        "seconds": time.perf_counter() - t0,
+        "before": report.before.model_dump(),
+        "after": report.after.model_dump(),
+        "latency_speedup": report.latency_speedup,
+        "unpruned_auroc": float(report.metrics_before["test"]["auroc"]),
         "unpruned_acc": float(report.metrics_before["test"]["acc"]),
-    }  # fmt: skip
-    print(f"{report.recovery} recovery, seed {seed}: test auroc {row['auroc']:.4f} acc {row['acc']:.4f}, MACs kept "
-          f"{row['macs_kept']:.3f} ({row['seconds']:.0f} s)")  # fmt: skip
+    }
+    print(
+        f"{report.recovery} recovery, seed {seed}: test auroc {row['auroc']:.4f} acc {row['acc']:.4f}, MACs kept "
+        f"{row['macs_kept']:.3f} ({row['seconds']:.0f} s)"
+    )
     return row
 
 
@@ -115,8 +144,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def acceptance(kd: dict[str, float], ce: dict[str, float], unpruned: float, speedup: float | None,
-               target: float) -> dict[str, bool]:  # fmt: skip
+def acceptance(
+    kd: dict[str, float], ce: dict[str, float], unpruned: float, speedup: float | None, target: float
+) -> dict[str, bool]:
     return {
         "kd_within_0.5_auroc_points_of_unpruned": 100 * (unpruned - kd["auroc_mean"]) <= 0.5,
         "kd_beats_ce_recovery": kd["auroc_mean"] > ce["auroc_mean"],
@@ -133,8 +163,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--student", help="reuse this (distilled) student model directory")
     ap.add_argument("--student-model", default="small:resnet8x4")
     ap.add_argument("--student-epochs", type=int, default=8)
-    ap.add_argument("--recovery-teacher", choices=["teacher", "student"], default="teacher",
-                    help="KD recovery from the large teacher or from the unpruned student")  # fmt: skip
+    ap.add_argument(
+        "--recovery-teacher",
+        choices=["teacher", "student"],
+        default="teacher",
+        help="KD recovery from the large teacher or from the unpruned student",
+    )
     ap.add_argument("--importance", default="l2")
     ap.add_argument("--target-macs", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=2)
@@ -167,32 +201,52 @@ def main() -> None:
     recovery_teacher = teacher if args.recovery_teacher == "teacher" else None  # None: the unpruned student
     runs = {"kd": [], "ce": []}
     for i, seed in enumerate(args.seeds):
-        runs["kd"].append(prune_and_recover(args, student, data, out, kd=True, seed=seed, latency=i == 0,
-                                            teacher=recovery_teacher))  # fmt: skip
+        runs["kd"].append(
+            prune_and_recover(args, student, data, out, kd=True, seed=seed, latency=i == 0, teacher=recovery_teacher)
+        )
         runs["ce"].append(prune_and_recover(args, student, data, out, kd=False, seed=seed, latency=False))
     elapsed = time.perf_counter() - t0
     kd, ce, first = summarise(runs["kd"]), summarise(runs["ce"]), runs["kd"][0]
     unpruned = first["unpruned_auroc"]
     checks = acceptance(kd, ce, unpruned, first["latency_speedup"], args.target_macs)
     payload = {
-        "benchmark": "prune_recovery", "quick": args.quick, "data": data.spec,
+        "benchmark": "prune_recovery",
+        "quick": args.quick,
+        "data": data.spec,
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "teacher": {"dir": teacher, "model": read_card(teacher).spec.name, "params": read_card(teacher).params},
         "student": {"dir": student, "model": read_card(student).spec.name, "params": read_card(student).params},
         "recovery_teacher": recovery_teacher or student,
-        "auroc": {"unpruned": unpruned, "kd_recovered": kd["auroc_mean"], "ce_recovered": ce["auroc_mean"],
-                  "kd_std": kd["auroc_std"], "ce_std": ce["auroc_std"], "seeds": args.seeds},
+        "auroc": {
+            "unpruned": unpruned,
+            "kd_recovered": kd["auroc_mean"],
+            "ce_recovered": ce["auroc_mean"],
+            "kd_std": kd["auroc_std"],
+            "ce_std": ce["auroc_std"],
+            "seeds": args.seeds,
+        },
         "acc": {"unpruned": first["unpruned_acc"], "kd_recovered": kd["acc_mean"], "ce_recovered": ce["acc_mean"]},
-        "latency_ms_batch32": {"unpruned": first["before"]["latency_ms"], "pruned": first["after"]["latency_ms"],
-                               "speedup": first["latency_speedup"], "threads": first["after"]["latency_threads"]},
-        "summary": {"kd": kd, "ce": ce}, "runs": runs, "acceptance": checks, "elapsed_s": elapsed,
+        "latency_ms_batch32": {
+            "unpruned": first["before"]["latency_ms"],
+            "pruned": first["after"]["latency_ms"],
+            "speedup": first["latency_speedup"],
+            "threads": first["after"]["latency_threads"],
+        },
+        "summary": {"kd": kd, "ce": ce},
+        "runs": runs,
+        "acceptance": checks,
+        "elapsed_s": elapsed,
         "environment": environment(),
-    }  # fmt: skip
-    print(f"AUROC unpruned {unpruned:.4f} | KD-recovered {kd['auroc_mean']:.4f} +- {kd['auroc_std']:.4f} | "
-          f"CE-recovered {ce['auroc_mean']:.4f} +- {ce['auroc_std']:.4f} ({len(args.seeds)} seed(s))")  # fmt: skip
+    }
+    print(
+        f"AUROC unpruned {unpruned:.4f} | KD-recovered {kd['auroc_mean']:.4f} +- {kd['auroc_std']:.4f} | "
+        f"CE-recovered {ce['auroc_mean']:.4f} +- {ce['auroc_std']:.4f} ({len(args.seeds)} seed(s))"
+    )
     lat = payload["latency_ms_batch32"]
-    print(f"ORT CPU latency @32: {lat['unpruned']:.2f} ms -> {lat['pruned']:.2f} ms ({lat['speedup']:.2f}x); "
-          f"total {elapsed / 60:.1f} min")  # fmt: skip
+    print(
+        f"ORT CPU latency @32: {lat['unpruned']:.2f} ms -> {lat['pruned']:.2f} ms ({lat['speedup']:.2f}x); "
+        f"total {elapsed / 60:.1f} min"
+    )
     for name, ok in checks.items():
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
     write_json(args.json or f"{args.out}.json", payload)

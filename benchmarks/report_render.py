@@ -31,8 +31,15 @@ from _common import environment, write_json  # noqa: E402
 
 from edgekd.report import SECTION_IDS  # noqa: E402
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-         "--hide-scrollbars", "--allow-file-access-from-files"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--allow-file-access-from-files",
+]
 
 
 def chromium() -> str:
@@ -43,8 +50,9 @@ def chromium() -> str:
             return found
     print("chromium is missing: apt-get update && apt-get install -y chromium", flush=True)
     subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"], check=True, stdout=subprocess.DEVNULL
+    )
     found = shutil.which("chromium")
     if not found:
         raise SystemExit("chromium could not be installed")
@@ -58,8 +66,15 @@ def dump_dom(binary: str, page: Path, profile: Path) -> str:
 
 
 def screenshot(binary: str, page: Path, png: Path, profile: Path, height: int) -> None:
-    cmd = [binary, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000", f"--window-size=1320,{height}",
-           f"--screenshot={png}", page.as_uri()]  # fmt: skip
+    cmd = [
+        binary,
+        *FLAGS,
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=15000",
+        f"--window-size=1320,{height}",
+        f"--screenshot={png}",
+        page.as_uri(),
+    ]
     subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True)
 
 
@@ -69,8 +84,11 @@ def check(dom: str) -> dict:
     sections = {}
     for sid in SECTION_IDS:
         m = re.search(rf'<section id="{sid}">(.*?)</section>', dom, re.S)
-        sections[sid] = {"present": bool(m), "chars": len(m.group(1)) if m else 0,
-                         "images": len(re.findall(r"<img ", m.group(1))) if m else 0}  # fmt: skip
+        sections[sid] = {
+            "present": bool(m),
+            "chars": len(m.group(1)) if m else 0,
+            "images": len(re.findall(r"<img ", m.group(1))) if m else 0,
+        }
     total, loaded = int(attrs.get("data-images-total", -1)), int(attrs.get("data-images-loaded", -1))
     remote = re.findall(r'(?:src|href)="(https?:[^"]+)"', dom)
     ok = (
@@ -99,9 +117,11 @@ def main() -> int:
     result.update(page=str(page), screenshot=str(png), chromium=version, environment=environment())
     write_json(args.out, result)
     missing = [s for s, v in result["sections"].items() if not v["present"]]
-    print(f"sections: {len(SECTION_IDS) - len(missing)}/{len(SECTION_IDS)} present{' (missing ' + ', '.join(missing) + ')' if missing else ''}; "
-          f"images loaded {result['images_loaded']}/{result['images_total']}; remote references {len(result['remote_refs'])}; "
-          f"{'OK' if result['ok'] else 'FAILED'}")  # fmt: skip
+    print(
+        f"sections: {len(SECTION_IDS) - len(missing)}/{len(SECTION_IDS)} present{' (missing ' + ', '.join(missing) + ')' if missing else ''}; "
+        f"images loaded {result['images_loaded']}/{result['images_total']}; remote references {len(result['remote_refs'])}; "
+        f"{'OK' if result['ok'] else 'FAILED'}"
+    )
     return 0 if result["ok"] else 1
 
 

@@ -88,8 +88,9 @@ def main() -> int:
     _seed_run(args.reference, new, reuse)
     ref = json.loads((args.reference / "summary.json").read_text())
     t0 = time.time()
-    proc = subprocess.Popen(_cmd(args.config, new, new.with_suffix(".killed.json")), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _cmd(args.config, new, new.with_suffix(".killed.json")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     killed_after = _kill_when_running(proc, new, args.kill_in, args.timeout)
     record = json.loads((new / "stages" / f"{args.kill_in}.json").read_text())
     t1 = time.time()
@@ -101,16 +102,32 @@ def main() -> int:
     summary = json.loads(new.with_suffix(".json").read_text())
     status = {s["name"]: s["status"] for s in summary["stages"]}
     diffs = _compare(ref, summary, args.tol)
-    ok = (status.get(args.kill_in) == "resumed" and all(status.get(s) == "skipped" for s in reuse)
-          and all(d["equal"] for d in diffs))  # fmt: skip
-    result = {"ok": ok, "reference": str(args.reference), "new": str(new), "killed_in": args.kill_in,
-              "killed_after_s": killed_after, "record_status_at_kill": record["status"], "second_run_s": resumed_s,
-              "total_s": time.time() - t0, "status": status, "metrics_compared": len(diffs),
-              "metrics_different": [d for d in diffs if not d["equal"]], "environment": environment()}  # fmt: skip
+    ok = (
+        status.get(args.kill_in) == "resumed"
+        and all(status.get(s) == "skipped" for s in reuse)
+        and all(d["equal"] for d in diffs)
+    )
+    result = {
+        "ok": ok,
+        "reference": str(args.reference),
+        "new": str(new),
+        "killed_in": args.kill_in,
+        "killed_after_s": killed_after,
+        "record_status_at_kill": record["status"],
+        "second_run_s": resumed_s,
+        "total_s": time.time() - t0,
+        "status": status,
+        "metrics_compared": len(diffs),
+        "metrics_different": [d for d in diffs if not d["equal"]],
+        "environment": environment(),
+    }
     write_json(args.out, result)
-    print(f"killed in {args.kill_in} after {killed_after:.0f} s; second run {resumed_s:.0f} s; stages: "
-          + ", ".join(f"{k} {v}" for k, v in status.items()) + f"; {len(diffs) - len(result['metrics_different'])}/"
-          f"{len(diffs)} metrics equal to the uninterrupted run: {'OK' if ok else 'FAILED'}")  # fmt: skip
+    print(
+        f"killed in {args.kill_in} after {killed_after:.0f} s; second run {resumed_s:.0f} s; stages: "
+        + ", ".join(f"{k} {v}" for k, v in status.items())
+        + f"; {len(diffs) - len(result['metrics_different'])}/"
+        f"{len(diffs)} metrics equal to the uninterrupted run: {'OK' if ok else 'FAILED'}"
+    )
     return 0 if ok else 1
 
 

@@ -60,12 +60,39 @@ def edgekd(*args: str) -> list[str]:
 def stand_in_bundle(work: Path) -> Path:
     """The demo's INT8 recipe with a few training steps (reused when already built)."""
     steps = [
-        ("student", ["train", "--model", "small:resnet8x4", "--data", "pneumoniamnist", "--epochs", "1",
-                     "--max-steps-per-epoch", "10", "--batch-size", "128"]),
-        ("pruned", ["prune", str(work / "student"), "--target-macs", "0.5", "--steps", "1", "--round-to", "8",
-                    "--recovery-epochs", "0"]),
+        (
+            "student",
+            [
+                "train",
+                "--model",
+                "small:resnet8x4",
+                "--data",
+                "pneumoniamnist",
+                "--epochs",
+                "1",
+                "--max-steps-per-epoch",
+                "10",
+                "--batch-size",
+                "128",
+            ],
+        ),
+        (
+            "pruned",
+            [
+                "prune",
+                str(work / "student"),
+                "--target-macs",
+                "0.5",
+                "--steps",
+                "1",
+                "--round-to",
+                "8",
+                "--recovery-epochs",
+                "0",
+            ],
+        ),
         ("int8", ["quantize", str(work / "pruned"), "--method", "ptq", "--target", "cpu-x86"]),
-    ]  # fmt: skip
+    ]
     for out, args in steps:
         if not any((work / out / marker).is_file() for marker in ("edgekd.json", "manifest.json")):
             print(f"stand-in: edgekd {' '.join(args)}", flush=True)
@@ -97,15 +124,30 @@ def in_process(path: Path, x: np.ndarray, batch: int, threads: int, min_s: float
         times.append(time.perf_counter() - t)
         done += 1
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"batch": batch, "calls": done, "images_per_s": done * batch / wall,
-            "p50_ms": float(np.percentile(times, 50) * 1e3), "cpu_ms_per_image": cpu / (done * batch) * 1e3}  # fmt: skip
+    return {
+        "batch": batch,
+        "calls": done,
+        "images_per_s": done * batch / wall,
+        "p50_ms": float(np.percentile(times, 50) * 1e3),
+        "cpu_ms_per_image": cpu / (done * batch) * 1e3,
+    }
 
 
 def request_body(x: np.ndarray) -> tuple[bytes, int]:
     raw = np.ascontiguousarray(x, dtype="<f4").tobytes()
-    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                   "parameters": {"binary_data_size": len(raw)}}],
-                       "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     return head + raw, len(head)
 
 
@@ -118,8 +160,9 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     return status, headers, body
 
 
-async def _load(host: str, port: int, path: str, bodies: list[tuple[bytes, int]], clients: int,
-                n_requests: int) -> dict[str, Any]:  # fmt: skip
+async def _load(
+    host: str, port: int, path: str, bodies: list[tuple[bytes, int]], clients: int, n_requests: int
+) -> dict[str, Any]:
     """``clients`` keep-alive connections sending ``n_requests`` in total; per-request latency in seconds."""
     latencies: list[float] = []
     errors: dict[int, int] = {}
@@ -130,8 +173,10 @@ async def _load(host: str, port: int, path: str, bodies: list[tuple[bytes, int]]
         reader, writer = await asyncio.open_connection(host, port)
         for i in counter:
             body, hlen = bodies[i % len(bodies)]
-            req = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/octet-stream\r\n"
-                   f"{HEADER_LENGTH}: {hlen}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+            req = (
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/octet-stream\r\n"
+                f"{HEADER_LENGTH}: {hlen}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
             t = time.perf_counter()
             writer.write(req)
             status, headers, payload = await _read_response(reader)
@@ -146,9 +191,15 @@ async def _load(host: str, port: int, path: str, bodies: list[tuple[bytes, int]]
     await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - t0
     lat = np.array(latencies)
-    return {"requests": n_requests, "wall_s": wall, "requests_per_s": n_requests / wall,
-            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-            "errors": errors, "first_logits": first[0] if first else b""}  # fmt: skip
+    return {
+        "requests": n_requests,
+        "wall_s": wall,
+        "requests_per_s": n_requests / wall,
+        "p50_ms": float(np.percentile(lat, 50) * 1e3),
+        "p99_ms": float(np.percentile(lat, 99) * 1e3),
+        "errors": errors,
+        "first_logits": first[0] if first else b"",
+    }
 
 
 def _batch_totals(host: str, port: int) -> tuple[float, float]:
@@ -159,10 +210,25 @@ def _batch_totals(host: str, port: int) -> tuple[float, float]:
     return get("edgekd_batch_size_sum"), get("edgekd_batch_size_count")
 
 
-def serve_and_load(args, bundle: Path, x: np.ndarray, ref: np.ndarray, *, max_batch: int, request_batches: list[int]
-                   ) -> dict[str, Any]:  # fmt: skip
-    cmd = edgekd("serve", str(bundle), "--model-name", "m", "--port", "0", "--threads", str(args.threads),
-                 "--max-batch", str(max_batch), "--max-delay-ms", str(args.max_delay_ms), "--max-queue", "4096")  # fmt: skip
+def serve_and_load(
+    args, bundle: Path, x: np.ndarray, ref: np.ndarray, *, max_batch: int, request_batches: list[int]
+) -> dict[str, Any]:
+    cmd = edgekd(
+        "serve",
+        str(bundle),
+        "--model-name",
+        "m",
+        "--port",
+        "0",
+        "--threads",
+        str(args.threads),
+        "--max-batch",
+        str(max_batch),
+        "--max-delay-ms",
+        str(args.max_delay_ms),
+        "--max-queue",
+        "4096",
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         while not (m := re.search(r"listening on http://([\d.]+):(\d+)", line := proc.stdout.readline())):
@@ -183,12 +249,18 @@ def serve_and_load(args, bundle: Path, x: np.ndarray, ref: np.ndarray, *, max_ba
             res["client_cpu_s"] = time.process_time() - client0
             got = np.frombuffer(res.pop("first_logits"), dtype="<f4").reshape(batch, -1)
             res["first_response_max_abs_diff"] = float(np.abs(got - ref[:batch]).max())
-            res.update(request_batch=batch, images_per_s=res["requests_per_s"] * batch,
-                       server_cpu_ms_per_image=res["server_cpu_s"] / (n * batch) * 1e3)  # fmt: skip
+            res.update(
+                request_batch=batch,
+                images_per_s=res["requests_per_s"] * batch,
+                server_cpu_ms_per_image=res["server_cpu_s"] / (n * batch) * 1e3,
+            )
             out["runs"].append(res)
-            print(f"  max-batch {max_batch}, request batch {batch}: p50 {res['p50_ms']:.2f} ms, p99 "
-                  f"{res['p99_ms']:.2f} ms, {res['images_per_s']:.0f} img/s, model calls of "
-                  f"{res['mean_formed_batch']:.1f} rows, errors {res['errors']}", flush=True)  # fmt: skip
+            print(
+                f"  max-batch {max_batch}, request batch {batch}: p50 {res['p50_ms']:.2f} ms, p99 "
+                f"{res['p99_ms']:.2f} ms, {res['images_per_s']:.0f} img/s, model calls of "
+                f"{res['mean_formed_batch']:.1f} rows, errors {res['errors']}",
+                flush=True,
+            )
         return out
     finally:
         proc.terminate()
@@ -223,8 +295,11 @@ def main() -> None:
     ref = ort.InferenceSession(str(bundle / file), providers=["CPUExecutionProvider"]).run(None, {"input": x[:32]})[0]
     print(f"bundle {bundle} ({source}): {file}, {manifest.params} params, {manifest.macs} MACs", flush=True)
     local = {b: in_process(bundle / file, x, b, args.threads, args.min_s) for b in (1, 32)}
-    print(f"  in-process ORT: {local[1]['images_per_s']:.0f} img/s at batch 1, "
-          f"{local[32]['images_per_s']:.0f} img/s at batch 32", flush=True)  # fmt: skip
+    print(
+        f"  in-process ORT: {local[1]['images_per_s']:.0f} img/s at batch 1, "
+        f"{local[32]['images_per_s']:.0f} img/s at batch 32",
+        flush=True,
+    )
     plain = serve_and_load(args, bundle, x, ref, max_batch=1, request_batches=[1])
     batching = serve_and_load(args, bundle, x, ref, max_batch=32, request_batches=[1, 32])
     formed = max(1, round(batching["runs"][0]["mean_formed_batch"]))
@@ -235,7 +310,7 @@ def main() -> None:
         f"micro_batching_batch1_vs_ort_formed_batch{formed}": batching["runs"][0]["images_per_s"]
         / local[formed]["images_per_s"],
         "batch32_requests_vs_ort_batch32": batching["runs"][1]["images_per_s"] / local[32]["images_per_s"],
-    }  # fmt: skip
+    }
     # CPU seconds per image do not depend on what else runs on the machine: in-process over server is the
     # throughput ratio the server would reach where CPU is the limit and nothing else competes for it.
     cpu = lambda run, ref: local[ref]["cpu_ms_per_image"] / run["server_cpu_ms_per_image"]  # noqa: E731
@@ -248,13 +323,28 @@ def main() -> None:
         print(
             f"  ratio {k}: {v:.2f} (CPU per image: {cpu_ratios[k]:.2f})" if k in cpu_ratios else f"  ratio {k}: {v:.2f}"
         )
-    write_json(args.out, {
-        "benchmark": "serve_load", "bundle": str(bundle), "bundle_source": source, "file": file,
-        "params": manifest.params, "macs": manifest.macs, "clients": args.clients, "threads": args.threads,
-        "in_process_ort": {str(k): v for k, v in sorted(local.items())}, "no_batching": plain,
-        "micro_batching": batching, "ratios": ratios, "cpu_per_image_ratios": cpu_ratios, "goal_ratio": 0.7,
-        "seconds": time.perf_counter() - t_start, "load_average_start": load_start, "environment": environment(),
-    })  # fmt: skip
+    write_json(
+        args.out,
+        {
+            "benchmark": "serve_load",
+            "bundle": str(bundle),
+            "bundle_source": source,
+            "file": file,
+            "params": manifest.params,
+            "macs": manifest.macs,
+            "clients": args.clients,
+            "threads": args.threads,
+            "in_process_ort": {str(k): v for k, v in sorted(local.items())},
+            "no_batching": plain,
+            "micro_batching": batching,
+            "ratios": ratios,
+            "cpu_per_image_ratios": cpu_ratios,
+            "goal_ratio": 0.7,
+            "seconds": time.perf_counter() - t_start,
+            "load_average_start": load_start,
+            "environment": environment(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -76,12 +76,29 @@ def edgekd(*args: str) -> list[str]:
 
 def stand_in_bundle(work: Path) -> Path:
     steps = [
-        ("model", ["train", "--model", "small:resnet8", "--data", "pneumoniamnist", "--epochs", "1",
-                   "--max-steps-per-epoch", "30", "--batch-size", "128", "--intended-use",
-                   "modality=CR,DX body_part=CHEST"]),
-        ("int8", ["quantize", str(work / "model"), "--method", "ptq", "--target", "cpu-x86", "--target-sensitivity",
-                  "0.95"]),
-    ]  # fmt: skip
+        (
+            "model",
+            [
+                "train",
+                "--model",
+                "small:resnet8",
+                "--data",
+                "pneumoniamnist",
+                "--epochs",
+                "1",
+                "--max-steps-per-epoch",
+                "30",
+                "--batch-size",
+                "128",
+                "--intended-use",
+                "modality=CR,DX body_part=CHEST",
+            ],
+        ),
+        (
+            "int8",
+            ["quantize", str(work / "model"), "--method", "ptq", "--target", "cpu-x86", "--target-sensitivity", "0.95"],
+        ),
+    ]
     for out, args in steps:
         if not any((work / out / marker).is_file() for marker in ("edgekd.json", "manifest.json")):
             print(f"stand-in: edgekd {' '.join(args)}", flush=True)
@@ -118,17 +135,28 @@ class Payloads:
             buf = io.BytesIO()
             Image.fromarray(im[0]).save(buf, format="PNG")
             self.pngs.append(buf.getvalue())
-        self.dicom = {k: _dicom(f) for k, f in (("chest", "RG1_UNCI.dcm"), ("hand", "RG3_UNCI.dcm"),
-                                                 ("seg", "liver_1frame.dcm"))}  # fmt: skip
+        self.dicom = {
+            k: _dicom(f) for k, f in (("chest", "RG1_UNCI.dcm"), ("hand", "RG3_UNCI.dcm"), ("seg", "liver_1frame.dcm"))
+        }
         self.max_body = max_body
         self.bomb = gzip.compress(b"\0" * (max_body + 1024))
 
     @staticmethod
     def binary(x: np.ndarray, datatype: str = "FP32", size_delta: int = 0) -> tuple[bytes, dict[str, str]]:
         raw = np.ascontiguousarray(x).tobytes()
-        head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": datatype,
-                                       "parameters": {"binary_data_size": len(raw) + size_delta}}],
-                           "parameters": {"binary_data_output": True}}).encode()  # fmt: skip
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": list(x.shape),
+                        "datatype": datatype,
+                        "parameters": {"binary_data_size": len(raw) + size_delta},
+                    }
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
         return head + raw, {"Inference-Header-Content-Length": str(len(head))}
 
     @staticmethod
@@ -141,11 +169,22 @@ class Payloads:
 
 # kind -> (weight, expected status)
 KINDS = {
-    "infer-binary": (30, 200), "infer-json": (12, 200), "classify-png": (10, 200), "classify-dicom-chest": (3, 200),
-    "classify-dicom-hand": (3, 422), "classify-dicom-seg": (2, 422), "infer-wrong-dtype": (5, 400),
-    "infer-wrong-shape": (5, 400), "infer-truncated": (5, 400), "garbage": (6, 400), "oversized": (2, 413),
-    "gzip-bomb": (2, 413), "unknown-model": (5, 404), "health": (5, 200), "metrics": (5, 200),
-}  # fmt: skip
+    "infer-binary": (30, 200),
+    "infer-json": (12, 200),
+    "classify-png": (10, 200),
+    "classify-dicom-chest": (3, 200),
+    "classify-dicom-hand": (3, 422),
+    "classify-dicom-seg": (2, 422),
+    "infer-wrong-dtype": (5, 400),
+    "infer-wrong-shape": (5, 400),
+    "infer-truncated": (5, 400),
+    "garbage": (6, 400),
+    "oversized": (2, 413),
+    "gzip-bomb": (2, 413),
+    "unknown-model": (5, 404),
+    "health": (5, 200),
+    "metrics": (5, 200),
+}
 
 
 def _request(kind: str, p: Payloads, rng: random.Random) -> tuple[str, str, bytes | None, dict[str, str], Any]:
@@ -190,12 +229,14 @@ def _binary_logits_ok(r: httpx.Response, ref: np.ndarray) -> bool:
 
 def _json_logits_ok(r: httpx.Response, ref: np.ndarray) -> bool:
     outs = {o["name"]: o for o in r.json()["outputs"]}
-    return "out_of_distribution" in outs and np.allclose(np.array(outs["logits"]["data"]).reshape(ref.shape), ref,
-                                                         atol=1e-5)  # fmt: skip
+    return "out_of_distribution" in outs and np.allclose(
+        np.array(outs["logits"]["data"]).reshape(ref.shape), ref, atol=1e-5
+    )
 
 
-async def _client(url: str, p: Payloads, kinds: list[str], weights: list[int], until: float, seed: int,
-                  log: dict[str, Any]) -> None:  # fmt: skip
+async def _client(
+    url: str, p: Payloads, kinds: list[str], weights: list[int], until: float, seed: int, log: dict[str, Any]
+) -> None:
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         while time.monotonic() < until:
@@ -230,10 +271,31 @@ def _sample_rss(proc: psutil.Process, stop: threading.Event, samples: list[float
 
 
 def _start_server(bundle: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    cmd = edgekd("serve", f"{NAME}={bundle}", "--host", "127.0.0.1", "--port", "0", "--threads", str(args.threads),
-                 "--max-batch", "32", "--max-delay-ms", "5", "--max-body-mb", str(args.max_body_mb), "--drain-s", "1")  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"})  # fmt: skip
+    cmd = edgekd(
+        "serve",
+        f"{NAME}={bundle}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--threads",
+        str(args.threads),
+        "--max-batch",
+        "32",
+        "--max-delay-ms",
+        "5",
+        "--max-body-mb",
+        str(args.max_body_mb),
+        "--drain-s",
+        "1",
+    )
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"},
+    )
     for line in proc.stdout:
         print(line.rstrip(), flush=True)
         if m := re.search(r"listening on (http://127\.0\.0\.1:\d+)/v2", line):
@@ -268,15 +330,22 @@ def main() -> None:
     sampler = threading.Thread(target=_sample_rss, args=(ps, stop, rss), daemon=True)
     sampler.start()
     cpu0 = ps.cpu_times()
-    log: dict[str, Any] = {"latency": [], "valid_latency": [], "status": defaultdict(Counter), "wrong": Counter(),
-                           "lost": Counter(), "lost_reasons": Counter()}  # fmt: skip
+    log: dict[str, Any] = {
+        "latency": [],
+        "valid_latency": [],
+        "status": defaultdict(Counter),
+        "wrong": Counter(),
+        "lost": Counter(),
+        "lost_reasons": Counter(),
+    }
     t0 = time.monotonic()
     print(f"soak: {args.seconds:g} s, {args.clients} clients, kinds {', '.join(kinds)}", flush=True)
 
     async def run_all() -> None:
         until = time.monotonic() + args.seconds
-        await asyncio.gather(*(_client(url, payloads, kinds, weights, until, args.seed * 100 + c, log)
-                               for c in range(args.clients)))  # fmt: skip
+        await asyncio.gather(
+            *(_client(url, payloads, kinds, weights, until, args.seed * 100 + c, log) for c in range(args.clients))
+        )
 
     asyncio.run(run_all())
     elapsed = time.monotonic() - t0
@@ -296,27 +365,50 @@ def main() -> None:
         totals.update(v)
     result = {
         "what": "edgekd serve soak on 127.0.0.1: mixed valid and invalid requests (benchmarks/serve_soak.py)",
-        "bundle": str(bundle), "stand_in": args.bundle is None, "seconds": round(elapsed, 1), "clients": args.clients,
-        "server_threads": args.threads, "requests": int(sum(totals.values()) + sum(log["lost"].values())),
-        "responses": int(sum(totals.values())), "requests_per_s": round(sum(totals.values()) / elapsed, 1),
-        "status_counts": dict(sorted(totals.items())), "status_by_kind": status,
+        "bundle": str(bundle),
+        "stand_in": args.bundle is None,
+        "seconds": round(elapsed, 1),
+        "clients": args.clients,
+        "server_threads": args.threads,
+        "requests": int(sum(totals.values()) + sum(log["lost"].values())),
+        "responses": int(sum(totals.values())),
+        "requests_per_s": round(sum(totals.values()) / elapsed, 1),
+        "status_counts": dict(sorted(totals.items())),
+        "status_by_kind": status,
         "expected_status": {k: KINDS[k][1] for k in kinds},
-        "wrong": dict(log["wrong"]), "wrong_total": int(sum(log["wrong"].values())),
-        "lost": dict(log["lost"]), "lost_total": int(sum(log["lost"].values())), "lost_reasons": dict(log["lost_reasons"]),
+        "wrong": dict(log["wrong"]),
+        "wrong_total": int(sum(log["wrong"].values())),
+        "lost": dict(log["lost"]),
+        "lost_total": int(sum(log["lost"].values())),
+        "lost_reasons": dict(log["lost_reasons"]),
         "server_errors_5xx": int(sum(n for s, n in totals.items() if s >= 500)),
-        "latency_ms": {"p50": _pct(log["latency"], 50), "p99": _pct(log["latency"], 99),
-                       "max": _pct(log["latency"], 100)},
+        "latency_ms": {
+            "p50": _pct(log["latency"], 50),
+            "p99": _pct(log["latency"], 99),
+            "max": _pct(log["latency"], 100),
+        },
         "valid_infer_latency_ms": {"p50": _pct(log["valid_latency"], 50), "p99": _pct(log["valid_latency"], 99)},
-        "server_rss_mb": {"start": round(rss[0], 1) if rss else None, "peak": round(max(rss), 1) if rss else None,
-                          "end": round(rss[-1], 1) if rss else None, "samples": len(rss),
-                          "every_30_s": [round(v, 1) for v in rss[::60]]},
+        "server_rss_mb": {
+            "start": round(rss[0], 1) if rss else None,
+            "peak": round(max(rss), 1) if rss else None,
+            "end": round(rss[-1], 1) if rss else None,
+            "samples": len(rss),
+            "every_30_s": [round(v, 1) for v in rss[::60]],
+        },
         "server_cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 1),
         "sigterm": {"returncode": rc, "exit_s": round(time.monotonic() - t_term, 2)},
         "environment": environment(),
-    }  # fmt: skip
+    }
     write_json(args.out, result)
-    print(json.dumps({k: result[k] for k in ("requests", "status_counts", "wrong_total", "lost_total",
-                                             "latency_ms", "server_rss_mb")}, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in ("requests", "status_counts", "wrong_total", "lost_total", "latency_ms", "server_rss_mb")
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,27 +55,51 @@ def make_splits(out: Path, fraction: float) -> tuple[str, str, dict[str, int]]:
 def teacher(args, labeled: str, out: Path) -> tuple[str, dict[str, Any]]:
     path, t0 = out / "teacher", time.perf_counter()
     if not is_model_dir(path):
-        cfg = TrainConfig(epochs=args.teacher_epochs, batch_size=64, lr=2e-3, augment="medical", seed=0,
-                          max_steps_per_epoch=args.max_steps)  # fmt: skip
+        cfg = TrainConfig(
+            epochs=args.teacher_epochs,
+            batch_size=64,
+            lr=2e-3,
+            augment="medical",
+            seed=0,
+            max_steps_per_epoch=args.max_steps,
+        )
         train_model(RunSettings(student=args.teacher_model, data=labeled, train=cfg), path, progress=False)
     test = read_card(path).metrics["test"]
-    return str(path), {"model": args.teacher_model, "acc": test["acc"], "auroc": test["auroc"],
-                       "seconds": time.perf_counter() - t0}  # fmt: skip
+    return str(path), {
+        "model": args.teacher_model,
+        "acc": test["acc"],
+        "auroc": test["auroc"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def run(args, method: str, seed: int, labeled: str, unlabeled: str, teacher_dir: str, out: Path) -> dict[str, Any]:
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                      max_steps_per_epoch=args.max_steps)  # fmt: skip
-    settings = RunSettings(student=args.student, data=labeled, teachers=[teacher_dir], losses=["ce:1", "kd:1,T=4"],
-                           cache=CacheSettings(dir=str(out / "cache")), train=cfg,
-                           unlabeled=unlabeled if method == "unlabeled" else None,
-                           unlabeled_ratio=args.ratio)  # fmt: skip
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, max_steps_per_epoch=args.max_steps
+    )
+    settings = RunSettings(
+        student=args.student,
+        data=labeled,
+        teachers=[teacher_dir],
+        losses=["ce:1", "kd:1,T=4"],
+        cache=CacheSettings(dir=str(out / "cache")),
+        train=cfg,
+        unlabeled=unlabeled if method == "unlabeled" else None,
+        unlabeled_ratio=args.ratio,
+    )
     t0 = time.perf_counter()
     card = distill_model(settings, out / f"{method}_s{seed}", overwrite=True, progress=False)
     seconds = time.perf_counter() - t0
     test, notes = card.metrics["test"], card.lineage.notes.get("unlabeled", {})
-    row = {"method": method, "seed": seed, "acc": test["acc"], "auroc": test["auroc"], "seconds": seconds,
-           "best_epoch": card.metrics["best_epoch"]["epoch"], "unlabeled_images_seen": notes.get("seen", 0)}  # fmt: skip
+    row = {
+        "method": method,
+        "seed": seed,
+        "acc": test["acc"],
+        "auroc": test["auroc"],
+        "seconds": seconds,
+        "best_epoch": card.metrics["best_epoch"]["epoch"],
+        "unlabeled_images_seen": notes.get("seen", 0),
+    }
     print(f"{method:9s} seed {seed}: ACC {row['acc']:.4f} AUROC {row['auroc']:.4f} ({seconds:.0f} s)", flush=True)
     return row
 
@@ -84,9 +108,13 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = {}
     for method in ("labeled", "unlabeled"):
         mine = [r for r in rows if r["method"] == method]
-        out[method] = {k: {"mean": statistics.mean(r[k] for r in mine),
-                           "std": statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0}
-                       for k in ("acc", "auroc", "seconds")}  # fmt: skip
+        out[method] = {
+            k: {
+                "mean": statistics.mean(r[k] for r in mine),
+                "std": statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0,
+            }
+            for k in ("acc", "auroc", "seconds")
+        }
     out["unlabeled_better"] = all(out["unlabeled"][k]["mean"] > out["labeled"][k]["mean"] for k in ("acc", "auroc"))
     return out
 
@@ -117,13 +145,23 @@ def main() -> None:
         f"teacher ({sizes['labeled']} labelled images): ACC {teacher_info['acc']:.4f} AUROC {teacher_info['auroc']:.4f}"
     )
     rows = [run(args, m, s, labeled, unlabeled, teacher_dir, out) for s in args.seeds for m in ("labeled", "unlabeled")]
-    result = {"benchmark": "unlabeled_kd", "args": vars(args), "sizes": sizes, "teacher": teacher_info, "runs": rows,
-              "summary": summary(rows), "seconds": time.perf_counter() - t0, "environment": environment()}  # fmt: skip
+    result = {
+        "benchmark": "unlabeled_kd",
+        "args": vars(args),
+        "sizes": sizes,
+        "teacher": teacher_info,
+        "runs": rows,
+        "summary": summary(rows),
+        "seconds": time.perf_counter() - t0,
+        "environment": environment(),
+    }
     write_json(args.json, result)
     s = result["summary"]
     for m in ("labeled", "unlabeled"):
-        print(f"{m:9s}: ACC {s[m]['acc']['mean']:.4f} +- {s[m]['acc']['std']:.4f}, "
-              f"AUROC {s[m]['auroc']['mean']:.4f} +- {s[m]['auroc']['std']:.4f}")  # fmt: skip
+        print(
+            f"{m:9s}: ACC {s[m]['acc']['mean']:.4f} +- {s[m]['acc']['std']:.4f}, "
+            f"AUROC {s[m]['auroc']['mean']:.4f} +- {s[m]['auroc']['std']:.4f}"
+        )
     print(f"unlabeled better in mean ACC and AUROC: {s['unlabeled_better']} ({result['seconds']:.0f} s)")
 
 

@@ -44,19 +44,40 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["CpuIsa", "cpu_isa", "isa_class", "native_target", "parse_cpuinfo", "proc_cpuinfo", "ISA_CLASSES", "INT8_FLAGS"]
+__all__ = [
+    "CpuIsa",
+    "cpu_isa",
+    "isa_class",
+    "native_target",
+    "parse_cpuinfo",
+    "proc_cpuinfo",
+    "ISA_CLASSES",
+    "INT8_FLAGS",
+]
 
 ISA_CLASSES = ("x86-vnni", "x86-avx2", "x86-sse", "arm64-dotprod", "arm64", "other")
 # The flags that decide the class, in the spelling of /proc/cpuinfo (reported with every figure).
 INT8_FLAGS = ("sse4_1", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
-_NUMPY_NAMES = {"SSE41": "sse4_1", "AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
-                "AVX512VNNI": "avx512_vnni", "ASIMDDP": "asimddp"}  # fmt: skip
+_NUMPY_NAMES = {
+    "SSE41": "sse4_1",
+    "AVX2": "avx2",
+    "FMA3": "fma",
+    "AVX512F": "avx512f",
+    "AVX512BW": "avx512bw",
+    "AVX512VNNI": "avx512_vnni",
+    "ASIMDDP": "asimddp",
+}
 
 
 # The quantization target (edgekd.quantize) each class runs natively: what `cpu-x86` resolves to, and what a bundle
 # refused on this CPU is rebuilt for.
-_NATIVE_TARGETS = {"x86-vnni": "cpu-x86-vnni", "x86-avx2": "cpu-x86-avx2", "x86-sse": "cpu-x86-avx2",
-                   "arm64-dotprod": "cpu-arm", "arm64": "cpu-arm"}  # fmt: skip
+_NATIVE_TARGETS = {
+    "x86-vnni": "cpu-x86-vnni",
+    "x86-avx2": "cpu-x86-avx2",
+    "x86-sse": "cpu-x86-avx2",
+    "arm64-dotprod": "cpu-arm",
+    "arm64": "cpu-arm",
+}
 
 
 def native_target(isa: str) -> str | None:

@@ -28,10 +28,20 @@ from pathlib import Path
 from edgekd.errors import ArtifactError, InvalidInputError
 
 __all__ = [
-    "atomic_write_bytes", "atomic_write_text", "atomic_dir", "sha256_file", "umask",
-    "check_output", "check_report_path", "is_edgekd_artifact", "replace_dir", "ARTIFACT_MARKERS", "MARKER_FILE",
-    "reap_stale", "temp_prefix",
-]  # fmt: skip
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_dir",
+    "sha256_file",
+    "umask",
+    "check_output",
+    "check_report_path",
+    "is_edgekd_artifact",
+    "replace_dir",
+    "ARTIFACT_MARKERS",
+    "MARKER_FILE",
+    "reap_stale",
+    "temp_prefix",
+]
 
 
 def umask() -> int:
@@ -187,11 +197,15 @@ def check_output(
         raise InvalidInputError(f"{flag} {out} is a file, not a directory", f"choose another {flag}")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise InvalidInputError(f"{flag} {out} already exists and is not empty",
-                                    "choose another path, or pass --overwrite to replace an earlier edgekd output")  # fmt: skip
+            raise InvalidInputError(
+                f"{flag} {out} already exists and is not empty",
+                "choose another path, or pass --overwrite to replace an earlier edgekd output",
+            )
         if not is_edgekd_artifact(out):
-            raise InvalidInputError(f"{flag} {out} holds files that edgekd did not write; --overwrite only "
-                                    "replaces edgekd outputs", f"choose another {flag}")  # fmt: skip
+            raise InvalidInputError(
+                f"{flag} {out} holds files that edgekd did not write; --overwrite only replaces edgekd outputs",
+                f"choose another {flag}",
+            )
     _check_parent_writable(out, flag)
     return out
 
@@ -232,7 +246,9 @@ def check_report_path(
         if given is not None and Path(given).exists() and p.exists() and p.resolve() == Path(given).resolve():
             raise InvalidInputError(f"{flag} {p} is an input of this command", f"choose another {flag}")
     if p.exists() and not overwrite:
-        raise InvalidInputError(f"{flag} {p} already exists", f"choose another {flag}, or pass --overwrite to replace it")
+        raise InvalidInputError(
+            f"{flag} {p} already exists", f"choose another {flag}, or pass --overwrite to replace it"
+        )
     _check_parent_writable(p, flag, parents_only=True)
 
 

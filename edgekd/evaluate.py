@@ -57,14 +57,23 @@ def evaluate_model_dir(
         return predict(model, card.preprocess, make_loader(bundle.split(name), batch_size, shuffle=False), dev)
 
     logits, targets = logits_of(split)
-    res: dict[str, Any] = {"model": str(path), "data": spec, "split": split,
-                           "metrics": compute_metrics(logits, targets, bundle.task), "label_names": card.label_names}  # fmt: skip
+    res: dict[str, Any] = {
+        "model": str(path),
+        "data": spec,
+        "split": split,
+        "metrics": compute_metrics(logits, targets, bundle.task),
+        "label_names": card.label_names,
+    }
     if bundle.task is not Task.MULTILABEL:
-        res["calibration"] = {"ece": res["metrics"]["ece"],
-                              "bins": reliability_bins(probabilities(logits, bundle.task), targets)}  # fmt: skip
+        res["calibration"] = {
+            "ece": res["metrics"]["ece"],
+            "bins": reliability_bins(probabilities(logits, bundle.task), targets),
+        }
     if bundle.task is Task.BINARY and bundle.num_classes == 2:
         val = (logits, targets) if split == "val" else logits_of("val")
         point = operating_point(*val, logits, targets, target_sensitivity)
-        res["operating_point"] = {**{k: point[k] for k in ("target_sensitivity", "threshold", "val")},
-                                  split: point["test"]}  # fmt: skip
+        res["operating_point"] = {
+            **{k: point[k] for k in ("target_sensitivity", "threshold", "val")},
+            split: point["test"],
+        }
     return res

@@ -60,8 +60,14 @@ def import_model(
     return card
 
 
-def import_monai(bundle_dir: str | Path, *, data: str, out: str | Path, trust_pickle: bool = False,
-                 intended_use: IntendedUse | None = None) -> ModelCard:  # fmt: skip
+def import_monai(
+    bundle_dir: str | Path,
+    *,
+    data: str,
+    out: str | Path,
+    trust_pickle: bool = False,
+    intended_use: IntendedUse | None = None,
+) -> ModelCard:
     """A MONAI Bundle as a model directory: spec ``monai:bundle`` holding its ``network_def``, its weights,
     the bundle's preprocessing and ``data``'s labels.
 
@@ -75,10 +81,13 @@ def import_monai(bundle_dir: str | Path, *, data: str, out: str | Path, trust_pi
     check_network_def(mb.network_def)
     bundle = load_data(data)
     if bundle.num_classes != mb.num_classes:
-        raise InvalidInputError(f"MONAI bundle {bundle_dir} has {mb.num_classes} classes, {data} has {bundle.num_classes}",
-                                "pass --data with the bundle's classes")  # fmt: skip
-    spec = ModelSpec(name="monai:bundle", num_classes=mb.num_classes, in_chans=mb.in_chans,
-                     kwargs={"network_def": mb.network_def})  # fmt: skip
+        raise InvalidInputError(
+            f"MONAI bundle {bundle_dir} has {mb.num_classes} classes, {data} has {bundle.num_classes}",
+            "pass --data with the bundle's classes",
+        )
+    spec = ModelSpec(
+        name="monai:bundle", num_classes=mb.num_classes, in_chans=mb.in_chans, kwargs={"network_def": mb.network_def}
+    )
     loaded = mb.build_network(trust_pickle=trust_pickle)  # the teacher loader's weight rules (pickle, TorchScript)
     net = build_model(spec)
     net.load_state_dict(strip_prefixes(loaded.state_dict()), strict=True)

@@ -22,9 +22,16 @@ from sklearn import metrics as skm
 from edgekd.specs import Task
 
 __all__ = [
-    "compute_metrics", "probabilities", "METRIC_NAMES", "higher_is_better",
-    "expected_calibration_error", "reliability_bins", "threshold_for_sensitivity", "operating_point", "ECE_BINS",
-]  # fmt: skip
+    "compute_metrics",
+    "probabilities",
+    "METRIC_NAMES",
+    "higher_is_better",
+    "expected_calibration_error",
+    "reliability_bins",
+    "threshold_for_sensitivity",
+    "operating_point",
+    "ECE_BINS",
+]
 
 METRIC_NAMES = ("acc", "balanced_acc", "f1_macro", "auroc", "sensitivity", "specificity", "loss")
 ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width confidence bins
@@ -125,9 +132,15 @@ def reliability_bins(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_B
     for b in range(n_bins):
         mask = which == b
         n = int(mask.sum())
-        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n,
-                    "confidence": float(conf[mask].mean()) if n else math.nan,
-                    "accuracy": float(correct[mask].mean()) if n else math.nan})  # fmt: skip
+        out.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "count": n,
+                "confidence": float(conf[mask].mean()) if n else math.nan,
+                "accuracy": float(correct[mask].mean()) if n else math.nan,
+            }
+        )
     return out
 
 
@@ -172,9 +185,11 @@ def threshold_for_sensitivity(scores: np.ndarray, targets: np.ndarray, target: f
 def _rates(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
     pred = scores >= threshold
     pos, neg = y == 1, y == 0
-    return {"sensitivity": float(pred[pos].mean()) if pos.any() else math.nan,
-            "specificity": float((~pred[neg]).mean()) if neg.any() else math.nan,
-            "n": int(len(y))}  # fmt: skip
+    return {
+        "sensitivity": float(pred[pos].mean()) if pos.any() else math.nan,
+        "specificity": float((~pred[neg]).mean()) if neg.any() else math.nan,
+        "n": int(len(y)),
+    }
 
 
 def operating_point(
@@ -197,5 +212,9 @@ def operating_point(
     p_test = probabilities(test_logits, Task.BINARY)[:, 1]
     y_val, y_test = np.asarray(val_targets).astype(int).reshape(-1), np.asarray(test_targets).astype(int).reshape(-1)
     t = threshold_for_sensitivity(p_val, y_val, target_sensitivity)
-    return {"target_sensitivity": float(target_sensitivity), "threshold": t,
-            "val": _rates(p_val, y_val, t), "test": _rates(p_test, y_test, t)}  # fmt: skip
+    return {
+        "target_sensitivity": float(target_sensitivity),
+        "threshold": t,
+        "val": _rates(p_val, y_val, t),
+        "test": _rates(p_test, y_test, t),
+    }

@@ -84,8 +84,11 @@ def read_card(path: str | os.PathLike) -> ModelCard:
         )
     card = validate_file(ModelCard, raw, p / CARD_FILE, _RECREATE)
     if min(card.preprocess.input_size) < 1:
-        raise ArtifactError(f"{p / CARD_FILE}: invalid field preprocess.input_size: {list(card.preprocess.input_size)} "
-                            "is not a positive size", _RECREATE)  # fmt: skip
+        raise ArtifactError(
+            f"{p / CARD_FILE}: invalid field preprocess.input_size: {list(card.preprocess.input_size)} "
+            "is not a positive size",
+            _RECREATE,
+        )
     return card
 
 
@@ -205,8 +208,11 @@ def load_model_dir(path: str | os.PathLike, *, map_location: str = "cpu") -> tup
     shape = (1, card.preprocess.in_chans, *card.preprocess.input_size)
     reason = probe_forward(model, shape) if max(shape[2:]) <= MAX_INPUT_SIZE else "the input size is too large"
     if reason is not None:
-        raise ArtifactError(f"{card_file}: {card.spec.name} does not run on its recorded input "
-                            f"{'x'.join(map(str, shape[1:]))}: {reason}", _RECREATE)  # fmt: skip
+        raise ArtifactError(
+            f"{card_file}: {card.spec.name} does not run on its recorded input "
+            f"{'x'.join(map(str, shape[1:]))}: {reason}",
+            _RECREATE,
+        )
     model.eval()
     return model, card
 
@@ -215,8 +221,9 @@ def card_json(card: ModelCard) -> dict:
     return json.loads(card.model_dump_json())
 
 
-def load_model_and_data(source: str | os.PathLike, data: str | DataBundle | None = None, *, seed: int = 0
-                        ) -> tuple[torch.nn.Module, ModelCard, DataBundle]:  # fmt: skip
+def load_model_and_data(
+    source: str | os.PathLike, data: str | DataBundle | None = None, *, seed: int = 0
+) -> tuple[torch.nn.Module, ModelCard, DataBundle]:
     """A model directory and its data (default: the data in its lineage), checked to fit each other.
 
     Raises:
@@ -229,14 +236,18 @@ def load_model_and_data(source: str | os.PathLike, data: str | DataBundle | None
         raise InvalidInputError(f"{source} does not record its training data", "pass --data")
     bundle = spec if isinstance(spec, DataBundle) else load_data(spec, seed=seed)
     if bundle.num_classes != card.spec.num_classes or bundle.task is not card.task:
-        raise InvalidInputError(f"data {bundle.spec} ({bundle.num_classes} classes, {bundle.task.value}) does not fit "
-                                f"{source} ({card.spec.num_classes} outputs, {card.task.value})",
-                                "prune on the data the model was trained for")  # fmt: skip
+        raise InvalidInputError(
+            f"data {bundle.spec} ({bundle.num_classes} classes, {bundle.task.value}) does not fit "
+            f"{source} ({card.spec.num_classes} outputs, {card.task.value})",
+            "prune on the data the model was trained for",
+        )
     if card.label_names and bundle.label_names and list(bundle.label_names) != list(card.label_names):
         # Same count, other names or order: class i of the data would silently be class i of the model.
-        raise InvalidInputError(f"data {bundle.spec} has labels {_brief(bundle.label_names)} but {source} was "
-                                f"trained on {_brief(card.label_names)}",
-                                "use data with the model's labels in the model's order")  # fmt: skip
+        raise InvalidInputError(
+            f"data {bundle.spec} has labels {_brief(bundle.label_names)} but {source} was "
+            f"trained on {_brief(card.label_names)}",
+            "use data with the model's labels in the model's order",
+        )
     return model, card, bundle
 
 

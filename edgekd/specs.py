@@ -180,8 +180,12 @@ class Lineage(BaseModel):
 
 
 # IntendedUse key -> the DICOM attribute it is checked against.
-SCOPE_KEYS = {"modality": "Modality", "body_part": "BodyPartExamined", "view": "ViewPosition",
-              "photometric": "PhotometricInterpretation"}  # fmt: skip
+SCOPE_KEYS = {
+    "modality": "Modality",
+    "body_part": "BodyPartExamined",
+    "view": "ViewPosition",
+    "photometric": "PhotometricInterpretation",
+}
 _CS = re.compile(r"[A-Z0-9 _]{1,16}")  # DICOM's Code String: what these attributes may hold
 
 
@@ -262,16 +266,21 @@ class IntendedUse(BaseModel):
             key, sep, raw = item.partition("=")
             key = key.strip().lower().replace("-", "_")
             if not sep or key not in SCOPE_KEYS:
-                raise InvalidInputError(f"--intended-use {item!r}: expected KEY=V1,V2 with KEY one of "
-                                        f"{', '.join(SCOPE_KEYS)}", "e.g. --intended-use 'modality=CR,DX body_part=CHEST'")  # fmt: skip
+                raise InvalidInputError(
+                    f"--intended-use {item!r}: expected KEY=V1,V2 with KEY one of {', '.join(SCOPE_KEYS)}",
+                    "e.g. --intended-use 'modality=CR,DX body_part=CHEST'",
+                )
             vals = tuple(dict.fromkeys(v.strip().upper() for v in raw.split(",") if v.strip()))
             if not vals:
                 raise InvalidInputError(f"--intended-use {item!r} names no value", f"e.g. {key}=CR")
             fields[key] = fields.get(key, ()) + vals
         bad = _bad_code(fields)
         if bad:
-            raise InvalidInputError(bad, "use upper-case letters, digits, '_' or spaces (at most 16 characters), "
-                                         "e.g. --intended-use 'modality=CR,DX body_part=CHEST'")  # fmt: skip
+            raise InvalidInputError(
+                bad,
+                "use upper-case letters, digits, '_' or spaces (at most 16 characters), "
+                "e.g. --intended-use 'modality=CR,DX body_part=CHEST'",
+            )
         return cls(**fields, source=source)
 
     @property
@@ -288,8 +297,11 @@ class IntendedUse(BaseModel):
         if self.empty:
             return ScopeCheck("unrestricted")
         if attributes is None:
-            return ScopeCheck("not-checkable", f"not a DICOM file: its modality, body part and view cannot be "
-                                               f"checked against the intended use ({self.describe()})")  # fmt: skip
+            return ScopeCheck(
+                "not-checkable",
+                f"not a DICOM file: its modality, body part and view cannot be "
+                f"checked against the intended use ({self.describe()})",
+            )
         outside, missing = [], []
         for key, tag in SCOPE_KEYS.items():
             allowed = getattr(self, key)
@@ -306,8 +318,10 @@ class IntendedUse(BaseModel):
         if outside:
             return ScopeCheck("out-of-scope", "; ".join(outside))
         if missing:
-            return ScopeCheck("not-checkable", f"the file records no {', '.join(missing)} to check against the "
-                                               f"intended use ({self.describe()})")  # fmt: skip
+            return ScopeCheck(
+                "not-checkable",
+                f"the file records no {', '.join(missing)} to check against the intended use ({self.describe()})",
+            )
         return ScopeCheck("in-scope")
 
 

@@ -119,8 +119,15 @@ def _make_bundle(model_dir: Path, out: Path, *, engine: bool = False) -> Path:
     if engine:
         fake = out / "model.fp16.engine"
         fake.write_bytes(b"not a real engine")
-        files.append({"name": fake.name, "sha256": sha256_file(fake), "kind": "engine", "precision": "fp16",
-                      "bytes": fake.stat().st_size})  # fmt: skip
+        files.append(
+            {
+                "name": fake.name,
+                "sha256": sha256_file(fake),
+                "kind": "engine",
+                "precision": "fp16",
+                "bytes": fake.stat().st_size,
+            }
+        )
     manifest = {
         "schema_version": 1,
         "name": out.name,

@@ -47,9 +47,17 @@ def shipped(name: str) -> Path:
     return Path(path)
 
 
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", slope: float | None = None,
-                intercept: float | None = None, window: tuple[float, float] | None = None,
-                modality: str = "CT", signed: bool = False) -> Path:  # fmt: skip
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    modality: str = "CT",
+    signed: bool = False,
+) -> Path:
     """A minimal CT-like file (16-bit, explicit VR little endian) with identifying sentinel tags."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -167,8 +175,14 @@ def _learnable_folder(root: Path, n: int = 48, *, sizes=(16, 20)) -> list[tuple[
         if size != 16:
             px = np.kron(px, np.ones((2, 2)))[:size, :size]
         rel = f"series{i % 3}/img{i:03d}.dcm"
-        write_dicom(root / rel, px, slope=1.0, intercept=-1024.0, window=(500.0, 2200.0),
-                    photometric="MONOCHROME1" if i % 4 == 0 else "MONOCHROME2")  # fmt: skip
+        write_dicom(
+            root / rel,
+            px,
+            slope=1.0,
+            intercept=-1024.0,
+            window=(500.0, 2200.0),
+            photometric="MONOCHROME1" if i % 4 == 0 else "MONOCHROME2",
+        )
         rows.append((rel, ["normal", "nodule"][int(label)]))
     return rows
 
@@ -217,8 +231,27 @@ def test_dicom_folder_trains_evaluates_predicts_and_leaks_no_identifier(tmp_path
         csv.writer(f).writerows([("file", "label"), *rows])
     spec = f"dicom:{root},labels={table},size=16"
     out, outputs = tmp_path / "model", []
-    r = runner.invoke(app, ["train", "--model", "small:tinycnn", "--data", spec, "--epochs", "3", "--batch-size",
-                            "16", "--lr", "5e-3", "--out", str(out), "--quiet", "--json", str(tmp_path / "t.json")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "small:tinycnn",
+            "--data",
+            spec,
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--lr",
+            "5e-3",
+            "--out",
+            str(out),
+            "--quiet",
+            "--json",
+            str(tmp_path / "t.json"),
+        ],
+    )
     outputs.append(r.output)
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["eval", str(out), "--json", str(tmp_path / "eval.json")])

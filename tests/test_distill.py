@@ -235,8 +235,13 @@ def test_recovery_style_student_module(data, tiny_model_dir, tmp_path):
 
 
 def test_distill_model_writes_model_dir_with_lineage(tiny_model_dir, tmp_path):
-    settings = RunSettings(student="small:tinycnn", teachers=[tiny_model_dir], data=SYNTH, train=TrainConfig(**CFG),
-                           losses=["ce:1", "dkd:1,warmup=1"])  # fmt: skip
+    settings = RunSettings(
+        student="small:tinycnn",
+        teachers=[tiny_model_dir],
+        data=SYNTH,
+        train=TrainConfig(**CFG),
+        losses=["ce:1", "dkd:1,warmup=1"],
+    )
     card = distill_model(settings, tmp_path / "s", progress=False)
     assert card.lineage.stage == "distill" and card.lineage.teachers == [tiny_model_dir]
     assert card.lineage.losses == ["ce:1", "dkd:1,warmup=1"]
@@ -273,8 +278,13 @@ def test_cache_second_epoch_does_not_call_the_teacher(tiny_model_dir, data, tmp_
 def test_cache_views_replay_the_augmentation(tiny_model_dir, data, tmp_path):
     """With V=2 views and 3 epochs, epoch 2 replays epoch 0's augmentation and reads the cache."""
     teacher = load_teacher(tiny_model_dir, data=data)
-    settings = RunSettings(student="small:tinycnn", teachers=[tiny_model_dir], data=data.spec,
-                           train=TrainConfig(**{**CFG, "epochs": 3, "augment": "light"}), cache={"views": 2})  # fmt: skip
+    settings = RunSettings(
+        student="small:tinycnn",
+        teachers=[tiny_model_dir],
+        data=data.spec,
+        train=TrainConfig(**{**CFG, "epochs": 3, "augment": "light"}),
+        cache={"views": 2},
+    )
     card = distill_model(settings, tmp_path / "s", data=data, progress=False)
     notes = card.lineage.notes
     assert notes["cache"]["views"] == 2 and notes["teacher_calls"] == 8  # epochs 0 and 1 only

@@ -29,8 +29,21 @@ def test_global_batch_must_divide_by_the_world_size():
 def test_two_process_gloo_distillation_equals_one_process(tmp_path):
     """Per-step losses and final weights of a 2-process run match one process with the same global batch."""
     out = tmp_path / "ddp.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_equivalence.py"), "--nproc", "2",
-                           "--epochs", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "ddp_equivalence.py"),
+            "--nproc",
+            "2",
+            "--epochs",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     r = json.loads(out.read_text())
     assert r["steps_equal_count"] and r["steps"] >= 10
@@ -42,9 +55,28 @@ def test_cli_nproc_distils_with_a_shared_teacher_cache(tiny_model_dir, tmp_path)
     """`edgekd distill --nproc 2` re-runs itself under torch.distributed.run; rank 0 writes one model directory."""
     out = tmp_path / "student"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "edgekd", "distill", "--student", "small:tinycnn", "--teacher", tiny_model_dir,
-            "--data", SYNTH, "--epochs", "2", "--batch-size", "16", "--cache-teacher", "--nproc", "2", "-q",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "edgekd",
+        "distill",
+        "--student",
+        "small:tinycnn",
+        "--teacher",
+        tiny_model_dir,
+        "--data",
+        SYNTH,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--cache-teacher",
+        "--nproc",
+        "2",
+        "-q",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     model, card = load_model_dir(out)
@@ -66,8 +98,25 @@ def test_cli_nproc_distils_with_a_shared_teacher_cache(tiny_model_dir, tmp_path)
 @pytest.mark.slow
 def test_cli_nproc_with_a_batch_that_does_not_divide_fails_clearly(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "edgekd", "train", "--model", "small:tinycnn", "--data", SYNTH, "--epochs", "1",
-            "--batch-size", "15", "--nproc", "2", "-q", "--out", str(tmp_path / "m")]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "edgekd",
+        "train",
+        "--model",
+        "small:tinycnn",
+        "--data",
+        SYNTH,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "15",
+        "--nproc",
+        "2",
+        "-q",
+        "--out",
+        str(tmp_path / "m"),
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode != 0
     assert "does not divide by the 2 processes" in proc.stderr

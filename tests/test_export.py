@@ -52,23 +52,49 @@ from edgekd.students import build_model, list_models
 
 runner = CliRunner()
 
-NATIVE = [n for n in list_models("small") if n.split(":")[1] in {
-    "tinycnn", "resnet8", "resnet14", "resnet20", "resnet32", "resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_2",
-    "mobilenetv2_x0_5",
-}]  # fmt: skip
+NATIVE = [
+    n
+    for n in list_models("small")
+    if n.split(":")[1]
+    in {
+        "tinycnn",
+        "resnet8",
+        "resnet14",
+        "resnet20",
+        "resnet32",
+        "resnet8x4",
+        "resnet32x4",
+        "wrn_16_2",
+        "wrn_40_2",
+        "mobilenetv2_x0_5",
+    }
+]
 # The deeper native students take 5-15 s each on a shared 2-core CPU: they run with -m slow.
 _SLOW_NATIVE = {"small:resnet32", "small:resnet32x4", "small:wrn_40_2", "small:mobilenetv2_x0_5"}
 # small:<torchvision> variants are not compact students by construction; the mobile-regime ones run with -m slow.
-SMALL_TV = [f"small:{n}" for n in (
-    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
-    "mnasnet0_5", "mnasnet1_0", "efficientnet_b0", "regnet_x_400mf", "regnet_y_400mf", "resnet18",
-)]  # fmt: skip
+SMALL_TV = [
+    f"small:{n}"
+    for n in (
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "shufflenet_v2_x0_5",
+        "shufflenet_v2_x1_0",
+        "mnasnet0_5",
+        "mnasnet1_0",
+        "efficientnet_b0",
+        "regnet_x_400mf",
+        "regnet_y_400mf",
+        "resnet18",
+    )
+]
 
 
 def _card(name: str, *, classes: int = 3, chans: int = 1, size: int = 16, data: str | None = None) -> ModelCard:
     spec = ModelSpec(name=name, num_classes=classes, in_chans=chans)
-    pre = Preprocess(input_size=(size, size), data_channels=chans, in_chans=chans, mean=(0.5,) * chans,
-                     std=(0.25,) * chans)  # fmt: skip
+    pre = Preprocess(
+        input_size=(size, size), data_channels=chans, in_chans=chans, mean=(0.5,) * chans, std=(0.25,) * chans
+    )
     labels = [f"c{i}" for i in range(classes)]
     return ModelCard(spec=spec, task=Task.MULTICLASS, label_names=labels, preprocess=pre, lineage=Lineage(data=data))
 
@@ -164,8 +190,13 @@ def _fake_quant_model() -> torch.nn.Module:
     from torch.ao import quantization as tq
 
     model = _FakeQuantNet().train()
-    act = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=-128, quant_max=127,
-                                    dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)  # fmt: skip
+    act = tq.FakeQuantize.with_args(
+        observer=tq.MovingAverageMinMaxObserver,
+        quant_min=-128,
+        quant_max=127,
+        dtype=torch.qint8,
+        qscheme=torch.per_tensor_symmetric,
+    )
     model.qconfig = tq.QConfig(activation=act, weight=tq.default_per_channel_weight_fake_quant)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization points to torchao
@@ -300,13 +331,24 @@ def bundle_copy(bundle, tmp_path) -> Path:
 
 def test_bundle_contents_and_manifest(bundle, tiny_model_dir):
     names = sorted(p.name for p in bundle.iterdir())
-    assert names == sorted(["model.onnx", "model.fp16.onnx", "labels.json", "preprocess.json", "parity.npz",
-                            "MODEL_CARD.md", MANIFEST_FILE])  # fmt: skip
+    assert names == sorted(
+        [
+            "model.onnx",
+            "model.fp16.onnx",
+            "labels.json",
+            "preprocess.json",
+            "parity.npz",
+            "MODEL_CARD.md",
+            MANIFEST_FILE,
+        ]
+    )
     raw = json.loads((bundle / MANIFEST_FILE).read_text())
     assert raw["schema_version"] == 1 and raw["target"] == "tensorrt"
     assert all(set(f) == {"name", "sha256", "kind", "precision", "bytes"} for f in raw["files"])
     assert {f["name"]: f["precision"] for f in raw["files"] if f["kind"] == "onnx"} == {
-        "model.onnx": "fp32", "model.fp16.onnx": "fp16"}  # fmt: skip
+        "model.onnx": "fp32",
+        "model.fp16.onnx": "fp16",
+    }
     assert raw["inputs"] == [{"name": "input", "shape": ["batch", 1, 16, 16], "dtype": "float32"}]
     assert raw["outputs"] == [{"name": "logits", "shape": ["batch", 2], "dtype": "float32"}]
     assert raw["exporter"]["exporter"] == "torchscript" and raw["exporter"]["exporter_reason"]
@@ -458,18 +500,31 @@ def test_write_bundle_for_an_int8_file(tmp_path, tiny_model_dir):
     export_onnx(model, card, tmp_path / "q.onnx")
     samples = make_samples(card, n=8)
     ref = torch_logits(model, samples.inputs)
-    res = parity_check(tmp_path / "q.onnx", None, card, samples=samples.inputs, reference_logits=ref,
-                       precision=Precision.INT8)  # fmt: skip
+    res = parity_check(
+        tmp_path / "q.onnx", None, card, samples=samples.inputs, reference_logits=ref, precision=Precision.INT8
+    )
     files = [BundleFile(source=tmp_path / "q.onnx", name="model.int8.onnx", kind="onnx", precision=Precision.INT8)]
-    m = write_bundle(tmp_path / "b", card=card, files=files, parity=[res], target="tensorrt",
-                     reference=Reference(samples.inputs, ref), extra={"quantizer": "test"})  # fmt: skip
+    m = write_bundle(
+        tmp_path / "b",
+        card=card,
+        files=files,
+        parity=[res],
+        target="tensorrt",
+        reference=Reference(samples.inputs, ref),
+        extra={"quantizer": "test"},
+    )
     assert m.precision is Precision.INT8 and read_manifest(tmp_path / "b").extra == {"quantizer": "test"}
     assert verify_bundle(tmp_path / "b").parity[0].precision is Precision.INT8
     with pytest.raises(ArtifactError, match="already exists"):
         write_bundle(tmp_path / "b", card=card, files=files, parity=[res], target="tensorrt", overwrite=False)
     with pytest.raises(InvalidInputError, match="reserved"):
-        write_bundle(tmp_path / "c", card=card, target="x", parity=[],
-                     files=[BundleFile(source=tmp_path / "q.onnx", name="manifest.json")])  # fmt: skip
+        write_bundle(
+            tmp_path / "c",
+            card=card,
+            target="x",
+            parity=[],
+            files=[BundleFile(source=tmp_path / "q.onnx", name="manifest.json")],
+        )
 
 
 # ---------------------------------------------------------------- CLI

@@ -149,7 +149,7 @@ def test_model_name_parser_total(text):
     st.sampled_from(["small:tinycnn", "small:resnet8", "small:nope", "tv:", "resnet8", "timm:"]),
     st.dictionaries(
         st.sampled_from(["widths", "drop_rate", "zero_init_residual", "num_classes", "bogus"]), json_values, max_size=2
-    ),  # fmt: skip
+    ),
     st.integers(1, 5),
 )
 def test_build_model_with_fuzzed_kwargs(name, kwargs, num_classes):
@@ -189,8 +189,23 @@ def test_loss_parser_structured(name, weight, params):
 
 # ------------------------------------------------------------------------------------------- YAML configs
 
-config_keys = st.sampled_from(["epochs", "lr", "batch_size", "model", "teacher", "loss", "seed", "augment",
-                               "input_size", "cache_teacher", "teacher_weight", "warmup_epochs", "bogus"])  # fmt: skip
+config_keys = st.sampled_from(
+    [
+        "epochs",
+        "lr",
+        "batch_size",
+        "model",
+        "teacher",
+        "loss",
+        "seed",
+        "augment",
+        "input_size",
+        "cache_teacher",
+        "teacher_weight",
+        "warmup_epochs",
+        "bogus",
+    ]
+)
 
 
 @FUZZ
@@ -210,7 +225,7 @@ config_keys = st.sampled_from(["epochs", "lr", "batch_size", "model", "teacher",
                 b"\xff\xfe",
                 b"? [a]\n: 1",
             ]
-        ),  # fmt: skip
+        ),
     )
 )
 def test_yaml_config_readers(work, content):
@@ -227,10 +242,30 @@ def test_yaml_config_readers(work, content):
 
 
 def _valid_report() -> dict:
-    stats = Stats(n=10, total_s=0.01, mean_ms=1.0, std_ms=0.0, min_ms=1.0, max_ms=1.2, p50_ms=1.0, p90_ms=1.2,
-                  p95_ms=1.2, p99_ms=1.2, cv=0.0, throughput=1000.0)  # fmt: skip
-    result = BenchResult(artifact="m", name="m", backend="ort", device="cpu", batch=1, precision="fp32", stats=stats,
-                         model=ArtifactInfo(kind="onnx"))  # fmt: skip
+    stats = Stats(
+        n=10,
+        total_s=0.01,
+        mean_ms=1.0,
+        std_ms=0.0,
+        min_ms=1.0,
+        max_ms=1.2,
+        p50_ms=1.0,
+        p90_ms=1.2,
+        p95_ms=1.2,
+        p99_ms=1.2,
+        cv=0.0,
+        throughput=1000.0,
+    )
+    result = BenchResult(
+        artifact="m",
+        name="m",
+        backend="ort",
+        device="cpu",
+        batch=1,
+        precision="fp32",
+        stats=stats,
+        model=ArtifactInfo(kind="onnx"),
+    )
     env = Environment(timestamp="t", platform="p", python="3", cpu=cpu_info(cpuinfo=""))
     return json.loads(BenchReport(environment=env, settings=BenchSettings(), results=[result]).model_dump_json())
 
@@ -239,8 +274,13 @@ VALID_REPORT = _valid_report()
 
 
 @FUZZ
-@given(st.one_of(junk, json_values.map(lambda v: json.dumps(v).encode()),
-                 st.tuples(mutation_paths, json_values).map(lambda pv: json.dumps(_mutate(VALID_REPORT, *pv)).encode())))  # fmt: skip
+@given(
+    st.one_of(
+        junk,
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.tuples(mutation_paths, json_values).map(lambda pv: json.dumps(_mutate(VALID_REPORT, *pv)).encode()),
+    )
+)
 def test_bench_baseline_reader(work, content):
     report = outcome(load_report, _write(work / "base.json", content))
     if isinstance(report, EdgeKDError):
@@ -310,9 +350,32 @@ def image_tree(work) -> Path:
     return root
 
 
-csv_cells = st.sampled_from(["img/0.png", "img/1.png", "img/2.png", "../img/0.png", "/etc/hostname", "img",
-                             "img/none.png", "a", "b", "A", "1", "1.0", "0.5", "", "train", "val", "test",
-                             "nan", "path", "label", '"', "é"])  # fmt: skip
+csv_cells = st.sampled_from(
+    [
+        "img/0.png",
+        "img/1.png",
+        "img/2.png",
+        "../img/0.png",
+        "/etc/hostname",
+        "img",
+        "img/none.png",
+        "a",
+        "b",
+        "A",
+        "1",
+        "1.0",
+        "0.5",
+        "",
+        "train",
+        "val",
+        "test",
+        "nan",
+        "path",
+        "label",
+        '"',
+        "é",
+    ]
+)
 
 
 @FUZZ
@@ -354,7 +417,7 @@ def _image_bytes(mode: str, size: tuple[int, int], fmt: str) -> bytes:
             st.sampled_from(MODES),
             st.tuples(st.integers(1, 12), st.integers(1, 12)),
             st.sampled_from(["PNG", "TIFF", "BMP", "JPEG", "WEBP", "GIF"]),
-        ),  # fmt: skip
+        ),
         st.integers(0, 120).map(lambda n: _image_bytes("L", (6, 6), "PNG")[:n]),
     ),
     st.sampled_from(["", ",size=8", ",channels=1", ",channels=3", ",depth=16"]),
@@ -410,13 +473,19 @@ def test_valid_tiny_onnx_lints(work):
     assert isinstance(lint_onnx(_write(work / "ok.onnx", VALID_ONNX)), list)
 
 
-VALID_MANIFEST = json.loads(Manifest(name="small:tinycnn", target="onnxruntime", task=Task.BINARY,
-                                     label_names=["a", "b"]).model_dump_json())  # fmt: skip
+VALID_MANIFEST = json.loads(
+    Manifest(name="small:tinycnn", target="onnxruntime", task=Task.BINARY, label_names=["a", "b"]).model_dump_json()
+)
 
 
 @FUZZ
-@given(st.one_of(junk, json_values.map(lambda v: json.dumps(v).encode()),
-                 st.tuples(mutation_paths, json_values).map(lambda pv: json.dumps(_mutate(VALID_MANIFEST, *pv)).encode())))  # fmt: skip
+@given(
+    st.one_of(
+        junk,
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.tuples(mutation_paths, json_values).map(lambda pv: json.dumps(_mutate(VALID_MANIFEST, *pv)).encode()),
+    )
+)
 def test_malformed_manifest(work, content):
     _write(work / "bundle" / "manifest.json", content)
     result = outcome(read_manifest, work / "bundle")

@@ -23,13 +23,30 @@ from .conftest import SYNTH
 
 
 def _pair(batch: int, parent_ms: float, child_ms: float, device: str = "cpu") -> PairLatency:
-    return PairLatency(backend="ort", device=device, batch=batch, parent_precision="fp32", child_precision="fp32",
-                       parent_p50_ms=parent_ms, child_p50_ms=child_ms, ratio=child_ms / parent_ms)  # fmt: skip
+    return PairLatency(
+        backend="ort",
+        device=device,
+        batch=batch,
+        parent_precision="fp32",
+        child_precision="fp32",
+        parent_p50_ms=parent_ms,
+        child_p50_ms=child_ms,
+        ratio=child_ms / parent_ms,
+    )
 
 
 def _decide(latency, *, parent_val=0.90, child_val=0.899, keep="auto", **kw) -> HandoffDecision:
-    return decide(stage="pruned", parent="student", keep=keep, metric="auroc", parent_val=parent_val,
-                  child_val=child_val, max_drop=0.5, latency=latency, **kw)  # fmt: skip
+    return decide(
+        stage="pruned",
+        parent="student",
+        keep=keep,
+        metric="auroc",
+        parent_val=parent_val,
+        child_val=child_val,
+        max_drop=0.5,
+        latency=latency,
+        **kw,
+    )
 
 
 def test_slower_child_is_dropped_and_the_line_names_the_worst_batch():
@@ -74,13 +91,33 @@ def test_undefined_metric_is_not_within_budget():
 
 def test_fp16_unmeasurable_on_cpu_is_not_a_cpu_candidate():
     why = "cuda is not among the bench devices (cpu)"
-    d = decide(stage="fp16", parent="pruned", keep="auto", metric="auroc", parent_val=0.9, child_val=0.9,
-               max_drop=0.5, unmeasured=why, target_device="cuda")  # fmt: skip
+    d = decide(
+        stage="fp16",
+        parent="pruned",
+        keep="auto",
+        metric="auroc",
+        parent_val=0.9,
+        child_val=0.9,
+        max_drop=0.5,
+        unmeasured=why,
+        target_device="cuda",
+    )
     assert d.kept is False and d.measured is False and d.faster is None and not d.cpu_candidate()
-    assert d.line == (f"fp16: not carried forward: cannot be measured on its target: {why}; not a CPU hand-off "
-                      "candidate; val auroc +0.00 points vs pruned, within the 0.5-point budget")  # fmt: skip
-    forced = decide(stage="fp16", parent="pruned", keep="always", metric="auroc", parent_val=0.9, child_val=0.9,
-                    max_drop=0.5, unmeasured=why, target_device="cuda")  # fmt: skip
+    assert d.line == (
+        f"fp16: not carried forward: cannot be measured on its target: {why}; not a CPU hand-off "
+        "candidate; val auroc +0.00 points vs pruned, within the 0.5-point budget"
+    )
+    forced = decide(
+        stage="fp16",
+        parent="pruned",
+        keep="always",
+        metric="auroc",
+        parent_val=0.9,
+        child_val=0.9,
+        max_drop=0.5,
+        unmeasured=why,
+        target_device="cuda",
+    )
     assert forced.kept and forced.line.startswith("fp16: carried forward (keep: always): cannot be measured")
     cpu = _decide([_pair(1, 0.2, 0.1)], target_device="cpu")
     assert cpu.cpu_candidate()
@@ -88,18 +125,31 @@ def test_fp16_unmeasurable_on_cpu_is_not_a_cpu_candidate():
 
 def test_handoff_targets_one_per_target_and_recheck():
     int8 = _decide([_pair(1, 0.2, 0.3)]).model_copy(update={"stage": "int8-cpu-x86", "kept": False})
-    fp16 = decide(stage="fp16", parent="student", keep="auto", metric="auroc", parent_val=0.9, child_val=0.9,
-                  max_drop=0.5, unmeasured="no CUDA", target_device="cuda")  # fmt: skip
-    targets = handoff_targets([("cpu-x86", "cpu", "int8-cpu-x86"), ("fp16", "cuda", "fp16")],
-                              {"int8-cpu-x86": int8, "fp16": fp16}, "pruned")  # fmt: skip
+    fp16 = decide(
+        stage="fp16",
+        parent="student",
+        keep="auto",
+        metric="auroc",
+        parent_val=0.9,
+        child_val=0.9,
+        max_drop=0.5,
+        unmeasured="no CUDA",
+        target_device="cuda",
+    )
+    targets = handoff_targets(
+        [("cpu-x86", "cpu", "int8-cpu-x86"), ("fp16", "cuda", "fp16")], {"int8-cpu-x86": int8, "fp16": fp16}, "pruned"
+    )
     assert [(t.target, t.stage) for t in targets] == [("cpu-x86", "pruned"), ("fp16", None)]
     kept = int8.model_copy(update={"kept": True})
     assert handoff_targets([("cpu-x86", "cpu", "int8-cpu-x86")], {"int8-cpu-x86": kept}, "pruned")[0].stage == (
         "int8-cpu-x86"
     )
     only_gpu = handoff_targets([("fp16", "cuda", "fp16")], {"fp16": fp16}, "student")
-    assert only_gpu[-1].model_dump(include={"target", "device", "stage"}) == {"target": "fp32", "device": "cpu",
-                                                                               "stage": "student"}  # fmt: skip
+    assert only_gpu[-1].model_dump(include={"target", "device", "stage"}) == {
+        "target": "fp32",
+        "device": "cpu",
+        "stage": "student",
+    }
 
     def lat(ms: float) -> Latency:
         return Latency(batch=32, backend="ort", device="cpu", p50_ms=ms, p90_ms=ms)
@@ -107,8 +157,10 @@ def test_handoff_targets_one_per_target_and_recheck():
     table = {"student": {"32": lat(4.59)}, "pruned": {"32": lat(5.00)}, "int8-cpu-x86": {"32": lat(3.0)}}
     labels = {"student": "student, distilled", "pruned": "pruned"}
     lines = recheck(targets, table, labels, "student")
-    assert lines == ["hand-off for cpu-x86 (pruned) is 1.09x slower than student, distilled at batch 32 in the final "
-                     "benchmark (5.00 vs 4.59 ms p50, ORT CPU)"]  # fmt: skip
+    assert lines == [
+        "hand-off for cpu-x86 (pruned) is 1.09x slower than student, distilled at batch 32 in the final "
+        "benchmark (5.00 vs 4.59 ms p50, ORT CPU)"
+    ]
     faster = [HandoffTarget(target="cpu-x86", device="cpu", stage="int8-cpu-x86")]
     assert recheck(faster, table, labels, "student") == []
 
@@ -120,10 +172,19 @@ def _tiny_onnx(path: Path, hidden: int, batch: int | str = "N") -> Path:
     rng = np.random.default_rng(hidden)
     w1 = numpy_helper.from_array(rng.standard_normal((16, hidden)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((hidden, 2)).astype(np.float32), "w2")
-    nodes = [helper.make_node("Flatten", ["input"], ["f"], axis=1), helper.make_node("MatMul", ["f", "w1"], ["h"]),
-             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["output"])]  # fmt: skip
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 1, 4, 4])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 2])], [w1, w2])  # fmt: skip
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 1, 4, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 2])],
+        [w1, w2],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -135,8 +196,9 @@ FAST = BenchSettings(warmup_s=0.0, warmup_iters=1, min_s=0.01, min_iters=6, roof
 
 def test_compare_latency_interleaves_rounds(tmp_path):
     parent, child = _tiny_onnx(tmp_path / "parent.onnx", 8), _tiny_onnx(tmp_path / "child.onnx", 32)
-    cmp = compare_latency(str(parent), str(child), backends=["ort"], devices=["cpu"], batches=(1, 2), settings=FAST,
-                          rounds=4)  # fmt: skip
+    cmp = compare_latency(
+        str(parent), str(child), backends=["ort"], devices=["cpu"], batches=(1, 2), settings=FAST, rounds=4
+    )
     assert cmp.parent == str(parent) and cmp.child == str(child) and cmp.skipped == []
     assert [(p.backend, p.device, p.batch) for p in cmp.results] == [("ort", "cpu", 1), ("ort", "cpu", 2)]
     for p in cmp.results:
@@ -154,8 +216,9 @@ def test_compare_latency_interleaves_rounds(tmp_path):
 
 def test_compare_latency_skips_what_one_side_cannot_run(tmp_path):
     parent, fixed = _tiny_onnx(tmp_path / "parent.onnx", 8), _tiny_onnx(tmp_path / "fixed.onnx", 8, batch=1)
-    cmp = compare_latency(str(parent), str(fixed), backends=["ort"], devices=["cpu"], batches=(1, 2), settings=FAST,
-                          rounds=2)  # fmt: skip
+    cmp = compare_latency(
+        str(parent), str(fixed), backends=["ort"], devices=["cpu"], batches=(1, 2), settings=FAST, rounds=2
+    )
     assert [p.batch for p in cmp.results] == [1]
     assert [(s.artifact, s.batch) for s in cmp.skipped] == [(str(fixed), 2)] and "fixed batch" in cmp.skipped[0].reason
     with pytest.raises(InvalidInputError, match="at least 2"):
@@ -202,8 +265,14 @@ def test_prune_keep_takes_the_handoff_choice_or_module_paths():
     assert stages["keep-pruned"].settings["keep"] == "always" and auto["keep-pruned"].settings["keep"] == "auto"
     assert "keep" not in stages["int8-cpu-x86"].settings and "keep" not in stages["bundle"].settings
     order = [s.name for s in plan(cfg)]
-    assert order.index("pruned") < order.index("keep-pruned") < order.index("int8-cpu-x86") < order.index(
-        "keep-int8-cpu-x86") < order.index("bundle") < order.index("keep-fp16")  # fmt: skip
+    assert (
+        order.index("pruned")
+        < order.index("keep-pruned")
+        < order.index("int8-cpu-x86")
+        < order.index("keep-int8-cpu-x86")
+        < order.index("bundle")
+        < order.index("keep-fp16")
+    )
     assert stages["int8-cpu-x86"].carry == "pruned" and stages["bundle"].carry == "pruned"
 
 
@@ -261,8 +330,9 @@ def test_run_records_decisions_marks_the_handoff_and_skips_them_on_rerun(tmp_pat
         return cmp
 
     monkeypatch.setattr(_stages, "compare_latency", slower_child)
-    auto = run_pipeline(config_from_mapping(_config(), overrides=["prune.keep=auto"]), run, progress=False,
-                        log=lambda _: None)  # fmt: skip
+    auto = run_pipeline(
+        config_from_mapping(_config(), overrides=["prune.keep=auto"]), run, progress=False, log=lambda _: None
+    )
     status = _status(auto)
     assert status["pruned"] == status["student"] == status["eval-pruned"] == "skipped", status
     assert status["keep-pruned"] == status["int8-cpu-x86"] == status["bundle"] == status["eval-int8-cpu-x86"] == "ran"

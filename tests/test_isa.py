@@ -189,8 +189,15 @@ def tiny(tiny_model_dir, tmp_path_factory):
     pre = prepare_onnx(work / "model.onnx", work / "model.pre.onnx")
     calib, _ = split_inputs(data, "train", card.preprocess, n=64, seed=0)
     x, _ = split_inputs(data, "test", card.preprocess, n=32, spread=True)
-    return {"pre": pre, "fp32": work / "model.onnx", "calib": calib, "x": x, "ref": torch_logits(model, x),
-            "card": card, "dir": tiny_model_dir}  # fmt: skip
+    return {
+        "pre": pre,
+        "fp32": work / "model.onnx",
+        "calib": calib,
+        "x": x,
+        "ref": torch_logits(model, x),
+        "card": card,
+        "dir": tiny_model_dir,
+    }
 
 
 def test_choose_scheme_times_the_exact_candidates_interleaved(tiny, tmp_path):
@@ -202,8 +209,17 @@ def test_choose_scheme_times_the_exact_candidates_interleaved(tiny, tmp_path):
         return [(0.5 if "s8s8" in p.name else 1.0 if "u8u8" in p.name else 2.0, 2) for p in paths]
 
     target = TARGETS.get("cpu-x86-avx2")
-    dst, rec = choose_scheme(tiny["pre"], tmp_path, target, CalibrationReader(tiny["calib"]), x=tiny["x"],
-                             ref=tiny["ref"], card=tiny["card"], latency=fake_latency, fp32=tiny["fp32"])  # fmt: skip
+    dst, rec = choose_scheme(
+        tiny["pre"],
+        tmp_path,
+        target,
+        CalibrationReader(tiny["calib"]),
+        x=tiny["x"],
+        ref=tiny["ref"],
+        card=tiny["card"],
+        latency=fake_latency,
+        fp32=tiny["fp32"],
+    )
     assert dst.is_file() and rec["target"] == "cpu-x86-avx2" and rec["isa"] == HERE
     if native_on(target):
         assert rec["kernels"] == "native" and [t["scheme"] for t in rec["trials"]] == ["u8s8-rr", "u8u8", "s8s8"]
@@ -254,8 +270,13 @@ def test_quantize_records_the_instruction_set(tiny, tmp_path):
     assert m.isa["scheme"] in TARGETS.get(m.target).schemes and m.isa["built_on"]["flags"] == cpu_isa().flags
     assert next(p for p in m.parity if p.precision is Precision.INT8).kernels == "native"
     assert check_isa(tmp_path / "native") is None  # checked on this class: nothing to re-check
-    other = quantize_model_dir(tiny["dir"], tmp_path / "other", cfg.model_copy(update={"target": _other_class_target()}),
-                               data=SYNTH, progress=False)  # fmt: skip
+    other = quantize_model_dir(
+        tiny["dir"],
+        tmp_path / "other",
+        cfg.model_copy(update={"target": _other_class_target()}),
+        data=SYNTH,
+        progress=False,
+    )
     m = read_manifest(tmp_path / "other")
     assert m.isa["verified_isa"] is None and m.isa["kernels"] == "reference" and other.scheme_choice["trials"]
     assert next(p for p in m.parity if p.precision is Precision.INT8).kernels == "reference"
@@ -265,12 +286,20 @@ def _bundle_of(sat, tiny, scheme: str, out, verified_isa: str):
     """A bundle whose INT8 file is the overflowing model in ``scheme``, recorded as checked on ``verified_isa``."""
     x = sat["x"]
     ref = ort_session(sat["fp32"]).run(None, {"input": x})[0]
-    files = [BundleFile(source=sat["files"][scheme], name="model.int8.onnx", precision=Precision.INT8),
-             BundleFile(source=sat["fp32"], name="model.onnx", precision=Precision.FP32)]  # fmt: skip
-    isa = {"target": "cpu-x86-vnni" if verified_isa == "x86-vnni" else "cpu-x86-avx2", "scheme": scheme,
-           "verified_isa": verified_isa, "kernels": "native", "built_on": {"isa": verified_isa}}  # fmt: skip
-    write_bundle(out, card=tiny["card"], files=files, parity=[], target=isa["target"], reference=Reference(x, ref),
-                 isa=isa)  # fmt: skip
+    files = [
+        BundleFile(source=sat["files"][scheme], name="model.int8.onnx", precision=Precision.INT8),
+        BundleFile(source=sat["fp32"], name="model.onnx", precision=Precision.FP32),
+    ]
+    isa = {
+        "target": "cpu-x86-vnni" if verified_isa == "x86-vnni" else "cpu-x86-avx2",
+        "scheme": scheme,
+        "verified_isa": verified_isa,
+        "kernels": "native",
+        "built_on": {"isa": verified_isa},
+    }
+    write_bundle(
+        out, card=tiny["card"], files=files, parity=[], target=isa["target"], reference=Reference(x, ref), isa=isa
+    )
     return out
 
 
@@ -330,18 +359,30 @@ QEMU_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.qemu
-@pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine() not in ("x86_64", "AMD64"),
-                    reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 machine")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("qemu-x86_64") is None or platform.machine() not in ("x86_64", "AMD64"),
+    reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 machine",
+)
 def test_avx2_int8_path_under_qemu_haswell(sat, tiny, tmp_path):
     """Whatever CPU runs the suite, the AVX2 path runs on an emulated Haswell (AVX2, no AVX-512, no VNNI)."""
     bad = _bundle_of(sat, tiny, "u8s8", tmp_path / "u8s8", "x86-vnni")
     good = _bundle_of(sat, tiny, "u8s8-rr", tmp_path / "rr", "x86-vnni")
     np.savez(tmp_path / "tiny.npz", calib=tiny["calib"], x=tiny["x"], ref=tiny["ref"])
     (tmp_path / "work").mkdir()
-    args = {"bundles": {"u8s8": str(bad), "u8s8-rr": str(good)}, "tiny": str(tmp_path / "tiny.npz"),
-            "dir": str(tiny["dir"]), "pre": str(tiny["pre"]), "work": str(tmp_path / "work")}  # fmt: skip
-    proc = subprocess.run(["qemu-x86_64", "-cpu", "Haswell", sys.executable, "-c", QEMU_SCRIPT, json.dumps(args)],
-                          capture_output=True, text=True, timeout=900, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    args = {
+        "bundles": {"u8s8": str(bad), "u8s8-rr": str(good)},
+        "tiny": str(tmp_path / "tiny.npz"),
+        "dir": str(tiny["dir"]),
+        "pre": str(tiny["pre"]),
+        "work": str(tmp_path / "work"),
+    }
+    proc = subprocess.run(
+        ["qemu-x86_64", "-cpu", "Haswell", sys.executable, "-c", QEMU_SCRIPT, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = json.loads(line.removeprefix("RESULT "))

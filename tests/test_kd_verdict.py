@@ -86,10 +86,19 @@ def _card(tiny_model_dir, task: Task, **val_test):
     return card.model_copy(update={"task": task, "metrics": metrics})
 
 
-DIAG = KDDiagnosis(samples=64, augment="light", teacher_params=2_000_000, student_params=500_000, params_ratio=4.0,
-                   teacher_acc_train=1.0, teacher_acc_augmented=0.56, augmented_drop=0.44,
-                   teacher_confidence_train=0.9, teacher_confident_fraction=0.3,
-                   agreement={"student": {"train": 0.7, "val": 0.6}})  # fmt: skip
+DIAG = KDDiagnosis(
+    samples=64,
+    augment="light",
+    teacher_params=2_000_000,
+    student_params=500_000,
+    params_ratio=4.0,
+    teacher_acc_train=1.0,
+    teacher_acc_augmented=0.56,
+    augmented_drop=0.44,
+    teacher_confidence_train=0.9,
+    teacher_confident_fraction=0.3,
+    agreement={"student": {"train": 0.7, "val": 0.6}},
+)
 
 
 def test_the_issue_case_an_auroc_gain_with_an_accuracy_loss_is_not_a_gain(tiny_model_dir):
@@ -98,15 +107,20 @@ def test_the_issue_case_an_auroc_gain_with_an_accuracy_loss_is_not_a_gain(tiny_m
     student = _card(tiny_model_dir, task, auroc=(0.9503, 0.95), acc=(0.47, 0.475), balanced_acc=(0.47, 0.47))
     baseline = _card(tiny_model_dir, task, auroc=(0.94, 0.94), acc=(0.64, 0.621), balanced_acc=(0.64, 0.62))
     cis = {"auroc": (0.0054, 0.0157), "acc": (-0.25, -0.09), "balanced_acc": (-0.25, -0.09)}
-    old = compare_students([student], [baseline], metric="auroc", diagnosis=DIAG, val_ci=cis["auroc"],
-                           secondary_ci=cis)  # fmt: skip
+    old = compare_students([student], [baseline], metric="auroc", diagnosis=DIAG, val_ci=cis["auroc"], secondary_ci=cis)
     assert old.helps is False and old.gain_val == pytest.approx(0.0103) and old.chosen == "baseline"
     assert old.disagree == ["balanced_acc", "acc"] and old.secondary["acc"].significant is True
     assert old.message.startswith("distillation is NOT a gain: the metrics disagree: val auroc +0.0103")
     assert "but val balanced_acc -0.1700" in old.message and "no-teacher baseline" in old.message
     assert any("augmentation 'light' changes what the images show" in t for t in old.suggestions)
-    auto = compare_students([student], [baseline], metric=resolve_metric("auto", task), diagnosis=DIAG,
-                            val_ci=cis["balanced_acc"], secondary_ci=cis)  # fmt: skip
+    auto = compare_students(
+        [student],
+        [baseline],
+        metric=resolve_metric("auto", task),
+        diagnosis=DIAG,
+        val_ci=cis["balanced_acc"],
+        secondary_ci=cis,
+    )
     assert auto.metric == "balanced_acc" and auto.helps is False and auto.chosen == "baseline"
     assert "does NOT beat" in auto.message and "though val auroc +0.0103" in auto.message
     forced = compare_students([student], [baseline], metric="auroc", keep="distilled", secondary_ci=cis)
@@ -117,14 +131,16 @@ def test_a_secondary_move_within_its_noise_does_not_stop_a_gain(tiny_model_dir):
     task = Task.BINARY
     student = _card(tiny_model_dir, task, auroc=(0.95, 0.94), acc=(0.88, 0.87))
     baseline = _card(tiny_model_dir, task, auroc=(0.93, 0.93), acc=(0.89, 0.88))
-    ok = compare_students([student], [baseline], metric="auroc", diagnosis=DIAG, val_ci=(0.005, 0.03),
-                          secondary_ci={"acc": (-0.04, 0.02)})  # fmt: skip
+    ok = compare_students(
+        [student], [baseline], metric="auroc", diagnosis=DIAG, val_ci=(0.005, 0.03), secondary_ci={"acc": (-0.04, 0.02)}
+    )
     assert ok.helps is True and ok.chosen == "student" and ok.disagree == []
     assert ok.message.startswith("distillation helps: val auroc +0.0200")
     # the findings are suggestions even when distillation helps; the seed advice is not
     assert any("augmentation" in t for t in ok.suggestions) and not any("--seeds" in t for t in ok.suggestions)
-    bad = compare_students([student], [baseline], metric="auroc", val_ci=(0.005, 0.03),
-                           secondary_ci={"acc": (-0.04, -0.001)})  # fmt: skip
+    bad = compare_students(
+        [student], [baseline], metric="auroc", val_ci=(0.005, 0.03), secondary_ci={"acc": (-0.04, -0.001)}
+    )
     assert bad.helps is False and bad.disagree == ["acc"] and "is NOT a gain" in bad.message
     alone = compare_students([student], None, metric="auroc", diagnosis=DIAG)
     assert alone.helps is None and any("augmentation" in t for t in alone.suggestions)
@@ -179,8 +195,20 @@ def test_a_run_where_distillation_lowers_accuracy_says_so_and_suggests_the_augme
     html = (tmp_path / "run" / "report" / "index.html").read_text()
     assert "balanced_acc" in html and "Test BALANCED_ACC against the p50 latency" in html
     # the old deciding metric (macro AUROC) on the same models: never called a gain while accuracy falls
-    again = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run"), "--set", "distill.metric=auroc",
-                                "--json", str(tmp_path / "a.json"), "-q"])  # fmt: skip
+    again = runner.invoke(
+        app,
+        [
+            "run",
+            str(path),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "distill.metric=auroc",
+            "--json",
+            str(tmp_path / "a.json"),
+            "-q",
+        ],
+    )
     assert again.exit_code == 0, again.output
     kd = json.loads((tmp_path / "a.json").read_text())["kd"]
     assert kd["metric"] == "auroc" and kd["helps"] is False

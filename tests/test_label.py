@@ -54,8 +54,14 @@ def _teacher_probs(model_dir: str, paths: list[Path]) -> np.ndarray:
 
 def test_weighted_average_abstention_agreement_and_content_keys(tiny_model_dir, second_teacher, png_folder, tmp_path):
     out = tmp_path / "labels.npz"
-    report = label_images([tiny_model_dir, second_teacher], f"folder:{png_folder}", out, weights=[1, 3],
-                          min_confidence=0.7, progress=False)  # fmt: skip
+    report = label_images(
+        [tiny_model_dir, second_teacher],
+        f"folder:{png_folder}",
+        out,
+        weights=[1, 3],
+        min_confidence=0.7,
+        progress=False,
+    )
     table = read_soft_labels(out)
     paths = [Path(s) for s in table.sources]
     assert len(paths) == 40 and all(p.is_file() for p in paths)
@@ -71,8 +77,9 @@ def test_weighted_average_abstention_agreement_and_content_keys(tiny_model_dir, 
     assert table.meta["teachers"][1]["weight"] == pytest.approx(0.75)
     assert sum(report.class_counts.values()) == 40 - report.abstained
     csv_out = tmp_path / "labels.csv"
-    label_images([tiny_model_dir, second_teacher], str(png_folder), csv_out, weights=[1, 3], min_confidence=0.7,
-                 progress=False)  # fmt: skip
+    label_images(
+        [tiny_model_dir, second_teacher], str(png_folder), csv_out, weights=[1, 3], min_confidence=0.7, progress=False
+    )
     again = read_soft_labels(csv_out)
     assert again.keys == table.keys and np.array_equal(again.abstained, table.abstained)
     np.testing.assert_allclose(again.probs, table.probs, atol=2e-6)
@@ -119,14 +126,36 @@ def test_array_data_is_keyed_by_pixels_and_dkd_refuses_soft_targets(tiny_model_d
     assert sum(len(bundle.split(s)) for s in ("train", "val", "test")) == len(table.keys)
     cfg = TrainConfig(epochs=1, batch_size=16, max_steps_per_epoch=2)
     with pytest.raises(InvalidInputError, match="dkd needs class labels"):
-        distill_model(RunSettings(student="small:tinycnn", data=f"softlabels:{out}", teachers=[tiny_model_dir],
-                                  losses=["ce:1", "dkd:1"], train=cfg), tmp_path / "s", progress=False)  # fmt: skip
+        distill_model(
+            RunSettings(
+                student="small:tinycnn",
+                data=f"softlabels:{out}",
+                teachers=[tiny_model_dir],
+                losses=["ce:1", "dkd:1"],
+                train=cfg,
+            ),
+            tmp_path / "s",
+            progress=False,
+        )
 
 
 def test_label_cli_writes_json_and_refuses_bad_input(tiny_model_dir, png_folder, tmp_path):
     out, report = tmp_path / "l.npz", tmp_path / "report.json"
-    r = runner.invoke(app, ["label", tiny_model_dir, "--data", str(png_folder), "--out", str(out),
-                            "--min-confidence", "0.9", "--json", str(report)])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "label",
+            tiny_model_dir,
+            "--data",
+            str(png_folder),
+            "--out",
+            str(out),
+            "--min-confidence",
+            "0.9",
+            "--json",
+            str(report),
+        ],
+    )
     assert r.exit_code == 0, r.output
     got = json.loads(report.read_text())
     assert (

@@ -42,8 +42,11 @@ def _qdq(zp_dtype=np.int8, zp=0, *, with_zp=True):
 
 def _conv_with_weight_dq(axis, scales, *, op="Conv"):
     w = np.random.default_rng(0).integers(-5, 5, size=(4, 3, 3, 3)).astype(np.int8)
-    inits = [_init("w_q", w), _init("w_s", np.asarray(scales, np.float32)),
-             _init("w_zp", np.zeros(np.asarray(scales).shape, np.int8))]  # fmt: skip
+    inits = [
+        _init("w_q", w),
+        _init("w_s", np.asarray(scales, np.float32)),
+        _init("w_zp", np.zeros(np.asarray(scales).shape, np.int8)),
+    ]
     dq = helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], name="w_dq", axis=axis)
     conv = helper.make_node(op, ["input", "w"], ["logits"], name="conv0", pads=[1, 1, 1, 1])
     return _model([dq, conv], inits)
@@ -115,9 +118,18 @@ def test_int32_bias_dequantize_is_flagged():
 
 
 def test_qlinearconv_model_is_flagged():
-    inits = [_init(n, v) for n, v in [("xs", np.float32(0.1)), ("xz", np.uint8(128)), ("w", np.ones((4, 3, 3, 3), np.uint8)),
-                                      ("ws", np.float32(0.1)), ("wz", np.uint8(0)), ("ys", np.float32(0.1)),
-                                      ("yz", np.uint8(128))]]  # fmt: skip
+    inits = [
+        _init(n, v)
+        for n, v in [
+            ("xs", np.float32(0.1)),
+            ("xz", np.uint8(128)),
+            ("w", np.ones((4, 3, 3, 3), np.uint8)),
+            ("ws", np.float32(0.1)),
+            ("wz", np.uint8(0)),
+            ("ys", np.float32(0.1)),
+            ("yz", np.uint8(128)),
+        ]
+    ]
     nodes = [
         helper.make_node("QuantizeLinear", ["input", "xs", "xz"], ["xq"], name="q_in"),
         helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"], name="qconv"),
@@ -247,8 +259,15 @@ def _ort_quantize(tmp_path, tiny_model_dir, **kw):
             return next(batches, None)
 
     out = tmp_path / "int8.onnx"
-    quantize_static(str(tmp_path / "fp32.onnx"), str(out), Reader(), activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True, **kw)  # fmt: skip
+    quantize_static(
+        str(tmp_path / "fp32.onnx"),
+        str(out),
+        Reader(),
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        **kw,
+    )
     return onnx.load(str(out))
 
 

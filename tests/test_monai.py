@@ -28,19 +28,45 @@ runner = CliRunner()
 # keeps MONAI's schema in ../shared/monai/ beside the repository; EDGEKD_MONAI_META_SCHEMA points elsewhere.
 SCHEMA_ENV = "EDGEKD_MONAI_META_SCHEMA"
 SCHEMA_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "monai" / "meta_schema_20240725.json"
-NET = {"_target_": "monai.networks.nets.Classifier", "in_shape": [1, 16, 16], "classes": 2, "channels": [4, 8],
-       "strides": [2, 2]}  # fmt: skip
+NET = {
+    "_target_": "monai.networks.nets.Classifier",
+    "in_shape": [1, 16, 16],
+    "classes": 2,
+    "channels": [4, 8],
+    "strides": [2, 2],
+}
 
 
 def make_bundle(root: Path, *, fmt: str = "classes", network_def: object = None, weights: str = "model.pt") -> Path:
     """A tiny classification bundle written the way MONAI bundles are: metadata, inference config, state dict."""
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
-    meta = {"version": "0.1.0", "task": "classification of synthetic images", "network_data_format": {
-        "inputs": {"image": {"type": "image", "format": "magnitude", "num_channels": 1, "spatial_shape": [16, 16],
-                             "dtype": "float32", "value_range": [0, 1]}},
-        "outputs": {"pred": {"type": "probabilities", "format": fmt, "num_channels": 2, "spatial_shape": [1, 2],
-                             "dtype": "float32", "channel_def": {"0": "a", "1": "b"}}}}}  # fmt: skip
+    meta = {
+        "version": "0.1.0",
+        "task": "classification of synthetic images",
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "num_channels": 1,
+                    "spatial_shape": [16, 16],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "probabilities",
+                    "format": fmt,
+                    "num_channels": 2,
+                    "spatial_shape": [1, 2],
+                    "dtype": "float32",
+                    "channel_def": {"0": "a", "1": "b"},
+                }
+            },
+        },
+    }
     config = {"imports": ["$import torch"], "bundle_root": ".", "network_def": network_def or NET}
     (root / "configs/metadata.json").write_text(json.dumps(meta))
     (root / "configs/inference.json").write_text(json.dumps(config))
@@ -85,8 +111,20 @@ def test_unsupported_or_unsafe_bundles_are_refused(tmp_path):
     expr = make_bundle(tmp_path / "expr", network_def={**NET, "classes": "$1 + 1"})
     with pytest.raises(ArtifactError, match="Python expressions"):
         load_teacher(f"monai:{expr}", data=data).model
-    res = runner.invoke(app, ["distill", "--teacher", f"monai:{tmp_path / 'nope'}", "--student", "small:tinycnn",
-                              "--data", SYNTH, "--out", str(tmp_path / "x")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "distill",
+            "--teacher",
+            f"monai:{tmp_path / 'nope'}",
+            "--student",
+            "small:tinycnn",
+            "--data",
+            SYNTH,
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert res.exit_code == 4 and "does not exist" in res.output
 
 
@@ -103,9 +141,20 @@ def test_without_monai_the_message_names_the_extra(tmp_path, teacher_bundle, tin
 
 def _verify_cli(bundle: Path) -> subprocess.CompletedProcess:
     """MONAI's own command line, in a fresh process."""
-    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "--net_id", "network_def", "--meta_file",
-           str(bundle / "configs/metadata.json"), "--config_file", str(bundle / "configs/inference.json"),
-           "--device", "cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "verify_net_in_out",
+        "--net_id",
+        "network_def",
+        "--meta_file",
+        str(bundle / "configs/metadata.json"),
+        "--config_file",
+        str(bundle / "configs/inference.json"),
+        "--device",
+        "cpu",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=bundle)
 
 
@@ -126,14 +175,39 @@ def test_round_trip_monai_teacher_to_monai_student(teacher_bundle, tmp_path):
     """MONAI bundle -> distil -> prune -> INT8 -> MONAI bundle, checked by MONAI, outputs equal to edgekd's."""
     student, pruned, int8 = tmp_path / "student", tmp_path / "pruned", tmp_path / "int8"
     steps = [
-        ["distill", "--teacher", f"monai:{teacher_bundle}", "--student", "small:tinycnn", "--data", SYNTH,
-         "--epochs", "1", "--max-steps-per-epoch", "2", "--out", str(student), "--quiet"],
-        ["prune", str(student), "--out", str(pruned), "--target-macs", "0.7", "--recovery-epochs", "0",
-         "--latency-batch", "0", "--quiet"],
+        [
+            "distill",
+            "--teacher",
+            f"monai:{teacher_bundle}",
+            "--student",
+            "small:tinycnn",
+            "--data",
+            SYNTH,
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "2",
+            "--out",
+            str(student),
+            "--quiet",
+        ],
+        [
+            "prune",
+            str(student),
+            "--out",
+            str(pruned),
+            "--target-macs",
+            "0.7",
+            "--recovery-epochs",
+            "0",
+            "--latency-batch",
+            "0",
+            "--quiet",
+        ],
         ["quantize", str(pruned), "--out", str(int8), "--target", "cpu-x86", "--calib-samples", "32", "--quiet"],
         ["export", str(pruned), "--format", "monai-bundle", "--out", str(tmp_path / "mb")],
         ["export", str(int8), "--format", "monai-bundle", "--out", str(tmp_path / "mb8")],
-    ]  # fmt: skip
+    ]
     for args in steps:
         res = runner.invoke(app, args)
         assert res.exit_code == 0, f"{args[0]}: {res.output}"
@@ -169,8 +243,9 @@ def test_export_checks_and_records_monai_parity(tiny_model_dir, tmp_path):
         export_bundle(tiny_model_dir, tmp_path / "x", formats="onnx,monai-bundle")
     again = runner.invoke(app, ["export", tiny_model_dir, "--format", "monai-bundle", "--out", str(tmp_path / "mb")])
     assert again.exit_code == 3 and "already exists" in again.output
-    res = runner.invoke(app, ["export", tiny_model_dir, "--format", "monai-bundle", "--out", str(tmp_path / "mb"),
-                              "--overwrite"])  # fmt: skip
+    res = runner.invoke(
+        app, ["export", tiny_model_dir, "--format", "monai-bundle", "--out", str(tmp_path / "mb"), "--overwrite"]
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -198,7 +273,19 @@ def test_zoo_download_fails_clearly_offline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(monai_bundle, "download", offline)
     monkeypatch.setenv("EDGEKD_MONAI_DIR", str(tmp_path))
-    res = runner.invoke(app, ["distill", "--teacher", "monai:zoo:spleen_ct_segmentation", "--student",
-                              "small:tinycnn", "--data", SYNTH, "--out", str(tmp_path / "x")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "distill",
+            "--teacher",
+            "monai:zoo:spleen_ct_segmentation",
+            "--student",
+            "small:tinycnn",
+            "--data",
+            SYNTH,
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert res.exit_code == 5 and "cannot download MONAI bundle 'spleen_ct_segmentation'" in res.output
     assert "monai:BUNDLE_DIR" in res.output and not (tmp_path / "x").exists()

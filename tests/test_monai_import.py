@@ -67,6 +67,7 @@ def test_network_defs_that_need_more_than_themselves_are_refused(tmp_path):
             ModelSpec(name="monai:bundle", num_classes=2, kwargs={"network_def": {**NET, "classes": "@num_classes"}})
         )
     inner = {**NET, "classes": 2, "strides": "@network_def#channels"}  # resolvable within network_def
-    assert isinstance(build_model(ModelSpec(name="monai:bundle", num_classes=2, kwargs={"network_def": inner})),
-                      torch.nn.Module)  # fmt: skip
+    assert isinstance(
+        build_model(ModelSpec(name="monai:bundle", num_classes=2, kwargs={"network_def": inner})), torch.nn.Module
+    )
     assert json.dumps(NET)  # the spec's kwargs are plain JSON

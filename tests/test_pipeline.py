@@ -121,34 +121,52 @@ def _card(tiny_model_dir, val: float, test: float):
 
 
 def test_compare_students_keeps_the_better_and_says_so(tiny_model_dir):
-    diag = KDDiagnosis(samples=64, augment="light", teacher_params=2_000_000, student_params=50_000, params_ratio=40.0,
-                       teacher_acc_train=0.98, teacher_acc_augmented=0.80, augmented_drop=0.18,
-                       teacher_confidence_train=0.995, teacher_confident_fraction=0.9,
-                       agreement={"student": {"train": 0.85, "val": 0.84}})  # fmt: skip
-    cmp = compare_students([_card(tiny_model_dir, 0.90, 0.91)], [_card(tiny_model_dir, 0.93, 0.92)], metric="auroc",
-                           diagnosis=diag)  # fmt: skip
+    diag = KDDiagnosis(
+        samples=64,
+        augment="light",
+        teacher_params=2_000_000,
+        student_params=50_000,
+        params_ratio=40.0,
+        teacher_acc_train=0.98,
+        teacher_acc_augmented=0.80,
+        augmented_drop=0.18,
+        teacher_confidence_train=0.995,
+        teacher_confident_fraction=0.9,
+        agreement={"student": {"train": 0.85, "val": 0.84}},
+    )
+    cmp = compare_students(
+        [_card(tiny_model_dir, 0.90, 0.91)], [_card(tiny_model_dir, 0.93, 0.92)], metric="auroc", diagnosis=diag
+    )
     assert cmp.helps is False and cmp.chosen == "baseline"
     assert cmp.gain_val == pytest.approx(-0.03) and cmp.gain_test == pytest.approx(-0.01)
     assert "does NOT beat" in cmp.message
     text = " ".join(cmp.suggestions)
     assert "augmentation" in text and "80.0%" in text  # the teacher's accuracy on augmented views
     assert "temperature" in text and "capacity gap" in text and "--seeds 3" in text
-    forced = compare_students([_card(tiny_model_dir, 0.90, 0.91)], [_card(tiny_model_dir, 0.93, 0.92)],
-                              metric="auroc", keep="distilled")  # fmt: skip
+    forced = compare_students(
+        [_card(tiny_model_dir, 0.90, 0.91)], [_card(tiny_model_dir, 0.93, 0.92)], metric="auroc", keep="distilled"
+    )
     assert forced.chosen == "student"
-    better = compare_students([_card(tiny_model_dir, 0.95, 0.95)] * 2, [_card(tiny_model_dir, 0.93, 0.92)] * 2,
-                              metric="auroc")  # fmt: skip
+    better = compare_students(
+        [_card(tiny_model_dir, 0.95, 0.95)] * 2, [_card(tiny_model_dir, 0.93, 0.92)] * 2, metric="auroc"
+    )
     assert better.helps and better.chosen == "student" and better.gain_val_std == 0.0 and better.suggestions == []
     # the findings are suggestions whatever the verdict; the one-seed line only when distillation does not help
     when_helps = " ".join(suggestions(diag, helps=True, seeds=1, gain=0.01))
     assert "augmentation" in when_helps and "capacity gap" in when_helps and "--seeds" not in when_helps
     # a baseline ahead by less than the noise of the validation set: not told apart, the distilled student stays
-    tie = compare_students([_card(tiny_model_dir, 0.995, 0.97)], [_card(tiny_model_dir, 0.996, 0.96)], metric="auroc",
-                           diagnosis=diag, val_ci=(-0.004, 0.003))  # fmt: skip
+    tie = compare_students(
+        [_card(tiny_model_dir, 0.995, 0.97)],
+        [_card(tiny_model_dir, 0.996, 0.96)],
+        metric="auroc",
+        diagnosis=diag,
+        val_ci=(-0.004, 0.003),
+    )
     assert tie.helps is False and tie.significant is False and tie.chosen == "student"
     assert "does NOT beat" in tie.message and "within the noise" in tie.message and tie.suggestions
-    sure = compare_students([_card(tiny_model_dir, 0.95, 0.97)], [_card(tiny_model_dir, 0.99, 0.96)], metric="auroc",
-                            val_ci=(-0.06, -0.02))  # fmt: skip
+    sure = compare_students(
+        [_card(tiny_model_dir, 0.95, 0.97)], [_card(tiny_model_dir, 0.99, 0.96)], metric="auroc", val_ci=(-0.06, -0.02)
+    )
     assert sure.significant is True and sure.chosen == "baseline"
 
 
@@ -229,8 +247,16 @@ def test_rerun_skips_every_stage(full_run):
 @pytest.mark.slow
 def test_changed_key_reruns_that_stage_and_later_ones(full_run):
     tmp, _, _ = full_run
-    r = _run(tmp / "p.yaml", "--out", tmp / "run", "--set", "quantize.0.calib_samples=24", "--no-report", "--json",
-             tmp / "third.json")  # fmt: skip
+    r = _run(
+        tmp / "p.yaml",
+        "--out",
+        tmp / "run",
+        "--set",
+        "quantize.0.calib_samples=24",
+        "--no-report",
+        "--json",
+        tmp / "third.json",
+    )
     assert r.exit_code == 0, r.output
     status = {s["name"]: s["status"] for s in json.loads((tmp / "third.json").read_text())["stages"]}
     for name in ("teacher", "baseline", "student", "select", "pruned", "bundle", "eval-teacher", "eval-fp16"):
@@ -254,8 +280,15 @@ def test_run_refuses_a_foreign_directory(tmp_path):
 
 def _small(tmp: Path, name: str) -> Path:
     student = {**TRAIN, "epochs": 12, "max_steps_per_epoch": 1, "deterministic": True}
-    cfg = _config(student={"model": "small:tinycnn", "train": student}, prune=None, quantize=[], export=None,
-                  bench=None, report={"enabled": False}, distill={"diagnose_samples": 16, "cache_teacher": False})  # fmt: skip
+    cfg = _config(
+        student={"model": "small:tinycnn", "train": student},
+        prune=None,
+        quantize=[],
+        export=None,
+        bench=None,
+        report={"enabled": False},
+        distill={"diagnose_samples": 16, "cache_teacher": False},
+    )
     return _write(tmp / name, cfg)
 
 
@@ -267,8 +300,9 @@ def _cli(*args) -> list[str]:
 def test_kill_9_mid_stage_then_resume_matches_uninterrupted(tmp_path):
     cfg = _small(tmp_path, "p.yaml")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cli(cfg, "--out", tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli(cfg, "--out", tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt = tmp_path / "killed" / ".student.edgekd-run" / "checkpoint" / "last.safetensors"
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -277,13 +311,21 @@ def test_kill_9_mid_stage_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert read_record(tmp_path / "killed", "student").status == "running"  # killed inside the student stage
-    again = subprocess.run(_cli(cfg, "--out", tmp_path / "killed", "--json", tmp_path / "resumed.json"), env=env,
-                           capture_output=True, text=True)  # fmt: skip
+    again = subprocess.run(
+        _cli(cfg, "--out", tmp_path / "killed", "--json", tmp_path / "resumed.json"),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     status = {s["name"]: s["status"] for s in json.loads((tmp_path / "resumed.json").read_text())["stages"]}
     assert status["teacher"] == status["baseline"] == "skipped" and status["student"] == "resumed", status
-    clean = subprocess.run(_cli(cfg, "--out", tmp_path / "clean", "--json", tmp_path / "clean.json"), env=env,
-                           capture_output=True, text=True)  # fmt: skip
+    clean = subprocess.run(
+        _cli(cfg, "--out", tmp_path / "clean", "--json", tmp_path / "clean.json"),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert clean.returncode == 0, clean.stderr[-2000:]
     rows = {r["name"]: r for r in json.loads((tmp_path / "resumed.json").read_text())["rows"]}
     ref = {r["name"]: r for r in json.loads((tmp_path / "clean.json").read_text())["rows"]}

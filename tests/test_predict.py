@@ -76,18 +76,41 @@ def test_predict_equals_onnxruntime_and_lists_every_unreadable_file(bundles, sca
 
 def test_cli_csv_has_a_row_per_input_and_exits_4_when_some_were_skipped(bundles, scans, tmp_path):
     out = tmp_path / "preds.csv"
-    r = run("predict", bundles["int8"], scans / "img0.png", scans / "broken.png", tmp_path / "gone.png",
-            f"{scans}/sub/*.png", f"{scans}/none-*.png", "--out", out)  # fmt: skip
+    r = run(
+        "predict",
+        bundles["int8"],
+        scans / "img0.png",
+        scans / "broken.png",
+        tmp_path / "gone.png",
+        f"{scans}/sub/*.png",
+        f"{scans}/none-*.png",
+        "--out",
+        out,
+    )
     assert r.exit_code == 4, r.output
     assert "3 of 7 input(s) were skipped" in r.output and "gone.png: file does not exist" in r.output
     rows = list(csv.DictReader(out.open()))
-    assert list(rows[0]) == ["path", "label", "p_class_0", "p_class_1", "decision", "threshold", "ood_score",
-                             "out_of_distribution", "intended_use", "scope_reason", "error"]  # fmt: skip
+    assert list(rows[0]) == [
+        "path",
+        "label",
+        "p_class_0",
+        "p_class_1",
+        "decision",
+        "threshold",
+        "ood_score",
+        "out_of_distribution",
+        "intended_use",
+        "scope_reason",
+        "error",
+    ]
     ok = [row for row in rows if not row["error"]]
     assert len(ok) == 4 and all(row["decision"] in ("class_0", "class_1") and row["threshold"] == "0.5" for row in ok)
     errors = {Path(row["path"]).name: row["error"] for row in rows if row["error"]}
-    assert errors == {"broken.png": errors["broken.png"], "gone.png": "file does not exist",
-                      "none-*.png": "no file matches this pattern"}  # fmt: skip
+    assert errors == {
+        "broken.png": errors["broken.png"],
+        "gone.png": "file does not exist",
+        "none-*.png": "no file matches this pattern",
+    }
     exp = _expected(bundles["int8"], "model.int8.onnx", [Path(row["path"]) for row in ok])
     np.testing.assert_allclose([[float(row["p_class_0"]), float(row["p_class_1"])] for row in ok], exp, atol=2e-6)
 
@@ -124,16 +147,20 @@ def test_fhir_bundle_validates_and_says_decision_support(bundles, scans, tmp_pat
     from fhir.resources.R4B.bundle import Bundle
 
     out = tmp_path / "reports.json"
-    r = run("predict", bundles["int8"], scans / "img0.png", scans / "img2.png", scans / "broken.png",
-            "--fhir", "--out", out)  # fmt: skip
+    r = run(
+        "predict", bundles["int8"], scans / "img0.png", scans / "img2.png", scans / "broken.png", "--fhir", "--out", out
+    )
     assert r.exit_code == 4
     raw = json.loads(out.read_text())
     bundle = Bundle.model_validate(raw)  # fhir.resources validates every contained resource
     reports = [e.resource for e in bundle.entry if e.resource.get_resource_type() == "DiagnosticReport"]
     outcome = [e.resource for e in bundle.entry if e.resource.get_resource_type() == "OperationOutcome"]
     assert len(reports) == 2 and len(outcome) == 1 and "broken.png" in outcome[0].issue[0].diagnostics
-    sha = next(f["sha256"] for f in json.loads((bundles["int8"] / "manifest.json").read_text())["files"]
-               if f["name"] == "model.int8.onnx")  # fmt: skip
+    sha = next(
+        f["sha256"]
+        for f in json.loads((bundles["int8"] / "manifest.json").read_text())["files"]
+        if f["name"] == "model.int8.onnx"
+    )
     expected = _expected(bundles["int8"], "model.int8.onnx", [scans / "img0.png", scans / "img2.png"])
     for report, p in zip(reports, expected):
         assert report.status == "preliminary" and DISCLAIMER in report.conclusion
@@ -183,13 +210,16 @@ def test_precision_choice_and_verification(bundles, scans, tmp_path):
     assert r.exit_code == 0 and "NOT verified" in r.stderr and json.loads(r.stdout)["model"]["verified"] is False
 
 
-@pytest.mark.parametrize("args,code,message", [
-    ((), 3, "nothing to predict"),
-    (("x.png", "--out", "p.txt"), 3, "cannot tell the output format"),
-    (("x.png", "--out", "p.csv", "--fhir"), 3, "FHIR output is JSON"),
-    (("x.png", "--out", "p.ndjson"), 3, "add --fhir"),
-    (("x.png", "--batch", "0"), 3, "batch size must be >= 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        ((), 3, "nothing to predict"),
+        (("x.png", "--out", "p.txt"), 3, "cannot tell the output format"),
+        (("x.png", "--out", "p.csv", "--fhir"), 3, "FHIR output is JSON"),
+        (("x.png", "--out", "p.ndjson"), 3, "add --fhir"),
+        (("x.png", "--batch", "0"), 3, "batch size must be >= 1"),
+    ],
+)
 def test_bad_options_exit_3_before_any_work(bundles, args, code, message):
     r = run("predict", bundles["int8"], *args)
     assert r.exit_code == code and message in r.output
@@ -201,9 +231,21 @@ def test_not_a_model_exits_4(tmp_path):
 
 
 def _info(task: Task, labels: tuple[str, ...], threshold: float | None) -> ModelInfo:
-    return ModelInfo(name="m", architecture="small:x", source="b", kind="bundle", file="model.onnx", precision="fp32",
-                     sha256="0" * 64, version="v", task=task, labels=labels, threshold=threshold,
-                     threshold_source="given", verified=True)  # fmt: skip
+    return ModelInfo(
+        name="m",
+        architecture="small:x",
+        source="b",
+        kind="bundle",
+        file="model.onnx",
+        precision="fp32",
+        sha256="0" * 64,
+        version="v",
+        task=task,
+        labels=labels,
+        threshold=threshold,
+        threshold_source="given",
+        verified=True,
+    )
 
 
 def test_classify_multiclass_and_multilabel_logits():

@@ -44,8 +44,14 @@ def test_registry_has_every_criterion():
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_each_criterion_prunes_and_reloads_identically(criterion, tiny_model_dir, tmp_path):
     model, card = load_model_dir(tiny_model_dir)
-    pruner = ChannelPruner(model, (1, 1, 16, 16), importance=criterion, target=PruneTarget.from_options(ratio=0.4),
-                           num_classes=2, grad_fn=_grads)  # fmt: skip
+    pruner = ChannelPruner(
+        model,
+        (1, 1, 16, 16),
+        importance=criterion,
+        target=PruneTarget.from_options(ratio=0.4),
+        num_classes=2,
+        grad_fn=_grads,
+    )
     record = pruner.step()
     assert record["macs"] < pruner.base["macs"]
     structure = capture_structure(model, reference=build_model(card.spec))
@@ -63,8 +69,9 @@ def test_macs_target_reached_within_tolerance():
     torch.manual_seed(0)
     model = build_model(ModelSpec(name="small:resnet8", num_classes=2, in_chans=1))
     base = count_macs(model, (1, 1, 16, 16))
-    pruner = ChannelPruner(model, (1, 1, 16, 16), importance="l2", target=PruneTarget.from_options(target_macs=0.5),
-                           steps=2, num_classes=2)  # fmt: skip
+    pruner = ChannelPruner(
+        model, (1, 1, 16, 16), importance="l2", target=PruneTarget.from_options(target_macs=0.5), steps=2, num_classes=2
+    )
     first, second = pruner.step(), pruner.step()
     assert first["goal"] == pytest.approx(0.75) and second["goal"] == pytest.approx(0.5)
     assert 0.70 <= first["macs_kept"] <= 0.75
@@ -74,8 +81,9 @@ def test_macs_target_reached_within_tolerance():
 
 def test_params_target_reached():
     model = build_model(ModelSpec(name="small:tinycnn", num_classes=3, in_chans=1))
-    pruner = ChannelPruner(model, (1, 1, 16, 16), importance="l1",
-                           target=PruneTarget.from_options(target_params=0.6), num_classes=3)  # fmt: skip
+    pruner = ChannelPruner(
+        model, (1, 1, 16, 16), importance="l1", target=PruneTarget.from_options(target_params=0.6), num_classes=3
+    )
     rec = pruner.step()
     assert rec["goal_met"] and 0.5 <= rec["params_kept"] <= 0.6
 
@@ -83,8 +91,14 @@ def test_params_target_reached():
 def test_classifier_and_kept_layers_untouched():
     model = build_model(ModelSpec(name="small:resnet8", num_classes=2, in_chans=1))
     before = {k: v.shape for k, v in model.state_dict().items()}
-    pruner = ChannelPruner(model, (1, 1, 16, 16), importance="l2", target=PruneTarget.from_options(target_macs=0.6),
-                           keep=["layer2"], num_classes=2)  # fmt: skip
+    pruner = ChannelPruner(
+        model,
+        (1, 1, 16, 16),
+        importance="l2",
+        target=PruneTarget.from_options(target_macs=0.6),
+        keep=["layer2"],
+        num_classes=2,
+    )
     assert pruner.step()["goal_met"]
     after = model.state_dict()
     assert find_classifier(model, 2) == "fc" and model.fc.out_features == 2
@@ -95,8 +109,15 @@ def test_classifier_and_kept_layers_untouched():
 
 def test_round_to_keeps_multiples():
     model = build_model(ModelSpec(name="small:tinycnn", num_classes=2, in_chans=1))
-    ChannelPruner(model, (1, 1, 16, 16), importance="l2", target=PruneTarget.from_options(ratio=0.3), round_to=8,
-                  global_pruning=False, num_classes=2).step()  # fmt: skip
+    ChannelPruner(
+        model,
+        (1, 1, 16, 16),
+        importance="l2",
+        target=PruneTarget.from_options(ratio=0.3),
+        round_to=8,
+        global_pruning=False,
+        num_classes=2,
+    ).step()
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert widths != [16, 32, 48, 64] and all(w % 8 == 0 for w in widths)
 
@@ -110,8 +131,14 @@ def test_bad_targets_and_keep_paths():
         PruneTarget.from_options(target_macs=1.5)
     model = build_model(ModelSpec(name="small:tinycnn", num_classes=2, in_chans=1))
     with pytest.raises(InvalidInputError, match="layer9"):
-        ChannelPruner(model, (1, 1, 16, 16), importance="l2", target=PruneTarget.from_options(ratio=0.3),
-                      keep=["layer9"], num_classes=2)  # fmt: skip
+        ChannelPruner(
+            model,
+            (1, 1, 16, 16),
+            importance="l2",
+            target=PruneTarget.from_options(ratio=0.3),
+            keep=["layer9"],
+            num_classes=2,
+        )
 
 
 @pytest.mark.parametrize("kd", [True, False], ids=["kd", "ce"])
@@ -119,8 +146,16 @@ def test_prune_model_dir_with_recovery(kd, tiny_model_dir, tmp_path):
     from edgekd.distill import TrainConfig
 
     train = TrainConfig(batch_size=32, lr=1e-3, warmup_epochs=0.0, max_steps_per_epoch=2)
-    cfg = PruneConfig(importance="lamp", target=PruneTarget.from_options(target_macs=0.6), steps=2,
-                      recovery_epochs=1, kd=kd, latency_batch=8 if kd else None, latency_s=0.2, train=train)  # fmt: skip
+    cfg = PruneConfig(
+        importance="lamp",
+        target=PruneTarget.from_options(target_macs=0.6),
+        steps=2,
+        recovery_epochs=1,
+        kd=kd,
+        latency_batch=8 if kd else None,
+        latency_s=0.2,
+        train=train,
+    )
     out = tmp_path / "pruned"
     from edgekd.bench import model_latency_ms
 
@@ -143,8 +178,21 @@ def test_prune_model_dir_with_recovery(kd, tiny_model_dir, tmp_path):
 
 def test_cli_prune_json_and_exit_codes(tiny_model_dir, tmp_path):
     out = tmp_path / "p"
-    args = ["prune", tiny_model_dir, "--out", str(out), "--target-macs", "0.7", "--recovery-epochs", "0",
-            "--latency-batch", "0", "--json", "-", "--quiet"]  # fmt: skip
+    args = [
+        "prune",
+        tiny_model_dir,
+        "--out",
+        str(out),
+        "--target-macs",
+        "0.7",
+        "--recovery-epochs",
+        "0",
+        "--latency-batch",
+        "0",
+        "--json",
+        "-",
+        "--quiet",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     payload = json.loads(res.output)
@@ -153,11 +201,14 @@ def test_cli_prune_json_and_exit_codes(tiny_model_dir, tmp_path):
 
     missing = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--ratio", "0.3"])
     assert missing.exit_code == 4
-    bad = runner.invoke(app, ["prune", tiny_model_dir, "--out", str(tmp_path / "y"), "--importance", "l3",
-                              "--ratio", "0.3"])  # fmt: skip
+    bad = runner.invoke(
+        app, ["prune", tiny_model_dir, "--out", str(tmp_path / "y"), "--importance", "l3", "--ratio", "0.3"]
+    )
     assert bad.exit_code == 3 and "l1" in bad.output
     no_target = runner.invoke(app, ["prune", tiny_model_dir, "--out", str(tmp_path / "z")])
     assert no_target.exit_code == 3
-    bad_keep = runner.invoke(app, ["prune", tiny_model_dir, "--out", str(tmp_path / "k"), "--ratio", "0.3",
-                                   "--keep", "layer9", "--data", SYNTH])  # fmt: skip
+    bad_keep = runner.invoke(
+        app,
+        ["prune", tiny_model_dir, "--out", str(tmp_path / "k"), "--ratio", "0.3", "--keep", "layer9", "--data", SYNTH],
+    )
     assert bad_keep.exit_code == 3 and not (tmp_path / "k").exists()  # failure leaves nothing

@@ -41,8 +41,7 @@ class FakeLatency:
 
 
 def _cfg(**target) -> PruneConfig:
-    return PruneConfig(target=PruneTarget.from_options(**target), recovery_epochs=0, round_to=None,
-                       latency_batch=None)  # fmt: skip
+    return PruneConfig(target=PruneTarget.from_options(**target), recovery_epochs=0, round_to=None, latency_batch=None)
 
 
 def _base_macs(model_dir: str) -> int:
@@ -75,7 +74,14 @@ def test_latency_target_options():
 
 def test_parse_round_to_and_config_default():
     assert [parse_round_to(v) for v in ("auto", "AUTO", "none", "null", None, "8", 8)] == [
-        "auto", "auto", None, None, None, 8, 8]  # fmt: skip
+        "auto",
+        "auto",
+        None,
+        None,
+        None,
+        8,
+        8,
+    ]
     for bad in ("foo", "0", "-4", "2.5", True):
         with pytest.raises(InvalidInputError, match="--round-to must be auto, none or a positive integer"):
             parse_round_to(bad)
@@ -124,8 +130,7 @@ def test_latency_loop_keeps_going_past_a_slower_step(tiny_model_dir, tmp_path):
     # unpruned 10 ms; the proposals measure 8, 9 (slower than the one before), 7, then 4.5 (<= 5 * 0.95: met);
     # the last two values are the final before/after measurement
     fake = FakeLatency(_base_macs(tiny_model_dir), script=[10.0, 8.0, 9.0, 7.0, 4.5, 10.0, 4.5])
-    report = prune_model_dir(tiny_model_dir, tmp_path / "p", _cfg(target_latency_ms=5.0), latency=fake,
-                             progress=False)  # fmt: skip
+    report = prune_model_dir(tiny_model_dir, tmp_path / "p", _cfg(target_latency_ms=5.0), latency=fake, progress=False)
     assert [s["latency_ms"] for s in report.steps] == [8.0, 9.0, 7.0, 4.5]
     assert [s["faster"] for s in report.steps] == [True, False, True, True]
     assert [s["met"] for s in report.steps] == [False, False, False, True] and report.target_met
@@ -192,15 +197,21 @@ def test_round_to_auto_without_a_probe_warns_and_does_not_round(tiny_model_dir, 
     assert report.round_to == {"requested": "auto", "multiple": None, "source": "not rounded: no width probe given"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an explicit value needs no probe and warns nothing
-        fixed = prune_model_dir(tiny_model_dir, tmp_path / "q", cfg.model_copy(update={"round_to": 4}),
-                                progress=False)  # fmt: skip
+        fixed = prune_model_dir(tiny_model_dir, tmp_path / "q", cfg.model_copy(update={"round_to": 4}), progress=False)
     assert fixed.round_to["source"] == "config" and fixed.round_to["multiple"] == 4
 
 
 def test_round_to_keeps_one_multiple_and_narrow_layers():
     model = build_model(ModelSpec(name="small:tinycnn", num_classes=2, in_chans=1))  # convs 16/32/48/64
-    ChannelPruner(model, INPUT, importance="l2", target=PruneTarget.from_options(ratio=0.5), round_to=32,
-                  global_pruning=False, num_classes=2).step()  # fmt: skip
+    ChannelPruner(
+        model,
+        INPUT,
+        importance="l2",
+        target=PruneTarget.from_options(ratio=0.5),
+        round_to=32,
+        global_pruning=False,
+        num_classes=2,
+    ).step()
     widths = _conv_widths(model)
     assert widths == [16, 32, 32, 32]  # 48 * 0.5 rounds below 32: one multiple kept (Torch-Pruning alone: 48)
     model(__import__("torch").zeros(INPUT))  # still a working network
@@ -336,8 +347,23 @@ def test_cli_latency_target_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
 
     fake = FakeLatency(_base_macs(tiny_model_dir), curve=lambda kept: 10.0 * kept)
     monkeypatch.setitem(_prune.LATENCY_FNS, LatencyBackend.ORT, fake)
-    args = ["prune", tiny_model_dir, "--out", str(tmp_path / "p"), "--target-latency-ms", "7", "--batch", "2",
-            "--recovery-epochs", "0", "--round-to", "none", "--json", "-", "--quiet"]  # fmt: skip
+    args = [
+        "prune",
+        tiny_model_dir,
+        "--out",
+        str(tmp_path / "p"),
+        "--target-latency-ms",
+        "7",
+        "--batch",
+        "2",
+        "--recovery-epochs",
+        "0",
+        "--round-to",
+        "none",
+        "--json",
+        "-",
+        "--quiet",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     payload = json.loads(res.output)

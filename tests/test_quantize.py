@@ -105,8 +105,9 @@ def test_calibration_methods_run_and_cache_every_range(method, fp32, tmp_path):
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     scheme, cache = get_target("cpu-x86"), tmp_path / "ranges.json"
-    path = quantize_onnx(fp32["pre"], tmp_path / "q.onnx", scheme, CalibrationReader(fp32["x"]),
-                         calibration=method, cache=cache)  # fmt: skip
+    path = quantize_onnx(
+        fp32["pre"], tmp_path / "q.onnx", scheme, CalibrationReader(fp32["x"]), calibration=method, cache=cache
+    )
     _runs(path, fp32["x"])
     json.loads(cache.read_text())  # plain JSON (never a pickle)
     ranges = load_tensors_data(cache)
@@ -142,26 +143,52 @@ def test_sensitivity_keeps_nodes_in_fp32(fp32, tmp_path):
     x_val, y_val = split_inputs(data, "val", card.preprocess)
     nodes = quantizable_nodes(fp32["pre"])
     # An unreachable budget (INT8 must beat FP32 by 100 points) keeps every weighted node in FP32, worst first.
-    report = sensitivity_search(fp32["pre"], tmp_path / "mixed.onnx", get_target("cpu-x86"),
-                                CalibrationReader(fp32["x"]), x_val=x_val, y_val=y_val, task=data.task,
-                                work=tmp_path, max_drop=-100.0, max_nodes=2)  # fmt: skip
+    report = sensitivity_search(
+        fp32["pre"],
+        tmp_path / "mixed.onnx",
+        get_target("cpu-x86"),
+        CalibrationReader(fp32["x"]),
+        x_val=x_val,
+        y_val=y_val,
+        task=data.task,
+        work=tmp_path,
+        max_drop=-100.0,
+        max_nodes=2,
+    )
     assert len(report.nodes) == len(nodes) and report.nodes[0].error >= report.nodes[-1].error
     assert report.fp32_nodes == [e.node for e in report.nodes[:2]] and not report.budget_met
     graph = onnx.load(str(tmp_path / "mixed.onnx")).graph
     inits = {i.name: i for i in graph.initializer}
     for node in (n for n in graph.node if n.name in report.fp32_nodes):
         assert inits[node.input[1]].data_type == onnx.TensorProto.FLOAT  # float weight, no DequantizeLinear
-    relaxed = sensitivity_search(fp32["pre"], tmp_path / "full.onnx", get_target("cpu-x86"),
-                                 CalibrationReader(fp32["x"]), x_val=x_val, y_val=y_val, task=data.task,
-                                 work=tmp_path / "w2", max_drop=100.0)  # fmt: skip
+    relaxed = sensitivity_search(
+        fp32["pre"],
+        tmp_path / "full.onnx",
+        get_target("cpu-x86"),
+        CalibrationReader(fp32["x"]),
+        x_val=x_val,
+        y_val=y_val,
+        task=data.task,
+        work=tmp_path / "w2",
+        max_drop=100.0,
+    )
     assert relaxed.budget_met and relaxed.fp32_nodes == []
 
 
 @pytest.mark.parametrize("target", ["tensorrt", "cpu-x86"])
 def test_qat_one_epoch_exports(target, fp32, tmp_path):
     data, card = fp32["data"], fp32["card"]  # labels only here; KD is covered through the API below
-    qat, record = qat_finetune(fp32["model"], card, data, get_target(target), TINY_TRAIN, tmp_path / "qat",
-                               calib=fp32["x"], backend="torch", progress=False)  # fmt: skip
+    qat, record = qat_finetune(
+        fp32["model"],
+        card,
+        data,
+        get_target(target),
+        TINY_TRAIN,
+        tmp_path / "qat",
+        calib=fp32["x"],
+        backend="torch",
+        progress=False,
+    )
     assert record["backend"] == "torch" and len(record["history"]) == 1 and record["freeze_bn"]
     tuned = dict(qat.named_modules())
     bns = [(m, tuned[n]) for n, m in fp32["model"].named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -184,8 +211,17 @@ def test_qat_one_epoch_exports(target, fp32, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("modelopt") is None, reason="nvidia-modelopt is not installed")
 def test_qat_modelopt_backend_exports_for_tensorrt(fp32, tmp_path):
     data, card = fp32["data"], fp32["card"]
-    qat, record = qat_finetune(fp32["model"], card, data, get_target("tensorrt"), TINY_TRAIN, tmp_path / "qat",
-                               calib=fp32["x"], backend="modelopt", progress=False)  # fmt: skip
+    qat, record = qat_finetune(
+        fp32["model"],
+        card,
+        data,
+        get_target("tensorrt"),
+        TINY_TRAIN,
+        tmp_path / "qat",
+        calib=fp32["x"],
+        backend="modelopt",
+        progress=False,
+    )
     assert record["backend"] == "modelopt"
     export_onnx(qat, card, tmp_path / "qat.onnx")
     _runs(tmp_path / "qat.onnx", fp32["x"])
@@ -194,8 +230,9 @@ def test_qat_modelopt_backend_exports_for_tensorrt(fp32, tmp_path):
 
 def test_quantize_model_dir_writes_verified_bundle(tiny_model_dir, tmp_path):
     out = tmp_path / "bundle"
-    result = quantize_model_dir(tiny_model_dir, out, QuantizeConfig(target="tensorrt", calib_samples=64),
-                                progress=False)  # fmt: skip
+    result = quantize_model_dir(
+        tiny_model_dir, out, QuantizeConfig(target="tensorrt", calib_samples=64), progress=False
+    )
     assert set(result.metrics) == {"fp32", "int8"} and "acc" in result.delta and result.lint_errors == []
     assert result.qdq["nonzero_zero_points"] == 0
     manifest = read_manifest(out)
@@ -241,8 +278,24 @@ def test_config_checks():
 
 
 def test_cli_quantize_json_and_exit_codes(tiny_model_dir, tmp_path):
-    res = runner.invoke(app, ["quantize", tiny_model_dir, "--out", str(tmp_path / "b"), "--target", "cpu-x86",
-                              "--calibration", "percentile", "--calib-samples", "32", "--json", "-", "--quiet"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "quantize",
+            tiny_model_dir,
+            "--out",
+            str(tmp_path / "b"),
+            "--target",
+            "cpu-x86",
+            "--calibration",
+            "percentile",
+            "--calib-samples",
+            "32",
+            "--json",
+            "-",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     payload = json.loads(res.output)
     assert payload["precision"] == "int8" and payload["qdq"]["activation_types"] == ["uint8"]

@@ -162,10 +162,16 @@ def inputs(tmp_path_factory, tiny_model_dir) -> Path:
     _model_dir(tiny_model_dir, d / "md_kwargs", card=_dump(lambda c: c["spec"]["kwargs"].update(widths="wide")))
     _model_dir(tiny_model_dir, d / "md_unknown_kw", card=_dump(lambda c: c["spec"]["kwargs"].update(depth=3)))
     _model_dir(tiny_model_dir, d / "md_unknown_model", card=_dump(lambda c: c["spec"].update(name="small:nope")))
-    _model_dir(tiny_model_dir, d / "md_wide",
-               card=_dump(lambda c: c.update(structure={"features.0.0": {"out_channels": 4096}})))  # fmt: skip
-    _model_dir(tiny_model_dir, d / "md_bad_attr",
-               card=_dump(lambda c: c.update(structure={"features.0.0": {"kernel_size": 1}})))  # fmt: skip
+    _model_dir(
+        tiny_model_dir,
+        d / "md_wide",
+        card=_dump(lambda c: c.update(structure={"features.0.0": {"out_channels": 4096}})),
+    )
+    _model_dir(
+        tiny_model_dir,
+        d / "md_bad_attr",
+        card=_dump(lambda c: c.update(structure={"features.0.0": {"kernel_size": 1}})),
+    )
     _inconsistent_structure(tiny_model_dir, d / "md_inconsistent")
     _model_dir(tiny_model_dir, d / "md_truncated", weights=lambda b: b[: len(b) // 2])
     _model_dir(tiny_model_dir, d / "md_newer", card=_dump(lambda c: c.update(format_version=99)))
@@ -236,10 +242,16 @@ CASES: list[tuple[str, list[str], int]] = [
     # ---- synthetic: and input sizes
     ("synthetic classes=1", [*TRAIN, "--data", "synthetic:classes=1"], 3),
     ("synthetic n too large", [*TRAIN, "--data", "synthetic:n=1000000000"], 3),
-    ("data too small for the model (16 px squeezenet)",
-     ["train", "--model", "tv:squeezenet1_1", "--data", SYNTH, "--epochs", "1", "--quiet", "--out", "{out}"], 3),
-    ("--input-size below the model's floor",
-     ["train", "--model", "tv:squeezenet1_1", "--data", SYNTH, "--input-size", "8", "--quiet", "--out", "{out}"], 3),
+    (
+        "data too small for the model (16 px squeezenet)",
+        ["train", "--model", "tv:squeezenet1_1", "--data", SYNTH, "--epochs", "1", "--quiet", "--out", "{out}"],
+        3,
+    ),
+    (
+        "--input-size below the model's floor",
+        ["train", "--model", "tv:squeezenet1_1", "--data", SYNTH, "--input-size", "8", "--quiet", "--out", "{out}"],
+        3,
+    ),
     ("--input-size 5000", [*TRAIN, "--data", SYNTH, "--input-size", "5000"], 3),
     # ---- model directories (edgekd.json, model.safetensors)
     ("edgekd.json not JSON", ["eval", "{d}/md_bad_json"], 4),
@@ -266,17 +278,36 @@ CASES: list[tuple[str, list[str], int]] = [
     ("bundle manifest wrong types", ["verify", "{d}/bundle_types"], 4),
     ("bundle manifest schema_version a string", ["verify", "{d}/bundle_version"], 4),
     ("ONNX file of garbage", ["lint-onnx", "{d}/garbage.onnx"], 4),
-    ("import a garbage .pt", ["import", "{d}/garbage.pt", "--model", "small:tinycnn", "--data", SYNTH, "--out", "{out}"],
-     4),  # fmt: skip
-    ("import a garbage .safetensors",
-     ["import", "{d}/garbage.safetensors", "--model", "small:tinycnn", "--data", SYNTH, "--out", "{out}"], 4),
-    ("import with --input-size below the model's floor",
-     ["import", "{d}/squeezenet.safetensors", "--model", "tv:squeezenet1_1", "--data", SYNTH, "--input-size", "8",
-      "--out", "{out}"], 3),
+    (
+        "import a garbage .pt",
+        ["import", "{d}/garbage.pt", "--model", "small:tinycnn", "--data", SYNTH, "--out", "{out}"],
+        4,
+    ),
+    (
+        "import a garbage .safetensors",
+        ["import", "{d}/garbage.safetensors", "--model", "small:tinycnn", "--data", SYNTH, "--out", "{out}"],
+        4,
+    ),
+    (
+        "import with --input-size below the model's floor",
+        [
+            "import",
+            "{d}/squeezenet.safetensors",
+            "--model",
+            "tv:squeezenet1_1",
+            "--data",
+            SYNTH,
+            "--input-size",
+            "8",
+            "--out",
+            "{out}",
+        ],
+        3,
+    ),
     ("config with a python tag", [*TRAIN, "--data", SYNTH, "--config", "{d}/python_tag.yaml"], 3),
     ("config not UTF-8", [*TRAIN, "--data", SYNTH, "--config", "{d}/binary.yaml"], 4),
     ("config with a bad value", [*TRAIN, "--data", SYNTH, "--config", "{d}/bad_value.yaml"], 3),
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -333,9 +364,16 @@ def test_16bit_images_scale_by_the_high_byte_with_depth_16(tmp_path):
     assert bundle.channels == 1 and int(image.max()) == 200 and int(image.min()) == 200
 
 
-@pytest.mark.parametrize("mode, channels, expected", [
-    ("1", 1, 255), ("LA", 1, 77), ("P", 3, None), ("RGBA", 3, (77, 77, 77)), ("RGB", 1, 77),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode, channels, expected",
+    [
+        ("1", 1, 255),
+        ("LA", 1, 77),
+        ("P", 3, None),
+        ("RGBA", 3, (77, 77, 77)),
+        ("RGB", 1, 77),
+    ],
+)
 def test_modes_convert_by_the_documented_rules(tmp_path, mode, channels, expected):
     from edgekd.data import load_data
 
@@ -382,11 +420,25 @@ def test_input_size_check_names_a_size_that_runs():
 PACKAGE = Path(__file__).resolve().parents[1] / "edgekd"
 OPT_IN = PACKAGE / "teachers" / "_checkpoint.py"  # the only file allowed to unpickle, behind trust_pickle
 UNSAFE_CALLS = {
-    ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cPickle", "load"), ("cPickle", "loads"),
-    ("dill", "load"), ("dill", "loads"), ("joblib", "load"), ("marshal", "load"), ("marshal", "loads"),
-    ("shelve", "open"), ("yaml", "load"), ("yaml", "load_all"), ("yaml", "unsafe_load"), ("yaml", "full_load"),
-    ("yaml", "unsafe_load_all"), ("torch", "load"), ("jsonpickle", "decode"),
-}  # fmt: skip
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("cPickle", "load"),
+    ("cPickle", "loads"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("joblib", "load"),
+    ("marshal", "load"),
+    ("marshal", "loads"),
+    ("shelve", "open"),
+    ("yaml", "load"),
+    ("yaml", "load_all"),
+    ("yaml", "unsafe_load"),
+    ("yaml", "full_load"),
+    ("yaml", "unsafe_load_all"),
+    ("torch", "load"),
+    ("jsonpickle", "decode"),
+}
 
 
 def _dotted(node: ast.AST) -> tuple[str, ...]:
@@ -460,8 +512,10 @@ class _Payload:
 
 def test_hostile_checkpoint_runs_no_code_without_trust_pickle(tmp_path):
     marker = tmp_path / "ran"
-    for name, writer in (("full.pt", lambda f: torch.save({"state_dict": _Payload(str(marker))}, f)),
-                         ("plain.pkl.pt", lambda f: pickle.dump(_Payload(str(marker)), f, protocol=2))):  # fmt: skip
+    for name, writer in (
+        ("full.pt", lambda f: torch.save({"state_dict": _Payload(str(marker))}, f)),
+        ("plain.pkl.pt", lambda f: pickle.dump(_Payload(str(marker)), f, protocol=2)),
+    ):
         path = tmp_path / name
         with open(path, "wb") as fh:
             writer(fh)

@@ -113,8 +113,23 @@ def test_json_pointing_at_a_folder_is_refused_before_training(tmp_path):
 def test_cache_dir_that_is_a_file_is_refused(tiny_model_dir, tmp_path):
     f = tmp_path / "cache"
     f.write_text("not a folder")
-    args = ["distill", "--student", "small:tinycnn", "--teacher", tiny_model_dir, "--data", SYNTH, "--epochs", "1",
-            "--cache-teacher", "--cache-dir", f, "--out", tmp_path / "s", "-q"]  # fmt: skip
+    args = [
+        "distill",
+        "--student",
+        "small:tinycnn",
+        "--teacher",
+        tiny_model_dir,
+        "--data",
+        SYNTH,
+        "--epochs",
+        "1",
+        "--cache-teacher",
+        "--cache-dir",
+        f,
+        "--out",
+        tmp_path / "s",
+        "-q",
+    ]
     _one_error_line(_run(args), 3, "is a file")
     assert f.read_text() == "not a folder" and not (tmp_path / "s").exists()
 
@@ -132,8 +147,22 @@ def test_diverged_run_names_the_step_and_leaves_the_existing_model(stage, tiny_m
     if stage == "train":
         args = [*TRAIN, "--lr", "1e30"]
     else:
-        args = ["distill", "--student", "small:tinycnn", "--teacher", tiny_model_dir, "--data", SYNTH, "--epochs", "1",
-                "--batch-size", "32", "--lr", "1e30", "-q"]  # fmt: skip
+        args = [
+            "distill",
+            "--student",
+            "small:tinycnn",
+            "--teacher",
+            tiny_model_dir,
+            "--data",
+            SYNTH,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--lr",
+            "1e30",
+            "-q",
+        ]
     text = _one_error_line(_run([*args, "--out", out, "--overwrite"]), 8, "the loss became", "step")
     assert "no model was written" in text and "learning rate" in text
     assert _snapshot(out) == before  # the finished model, its config.yaml and checkpoint: untouched
@@ -158,8 +187,22 @@ def test_bench_refuses_a_tampered_bundle_unless_no_verify(bundle, tmp_path):
     data = bytearray(onnx_file.read_bytes())
     data[-10] ^= 0xFF  # one flipped byte in the weights
     onnx_file.write_bytes(bytes(data))
-    fast = ["--batch", "1", "--backend", "ort", "--min-s", "0.01", "--min-iters", "2", "--warmup-s", "0",
-            "--warmup-iters", "1", "--no-roofline", "-q"]  # fmt: skip
+    fast = [
+        "--batch",
+        "1",
+        "--backend",
+        "ort",
+        "--min-s",
+        "0.01",
+        "--min-iters",
+        "2",
+        "--warmup-s",
+        "0",
+        "--warmup-iters",
+        "1",
+        "--no-roofline",
+        "-q",
+    ]
     _one_error_line(_run(["bench", bad, *fast]), 6, "failed verification", "model.onnx")
     r = _run(["bench", bad, *fast, "--no-verify", "--json", tmp_path / "b.json"])
     assert r.exit_code == 0, r.output
@@ -172,8 +215,14 @@ def test_bench_refuses_a_tampered_bundle_unless_no_verify(bundle, tmp_path):
 
 def _edgekd(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "edgekd", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgekd", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -184,8 +233,19 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> Non
         time.sleep(0.05)
 
 
-LONG = ["train", "--model", "small:tinycnn", "--data", "synthetic:classes=2,n=2000,size=16,channels=1,seed=0",
-        "--batch-size", "16", "--epochs", "3", "--deterministic", "-q"]  # fmt: skip
+LONG = [
+    "train",
+    "--model",
+    "small:tinycnn",
+    "--data",
+    "synthetic:classes=2,n=2000,size=16,channels=1,seed=0",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "3",
+    "--deterministic",
+    "-q",
+]
 
 
 @pytest.mark.slow
@@ -260,8 +320,9 @@ def test_a_process_killed_during_the_final_save_leaves_nothing_that_loads(target
     script.write_text(_KILL_ON_RENAME)
     out = tmp_path / "m"
     args = [*TRAIN, "--out", out]
-    proc = subprocess.run([sys.executable, str(script), target, *map(str, args)], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), target, *map(str, args)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # the model directory never appeared
     ckpt = out.with_name(".m.edgekd-run") / "checkpoint" / "last.safetensors"

@@ -60,15 +60,39 @@ def _nothing_beside(parent: Path, *allowed: str) -> None:
 
 
 def test_train_with_lr_1e6_exits_8_and_writes_nothing(tmp_path):
-    line = _one_error_line(_run([*TRAIN, "--epochs", "2", "--lr", "1e6", "--out", tmp_path / "m"]), 8,
-                           "training diverged", "learning rate", "--lr", "no model was written")  # fmt: skip
+    line = _one_error_line(
+        _run([*TRAIN, "--epochs", "2", "--lr", "1e6", "--out", tmp_path / "m"]),
+        8,
+        "training diverged",
+        "learning rate",
+        "--lr",
+        "no model was written",
+    )
     assert f"over {EXPLODE_FACTOR:g}x its first value" in line
     _nothing_beside(tmp_path)
 
 
 def test_distill_with_sgd_lr_1e6_exits_8_and_writes_nothing(tiny_model_dir, tmp_path):
-    args = ["distill", "--student", "small:tinycnn", "--teacher", tiny_model_dir, "--data", SYNTH, "--epochs", "2",
-            "--batch-size", "32", "--optimizer", "sgd", "--lr", "1e6", "--out", tmp_path / "s", "-q"]  # fmt: skip
+    args = [
+        "distill",
+        "--student",
+        "small:tinycnn",
+        "--teacher",
+        tiny_model_dir,
+        "--data",
+        SYNTH,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e6",
+        "--out",
+        tmp_path / "s",
+        "-q",
+    ]
     _one_error_line(_run(args), 8, "training diverged", "learning rate", "no model was written")
     _nothing_beside(tmp_path)
 
@@ -97,8 +121,10 @@ def test_divergence_after_a_good_epoch_keeps_it_and_resume_continues(tmp_path, m
 
 
 def _state(losses: list[float], accs: list[float], aurocs: list[float] | None, first: float) -> TrainState:
-    hist = [{"epoch": i + 1, "loss": loss, "val_acc": a, **({"val_auroc": aurocs[i]} if aurocs else {})}
-            for i, (loss, a) in enumerate(zip(losses, accs))]  # fmt: skip
+    hist = [
+        {"epoch": i + 1, "loss": loss, "val_acc": a, **({"val_auroc": aurocs[i]} if aurocs else {})}
+        for i, (loss, a) in enumerate(zip(losses, accs))
+    ]
     return TrainState(select_metric="acc", history=hist, loss_reference=first, epoch=len(hist))
 
 
@@ -229,8 +255,9 @@ def test_a_killed_runs_work_folder_is_replaced_by_the_next_run(tmp_path):
 # --- --input-size checked against the architecture ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model,least", [("tv:resnet18", 17), ("small:tinycnn", 5), ("small:resnet8", 3),
-                                         ("tv:mobilenet_v3_small", 17)])  # fmt: skip
+@pytest.mark.parametrize(
+    "model,least", [("tv:resnet18", 17), ("small:tinycnn", 5), ("small:resnet8", 3), ("tv:mobilenet_v3_small", 17)]
+)
 def test_input_size_below_the_architecture_is_refused_before_building(tmp_path, monkeypatch, model, least):
     from edgekd.distill import _train
 
@@ -238,9 +265,27 @@ def test_input_size_below_the_architecture_is_refused_before_building(tmp_path, 
         raise AssertionError("the model was built before its input size was checked")
 
     monkeypatch.setattr(_train, "build_model", no_real_build)
-    line = _one_error_line(_run(["train", "--model", model, "--data", SYNTH, "--input-size", "1", "--epochs", "1",
-                                 "--out", tmp_path / "m", "-q"]), 3, f"{model} cannot run at input size 1x1",
-                           f"--input-size {least}")  # fmt: skip
+    line = _one_error_line(
+        _run(
+            [
+                "train",
+                "--model",
+                model,
+                "--data",
+                SYNTH,
+                "--input-size",
+                "1",
+                "--epochs",
+                "1",
+                "--out",
+                tmp_path / "m",
+                "-q",
+            ]
+        ),
+        3,
+        f"{model} cannot run at input size 1x1",
+        f"--input-size {least}",
+    )
     assert "(stride 2)" in line
     _nothing_beside(tmp_path)
 

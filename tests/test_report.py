@@ -135,8 +135,23 @@ def test_identical_models_agree_fully(tiny_model_dir):
 
 def test_explain_cli_with_compare(tiny_model_dir, tmp_path):
     out = tmp_path / "review"
-    r = runner.invoke(app, ["explain", tiny_model_dir, "--images", "0,3", "--images", "5", "--compare", tiny_model_dir,
-                            "--out", str(out), "--json", str(tmp_path / "x.json")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "explain",
+            tiny_model_dir,
+            "--images",
+            "0,3",
+            "--images",
+            "5",
+            "--compare",
+            tiny_model_dir,
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "x.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "x.json").read_text())
     assert [it["source"] for it in res["images"]] == ["test #0", "test #3", "test #5"]

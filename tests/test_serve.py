@@ -103,8 +103,19 @@ def _edgekd(*args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def server(bundles):
     """`edgekd serve INT8 tiny32=FP32 --port 0` in a subprocess; yields (host:port, process)."""
-    cmd = _edgekd("serve", str(bundles["int8"]), f"tiny32={bundles['fp32']}", "--port", "0", "--max-body-mb", "0.05",
-                  "--max-delay-ms", "2", "--threads", "1")  # fmt: skip
+    cmd = _edgekd(
+        "serve",
+        str(bundles["int8"]),
+        f"tiny32={bundles['fp32']}",
+        "--port",
+        "0",
+        "--max-body-mb",
+        "0.05",
+        "--max-delay-ms",
+        "2",
+        "--threads",
+        "1",
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines = []
@@ -127,16 +138,21 @@ def server(bundles):
 def test_json_request_nested_or_flat_data_and_response_roundtrip():
     x = np.arange(2 * 256, dtype=np.float32).reshape(2, 1, 16, 16) / 100
     for data in (x.tolist(), x.reshape(-1).tolist()):
-        body = json.dumps({"id": "r1", "inputs": [{"name": "input", "shape": [2, 1, 16, 16], "datatype": "FP32",
-                                                    "data": data}]}).encode()  # fmt: skip
+        body = json.dumps(
+            {"id": "r1", "inputs": [{"name": "input", "shape": [2, 1, 16, 16], "datatype": "FP32", "data": data}]}
+        ).encode()
         req = parse_infer_request(body, None, [INPUT], [OUTPUT], max_batch=4)
         np.testing.assert_array_equal(req.inputs["input"], x)
         assert req.id == "r1" and req.rows == 2 and req.outputs == [("logits", False)]
     out, headers = encode_infer_response("m", "1", req, {"logits": np.array([[1.5, -2.0], [0.25, 3.0]], np.float32)})
     resp = json.loads(out)
     assert headers["Content-Type"] == "application/json"
-    assert resp == {"model_name": "m", "model_version": "1", "id": "r1",
-                    "outputs": [{"name": "logits", "datatype": "FP32", "shape": [2, 2], "data": [1.5, -2.0, 0.25, 3.0]}]}  # fmt: skip
+    assert resp == {
+        "model_name": "m",
+        "model_version": "1",
+        "id": "r1",
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [2, 2], "data": [1.5, -2.0, 0.25, 3.0]}],
+    }
 
 
 def test_binary_request_and_response_decode_with_tritonclient():
@@ -145,8 +161,16 @@ def test_binary_request_and_response_decode_with_tritonclient():
     inp = triton_http.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
     body, json_size = triton_http._utils._get_inference_request(  # the exact bytes the client would POST
-        inputs=[inp], request_id="7", outputs=None, sequence_id=0, sequence_start=False, sequence_end=False,
-        priority=0, timeout=None, custom_parameters=None)  # fmt: skip
+        inputs=[inp],
+        request_id="7",
+        outputs=None,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        custom_parameters=None,
+    )
     req = parse_infer_request(body, json_size, [INPUT], [OUTPUT], max_batch=8)
     np.testing.assert_array_equal(req.inputs["input"], x)
     assert req.outputs == [("logits", True)]  # no outputs named: binary_data_output
@@ -160,17 +184,24 @@ def test_binary_request_and_response_decode_with_tritonclient():
 @pytest.mark.parametrize("datatype", ["FP16", "UINT8", "INT64", "FP64", "BOOL"])
 def test_typed_tensors_decode_to_their_dtype(datatype):
     spec = TensorSpec("input", datatype, (-1, 2))
-    x = (np.arange(4).reshape(2, 2) % 2).astype({"FP16": np.float16, "UINT8": np.uint8, "INT64": np.int64,
-                                                 "FP64": np.float64, "BOOL": np.bool_}[datatype])  # fmt: skip
+    x = (np.arange(4).reshape(2, 2) % 2).astype(
+        {"FP16": np.float16, "UINT8": np.uint8, "INT64": np.int64, "FP64": np.float64, "BOOL": np.bool_}[datatype]
+    )
     raw = x.astype(x.dtype.newbyteorder("<")).tobytes()
-    head = json.dumps({"inputs": [{"name": "input", "shape": [2, 2], "datatype": datatype,
-                                   "parameters": {"binary_data_size": len(raw)}}]}).encode()  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": [2, 2], "datatype": datatype, "parameters": {"binary_data_size": len(raw)}}
+            ]
+        }
+    ).encode()
     got = parse_infer_request(head + raw, len(head), [spec], [OUTPUT], max_batch=4).inputs["input"]
     assert got.dtype == x.dtype
     np.testing.assert_array_equal(got, x)
     as_json = json.dumps({"inputs": [{"name": "input", "shape": [2, 2], "datatype": datatype, "data": x.tolist()}]})
-    np.testing.assert_array_equal(parse_infer_request(as_json.encode(), None, [spec], [OUTPUT], max_batch=4)
-                                  .inputs["input"], x)  # fmt: skip
+    np.testing.assert_array_equal(
+        parse_infer_request(as_json.encode(), None, [spec], [OUTPUT], max_batch=4).inputs["input"], x
+    )
 
 
 def _err(body: dict | bytes, header: int | None = None, inputs=(INPUT,)) -> str:
@@ -196,8 +227,11 @@ def test_invalid_requests_name_the_problem():
     assert "holds strings" in _err(_t(data=["1"] * 256))
     assert "outside 1..4" in _err(_t(shape=[5, 1, 16, 16], data=[0.0] * 1280))
     assert "ragged" in _err(_t(data=[[0.0], [0.0, 1.0]]))
-    binary = {"inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32",
-                          "parameters": {"binary_data_size": 1024}}]}  # fmt: skip
+    binary = {
+        "inputs": [
+            {"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "parameters": {"binary_data_size": 1024}}
+        ]
+    }
     head = json.dumps(binary).encode()
     assert "exceeds the 10 bytes" in _err(head + b"0" * 10, len(head))
     assert "not claimed" in _err(head + b"0" * 1030, len(head))
@@ -213,8 +247,13 @@ def test_micro_batcher_groups_requests_and_returns_each_its_rows():
     calls: list[int] = []
 
     async def main() -> list[dict]:
-        b = MicroBatcher(lambda f: {"y": f["x"] * 2}, max_batch=4, max_delay_s=0.2, max_queue=16,
-                         on_batch=lambda rows, _s: calls.append(rows))  # fmt: skip
+        b = MicroBatcher(
+            lambda f: {"y": f["x"] * 2},
+            max_batch=4,
+            max_delay_s=0.2,
+            max_queue=16,
+            on_batch=lambda rows, _s: calls.append(rows),
+        )
         await b.start()
         reqs = [{"x": np.full((1 + i % 2, 3), i, np.float32)} for i in range(6)]  # 9 rows in 6 requests
         outs = await asyncio.gather(*(b.submit(r) for r in reqs))
@@ -256,8 +295,10 @@ def test_tritonclient_health_metadata_and_infer_equal_onnxruntime(server, bundle
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 2]}]
     assert client.is_model_ready("tiny32") and client.is_model_ready("small_tinycnn", "1")
     x = preprocess_of(bundles["int8"]).numpy(np.stack(synthetic_images(5)))
-    for name, onnx_file in (("small_tinycnn", bundles["int8"] / "model.int8.onnx"),
-                            ("tiny32", bundles["fp32"] / "model.onnx")):  # fmt: skip
+    for name, onnx_file in (
+        ("small_tinycnn", bundles["int8"] / "model.int8.onnx"),
+        ("tiny32", bundles["fp32"] / "model.onnx"),
+    ):
         ref = ort_reference(onnx_file, x)
         for binary in (True, False):
             inp = triton_http.InferInput("input", list(x.shape), "FP32")
@@ -282,27 +323,67 @@ def test_unknown_model_and_wrong_dtype_are_tritonclient_errors(server):
 
 
 BAD_REQUESTS = [
-    ("wrong shape", "/v2/models/tiny32/infer", dict(json=_t(shape=[1, 1, 8, 8], data=[0.0] * 64)), 400,
-     "does not match the model's [-1, 1, 16, 16]"),
-    ("wrong dtype", "/v2/models/tiny32/infer", dict(json=_t(datatype="UINT8", data=[0] * 256)), 400,
-     "datatype UINT8 does not match"),
+    (
+        "wrong shape",
+        "/v2/models/tiny32/infer",
+        dict(json=_t(shape=[1, 1, 8, 8], data=[0.0] * 64)),
+        400,
+        "does not match the model's [-1, 1, 16, 16]",
+    ),
+    (
+        "wrong dtype",
+        "/v2/models/tiny32/infer",
+        dict(json=_t(datatype="UINT8", data=[0] * 256)),
+        400,
+        "datatype UINT8 does not match",
+    ),
     ("garbage body", "/v2/models/tiny32/infer", dict(content=b"\x89PNG garbage"), 400, "not valid JSON"),
-    ("oversized body", "/v2/models/tiny32/infer", dict(content=b"[" + b"0.5," * 40000 + b"0]"), 413,
-     "exceeds the 52,428-byte limit"),
-    ("oversized gzip", "/v2/models/tiny32/infer", dict(content=gzip.compress(b" " * 200000),
-     headers={"Content-Encoding": "gzip"}), 413, "decompressed body exceeds"),
+    (
+        "oversized body",
+        "/v2/models/tiny32/infer",
+        dict(content=b"[" + b"0.5," * 40000 + b"0]"),
+        413,
+        "exceeds the 52,428-byte limit",
+    ),
+    (
+        "oversized gzip",
+        "/v2/models/tiny32/infer",
+        dict(content=gzip.compress(b" " * 200000), headers={"Content-Encoding": "gzip"}),
+        413,
+        "decompressed body exceeds",
+    ),
     ("unknown model", "/v2/models/nope/infer", dict(json=_t()), 404, "unknown model 'nope'; served models"),
     ("unknown version", "/v2/models/tiny32/versions/9/infer", dict(json=_t()), 404, "has no version '9'"),
-    ("bad header length", "/v2/models/tiny32/infer", dict(json=_t(), headers={HEADER_LENGTH: "x"}), 400,
-     "must be a byte count"),
-    ("not an image", "/v2/models/tiny32/classify", dict(content=b"hello", headers={"Content-Type": "image/png"}),
-     400, "not a readable image"),
-    ("DICOM without an image", "/v2/models/tiny32/classify", dict(content=b"\0" * 128 + b"DICM" + b"\0" * 8,
-     headers={"Content-Type": "application/dicom"}), 415, "DICOM"),
-    ("text body", "/v2/models/tiny32/classify", dict(content=b"x", headers={"Content-Type": "text/plain"}), 415,
-     "is not an image type"),
+    (
+        "bad header length",
+        "/v2/models/tiny32/infer",
+        dict(json=_t(), headers={HEADER_LENGTH: "x"}),
+        400,
+        "must be a byte count",
+    ),
+    (
+        "not an image",
+        "/v2/models/tiny32/classify",
+        dict(content=b"hello", headers={"Content-Type": "image/png"}),
+        400,
+        "not a readable image",
+    ),
+    (
+        "DICOM without an image",
+        "/v2/models/tiny32/classify",
+        dict(content=b"\0" * 128 + b"DICM" + b"\0" * 8, headers={"Content-Type": "application/dicom"}),
+        415,
+        "DICOM",
+    ),
+    (
+        "text body",
+        "/v2/models/tiny32/classify",
+        dict(content=b"x", headers={"Content-Type": "text/plain"}),
+        415,
+        "is not an image type",
+    ),
     ("unknown route", "/v2/everything", dict(json={}), 404, "Not Found"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.slow
@@ -330,8 +411,9 @@ def test_classify_png_gives_the_bundle_preprocessed_probabilities_and_fhir(serve
         np.testing.assert_allclose([body["probabilities"]["class_0"], body["probabilities"]["class_1"]], p, atol=1e-6)
         assert body["threshold"] == 0.5 and "no operating threshold" in body["threshold_source"]
         assert "not a diagnosis" in body["disclaimer"]
-        r = c.post("/v2/models/tiny32/classify?format=fhir", content=png_bytes(image),
-                   headers={"Content-Type": "image/png"})  # fmt: skip
+        r = c.post(
+            "/v2/models/tiny32/classify?format=fhir", content=png_bytes(image), headers={"Content-Type": "image/png"}
+        )
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
     report = DiagnosticReport.model_validate(r.json())
@@ -346,8 +428,11 @@ def test_metrics_count_requests_batches_and_errors(server):
         c.post("/v2/models/tiny32/infer", json=_t())
         text = c.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}  # Prometheus' own parser
-    requests = {(s.labels["model"], s.labels["endpoint"], s.labels["code"]): s.value
-                for s in families["edgekd_requests"].samples if s.name == "edgekd_requests_total"}  # fmt: skip
+    requests = {
+        (s.labels["model"], s.labels["endpoint"], s.labels["code"]): s.value
+        for s in families["edgekd_requests"].samples
+        if s.name == "edgekd_requests_total"
+    }
     assert requests[("tiny32", "infer", "400")] >= 1 and requests[("tiny32", "infer", "200")] >= 1
     batch = [s for s in families["edgekd_batch_size"].samples if s.name == "edgekd_batch_size_count"]
     assert any(s.labels["model"] == "tiny32" and s.value >= 1 for s in batch)
@@ -385,8 +470,12 @@ def test_concurrent_requests_are_micro_batched_and_each_gets_its_own_rows(bundle
     for i, r in enumerate(replies):
         assert r.status_code == 200
         np.testing.assert_allclose(r.json()["outputs"][0]["data"], ref[i], rtol=0, atol=1e-6)
-    buckets = {float(s.labels["le"]): s.value for f in text_string_to_metric_families(metrics)
-               for s in f.samples if s.name == "edgekd_batch_size_bucket"}  # fmt: skip
+    buckets = {
+        float(s.labels["le"]): s.value
+        for f in text_string_to_metric_families(metrics)
+        for s in f.samples
+        if s.name == "edgekd_batch_size_bucket"
+    }
     calls, single = buckets[float("inf")], buckets[1.0]
     assert calls < 6 and single < calls  # fewer model calls than requests, and some held several rows
 

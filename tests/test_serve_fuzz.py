@@ -37,8 +37,15 @@ from .test_trust import pydicom_file, trusted_bundles
 
 NAME = "tiny"
 SHAPE = (1, 16, 16)
-DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "UINT8": np.uint8,
-          "BOOL": np.bool_, "INT8": np.int8}  # fmt: skip
+DTYPES = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+    "INT8": np.int8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +70,9 @@ def _fuzz(op, mode, seen: dict[str, set[int]]) -> None:
     @given(case=op.as_strategy(generation_mode=mode))
     @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case):
-        response = case.call_and_validate(checks=[not_a_server_error, status_code_conformance,
-                                                  content_type_conformance])  # fmt: skip
+        response = case.call_and_validate(
+            checks=[not_a_server_error, status_code_conformance, content_type_conformance]
+        )
         seen.setdefault(op.label, set()).add(response.status_code)
 
     try:
@@ -103,23 +111,31 @@ def _request(arr: np.ndarray, datatype: str, shape: list[int], binary: bool) -> 
     return json.dumps({"inputs": [t]}, allow_nan=True).encode(), {"Content-Type": "application/json"}
 
 
-tensors = st.fixed_dictionaries({
-    "batch": st.integers(0, 10),
-    "dims": st.one_of(st.just(list(SHAPE)), st.lists(st.integers(0, 12), min_size=0, max_size=3)),
-    "datatype": st.sampled_from(sorted(DTYPES)),
-    "fill": st.sampled_from(["normal", "zeros", "nan", "inf", "huge", "tiny"]),
-    "binary": st.booleans(),
-    "gzip": st.booleans(),
-    "truncate": st.sampled_from([0, 0, 0, 1, 7]),
-})  # fmt: skip
+tensors = st.fixed_dictionaries(
+    {
+        "batch": st.integers(0, 10),
+        "dims": st.one_of(st.just(list(SHAPE)), st.lists(st.integers(0, 12), min_size=0, max_size=3)),
+        "datatype": st.sampled_from(sorted(DTYPES)),
+        "fill": st.sampled_from(["normal", "zeros", "nan", "inf", "huge", "tiny"]),
+        "binary": st.booleans(),
+        "gzip": st.booleans(),
+        "truncate": st.sampled_from([0, 0, 0, 1, 7]),
+    }
+)
 
 
 def _array(spec: dict) -> np.ndarray:
     shape = [spec["batch"], *spec["dims"]]
     n = int(np.prod(shape)) if shape else 1
     rng = np.random.default_rng(n)
-    base = {"normal": rng.normal(size=n), "zeros": np.zeros(n), "nan": np.full(n, np.nan), "inf": np.full(n, np.inf),
-            "huge": np.full(n, 3e38), "tiny": np.full(n, 1e-40)}[spec["fill"]]  # fmt: skip
+    base = {
+        "normal": rng.normal(size=n),
+        "zeros": np.zeros(n),
+        "nan": np.full(n, np.nan),
+        "inf": np.full(n, np.inf),
+        "huge": np.full(n, 3e38),
+        "tiny": np.full(n, 1e-40),
+    }[spec["fill"]]
     dtype = DTYPES[spec["datatype"]]
     with np.errstate(all="ignore"):
         arr = base if dtype in (np.float32, np.float16, np.float64) else np.nan_to_num(base, posinf=1, neginf=-1)
@@ -137,8 +153,12 @@ def test_generated_tensors_get_4xx_or_the_right_answer(spec, client, bundle):
         body, headers = gzip.compress(body), {**headers, "Content-Encoding": "gzip"}
     r = client.post(f"/v2/models/{NAME}/infer", content=body, headers=headers)
     assert r.status_code < 500, r.text
-    valid = (spec["datatype"] == "FP32" and list(arr.shape[1:]) == list(SHAPE) and 1 <= spec["batch"] <= 8
-             and not spec["truncate"])  # fmt: skip
+    valid = (
+        spec["datatype"] == "FP32"
+        and list(arr.shape[1:]) == list(SHAPE)
+        and 1 <= spec["batch"] <= 8
+        and not spec["truncate"]
+    )
     assert (r.status_code == 200) == valid, (r.status_code, r.text[:200])
     if not valid:
         assert "error" in r.json()
@@ -150,8 +170,9 @@ def test_generated_tensors_get_4xx_or_the_right_answer(spec, client, bundle):
         blobs = np.split(np.frombuffer(r.content[head:], np.uint8), np.cumsum(sizes)[:-1])
         out = {o["name"]: b.view(DTYPES[o["datatype"]]).reshape(o["shape"]) for o, b in zip(meta["outputs"], blobs)}
     else:
-        out = {o["name"]: np.array(o["data"], dtype=DTYPES[o["datatype"]]).reshape(o["shape"])
-               for o in r.json()["outputs"]}  # fmt: skip
+        out = {
+            o["name"]: np.array(o["data"], dtype=DTYPES[o["datatype"]]).reshape(o["shape"]) for o in r.json()["outputs"]
+        }
     assert set(out) == {"logits", "ood_score", "out_of_distribution"} and out["ood_score"].shape == (spec["batch"],)
     ref = ort.InferenceSession(str(bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     expected = ref.run(None, {"input": arr})[0]
@@ -172,8 +193,9 @@ def _mixed(client: httpx.Client, i: int) -> int:
     elif kind == 3:
         body, headers = os.urandom(64 + i % 512), {"Content-Type": "application/json"}
     else:
-        return client.post(f"/v2/models/{NAME}/classify", content=os.urandom(300), headers={
-            "Content-Type": "image/png"}).status_code  # fmt: skip
+        return client.post(
+            f"/v2/models/{NAME}/classify", content=os.urandom(300), headers={"Content-Type": "image/png"}
+        ).status_code
     return client.post(f"/v2/models/{NAME}/infer", content=body, headers=headers).status_code
 
 
@@ -231,10 +253,25 @@ def _free_port() -> int:
 
 
 def _start(bundle, port: int, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "from edgekd.cli import main; main()", "serve", f"{NAME}={bundle}", "--port",
-           str(port), "--threads", "1", *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        "from edgekd.cli import main; main()",
+        "serve",
+        f"{NAME}={bundle}",
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+    )
     for line in proc.stdout:
         if re.search(r"listening on http://127\.0\.0\.1:\d+/v2", line):
             return proc
@@ -253,8 +290,11 @@ def test_sigterm_drains_in_flight_requests_readiness_first_and_a_restart_serves(
         assert httpx.get(f"{base}/v2/health/ready").status_code == 200
         results: dict[str, httpx.Response] = {}
         # waits ~1.5 s in the micro-batcher for other requests: in flight when the signal comes
-        slow = threading.Thread(target=lambda: results.update(r=httpx.post(f"{base}/v2/models/{NAME}/infer",
-                                                                           content=body, headers=headers, timeout=30)))  # fmt: skip
+        slow = threading.Thread(
+            target=lambda: results.update(
+                r=httpx.post(f"{base}/v2/models/{NAME}/infer", content=body, headers=headers, timeout=30)
+            )
+        )
         slow.start()
         time.sleep(0.3)
         t0 = time.monotonic()

@@ -47,8 +47,15 @@ def test_build_engine_without_tensorrt_raises_and_writes_nothing(tiny_onnx, tmp_
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     onnx_path, _ = tiny_onnx
     with pytest.raises(DependencyError, match="tensorrt package"):
-        build_engine(onnx_path, tmp_path / "e.engine", min_batch=1, opt_batch=8, max_batch=32, workspace_mb=256,
-                     timing_cache=tmp_path / "cache")  # fmt: skip
+        build_engine(
+            onnx_path,
+            tmp_path / "e.engine",
+            min_batch=1,
+            opt_batch=8,
+            max_batch=32,
+            workspace_mb=256,
+            timing_cache=tmp_path / "cache",
+        )
     assert not (tmp_path / "e.engine").exists() and not (tmp_path / "e.engine.json").exists()
     assert not (tmp_path / "cache").exists()
     assert not tensorrt_available()
@@ -74,8 +81,15 @@ def _compare(engine_path, onnx_path, x, *, atol):
 def test_engine_matches_onnxruntime_at_batch_1_and_7(trt, tiny_onnx, tmp_path):
     onnx_path, card = tiny_onnx
     cache = tmp_path / "timing.cache"
-    meta = build_engine(onnx_path, tmp_path / "model.engine", min_batch=1, opt_batch=8, max_batch=32,
-                        workspace_mb=256, timing_cache=cache)  # fmt: skip
+    meta = build_engine(
+        onnx_path,
+        tmp_path / "model.engine",
+        min_batch=1,
+        opt_batch=8,
+        max_batch=32,
+        workspace_mb=256,
+        timing_cache=cache,
+    )
     side = json.loads(sidecar_path(tmp_path / "model.engine").read_text())
     assert side == meta and meta["tensorrt"] == trt.__version__ and meta["gpu"] != "unknown"
     assert meta["profile"]["input"]["max"][0] == 32 and meta["strongly_typed"] and cache.is_file()
@@ -97,15 +111,17 @@ def test_timing_cache_is_reused_across_builds(trt, tiny_onnx, tmp_path):
 def test_fp16_engine_from_the_fp16_onnx(trt, tiny_onnx, tmp_path):
     onnx_path, card = tiny_onnx
     to_fp16(onnx_path, tmp_path / "model.fp16.onnx")
-    build_engine(tmp_path / "model.fp16.onnx", tmp_path / "fp16.engine", min_batch=1, opt_batch=4, max_batch=8,
-                 workspace_mb=256)  # fmt: skip
+    build_engine(
+        tmp_path / "model.fp16.onnx", tmp_path / "fp16.engine", min_batch=1, opt_batch=4, max_batch=8, workspace_mb=256
+    )
     _compare(tmp_path / "fp16.engine", onnx_path, make_samples(card, n=7).inputs, atol=5e-2)
 
 
 @pytest.mark.tensorrt
 def test_export_bundle_with_engine_verifies(trt, tiny_model_dir, tmp_path):
-    m = export_bundle(tiny_model_dir, tmp_path / "b", formats="onnx-fp16,engine", n_samples=16,
-                      timing_cache=tmp_path / "t.cache")  # fmt: skip
+    m = export_bundle(
+        tiny_model_dir, tmp_path / "b", formats="onnx-fp16,engine", n_samples=16, timing_cache=tmp_path / "t.cache"
+    )
     names = {f.name: (f.kind, f.precision) for f in m.files}
     assert names["model.engine"][0] == "engine" and names["model.engine.json"][0] == "engine-meta"
     assert "model.fp16.onnx" in names and m.target == "tensorrt" and m.versions["tensorrt"] == trt.__version__

@@ -36,16 +36,25 @@ def bundles(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     return tiny_bundles(tmp_path_factory, tiny_model_dir)
 
 
-@pytest.mark.parametrize("precision,bundle,file", [
-    ("fp32", "fp32", "model.onnx"), ("fp16", "fp32", "model.fp16.onnx"), ("int8", "int8", "model.int8.onnx"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "precision,bundle,file",
+    [
+        ("fp32", "fp32", "model.onnx"),
+        ("fp16", "fp32", "model.fp16.onnx"),
+        ("int8", "int8", "model.int8.onnx"),
+    ],
+)
 def test_repository_for_each_precision(bundles, tmp_path, precision, bundle, file):
     repo = tmp_path / "repo"
     manifest = export_triton(bundles[bundle], repo, precision=precision, max_batch=16)
     model = repo / "small_tinycnn"
     cfg = parse(model)
-    assert (cfg.name, cfg.platform, cfg.backend, cfg.max_batch_size) == ("small_tinycnn", "onnxruntime_onnx",
-                                                                         "onnxruntime", 16)  # fmt: skip
+    assert (cfg.name, cfg.platform, cfg.backend, cfg.max_batch_size) == (
+        "small_tinycnn",
+        "onnxruntime_onnx",
+        "onnxruntime",
+        16,
+    )
     assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("input", DT.TYPE_FP32, [1, 16, 16])]
     assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in cfg.output] == [
         ("logits", DT.TYPE_FP32, [2], "labels.txt")

@@ -61,11 +61,21 @@ def trusted_bundles(tmp_path_factory) -> dict[str, Path]:
     out = {"model": root / "model", "fp32": root / "fp32", "int8": root / "int8"}
     if not (out["int8"] / "manifest.json").is_file():
         cfg = TrainConfig(epochs=2, batch_size=64, lr=5e-3, warmup_epochs=0.2)
-        train_model(RunSettings(student="small:tinycnn", data=DATA, train=cfg, intended_use=CHEST), out["model"],
-                    progress=False, overwrite=True)  # fmt: skip
+        train_model(
+            RunSettings(student="small:tinycnn", data=DATA, train=cfg, intended_use=CHEST),
+            out["model"],
+            progress=False,
+            overwrite=True,
+        )
         export_bundle(out["model"], out["fp32"], n_samples=16, target_sensitivity=0.9, overwrite=True)
-        quantize_model_dir(out["model"], out["int8"], QuantizeConfig(target="cpu-x86", calib_samples=64),
-                           progress=False, target_sensitivity=0.9, overwrite=True)  # fmt: skip
+        quantize_model_dir(
+            out["model"],
+            out["int8"],
+            QuantizeConfig(target="cpu-x86", calib_samples=64),
+            progress=False,
+            target_sensitivity=0.9,
+            overwrite=True,
+        )
     return out
 
 
@@ -80,8 +90,12 @@ def trusted(tmp_path_factory) -> dict[str, Path]:
 def test_intended_use_parses_checks_and_refuses_bad_values():
     use = IntendedUse.parse([CHEST, "view=PA;photometric=MONOCHROME2"])
     assert use.modality == ("CR", "DX") and use.body_part == ("CHEST",) and use.view == ("PA",)
-    chest = {"Modality": "CR", "BodyPartExamined": "CHEST", "ViewPosition": "PA",
-             "PhotometricInterpretation": "MONOCHROME1"}  # fmt: skip
+    chest = {
+        "Modality": "CR",
+        "BodyPartExamined": "CHEST",
+        "ViewPosition": "PA",
+        "PhotometricInterpretation": "MONOCHROME1",
+    }
     assert use.check(chest).status == "in-scope"  # MONOCHROME1 is inverted on reading: the same family
     hand = use.check({**chest, "BodyPartExamined": "EXTREMITY"})
     assert hand.status == "out-of-scope" and hand.refused and "BodyPartExamined EXTREMITY" in hand.reason
@@ -112,8 +126,9 @@ def test_non_image_dicom_objects_are_recognised_by_sop_class_or_modality():
 def test_dicom_training_records_what_it_saw_and_no_identifier(tmp_path):
     for i in range(24):
         px = np.full((16, 16), 600.0) + (i % 2) * 400 * np.eye(16)
-        path = write_dicom(tmp_path / "ct" / ("a" if i % 2 else "b") / f"{i}.dcm", px, modality="CT",
-                           photometric="MONOCHROME2")  # fmt: skip
+        path = write_dicom(
+            tmp_path / "ct" / ("a" if i % 2 else "b") / f"{i}.dcm", px, modality="CT", photometric="MONOCHROME2"
+        )
         if i % 3 == 0:  # a coarse attribute the files hold, and free text that must never be copied
             ds = pydicom.dcmread(path)
             ds.BodyPartExamined = "CHEST" if i % 2 else "Patricia's chest"
@@ -125,8 +140,21 @@ def test_dicom_training_records_what_it_saw_and_no_identifier(tmp_path):
     attrs = dicom_attributes(tmp_path / "ct" / "b" / "0.dcm")
     assert attrs["BodyPartExamined"] == "(non-standard)" and "Patricia" not in json.dumps(attrs)
     out = tmp_path / "m"
-    r = runner.invoke(app, ["train", "--model", "small:tinycnn", "--data", f"dicom:{tmp_path / 'ct'},size=16",
-                            "--epochs", "1", "--out", str(out), "--quiet"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "small:tinycnn",
+            "--data",
+            f"dicom:{tmp_path / 'ct'},size=16",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     card = json.loads((out / "edgekd.json").read_text())
     assert card["intended_use"]["modality"] == ["CT"] and "Patricia" not in (out / "edgekd.json").read_text()
@@ -134,8 +162,13 @@ def test_dicom_training_records_what_it_saw_and_no_identifier(tmp_path):
 
 def test_declared_intended_use_reaches_the_card_the_bundle_and_its_model_card(trusted):
     card = json.loads((trusted["model"] / "edgekd.json").read_text())
-    assert card["intended_use"] == {"modality": ["CR", "DX"], "body_part": ["CHEST"], "view": [], "photometric": [],
-                                    "source": "declared"}  # fmt: skip
+    assert card["intended_use"] == {
+        "modality": ["CR", "DX"],
+        "body_part": ["CHEST"],
+        "view": [],
+        "photometric": [],
+        "source": "declared",
+    }
     for b in ("fp32", "int8"):
         m = read_manifest(trusted[b])
         assert m.intended_use == IntendedUse.parse(CHEST)
@@ -154,9 +187,13 @@ def test_predict_refuses_out_of_scope_dicom_and_never_classifies_a_seg(trusted, 
     assert set(by) == {"RG1_UNCI.dcm", "x.png"}
     assert by["RG1_UNCI.dcm"].intended_use == "in-scope" and by["x.png"].intended_use == "not-checkable"
     refused = {Path(s.source).name: s for s in res.skipped}
-    assert {n: s.kind for n, s in refused.items()} == {"RG3_UNCI.dcm": "out-of-scope", "CT_small.dcm": "out-of-scope",
-                                                       "US1_UNCR.dcm": "out-of-scope", "liver_1frame.dcm": "not-an-image",
-                                                       "reportsi.dcm": "not-an-image"}  # fmt: skip
+    assert {n: s.kind for n, s in refused.items()} == {
+        "RG3_UNCI.dcm": "out-of-scope",
+        "CT_small.dcm": "out-of-scope",
+        "US1_UNCR.dcm": "out-of-scope",
+        "liver_1frame.dcm": "not-an-image",
+        "reportsi.dcm": "not-an-image",
+    }
     assert "BodyPartExamined EXTREMITY" in refused["RG3_UNCI.dcm"].reason
     assert (
         "Modality US is outside" in refused["US1_UNCR.dcm"].reason
@@ -220,8 +257,9 @@ def test_mahalanobis_and_image_statistics_match_reference_implementations(truste
     model = load_model(trusted["int8"])
     raw = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 1, 40, 40), dtype=np.uint8))
     x = model.prepare(list(raw.numpy()))  # resized to 16 x 16 and normalised, as predict does
-    np.testing.assert_allclose(input_statistics(x, model.preprocess), image_statistics(raw, (16, 16)).numpy(),
-                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        input_statistics(x, model.preprocess), image_statistics(raw, (16, 16)).numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_predictions_carry_scores_in_distribution_rarely_flagged_shifted_images_flagged(trusted):
@@ -286,16 +324,24 @@ def test_the_operating_point_is_the_bundle_files_own_and_predict_decides_at_it(t
 @pytest.mark.slow
 def test_run_then_predict_on_its_handoff_bundle_gives_the_reports_sensitivity_and_specificity(tmp_path):
     """Acceptance: the operating point `edgekd run` validated is the one its INT8 and exported bundles decide at."""
-    cfg = {"name": "op", "data": SYNTH, "target_sensitivity": 0.9, "intended_use": CHEST,
-           "teacher": {"model": "small:tinycnn", "train": dict(TRAIN)},
-           "student": {"model": "small:tinycnn", "train": dict(TRAIN)},
-           "distill": {"baseline": False, "diagnose_samples": 16},
-           "quantize": [{"method": "ptq", "target": "cpu-x86", "calib_samples": 32, "parity_samples": 16}],
-           "export": {"formats": ["onnx"], "n_samples": 8}, "bench": None}  # fmt: skip
+    cfg = {
+        "name": "op",
+        "data": SYNTH,
+        "target_sensitivity": 0.9,
+        "intended_use": CHEST,
+        "teacher": {"model": "small:tinycnn", "train": dict(TRAIN)},
+        "student": {"model": "small:tinycnn", "train": dict(TRAIN)},
+        "distill": {"baseline": False, "diagnose_samples": 16},
+        "quantize": [{"method": "ptq", "target": "cpu-x86", "calib_samples": 32, "parity_samples": 16}],
+        "export": {"formats": ["onnx"], "n_samples": 8},
+        "bench": None,
+    }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     run = tmp_path / "run"
-    r = runner.invoke(app, ["run", str(tmp_path / "p.yaml"), "--out", str(run), "--no-report", "--json",
-                            str(tmp_path / "t.json"), "-q"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        ["run", str(tmp_path / "p.yaml"), "--out", str(run), "--no-report", "--json", str(tmp_path / "t.json"), "-q"],
+    )
     assert r.exit_code == 0, r.output
     row = next(x for x in json.loads((tmp_path / "t.json").read_text())["rows"] if x["name"] == "int8-cpu-x86")
     y = load_data(SYNTH).labels("test")

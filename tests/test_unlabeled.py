@@ -63,9 +63,16 @@ def test_labelled_rows_get_the_task_loss_and_every_row_gets_kd(tiny_model_dir):
 @pytest.mark.slow
 def test_run_with_cache_two_teachers_and_the_cli(tiny_model_dir, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=32, lr=5e-3, warmup_epochs=0.5)
-    settings = RunSettings(student="small:tinycnn", data=SYNTH, teachers=[tiny_model_dir, tiny_model_dir],
-                           teacher_weights=[1, 3], unlabeled=UNLABELED, unlabeled_ratio=0.5, cache=CacheSettings(),
-                           train=cfg)  # fmt: skip
+    settings = RunSettings(
+        student="small:tinycnn",
+        data=SYNTH,
+        teachers=[tiny_model_dir, tiny_model_dir],
+        teacher_weights=[1, 3],
+        unlabeled=UNLABELED,
+        unlabeled_ratio=0.5,
+        cache=CacheSettings(),
+        train=cfg,
+    )
     card = distill_model(settings, tmp_path / "s", progress=False)
     notes = card.lineage.notes["unlabeled"]
     steps = 4  # 128 labelled images / batch 32
@@ -74,15 +81,43 @@ def test_run_with_cache_two_teachers_and_the_cli(tiny_model_dir, tmp_path):
     assert yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())["unlabeled"] == UNLABELED
 
     # feature losses see the unlabelled rows too (no cache: they need the live teacher)
-    feat = settings.model_copy(update={"losses": ["ce:1", "kd:1", "at:10"], "cache": None,
-                                       "train": cfg.model_copy(update={"epochs": 1, "augment": "light"})})  # fmt: skip
+    feat = settings.model_copy(
+        update={
+            "losses": ["ce:1", "kd:1", "at:10"],
+            "cache": None,
+            "train": cfg.model_copy(update={"epochs": 1, "augment": "light"}),
+        }
+    )
     card = distill_model(feat, tmp_path / "f", progress=False)
     assert card.lineage.notes["unlabeled"]["seen"] == steps * 16
 
-    r = CliRunner().invoke(app, ["distill", "--student", "small:tinycnn", "--teacher", tiny_model_dir, "--data", SYNTH,
-                                 "--unlabeled", UNLABELED, "--unlabeled-ratio", "2", "--epochs", "1", "--batch-size",
-                                 "32", "--max-steps-per-epoch", "2", "--out", str(tmp_path / "c"), "--quiet",
-                                 "--json", "-"])  # fmt: skip
+    r = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            "--student",
+            "small:tinycnn",
+            "--teacher",
+            tiny_model_dir,
+            "--data",
+            SYNTH,
+            "--unlabeled",
+            UNLABELED,
+            "--unlabeled-ratio",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--max-steps-per-epoch",
+            "2",
+            "--out",
+            str(tmp_path / "c"),
+            "--quiet",
+            "--json",
+            "-",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["lineage"]["notes"]["unlabeled"]["seen"] == 2 * 64
 
@@ -92,8 +127,32 @@ def test_refusals(tiny_model_dir, tmp_path):
         RunSettings(student="small:tinycnn", data=SYNTH, unlabeled=UNLABELED)
     cfg = TrainConfig(epochs=1, batch_size=16, max_steps_per_epoch=1)
     with pytest.raises(InvalidInputError, match="dkd needs the true class"):
-        distill_model(RunSettings(student="small:tinycnn", data=SYNTH, teachers=[tiny_model_dir], unlabeled=UNLABELED,
-                                  losses=["ce:1", "dkd:1"], train=cfg), tmp_path / "d", progress=False)  # fmt: skip
-    r = CliRunner().invoke(app, ["distill", "--student", "small:tinycnn", "--teacher", tiny_model_dir, "--data", SYNTH,
-                                 "--unlabeled", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])  # fmt: skip
+        distill_model(
+            RunSettings(
+                student="small:tinycnn",
+                data=SYNTH,
+                teachers=[tiny_model_dir],
+                unlabeled=UNLABELED,
+                losses=["ce:1", "dkd:1"],
+                train=cfg,
+            ),
+            tmp_path / "d",
+            progress=False,
+        )
+    r = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            "--student",
+            "small:tinycnn",
+            "--teacher",
+            tiny_model_dir,
+            "--data",
+            SYNTH,
+            "--unlabeled",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert r.exit_code == 3 and "unknown data source" in r.output

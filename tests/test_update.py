@@ -118,8 +118,10 @@ def test_domain_then_class_incremental_updates_record_the_chain(tiny_model_dir, 
     c = update_model(tmp_path / "b", three, tmp_path / "c", lwf=0.5, train=CFG, progress=False)
     note = c.lineage.notes["update"]
     assert c.label_names == ["class_0", "class_1", "class_2"] and note["new_classes"] == ["class_2"]
-    assert note["kind"] == "class-incremental" and [x["model"] for x in note["chain"]] == [tiny_model_dir,
-                                                                                           str(tmp_path / "b")]  # fmt: skip
+    assert note["kind"] == "class-incremental" and [x["model"] for x in note["chain"]] == [
+        tiny_model_dir,
+        str(tmp_path / "b"),
+    ]
     assert read_card(tmp_path / "c").spec.num_classes == 3 and load_model_dir(tmp_path / "c")[0] is not None
 
 
@@ -130,9 +132,29 @@ def test_refusals_and_the_cli(tiny_model_dir, tmp_path):
         (tmp_path / "taken").mkdir()
         (tmp_path / "taken" / "f").write_text("x")
         update_model(tiny_model_dir, NEW_SITE, tmp_path / "taken", train=CFG)
-    r = CliRunner().invoke(app, ["update", tiny_model_dir, "--data", NEW_SITE, "--lwf-weight", "2", "--epochs", "1",
-                                 "--batch-size", "32", "--max-steps-per-epoch", "1", "--out", str(tmp_path / "u"),
-                                 "--update-norm", "--quiet", "--json", "-"])  # fmt: skip
+    r = CliRunner().invoke(
+        app,
+        [
+            "update",
+            tiny_model_dir,
+            "--data",
+            NEW_SITE,
+            "--lwf-weight",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--max-steps-per-epoch",
+            "1",
+            "--out",
+            str(tmp_path / "u"),
+            "--update-norm",
+            "--quiet",
+            "--json",
+            "-",
+        ],
+    )
     assert r.exit_code == 0, r.output
     got = json.loads(r.output)["lineage"]
     assert got["notes"]["update"]["lwf_weight"] == 2.0 and got["losses"] == ["ce", "lwf:2,T=2"]

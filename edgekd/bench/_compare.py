@@ -124,8 +124,14 @@ def bench_devices(
 def _round_settings(settings: BenchSettings, rounds: int, first: bool) -> BenchSettings:
     warm = {} if first else {"warmup_s": 0.0, "warmup_iters": 1}
     max_s = settings.max_s / rounds if settings.max_s is not None else None
-    return settings.model_copy(update={"min_s": settings.min_s / rounds, "max_s": max_s,
-                                       "min_iters": max(1, math.ceil(settings.min_iters / rounds)), **warm})  # fmt: skip
+    return settings.model_copy(
+        update={
+            "min_s": settings.min_s / rounds,
+            "max_s": max_s,
+            "min_iters": max(1, math.ceil(settings.min_iters / rounds)),
+            **warm,
+        }
+    )
 
 
 def _pairs(planned: list[_Planned], arts: list[Artifact]) -> dict[tuple[str, str, int], dict[str, _Planned]]:
@@ -166,21 +172,43 @@ def _measure_pair(
             order = list(ROLES) if i % 2 == 0 else list(reversed(ROLES))  # ABBA: drift touches both alike
             rs = _round_settings(settings, rounds, first=i == 0)
             times = {who: time_runner(runners[who], rs, clock=clock).times_ms for who in order}
-            timings.append(RoundTiming(round=i, order=order, parent_p50_ms=float(np.median(times["parent"])),
-                                       child_p50_ms=float(np.median(times["child"])), parent_n=len(times["parent"]),
-                                       child_n=len(times["child"])))  # fmt: skip
+            timings.append(
+                RoundTiming(
+                    round=i,
+                    order=order,
+                    parent_p50_ms=float(np.median(times["parent"])),
+                    child_p50_ms=float(np.median(times["child"])),
+                    parent_n=len(times["parent"]),
+                    child_n=len(times["child"]),
+                )
+            )
         threads = rp.options_used.get("threads")
     parent_ms = float(np.median([t.parent_p50_ms for t in timings]))
     child_ms = float(np.median([t.child_p50_ms for t in timings]))
-    return PairLatency(backend=p.backend, device=p.device, batch=p.batch, parent_precision=p.target.precision,
-                       child_precision=c.target.precision, parent_p50_ms=parent_ms, child_p50_ms=child_ms,
-                       ratio=child_ms / parent_ms if parent_ms > 0 else math.inf,
-                       threads=int(threads) if threads else None, rounds=timings)  # fmt: skip
+    return PairLatency(
+        backend=p.backend,
+        device=p.device,
+        batch=p.batch,
+        parent_precision=p.target.precision,
+        child_precision=c.target.precision,
+        parent_p50_ms=parent_ms,
+        child_p50_ms=child_ms,
+        ratio=child_ms / parent_ms if parent_ms > 0 else math.inf,
+        threads=int(threads) if threads else None,
+        rounds=timings,
+    )
 
 
 def _skip(p: _Planned, reason: str) -> SkippedRun:
-    return SkippedRun(artifact=p.target.artifact.given, name=p.target.name, backend=p.backend, device=p.device,
-                   batch=p.batch, precision=p.target.precision, reason=reason)  # fmt: skip
+    return SkippedRun(
+        artifact=p.target.artifact.given,
+        name=p.target.name,
+        backend=p.backend,
+        device=p.device,
+        batch=p.batch,
+        precision=p.target.precision,
+        reason=reason,
+    )
 
 
 def compare_latency(
@@ -231,5 +259,12 @@ def compare_latency(
         except _RoleSkip as e:
             skipped.append(_skip(slot[e.role], str(e)))
     env = capture_environment(threads=settings.threads, include_hostname=settings.include_hostname)
-    return LatencyComparison(parent=str(parent), child=str(child), rounds=rounds, settings=settings,
-                             environment=env, results=results, skipped=skipped)  # fmt: skip
+    return LatencyComparison(
+        parent=str(parent),
+        child=str(child),
+        rounds=rounds,
+        settings=settings,
+        environment=env,
+        results=results,
+        skipped=skipped,
+    )

@@ -30,8 +30,16 @@ def onnx_latency_ms(
     paths: Sequence[str | os.PathLike], *, batch: int = 32, seconds: float = 2.0, threads: int | None = None
 ) -> list[tuple[float, int]]:
     """Median ONNX Runtime CPU latency (ms) of one batch for each ONNX file, with the threads used."""
-    settings = BenchSettings(warmup_s=min(0.5, seconds / 4), warmup_iters=3, min_s=seconds, min_iters=10,
-                             threads=threads, roofline=False, keep_times=False, include_hostname=False)  # fmt: skip
+    settings = BenchSettings(
+        warmup_s=min(0.5, seconds / 4),
+        warmup_iters=3,
+        min_s=seconds,
+        min_iters=10,
+        threads=threads,
+        roofline=False,
+        keep_times=False,
+        include_hostname=False,
+    )
     report = benchmark([str(p) for p in paths], backends=["ort"], devices=["cpu"], batches=(batch,), settings=settings)
     return [(r.stats.p50_ms, int(r.options.get("threads") or report.settings.threads or 0)) for r in report.results]
 

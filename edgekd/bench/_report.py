@@ -71,6 +71,7 @@ def cpu_line(env) -> str:
     flags = " ".join(f for f, on in env.cpu.flags.items() if on and f in INT8_FLAGS)
     return f"{env.cpu.model} ({env.cpu.isa or 'unknown class'}: {flags or 'no SIMD flags'})"
 
+
 def speedups(report: BenchReport) -> list[float | None]:
     """Per result: the first artifact's p50 at the same (backend, device, batch) over this p50, or None."""
     first = report.artifacts[0] if report.artifacts else (report.results[0].artifact if report.results else None)
@@ -349,15 +350,19 @@ def noise_warnings(report: BenchReport) -> list[str]:
     out, settings = [], report.settings
     noisy = [r for r in report.results if r.stats.high_cv]
     if noisy:
-        out.append(f"{len(noisy)} result(s) vary by more than {100 * settings.cv_warn:.0f}% (CV): the machine is busy "
-                   "or the run too short; trust p50 over the mean, or re-run on a quiet machine with a larger --min-s")  # fmt: skip
+        out.append(
+            f"{len(noisy)} result(s) vary by more than {100 * settings.cv_warn:.0f}% (CV): the machine is busy "
+            "or the run too short; trust p50 over the mean, or re-run on a quiet machine with a larger --min-s"
+        )
     drifting = [r for r in report.results if r.stats.high_drift]
     if drifting:
         cpu = report.environment.cpu
         cores, used = cpu.logical_cores or 1, cpu.threads_used or 0
         busy = 1 < cores <= 4 and used >= cores  # a small machine with no core left for the system
         hint = f"; all {cores} cores were in use, try --threads {cores - 1}" if busy else ""
-        out.append(f"the machine's speed changed during {len(drifting)} result(s) (p50 of one fifth of the run vs "
-                   f"another > {100 * settings.drift_warn:.0f}%): these figures will not repeat; leave a core free for "
-                   f"the system or measure on a quieter machine{hint}")  # fmt: skip
+        out.append(
+            f"the machine's speed changed during {len(drifting)} result(s) (p50 of one fifth of the run vs "
+            f"another > {100 * settings.drift_warn:.0f}%): these figures will not repeat; leave a core free for "
+            f"the system or measure on a quieter machine{hint}"
+        )
     return out

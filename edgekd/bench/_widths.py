@@ -81,10 +81,22 @@ from edgekd.registry import Registry
 from edgekd.specs import ModelCard
 
 __all__ = [
-    "WIDTH_CANDIDATES", "WIDTH_TOLERANCE", "WIDTH_BACKENDS", "ConvProbeBackend", "WidthTiming", "MultipleCost",
-    "WidthProbe", "cache_dir", "probe_spatial", "probe_widths_for", "choose_multiple", "device_fingerprint",
-    "probe_widths", "cached_width_probe", "width_multiple",
-]  # fmt: skip
+    "WIDTH_CANDIDATES",
+    "WIDTH_TOLERANCE",
+    "WIDTH_BACKENDS",
+    "ConvProbeBackend",
+    "WidthTiming",
+    "MultipleCost",
+    "WidthProbe",
+    "cache_dir",
+    "probe_spatial",
+    "probe_widths_for",
+    "choose_multiple",
+    "device_fingerprint",
+    "probe_widths",
+    "cached_width_probe",
+    "width_multiple",
+]
 
 WIDTH_CANDIDATES = (1, 2, 4, 8, 16, 32)
 # A multiple within 15 % of the best cost per MAC counts as fast. Measured here (AVX2, ORT 1.32, 1 thread, six
@@ -146,12 +158,19 @@ def _conv_chain_onnx(width: int, spatial: int, batch: int, depth: int) -> bytes:
     for i in range(depth):
         w = (rng.standard_normal((width, width, 3, 3)) * (2.0 / (9 * width)) ** 0.5).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(width, np.float32), f"b{i}")]
-        nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1] * 4),
-                  helper.make_node("Relu", [f"c{i}"], [f"y{i}"])]  # fmt: skip
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1] * 4),
+            helper.make_node("Relu", [f"c{i}"], [f"y{i}"]),
+        ]
         prev = f"y{i}"
     shape = [batch, width, spatial, spatial]
-    graph = helper.make_graph(nodes, "width_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, shape)], inits)  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "width_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, shape)],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
@@ -169,9 +188,11 @@ class OrtConvProbe(ConvProbeBackend):
 
     def load(self, width: int, *, spatial: int, batch: int, depth: int, threads: int) -> Callable[[], None]:
         ort = _ort()
-        session = ort.InferenceSession(_conv_chain_onnx(width, spatial, batch, depth),
-                                       sess_options=make_session_options(threads),
-                                       providers=["CPUExecutionProvider"])  # fmt: skip
+        session = ort.InferenceSession(
+            _conv_chain_onnx(width, spatial, batch, depth),
+            sess_options=make_session_options(threads),
+            providers=["CPUExecutionProvider"],
+        )
         x = np.random.default_rng(0).standard_normal((batch, width, spatial, spatial)).astype(np.float32)
         binding = session.io_binding()
         binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x, "cpu", 0))
@@ -269,8 +290,10 @@ def probe_widths_for(candidates: Sequence[int] = WIDTH_CANDIDATES, center: int =
     for m in candidates:
         mine = [w for w in range(lo, hi + 1) if _largest_divisor(w, candidates) == m]
         if not mine:
-            raise InvalidInputError(f"no width in [{lo}, {hi}] has {m} as its largest candidate multiple",
-                                    f"raise the probe's centre width above {center}")  # fmt: skip
+            raise InvalidInputError(
+                f"no width in [{lo}, {hi}] has {m} as its largest candidate multiple",
+                f"raise the probe's centre width above {center}",
+            )
         out += sorted(mine, key=lambda w: (abs(w - center), w))[:PER_CLASS]
     return sorted(out)
 
@@ -292,8 +315,9 @@ def _check_candidates(candidates: Sequence[int], tolerance: float) -> list[int]:
     return cands
 
 
-def choose_multiple(timings: Sequence[WidthTiming], *, candidates: Sequence[int] = WIDTH_CANDIDATES,
-                    tolerance: float = WIDTH_TOLERANCE) -> tuple[int, list[MultipleCost]]:  # fmt: skip
+def choose_multiple(
+    timings: Sequence[WidthTiming], *, candidates: Sequence[int] = WIDTH_CANDIDATES, tolerance: float = WIDTH_TOLERANCE
+) -> tuple[int, list[MultipleCost]]:
     """The smallest candidate multiple as fast per MAC as the best, within ``tolerance`` (step 4 above).
 
     Raises:
@@ -312,8 +336,16 @@ def choose_multiple(timings: Sequence[WidthTiming], *, candidates: Sequence[int]
     median = {m: statistics.median(v) for m, v in by_class.items()}
     cost = {m: max(median[c] for c in cands if c % m == 0) for m in cands}
     best = min(cost.values())
-    costs = [MultipleCost(multiple=m, widths=[t.width for t in timings if t.width % m == 0], class_ns_per_mac=median[m],
-                          ns_per_mac=cost[m], relative=cost[m] / best) for m in cands]  # fmt: skip
+    costs = [
+        MultipleCost(
+            multiple=m,
+            widths=[t.width for t in timings if t.width % m == 0],
+            class_ns_per_mac=median[m],
+            ns_per_mac=cost[m],
+            relative=cost[m] / best,
+        )
+        for m in cands
+    ]
     chosen = min(m for m in cands if cost[m] <= (1 + tolerance) * best)
     return chosen, costs
 
@@ -322,8 +354,14 @@ def device_fingerprint(backend: str = "ort", threads: int | None = None) -> dict
     """The device a probe result belongs to: CPU model, ISA flags, backend and its versions, threads."""
     impl = WIDTH_BACKENDS.get(backend)()
     cpu = cpu_info(threads)
-    return {"backend": backend, "cpu_model": cpu.model, "isa": sorted(f for f, on in cpu.flags.items() if on),
-            "logical_cores": cpu.logical_cores, "threads": threads, **impl.versions()}  # fmt: skip
+    return {
+        "backend": backend,
+        "cpu_model": cpu.model,
+        "isa": sorted(f for f, on in cpu.flags.items() if on),
+        "logical_cores": cpu.logical_cores,
+        "threads": threads,
+        **impl.versions(),
+    }
 
 
 def _time_widths(runs: dict[int, Callable[[], None]], budget_s: float) -> dict[int, list[float]]:
@@ -351,14 +389,24 @@ def _time_widths(runs: dict[int, Callable[[], None]], budget_s: float) -> dict[i
 
 
 def _key(fingerprint: dict[str, Any], workload: dict[str, int], candidates: list[int], tolerance: float) -> str:
-    blob = json.dumps({"v": PROBE_VERSION, "fp": fingerprint, "w": workload, "c": candidates, "t": tolerance},
-                      sort_keys=True)  # fmt: skip
+    blob = json.dumps(
+        {"v": PROBE_VERSION, "fp": fingerprint, "w": workload, "c": candidates, "t": tolerance}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def probe_widths(*, spatial: int, batch: int = 1, threads: int | None = None, backend: str = "ort",
-                 candidates: Sequence[int] = WIDTH_CANDIDATES, tolerance: float = WIDTH_TOLERANCE, center: int = 48,
-                 depth: int = 3, budget_s: float = 1.0) -> WidthProbe:  # fmt: skip
+def probe_widths(
+    *,
+    spatial: int,
+    batch: int = 1,
+    threads: int | None = None,
+    backend: str = "ort",
+    candidates: Sequence[int] = WIDTH_CANDIDATES,
+    tolerance: float = WIDTH_TOLERANCE,
+    center: int = 48,
+    depth: int = 3,
+    budget_s: float = 1.0,
+) -> WidthProbe:
     """Measure now (no cache): time the workload at :func:`probe_widths_for` and :func:`choose_multiple`.
 
     Args:
@@ -396,12 +444,24 @@ def probe_widths(*, spatial: int, batch: int = 1, threads: int | None = None, ba
     multiple, costs = choose_multiple(every, candidates=cands, tolerance=tolerance)
     halves = [choose_multiple(timings(slice(k, None, 2)), candidates=cands, tolerance=tolerance)[0] for k in (0, 1)]
     stable = halves == [multiple, multiple] and share >= MIN_CPU_SHARE
-    return WidthProbe(key=_key(fingerprint, workload, cands, tolerance), backend=backend, fingerprint=fingerprint,
-                      workload=workload, candidates=cands, tolerance=tolerance, rounds=len(medians[widths[0]]),
-                      timings=every, costs=costs, multiple=multiple if stable else min(multiple, *halves),
-                      all_rounds_multiple=multiple, half_multiples=halves, cpu_share=round(share, 3), stable=stable,
-                      probe_s=round(time.perf_counter() - t0, 3),
-                      measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+    return WidthProbe(
+        key=_key(fingerprint, workload, cands, tolerance),
+        backend=backend,
+        fingerprint=fingerprint,
+        workload=workload,
+        candidates=cands,
+        tolerance=tolerance,
+        rounds=len(medians[widths[0]]),
+        timings=every,
+        costs=costs,
+        multiple=multiple if stable else min(multiple, *halves),
+        all_rounds_multiple=multiple,
+        half_multiples=halves,
+        cpu_share=round(share, 3),
+        stable=stable,
+        probe_s=round(time.perf_counter() - t0, 3),
+        measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def _read_cache(path: Path, key: str) -> tuple[WidthProbe | None, str | None]:
@@ -416,10 +476,20 @@ def _read_cache(path: Path, key: str) -> tuple[WidthProbe | None, str | None]:
     return probe.model_copy(update={"source": "cached", "cache_file": str(path)}), None
 
 
-def cached_width_probe(*, spatial: int, batch: int = 1, threads: int | None = None, backend: str = "ort",
-                       candidates: Sequence[int] = WIDTH_CANDIDATES, tolerance: float = WIDTH_TOLERANCE,
-                       center: int = 48, depth: int = 3, budget_s: float = 1.0, cache: str | os.PathLike | None = None,
-                       refresh: bool = False) -> WidthProbe:  # fmt: skip
+def cached_width_probe(
+    *,
+    spatial: int,
+    batch: int = 1,
+    threads: int | None = None,
+    backend: str = "ort",
+    candidates: Sequence[int] = WIDTH_CANDIDATES,
+    tolerance: float = WIDTH_TOLERANCE,
+    center: int = 48,
+    depth: int = 3,
+    budget_s: float = 1.0,
+    cache: str | os.PathLike | None = None,
+    refresh: bool = False,
+) -> WidthProbe:
     """:func:`probe_widths`, reusing the result cached for this device and workload (``cache``: default
     :func:`cache_dir`); ``refresh`` measures again. A write that fails (read-only folder) is noted, not raised."""
     cands = _check_candidates(candidates, tolerance)
@@ -432,13 +502,24 @@ def cached_width_probe(*, spatial: int, batch: int = 1, threads: int | None = No
         hit, note = _read_cache(path, key)
         if hit is not None:
             return hit
-    probe = probe_widths(spatial=spatial, batch=batch, threads=threads, backend=backend, candidates=cands,
-                         tolerance=tolerance, center=center, depth=depth, budget_s=budget_s)  # fmt: skip
+    probe = probe_widths(
+        spatial=spatial,
+        batch=batch,
+        threads=threads,
+        backend=backend,
+        candidates=cands,
+        tolerance=tolerance,
+        center=center,
+        depth=depth,
+        budget_s=budget_s,
+    )
     probe = probe.model_copy(update={"cache_file": str(path), "note": note})
     if not probe.stable:
-        why = (f"unstable (all rounds chose {probe.all_rounds_multiple}, the even and odd rounds "
-               f"{probe.half_multiples}, with {probe.cpu_share:.0%} of the threads' CPU time: a busy machine?): using "
-               f"the smallest, {probe.multiple}; not cached, measured again next time")  # fmt: skip
+        why = (
+            f"unstable (all rounds chose {probe.all_rounds_multiple}, the even and odd rounds "
+            f"{probe.half_multiples}, with {probe.cpu_share:.0%} of the threads' CPU time: a busy machine?): using "
+            f"the smallest, {probe.multiple}; not cached, measured again next time"
+        )
         return probe.model_copy(update={"cache_file": None, "note": f"{note}; {why}" if note else why})
     try:
         atomic_write_text(path, probe.model_dump_json(indent=2) + "\n")
@@ -447,11 +528,13 @@ def cached_width_probe(*, spatial: int, batch: int = 1, threads: int | None = No
     return probe
 
 
-def width_multiple(card: ModelCard, *, batch: int = 1, threads: int | None = None,
-                   cache: str | os.PathLike | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
+def width_multiple(
+    card: ModelCard, *, batch: int = 1, threads: int | None = None, cache: str | os.PathLike | None = None
+) -> tuple[int, dict[str, Any]]:
     """The channel multiple for a model with ``card``'s input, and the probe's record (:class:`WidthProbeFn`)."""
-    probe = cached_width_probe(spatial=probe_spatial(card.preprocess.input_size), batch=batch, threads=threads,
-                               cache=cache)  # fmt: skip
+    probe = cached_width_probe(
+        spatial=probe_spatial(card.preprocess.input_size), batch=batch, threads=threads, cache=cache
+    )
     record = probe.model_dump(mode="json")
     record["fingerprint_id"] = probe.key
     return probe.multiple, record

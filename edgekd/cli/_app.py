@@ -10,9 +10,16 @@ from edgekd import __version__
 from edgekd.cli._errors import EdgeKDGroup
 
 __all__ = [
-    "app", "PANEL_MODELS", "PANEL_TRAIN", "PANEL_COMPRESS", "PANEL_EXPORT", "PANEL_BENCH", "PANEL_DEPLOY",
-    "PANEL_PIPELINE", "PANEL_DATA_OPS",
-]  # fmt: skip
+    "app",
+    "PANEL_MODELS",
+    "PANEL_TRAIN",
+    "PANEL_COMPRESS",
+    "PANEL_EXPORT",
+    "PANEL_BENCH",
+    "PANEL_DEPLOY",
+    "PANEL_PIPELINE",
+    "PANEL_DATA_OPS",
+]
 
 # `edgekd --help` groups the commands by stage, in pipeline order (panels appear in the order commands register:
 # see the import order in edgekd/cli/__init__.py).

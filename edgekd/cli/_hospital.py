@@ -69,15 +69,26 @@ def label(
     Example: edgekd label runs/teacher_a runs/teacher_b --data folder:/data/unlabeled --min-confidence 0.8 --out labels.npz
     """
     check_report_path(json_out, overwrite=overwrite)
-    report = label_images([str(t) for t in teachers], data, out, weights=teacher_weight, min_confidence=min_confidence,
-                          split=split, batch_size=batch_size, device=device, overwrite=overwrite,
-                          progress=not quiet)  # fmt: skip
+    report = label_images(
+        [str(t) for t in teachers],
+        data,
+        out,
+        weights=teacher_weight,
+        min_confidence=min_confidence,
+        split=split,
+        batch_size=batch_size,
+        device=device,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
     if not quiet and json_out != "-":
         agree = report.agreement
-        console.print(f"{report.images} images labelled by {len(report.teachers)} teacher(s); {report.abstained} "
-                      f"abstained (top-1 probability < {report.min_confidence:g}); mean confidence "
-                      f"{report.mean_confidence:.3f}; all teachers agree on {agree['all']:.1%}; soft labels: "
-                      f"[bold]{out}[/] (use --data softlabels:{out})")  # fmt: skip
+        console.print(
+            f"{report.images} images labelled by {len(report.teachers)} teacher(s); {report.abstained} "
+            f"abstained (top-1 probability < {report.min_confidence:g}); mean confidence "
+            f"{report.mean_confidence:.3f}; all teachers agree on {agree['all']:.1%}; soft labels: "
+            f"[bold]{out}[/] (use --data softlabels:{out})"
+        )
         t = Table(title="labelled images per class (abstained excluded)")
         t.add_column("class")
         t.add_column("images", justify="right")
@@ -131,18 +142,43 @@ def update(
     Example: edgekd update runs/site_a --data imagefolder:/data/site_b --lwf --lwf-weight 1 --epochs 5 --out runs/site_b
     """
     check_report_path(json_out, overwrite=overwrite)
-    keys = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
-            "class_weighting", "augment", "seed", "device", "select_metric", "max_steps_per_epoch")  # fmt: skip
+    keys = (
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "warmup_epochs",
+        "label_smoothing",
+        "class_weighting",
+        "augment",
+        "seed",
+        "device",
+        "select_metric",
+        "max_steps_per_epoch",
+    )
     values = locals()
     cfg = validate(TrainConfig, {k: values[k] for k in keys})
     weight = lwf_weight if lwf or "lwf_weight" in given_options(ctx) else None
-    card = update_model(model_dir, data, out, lwf=weight, temperature=lwf_temperature, freeze_norm=freeze_norm,
-                        train=cfg, overwrite=overwrite, progress=not quiet, download=download)  # fmt: skip
+    card = update_model(
+        model_dir,
+        data,
+        out,
+        lwf=weight,
+        temperature=lwf_temperature,
+        freeze_norm=freeze_norm,
+        train=cfg,
+        overwrite=overwrite,
+        progress=not quiet,
+        download=download,
+    )
     if not quiet and json_out != "-":
         note = card.lineage.notes["update"]
         how = "plain fine-tune" if weight is None else f"LwF (weight {weight:g}, T {lwf_temperature:g})"
-        console.print(f"{note['kind']} update by {how}; {len(note['chain'])} model(s) in the update chain; "
-                      f"model directory: [bold]{out}[/]")  # fmt: skip
+        console.print(
+            f"{note['kind']} update by {how}; {len(note['chain'])} model(s) in the update chain; "
+            f"model directory: [bold]{out}[/]"
+        )
         metrics_table("test metrics (new data)", card.metrics["test"], card.label_names)
     emit_json({"out": str(out), "metrics": card.metrics, "lineage": card.lineage}, json_out)
 
@@ -175,9 +211,11 @@ def drift(
     report = check_drift(model_dir, data, split=split, threshold=fail_above, reference_data=reference_data, seed=seed)
     if not quiet and json_out != "-":
         colour = "red" if report.drift else "green"
-        console.print(f"[bold {colour}]{report.verdict}[/]: score {report.score:.3f} (threshold {report.threshold:g}); "
-                      f"{report.far_images} of {report.images} images far from the validation images "
-                      f"(expected {report.expected_rate:.0%}, binomial p = {report.binomial_pvalue:.2g})")  # fmt: skip
+        console.print(
+            f"[bold {colour}]{report.verdict}[/]: score {report.score:.3f} (threshold {report.threshold:g}); "
+            f"{report.far_images} of {report.images} images far from the validation images "
+            f"(expected {report.expected_rate:.0%}, binomial p = {report.binomial_pvalue:.2g})"
+        )
         t = Table(title=f"{model_dir} on {report.data}")
         t.add_column("figure")
         t.add_column("value", justify="right")
@@ -193,5 +231,7 @@ def drift(
         console.print(t)
     emit_json(report.to_json(), json_out)
     if fail_above is not None and report.drift:
-        raise RegressionError(f"drift score {report.score:.3f} is above --fail-above {fail_above:g}",
-                              "the new data differs from the validation data: check the site, scanner or protocol")  # fmt: skip
+        raise RegressionError(
+            f"drift score {report.score:.3f} is above --fail-above {fail_above:g}",
+            "the new data differs from the validation data: check the site, scanner or protocol",
+        )

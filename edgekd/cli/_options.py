@@ -168,8 +168,9 @@ def config_option(*decls: str, model: type[BaseModel], path: str, help: str = ""
     return typer.Option(*decls, help=text, show_default=False, **kwargs)
 
 
-def resolve_config(ctx: click.Context, model: type[BaseModel], config: Path | None, flags: dict[str, Any],
-                   section: str | None = None) -> BaseModel:  # fmt: skip
+def resolve_config(
+    ctx: click.Context, model: type[BaseModel], config: Path | None, flags: dict[str, Any], section: str | None = None
+) -> BaseModel:
     """Older flat form of :func:`cli_config` (:func:`edgekd._config.resolve_options`)."""
     return resolve_options(model, config, flags, given=given_options(ctx), section=section, allowed=set(ctx.params))
 
@@ -262,11 +263,33 @@ DeterministicOpt = Annotated[
 ]
 
 __all__ += [
-    "SmallInputOpt", "ChannelsOpt", "InputSizeOpt", "EpochsOpt", "BatchSizeOpt", "OptimizerOpt", "LrOpt",
-    "MomentumOpt", "WeightDecayOpt", "WarmupEpochsOpt", "LabelSmoothingOpt", "ClassWeightingOpt", "AugmentOpt",
-    "GradClipOpt", "AmpOpt", "ChannelsLastOpt", "SelectMetricOpt", "NumWorkersOpt", "MaxStepsOpt", "ResumeOpt",
-    "DeterministicOpt", "AmpDtypeOpt", "CompileOpt", "NprocOpt", "IntendedUseOpt", "TargetSensitivityOpt",
-]  # fmt: skip
+    "SmallInputOpt",
+    "ChannelsOpt",
+    "InputSizeOpt",
+    "EpochsOpt",
+    "BatchSizeOpt",
+    "OptimizerOpt",
+    "LrOpt",
+    "MomentumOpt",
+    "WeightDecayOpt",
+    "WarmupEpochsOpt",
+    "LabelSmoothingOpt",
+    "ClassWeightingOpt",
+    "AugmentOpt",
+    "GradClipOpt",
+    "AmpOpt",
+    "ChannelsLastOpt",
+    "SelectMetricOpt",
+    "NumWorkersOpt",
+    "MaxStepsOpt",
+    "ResumeOpt",
+    "DeterministicOpt",
+    "AmpDtypeOpt",
+    "CompileOpt",
+    "NprocOpt",
+    "IntendedUseOpt",
+    "TargetSensitivityOpt",
+]
 
 TargetSensitivityOpt = Annotated[
     float | None,

@@ -181,13 +181,21 @@ def _render(report) -> None:
         ("before", report.before, report.metrics_before),
         ("after", report.after, report.metrics_after),
     ):
-        t.add_row(name, fmt(stats.params), fmt(stats.macs), fmt(stats.size_bytes), fmt(stats.latency_ms),
-                  fmt(metrics["val"].get("auroc")), fmt(metrics["test"].get("auroc")))  # fmt: skip
+        t.add_row(
+            name,
+            fmt(stats.params),
+            fmt(stats.macs),
+            fmt(stats.size_bytes),
+            fmt(stats.latency_ms),
+            fmt(metrics["val"].get("auroc")),
+            fmt(metrics["test"].get("auroc")),
+        )
     console.print(t)
     speed = f", latency speed-up {report.latency_speedup:.2f}x" if report.latency_speedup else ""
-    console.print(f"MACs kept {report.after.macs / report.before.macs:.3f}{speed}; recovery: {report.recovery}"
-                  + ("" if report.target_met else " [yellow](target not reached: raise --max-layer-ratio or "
-                     "drop --keep)[/]"))  # fmt: skip
+    console.print(
+        f"MACs kept {report.after.macs / report.before.macs:.3f}{speed}; recovery: {report.recovery}"
+        + ("" if report.target_met else " [yellow](target not reached: raise --max-layer-ratio or drop --keep)[/]")
+    )
     w = report.round_to
     where = f", {w['fingerprint']['cpu_model']} {'/'.join(w['fingerprint']['isa'])}" if w.get("fingerprint") else ""
     console.print(f"widths rounded to multiples of {w.get('multiple') or 1} ({w.get('source')}{where})")
@@ -195,13 +203,19 @@ def _render(report) -> None:
         console.print(f"[yellow]width probe: {w['note']}[/]")
     if (lat := report.latency_target) is not None:
         if lat["already_met"]:
-            console.print(f"[yellow]the unpruned model already meets the budget ({lat['unpruned_ms']:.3g} ms <= "
-                          f"{lat['aim_ms']:.3g} ms at batch {lat['batch']}): nothing pruned[/]")  # fmt: skip
+            console.print(
+                f"[yellow]the unpruned model already meets the budget ({lat['unpruned_ms']:.3g} ms <= "
+                f"{lat['aim_ms']:.3g} ms at batch {lat['batch']}): nothing pruned[/]"
+            )
         else:
-            console.print(f"latency budget {lat['budget_ms']:g} ms at batch {lat['batch']} (aim {lat['aim_ms']:.3g}): "
-                          f"{lat['unpruned_ms']:.3g} -> {report.steps[-1]['latency_ms']:.3g} ms in "
-                          f"{len(report.steps)} measured proposals; re-measured {fmt(lat['final_ms'])} ms")  # fmt: skip
+            console.print(
+                f"latency budget {lat['budget_ms']:g} ms at batch {lat['batch']} (aim {lat['aim_ms']:.3g}): "
+                f"{lat['unpruned_ms']:.3g} -> {report.steps[-1]['latency_ms']:.3g} ms in "
+                f"{len(report.steps)} measured proposals; re-measured {fmt(lat['final_ms'])} ms"
+            )
         if lat.get("final_met") is False:
-            console.print(f"[yellow]re-measured after recovery at {fmt(lat['final_ms'])} ms, above the {lat['budget_ms']:g} "
-                          "ms budget with the same widths: this machine's speed changed between the measurements; "
-                          "check with `edgekd bench` on a quiet machine[/]")  # fmt: skip
+            console.print(
+                f"[yellow]re-measured after recovery at {fmt(lat['final_ms'])} ms, above the {lat['budget_ms']:g} "
+                "ms budget with the same widths: this machine's speed changed between the measurements; "
+                "check with `edgekd bench` on a quiet machine[/]"
+            )

@@ -121,23 +121,33 @@ def quantize(
 
 def _render(result) -> None:
     low = result.precision
-    t = Table(title=f"{result.source} -> {result.out} ({result.method.value}, {result.target}, "
-                    f"ONNX Runtime on {result.split})")  # fmt: skip
+    t = Table(
+        title=f"{result.source} -> {result.out} ({result.method.value}, {result.target}, "
+        f"ONNX Runtime on {result.split})"
+    )
     for col in ("metric", "fp32", low, "change (points)"):
         t.add_column(col, justify="right")
     for k in ("acc", "balanced_acc", "f1_macro", "auroc"):
         if k in result.metrics["fp32"]:
-            t.add_row(k, fmt(result.metrics["fp32"][k]), fmt(result.metrics[low].get(k)),
-                      f"{result.delta[k]:+.2f}" if k in result.delta else "n/a")  # fmt: skip
+            t.add_row(
+                k,
+                fmt(result.metrics["fp32"][k]),
+                fmt(result.metrics[low].get(k)),
+                f"{result.delta[k]:+.2f}" if k in result.delta else "n/a",
+            )
     console.print(t)
     console.print(f"size {result.sizes['fp32']:,} -> {result.sizes[low]:,} bytes; scheme: {result.scheme['summary']}")
     if result.scheme_choice:
         c = result.scheme_choice
         console.print(f"target {c['target']}: scheme {c['chosen']} ({c['reason']})")
     for p in result.parity:
-        console.print(f"parity {p['file']} \\[{p['precision']}]: top-1 agreement {p['top1_agreement']:.4f}, "
-                      f"max |dlogit| {p['max_abs']:.2e}")  # fmt: skip
+        console.print(
+            f"parity {p['file']} \\[{p['precision']}]: top-1 agreement {p['top1_agreement']:.4f}, "
+            f"max |dlogit| {p['max_abs']:.2e}"
+        )
     if result.sensitivity is not None:
         s = result.sensitivity
-        console.print(f"sensitivity: {len(s.fp32_nodes)} node(s) kept in FP32 ({', '.join(s.fp32_nodes) or 'none'}); "
-                      f"val {s.metric} drop {s.drop:.2f} points (budget {s.max_drop})")  # fmt: skip
+        console.print(
+            f"sensitivity: {len(s.fp32_nodes)} node(s) kept in FP32 ({', '.join(s.fp32_nodes) or 'none'}); "
+            f"val {s.metric} drop {s.drop:.2f} points (budget {s.max_drop})"
+        )

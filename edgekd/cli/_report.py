@@ -54,8 +54,9 @@ def explain_cmd(
     """
     check_report_path(json_out, overwrite=overwrite)
     chosen = [p.strip() for item in images or [] for p in item.split(",") if p.strip()]
-    res = explain(model_dir, out, data=data, images=chosen, compare=compare, n=n, split=split, layer=layer,
-                  overwrite=overwrite)  # fmt: skip
+    res = explain(
+        model_dir, out, data=data, images=chosen, compare=compare, n=n, split=split, layer=layer, overwrite=overwrite
+    )
     if json_out != "-":
         t = Table(
             title=f"Grad-CAM of {model_dir} [{res.layer}]" + (f" vs {compare} [{res.compare_layer}]" if compare else "")

@@ -43,8 +43,14 @@ def run(
     """
     check_report_path(json_out, overwrite=overwrite, inputs=(pipeline,))
     overrides = [*(set_ or []), *([f"seeds={seeds}"] if seeds is not None else [])]
-    summary = run_pipeline(pipeline, out, overrides=overrides, report=None if no_report else write_report,
-                           progress=not quiet, log=(lambda _: None) if quiet else stderr_console.print)  # fmt: skip
+    summary = run_pipeline(
+        pipeline,
+        out,
+        overrides=overrides,
+        report=None if no_report else write_report,
+        progress=not quiet,
+        log=(lambda _: None) if quiet else stderr_console.print,
+    )
     if json_out != "-":
         render_summary(summary)
     emit_json(summary.dump(), json_out)
@@ -83,13 +89,23 @@ def render_summary(s: RunSummary) -> None:
         t.add_column(f"speedup b{b}", justify="right")
     for r in s.rows:
         sp = r.spread.get
-        cells = [r.label, ", ".join(r.handoff), *[_cell(r.test.get(m), sp(f"test.{m}")) for m in (*extra, "acc", "auroc")],
-                 _cell(r.operating_point.get("sensitivity")), _cell(r.operating_point.get("specificity")),
-                 _cell(r.test.get("ece")), _si(r.params), _si(r.macs), f"{(r.size_bytes or 0) / 1e6:.2f}MB"]  # fmt: skip
+        cells = [
+            r.label,
+            ", ".join(r.handoff),
+            *[_cell(r.test.get(m), sp(f"test.{m}")) for m in (*extra, "acc", "auroc")],
+            _cell(r.operating_point.get("sensitivity")),
+            _cell(r.operating_point.get("specificity")),
+            _cell(r.test.get("ece")),
+            _si(r.params),
+            _si(r.macs),
+            f"{(r.size_bytes or 0) / 1e6:.2f}MB",
+        ]
         for b in batches:
             lat = r.latency.get(str(b))
-            cells += [f"{lat.p50_ms:.2f}/{lat.p90_ms:.2f}" if lat else "n/a",
-                      f"{lat.speedup:.1f}x" if lat and lat.speedup else "n/a"]  # fmt: skip
+            cells += [
+                f"{lat.p50_ms:.2f}/{lat.p90_ms:.2f}" if lat else "n/a",
+                f"{lat.speedup:.1f}x" if lat and lat.speedup else "n/a",
+            ]
         t.add_row(*cells)
     console.print(t)
     for d in s.handoff.decisions:  # one line per compression stage: carried forward or not, and why
@@ -108,8 +124,10 @@ def render_summary(s: RunSummary) -> None:
     if means:
         labels = {r.name: r.label for r in s.rows}
         parts = [f"{labels.get(k, k)} {fmt_score(v['spearman'])} / {fmt_score(v['iou'])}" for k, v in means.items()]
-        console.print(f"Grad-CAM agreement with the teacher (mean Spearman / top-20% IoU, {len(s.gradcam.get('images', []))} "
-                      f"test images): {'; '.join(parts)}")  # fmt: skip
+        console.print(
+            f"Grad-CAM agreement with the teacher (mean Spearman / top-20% IoU, {len(s.gradcam.get('images', []))} "
+            f"test images): {'; '.join(parts)}"
+        )
     ran = [o.name for o in s.stages if o.status != "skipped"]
     skipped = [o.name for o in s.stages if o.status == "skipped"]
     console.print(f"stages run: {', '.join(ran) or 'none'}; skipped (unchanged): {', '.join(skipped) or 'none'}")

@@ -32,11 +32,15 @@ _SHOWN = 20  # predictions printed when no --out is given
 
 PrecisionOpt = Annotated[
     Precision | None,
-    typer.Option(help="Which ONNX file of the bundle (default: its first: INT8 in a quantized bundle).",
-                 rich_help_panel=_RUN, show_default=False),
-]  # fmt: skip
+    typer.Option(
+        help="Which ONNX file of the bundle (default: its first: INT8 in a quantized bundle).",
+        rich_help_panel=_RUN,
+        show_default=False,
+    ),
+]
 ThreadsOpt = Annotated[
-    int, typer.Option(help="Runtime threads (ORT, OpenVINO, ExecuTorch; 0: one per physical core).", rich_help_panel=_RUN)
+    int,
+    typer.Option(help="Runtime threads (ORT, OpenVINO, ExecuTorch; 0: one per physical core).", rich_help_panel=_RUN),
 ]
 
 
@@ -48,20 +52,28 @@ class Runtime(str, Enum):
 
 RuntimeOpt = Annotated[
     Runtime | None,
-    typer.Option(help="What runs the bundle's file (default: the fastest `edgekd bench --record` stored, else ort).",
-                 rich_help_panel=_RUN, show_default=False),
+    typer.Option(
+        help="What runs the bundle's file (default: the fastest `edgekd bench --record` stored, else ort).",
+        rich_help_panel=_RUN,
+        show_default=False,
+    ),
 ]
 NoVerifyOpt = Annotated[
     bool,
-    typer.Option("--no-verify", help="Skip the bundle's hash and parity check (a warning is printed).",
-                 rich_help_panel=_RUN),
-]  # fmt: skip
+    typer.Option(
+        "--no-verify", help="Skip the bundle's hash and parity check (a warning is printed).", rich_help_panel=_RUN
+    ),
+]
 AllowScopeOpt = Annotated[
     bool,
-    typer.Option("--allow-out-of-scope", help="Answer DICOM images outside the model's intended use (flagged) "
-                 "instead of refusing them. DICOM objects that are no image (SEG, SR, RT, waveforms...) are "
-                 "refused whatever this says.", rich_help_panel=_RUN),
-]  # fmt: skip
+    typer.Option(
+        "--allow-out-of-scope",
+        help="Answer DICOM images outside the model's intended use (flagged) "
+        "instead of refusing them. DICOM objects that are no image (SEG, SR, RT, waveforms...) are "
+        "refused whatever this says.",
+        rich_help_panel=_RUN,
+    ),
+]
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -83,15 +95,23 @@ def _warn_unverified(info: ModelInfo) -> None:
 
 def _render(res: PredictResult, quiet: bool) -> None:
     if not res.out and res.predictions:
-        t = Table(title=f"{len(res.predictions)} prediction(s)" + (f", first {_SHOWN}" if len(res.predictions) >
-                                                                      _SHOWN else ""))  # fmt: skip
+        t = Table(
+            title=f"{len(res.predictions)} prediction(s)"
+            + (f", first {_SHOWN}" if len(res.predictions) > _SHOWN else "")
+        )
         for col in ("path", "label", "probabilities", "decision", "ood score", "flags"):
             t.add_column(col, overflow="fold")
         for p in res.predictions[:_SHOWN]:
             probs = " ".join(f"{k}={v:.3f}" for k, v in p.probabilities.items())
             score = "" if p.ood_score is None else f"{p.ood_score:.2f}"
-            t.add_row(escape(p.source), escape(p.label), escape(probs), escape(p.decision or ""), score,
-                      escape(", ".join(p.flags)))  # fmt: skip
+            t.add_row(
+                escape(p.source),
+                escape(p.label),
+                escape(probs),
+                escape(p.decision or ""),
+                score,
+                escape(", ".join(p.flags)),
+            )
         console.print(t)
     for s in res.skipped:
         _err.print(f"[yellow]{'refused' if s.refused else 'skipped'}:[/] {escape(s.source)}: {escape(s.reason)}")
@@ -100,8 +120,10 @@ def _render(res: PredictResult, quiet: bool) -> None:
             _err.print(f"[yellow]answered out of scope:[/] {escape(p.source)}: {escape(p.scope_reason)}")
     flagged = sum(1 for p in res.predictions if p.out_of_distribution)
     if flagged:
-        _err.print(f"[yellow]{flagged} of {len(res.predictions)} prediction(s) are out of distribution[/] (unlike the "
-                   "validation images: do not rely on them)")  # fmt: skip
+        _err.print(
+            f"[yellow]{flagged} of {len(res.predictions)} prediction(s) are out of distribution[/] (unlike the "
+            "validation images: do not rely on them)"
+        )
     if res.out:
         console.print(f"{len(res.predictions)} prediction(s), {len(res.skipped)} skipped: [bold]{res.out}[/]")
     if not quiet:
@@ -124,7 +146,7 @@ def predict_cmd(
             rich_help_panel=_IN,
             show_default=False,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     split: Annotated[str, typer.Option(help="Split of --data: train, val or test.", rich_help_panel=_IN)] = "test",
     out: Annotated[
         Path | None,
@@ -135,7 +157,7 @@ def predict_cmd(
             rich_help_panel=_OUT,
             show_default=False,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --out.", rich_help_panel=_OUT)
     ] = False,
@@ -146,7 +168,7 @@ def predict_cmd(
             help="HL7 FHIR DiagnosticReports: a Bundle (.json) or one per line (.ndjson).",
             rich_help_panel=_OUT,
         ),
-    ] = False,  # fmt: skip
+    ] = False,
     batch: Annotated[int, typer.Option("--batch", "-b", help="Images per model call.", rich_help_panel=_RUN)] = 32,
     precision: PrecisionOpt = None,
     threshold: Annotated[
@@ -156,7 +178,7 @@ def predict_cmd(
             rich_help_panel=_RUN,
             show_default=False,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     threads: ThreadsOpt = 0,
     runtime: RuntimeOpt = None,
     no_verify: NoVerifyOpt = False,
@@ -174,10 +196,23 @@ def predict_cmd(
 
     Example: edgekd predict bundles/student-int8 scans/ extra/*.png --out preds.csv
     """
-    res = predict(model, inputs or [], data=data, split=split, batch=batch, out=out, fhir=fhir, overwrite=overwrite,
-                  precision=precision.value if precision else None, threshold=threshold, verify=not no_verify,
-                  threads=threads, progress=not quiet and json_out != "-",
-                  allow_out_of_scope=allow_out_of_scope, runtime=runtime.value if runtime else None)  # fmt: skip
+    res = predict(
+        model,
+        inputs or [],
+        data=data,
+        split=split,
+        batch=batch,
+        out=out,
+        fhir=fhir,
+        overwrite=overwrite,
+        precision=precision.value if precision else None,
+        threshold=threshold,
+        verify=not no_verify,
+        threads=threads,
+        progress=not quiet and json_out != "-",
+        allow_out_of_scope=allow_out_of_scope,
+        runtime=runtime.value if runtime else None,
+    )
     _warn_unverified(res.model)
     if json_out != "-":
         console.print(_model_line(res.model))
@@ -186,11 +221,17 @@ def predict_cmd(
     total = len(res.predictions) + len(res.skipped)
     where = "each is listed above with its reason" + (f" and in {out}" if out else "")
     if res.unreadable:
-        raise ArtifactError(f"{len(res.unreadable)} of {total} input(s) were skipped (unreadable or missing)"
-                            + (f", {len(res.refused)} refused" if res.refused else ""), where)  # fmt: skip
+        raise ArtifactError(
+            f"{len(res.unreadable)} of {total} input(s) were skipped (unreadable or missing)"
+            + (f", {len(res.refused)} refused" if res.refused else ""),
+            where,
+        )
     if res.refused:
-        raise InvalidInputError(f"{len(res.refused)} of {total} input(s) were refused (outside the model's intended "
-                                "use, or not an image to classify)", where)  # fmt: skip
+        raise InvalidInputError(
+            f"{len(res.refused)} of {total} input(s) were refused (outside the model's intended "
+            "use, or not an image to classify)",
+            where,
+        )
 
 
 @app.command(rich_help_panel=PANEL_DEPLOY)
@@ -204,7 +245,7 @@ def serve(
             rich_help_panel=_MODELS,
             show_default=False,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     precision: PrecisionOpt = None,
     threads: ThreadsOpt = 0,
     runtime: RuntimeOpt = None,
@@ -223,7 +264,7 @@ def serve(
             help="Bearer token required on every route but health (>= 16 characters; prefer the "
             "EDGEKD_API_KEY variable: the command line is visible to other users).",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     max_batch: Annotated[
         int, typer.Option(help="Rows per model call and per request (1: no micro-batching).", rich_help_panel=_LIMITS)
     ] = 32,
@@ -243,8 +284,11 @@ def serve(
     allow_out_of_scope: AllowScopeOpt = False,
     drain_s: Annotated[
         float,
-        typer.Option(help="On SIGTERM: seconds readiness reports 503 while requests are still answered, before the "
-                     "server stops (in-flight requests always finish).", rich_help_panel=_NET),
+        typer.Option(
+            help="On SIGTERM: seconds readiness reports 503 while requests are still answered, before the "
+            "server stops (in-flight requests always finish).",
+            rich_help_panel=_NET,
+        ),
     ] = 5.0,
 ) -> None:
     """Serve bundles over the Open Inference Protocol v2 (KServe / Triton REST API) with micro-batching.
@@ -256,19 +300,36 @@ def serve(
     Example: edgekd serve bundles/student-int8 --model-name pneumonia --port 8000 --max-batch 32
     """
     require_serve_deps()
-    config = ServeConfig(host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
-                         max_body_mb=max_body_mb, api_key=api_key or None, fhir=fhir,
-                         allow_out_of_scope=allow_out_of_scope, drain_s=drain_s).check()  # fmt: skip
-    models = load_models(bundles, model_name=model_name, precision=precision.value if precision else None,
-                         verify=not no_verify, threads=threads, runtime=runtime.value if runtime else None)  # fmt: skip
+    config = ServeConfig(
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        max_queue=max_queue,
+        max_body_mb=max_body_mb,
+        api_key=api_key or None,
+        fhir=fhir,
+        allow_out_of_scope=allow_out_of_scope,
+        drain_s=drain_s,
+    ).check()
+    models = load_models(
+        bundles,
+        model_name=model_name,
+        precision=precision.value if precision else None,
+        verify=not no_verify,
+        threads=threads,
+        runtime=runtime.value if runtime else None,
+    )
     for m in models.values():
         _warn_unverified(m.info)
         console.print(_model_line(m.info))
 
     def listening(url: str) -> None:
         auth = "API key required" if config.api_key else "no API key (loopback only)"
-        console.print(f"listening on {url}/v2 (max batch {config.max_batch}, max delay {config.max_delay_ms:g} ms, "
-                      f"{auth}); Ctrl-C stops")  # fmt: skip
+        console.print(
+            f"listening on {url}/v2 (max batch {config.max_batch}, max delay {config.max_delay_ms:g} ms, "
+            f"{auth}); Ctrl-C stops"
+        )
         sys.stdout.flush()
 
     serve_models(models, config, log=listening)

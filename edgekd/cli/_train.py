@@ -136,8 +136,10 @@ def train(
     settings = cli_config(ctx, DistillConfig, config, flags, TRAIN_FIELDS)
     card = train_model(settings, out, overwrite=overwrite, progress=not quiet)
     if not quiet and json_out != "-":
-        console.print(f"best epoch {card.metrics['best_epoch']['epoch']} by val {settings.train.select_metric}; "
-                      f"model directory: [bold]{out}[/]")  # fmt: skip
+        console.print(
+            f"best epoch {card.metrics['best_epoch']['epoch']} by val {settings.train.select_metric}; "
+            f"model directory: [bold]{out}[/]"
+        )
         metrics_table("test metrics", card.metrics["test"], card.label_names)
     emit_json({"out": str(out), "metrics": card.metrics, "params": card.params}, json_out)
 
@@ -166,14 +168,17 @@ def eval_cmd(
     if is_bundle(model_dir):
         res = evaluate_bundle(model_dir, data=data, split=split, batch_size=batch_size)
     else:
-        res = evaluate_model_dir(model_dir, data=data, split=split, batch_size=batch_size, device=device,
-                                 download=download)  # fmt: skip
+        res = evaluate_model_dir(
+            model_dir, data=data, split=split, batch_size=batch_size, device=device, download=download
+        )
     if not quiet and json_out != "-":
         metrics_table(f"{model_dir} on {res['data']} [{split}]", res["metrics"], res["label_names"])
         at = res.get("at_threshold")
         if at:
-            console.print(f"at the operating threshold {at['threshold']:.4g} ({escape(at['source'])}): sensitivity "
-                          f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f}, accuracy {at['acc']:.3f}")  # fmt: skip
+            console.print(
+                f"at the operating threshold {at['threshold']:.4g} ({escape(at['source'])}): sensitivity "
+                f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f}, accuracy {at['acc']:.3f}"
+            )
         if res.get("ood"):
             o = res["ood"]
             console.print(f"out of distribution: {o['flagged']} of {o['n']} images ({o['rate']:.1%})")

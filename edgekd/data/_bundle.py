@@ -53,8 +53,9 @@ def check_targets(spec: str, data: SourceData) -> None:
     for split in SPLITS:
         targets = np.asarray(getattr(data, split).targets)
         if len(targets) == 0:
-            raise InvalidInputError(f"the {split} split of {spec!r} is empty",
-                                    "every split needs samples: add data or adjust val=/test=")  # fmt: skip
+            raise InvalidInputError(
+                f"the {split} split of {spec!r} is empty", "every split needs samples: add data or adjust val=/test="
+            )
         if multilabel:
             ok = targets.shape == (len(targets), k) and bool(np.isin(targets, (0, 1)).all())
             want = f"0/1 vectors of length {k}"
@@ -73,13 +74,16 @@ def check_targets(spec: str, data: SourceData) -> None:
     empty = [names[i] for i in np.flatnonzero(counts == 0)]
     if np.count_nonzero(counts) < 2:
         only = names[int(np.argmax(counts))]
-        raise InvalidInputError(f"every training sample of {spec!r} is {only!r}: a classifier needs at least 2 classes",
-                                "add training samples of the other classes")  # fmt: skip
+        raise InvalidInputError(
+            f"every training sample of {spec!r} is {only!r}: a classifier needs at least 2 classes",
+            "add training samples of the other classes",
+        )
     if empty:
         shown = ", ".join(repr(n) for n in empty[:5]) + (" ..." if len(empty) > 5 else "")
         what = f"class {shown} of {spec!r} has" if len(empty) == 1 else f"classes {shown} of {spec!r} have"
-        raise InvalidInputError(f"{what} no training samples",
-                                "every class needs training samples: add some or drop the class")  # fmt: skip
+        raise InvalidInputError(
+            f"{what} no training samples", "every class needs training samples: add some or drop the class"
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -54,8 +54,10 @@ def _csv(arg, options, *, seed, download, root) -> SourceData:
         path = _resolve(table, line, rel)
         if not path.is_file():
             where = "is a folder, not an image" if path.is_dir() else "does not exist"
-            raise ArtifactError(f"{table} row {line}: image {rel!r} {where} (looked for {path})",
-                                _HEADER_HINT if line == rows[0][0] else "paths are relative to the CSV's folder")  # fmt: skip
+            raise ArtifactError(
+                f"{table} row {line}: image {rel!r} {where} (looked for {path})",
+                _HEADER_HINT if line == rows[0][0] else "paths are relative to the CSV's folder",
+            )
         items.append(FileItem(path, index[label], split, f"{table.name} row {line}"))
     return build_file_source(items, names, options, seed=seed)
 
@@ -64,8 +66,10 @@ def _resolve(table: Path, line: int, rel: str) -> Path:
     """The image path of a row: relative to the CSV's folder and inside it (checked on the text, not on disk)."""
     norm = os.path.normpath(rel)
     if os.path.isabs(rel) or rel.startswith("~") or norm == ".." or norm.startswith(".." + os.sep):
-        raise ArtifactError(f"{table} row {line}: path {rel!r} points outside the CSV's folder",
-                            "paths are relative to the CSV's folder: put the CSV in a folder above the images")  # fmt: skip
+        raise ArtifactError(
+            f"{table} row {line}: path {rel!r} points outside the CSV's folder",
+            "paths are relative to the CSV's folder: put the CSV in a folder above the images",
+        )
     return table.parent / norm
 
 
@@ -78,21 +82,26 @@ def _label_names(table: Path, rows: list[tuple[int, str, str, str | None]]) -> l
     for label in first_row:
         key = " ".join(label.casefold().split())
         if key in folded:
-            raise ArtifactError(f"{table}: labels {folded[key]!r} (row {first_row[folded[key]]}) and {label!r} "
-                                f"(row {first_row[label]}) differ only in case or spacing",
-                                "spell each class one way")  # fmt: skip
+            raise ArtifactError(
+                f"{table}: labels {folded[key]!r} (row {first_row[folded[key]]}) and {label!r} "
+                f"(row {first_row[label]}) differ only in case or spacing",
+                "spell each class one way",
+            )
         folded[key] = label
     numbers = {label: _number(label) for label in first_row}
     if all(v is not None for v in numbers.values()):
         odd = next((label for label, v in numbers.items() if not float(v).is_integer()), None)
         if odd is not None:
-            raise ArtifactError(f"{table} row {first_row[odd]}: label {odd!r} is not a whole number",
-                                "labels name classes (e.g. normal, pneumonia or 0, 1); edgekd trains classifiers")  # fmt: skip
+            raise ArtifactError(
+                f"{table} row {first_row[odd]}: label {odd!r} is not a whole number",
+                "labels name classes (e.g. normal, pneumonia or 0, 1); edgekd trains classifiers",
+            )
         values: dict[float, str] = {}
         for label, v in numbers.items():
             if v in values:
-                raise ArtifactError(f"{table}: labels {values[v]!r} and {label!r} are the same number",
-                                    "spell each class one way")  # fmt: skip
+                raise ArtifactError(
+                    f"{table}: labels {values[v]!r} and {label!r} are the same number", "spell each class one way"
+                )
             values[v] = label
     return sorted(first_row)
 
@@ -118,14 +127,18 @@ def _read_rows(table: Path) -> list[tuple[int, str, str, str | None]]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise ArtifactError(f"{table} is not UTF-8 text (invalid byte at line {line})",
-                            "save the CSV as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet program)") from None  # fmt: skip
+        raise ArtifactError(
+            f"{table} is not UTF-8 text (invalid byte at line {line})",
+            "save the CSV as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet program)",
+        ) from None
     try:
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         raw = [(reader.line_num, [c.strip() for c in row]) for row in reader if any(c.strip() for c in row)]
     except csv.Error as e:
-        raise ArtifactError(f"{table} is not a valid CSV table (line {reader.line_num}: {e})",
-                            "write one path,label[,split] row per image") from None  # fmt: skip
+        raise ArtifactError(
+            f"{table} is not a valid CSV table (line {reader.line_num}: {e})",
+            "write one path,label[,split] row per image",
+        ) from None
     if raw and [c.lower() for c in raw[0][1][:2]] == ["path", "label"]:
         raw = raw[1:]
     if not raw:
@@ -134,8 +147,10 @@ def _read_rows(table: Path) -> list[tuple[int, str, str, str | None]]:
     rows = []
     for line, cells in raw:
         if any("\n" in c or "\r" in c for c in cells):
-            raise ArtifactError(f"{table} row {line}: a cell holds a line break (an unclosed quote?)",
-                                "write one path,label[,split] row per line")  # fmt: skip
+            raise ArtifactError(
+                f"{table} row {line}: a cell holds a line break (an unclosed quote?)",
+                "write one path,label[,split] row per line",
+            )
         if len(cells) != width or width not in (2, 3) or not cells[0] or not cells[1]:
             raise ArtifactError(
                 f"{table} row {line}: expected path,label[,split] like the first row, got {','.join(cells)!r}"

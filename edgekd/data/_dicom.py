@@ -94,8 +94,14 @@ __all__ = [
 ]
 
 ALLOWED_TAGS = ("Modality", "Rows", "Columns")
-FORMAT_TAGS = ("TransferSyntaxUID", "PhotometricInterpretation", "NumberOfFrames", "SamplesPerPixel",
-               "BitsStored", "BitsAllocated")  # fmt: skip
+FORMAT_TAGS = (
+    "TransferSyntaxUID",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "BitsStored",
+    "BitsAllocated",
+)
 SCOPE_TAGS = ("BodyPartExamined", "ViewPosition", "SOPClassUID")
 DICOM_OPTIONS = ("labels", "window", "frame", "size", "channels", "val", "test", "seed")
 DICOM_EXTS = frozenset({".dcm", ".dicom"})
@@ -226,11 +232,15 @@ def _pixels(ds, name: Any, index: int | None) -> np.ndarray:
             return np.asarray(pydicom.pixels.pixel_array(ds, index=index))
     except (RuntimeError, NotImplementedError) as e:
         first = (str(e).strip().splitlines() or ["no decoder"])[0].rstrip(":")
-        raise DependencyError(f"cannot decompress the pixel data of {name} ({ts_name or 'unknown transfer syntax'}): "
-                              f"{first}", _decoder_hint(ts_name)) from None  # fmt: skip
+        raise DependencyError(
+            f"cannot decompress the pixel data of {name} ({ts_name or 'unknown transfer syntax'}): {first}",
+            _decoder_hint(ts_name),
+        ) from None
     except (ValueError, AttributeError, KeyError, TypeError, IndexError) as e:
-        raise ArtifactError(f"cannot decode the pixel data of {name} ({type(e).__name__})",
-                            "the file is damaged or unusual: export it again") from None  # fmt: skip
+        raise ArtifactError(
+            f"cannot decode the pixel data of {name} ({type(e).__name__})",
+            "the file is damaged or unusual: export it again",
+        ) from None
 
 
 def _decoder_hint(ts_name: str) -> str:
@@ -268,16 +278,22 @@ def _header(path: Path) -> _Header:
 def _header_of(ds, name: Any) -> _Header:
     missing = [k for k in ("Rows", "Columns", "PhotometricInterpretation") if k not in ds]
     if missing:
-        raise ArtifactError(f"{name} holds no image (no {missing[0]}): e.g. a report, RT plan or waveform",
-                            "keep only image files in the folder")  # fmt: skip
+        raise ArtifactError(
+            f"{name} holds no image (no {missing[0]}): e.g. a report, RT plan or waveform",
+            "keep only image files in the folder",
+        )
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     frames = _frames(ds)
     pi = str(ds.PhotometricInterpretation).strip().upper()
-    return _Header(rows=int(ds.Rows), columns=int(ds.Columns), frames=frames,
-                   color=int(ds.get("SamplesPerPixel") or 1) > 1 or pi == "PALETTE COLOR",
-                   transfer_syntax=str(getattr(ts, "name", ts) or "implicit little endian"),
-                   bits=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8),
-                   modality=str(ds.get("Modality") or ""))  # fmt: skip
+    return _Header(
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        frames=frames,
+        color=int(ds.get("SamplesPerPixel") or 1) > 1 or pi == "PALETTE COLOR",
+        transfer_syntax=str(getattr(ts, "name", ts) or "implicit little endian"),
+        bits=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8),
+        modality=str(ds.get("Modality") or ""),
+    )
 
 
 def _check_decoder(path: Path) -> None:
@@ -290,11 +306,14 @@ def _check_decoder(path: Path) -> None:
     try:
         decoder = pydicom.pixels.get_decoder(ts)
     except NotImplementedError:
-        raise DependencyError(f"{path}: pydicom cannot decode the transfer syntax {ts.name}",
-                              "convert the file to an uncompressed transfer syntax") from None  # fmt: skip
+        raise DependencyError(
+            f"{path}: pydicom cannot decode the transfer syntax {ts.name}",
+            "convert the file to an uncompressed transfer syntax",
+        ) from None
     if not decoder.is_available:
-        raise DependencyError(f"{path}: pixel data compressed as {ts.name} needs a decoder that is not installed",
-                              _decoder_hint(ts.name))  # fmt: skip
+        raise DependencyError(
+            f"{path}: pixel data compressed as {ts.name} needs a decoder that is not installed", _decoder_hint(ts.name)
+        )
 
 
 def _linear(v: np.ndarray, c: float, w: float, function: str = "LINEAR") -> np.ndarray:
@@ -365,14 +384,22 @@ def _to_uint8(y: np.ndarray, *, channels: int, size: tuple[int, int] | None) -> 
         y = y[..., 0] * 0.299 + y[..., 1] * 0.587 + y[..., 2] * 0.114  # ITU-R 601-2 luma, as Pillow's "L"
     planes = [y] if y.ndim == 2 else [y[..., k] for k in range(y.shape[-1])]
     if size is not None and tuple(planes[0].shape) != tuple(size):
-        planes = [np.asarray(Image.fromarray(p.astype(np.float32), "F").resize((size[1], size[0]),
-                  Image.Resampling.BILINEAR)) for p in planes]  # fmt: skip
+        planes = [
+            np.asarray(Image.fromarray(p.astype(np.float32), "F").resize((size[1], size[0]), Image.Resampling.BILINEAR))
+            for p in planes
+        ]
     out = np.stack([np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8) for p in planes])
     return np.repeat(out, 3, axis=0) if channels == 3 and out.shape[0] == 1 else out
 
 
-def read_dicom(src: Path | BinaryIO, *, channels: int = 1, size: tuple[int, int] | None = None,
-               window: Window | str = "auto", frame: int | None = None) -> np.ndarray:  # fmt: skip
+def read_dicom(
+    src: Path | BinaryIO,
+    *,
+    channels: int = 1,
+    size: tuple[int, int] | None = None,
+    window: Window | str = "auto",
+    frame: int | None = None,
+) -> np.ndarray:
     """One DICOM image (a file or a binary stream) as uint8 ``[channels, H, W]`` by the module's recipe.
 
     Args:
@@ -394,8 +421,10 @@ def read_dicom(src: Path | BinaryIO, *, channels: int = 1, size: tuple[int, int]
         if "PixelData" not in ds:
             raise ArtifactError(f"{name} holds no pixel data", "keep only image files")
         if h.frames > 1 and frame is None:
-            raise ArtifactError(f"{name} holds {h.frames} frames (multi-frame DICOM)",
-                                "pass frame=first (or frame=N, 0-based) to read one frame")  # fmt: skip
+            raise ArtifactError(
+                f"{name} holds {h.frames} frames (multi-frame DICOM)",
+                "pass frame=first (or frame=N, 0-based) to read one frame",
+            )
         if frame is not None and frame >= h.frames:
             raise ArtifactError(f"{name} has {h.frames} frame(s); frame={frame} does not exist", "use frame=first")
         arr = _pixels(ds, name, frame if h.frames > 1 else None)
@@ -414,25 +443,48 @@ def decode_dicom_bytes(data: bytes, channels: int, *, window: Window | str = "au
 
 # SOP Class UID prefixes (PS3.4 B.5) and Modality values (PS3.3 C.7.3.1.1.1) of objects that are no image to classify.
 _NON_IMAGE_SOP = (
-    ("1.2.840.10008.5.1.4.1.1.66.4", "segmentation (SEG)"), ("1.2.840.10008.5.1.4.1.1.66.5", "surface segmentation"),
+    ("1.2.840.10008.5.1.4.1.1.66.4", "segmentation (SEG)"),
+    ("1.2.840.10008.5.1.4.1.1.66.5", "surface segmentation"),
     ("1.2.840.10008.5.1.4.1.1.66", "raw data, registration or fiducials"),
     ("1.2.840.10008.5.1.4.1.1.67", "real world value mapping"),
     ("1.2.840.10008.5.1.4.1.1.88.59", "key object selection (KOS)"),
-    ("1.2.840.10008.5.1.4.1.1.88", "structured report (SR)"), ("1.2.840.10008.5.1.4.1.1.481", "radiotherapy (RT) object"),
-    ("1.2.840.10008.5.1.4.1.1.9", "waveform"), ("1.2.840.10008.5.1.4.1.1.11", "presentation state"),
+    ("1.2.840.10008.5.1.4.1.1.88", "structured report (SR)"),
+    ("1.2.840.10008.5.1.4.1.1.481", "radiotherapy (RT) object"),
+    ("1.2.840.10008.5.1.4.1.1.9", "waveform"),
+    ("1.2.840.10008.5.1.4.1.1.11", "presentation state"),
     ("1.2.840.10008.5.1.4.1.1.104", "encapsulated document (PDF, CDA, STL...)"),
-    ("1.2.840.10008.5.1.4.1.1.68", "surface model"), ("1.2.840.10008.5.1.4.1.1.200", "protocol"),
-    ("1.2.840.10008.5.1.4.1.1.90", "content assessment"), ("1.2.840.10008.5.1.4.1.1.82", "measurement"),
-)  # fmt: skip
+    ("1.2.840.10008.5.1.4.1.1.68", "surface model"),
+    ("1.2.840.10008.5.1.4.1.1.200", "protocol"),
+    ("1.2.840.10008.5.1.4.1.1.90", "content assessment"),
+    ("1.2.840.10008.5.1.4.1.1.82", "measurement"),
+)
 _NON_IMAGE_MODALITY = {
-    "SEG": "segmentation (SEG)", "SR": "structured report (SR)", "KO": "key object selection (KOS)",
-    "PR": "presentation state", "RTSTRUCT": "radiotherapy (RT) object", "RTPLAN": "radiotherapy (RT) object",
-    "RTDOSE": "radiotherapy (RT) object", "RTIMAGE": "radiotherapy (RT) object", "RTRECORD": "radiotherapy (RT) object",
-    "RTION": "radiotherapy (RT) object", "PLAN": "radiotherapy (RT) object", "RWV": "real world value mapping",
-    "ECG": "waveform", "EPS": "waveform", "HD": "waveform", "AU": "waveform", "RESP": "waveform", "EEG": "waveform",
-    "EMG": "waveform", "EOG": "waveform", "DOC": "encapsulated document (PDF, CDA, STL...)", "REG": "registration",
-    "FID": "fiducials", "M3D": "surface model", "MEASUREMENT": "measurement",
-}  # fmt: skip
+    "SEG": "segmentation (SEG)",
+    "SR": "structured report (SR)",
+    "KO": "key object selection (KOS)",
+    "PR": "presentation state",
+    "RTSTRUCT": "radiotherapy (RT) object",
+    "RTPLAN": "radiotherapy (RT) object",
+    "RTDOSE": "radiotherapy (RT) object",
+    "RTIMAGE": "radiotherapy (RT) object",
+    "RTRECORD": "radiotherapy (RT) object",
+    "RTION": "radiotherapy (RT) object",
+    "PLAN": "radiotherapy (RT) object",
+    "RWV": "real world value mapping",
+    "ECG": "waveform",
+    "EPS": "waveform",
+    "HD": "waveform",
+    "AU": "waveform",
+    "RESP": "waveform",
+    "EEG": "waveform",
+    "EMG": "waveform",
+    "EOG": "waveform",
+    "DOC": "encapsulated document (PDF, CDA, STL...)",
+    "REG": "registration",
+    "FID": "fiducials",
+    "M3D": "surface model",
+    "MEASUREMENT": "measurement",
+}
 
 
 def _code_string(value: Any) -> str:
@@ -444,7 +496,9 @@ def _code_string(value: Any) -> str:
     text = str(value).strip().upper()
     if not text:
         return ""
-    return text if len(text) <= 16 and all(c.isascii() and (c.isalnum() or c in " _") for c in text) else "(non-standard)"
+    return (
+        text if len(text) <= 16 and all(c.isascii() and (c.isalnum() or c in " _") for c in text) else "(non-standard)"
+    )
 
 
 def dicom_attributes_of(ds) -> dict[str, str]:
@@ -494,8 +548,16 @@ class DicomDataset(Dataset):
         torch.Size([1, 128, 128])
     """
 
-    def __init__(self, paths: Sequence[Path], targets: np.ndarray, *, channels: int, size: tuple[int, int],
-                 window: Window | str = "auto", frame: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        targets: np.ndarray,
+        *,
+        channels: int,
+        size: tuple[int, int],
+        window: Window | str = "auto",
+        frame: int | None = None,
+    ) -> None:
         if len(paths) != len(targets):
             raise InvalidInputError(f"{len(paths)} files but {len(targets)} targets")
         self.paths = [Path(p) for p in paths]
@@ -506,8 +568,9 @@ class DicomDataset(Dataset):
         self.frame = frame
 
     def load(self, index: int) -> np.ndarray:
-        return read_dicom(self.paths[index], channels=self.channels, size=self.image_size, window=self.window,
-                          frame=self.frame)  # fmt: skip
+        return read_dicom(
+            self.paths[index], channels=self.channels, size=self.image_size, window=self.window, frame=self.frame
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -528,14 +591,18 @@ def inspect_dicom(
     for path in paths:
         h = _header(path)
         if h.frames > 1 and frame is None:
-            raise ArtifactError(f"{path} holds {h.frames} frames (multi-frame DICOM)",
-                                "pass frame=first (or frame=N, 0-based) to read one frame of every file")  # fmt: skip
+            raise ArtifactError(
+                f"{path} holds {h.frames} frames (multi-frame DICOM)",
+                "pass frame=first (or frame=N, 0-based) to read one frame of every file",
+            )
         if first is None:
             first, first_path = (h.rows, h.columns), path
         elif same_size and (h.rows, h.columns) != first:
-            raise InvalidInputError(f"DICOM image {path} is {h.rows}x{h.columns} (Rows x Columns) but {first_path} is "
-                                    f"{first[0]}x{first[1]}", "pass size=N to resize every image to N x N "
-                                    "(bilinear, aspect ratio not kept)")  # fmt: skip
+            raise InvalidInputError(
+                f"DICOM image {path} is {h.rows}x{h.columns} (Rows x Columns) but {first_path} is "
+                f"{first[0]}x{first[1]}",
+                "pass size=N to resize every image to N x N (bilinear, aspect ratio not kept)",
+            )
         color = color or h.color
         key = (h.transfer_syntax, h.bits, h.color)
         if key not in probed:  # one real decode per kind surfaces a missing or unsuitable decoder now
@@ -565,8 +632,12 @@ def _items_from_folders(base: Path) -> tuple[list[FileItem], list[str]]:
     found = {split: _scan_classes(tree) for split, tree in trees.items()}
     classes = sorted({c for per_class in found.values() for c in per_class})
     index = {c: i for i, c in enumerate(classes)}
-    items = [FileItem(p, index[c], split, str(p)) for split, per in found.items()
-             for c, paths in sorted(per.items()) for p in paths]  # fmt: skip
+    items = [
+        FileItem(p, index[c], split, str(p))
+        for split, per in found.items()
+        for c, paths in sorted(per.items())
+        for p in paths
+    ]
     return items, classes
 
 
@@ -634,11 +705,16 @@ def _dicom(arg, options, *, seed, download, root) -> SourceData:
     splits = _assign_splits(items, options, seed)
     channels, size, window, frame = dicom_geometry([it.path for it in items], options)
     targets = np.array([it.label for it in items], dtype=np.int64)
-    datasets = {s: DicomDataset([items[i].path for i in idx], targets[idx], channels=channels, size=size,
-                                window=window, frame=frame) for s, idx in splits.items()}  # fmt: skip
+    datasets = {
+        s: DicomDataset(
+            [items[i].path for i in idx], targets[idx], channels=channels, size=size, window=window, frame=frame
+        )
+        for s, idx in splits.items()
+    }
     scope = training_scope([items[i].path for i in splits["train"]])
-    return SourceData(**datasets, task=Task.BINARY if len(names) == 2 else Task.MULTICLASS, label_names=names,
-                      intended_use=scope)  # fmt: skip
+    return SourceData(
+        **datasets, task=Task.BINARY if len(names) == 2 else Task.MULTICLASS, label_names=names, intended_use=scope
+    )
 
 
 def training_scope(paths: Sequence[Path]) -> IntendedUse:

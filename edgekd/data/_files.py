@@ -122,20 +122,23 @@ def _inspect(items: Sequence[FileItem], *, depth: int, same_size: bool) -> tuple
             raise ArtifactError(f"image {it}: {exc}", "convert it to 8-bit grayscale or RGB (e.g. PNG)") from None
         except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ArtifactError(f"cannot read image {it}: {reason}",
-                                "remove or replace the broken file") from exc  # fmt: skip
+            raise ArtifactError(f"cannot read image {it}: {reason}", "remove or replace the broken file") from exc
         if info.frames > 1:
-            raise ArtifactError(f"image {it} holds {info.frames} frames (a stack or animation)",
-                                "export each slice or frame as its own image")  # fmt: skip
+            raise ArtifactError(
+                f"image {it} holds {info.frames} frames (a stack or animation)",
+                "export each slice or frame as its own image",
+            )
         if info.bits != depth:
-            raise ArtifactError(f"image {it} is {info.bits}-bit, expected {depth}-bit",
-                                _depth_hint(info.bits, first_item))  # fmt: skip
+            raise ArtifactError(
+                f"image {it} is {info.bits}-bit, expected {depth}-bit", _depth_hint(info.bits, first_item)
+            )
         if first is None:
             first, first_item = info.size, it
         elif same_size and info.size != first:
             raise InvalidInputError(
-                f"image {it} is {info.size[0]}x{info.size[1]} (H x W) but "
-                f"{first_item.path} is {first[0]}x{first[1]}", _RESIZE_HINT)  # fmt: skip
+                f"image {it} is {info.size[0]}x{info.size[1]} (H x W) but {first_item.path} is {first[0]}x{first[1]}",
+                _RESIZE_HINT,
+            )
         gray = gray and info.gray
     if first is None:
         raise ArtifactError("no images found", f"supported extensions: {' '.join(sorted(IMAGE_EXTS))}")

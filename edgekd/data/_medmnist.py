@@ -127,8 +127,10 @@ def _read_member(path: Path, npz, key: str) -> np.ndarray:
         value = npz[key]
     except ValueError as e:
         if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
-            raise ArtifactError(f"{path}: {key} is an object array (Python objects)",
-                                "edgekd never unpickles data: save plain numeric arrays") from None  # fmt: skip
+            raise ArtifactError(
+                f"{path}: {key} is an object array (Python objects)",
+                "edgekd never unpickles data: save plain numeric arrays",
+            ) from None
         raise ArtifactError(f"{path}: cannot read {key}: {_reason(e)}", _NPZ_HINT) from None
     except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
         raise ArtifactError(f"{path}: cannot read {key}: {_reason(e)}", _NPZ_HINT) from None
@@ -153,8 +155,9 @@ def _check_split(path: Path, split: str, arrays: dict[str, np.ndarray]) -> np.nd
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))):
         raise ArtifactError(f"{path}: {ikey} has shape {images.shape}, expected (N, H, W) or (N, H, W, 3)")
     if len(images) == 0:
-        raise ArtifactError(f"{path}: the {split} split is empty ({ikey} holds 0 images)",
-                            "every split (train, val, test) needs images")  # fmt: skip
+        raise ArtifactError(
+            f"{path}: the {split} split is empty ({ikey} holds 0 images)", "every split (train, val, test) needs images"
+        )
     if 0 in images.shape[1:3]:
         raise ArtifactError(f"{path}: {ikey} has shape {images.shape}: its images are empty")
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_) or labels.ndim not in (1, 2):
@@ -182,19 +185,25 @@ def _detect_task(path: Path, labels: dict[str, np.ndarray], names: list[str] | N
             raise ArtifactError(f"{path}: multi-label labels ({width} columns) must be 0/1, found {top}")
         return Task.MULTILABEL, _names(path, names, width)
     if names is not None and top >= len(names):
-        raise InvalidInputError(f"{path}: label {top} in {top_split}_labels is out of range for the "
-                                f"{len(names)} label names given", "give labels=a;b;c with one name per class")  # fmt: skip
+        raise InvalidInputError(
+            f"{path}: label {top} in {top_split}_labels is out of range for the {len(names)} label names given",
+            "give labels=a;b;c with one name per class",
+        )
     num = len(names) if names is not None else max(top + 1, 2)
     present = np.unique(labels["train"])
     if len(present) < 2:
-        raise InvalidInputError(f"{path}: every training label is {int(present[0])}: a classifier needs at least 2 "
-                                "classes", "add samples of the other classes to train_labels")  # fmt: skip
+        raise InvalidInputError(
+            f"{path}: every training label is {int(present[0])}: a classifier needs at least 2 classes",
+            "add samples of the other classes to train_labels",
+        )
     if len(present) < num:
         absent = _absent(present, num)
         shown = ", ".join(repr(names[a]) if names else str(a) for a in absent[:5]) + (" ..." if len(absent) > 5 else "")
         what = f"class {shown} has" if len(absent) == 1 else f"classes {shown} have"
-        raise InvalidInputError(f"{path}: {what} no training samples (labels run 0..{num - 1})",
-                                "labels must be 0..K-1 with every class in train_labels")  # fmt: skip
+        raise InvalidInputError(
+            f"{path}: {what} no training samples (labels run 0..{num - 1})",
+            "labels must be 0..K-1 with every class in train_labels",
+        )
     return (Task.BINARY if num == 2 else Task.MULTICLASS), _names(path, names, num)
 
 

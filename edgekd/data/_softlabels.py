@@ -72,8 +72,11 @@ class SoftLabels:
         self.abstained = np.asarray(self.abstained, dtype=bool)
         n, k = len(self.keys), len(self.label_names)
         if self.probs.shape != (n, k) or len(self.sources) != n or self.abstained.shape != (n,):
-            raise ArtifactError(f"soft labels with {n} keys, {len(self.sources)} sources, probabilities "
-                                f"{list(self.probs.shape)} and {k} classes do not fit together", _RELABEL)  # fmt: skip
+            raise ArtifactError(
+                f"soft labels with {n} keys, {len(self.sources)} sources, probabilities "
+                f"{list(self.probs.shape)} and {k} classes do not fit together",
+                _RELABEL,
+            )
         if n and (
             not np.isfinite(self.probs).all() or self.probs.min() < 0 or np.abs(self.probs.sum(1) - 1).max() > 1e-3
         ):
@@ -97,10 +100,15 @@ def write_soft_labels(path: str | Path, labels: SoftLabels) -> Path:
     path = Path(path)
     if _check_format(path) == ".npz":
         buf = io.BytesIO()
-        np.savez_compressed(buf, keys=np.array(labels.keys, dtype="U64"), sources=np.array(labels.sources, dtype=str),
-                            probs=labels.probs, abstained=labels.abstained,
-                            label_names=np.array(labels.label_names, dtype=str),
-                            meta=np.array(json.dumps(labels.meta, default=str)))  # fmt: skip
+        np.savez_compressed(
+            buf,
+            keys=np.array(labels.keys, dtype="U64"),
+            sources=np.array(labels.sources, dtype=str),
+            probs=labels.probs,
+            abstained=labels.abstained,
+            label_names=np.array(labels.label_names, dtype=str),
+            meta=np.array(json.dumps(labels.meta, default=str)),
+        )
         atomic_write_bytes(path, buf.getvalue())
         return path
     out = io.StringIO()
@@ -109,8 +117,16 @@ def write_soft_labels(path: str | Path, labels: SoftLabels) -> Path:
     hard = labels.hard
     for i, key in enumerate(labels.keys):
         label = "" if labels.abstained[i] else labels.label_names[hard[i]]
-        w.writerow([key, labels.sources[i], label, f"{labels.probs[i].max():.6f}", int(labels.abstained[i]),
-                    *(f"{p:.6f}" for p in labels.probs[i])])  # fmt: skip
+        w.writerow(
+            [
+                key,
+                labels.sources[i],
+                label,
+                f"{labels.probs[i].max():.6f}",
+                int(labels.abstained[i]),
+                *(f"{p:.6f}" for p in labels.probs[i]),
+            ]
+        )
     atomic_write_text(path, out.getvalue())
     return path
 
@@ -129,8 +145,14 @@ def read_soft_labels(path: str | Path) -> SoftLabels:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"])) if "meta" in z else {}
-                return SoftLabels([str(n) for n in z["label_names"]], [str(k) for k in z["keys"]],
-                                  [str(s) for s in z["sources"]], z["probs"], z["abstained"], meta)  # fmt: skip
+                return SoftLabels(
+                    [str(n) for n in z["label_names"]],
+                    [str(k) for k in z["keys"]],
+                    [str(s) for s in z["sources"]],
+                    z["probs"],
+                    z["abstained"],
+                    meta,
+                )
         rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
         raise ArtifactError(f"cannot read soft labels from {path} ({type(e).__name__})", _RELABEL) from None
@@ -149,8 +171,16 @@ def read_soft_labels(path: str | Path) -> SoftLabels:
 class SoftLabelDataset(Dataset):
     """Images with soft targets (``float32 [K]``) or their argmax (``int64``); ``.targets`` is always the argmax."""
 
-    def __init__(self, images: Dataset, probs: np.ndarray, *, soft: bool, paths: Sequence[Path] | None = None,
-                 channels: int, size: tuple[int, int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        images: Dataset,
+        probs: np.ndarray,
+        *,
+        soft: bool,
+        paths: Sequence[Path] | None = None,
+        channels: int,
+        size: tuple[int, int],
+    ) -> None:
         self.images, self.probs, self.soft = images, np.asarray(probs, np.float32), soft
         self.targets = self.probs.argmax(1).astype(np.int64)
         self.channels, self.image_size = channels, (int(size[0]), int(size[1]))
@@ -160,8 +190,9 @@ class SoftLabelDataset(Dataset):
     def subset(self, idx: np.ndarray, *, soft: bool) -> SoftLabelDataset:
         images = torch.utils.data.Subset(self.images, [int(i) for i in idx])
         paths = [self.paths[i] for i in idx] if hasattr(self, "paths") else None
-        return SoftLabelDataset(images, self.probs[idx], soft=soft, paths=paths, channels=self.channels,
-                                size=self.image_size)  # fmt: skip
+        return SoftLabelDataset(
+            images, self.probs[idx], soft=soft, paths=paths, channels=self.channels, size=self.image_size
+        )
 
     def __len__(self) -> int:
         return len(self.probs)
@@ -201,8 +232,9 @@ def _match_spec(table: SoftLabels, usable: np.ndarray, options: dict[str, str], 
     """(dataset of matched array images, rows, unmatched count) for rows from one ``SPEC#split[i]``."""
     specs = {s.rsplit("#", 1)[0] for s in np.array(table.sources)[usable]}
     if len(specs) != 1 or "images" in options:
-        raise ArtifactError("soft labels of array data must all come from one data spec (and take no images=)",
-                            _RELABEL)  # fmt: skip
+        raise ArtifactError(
+            "soft labels of array data must all come from one data spec (and take no images=)", _RELABEL
+        )
     spec = specs.pop()
     split = table.sources[int(np.flatnonzero(usable)[0])].rsplit("#", 1)[1].split("[")[0]
     images = load_images(spec, split=split, seed=seed)
@@ -241,18 +273,26 @@ def _softlabels(arg, options, *, seed, download, root) -> SourceData:
         paths, rows, stale = _match_files(table, usable, options)
         geometry = {k: v for k, v in options.items() if k in ("window", "frame", "size", "channels")}
         channels, size, window, frame = files_geometry(paths, geometry)
-        images = FilesDataset(paths, np.zeros(len(paths), np.int64), channels=channels, size=size, window=window,
-                              frame=frame)  # fmt: skip
+        images = FilesDataset(
+            paths, np.zeros(len(paths), np.int64), channels=channels, size=size, window=window, frame=frame
+        )
     if not rows:
         raise ArtifactError(f"no image matches a label in {arg}", f"{_RELABEL}, or point images= at their folder")
     if stale and "images" not in options and options.get("stale") != "skip":
-        raise ArtifactError(f"{stale} labelled image(s) of {arg} are missing or changed since labelling",
-                            f"{_RELABEL}, or pass stale=skip to use only the images whose labels still match")  # fmt: skip
+        raise ArtifactError(
+            f"{stale} labelled image(s) of {arg} are missing or changed since labelling",
+            f"{_RELABEL}, or pass stale=skip to use only the images whose labels still match",
+        )
     full = SoftLabelDataset(images, table.probs[rows], soft=False, paths=paths, channels=channels, size=size)
     val, test = opt_float(options, "val", 0.1), opt_float(options, "test", 0.2)
     if val + test >= 1:
         raise InvalidInputError(f"val={val} + test={test} leaves no training data", "keep val + test < 1")
     train, v, t = stratified_split(full.targets, [val, test], seed)
     task = Task.BINARY if len(table.label_names) == 2 else Task.MULTICLASS
-    return SourceData(train=full.subset(train, soft=not hard_only), val=full.subset(v, soft=False),
-                      test=full.subset(t, soft=False), task=task, label_names=list(table.label_names))  # fmt: skip
+    return SourceData(
+        train=full.subset(train, soft=not hard_only),
+        val=full.subset(v, soft=False),
+        test=full.subset(t, soft=False),
+        task=task,
+        label_names=list(table.label_names),
+    )

@@ -66,8 +66,10 @@ def make_synthetic(
         raise InvalidInputError(f"synthetic n={n} is smaller than classes={classes}", "use n >= classes")
     n_eval = max(n // 4, 2 * classes)
     if (n + 2 * n_eval) * channels * size * size > _MAX_PIXELS:
-        raise InvalidInputError(f"synthetic data of n={n}, size={size}, channels={channels} is too large",
-                                f"keep n * channels * size^2 under {_MAX_PIXELS // 2:,}")  # fmt: skip
+        raise InvalidInputError(
+            f"synthetic data of n={n}, size={size}, channels={channels} is too large",
+            f"keep n * channels * size^2 under {_MAX_PIXELS // 2:,}",
+        )
     splits = {}
     for i, (name, count) in enumerate((("train", n), ("val", n_eval), ("test", n_eval))):
         rng = np.random.default_rng([seed, 4242, i])

@@ -108,8 +108,10 @@ def files_geometry(paths: Sequence[Path], options: dict[str, str]) -> tuple[int,
         inspect_dicom(dicom, frame=frame, same_size=False, window=window)
     if not size and len(sizes) > 1:
         (a, pa), (b, pb) = list(sizes.items())[:2]
-        raise InvalidInputError(f"image {pb} is {b[0]}x{b[1]} but {pa} is {a[0]}x{a[1]}",
-                                "pass size=N to resize every image to N x N (bilinear, aspect ratio not kept)")  # fmt: skip
+        raise InvalidInputError(
+            f"image {pb} is {b[0]}x{b[1]} but {pa} is {a[0]}x{a[1]}",
+            "pass size=N to resize every image to N x N (bilinear, aspect ratio not kept)",
+        )
     shape = (size, size) if size else next(iter(sizes))
     return channels or (3 if color else 1), shape, window, frame
 
@@ -117,8 +119,16 @@ def files_geometry(paths: Sequence[Path], options: dict[str, str]) -> tuple[int,
 class FilesDataset(Dataset):
     """Image files (PIL formats and DICOM together) decoded to one geometry; ``.paths`` and ``.targets``."""
 
-    def __init__(self, paths: Sequence[Path], targets: np.ndarray, *, channels: int, size: tuple[int, int],
-                 window: Window | str = "auto", frame: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        targets: np.ndarray,
+        *,
+        channels: int,
+        size: tuple[int, int],
+        window: Window | str = "auto",
+        frame: int | None = None,
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.targets = targets
         self.channels, self.image_size = channels, (int(size[0]), int(size[1]))
@@ -129,10 +139,17 @@ class FilesDataset(Dataset):
             self._where.append((d, n_dcm if d else n_pil))
             n_dcm, n_pil = n_dcm + d, n_pil + (not d)
         pick = np.array(dicom, dtype=bool)
-        self._dicom = DicomDataset([p for p, d in zip(self.paths, dicom) if d], targets[pick], channels=channels,
-                                   size=self.image_size, window=window, frame=frame)  # fmt: skip
-        self._pil = FileDataset([p for p, d in zip(self.paths, dicom) if not d], targets[~pick], channels=channels,
-                                size=self.image_size)  # fmt: skip
+        self._dicom = DicomDataset(
+            [p for p, d in zip(self.paths, dicom) if d],
+            targets[pick],
+            channels=channels,
+            size=self.image_size,
+            window=window,
+            frame=frame,
+        )
+        self._pil = FileDataset(
+            [p for p, d in zip(self.paths, dicom) if not d], targets[~pick], channels=channels, size=self.image_size
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -201,16 +218,18 @@ class ImageSet:
         return pixels_key(self._raw[index][0].numpy())
 
 
-def _folder_set(source: str, arg: str, options: dict[str, str], channels: int | None,
-                size: tuple[int, int] | None) -> ImageSet:  # fmt: skip
+def _folder_set(
+    source: str, arg: str, options: dict[str, str], channels: int | None, size: tuple[int, int] | None
+) -> ImageSet:
     base = Path(arg).expanduser()
     if not base.is_dir():
         raise ArtifactError(f"image folder {base} does not exist", "check the path (no commas in spec paths)")
     valid = FOLDER_OPTIONS + (_DICOM_IGNORED if source == "dicom" else ())
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise InvalidInputError(f"unknown option {unknown[0]!r} for unlabelled images {source}:",
-                                f"valid keys: {', '.join(FOLDER_OPTIONS)}")  # fmt: skip
+        raise InvalidInputError(
+            f"unknown option {unknown[0]!r} for unlabelled images {source}:", f"valid keys: {', '.join(FOLDER_OPTIONS)}"
+        )
     paths = image_files(base)
     if source == "dicom":
         paths = [p for p in paths if is_dicom_file(p)]
@@ -219,14 +238,22 @@ def _folder_set(source: str, arg: str, options: dict[str, str], channels: int | 
         own["size"] = "1"  # the caller's size: any image size is fine, nothing to compare
     c, s, window, frame = files_geometry(paths, own)
     channels, size = channels or c, size or s
-    ds = FilesDataset(paths, np.full(len(paths), -1, np.int64), channels=channels, size=size, window=window,
-                      frame=frame)  # fmt: skip
+    ds = FilesDataset(
+        paths, np.full(len(paths), -1, np.int64), channels=channels, size=size, window=window, frame=frame
+    )
     spec = format_data_spec(source, str(base), {k: v for k, v in options.items() if k in FOLDER_OPTIONS})
     return ImageSet(spec, ds, [str(p) for p in paths], True, channels, tuple(size), None)
 
 
-def load_images(spec: str, *, channels: int | None = None, size: tuple[int, int] | None = None,
-                split: str = "train", seed: int = 0, download: bool = False) -> ImageSet:  # fmt: skip
+def load_images(
+    spec: str,
+    *,
+    channels: int | None = None,
+    size: tuple[int, int] | None = None,
+    split: str = "train",
+    seed: int = 0,
+    download: bool = False,
+) -> ImageSet:
     """Unlabelled images from a folder or from one split (or ``all``) of a labelled source.
 
     Args:
@@ -254,7 +281,10 @@ def load_images(spec: str, *, channels: int | None = None, size: tuple[int, int]
     raw = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
     paths = [getattr(p, "paths", None) for p in parts]
     files = all(p is not None for p in paths)
-    sources = ([str(x) for p in paths for x in p] if files else
-               [f"{bundle.spec}#{s}[{i}]" for s, p in zip(names, parts) for i in range(len(p))])  # fmt: skip
+    sources = (
+        [str(x) for p in paths for x in p]
+        if files
+        else [f"{bundle.spec}#{s}[{i}]" for s, p in zip(names, parts) for i in range(len(p))]
+    )
     channels, size = channels or bundle.channels, tuple(size or bundle.image_size)
     return ImageSet(bundle.spec, _Conformed(raw, channels, size), sources, files, channels, size, split, raw)

@@ -145,8 +145,10 @@ def load_checkpoint(out_dir: Path, model, objective, optimizer, scaler) -> Train
         optimizer.load_state_dict(_unflatten_optimizer(part(""), meta["optimizer"]))
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0].rstrip(":")
-        raise ArtifactError(f"--resume: the checkpoint in {path.parent} is of another model or loss setup ({first})",
-                            "resume with the same --model/--student, data and losses, or start a new --out") from None  # fmt: skip
+        raise ArtifactError(
+            f"--resume: the checkpoint in {path.parent} is of another model or loss setup ({first})",
+            "resume with the same --model/--student, data and losses, or start a new --out",
+        ) from None
     if meta.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(meta["scaler"])
     torch.set_rng_state(tensors["rng.torch"])

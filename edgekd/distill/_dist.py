@@ -37,8 +37,19 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from edgekd.errors import InvalidInputError
 
-__all__ = ["DistContext", "init_distributed", "train_sampler", "eval_sampler", "gather_rows", "launch_nproc",
-           "per_rank_batch", "all_max", "under_launcher", "GlobalBatchNorm", "sync_batchnorm"]  # fmt: skip
+__all__ = [
+    "DistContext",
+    "init_distributed",
+    "train_sampler",
+    "eval_sampler",
+    "gather_rows",
+    "launch_nproc",
+    "per_rank_batch",
+    "all_max",
+    "under_launcher",
+    "GlobalBatchNorm",
+    "sync_batchnorm",
+]
 
 _TIMEOUT = _dt.timedelta(minutes=10)  # a rank that died leaves the others waiting at most this long
 
@@ -103,15 +114,16 @@ def init_distributed(device_type: str) -> DistContext:
 def per_rank_batch(global_batch: int, ctx: DistContext) -> int:
     """The batch each rank loads: the global batch the user set, divided by the world size."""
     if global_batch % ctx.world:
-        raise InvalidInputError(f"--batch-size {global_batch} does not divide by the {ctx.world} processes",
-                                f"use a multiple of {ctx.world}, e.g. {ctx.world * max(1, global_batch // ctx.world)}")  # fmt: skip
+        raise InvalidInputError(
+            f"--batch-size {global_batch} does not divide by the {ctx.world} processes",
+            f"use a multiple of {ctx.world}, e.g. {ctx.world * max(1, global_batch // ctx.world)}",
+        )
     return global_batch // ctx.world
 
 
 def train_sampler(dataset: Dataset, ctx: DistContext, *, seed: int) -> DistributedSampler:
     """The training shuffle: the same permutation on every rank, each rank taking every ``world``-th sample."""
-    return DistributedSampler(dataset, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=seed,
-                              drop_last=False)  # fmt: skip
+    return DistributedSampler(dataset, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=seed, drop_last=False)
 
 
 def eval_sampler(dataset: Dataset, ctx: DistContext) -> DistributedSampler | None:
@@ -164,8 +176,16 @@ def launch_nproc(nproc: int, argv: list[str]) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "edgekd", *rest]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "edgekd",
+        *rest,
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)
@@ -233,8 +253,9 @@ def sync_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in list(model.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
-            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                  child.track_running_stats)  # fmt: skip
+            new = GlobalBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             if child.affine:
                 new.weight, new.bias = child.weight, child.bias
             if child.track_running_stats:

@@ -35,17 +35,33 @@ from edgekd.teachers import Teacher
 __all__ = ["finetune", "finetune_objective", "task_objective"]
 
 
-def task_objective(model: nn.Module, preprocess: Preprocess, data: DataBundle, cfg: TrainConfig,
-                   teachers: Sequence[Teacher], losses: Sequence[str], *,
-                   teacher_weights: Sequence[float] | None = None, cache: TeacherCache | None = None) -> Objective:  # fmt: skip
+def task_objective(
+    model: nn.Module,
+    preprocess: Preprocess,
+    data: DataBundle,
+    cfg: TrainConfig,
+    teachers: Sequence[Teacher],
+    losses: Sequence[str],
+    *,
+    teacher_weights: Sequence[float] | None = None,
+    cache: TeacherCache | None = None,
+) -> Objective:
     """The objective of a training run: plain supervised CE without teachers and with losses ``ce:1``, else
     the distillation objective; either way the task term takes ``cfg``'s class weighting and label smoothing."""
     weights = class_weights(data, cfg.class_weighting)
     if not teachers and list(losses) == ["ce:1"]:
         return SupervisedObjective(preprocess, data.task, label_smoothing=cfg.label_smoothing, class_weights=weights)
-    return build_distill_objective(model, preprocess, data.task, teachers, list(losses),
-                                   teacher_weights=teacher_weights, cache=cache,
-                                   label_smoothing=cfg.label_smoothing, class_weights=weights)  # fmt: skip
+    return build_distill_objective(
+        model,
+        preprocess,
+        data.task,
+        teachers,
+        list(losses),
+        teacher_weights=teacher_weights,
+        cache=cache,
+        label_smoothing=cfg.label_smoothing,
+        class_weights=weights,
+    )
 
 
 def finetune_objective(

@@ -58,10 +58,18 @@ class LabelReport:
     class_counts: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"out": str(self.out), "data": self.data, "images": self.images, "abstained": self.abstained,
-                "min_confidence": self.min_confidence, "label_names": self.label_names, "teachers": self.teachers,
-                "agreement": self.agreement, "mean_confidence": self.mean_confidence,
-                "class_counts": self.class_counts}  # fmt: skip
+        return {
+            "out": str(self.out),
+            "data": self.data,
+            "images": self.images,
+            "abstained": self.abstained,
+            "min_confidence": self.min_confidence,
+            "label_names": self.label_names,
+            "teachers": self.teachers,
+            "agreement": self.agreement,
+            "mean_confidence": self.mean_confidence,
+            "class_counts": self.class_counts,
+        }
 
 
 def load_label_teachers(refs: Sequence[str]) -> tuple[list[Teacher], list[str], Task]:
@@ -78,8 +86,10 @@ def load_label_teachers(refs: Sequence[str]) -> tuple[list[Teacher], list[str], 
         if names is None:
             names, task = list(card.label_names), card.task
         elif list(card.label_names) != names:
-            raise InvalidInputError(f"teacher {ref} predicts {card.label_names}, the first teacher {names}",
-                                    "every teacher must predict the same classes in the same order")  # fmt: skip
+            raise InvalidInputError(
+                f"teacher {ref} predicts {card.label_names}, the first teacher {names}",
+                "every teacher must predict the same classes in the same order",
+            )
         net, card = load_model_dir(ref)
         teacher = Teacher.from_module(net, card.preprocess, name=str(ref), num_classes=len(card.label_names))
         teacher.fingerprint = sha256_file(Path(ref) / WEIGHTS_FILE)  # as distillation records it
@@ -95,8 +105,10 @@ def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
         return np.full(n, 1.0 / n)
     w = np.asarray(weights, dtype=np.float64)
     if len(w) != n or (w < 0).any() or w.sum() <= 0 or not np.isfinite(w).all():
-        raise InvalidInputError(f"{len(w)} teacher weights for {n} teachers, or a negative/zero-sum weight",
-                                "give one non-negative --teacher-weight per teacher")  # fmt: skip
+        raise InvalidInputError(
+            f"{len(w)} teacher weights for {n} teachers, or a negative/zero-sum weight",
+            "give one non-negative --teacher-weight per teacher",
+        )
     return w / w.sum()
 
 
@@ -105,13 +117,17 @@ def teacher_agreement(probs: np.ndarray) -> dict[str, Any]:
     top = probs.argmax(2)
     t = len(top)
     pairwise = [[float((top[a] == top[b]).mean()) if top.shape[1] else 1.0 for b in range(t)] for a in range(t)]
-    return {"all": float((top == top[0]).all(0).mean()) if top.shape[1] else 1.0, "pairwise": pairwise,
-            "teacher_confidence": [float(p.max(1).mean()) if len(p) else 0.0 for p in probs]}  # fmt: skip
+    return {
+        "all": float((top == top[0]).all(0).mean()) if top.shape[1] else 1.0,
+        "pairwise": pairwise,
+        "teacher_confidence": [float(p.max(1).mean()) if len(p) else 0.0 for p in probs],
+    }
 
 
 @torch.no_grad()
-def _probabilities(teachers: list[Teacher], images: ImageSet, batch_size: int, device: torch.device,
-                   progress: bool) -> np.ndarray:  # fmt: skip
+def _probabilities(
+    teachers: list[Teacher], images: ImageSet, batch_size: int, device: torch.device, progress: bool
+) -> np.ndarray:
     loader = make_loader(images.dataset, batch_size, shuffle=False)
     out: list[list[np.ndarray]] = [[] for _ in teachers]
     bar, total = task_progress("label", len(images), progress)
@@ -175,10 +191,18 @@ def label_images(
     agreement = teacher_agreement(probs)
     described = [{"name": t.name, "weights_sha256": t.fingerprint, "weight": float(wk)} for t, wk in zip(nets, w)]
     counts = np.bincount(mean.argmax(1)[~abstained], minlength=len(names))
-    report = LabelReport(out=out, data=images.spec, images=len(images), abstained=int(abstained.sum()),
-                         min_confidence=float(min_confidence), label_names=names, teachers=described,
-                         agreement=agreement, mean_confidence=float(confidence.mean()) if len(confidence) else 0.0,
-                         class_counts={n: int(c) for n, c in zip(names, counts)})  # fmt: skip
+    report = LabelReport(
+        out=out,
+        data=images.spec,
+        images=len(images),
+        abstained=int(abstained.sum()),
+        min_confidence=float(min_confidence),
+        label_names=names,
+        teachers=described,
+        agreement=agreement,
+        mean_confidence=float(confidence.mean()) if len(confidence) else 0.0,
+        class_counts={n: int(c) for n, c in zip(names, counts)},
+    )
     meta = {k: v for k, v in report.to_json().items() if k != "out"}
     keys = [images.key(i) for i in range(len(images))]
     # absolute paths, so that softlabels:FILE finds the images from any working directory

@@ -44,8 +44,17 @@ from edgekd.errors import DependencyError, Interrupted, InvalidInputError, Train
 from edgekd.metrics import compute_metrics
 from edgekd.specs import Preprocess, Task
 
-__all__ = ["fit", "Trainer", "Schedule", "FitResult", "predict", "resolve_device", "lr_at", "check_learned",
-           "EXPLODE_FACTOR"]  # fmt: skip
+__all__ = [
+    "fit",
+    "Trainer",
+    "Schedule",
+    "FitResult",
+    "predict",
+    "resolve_device",
+    "lr_at",
+    "check_learned",
+    "EXPLODE_FACTOR",
+]
 
 # A step loss above this many times the run's first loss (floored at 1: a fine-tuned model can start near 0)
 # has diverged. Cross-entropy at chance is ln K (0.69 for two classes), so the limit is >= 100 and a legitimate
@@ -161,9 +170,19 @@ class Trainer:
         >>> model.load_state_dict(result.best_state)
     """
 
-    def __init__(self, model: nn.Module, objective: Objective, data: DataBundle, cfg: TrainConfig,
-                 out_dir: str | Path, *, preprocess: Preprocess, progress: bool = True,
-                 on_epoch_end: Callable[[int, dict], None] | None = None, record_steps: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        data: DataBundle,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        *,
+        preprocess: Preprocess,
+        progress: bool = True,
+        on_epoch_end: Callable[[int, dict], None] | None = None,
+        record_steps: bool = False,
+    ) -> None:
         self.model, self.objective, self.data, self.cfg = model, objective, data, cfg
         self.out_dir, self.preprocess, self.on_epoch_end = Path(out_dir), preprocess, on_epoch_end
         self.dist = init_distributed(resolve_device(cfg.device).type)
@@ -183,8 +202,14 @@ class Trainer:
         self.schedule = Schedule.of(len(self.sampler), self.batch, cfg)
         self.val_sampler = eval_sampler(data.val, self.dist)
         # Pinned host memory on CUDA: the non_blocking copies of a step overlap the previous step's kernels.
-        self.val_loader = DataLoader(data.val, batch_size=self.batch * 2, shuffle=False, sampler=self.val_sampler,
-                                     num_workers=cfg.num_workers, pin_memory=cuda)  # fmt: skip
+        self.val_loader = DataLoader(
+            data.val,
+            batch_size=self.batch * 2,
+            shuffle=False,
+            sampler=self.val_sampler,
+            num_workers=cfg.num_workers,
+            pin_memory=cuda,
+        )
         params = list(model.parameters()) + [p for p in objective.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(cfg, params)
         # A gradient scaler only for fp16: bf16 has fp32's exponent range and needs none.
@@ -234,15 +259,27 @@ class Trainer:
         check_learned(state, self.data.labels("val") if len(self.data.val) else None, self.data.task, lr=cfg.lr)
         if state.best_state is None:  # resumed a finished run
             state.best_state = load_best(self.out_dir)
-        return FitResult(state.best_epoch, state.best_metric, cfg.select_metric, state.history, state.best_state,
-                         state.best_val, self.runtime())  # fmt: skip
+        return FitResult(
+            state.best_epoch,
+            state.best_metric,
+            cfg.select_metric,
+            state.history,
+            state.best_state,
+            state.best_val,
+            self.runtime(),
+        )
 
     def runtime(self) -> dict[str, Any]:
         """What the run resolved ``auto`` to: device (and GPU name), mixed precision, memory format, processes."""
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         amp = str(self.amp_dtype).removeprefix("torch.") if self.amp else None
-        return {"device": self.device.type, "gpu": gpu, "amp": amp, "channels_last": self.channels_last,
-                "world_size": self.dist.world}  # fmt: skip
+        return {
+            "device": self.device.type,
+            "gpu": gpu,
+            "amp": amp,
+            "channels_last": self.channels_last,
+            "world_size": self.dist.world,
+        }
 
     def _epoch(self, epoch: int, state: TrainState) -> dict[str, Any]:
         """Train one epoch, validate, and fold the result into ``state``; returns the history record."""
@@ -250,8 +287,13 @@ class Trainer:
             self.train_ds.set_epoch(self.objective.augment_epoch(epoch))  # a teacher cache may replay earlier views
         self.objective.on_epoch_start(epoch, self.cfg.epochs)
         self.sampler.set_epoch(epoch)
-        loader = DataLoader(_Indexed(self.train_ds), batch_size=self.batch, sampler=self.sampler,
-                            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda")  # fmt: skip
+        loader = DataLoader(
+            _Indexed(self.train_ds),
+            batch_size=self.batch,
+            sampler=self.sampler,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         stats = self._train_one_epoch(loader, epoch)
         val = compute_metrics(*self._validate(), self.data.task)
         record = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}}
@@ -362,8 +404,10 @@ def _device(cfg: TrainConfig, ctx: DistContext) -> torch.device:
 def _epoch_means(sums: dict[str, torch.Tensor], seen: int, ctx: DistContext) -> dict[str, float]:
     if ctx.enabled:  # the epoch's loss terms over every rank's samples
         keys = sorted(sums)
-        t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32).reshape(()).cpu() for k in keys]
-                        + [torch.tensor(float(seen))])  # fmt: skip
+        t = torch.stack(
+            [torch.as_tensor(sums[k], dtype=torch.float32).reshape(()).cpu() for k in keys]
+            + [torch.tensor(float(seen))]
+        )
         torch.distributed.all_reduce(t)
         sums, seen = dict(zip(keys, t[:-1])), int(t[-1].item())
     return {k: float(v) / max(seen, 1) for k, v in sums.items()}
@@ -394,8 +438,9 @@ def fit(
     A checkpoint of the last epoch is written to ``out_dir/checkpoint`` after every epoch; ``resume``
     continues from it with the same optimizer state, data order and schedule. See :class:`Trainer`.
     """
-    trainer = Trainer(model, objective, data, cfg, out_dir, preprocess=preprocess, progress=progress,
-                      on_epoch_end=on_epoch_end)  # fmt: skip
+    trainer = Trainer(
+        model, objective, data, cfg, out_dir, preprocess=preprocess, progress=progress, on_epoch_end=on_epoch_end
+    )
     return trainer.fit(resume=resume)
 
 
@@ -410,14 +455,19 @@ def _make_deterministic(cuda: bool) -> None:
 def _interrupted(out_dir: Path, done: int, epochs: int) -> Interrupted:
     """Ctrl-C inside an epoch: the checkpoint of the last finished epoch is what a resume continues from."""
     if done:
-        return Interrupted(f"interrupted during epoch {done + 1} of {epochs}; the checkpoint after epoch {done} is "
-                           f"kept in {out_dir / CKPT_DIR}", "run the same command again with --resume to continue")  # fmt: skip
+        return Interrupted(
+            f"interrupted during epoch {done + 1} of {epochs}; the checkpoint after epoch {done} is "
+            f"kept in {out_dir / CKPT_DIR}",
+            "run the same command again with --resume to continue",
+        )
     return Interrupted(f"interrupted during epoch 1 of {epochs}, before any checkpoint", "run the command again")
 
 
 def _diverged_hint(lr: float) -> str:
-    return (f"the learning rate is the likely cause: lower --lr (now {lr:g}; e.g. {lr / 10:g}) or add --grad-clip; "
-            "otherwise check the data and the loss weights; no model was written")  # fmt: skip
+    return (
+        f"the learning rate is the likely cause: lower --lr (now {lr:g}; e.g. {lr / 10:g}) or add --grad-clip; "
+        "otherwise check the data and the loss weights; no model was written"
+    )
 
 
 def check_learned(state: TrainState, val_targets: np.ndarray | None, task: Task, *, lr: float) -> None:
@@ -439,17 +489,25 @@ def check_learned(state: TrainState, val_targets: np.ndarray | None, task: Task,
         return
     majority = float(np.bincount(y).max()) / len(y)
     accs = [float(h["val_acc"]) for h in hist if "val_acc" in h]
-    aurocs = [float(h["val_auroc"]) for h in hist if isinstance(h.get("val_auroc"), float) and h["val_auroc"] == h["val_auroc"]]
+    aurocs = [
+        float(h["val_auroc"])
+        for h in hist
+        if isinstance(h.get("val_auroc"), float) and h["val_auroc"] == h["val_auroc"]
+    ]
     losses = [float(h["loss"]) for h in hist if "loss" in h]
     at_chance = bool(accs) and max(accs) <= majority + 1e-9 and (not aurocs or max(aurocs) <= 0.5 + 1e-9)
     if not at_chance or not losses or min(losses) < state.loss_reference:
         return
-    msg = (f"training did not learn: after {len(hist)} epoch(s) the best validation accuracy {max(accs):.3f} is no "
-           f"better than always predicting the most frequent class ({majority:.3f})"
-           + (f", AUROC {max(aurocs):.3f}" if aurocs else "")
-           + f", and the training loss never fell below its first value ({state.loss_reference:.3g})")  # fmt: skip
-    hint = (f"the learning rate is the likely cause: try another --lr (now {lr:g}; too high stalls as surely as too "
-            "low) or check that the labels match the images; no model was written")  # fmt: skip
+    msg = (
+        f"training did not learn: after {len(hist)} epoch(s) the best validation accuracy {max(accs):.3f} is no "
+        f"better than always predicting the most frequent class ({majority:.3f})"
+        + (f", AUROC {max(aurocs):.3f}" if aurocs else "")
+        + f", and the training loss never fell below its first value ({state.loss_reference:.3g})"
+    )
+    hint = (
+        f"the learning rate is the likely cause: try another --lr (now {lr:g}; too high stalls as surely as too "
+        "low) or check that the labels match the images; no model was written"
+    )
     raise TrainingDivergedError(msg, hint)
 
 

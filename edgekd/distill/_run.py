@@ -79,8 +79,7 @@ def _check_prepare(settings: RunSettings, out: Path, overwrite: bool) -> Path:
             return work
         if has_checkpoint(out):  # a finished run: resuming it re-writes the same model
             return out
-        raise ArtifactError(f"--resume: no checkpoint for {out} (looked in {work} and {out})",
-                            "start without --resume")  # fmt: skip
+        raise ArtifactError(f"--resume: no checkpoint for {out} (looked in {work} and {out})", "start without --resume")
     check_output(out, overwrite=overwrite, inputs=_inputs(settings))
     if settings.cache is not None and settings.cache.dir and Path(settings.cache.dir).is_file():
         raise InvalidInputError(f"--cache-dir {settings.cache.dir} is a file", "give a folder for the teacher cache")
@@ -89,8 +88,9 @@ def _check_prepare(settings: RunSettings, out: Path, overwrite: bool) -> Path:
     return work
 
 
-def _open_cache(settings: RunSettings, work: Path, teachers, bundle: DataBundle, ctx: DistContext
-                ) -> TeacherCache | None:  # fmt: skip
+def _open_cache(
+    settings: RunSettings, work: Path, teachers, bundle: DataBundle, ctx: DistContext
+) -> TeacherCache | None:
     """Rank 0 opens (creates or checks) the cache first; then every other rank opens the same files."""
     c = settings.cache
     if c is None:
@@ -98,9 +98,16 @@ def _open_cache(settings: RunSettings, work: Path, teachers, bundle: DataBundle,
     cache = None
     for turn in (True, False):
         if ctx.is_main == turn:
-            cache = TeacherCache.open(Path(c.dir) if c.dir else work / "teacher_cache", teachers=teachers,
-                                      data=bundle, augment=settings.train.augment, seed=settings.train.seed,
-                                      views=c.views or settings.train.epochs, topk=c.topk, readonly=c.readonly)  # fmt: skip
+            cache = TeacherCache.open(
+                Path(c.dir) if c.dir else work / "teacher_cache",
+                teachers=teachers,
+                data=bundle,
+                augment=settings.train.augment,
+                seed=settings.train.seed,
+                views=c.views or settings.train.epochs,
+                topk=c.topk,
+                readonly=c.readonly,
+            )
         ctx.barrier()
     if ctx.enabled:
         cache.share(lambda filled: all_max(filled, ctx), writer=ctx.is_main)
@@ -136,16 +143,24 @@ def run_training(
     out, cfg = Path(out), settings.train
     torch.manual_seed(cfg.seed)
     bundle = data if data is not None else load_data(settings.data, download=settings.download, seed=cfg.seed)
-    net, spec, pre, parent = resolve_student(settings.student, bundle, small_input=settings.small_input,
-                                             pretrained=settings.pretrained, channels=settings.channels,
-                                             input_size=settings.input_size)  # fmt: skip
-    teachers = [load_teacher(t, data=bundle, pretrained=settings.pretrained_teacher, trust_pickle=settings.trust_pickle)
-                for t in settings.teachers]  # fmt: skip
+    net, spec, pre, parent = resolve_student(
+        settings.student,
+        bundle,
+        small_input=settings.small_input,
+        pretrained=settings.pretrained,
+        channels=settings.channels,
+        input_size=settings.input_size,
+    )
+    teachers = [
+        load_teacher(t, data=bundle, pretrained=settings.pretrained_teacher, trust_pickle=settings.trust_pickle)
+        for t in settings.teachers
+    ]
     ctx = init_distributed(resolve_device(cfg.device).type)
     work = _prepare(settings, out, overwrite, ctx)
     try:
-        return _run_in(work, settings, out, bundle, net, spec, pre, parent, teachers, ctx, progress=progress,
-                       command=command)  # fmt: skip
+        return _run_in(
+            work, settings, out, bundle, net, spec, pre, parent, teachers, ctx, progress=progress, command=command
+        )
     except BaseException as e:
         problem = _after_failure(e, settings, work, out, ctx)
         if problem is None:
@@ -153,8 +168,21 @@ def run_training(
         raise problem from e
 
 
-def _run_in(work: Path, settings: RunSettings, out: Path, bundle: DataBundle, net, spec, pre, parent,
-            teachers: list[Teacher], ctx: DistContext, *, progress: bool, command: str | None) -> ModelCard:  # fmt: skip
+def _run_in(
+    work: Path,
+    settings: RunSettings,
+    out: Path,
+    bundle: DataBundle,
+    net,
+    spec,
+    pre,
+    parent,
+    teachers: list[Teacher],
+    ctx: DistContext,
+    *,
+    progress: bool,
+    command: str | None,
+) -> ModelCard:
     """The run inside its work folder: objective, loop, lineage, test evaluation, model directory, rename."""
     cfg = settings.train
     cache = _open_cache(settings, work, teachers, bundle, ctx)
@@ -181,17 +209,29 @@ def _run_in(work: Path, settings: RunSettings, out: Path, bundle: DataBundle, ne
     if cache is not None:
         cache.flush()
     flush_unlabeled(objective)
-    lineage = Lineage(command=command if command is not None else current_command(), parent=parent,
-                      data=bundle.spec, stage=settings.stage, teachers=[t.name for t in teachers],
-                      losses=["ce"] if isinstance(objective, SupervisedObjective) else settings.loss_terms,
-                      notes={"runtime": result.runtime, **_notes(objective, teachers, cache, work),
-                             **unlabeled_notes(objective)},
-                      parent_sha256=sha256_file(Path(parent) / WEIGHTS_FILE) if parent else None)  # fmt: skip
+    lineage = Lineage(
+        command=command if command is not None else current_command(),
+        parent=parent,
+        data=bundle.spec,
+        stage=settings.stage,
+        teachers=[t.name for t in teachers],
+        losses=["ce"] if isinstance(objective, SupervisedObjective) else settings.loss_terms,
+        notes={"runtime": result.runtime, **_notes(objective, teachers, cache, work), **unlabeled_notes(objective)},
+        parent_sha256=sha256_file(Path(parent) / WEIGHTS_FILE) if parent else None,
+    )
     if not ctx.is_main:  # rank 0 evaluates and writes the model directory; the others read its card
         ctx.barrier()
         return read_card(out)
-    card = finish_run(net, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage,
-                      intended_use=settings.intended_use)  # fmt: skip
+    card = finish_run(
+        net,
+        result,
+        spec=spec,
+        preprocess=pre,
+        data=bundle,
+        out=work,
+        lineage=lineage,
+        intended_use=settings.intended_use,
+    )
     if work != out:
         (work / MARKER_FILE).unlink(missing_ok=True)  # edgekd.json marks the finished model directory
         replace_dir(work, out)
@@ -199,8 +239,9 @@ def _run_in(work: Path, settings: RunSettings, out: Path, bundle: DataBundle, ne
     return card
 
 
-def _after_failure(e: BaseException, settings: RunSettings, work: Path, out: Path, ctx: DistContext
-                   ) -> EdgeKDError | None:  # fmt: skip
+def _after_failure(
+    e: BaseException, settings: RunSettings, work: Path, out: Path, ctx: DistContext
+) -> EdgeKDError | None:
     """Keep the work folder only where ``--resume`` can use it; return the error to raise instead (None: ``e``).
 
     Kept (rank 0 decides; the folder is shared): the run diverged after a good epoch or was interrupted after
@@ -218,17 +259,27 @@ def _after_failure(e: BaseException, settings: RunSettings, work: Path, out: Pat
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     if disk:
-        what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
-                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-                errno.EROFS: "the file system is read-only"}.get(e.errno, e.strerror or type(e).__name__)  # fmt: skip
+        what = {
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "the disk quota is exceeded",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted",
+            errno.EROFS: "the file system is read-only",
+        }.get(e.errno, e.strerror or type(e).__name__)
         where = f" writing {e.filename}" if e.filename else ""
-        left = (f"the checkpoint in {work} is kept for --resume" if keep
-                else f"the unfinished run's work folder {work} was removed, nothing was written to {out}")  # fmt: skip
-        return ArtifactError(f"training to {out} failed: {what}{where}",
-                             f"free disk space or fix the permissions and run again; {left}")  # fmt: skip
+        left = (
+            f"the checkpoint in {work} is kept for --resume"
+            if keep
+            else f"the unfinished run's work folder {work} was removed, nothing was written to {out}"
+        )
+        return ArtifactError(
+            f"training to {out} failed: {what}{where}", f"free disk space or fix the permissions and run again; {left}"
+        )
     if isinstance(e, TrainingDivergedError) and keep and e.epochs_done:
-        e.hint = (f"{e.hint}; the checkpoint after epoch {e.epochs_done} (the last good one) is kept in {work}: run "
-                  "the same command with a lower --lr and --resume to continue from it")  # fmt: skip
+        e.hint = (
+            f"{e.hint}; the checkpoint after epoch {e.epochs_done} (the last good one) is kept in {work}: run "
+            "the same command with a lower --lr and --resume to continue from it"
+        )
     elif isinstance(e, TrainingDivergedError) and not settings.resume:
         e.hint = f"{e.hint}; nothing is kept beside {out}"
     return None
@@ -264,8 +315,14 @@ def _notes(objective: Objective, teachers: list[Teacher], cache: TeacherCache | 
     if cache is not None:
         where = cache.directory.resolve()  # inside the run: relative, as the model directory is renamed into place
         where = where.relative_to(work.resolve()) if where.is_relative_to(work.resolve()) else where
-        notes["cache"] = {"dir": str(where), "status": cache.status, "views": cache.views,
-                          "topk": cache.topk, "hits": cache.hits, "misses": cache.misses}  # fmt: skip
+        notes["cache"] = {
+            "dir": str(where),
+            "status": cache.status,
+            "views": cache.views,
+            "topk": cache.topk,
+            "hits": cache.hits,
+            "misses": cache.misses,
+        }
     return notes
 
 

@@ -67,14 +67,32 @@ class UnlabeledDistillObjective(DistillObjective):
         seen: unlabelled images used so far.
     """
 
-    def __init__(self, base: DistillObjective, images: ImageSet, *, batch: int, seed: int, augment: str = "none",
-                 cache: TeacherCache | None = None, student: torch.nn.Module | None = None) -> None:  # fmt: skip
-        super().__init__(base.preprocess, base.task, base.teachers, base.terms, list(base.losses),
-                         teacher_weights=base.teacher_weights, cache=base.cache, student=student)  # fmt: skip
+    def __init__(
+        self,
+        base: DistillObjective,
+        images: ImageSet,
+        *,
+        batch: int,
+        seed: int,
+        augment: str = "none",
+        cache: TeacherCache | None = None,
+        student: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__(
+            base.preprocess,
+            base.task,
+            base.teachers,
+            base.terms,
+            list(base.losses),
+            teacher_weights=base.teacher_weights,
+            cache=base.cache,
+            student=student,
+        )
         dkd = [t.name for t in self.terms if t.name == "dkd"]
         if dkd:
-            raise InvalidInputError("dkd needs the true class and cannot learn from unlabelled images",
-                                    "use kd (or dist) with --unlabeled")  # fmt: skip
+            raise InvalidInputError(
+                "dkd needs the true class and cannot learn from unlabelled images", "use kd (or dist) with --unlabeled"
+            )
         self.images, self.batch, self.seed, self.unlabeled_cache = images, int(batch), int(seed), cache
         self._data = images.dataset
         if not Augment.preset(augment).is_identity:
@@ -146,23 +164,42 @@ def _stamp(images: ImageSet) -> str:
     return h.hexdigest()[:16]
 
 
-def _open_cache(settings: RunSettings, work: Path, base: DistillObjective, bundle: DataBundle,
-                images: ImageSet) -> TeacherCache | None:  # fmt: skip
+def _open_cache(
+    settings: RunSettings, work: Path, base: DistillObjective, bundle: DataBundle, images: ImageSet
+) -> TeacherCache | None:
     c = settings.cache
     if c is None or base.cache is None or _rank()[1] > 1:
         return None
     ds = images.dataset
-    data = DataBundle(spec=f"unlabeled:{images.spec}#{_stamp(images)}", train=ds, val=ds, test=ds, task=bundle.task,
-                      label_names=bundle.label_names, num_classes=bundle.num_classes, channels=images.channels,
-                      image_size=images.image_size, mean=bundle.mean, std=bundle.std)  # fmt: skip
+    data = DataBundle(
+        spec=f"unlabeled:{images.spec}#{_stamp(images)}",
+        train=ds,
+        val=ds,
+        test=ds,
+        task=bundle.task,
+        label_names=bundle.label_names,
+        num_classes=bundle.num_classes,
+        channels=images.channels,
+        image_size=images.image_size,
+        mean=bundle.mean,
+        std=bundle.std,
+    )
     folder = Path(c.dir).with_name(Path(c.dir).name + ".unlabeled") if c.dir else work / "teacher_cache_unlabeled"
-    return TeacherCache.open(folder, teachers=base.teachers, data=data, augment=settings.train.augment,
-                             seed=settings.train.seed + 1, views=base.cache.views, topk=c.topk,
-                             readonly=c.readonly)  # fmt: skip
+    return TeacherCache.open(
+        folder,
+        teachers=base.teachers,
+        data=data,
+        augment=settings.train.augment,
+        seed=settings.train.seed + 1,
+        views=base.cache.views,
+        topk=c.topk,
+        readonly=c.readonly,
+    )
 
 
-def with_unlabeled(objective: Objective, settings: RunSettings, bundle: DataBundle, student: torch.nn.Module,
-                   work: Path) -> Objective:  # fmt: skip
+def with_unlabeled(
+    objective: Objective, settings: RunSettings, bundle: DataBundle, student: torch.nn.Module, work: Path
+) -> Objective:
     """The run's objective, wrapped for ``settings.unlabeled`` (unchanged when there is none).
 
     Raises:
@@ -172,16 +209,30 @@ def with_unlabeled(objective: Objective, settings: RunSettings, bundle: DataBund
     if not settings.unlabeled:
         return objective
     if not isinstance(objective, DistillObjective):
-        raise InvalidInputError("--unlabeled needs a teacher: unlabelled images only carry the teacher's outputs",
-                                "pass --teacher DIR")  # fmt: skip
-    images = load_images(settings.unlabeled, channels=bundle.channels, size=bundle.image_size, split="train",
-                         seed=settings.train.seed, download=settings.download)  # fmt: skip
+        raise InvalidInputError(
+            "--unlabeled needs a teacher: unlabelled images only carry the teacher's outputs", "pass --teacher DIR"
+        )
+    images = load_images(
+        settings.unlabeled,
+        channels=bundle.channels,
+        size=bundle.image_size,
+        split="train",
+        seed=settings.train.seed,
+        download=settings.download,
+    )
     if len(images) == 0:
         raise InvalidInputError(f"--unlabeled {settings.unlabeled} holds no images")
     batch = max(1, round(settings.unlabeled_ratio * settings.train.batch_size))
     cache = _open_cache(settings, work, objective, bundle, images)
-    return UnlabeledDistillObjective(objective, images, batch=batch, seed=settings.train.seed,
-                                     augment=settings.train.augment, cache=cache, student=student)  # fmt: skip
+    return UnlabeledDistillObjective(
+        objective,
+        images,
+        batch=batch,
+        seed=settings.train.seed,
+        augment=settings.train.augment,
+        cache=cache,
+        student=student,
+    )
 
 
 def flush_unlabeled(objective: Objective) -> None:
@@ -195,7 +246,14 @@ def unlabeled_notes(objective: Objective) -> dict[str, Any]:
     if not isinstance(objective, UnlabeledDistillObjective):
         return {}
     cache = objective.unlabeled_cache
-    return {"unlabeled": {"data": objective.images.spec, "images": len(objective.images),
-                          "batch": objective.batch, "seen": objective.seen,
-                          "cache": None if cache is None else {"dir": str(cache.directory), "status": cache.status,
-                                                               "hits": cache.hits, "misses": cache.misses}}}  # fmt: skip
+    return {
+        "unlabeled": {
+            "data": objective.images.spec,
+            "images": len(objective.images),
+            "batch": objective.batch,
+            "seen": objective.seen,
+            "cache": None
+            if cache is None
+            else {"dir": str(cache.directory), "status": cache.status, "hits": cache.hits, "misses": cache.misses},
+        }
+    }

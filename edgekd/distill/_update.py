@@ -121,9 +121,19 @@ class LwFObjective(Objective):
             running ones.
     """
 
-    def __init__(self, preprocess: Preprocess, task: Task, old: Teacher, old_index: Sequence[int], *,
-                 weight: float = 1.0, T: float = 2.0, label_smoothing: float = 0.0,
-                 class_weights: torch.Tensor | None = None, freeze_norm: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        preprocess: Preprocess,
+        task: Task,
+        old: Teacher,
+        old_index: Sequence[int],
+        *,
+        weight: float = 1.0,
+        T: float = 2.0,
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+        freeze_norm: bool = True,
+    ) -> None:
         super().__init__(preprocess)
         if not weight >= 0 or not T > 0:
             raise InvalidInputError(f"LwF weight {weight} must be >= 0 and T {T} > 0", "e.g. --lwf-weight 1")
@@ -140,8 +150,9 @@ class LwFObjective(Objective):
             freeze_norm_stats(model)
         old = self.old.logits(images).float()  # before the student: its activations stay warm for backward
         logits = model(self.student_input(images))
-        ce = task_loss(logits, targets, self.task, label_smoothing=self.label_smoothing,
-                       class_weights=self.class_weights)  # fmt: skip
+        ce = task_loss(
+            logits, targets, self.task, label_smoothing=self.label_smoothing, class_weights=self.class_weights
+        )
         # kd_div carries Hinton's T^2; the paper's L_old does not (see the module docstring)
         lwf = kd_div(logits.float().index_select(1, self.old_index), old, T=self.T) / (self.T * self.T)
         return ce + self.weight * lwf, {"ce": ce.detach(), "lwf": lwf.detach()}
@@ -183,16 +194,27 @@ def plan_classes(old: Sequence[str], new: Sequence[str]) -> tuple[list[str], lis
 def _remap(bundle: DataBundle, names: list[str], lut: list[int]) -> DataBundle:
     table = np.asarray(lut, dtype=np.int64)
     parts = {s: _Remapped(bundle.split(s), table) for s in ("train", "val", "test")}
-    return DataBundle(spec=bundle.spec, **parts, task=Task.MULTICLASS, label_names=names, num_classes=len(names),
-                      channels=bundle.channels, image_size=bundle.image_size, mean=bundle.mean, std=bundle.std)  # fmt: skip
+    return DataBundle(
+        spec=bundle.spec,
+        **parts,
+        task=Task.MULTICLASS,
+        label_names=names,
+        num_classes=len(names),
+        channels=bundle.channels,
+        image_size=bundle.image_size,
+        mean=bundle.mean,
+        std=bundle.std,
+    )
 
 
 def _head(model: nn.Module, classes: int) -> str:
     """Name of the classifier: the last ``nn.Linear`` with ``classes`` outputs."""
     heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == classes]
     if not heads:
-        raise InvalidInputError(f"no linear classifier with {classes} outputs found",
-                                "class-incremental updates need a model whose head is an nn.Linear")  # fmt: skip
+        raise InvalidInputError(
+            f"no linear classifier with {classes} outputs found",
+            "class-incremental updates need a model whose head is an nn.Linear",
+        )
     return heads[-1]
 
 
@@ -215,15 +237,24 @@ def extend_head(old: nn.Module, new: nn.Module, old_index: Sequence[int]) -> Non
         elif key in state and state[key].shape == value.shape:
             out[key] = state[key]
         else:
-            raise ArtifactError(f"cannot carry weight {key!r} into the extended model", "update a model directory "
-                                "written by edgekd train or distill")  # fmt: skip
+            raise ArtifactError(
+                f"cannot carry weight {key!r} into the extended model",
+                "update a model directory written by edgekd train or distill",
+            )
     new.load_state_dict(out)
 
 
 def _chain(model_dir: Path, card: ModelCard, parent_sha: str) -> list[dict[str, Any]]:
     earlier = list((card.lineage.notes.get("update") or {}).get("chain") or [])
-    return earlier + [{"model": str(model_dir), "sha256": parent_sha, "data": card.lineage.data,
-                       "stage": card.lineage.stage, "label_names": list(card.label_names)}]  # fmt: skip
+    return earlier + [
+        {
+            "model": str(model_dir),
+            "sha256": parent_sha,
+            "data": card.lineage.data,
+            "stage": card.lineage.stage,
+            "label_names": list(card.label_names),
+        }
+    ]
 
 
 def _student(model_dir: Path, card: ModelCard, names: list[str], old_index: list[int]) -> nn.Module:
@@ -231,8 +262,10 @@ def _student(model_dir: Path, card: ModelCard, names: list[str], old_index: list
     if list(names) == list(card.label_names):
         return net
     if card.structure and len(names) != len(card.label_names):
-        raise InvalidInputError(f"{model_dir} is pruned: its head cannot be extended here",
-                                "update the unpruned model, then prune the update")  # fmt: skip
+        raise InvalidInputError(
+            f"{model_dir} is pruned: its head cannot be extended here",
+            "update the unpruned model, then prune the update",
+        )
     fresh = build_model(card.spec.model_copy(update={"num_classes": len(names)}))
     if card.structure:  # same classes in another order: the pruned widths apply unchanged
         apply_structure(fresh, card.structure)
@@ -275,8 +308,10 @@ def update_model(
     if Task.MULTILABEL in (bundle.task, card.task):
         raise InvalidInputError("edgekd update handles single-label tasks", "multi-label LwF is not implemented")
     if bundle.channels != card.preprocess.data_channels:
-        raise InvalidInputError(f"{model_dir} reads {card.preprocess.data_channels}-channel images, the data has "
-                                f"{bundle.channels}", "update with data of the same kind of images")  # fmt: skip
+        raise InvalidInputError(
+            f"{model_dir} reads {card.preprocess.data_channels}-channel images, the data has {bundle.channels}",
+            "update with data of the same kind of images",
+        )
     names, lut = plan_classes(card.label_names, bundle.label_names)
     if lut is not None:
         bundle = _remap(bundle, names, lut)
@@ -301,7 +336,7 @@ def update_model(
             label_smoothing=cfg.label_smoothing,
             class_weights=weights,
             freeze_norm=freeze_norm,
-        )  # fmt: skip
+        )
     )
     check_output(out, overwrite=overwrite, inputs=(model_dir,))
     work = work_dir(out)
@@ -313,16 +348,37 @@ def update_model(
     try:  # update has no --resume: a failed run leaves nothing beside OUT (a diverged one included)
         result = fit(student, objective, bundle, cfg, work, preprocess=pre, progress=progress)
         new_classes = [n for n in names if n not in card.label_names]
-        notes = {"update": {"method": "finetune" if lwf is None else "lwf", "lwf_weight": lwf, "T": temperature,
-                            "freeze_norm": freeze_norm,
-                            "kind": "class-incremental" if new_classes else "domain-incremental",
-                            "new_classes": new_classes, "chain": _chain(model_dir, card, parent_sha)}}  # fmt: skip
-        lineage = Lineage(command=command if command is not None else current_command(), parent=str(model_dir),
-                          parent_sha256=parent_sha, data=bundle.spec, stage="update",
-                          teachers=[] if lwf is None else [str(model_dir)],
-                          losses=["ce"] if lwf is None else ["ce", f"lwf:{lwf:g},T={temperature:g}"], notes=notes)  # fmt: skip
-        new_card = finish_run(student, result, spec=spec, preprocess=pre, data=bundle, out=work, lineage=lineage,
-                              intended_use=bundle.intended_use or card.intended_use)  # fmt: skip
+        notes = {
+            "update": {
+                "method": "finetune" if lwf is None else "lwf",
+                "lwf_weight": lwf,
+                "T": temperature,
+                "freeze_norm": freeze_norm,
+                "kind": "class-incremental" if new_classes else "domain-incremental",
+                "new_classes": new_classes,
+                "chain": _chain(model_dir, card, parent_sha),
+            }
+        }
+        lineage = Lineage(
+            command=command if command is not None else current_command(),
+            parent=str(model_dir),
+            parent_sha256=parent_sha,
+            data=bundle.spec,
+            stage="update",
+            teachers=[] if lwf is None else [str(model_dir)],
+            losses=["ce"] if lwf is None else ["ce", f"lwf:{lwf:g},T={temperature:g}"],
+            notes=notes,
+        )
+        new_card = finish_run(
+            student,
+            result,
+            spec=spec,
+            preprocess=pre,
+            data=bundle,
+            out=work,
+            lineage=lineage,
+            intended_use=bundle.intended_use or card.intended_use,
+        )
         (work / MARKER_FILE).unlink(missing_ok=True)
         replace_dir(work, out)
     except BaseException:

@@ -136,12 +136,14 @@ def _io_of(files: list[BundleFile]) -> tuple[list[TensorInfo], list[TensorInfo]]
 
 
 def _entry(path: Path, kind: str, precision: Precision | None = None) -> ManifestFile:
-    return ManifestFile(name=path.name, sha256=sha256_file(path), kind=kind, precision=precision,
-                        bytes=path.stat().st_size)  # fmt: skip
+    return ManifestFile(
+        name=path.name, sha256=sha256_file(path), kind=kind, precision=precision, bytes=path.stat().st_size
+    )
 
 
-def _write_support_files(tmp: Path, card: ModelCard, inputs: list[TensorInfo], reference: Reference | None
-                         ) -> list[ManifestFile]:  # fmt: skip
+def _write_support_files(
+    tmp: Path, card: ModelCard, inputs: list[TensorInfo], reference: Reference | None
+) -> list[ManifestFile]:
     labels = {"task": card.task.value, "labels": list(card.label_names)}
     (tmp / LABELS_FILE).write_text(json.dumps(labels, indent=2) + "\n")
     name = inputs[0].name if inputs else "input"
@@ -158,18 +160,32 @@ def _write_support_files(tmp: Path, card: ModelCard, inputs: list[TensorInfo], r
     return entries
 
 
-def _manifest(card: ModelCard, files: list[ManifestFile], inputs: list[TensorInfo], outputs: list[TensorInfo],
-              **fields: Any) -> Manifest:  # fmt: skip
+def _manifest(
+    card: ModelCard, files: list[ManifestFile], inputs: list[TensorInfo], outputs: list[TensorInfo], **fields: Any
+) -> Manifest:
     precisions = [f.precision for f in files if f.precision is not None]
     versions = {**package_versions(), **(fields.pop("versions", None) or {})}
     return Manifest(
-        name=card.spec.name, target=fields.pop("target"), task=card.task, label_names=list(card.label_names),
-        precision=precisions[0] if precisions else None, precisions=list(dict.fromkeys(precisions)),
-        inputs=inputs, outputs=outputs, dynamic_batch=bool(inputs) and static_batch(inputs[0]) is None,
-        files=files, metrics=card.metrics, preprocess=card.preprocess.model_dump(mode="json"),
-        spec=card.spec.model_dump(mode="json"), params=card.params, macs=card.macs, versions=versions,
-        lineage=card.lineage.model_dump(mode="json"), intended_use=card.intended_use, **fields,
-    )  # fmt: skip
+        name=card.spec.name,
+        target=fields.pop("target"),
+        task=card.task,
+        label_names=list(card.label_names),
+        precision=precisions[0] if precisions else None,
+        precisions=list(dict.fromkeys(precisions)),
+        inputs=inputs,
+        outputs=outputs,
+        dynamic_batch=bool(inputs) and static_batch(inputs[0]) is None,
+        files=files,
+        metrics=card.metrics,
+        preprocess=card.preprocess.model_dump(mode="json"),
+        spec=card.spec.model_dump(mode="json"),
+        params=card.params,
+        macs=card.macs,
+        versions=versions,
+        lineage=card.lineage.model_dump(mode="json"),
+        intended_use=card.intended_use,
+        **fields,
+    )
 
 
 def write_bundle(
@@ -226,8 +242,19 @@ def write_bundle(
         entries += _write_support_files(tmp, card, inputs, reference)
         if ood_reference is not None:
             entries.append(_entry(write_reference(tmp, ood_reference), "ood-reference"))
-        manifest = _manifest(card, entries, inputs, outputs, target=target, exporter=exporter or {}, profile=profile,
-                             parity=parity, lint=lint or [], extra=extra or {}, versions=versions)  # fmt: skip
+        manifest = _manifest(
+            card,
+            entries,
+            inputs,
+            outputs,
+            target=target,
+            exporter=exporter or {},
+            profile=profile,
+            parity=parity,
+            lint=lint or [],
+            extra=extra or {},
+            versions=versions,
+        )
         manifest.isa = isa
         manifest.ood = ood
         (tmp / MODEL_CARD_FILE).write_text(render_model_card(manifest, card))

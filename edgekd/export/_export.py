@@ -68,21 +68,30 @@ def _load(model_dir: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
     return model, card.model_copy(update=updates)
 
 
-def _validation(files: list[BundleFile], card: ModelCard, data: str | None, target_sensitivity: float | None,
-                say: Callable[[str], None]) -> BundleCheck:  # fmt: skip
+def _validation(
+    files: list[BundleFile],
+    card: ModelCard,
+    data: str | None,
+    target_sensitivity: float | None,
+    say: Callable[[str], None],
+) -> BundleCheck:
     """OOD reference and operating point of the bundle's first ONNX file on the validation split."""
     primary = next((f for f in files if f.kind == "onnx"), None)
     if primary is None:
         return BundleCheck(None, None, {"available": False, "reason": "no ONNX file"})
     bundle, why = validation_data(card, data)
-    check = validate_bundle_file(Path(primary.source), card, bundle, target_sensitivity=target_sensitivity,
-                                 reason=why)  # fmt: skip
+    check = validate_bundle_file(Path(primary.source), card, bundle, target_sensitivity=target_sensitivity, reason=why)
     if check.operating_point is not None:
         p = check.operating_point
-        say(f"operating threshold {p['threshold']:.4g} (val sensitivity {p['sensitivity']:.3f} >= target "
-            f"{p['target_sensitivity']:g}, specificity {p['specificity']:.3f})")  # fmt: skip
-    say(f"out-of-distribution reference: {', '.join(check.ood['spaces'])} ({check.ood['images']} val images)"
-        if check.reference is not None else f"no out-of-distribution reference: {check.ood.get('reason')}")  # fmt: skip
+        say(
+            f"operating threshold {p['threshold']:.4g} (val sensitivity {p['sensitivity']:.3f} >= target "
+            f"{p['target_sensitivity']:g}, specificity {p['specificity']:.3f})"
+        )
+    say(
+        f"out-of-distribution reference: {', '.join(check.ood['spaces'])} ({check.ood['images']} val images)"
+        if check.reference is not None
+        else f"no out-of-distribution reference: {check.ood.get('reason')}"
+    )
     return check
 
 

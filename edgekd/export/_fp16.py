@@ -34,11 +34,28 @@ __all__ = ["to_fp16", "FP32_OPS"]
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = float(np.finfo(np.float16).max)
 # Ops kept in float32: inputs that the ONNX spec types as float only, or that lose meaning in FP16.
-FP32_OPS = frozenset({
-    "Resize", "Upsample", "Range", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "NonMaxSuppression", "RoiAlign",
-    "TopK", "CumSum", "Multinomial", "EyeLike", "STFT", "DFT",
-})  # fmt: skip
+FP32_OPS = frozenset(
+    {
+        "Resize",
+        "Upsample",
+        "Range",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "NonMaxSuppression",
+        "RoiAlign",
+        "TopK",
+        "CumSum",
+        "Multinomial",
+        "EyeLike",
+        "STFT",
+        "DFT",
+    }
+)
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:
@@ -96,8 +113,9 @@ def _wrap_io(graph: onnx.GraphProto, floats: set[str]) -> tuple[list[onnx.NodePr
     return head, tail
 
 
-def _keep_fp32(node: onnx.NodeProto, floats: set[str], inits: dict[str, TensorProto], fp32_inits: set[str]
-               ) -> list[onnx.NodeProto]:  # fmt: skip
+def _keep_fp32(
+    node: onnx.NodeProto, floats: set[str], inits: dict[str, TensorProto], fp32_inits: set[str]
+) -> list[onnx.NodeProto]:
     """Surround an FP32-only node with casts; returns the nodes that replace it."""
     before, after = [], []
     for i, name in enumerate(node.input):

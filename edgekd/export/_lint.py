@@ -53,9 +53,18 @@ __all__ = ["Finding", "lint_onnx", "lint_errors", "resolve_profile", "LINT_TARGE
 
 LINT_TARGETS = ("tensorrt",)
 LINT_RULES = (
-    "opset-range", "unsupported-op", "custom-op", "qoperator", "qdq-type", "qdq-zero-point", "qdq-scale",
-    "qdq-weight-axis", "dynamic-shape", "profile", "shape-inference",
-)  # fmt: skip
+    "opset-range",
+    "unsupported-op",
+    "custom-op",
+    "qoperator",
+    "qdq-type",
+    "qdq-zero-point",
+    "qdq-scale",
+    "qdq-weight-axis",
+    "dynamic-shape",
+    "profile",
+    "shape-inference",
+)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 Shapes = tuple[list[int], list[int], list[int]]
@@ -205,8 +214,10 @@ def _qdq_type(g: _Graph, node: onnx.NodeProto) -> str | None:
 
 def _type_message(dtype: str) -> str:
     if dtype == "uint8":
-        return ("uint8 Q/DQ is asymmetric quantization; TensorRT needs int8 with zero point 0 "
-                "(quantize activations and weights as symmetric QInt8)")  # fmt: skip
+        return (
+            "uint8 Q/DQ is asymmetric quantization; TensorRT needs int8 with zero point 0 "
+            "(quantize activations and weights as symmetric QInt8)"
+        )
     if dtype == "int32":
         return "int32 DequantizeLinear (a quantized bias) is not parsed by TensorRT; keep biases in float"
     return f"quantized type {dtype} is not supported by TensorRT Q/DQ (int8, fp8 e4m3, int4)"
@@ -332,9 +343,11 @@ def resolve_profile(profile: dict | None, inputs: list[TensorInfo]) -> dict[str,
     try:
         return {name: (list(s["min"]), list(s["opt"]), list(s["max"])) for name, s in profile.items()}
     except (KeyError, TypeError) as e:
-        raise InvalidInputError(f"malformed optimization profile {profile!r}",
-                                'use {"min_batch": 1, "opt_batch": 8, "max_batch": 32} or '
-                                '{"input": {"min": [...], "opt": [...], "max": [...]}}') from e  # fmt: skip
+        raise InvalidInputError(
+            f"malformed optimization profile {profile!r}",
+            'use {"min_batch": 1, "opt_batch": 8, "max_batch": 32} or '
+            '{"input": {"min": [...], "opt": [...], "max": [...]}}',
+        ) from e
 
 
 def _check_shapes(info: TensorInfo, shapes: Shapes) -> list[Finding]:
@@ -364,8 +377,11 @@ def _check_shapes(info: TensorInfo, shapes: Shapes) -> list[Finding]:
 
 def _check_dynamic(inputs: list[TensorInfo], profile: dict | None) -> list[Finding]:
     shapes = resolve_profile(profile, inputs)
-    out = [_err("profile", f"<profile {n}>", None, f"the profile names {n!r}, which is not a "
-                    "graph input") for n in shapes if n not in {i.name for i in inputs}]  # fmt: skip
+    out = [
+        _err("profile", f"<profile {n}>", None, f"the profile names {n!r}, which is not a graph input")
+        for n in shapes
+        if n not in {i.name for i in inputs}
+    ]
     for info in inputs:
         dyn, name = _dynamic_dims(info), f"<input {info.name}>"
         if info.name in shapes:
@@ -391,8 +407,9 @@ def _check_dynamic(inputs: list[TensorInfo], profile: dict | None) -> list[Findi
     return out
 
 
-def lint_onnx(path_or_model: str | os.PathLike | onnx.ModelProto, *, target: str = "tensorrt",
-              profile: dict | None = None) -> list[Finding]:  # fmt: skip
+def lint_onnx(
+    path_or_model: str | os.PathLike | onnx.ModelProto, *, target: str = "tensorrt", profile: dict | None = None
+) -> list[Finding]:
     """Check an ONNX model against what a deployment target accepts.
 
     Args:
@@ -413,8 +430,14 @@ def lint_onnx(path_or_model: str | os.PathLike | onnx.ModelProto, *, target: str
     try:
         g = _Graph(model)
         inputs, _ = onnx_io(model)
-        findings = [*g.findings, *_check_opset(model), *_check_ops(g), *_check_qdq(g), *_check_weight_axes(g),
-                    *_check_dynamic(inputs, profile)]  # fmt: skip
+        findings = [
+            *g.findings,
+            *_check_opset(model),
+            *_check_ops(g),
+            *_check_qdq(g),
+            *_check_weight_axes(g),
+            *_check_dynamic(inputs, profile),
+        ]
     except (ValueError, TypeError, KeyError, IndexError) as e:
         _raise_if_malformed(path_or_model, model, e)
         raise  # a well-formed model the lint cannot handle: a bug, reported as one

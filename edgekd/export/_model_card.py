@@ -16,9 +16,28 @@ from edgekd.modeldir import ModelCard
 __all__ = ["render_model_card", "is_medical", "RUN_SNIPPET"]
 
 _MEDICAL_WORDS = (
-    "medmnist", "pneumonia", "chest", "xray", "x-ray", "derma", "path", "blood", "organ", "retina", "breast",
-    "oct", "tissue", "ct", "mri", "fundus", "lesion", "tumor", "tumour", "clinical", "patient",
-)  # fmt: skip
+    "medmnist",
+    "pneumonia",
+    "chest",
+    "xray",
+    "x-ray",
+    "derma",
+    "path",
+    "blood",
+    "organ",
+    "retina",
+    "breast",
+    "oct",
+    "tissue",
+    "ct",
+    "mri",
+    "fundus",
+    "lesion",
+    "tumor",
+    "tumour",
+    "clinical",
+    "patient",
+)
 _METRICS = ("acc", "balanced_acc", "f1_macro", "auroc", "sensitivity", "specificity", "exact_match")
 
 RUN_SNIPPET = """\
@@ -101,21 +120,27 @@ def _scope_lines(m: Manifest) -> list[str]:
     lines = []
     if use is not None and not use.empty:
         origin = "seen in the DICOM training data" if use.source == "dicom" else "declared"
-        lines.append(f"- **Intended use** ({origin}): {use.describe()}. `edgekd predict` and `edgekd serve` refuse "
-                     "a DICOM input outside it (unless `--allow-out-of-scope`) and flag inputs without a DICOM "
-                     "header as not checkable.")  # fmt: skip
+        lines.append(
+            f"- **Intended use** ({origin}): {use.describe()}. `edgekd predict` and `edgekd serve` refuse "
+            "a DICOM input outside it (unless `--allow-out-of-scope`) and flag inputs without a DICOM "
+            "header as not checkable."
+        )
     else:
         lines.append("- No intended use is recorded (modality, body part, view): inputs are not checked against one.")
     point = m.extra.get("operating_point") if isinstance(m.extra, dict) else None
     if isinstance(point, dict) and "threshold" in point:
-        lines.append(f"- Operating threshold {point['threshold']:.6g} on P({m.label_names[-1]}), chosen on the "
-                     f"{point.get('source', 'validation split')} for sensitivity >= {point['target_sensitivity']:g} "
-                     f"(there: sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f}).")  # fmt: skip
+        lines.append(
+            f"- Operating threshold {point['threshold']:.6g} on P({m.label_names[-1]}), chosen on the "
+            f"{point.get('source', 'validation split')} for sensitivity >= {point['target_sensitivity']:g} "
+            f"(there: sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f})."
+        )
     if m.ood and m.ood.get("available"):
-        lines.append(f"- Every prediction carries an out-of-distribution score from `drift_reference.npz` "
-                     f"({' and '.join(m.ood.get('spaces', []))} spaces, {m.ood.get('images')} validation images); "
-                     "an image beyond the 99.5th percentile of the combined score on held-out validation images "
-                     "is flagged.")  # fmt: skip
+        lines.append(
+            f"- Every prediction carries an out-of-distribution score from `drift_reference.npz` "
+            f"({' and '.join(m.ood.get('spaces', []))} spaces, {m.ood.get('images')} validation images); "
+            "an image beyond the 99.5th percentile of the combined score on held-out validation images "
+            "is flagged."
+        )
     return lines
 
 
@@ -169,6 +194,12 @@ def _other_runtimes(m: Manifest) -> list[str]:
 
 def render_model_card(manifest: Manifest, card: ModelCard) -> str:
     """The Markdown text of ``MODEL_CARD.md``."""
-    parts = [_overview(manifest, card), _data_and_metrics(card), _files_and_parity(manifest),
-             _use_and_limits(card, manifest), _how_to_run(manifest), _other_runtimes(manifest)]  # fmt: skip
+    parts = [
+        _overview(manifest, card),
+        _data_and_metrics(card),
+        _files_and_parity(manifest),
+        _use_and_limits(card, manifest),
+        _how_to_run(manifest),
+        _other_runtimes(manifest),
+    ]
     return "\n".join(line for part in parts for line in part)

@@ -59,9 +59,11 @@ __all__ = [
 
 MONAI_TOLERANCE = 1e-4
 META_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
-DISCLAIMER = ("This model is a research and engineering artifact for clinical decision support only. It is not a "
-              "medical device, has not been cleared or approved by any regulator, and must not be used as the "
-              "sole basis for a diagnosis or treatment decision.")  # fmt: skip
+DISCLAIMER = (
+    "This model is a research and engineering artifact for clinical decision support only. It is not a "
+    "medical device, has not been cleared or approved by any regulator, and must not be used as the "
+    "sole basis for a diagnosis or treatment decision."
+)
 _MARKER = ".edgekd"
 _EXTRA = "pip install 'edgekd[monai]'"
 
@@ -124,7 +126,7 @@ def monai_metadata(card: ModelCard, *, versions: dict[str, str], files: dict[str
             for split in card.metrics.values()
             for k, v in split.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
-        },  # fmt: skip
+        },
         "references": ["edgekd lineage in the 'edgekd' block of this file"],
         "network_data_format": {
             "inputs": {
@@ -152,7 +154,7 @@ def monai_metadata(card: ModelCard, *, versions: dict[str, str], files: dict[str
                     "channel_def": {str(i): name for i, name in enumerate(card.label_names)},
                 }
             },
-        },  # fmt: skip
+        },
         "edgekd": {
             "spec": card.spec.model_dump(mode="json"),
             "task": card.task.value,
@@ -173,13 +175,19 @@ def _transforms(pre: Preprocess) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = [
         {"_target_": "EnsureType", "dtype": "$torch.float32", "track_meta": False},
         {"_target_": "ScaleIntensityRange", "a_min": 0.0, "a_max": 1.0 / pre.scale, "b_min": 0.0, "b_max": 1.0},
-        {"_target_": "Resize", "spatial_size": list(pre.input_size), "mode": pre.interpolation,
-         "align_corners": False, "anti_aliasing": False},
-    ]  # fmt: skip
+        {
+            "_target_": "Resize",
+            "spatial_size": list(pre.input_size),
+            "mode": pre.interpolation,
+            "align_corners": False,
+            "anti_aliasing": False,
+        },
+    ]
     if pre.channel_mode is ChannelMode.REPEAT:
         steps.append({"_target_": "RepeatChannel", "repeats": pre.in_chans // pre.data_channels})
-    steps.append({"_target_": "NormalizeIntensity", "subtrahend": list(pre.mean), "divisor": list(pre.std),
-                  "channel_wise": True})  # fmt: skip
+    steps.append(
+        {"_target_": "NormalizeIntensity", "subtrahend": list(pre.mean), "divisor": list(pre.std), "channel_wise": True}
+    )
     return steps
 
 
@@ -273,14 +281,21 @@ def _check_with_monai(root: Path, model: nn.Module, card: ModelCard) -> float:
         ours = model(p(images))
     err = float((torch.as_tensor(theirs).float() - ours.float()).abs().max())
     if not np.isfinite(err) or err > MONAI_TOLERANCE:
-        raise VerificationError(f"the MONAI bundle's outputs differ from edgekd's by {err:.3g} (> {MONAI_TOLERANCE})",
-                                "EDGEKD_DEBUG=1 for details")  # fmt: skip
+        raise VerificationError(
+            f"the MONAI bundle's outputs differ from edgekd's by {err:.3g} (> {MONAI_TOLERANCE})",
+            "EDGEKD_DEBUG=1 for details",
+        )
     return err
 
 
 def _versions(monai) -> dict[str, str]:
-    return {**package_versions(), "monai": monai.__version__, "torch": torch.__version__,
-            "numpy": np.__version__, "safetensors": version("safetensors")}  # fmt: skip
+    return {
+        **package_versions(),
+        "monai": monai.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": version("safetensors"),
+    }
 
 
 def _write(tmp: Path, model: nn.Module, card: ModelCard, onnx_files: list[Path], source: str, versions: dict) -> dict:
@@ -344,7 +359,17 @@ def export_monai_bundle(
         }
         (tmp / _MARKER).write_text(json.dumps(record, indent=2) + "\n")
     say(f"MONAI bundle written: {out}")
-    return Manifest(name=card.spec.name, target="monai", task=card.task, label_names=list(card.label_names),
-                    metrics=card.metrics, preprocess=card.preprocess.model_dump(mode="json"),
-                    spec=card.spec.model_dump(mode="json"), params=card.params, macs=card.macs, versions=versions,
-                    lineage=card.lineage.model_dump(mode="json"), extra={"monai_bundle": record})  # fmt: skip
+    return Manifest(
+        name=card.spec.name,
+        target="monai",
+        task=card.task,
+        label_names=list(card.label_names),
+        metrics=card.metrics,
+        preprocess=card.preprocess.model_dump(mode="json"),
+        spec=card.spec.model_dump(mode="json"),
+        params=card.params,
+        macs=card.macs,
+        versions=versions,
+        lineage=card.lineage.model_dump(mode="json"),
+        extra={"monai_bundle": record},
+    )

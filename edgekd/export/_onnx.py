@@ -115,8 +115,10 @@ def choose_exporter(model: nn.Module, opset: int, exporter: str = "auto") -> tup
                 "the dynamo exporter cannot trace fake-quantized models", "use exporter torchscript"
             )
         if opset < DYNAMO_MIN_OPSET:
-            raise InvalidInputError(f"the dynamo exporter implements opset >= {DYNAMO_MIN_OPSET}, not {opset}",
-                                    f"pass opset {DYNAMO_MIN_OPSET} or use exporter torchscript")  # fmt: skip
+            raise InvalidInputError(
+                f"the dynamo exporter implements opset >= {DYNAMO_MIN_OPSET}, not {opset}",
+                f"pass opset {DYNAMO_MIN_OPSET} or use exporter torchscript",
+            )
         if not _dynamo_available():
             raise DependencyError("the dynamo exporter needs onnxscript", "pip install onnxscript")
         return "dynamo", "requested"
@@ -144,9 +146,16 @@ def _export_torchscript(model: nn.Module, x: torch.Tensor, path: Path, opset: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice of this exporter; the choice is recorded
         torch.onnx.export(
-            model, (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True,
-        )  # fmt: skip
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
 
 
 def _export_dynamo(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
@@ -155,9 +164,15 @@ def _export_dynamo(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dy
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (x,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=shapes, external_data=False,
-        )  # fmt: skip
+            model,
+            (x,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=shapes,
+            external_data=False,
+        )
     program.save(str(path), external_data=False)
 
 
@@ -174,8 +189,9 @@ def _run_exporter(name: str, model: nn.Module, x: torch.Tensor, path: Path, opse
         raise ArtifactError(f"the {name} exporter failed: {msg}", "try --opset 17 or another exporter") from e
 
 
-def _export_with_fallback(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool,
-                          exporter: str, reason: str, auto: bool) -> tuple[str, str]:  # fmt: skip
+def _export_with_fallback(
+    model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool, exporter: str, reason: str, auto: bool
+) -> tuple[str, str]:
     if exporter == "dynamo":
         try:
             _run_exporter("dynamo", model, x, path, opset, dynamic)
@@ -256,8 +272,9 @@ def export_onnx(
     pre = card.preprocess
     batch = 2 if dynamic_batch else int(static_batch)  # batch 2 keeps tracers from specialising on 1
     x = torch.zeros(batch, pre.in_chans, *pre.input_size)
-    name, reason = _export_with_fallback(_prepare(model), x, path, opset, dynamic_batch, name, reason,
-                                         auto=exporter == "auto")  # fmt: skip
+    name, reason = _export_with_fallback(
+        _prepare(model), x, path, opset, dynamic_batch, name, reason, auto=exporter == "auto"
+    )
     simplified = _simplify(path) if simplify else False
     _check(path)
     inputs, outputs = onnx_io(path)

@@ -148,9 +148,15 @@ def _operating_point(z: np.ndarray, y: np.ndarray, target: float, where: str) ->
     if not math.isfinite(t):
         return None
     pred = p >= t
-    return {"threshold": t, "target_sensitivity": float(target), "split": "val", "source": where,
-            "sensitivity": float(pred[y == 1].mean()), "specificity": float((~pred[y == 0]).mean()) if (y == 0).any()
-            else math.nan, "n": int(len(y))}  # fmt: skip
+    return {
+        "threshold": t,
+        "target_sensitivity": float(target),
+        "split": "val",
+        "source": where,
+        "sensitivity": float(pred[y == 1].mean()),
+        "specificity": float((~pred[y == 0]).mean()) if (y == 0).any() else math.nan,
+        "n": int(len(y)),
+    }
 
 
 def validation_data(card: ModelCard, data: str | DataBundle | None) -> tuple[DataBundle | None, str]:
@@ -172,9 +178,14 @@ def validation_data(card: ModelCard, data: str | DataBundle | None) -> tuple[Dat
         return None, f"recorded data {spec!r} unavailable ({str(e).splitlines()[0]})"
 
 
-def validate_bundle_file(path: Path, card: ModelCard, data: DataBundle | None, *,
-                         target_sensitivity: float | None = None, reason: str = "no validation data"
-                         ) -> BundleCheck:  # fmt: skip
+def validate_bundle_file(
+    path: Path,
+    card: ModelCard,
+    data: DataBundle | None,
+    *,
+    target_sensitivity: float | None = None,
+    reason: str = "no validation data",
+) -> BundleCheck:
     """The OOD reference and (binary tasks, ``target_sensitivity`` given) the operating point of the ONNX file
     ``path`` on ``data``'s validation split; ``data=None`` (unavailable: ``reason``) gives neither."""
     if data is None:
@@ -191,13 +202,28 @@ def validate_bundle_file(path: Path, card: ModelCard, data: DataBundle | None, *
     if len(out.probs) < MIN_IMAGES:
         reason = f"{len(out.probs)} validation images (fewer than {MIN_IMAGES})"
         return BundleCheck(None, point, {"available": False, "reason": reason})
-    meta = {"data": data.spec, "split": "val", "model_file": path.name, "feature_tensor": feature,
-            "computed": "by the bundle's ONNX file"}  # fmt: skip
+    meta = {
+        "data": data.spec,
+        "split": "val",
+        "model_file": path.name,
+        "feature_tensor": feature,
+        "computed": "by the bundle's ONNX file",
+    }
     # the Gaussians are fitted on training images, their distances calibrated on the validation ones
     fit, _, _ = _run(session, feature, card.preprocess, fit_subset(data.train), data.task)
     ref = reference_from_outputs(out, card.task, fit=fit, meta=meta)
-    ood = {"available": True, "reference": "drift_reference.npz", "model_file": path.name, "feature_tensor": feature,
-           "spaces": list(ref.spaces), "images": len(out.probs), "data": data.spec, "fit": ref.meta["fit"],
-           "fit_images": ref.meta["fit_images"], "calibrated_on": "val", "quantile": OOD_QUANTILE,
-           "val_confidence_median": float(np.median(confidence_of(out.probs, card.task)))}  # fmt: skip
+    ood = {
+        "available": True,
+        "reference": "drift_reference.npz",
+        "model_file": path.name,
+        "feature_tensor": feature,
+        "spaces": list(ref.spaces),
+        "images": len(out.probs),
+        "data": data.spec,
+        "fit": ref.meta["fit"],
+        "fit_images": ref.meta["fit_images"],
+        "calibrated_on": "val",
+        "quantile": OOD_QUANTILE,
+        "val_confidence_median": float(np.median(confidence_of(out.probs, card.task))),
+    }
     return BundleCheck(ref, point, ood)

@@ -97,9 +97,11 @@ class ParityResult(BaseModel):
         verdict = "passed" if self.passed else "FAILED"
         where = f" on {self.isa}" if self.isa and self.kernels == "native" else ""
         kernels = " (reference kernels)" if self.kernels == "reference" else where
-        return (f"parity {verdict}: {self.file} [{self.precision.value}]{kernels} max_abs={self.max_abs:.2e} "
-                f"max_rel={self.max_rel:.2e} top1={self.top1_agreement:.4f} n={self.n} "
-                f"batches={self.batch_sizes} tolerance={self.tolerance.model_dump(exclude_none=True)}")  # fmt: skip
+        return (
+            f"parity {verdict}: {self.file} [{self.precision.value}]{kernels} max_abs={self.max_abs:.2e} "
+            f"max_rel={self.max_rel:.2e} top1={self.top1_agreement:.4f} n={self.n} "
+            f"batches={self.batch_sizes} tolerance={self.tolerance.model_dump(exclude_none=True)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,9 @@ def _synthetic_samples(card: ModelCard, n: int, seed: int, why: str) -> Samples:
     return Samples(pre.numpy(images), f"synthetic uniform uint8 images ({n}, seed {seed}): {why}")
 
 
-def make_samples(card: ModelCard, data: str | None = None, *, n: int = 64, split: str = "test",
-                 seed: int = 0) -> Samples:  # fmt: skip
+def make_samples(
+    card: ModelCard, data: str | None = None, *, n: int = 64, split: str = "test", seed: int = 0
+) -> Samples:
     """Preprocessed samples for parity checks: from ``data``, else the card's training data, else synthetic.
 
     Args:
@@ -296,8 +299,18 @@ def parity_check(
     tol = tolerance or TOLERANCES[precision]
     scale = float(np.abs(ref).max()) or 1.0
     return ParityResult(
-        file=os.path.basename(str(onnx_path)), precision=precision, n=len(samples), batch_sizes=sizes,
-        max_abs=max_abs, max_rel=max_abs / scale, mean_abs=sum_abs / max(count, 1), top1_agreement=top1,
-        tolerance=tol, passed=_passes(tol, max_abs, top1), samples=sample_source,
-        reference=ref_kind, kernels=kernels, isa=cpu_isa().isa,
-    )  # fmt: skip
+        file=os.path.basename(str(onnx_path)),
+        precision=precision,
+        n=len(samples),
+        batch_sizes=sizes,
+        max_abs=max_abs,
+        max_rel=max_abs / scale,
+        mean_abs=sum_abs / max(count, 1),
+        top1_agreement=top1,
+        tolerance=tol,
+        passed=_passes(tol, max_abs, top1),
+        samples=sample_source,
+        reference=ref_kind,
+        kernels=kernels,
+        isa=cpu_isa().isa,
+    )

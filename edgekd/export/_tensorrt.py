@@ -45,8 +45,9 @@ def _import_tensorrt() -> ModuleType:
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise DependencyError("building a TensorRT engine needs the tensorrt package, which is not installed",
-                              _INSTALL_HINT) from e  # fmt: skip
+        raise DependencyError(
+            "building a TensorRT engine needs the tensorrt package, which is not installed", _INSTALL_HINT
+        ) from e
     return trt
 
 
@@ -98,15 +99,18 @@ def _parse(trt: ModuleType, network: Any, logger: Any, onnx_path: Path) -> Any:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
-        raise ArtifactError(f"TensorRT cannot parse {onnx_path.name}: {errors[0] if errors else 'unknown error'}",
-                            f"run `edgekd lint-onnx {onnx_path}`")  # fmt: skip
+        raise ArtifactError(
+            f"TensorRT cannot parse {onnx_path.name}: {errors[0] if errors else 'unknown error'}",
+            f"run `edgekd lint-onnx {onnx_path}`",
+        )
     return parser
 
 
 def _profile_shapes(shape: list[int], batches: tuple[int, int, int]) -> tuple[list[int], ...]:
     if any(d < 0 for d in shape[1:]):
-        raise InvalidInputError(f"input shape {shape} has dynamic dims other than the batch",
-                                "export with a fixed input size")  # fmt: skip
+        raise InvalidInputError(
+            f"input shape {shape} has dynamic dims other than the batch", "export with a fixed input size"
+        )
     if shape[0] >= 0:
         return tuple(list(shape) for _ in range(3))
     return tuple([b, *shape[1:]] for b in batches)
@@ -208,13 +212,22 @@ def build_engine(
         atomic_write_bytes(cache_path, bytes(memoryview(cache.serialize())))
     atomic_write_bytes(engine_path, bytes(memoryview(plan)))
     meta = {
-        "engine": engine_path.name, "engine_sha256": sha256_file(engine_path), "onnx": onnx_path.name,
-        "onnx_sha256": sha256_file(onnx_path), "tensorrt": trt.__version__, **_gpu_info(), "strongly_typed": True,
-        "profile": shapes, "batch": {"min": min_batch, "opt": opt_batch, "max": max_batch},
-        "workspace_mb": int(workspace_mb), "timing_cache": str(cache_path) if cache_path else None,
-        "timing_cache_reused": reused, "build_seconds": round(seconds, 3), **_io(network),
+        "engine": engine_path.name,
+        "engine_sha256": sha256_file(engine_path),
+        "onnx": onnx_path.name,
+        "onnx_sha256": sha256_file(onnx_path),
+        "tensorrt": trt.__version__,
+        **_gpu_info(),
+        "strongly_typed": True,
+        "profile": shapes,
+        "batch": {"min": min_batch, "opt": opt_batch, "max": max_batch},
+        "workspace_mb": int(workspace_mb),
+        "timing_cache": str(cache_path) if cache_path else None,
+        "timing_cache_reused": reused,
+        "build_seconds": round(seconds, 3),
+        **_io(network),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
     atomic_write_text(sidecar_path(engine_path), json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -232,8 +245,10 @@ def run_engine(engine_path: str | os.PathLike, inputs: np.ndarray) -> np.ndarray
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:
-        raise ArtifactError(f"cannot deserialize {engine_path}", "engines only run on the TensorRT version and GPU "
-                            "they were built with: rebuild it")  # fmt: skip
+        raise ArtifactError(
+            f"cannot deserialize {engine_path}",
+            "engines only run on the TensorRT version and GPU they were built with: rebuild it",
+        )
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     in_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)

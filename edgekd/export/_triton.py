@@ -122,11 +122,14 @@ def triton_config(
         if backend == "onnxruntime"
         else ['backend: "openvino"']
     )
-    lines = [f'name: "{name}"', *head,
-             f"max_batch_size: {max_batch if batched else 0}",
-             "version_policy: { latest: { num_versions: 1 } }",
-             "input [\n" + ",\n".join(_tensor(t, batched) for t in inputs) + "\n]",
-             "output [\n" + ",\n".join(_tensor(t, batched, labels=i == 0) for i, t in enumerate(outputs)) + "\n]"]  # fmt: skip
+    lines = [
+        f'name: "{name}"',
+        *head,
+        f"max_batch_size: {max_batch if batched else 0}",
+        "version_policy: { latest: { num_versions: 1 } }",
+        "input [\n" + ",\n".join(_tensor(t, batched) for t in inputs) + "\n]",
+        "output [\n" + ",\n".join(_tensor(t, batched, labels=i == 0) for i, t in enumerate(outputs)) + "\n]",
+    ]
     if batched:
         lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}")
     if backend == "openvino":
@@ -175,8 +178,10 @@ def _check_target(repo: Path, target: Path, overwrite: bool) -> None:
     if not overwrite:
         raise InvalidInputError(f"{target} already exists", "pass --overwrite to replace it, or choose another --out")
     if not (target / PROVENANCE_FILE).is_file():
-        raise InvalidInputError(f"{target} was not written by edgekd; --overwrite only replaces edgekd outputs",
-                                "choose another --out or model name")  # fmt: skip
+        raise InvalidInputError(
+            f"{target} was not written by edgekd; --overwrite only replaces edgekd outputs",
+            "choose another --out or model name",
+        )
 
 
 def export_triton(
@@ -257,9 +262,10 @@ def export_triton(
         "max_batch_size": max_batch if _batched(inputs) else 0,
         "source": source or str(root),
         "source_manifest_sha256": sha256_file(root / MANIFEST_FILE),
-        "validated_with": "tritonclient model_config protobuf" if parsed is not None
+        "validated_with": "tritonclient model_config protobuf"
+        if parsed is not None
         else "not parsed (tritonclient[grpc] is not installed)",
-    }  # fmt: skip
+    }
     with atomic_dir(target, overwrite=True) as tmp:  # existence and ownership were checked above
         (tmp / "1").mkdir()
         if kind == "openvino":  # the backend's default model file name is model.xml (+ model.bin beside it)

@@ -79,9 +79,18 @@ def _check_file(root: Path, name: str, sha256: str, size: int) -> FileCheck:
 
 def _card_of(m: Manifest, root: Path) -> ModelCard:
     # An invalid spec or preprocess in the manifest is a damaged bundle: one line naming the field (exit 4).
-    return validate_file(ModelCard, {"spec": m.spec, "task": m.task, "label_names": m.label_names,
-                                     "preprocess": m.preprocess, "lineage": m.lineage},
-                         root / MANIFEST_FILE, "re-export the bundle")  # fmt: skip
+    return validate_file(
+        ModelCard,
+        {
+            "spec": m.spec,
+            "task": m.task,
+            "label_names": m.label_names,
+            "preprocess": m.preprocess,
+            "lineage": m.lineage,
+        },
+        root / MANIFEST_FILE,
+        "re-export the bundle",
+    )
 
 
 # Model files run in another runtime: (path, precision, task, inputs, reference, results) -> why not run, or None.
@@ -110,8 +119,15 @@ def _stored_parity(root: Path, m: Manifest, res: VerifyResult) -> None:
     for f in m.model_files():
         precision = f.precision or Precision.FP32
         if f.kind == "onnx":
-            r = parity_check(root / f.name, None, card, samples=x, reference_logits=ref, precision=precision,
-                             sample_source=f"{PARITY_FILE} ({len(x)} stored samples)")  # fmt: skip
+            r = parity_check(
+                root / f.name,
+                None,
+                card,
+                samples=x,
+                reference_logits=ref,
+                precision=precision,
+                sample_source=f"{PARITY_FILE} ({len(x)} stored samples)",
+            )
             res.parity.append(r)
         elif f.kind in RUNTIME_PARITY:  # OpenVINO IR, ExecuTorch programs: re-run in their runtime when installed
             why = RUNTIME_PARITY[f.kind](root / f.name, precision, m.task, x, ref, res.parity)
@@ -131,11 +147,22 @@ def _engine_parity(path: Path, x: np.ndarray, ref: np.ndarray, precision: Precis
     top1 = float((out.argmax(1) == ref.argmax(1)).mean())
     # TensorRT may use TF32 for FP32 layers: engines are judged by top-1 agreement, the error is reported.
     tol = Tolerance(min_top1=0.99)
-    res.parity.append(ParityResult(
-        file=path.name, precision=precision, n=len(x), batch_sizes=[1], max_abs=float(diff.max()),
-        max_rel=float(diff.max()) / (float(np.abs(ref).max()) or 1.0), mean_abs=float(diff.mean()),
-        top1_agreement=top1, tolerance=tol, passed=top1 >= 0.99, samples=PARITY_FILE, reference="stored logits",
-    ))  # fmt: skip
+    res.parity.append(
+        ParityResult(
+            file=path.name,
+            precision=precision,
+            n=len(x),
+            batch_sizes=[1],
+            max_abs=float(diff.max()),
+            max_rel=float(diff.max()) / (float(np.abs(ref).max()) or 1.0),
+            mean_abs=float(diff.mean()),
+            top1_agreement=top1,
+            tolerance=tol,
+            passed=top1 >= 0.99,
+            samples=PARITY_FILE,
+            reference="stored logits",
+        )
+    )
 
 
 def _data_parity(root: Path, m: Manifest, data: str, res: VerifyResult) -> None:
@@ -149,9 +176,17 @@ def _data_parity(root: Path, m: Manifest, data: str, res: VerifyResult) -> None:
     ref = run_onnx(ort_session(root / fp32.name), samples.inputs, 16)
     for f in onnx_files:
         if f is not fp32:
-            res.parity.append(parity_check(root / f.name, None, card, samples=samples.inputs, reference_logits=ref,
-                                           precision=f.precision or Precision.FP32,
-                                           sample_source=f"{samples.source} vs {fp32.name}"))  # fmt: skip
+            res.parity.append(
+                parity_check(
+                    root / f.name,
+                    None,
+                    card,
+                    samples=samples.inputs,
+                    reference_logits=ref,
+                    precision=f.precision or Precision.FP32,
+                    sample_source=f"{samples.source} vs {fp32.name}",
+                )
+            )
 
 
 def verify_bundle(path: str | os.PathLike, *, data: str | None = None) -> VerifyResult:
@@ -203,7 +238,8 @@ def _isa_error(m: Manifest, failed: list[ParityResult], where: str) -> Verificat
         f"{where}: its INT8 file was checked on {checked} (target {rec.get('target', m.target)}); on this {here} "
         f"CPU its stored parity samples fail ({scores} < {failed[0].tolerance.min_top1}): this CPU's INT8 kernels "
         "compute differently",
-        f"rebuild it for this CPU: edgekd quantize MODEL_DIR --target {own}" if own
+        f"rebuild it for this CPU: edgekd quantize MODEL_DIR --target {own}"
+        if own
         else "run it on the class of device it was built for",
     )
 
@@ -215,9 +251,11 @@ def _finish(res: VerifyResult, m: Manifest | None = None) -> VerifyResult:
         failed = [p for p in res.parity if not p.passed]
         if m is not None and all(f.ok for f in res.files) and (err := _isa_error(m, failed, f"bundle {res.bundle}")):
             raise err
-        raise VerificationError(f"bundle {res.bundle} failed verification: {'; '.join(problems[:3])}"
-                                + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""),
-                                "the bundle was modified or damaged after export; re-export it")  # fmt: skip
+        raise VerificationError(
+            f"bundle {res.bundle} failed verification: {'; '.join(problems[:3])}"
+            + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""),
+            "the bundle was modified or damaged after export; re-export it",
+        )
     return res
 
 
@@ -240,24 +278,39 @@ def check_isa(path: str | os.PathLike, files: list[str] | None = None) -> str | 
     root = Path(path)
     m = read_manifest(root)
     here = cpu_isa().isa
-    int8 = [f for f in m.model_files() if f.kind == "onnx" and f.precision is Precision.INT8
-            and (files is None or f.name in files)]  # fmt: skip
+    int8 = [
+        f
+        for f in m.model_files()
+        if f.kind == "onnx" and f.precision is Precision.INT8 and (files is None or f.name in files)
+    ]
     if not int8 or (m.isa or {}).get("verified_isa") == here:
         return None
     if not any(f.name == PARITY_FILE for f in m.files):
         return f"{', '.join(f.name for f in int8)}: not re-checked on this {here} CPU (the bundle stores no parity.npz)"
     x, ref = _load_reference(root)
     card = _card_of(m, root)
-    results = [parity_check(root / f.name, None, card, samples=x, reference_logits=ref, precision=Precision.INT8,
-                            sample_source=f"{PARITY_FILE} ({len(x)} stored samples)") for f in int8]  # fmt: skip
+    results = [
+        parity_check(
+            root / f.name,
+            None,
+            card,
+            samples=x,
+            reference_logits=ref,
+            precision=Precision.INT8,
+            sample_source=f"{PARITY_FILE} ({len(x)} stored samples)",
+        )
+        for f in int8
+    ]
     failed = [r for r in results if not r.passed]
     if failed:
         raise _isa_error(m, failed, f"bundle {root}") or VerificationError(
             f"bundle {root}: {failed[0].summary()}", "re-export the bundle"
         )
     checked = (m.isa or {}).get("verified_isa") or "reference kernels"
-    return (f"{', '.join(r.file for r in results)}: checked on {checked}, re-checked on this {here} CPU: "
-            f"parity passed (top-1 {min(r.top1_agreement for r in results):.3f})")  # fmt: skip
+    return (
+        f"{', '.join(r.file for r in results)}: checked on {checked}, re-checked on this {here} CPU: "
+        f"parity passed (top-1 {min(r.top1_agreement for r in results):.3f})"
+    )
 
 
 def verify_hashes(path: str | os.PathLike) -> VerifyResult:

@@ -45,8 +45,27 @@ from edgekd.monitor._reference import (
 )
 
 __all__ = [
-    "DEFAULT_THRESHOLD", "EXPECTED_RATE", "DriftReport", "check_drift", "far_images", "psi", "save_reference",
-    "REFERENCE_FILE", "Gaussian", "Outputs", "Reference", "compute_reference", "model_outputs", "read_reference",
-    "write_reference", "IMAGE_STATISTICS", "MAX_FIT_IMAGES", "MIN_IMAGES", "OOD_QUANTILE", "ood_levels", "reference_from_outputs",
-    "unit_image_statistics", "logits_and_features",
-]  # fmt: skip
+    "DEFAULT_THRESHOLD",
+    "EXPECTED_RATE",
+    "DriftReport",
+    "check_drift",
+    "far_images",
+    "psi",
+    "save_reference",
+    "REFERENCE_FILE",
+    "Gaussian",
+    "Outputs",
+    "Reference",
+    "compute_reference",
+    "model_outputs",
+    "read_reference",
+    "write_reference",
+    "IMAGE_STATISTICS",
+    "MAX_FIT_IMAGES",
+    "MIN_IMAGES",
+    "OOD_QUANTILE",
+    "ood_levels",
+    "reference_from_outputs",
+    "unit_image_statistics",
+    "logits_and_features",
+]

@@ -129,18 +129,24 @@ def _reference(model_dir: Path, model, card, reference_data: str | None, seed: i
     if reference_data is not None:
         bundle = load_data(reference_data, seed=seed)
         if bundle.num_classes != card.spec.num_classes:
-            raise InvalidInputError(f"--reference-data {reference_data} has {bundle.num_classes} classes, the model "
-                                    f"{card.spec.num_classes}")  # fmt: skip
+            raise InvalidInputError(
+                f"--reference-data {reference_data} has {bundle.num_classes} classes, the model {card.spec.num_classes}"
+            )
         meta = {"data": bundle.spec, "split": "val", "computed": "on the fly"}
-        return compute_reference(model, card.preprocess, bundle.val, card.task, card.spec.num_classes,
-                                 fit_on=bundle.train, meta=meta)  # fmt: skip
+        return compute_reference(
+            model, card.preprocess, bundle.val, card.task, card.spec.num_classes, fit_on=bundle.train, meta=meta
+        )
     ref = read_reference(model_dir)
     if ref is None:
-        raise ArtifactError(f"{model_dir} holds no drift reference (models from edgekd train, distill and update do)",
-                            "pass --reference-data SPEC to compute one from that data's validation split")  # fmt: skip
+        raise ArtifactError(
+            f"{model_dir} holds no drift reference (models from edgekd train, distill and update do)",
+            "pass --reference-data SPEC to compute one from that data's validation split",
+        )
     if ref.meta.get("weights_sha256") not in (None, sha256_file(model_dir / WEIGHTS_FILE)):
-        raise ArtifactError(f"the drift reference in {model_dir} was computed for other weights",
-                            "pass --reference-data SPEC to compute a matching one")  # fmt: skip
+        raise ArtifactError(
+            f"the drift reference in {model_dir} was computed for other weights",
+            "pass --reference-data SPEC to compute a matching one",
+        )
     return ref
 
 
@@ -174,9 +180,11 @@ def check_drift(
     model, card = load_model_dir(model_dir)
     ref = _reference(model_dir, model, card, reference_data, seed)
     if not ref.spaces:
-        raise ArtifactError(f"the drift reference of {model_dir} has no distance statistics (fewer than "
-                            f"{MIN_IMAGES} validation images)",
-                            "pass --reference-data SPEC with a larger validation split")  # fmt: skip
+        raise ArtifactError(
+            f"the drift reference of {model_dir} has no distance statistics (fewer than "
+            f"{MIN_IMAGES} validation images)",
+            "pass --reference-data SPEC with a larger validation split",
+        )
     pre = card.preprocess
     images = load_images(data, channels=pre.data_channels, size=tuple(pre.input_size), split=split, seed=seed)
     if len(images) == 0:
@@ -188,12 +196,31 @@ def check_drift(
     ks = stats.ks_2samp(ref.confidence, confidence_of(out.probs, card.task))
     hists = prob_histograms(out.probs)
     per_class = {name: psi(ref.prob_hist[k], hists[k]) for k, name in enumerate(card.label_names)}
-    signals = [s for s, on in (("far images", score > threshold), ("confidence", ks.pvalue < KS_ALPHA),
-                               ("class probabilities", max(per_class.values()) > PSI_MAJOR)) if on]  # fmt: skip
-    return DriftReport(model=str(model_dir), data=images.spec, split=images.split or "all", images=n, score=score,
-                       threshold=threshold, drift=score > threshold, far_images=far, expected_rate=EXPECTED_RATE,
-                       binomial_pvalue=float(stats.binomtest(far, n, EXPECTED_RATE, alternative="greater").pvalue),
-                       far_by_space={k: int(v.sum()) for k, v in far_by.items()},
-                       mean_d2_ratio={k: float(d2[k].mean() / g.ref_d2.mean()) for k, g in ref.spaces.items()},
-                       ks_statistic=float(ks.statistic), ks_pvalue=float(ks.pvalue), psi=per_class, reference=ref.meta,
-                       signals=signals)  # fmt: skip
+    signals = [
+        s
+        for s, on in (
+            ("far images", score > threshold),
+            ("confidence", ks.pvalue < KS_ALPHA),
+            ("class probabilities", max(per_class.values()) > PSI_MAJOR),
+        )
+        if on
+    ]
+    return DriftReport(
+        model=str(model_dir),
+        data=images.spec,
+        split=images.split or "all",
+        images=n,
+        score=score,
+        threshold=threshold,
+        drift=score > threshold,
+        far_images=far,
+        expected_rate=EXPECTED_RATE,
+        binomial_pvalue=float(stats.binomtest(far, n, EXPECTED_RATE, alternative="greater").pvalue),
+        far_by_space={k: int(v.sum()) for k, v in far_by.items()},
+        mean_d2_ratio={k: float(d2[k].mean() / g.ref_d2.mean()) for k, g in ref.spaces.items()},
+        ks_statistic=float(ks.statistic),
+        ks_pvalue=float(ks.pvalue),
+        psi=per_class,
+        reference=ref.meta,
+        signals=signals,
+    )

@@ -72,17 +72,48 @@ from edgekd.data import make_loader
 from edgekd.errors import ArtifactError
 from edgekd.specs import Preprocess, Task
 
-__all__ = ["Reference", "Gaussian", "Outputs", "compute_reference", "write_reference", "read_reference",
-           "model_outputs", "logits_and_features", "image_statistics", "unit_image_statistics", "reference_from_outputs", "ood_levels",
-           "fit_subset", "REFERENCE_FILE", "BINS", "SPACES", "IMAGE_STATISTICS", "OOD_QUANTILE", "MAX_FIT_IMAGES"]  # fmt: skip
+__all__ = [
+    "Reference",
+    "Gaussian",
+    "Outputs",
+    "compute_reference",
+    "write_reference",
+    "read_reference",
+    "model_outputs",
+    "logits_and_features",
+    "image_statistics",
+    "unit_image_statistics",
+    "reference_from_outputs",
+    "ood_levels",
+    "fit_subset",
+    "REFERENCE_FILE",
+    "BINS",
+    "SPACES",
+    "IMAGE_STATISTICS",
+    "OOD_QUANTILE",
+    "MAX_FIT_IMAGES",
+]
 
 REFERENCE_FILE = "drift_reference.npz"
 FORMAT = 2
 BINS = 10
 MAX_DIM = 256
 SPACES = ("features", "image")
-IMAGE_STATISTICS = ("mean", "std", "p1", "p5", "p25", "p50", "p75", "p95", "p99", "abs_dx", "abs_dy",
-                    "laplacian_std", "laplacian_abs")  # fmt: skip
+IMAGE_STATISTICS = (
+    "mean",
+    "std",
+    "p1",
+    "p5",
+    "p25",
+    "p50",
+    "p75",
+    "p95",
+    "p99",
+    "abs_dx",
+    "abs_dy",
+    "laplacian_std",
+    "laplacian_abs",
+)
 # Fewer validation images give no Gaussian references (confidence and PSI are still stored): a 99.5th
 # percentile and a 13-dimensional covariance need a few hundred images; below 100 they are noise.
 MIN_IMAGES = 100
@@ -219,8 +250,9 @@ def unit_image_statistics(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def model_outputs(model: nn.Module, preprocess: Preprocess, dataset: Dataset, task: Task, classes: int, *,
-                  batch_size: int = 256) -> Outputs:  # fmt: skip
+def model_outputs(
+    model: nn.Module, preprocess: Preprocess, dataset: Dataset, task: Task, classes: int, *, batch_size: int = 256
+) -> Outputs:
     """Probabilities, penultimate features and image statistics over ``dataset`` (eval mode, restored after).
 
     The features are the input of the last ``nn.Linear`` with ``classes`` outputs, or the logits without one.
@@ -266,9 +298,17 @@ def fit_subset(dataset: Dataset, seed: int = 0) -> Dataset:
     return Subset(dataset, np.sort(order).tolist())
 
 
-def compute_reference(model: nn.Module, preprocess: Preprocess, dataset: Dataset, task: Task, classes: int, *,
-                      fit_on: Dataset | None = None, meta: dict[str, Any] | None = None, seed: int = 0
-                      ) -> Reference:  # fmt: skip
+def compute_reference(
+    model: nn.Module,
+    preprocess: Preprocess,
+    dataset: Dataset,
+    task: Task,
+    classes: int,
+    *,
+    fit_on: Dataset | None = None,
+    meta: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Reference:
     """Reference statistics of ``model`` (with ``classes`` outputs) on ``dataset`` (its validation split).
 
     ``fit_on`` (the training split) is the data the Gaussians are fitted on, ``dataset`` the held-out data their
@@ -279,8 +319,9 @@ def compute_reference(model: nn.Module, preprocess: Preprocess, dataset: Dataset
     return reference_from_outputs(out, task, fit=fit, meta=meta, seed=seed)
 
 
-def reference_from_outputs(out: Outputs, task: Task, *, fit: Outputs | None = None,
-                           meta: dict[str, Any] | None = None, seed: int = 0) -> Reference:  # fmt: skip
+def reference_from_outputs(
+    out: Outputs, task: Task, *, fit: Outputs | None = None, meta: dict[str, Any] | None = None, seed: int = 0
+) -> Reference:
     """The reference of already computed :class:`Outputs` (a bundle computes them with its own ONNX file).
 
     ``out`` are the validation (calibration) outputs, ``fit`` those of the training images the Gaussians are
@@ -301,9 +342,19 @@ def reference_from_outputs(out: Outputs, task: Task, *, fit: Outputs | None = No
                 spaces[name] = Gaussian.fit(cal, seed) if fit is None else Gaussian.fit(rows(fit, name), held_out=cal)
     how = "val, two-fold cross-fitting" if fit is None else "train"
     fitted = {"fit": how, "fit_images": len(out.probs if fit is None else fit.probs), "calibrated_on": "val"}
-    info = {**(meta or {}), "images": len(out.probs), "task": task.value, "feature_dim": int(out.features.shape[1]),
-            "projection_seed": proj_seed, "bins": BINS, "image_statistics": list(IMAGE_STATISTICS),
-            "format": FORMAT, **fitted, "ood_quantile": OOD_QUANTILE, "ood_combined": "max over spaces"}  # fmt: skip
+    info = {
+        **(meta or {}),
+        "images": len(out.probs),
+        "task": task.value,
+        "feature_dim": int(out.features.shape[1]),
+        "projection_seed": proj_seed,
+        "bins": BINS,
+        "image_statistics": list(IMAGE_STATISTICS),
+        "format": FORMAT,
+        **fitted,
+        "ood_quantile": OOD_QUANTILE,
+        "ood_combined": "max over spaces",
+    }
     return Reference(confidence_of(out.probs, task), prob_histograms(out.probs), spaces, info)
 
 
@@ -349,8 +400,9 @@ def read_reference(model_dir: str | Path) -> Reference | None:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != FORMAT:
                 return None
-            spaces = {n: Gaussian(z[f"{n}_mean"], z[f"{n}_precision"], z[f"{n}_ref_d2"]) for n in SPACES
-                      if f"{n}_mean" in z}  # fmt: skip
+            spaces = {
+                n: Gaussian(z[f"{n}_mean"], z[f"{n}_precision"], z[f"{n}_ref_d2"]) for n in SPACES if f"{n}_mean" in z
+            }
             return Reference(z["confidence"], z["prob_hist"], spaces, meta)
     except (OSError, ValueError, KeyError) as e:
         raise ArtifactError(f"cannot read {path} ({type(e).__name__})", "retrain, or pass --reference-data") from None

@@ -63,13 +63,22 @@ def distill_with_baseline(
     card = distill_model(settings, out, data=bundle, overwrite=overwrite, progress=progress, command=command)
     plain = settings.model_copy(update={"teachers": [], "losses": [], "cache": None, "teacher_weights": None})
     base = train_model(plain, base_out, data=bundle, overwrite=overwrite, progress=progress, command=command)
-    teacher = load_teacher(settings.teachers[0], data=bundle, pretrained=settings.pretrained_teacher,
-                           trust_pickle=settings.trust_pickle)  # fmt: skip
+    teacher = load_teacher(
+        settings.teachers[0], data=bundle, pretrained=settings.pretrained_teacher, trust_pickle=settings.trust_pickle
+    )
     models = {"student": load_teacher(str(out), data=bundle), "baseline": load_teacher(str(base_out), data=bundle)}
     t_params = read_card(settings.teachers[0]).params if Path(settings.teachers[0]).is_dir() else None
-    diagnosis = diagnose(teacher, models, bundle, augment=settings.train.augment, seed=settings.train.seed,
-                         samples=diagnose_samples, teacher_params=t_params, student_params=read_card(out).params,
-                         losses=final_losses(out))  # fmt: skip
+    diagnosis = diagnose(
+        teacher,
+        models,
+        bundle,
+        augment=settings.train.augment,
+        seed=settings.train.seed,
+        samples=diagnose_samples,
+        teacher_params=t_params,
+        student_params=read_card(out).params,
+        losses=final_losses(out),
+    )
     (val_d, y), (val_b, _) = (split_logits(models[k], bundle, "val") for k in ("student", "baseline"))
     metric = settings.train.select_metric
     ci = bootstrap_gain([val_d], [val_b], y, bundle.task, metric, seed=settings.train.seed)

@@ -39,10 +39,23 @@ from edgekd.quantize import QuantizeConfig
 from edgekd.specs import ChannelMode, IntendedUse
 
 __all__ = [
-    "PipelineConfig", "TeacherSection", "StudentSection", "DistillSection", "PruneSection", "QuantizeSection",
-    "ExportSection", "BenchSection", "RegressionSection", "ReportSection", "HandoffSection", "KeepChoice",
-    "HandoffKeep", "load_pipeline_config", "parse_overrides", "config_from_mapping",
-]  # fmt: skip
+    "PipelineConfig",
+    "TeacherSection",
+    "StudentSection",
+    "DistillSection",
+    "PruneSection",
+    "QuantizeSection",
+    "ExportSection",
+    "BenchSection",
+    "RegressionSection",
+    "ReportSection",
+    "HandoffSection",
+    "KeepChoice",
+    "HandoffKeep",
+    "load_pipeline_config",
+    "parse_overrides",
+    "config_from_mapping",
+]
 
 
 class KeepChoice(str, Enum):
@@ -489,9 +502,12 @@ def _key_path(loc: Sequence) -> tuple:
 
 
 def config_from_mapping(
-    raw: dict[str, Any], *, source: str = "config", lines: dict[tuple, int] | None = None,
+    raw: dict[str, Any],
+    *,
+    source: str = "config",
+    lines: dict[tuple, int] | None = None,
     overrides: Sequence[str] = (),
-) -> PipelineConfig:  # fmt: skip
+) -> PipelineConfig:
     """Validate a mapping (a parsed pipeline file) after applying ``overrides``; see :func:`load_pipeline_config`."""
     raw = _normal(raw)
     overridden = set()

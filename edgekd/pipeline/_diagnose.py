@@ -48,9 +48,20 @@ from edgekd.specs import Task
 from edgekd.teachers import Teacher
 
 __all__ = [
-    "SeedStats", "KDDiagnosis", "KDComparison", "SecondaryGain", "seed_stats", "diagnose", "compare_students",
-    "suggestions", "bootstrap_gain", "bootstrap_gains", "resolve_metric", "secondary_metrics", "DECIDING_METRIC",
-]  # fmt: skip
+    "SeedStats",
+    "KDDiagnosis",
+    "KDComparison",
+    "SecondaryGain",
+    "seed_stats",
+    "diagnose",
+    "compare_students",
+    "suggestions",
+    "bootstrap_gain",
+    "bootstrap_gains",
+    "resolve_metric",
+    "secondary_metrics",
+    "DECIDING_METRIC",
+]
 
 # Evidence thresholds of the suggestions (see `suggestions`).
 AUG_DROP = 0.03  # teacher accuracy on augmented views this much below the clean views: the augmentation misleads
@@ -104,8 +115,11 @@ class SeedStats(BaseModel):
         return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
     def summary(self) -> dict[str, float]:
-        return {f"{k}_{s}": getattr(self, s_fn)(getattr(self, k)) for k in ("val", "test", "val_acc", "test_acc")
-                for s, s_fn in (("mean", "_mean"), ("std", "_std"))}  # fmt: skip
+        return {
+            f"{k}_{s}": getattr(self, s_fn)(getattr(self, k))
+            for k in ("val", "test", "val_acc", "test_acc")
+            for s, s_fn in (("mean", "_mean"), ("std", "_std"))
+        }
 
 
 def seed_stats(cards: list[ModelCard], metric: str) -> SeedStats:
@@ -114,8 +128,12 @@ def seed_stats(cards: list[ModelCard], metric: str) -> SeedStats:
     def get(card: ModelCard, split: str, m: str) -> float:
         return float(card.metrics.get(split, {}).get(m, math.nan))
 
-    return SeedStats(val=[get(c, "val", metric) for c in cards], test=[get(c, "test", metric) for c in cards],
-                     val_acc=[get(c, "val", "acc") for c in cards], test_acc=[get(c, "test", "acc") for c in cards])  # fmt: skip
+    return SeedStats(
+        val=[get(c, "val", metric) for c in cards],
+        test=[get(c, "test", metric) for c in cards],
+        val_acc=[get(c, "val", "acc") for c in cards],
+        test_acc=[get(c, "test", "acc") for c in cards],
+    )
 
 
 class KDDiagnosis(BaseModel):
@@ -259,20 +277,29 @@ def diagnose(
     t_train, t_val = _logits(teacher, images), _logits(teacher, val_images)
     conf = _confidence(t_train, task)
     diag: dict[str, Any] = {
-        "samples": len(idx), "augment": augment, "teacher_params": teacher_params, "student_params": student_params,
+        "samples": len(idx),
+        "augment": augment,
+        "teacher_params": teacher_params,
+        "student_params": student_params,
         "params_ratio": teacher_params / student_params if teacher_params and student_params else None,
-        "teacher_acc_train": _accuracy(t_train, y, task), "teacher_confidence_train": float(conf.mean()),
-        "teacher_confident_fraction": float((conf >= 0.99).mean()), "final_losses": losses or {},
-    }  # fmt: skip
+        "teacher_acc_train": _accuracy(t_train, y, task),
+        "teacher_confidence_train": float(conf.mean()),
+        "teacher_confident_fraction": float((conf >= 0.99).mean()),
+        "final_losses": losses or {},
+    }
     preset = Augment.preset(augment)
     if not preset.is_identity:
         aug = AugmentedDataset(data.train, preset, seed=seed)
         views = torch.stack([aug.apply(images[j], aug.params(int(i), 0)) for j, i in enumerate(idx)])
         diag["teacher_acc_augmented"] = _accuracy(_logits(teacher, views), y, task)
         diag["augmented_drop"] = diag["teacher_acc_train"] - diag["teacher_acc_augmented"]
-    diag["agreement"] = {name: {"train": _agreement(_logits(m, images), t_train, task),
-                                "val": _agreement(_logits(m, val_images), t_val, task)}
-                         for name, m in students.items()}  # fmt: skip
+    diag["agreement"] = {
+        name: {
+            "train": _agreement(_logits(m, images), t_train, task),
+            "val": _agreement(_logits(m, val_images), t_val, task),
+        }
+        for name, m in students.items()
+    }
     return KDDiagnosis(**diag)
 
 
@@ -287,21 +314,27 @@ def suggestions(d: KDDiagnosis | None, *, helps: bool | None, seeds: int, gain: 
         return []
     out = []
     if d.augmented_drop is not None and d.augmented_drop >= AUG_DROP:
-        out.append(f"the augmentation '{d.augment}' changes what the images show: the teacher is right on "
-                   f"{100 * d.teacher_acc_train:.1f}% of clean training images but {100 * d.teacher_acc_augmented:.1f}% "
-                   "of augmented views, so its soft labels there teach wrong answers; use a milder augmentation "
-                   "(student.train.augment: none, or one without flips or large rotations)")  # fmt: skip
+        out.append(
+            f"the augmentation '{d.augment}' changes what the images show: the teacher is right on "
+            f"{100 * d.teacher_acc_train:.1f}% of clean training images but {100 * d.teacher_acc_augmented:.1f}% "
+            "of augmented views, so its soft labels there teach wrong answers; use a milder augmentation "
+            "(student.train.augment: none, or one without flips or large rotations)"
+        )
     if d.teacher_confidence_train >= CONFIDENT:
-        out.append(f"the teacher is {100 * d.teacher_confidence_train:.1f}% confident on its own training images "
-                   f"({100 * d.teacher_confident_fraction:.0f}% of them above 0.99): its soft labels carry little beyond "
-                   "the labels; try a higher temperature (kd:1,T=8), the dist or dkd loss, or a teacher trained with "
-                   "label smoothing or for fewer epochs")  # fmt: skip
+        out.append(
+            f"the teacher is {100 * d.teacher_confidence_train:.1f}% confident on its own training images "
+            f"({100 * d.teacher_confident_fraction:.0f}% of them above 0.99): its soft labels carry little beyond "
+            "the labels; try a higher temperature (kd:1,T=8), the dist or dkd loss, or a teacher trained with "
+            "label smoothing or for fewer epochs"
+        )
     agree = d.agreement.get("student", {}).get("train")
     if d.params_ratio and d.params_ratio >= CAPACITY_RATIO and (agree is None or agree < LOW_AGREEMENT):
         kd = {k: round(v, 4) for k, v in d.final_losses.items() if k != "loss"}
-        out.append(f"capacity gap: the teacher has {d.params_ratio:.0f}x the student's parameters and the student "
-                   f"agrees with it on {100 * (agree or 0):.1f}% of training images (final losses {kd}); try a larger "
-                   "student or an intermediate teacher assistant (Mirzadeh et al. 2020)")  # fmt: skip
+        out.append(
+            f"capacity gap: the teacher has {d.params_ratio:.0f}x the student's parameters and the student "
+            f"agrees with it on {100 * (agree or 0):.1f}% of training images (final losses {kd}); try a larger "
+            "student or an intermediate teacher assistant (Mirzadeh et al. 2020)"
+        )
     if helps is not False:
         return out
     if seeds == 1 and gain is not None:
@@ -371,8 +404,9 @@ def bootstrap_gains(
     for _ in range(n):
         idx = rng.integers(0, len(y), len(y))
         for m in metrics:
-            diffs = [_metric(a[idx], y[idx], task, m) - _metric(b[idx], y[idx], task, m)
-                     for a, b in zip(distilled, baseline)]  # fmt: skip
+            diffs = [
+                _metric(a[idx], y[idx], task, m) - _metric(b[idx], y[idx], task, m) for a, b in zip(distilled, baseline)
+            ]
             gains[m].append((1.0 if higher_is_better(m) else -1.0) * float(np.mean(diffs)))
     out = {}
     for m, g in gains.items():
@@ -400,19 +434,26 @@ def _seed_values(cards: list[ModelCard], split: str, metric: str) -> list[float]
     return [float(c.metrics.get(split, {}).get(metric, math.nan)) for c in cards]
 
 
-def _secondary(distilled: list[ModelCard], baseline: list[ModelCard], names: list[str],
-               cis: dict[str, tuple[float, float]]) -> dict[str, SecondaryGain]:  # fmt: skip
+def _secondary(
+    distilled: list[ModelCard], baseline: list[ModelCard], names: list[str], cis: dict[str, tuple[float, float]]
+) -> dict[str, SecondaryGain]:
     out = {}
     for m in names:
         sign = 1.0 if higher_is_better(m) else -1.0
-        gains = {split: sign * float(np.nanmean(np.subtract(_seed_values(distilled, split, m),
-                                                            _seed_values(baseline, split, m))))
-                 for split in ("val", "test")}  # fmt: skip
+        gains = {
+            split: sign
+            * float(np.nanmean(np.subtract(_seed_values(distilled, split, m), _seed_values(baseline, split, m))))
+            for split in ("val", "test")
+        }
         if not any(math.isfinite(g) for g in gains.values()):
             continue  # not computed for these models (e.g. AUROC of a split missing a class)
         ci = cis.get(m)
-        out[m] = SecondaryGain(val=gains["val"], test=gains["test"], ci=list(ci) if ci else None,
-                               significant=None if ci is None else not (ci[0] <= 0 <= ci[1]))  # fmt: skip
+        out[m] = SecondaryGain(
+            val=gains["val"],
+            test=gains["test"],
+            ci=list(ci) if ci else None,
+            significant=None if ci is None else not (ci[0] <= 0 <= ci[1]),
+        )
     return out
 
 
@@ -455,16 +496,23 @@ def compare_students(
     choice.
     """
     d = seed_stats(distilled, metric)
-    cmp: dict[str, Any] = {"metric": metric, "seeds": len(distilled), "distilled": d, "keep": keep,
-                           "diagnosis": diagnosis}  # fmt: skip
+    cmp: dict[str, Any] = {
+        "metric": metric,
+        "seeds": len(distilled),
+        "distilled": d,
+        "keep": keep,
+        "diagnosis": diagnosis,
+    }
     if not baseline:
         cmp["message"] = "no baseline was trained (distill.baseline: false): the KD gain is not known"
         cmp["suggestions"] = suggestions(diagnosis, helps=None, seeds=len(distilled), gain=None)
         return KDComparison(**cmp)
     b = seed_stats(baseline, metric)
     sign = 1.0 if higher_is_better(metric) else -1.0  # a gain is positive when distillation is better
-    pairs = {k: np.subtract(getattr(d, k), getattr(b, k)) * (sign if k in ("val", "test") else 1.0)
-             for k in ("val", "test", "val_acc", "test_acc")}  # fmt: skip
+    pairs = {
+        k: np.subtract(getattr(d, k), getattr(b, k)) * (sign if k in ("val", "test") else 1.0)
+        for k in ("val", "test", "val_acc", "test_acc")
+    }
     gain, gain_t = float(pairs["val"].mean()), float(pairs["test"].mean())
     task = distilled[0].task
     names = secondary_metrics(metric, task) if secondary is None else [m for m in secondary if m != metric]
@@ -476,8 +524,14 @@ def compare_students(
     chosen = {"distilled": "student", "baseline": "baseline"}.get(keep) or ("baseline" if baseline_wins else "student")
     sd = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
     spread = f" ± {sd(pairs['val']):.4f}" if len(distilled) > 1 else ""
-    ci = "" if val_ci is None else (f" (95% CI {val_ci[0]:+.4f} to {val_ci[1]:+.4f}"
-                                    f"{'' if significant else ': within the noise of the validation set'})")  # fmt: skip
+    ci = (
+        ""
+        if val_ci is None
+        else (
+            f" (95% CI {val_ci[0]:+.4f} to {val_ci[1]:+.4f}"
+            f"{'' if significant else ': within the noise of the validation set'})"
+        )
+    )
     if helps:
         verdict = "helps"
     elif gain > 0:
@@ -487,14 +541,29 @@ def compare_students(
     msg = f"distillation {verdict}: val {metric} {gain:+.4f}{spread}{ci}, test {gain_t:+.4f}"
     if disagree:
         word = "but" if gain > 0 else "though"
-        msg += (f"; {word} " + ", ".join(_fmt_secondary(m, sec[m]) for m in disagree)
-                + (" beyond its noise" if len(disagree) == 1 else " beyond their noise"))  # fmt: skip
+        msg += (
+            f"; {word} "
+            + ", ".join(_fmt_secondary(m, sec[m]) for m in disagree)
+            + (" beyond its noise" if len(disagree) == 1 else " beyond their noise")
+        )
     msg += f"; the later stages use the {'distilled student' if chosen == 'student' else 'no-teacher baseline'}"
     if chosen == "student" and not helps and keep == "better":
         msg += " (no significant difference on validation)"
-    cmp.update(baseline=b, gain_val=gain, gain_val_std=sd(pairs["val"]), gain_test=gain_t,
-               gain_test_std=sd(pairs["test"]), gain_val_acc=float(pairs["val_acc"].mean()),
-               gain_test_acc=float(pairs["test_acc"].mean()), helps=helps, chosen=chosen, message=msg,
-               gain_val_ci=list(val_ci) if val_ci else None, significant=significant, secondary=sec,
-               disagree=disagree, suggestions=suggestions(diagnosis, helps=helps, seeds=len(distilled), gain=gain))  # fmt: skip
+    cmp.update(
+        baseline=b,
+        gain_val=gain,
+        gain_val_std=sd(pairs["val"]),
+        gain_test=gain_t,
+        gain_test_std=sd(pairs["test"]),
+        gain_val_acc=float(pairs["val_acc"].mean()),
+        gain_test_acc=float(pairs["test_acc"].mean()),
+        helps=helps,
+        chosen=chosen,
+        message=msg,
+        gain_val_ci=list(val_ci) if val_ci else None,
+        significant=significant,
+        secondary=sec,
+        disagree=disagree,
+        suggestions=suggestions(diagnosis, helps=helps, seeds=len(distilled), gain=gain),
+    )
     return KDComparison(**cmp)

@@ -54,8 +54,13 @@ def evaluate_artifact(model: Teacher, data: DataBundle, target_sensitivity: floa
         if data.task is not Task.MULTILABEL:
             res.setdefault("reliability", {})[split] = reliability_bins(probabilities(logits, data.task), y)
     if data.task is Task.BINARY and data.num_classes == 2:
-        res["operating_point"] = operating_point(arrays["val_logits"], arrays["val_targets"], arrays["test_logits"],
-                                                 arrays["test_targets"], target_sensitivity)  # fmt: skip
+        res["operating_point"] = operating_point(
+            arrays["val_logits"],
+            arrays["val_targets"],
+            arrays["test_logits"],
+            arrays["test_targets"],
+            target_sensitivity,
+        )
     res["_arrays"] = arrays
     return res
 

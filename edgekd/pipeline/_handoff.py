@@ -43,8 +43,17 @@ from pydantic import BaseModel, Field
 from edgekd.bench import PairLatency
 from edgekd.pipeline._config import HandoffKeep
 
-__all__ = ["HandoffDecision", "HandoffTarget", "HandoffSummary", "decide", "handoff_targets", "recheck", "where",
-           "KEEP_PREFIX", "HANDOFF_DIR"]  # fmt: skip
+__all__ = [
+    "HandoffDecision",
+    "HandoffTarget",
+    "HandoffSummary",
+    "decide",
+    "handoff_targets",
+    "recheck",
+    "where",
+    "KEEP_PREFIX",
+    "HANDOFF_DIR",
+]
 
 KEEP_PREFIX = "keep-"
 HANDOFF_DIR = "handoff"
@@ -175,10 +184,24 @@ def decide(
         failed = [t for t, ok in ((speed, faster), (acc, within)) if not ok]
         verdict, reasons = "not carried forward", failed + [t for t in (speed, acc) if t not in failed]
     reason = "; ".join(reasons)
-    return HandoffDecision(stage=stage, parent=parent, keep=keep, target_device=target_device, metric=metric,
-                           parent_val=parent_val, child_val=child_val, drop_points=drop, max_drop=max_drop,
-                           within_budget=within, latency=list(latency), unmeasured=None if latency else unmeasured,
-                           faster=faster, kept=kept, reason=reason, line=f"{stage}: {verdict}: {reason}")  # fmt: skip
+    return HandoffDecision(
+        stage=stage,
+        parent=parent,
+        keep=keep,
+        target_device=target_device,
+        metric=metric,
+        parent_val=parent_val,
+        child_val=child_val,
+        drop_points=drop,
+        max_drop=max_drop,
+        within_budget=within,
+        latency=list(latency),
+        unmeasured=None if latency else unmeasured,
+        faster=faster,
+        kept=kept,
+        reason=reason,
+        line=f"{stage}: {verdict}: {reason}",
+    )
 
 
 class HandoffTarget(BaseModel):
@@ -242,8 +265,11 @@ def handoff_targets(
             stage, note = fp32, f"{fp32_note}: {child} was not carried forward"
         else:
             stage, note = None, f"none verified: {child} could not be measured on {device}"
-        out.append(HandoffTarget(target=target, device=device, stage=stage, decision=KEEP_PREFIX + child,
-                                 measured=measured, note=note))  # fmt: skip
+        out.append(
+            HandoffTarget(
+                target=target, device=device, stage=stage, decision=KEEP_PREFIX + child, measured=measured, note=note
+            )
+        )
     if not any(t.device == "cpu" for t in out):
         out.append(HandoffTarget(target="fp32", device="cpu", stage=fp32, measured=True, note=fp32_note))
     return out
@@ -274,7 +300,9 @@ def recheck(
                 slower.append((lat.p50_ms / ref.p50_ms, batch, lat, ref))
         if slower:
             ratio, batch, lat, ref = max(slower, key=lambda s: s[0])
-            lines.append(f"hand-off for {t.target} ({labels.get(t.stage, t.stage)}) is {ratio:.2f}x slower than "
-                         f"{labels.get(start, start)} at batch {batch} in the final benchmark "
-                         f"({_ms(lat.p50_ms, ref.p50_ms)} ms p50, {where(lat.backend, lat.device)})")  # fmt: skip
+            lines.append(
+                f"hand-off for {t.target} ({labels.get(t.stage, t.stage)}) is {ratio:.2f}x slower than "
+                f"{labels.get(start, start)} at batch {batch} in the final benchmark "
+                f"({_ms(lat.p50_ms, ref.p50_ms)} ms p50, {where(lat.backend, lat.device)})"
+            )
     return lines

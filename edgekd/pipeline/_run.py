@@ -146,8 +146,10 @@ def prepare_run_dir(root: Path) -> Path:
     if root.is_file():
         raise InvalidInputError(f"--out {root} is a file, not a directory", "choose another --out")
     if root.is_dir() and any(root.iterdir()) and not (root / MARKER_FILE).is_file():
-        raise InvalidInputError(f"--out {root} holds files that `edgekd run` did not write",
-                                "choose another --out (a run directory is edgekd's; re-running continues it)")  # fmt: skip
+        raise InvalidInputError(
+            f"--out {root} holds files that `edgekd run` did not write",
+            "choose another --out (a run directory is edgekd's; re-running continues it)",
+        )
     root.mkdir(parents=True, exist_ok=True)
     if not (root / MARKER_FILE).is_file():
         atomic_write_text(root / MARKER_FILE, "edgekd run directory: `edgekd run` continues it\n")
@@ -197,8 +199,10 @@ def run_pipeline(
     log = log or (lambda line: stderr_console.print(line))
     if cfg.regression is not None and cfg.regression.baseline:
         if not Path(cfg.regression.baseline).is_file():
-            raise ArtifactError(f"regression.baseline {cfg.regression.baseline} does not exist",
-                                "write one with `edgekd bench ... --json FILE` or remove regression.baseline")  # fmt: skip
+            raise ArtifactError(
+                f"regression.baseline {cfg.regression.baseline} does not exist",
+                "write one with `edgekd bench ... --json FILE` or remove regression.baseline",
+            )
     atomic_write_text(root / CONFIG_FILE, yaml.safe_dump(cfg.resolved(), sort_keys=False))
     runner = PipelineRunner(cfg, root, report=report, progress=progress, log=log)
     stages = plan(cfg)
@@ -217,8 +221,10 @@ def run_pipeline(
         summary.gradcam = _gradcam_means(root / Path(REPORT_FILE).parent / "gradcam.json")
         atomic_write_text(root / SUMMARY_FILE, json.dumps(summary.dump(), indent=2) + "\n")
     if summary.regressions:
-        raise RegressionError(f"benchmark regressed against {cfg.regression.baseline}: {'; '.join(summary.regressions[:3])}",
-                              f"see {root / BENCH_FILE} and the report")  # fmt: skip
+        raise RegressionError(
+            f"benchmark regressed against {cfg.regression.baseline}: {'; '.join(summary.regressions[:3])}",
+            f"see {root / BENCH_FILE} and the report",
+        )
     return summary
 
 
@@ -236,10 +242,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def _row(runner: PipelineRunner, row: Row) -> TableRow:
     evals = [json.loads(runner.path(f"{EVAL_DIR}/{s}.json").read_text()) for s in row.stages]
     first = evals[0]
-    out = TableRow(name=row.name, label=row.label, kind=first.get("kind", "model_dir"), artifact=first["artifact"],
-                   seeds=len(evals), params=first.get("params"), macs=first.get("macs"),
-                   size_bytes=first.get("size_bytes"), eval=[f"{EVAL_DIR}/{s}.json" for s in row.stages],
-                   stages=list(row.stages))  # fmt: skip
+    out = TableRow(
+        name=row.name,
+        label=row.label,
+        kind=first.get("kind", "model_dir"),
+        artifact=first["artifact"],
+        seeds=len(evals),
+        params=first.get("params"),
+        macs=first.get("macs"),
+        size_bytes=first.get("size_bytes"),
+        eval=[f"{EVAL_DIR}/{s}.json" for s in row.stages],
+        stages=list(row.stages),
+    )
     for split in ("test", "val"):
         keys = [k for k, v in first[split].items() if isinstance(v, (int, float)) and k != "n"]
         for k in keys:
@@ -248,17 +262,22 @@ def _row(runner: PipelineRunner, row: Row) -> TableRow:
             if len(evals) > 1:
                 out.spread[f"{split}.{k}"] = std
     if "operating_point" in first:
-        for k, get in (("threshold", lambda e: e["operating_point"]["threshold"]),
-                       ("sensitivity", lambda e: e["operating_point"]["test"]["sensitivity"]),
-                       ("specificity", lambda e: e["operating_point"]["test"]["specificity"])):  # fmt: skip
+        for k, get in (
+            ("threshold", lambda e: e["operating_point"]["threshold"]),
+            ("sensitivity", lambda e: e["operating_point"]["test"]["sensitivity"]),
+            ("specificity", lambda e: e["operating_point"]["test"]["specificity"]),
+        ):
             mean, std = _mean_std([get(e) for e in evals])
             out.operating_point[k] = mean
             if len(evals) > 1:
                 out.spread[f"operating_point.{k}"] = std
         out.operating_point["target_sensitivity"] = first["operating_point"]["target_sensitivity"]
     if row.trained:
-        out.history = [runner.rel(runner.path(runner.stages[s].output) / "history.jsonl") for s in row.stages
-                       if (runner.path(runner.stages[s].output) / "history.jsonl").is_file()]  # fmt: skip
+        out.history = [
+            runner.rel(runner.path(runner.stages[s].output) / "history.jsonl")
+            for s in row.stages
+            if (runner.path(runner.stages[s].output) / "history.jsonl").is_file()
+        ]
     return out
 
 
@@ -271,7 +290,9 @@ def _latencies(runner: PipelineRunner, rows: list[TableRow]) -> None:
     for r in report.results:
         art = runner.rel(Path(r.artifact))
         by_artifact.setdefault(art, {}).setdefault(
-            r.batch, Latency(batch=r.batch, backend=r.backend, device=r.device, p50_ms=r.stats.p50_ms, p90_ms=r.stats.p90_ms))  # fmt: skip
+            r.batch,
+            Latency(batch=r.batch, backend=r.backend, device=r.device, p50_ms=r.stats.p50_ms, p90_ms=r.stats.p90_ms),
+        )
     ref = by_artifact.get(rows[0].artifact, {})
     for row in rows:
         for batch, lat in sorted(by_artifact.get(row.artifact, {}).items()):
@@ -320,8 +341,10 @@ def _handoff(runner: PipelineRunner, rows: list[TableRow]) -> HandoffSummary:
         return HandoffSummary(decisions=list(decisions.values()))
     start = runner.chosen()
     fp32 = runner.carried("pruned") if cfg.prune is not None else "select"
-    targets = [(q.target, "cuda" if q.method.value == "fp16" or TARGETS.get(q.target).gpu else "cpu", q.stage_name)
-               for q in cfg.quantize]  # fmt: skip
+    targets = [
+        (q.target, "cuda" if q.method.value == "fp16" or TARGETS.get(q.target).gpu else "cpu", q.stage_name)
+        for q in cfg.quantize
+    ]
     if KEEP_PREFIX + "fp16" in runner.stages:  # the export's FP16 file (a GPU artifact)
         targets.append(("fp16", "cuda", "fp16"))
     handoffs = handoff_targets(targets, decisions, start if fp32 == "select" else fp32, _fp32_onnx(runner))
@@ -338,11 +361,21 @@ def build_summary(runner: PipelineRunner) -> RunSummary:
     _latencies(runner, rows)
     kd_path = runner.path(KD_FILE)
     return RunSummary(
-        name=cfg.name, run_dir=str(runner.root), data=data.spec, task=data.task.value,
-        label_names=list(data.label_names), seeds=cfg.seeds, target_sensitivity=cfg.target_sensitivity, rows=rows,
-        kd=json.loads(kd_path.read_text()) if kd_path.is_file() else {}, handoff=_handoff(runner, rows),
-        bench=BENCH_FILE if runner.path(BENCH_FILE).is_file() else None, regressions=_regressions(runner),
-        stages=list(runner.outcomes), report=REPORT_FILE if cfg.report.enabled and runner.report_fn else None,
+        name=cfg.name,
+        run_dir=str(runner.root),
+        data=data.spec,
+        task=data.task.value,
+        label_names=list(data.label_names),
+        seeds=cfg.seeds,
+        target_sensitivity=cfg.target_sensitivity,
+        rows=rows,
+        kd=json.loads(kd_path.read_text()) if kd_path.is_file() else {},
+        handoff=_handoff(runner, rows),
+        bench=BENCH_FILE if runner.path(BENCH_FILE).is_file() else None,
+        regressions=_regressions(runner),
+        stages=list(runner.outcomes),
+        report=REPORT_FILE if cfg.report.enabled and runner.report_fn else None,
         report_settings=cfg.report.model_dump(mode="json"),
-        augment={"preset": cfg.student.train.augment, "seed": cfg.seed}, versions=package_versions(),
-    )  # fmt: skip
+        augment={"preset": cfg.student.train.augment, "seed": cfg.seed},
+        versions=package_versions(),
+    )

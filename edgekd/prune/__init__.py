@@ -25,14 +25,30 @@ from edgekd.prune._importance import (
     build_importance,
     list_importance,
     needs_gradients,
-)  # fmt: skip
+)
 from edgekd.prune._measure import LatencyFn, ModelStats, WidthProbeFn, model_stats
 from edgekd.prune._pruner import ChannelPruner, find_classifier, resolve_modules
 from edgekd.prune._target import LatencyBackend, PruneTarget, TargetKind
 
 __all__ = [
-    "IMPORTANCE", "build_importance", "list_importance", "needs_gradients", "accumulate_gradients",
-    "PruneTarget", "TargetKind", "LatencyBackend", "ChannelPruner", "find_classifier", "resolve_modules",
-    "ModelStats", "model_stats", "LatencyFn", "WidthProbeFn",
-    "PruneConfig", "PruneReport", "prune_model_dir", "parse_round_to", "REPORT_FILE",
-]  # fmt: skip
+    "IMPORTANCE",
+    "build_importance",
+    "list_importance",
+    "needs_gradients",
+    "accumulate_gradients",
+    "PruneTarget",
+    "TargetKind",
+    "LatencyBackend",
+    "ChannelPruner",
+    "find_classifier",
+    "resolve_modules",
+    "ModelStats",
+    "model_stats",
+    "LatencyFn",
+    "WidthProbeFn",
+    "PruneConfig",
+    "PruneReport",
+    "prune_model_dir",
+    "parse_round_to",
+    "REPORT_FILE",
+]

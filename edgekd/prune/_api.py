@@ -86,8 +86,10 @@ def parse_round_to(value: Any) -> int | Literal["auto"] | None:
         return None
     if not isinstance(value, bool) and text.isdigit() and int(text) >= 1:
         return int(text)
-    raise InvalidInputError(f"--round-to must be auto, none or a positive integer, got {value!r}",
-                            "auto measures the widths this machine runs fast; 8 rounds to multiples of 8")  # fmt: skip
+    raise InvalidInputError(
+        f"--round-to must be auto, none or a positive integer, got {value!r}",
+        "auto measures the widths this machine runs fast; 8 rounds to multiples of 8",
+    )
 
 
 # Flat keys of a prune config file: the CLI's option names of the target, and the recovery settings by name (or
@@ -174,9 +176,10 @@ class PruneConfig(StageConfig):
         """
         IMPORTANCE.get(self.importance)
         if self.target.is_latency and self.steps != 1:
-            raise InvalidInputError("--steps does not apply to a latency target: it prunes in measured proposals "
-                                    "until the budget is met", "drop --steps; --short-term-epochs fine-tunes "
-                                    "between proposals, --recovery-epochs at the end")  # fmt: skip
+            raise InvalidInputError(
+                "--steps does not apply to a latency target: it prunes in measured proposals until the budget is met",
+                "drop --steps; --short-term-epochs fine-tunes between proposals, --recovery-epochs at the end",
+            )
 
 
 class PruneReport(BaseModel):
@@ -233,22 +236,44 @@ def _recovery_kind(cfg: PruneConfig, teacher_ref: str | None) -> str:
     return "none" if not cfg.recovery_epochs else ("kd" if teacher_ref else "ce")
 
 
-def _make_pruner(model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig,
-                 round_to: int | None) -> ChannelPruner:  # fmt: skip
+def _make_pruner(
+    model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig, round_to: int | None
+) -> ChannelPruner:
     pre = card.preprocess
-    return ChannelPruner(model, (1, pre.in_chans, *pre.input_size), importance=cfg.importance, target=cfg.target,
-                         steps=cfg.steps, global_pruning=cfg.global_pruning, round_to=round_to, keep=cfg.keep,
-                         num_classes=card.spec.num_classes, max_layer_ratio=cfg.max_layer_ratio,
-                         grad_fn=_grad_fn(data, card, cfg))  # fmt: skip
+    return ChannelPruner(
+        model,
+        (1, pre.in_chans, *pre.input_size),
+        importance=cfg.importance,
+        target=cfg.target,
+        steps=cfg.steps,
+        global_pruning=cfg.global_pruning,
+        round_to=round_to,
+        keep=cfg.keep,
+        num_classes=card.spec.num_classes,
+        max_layer_ratio=cfg.max_layer_ratio,
+        grad_fn=_grad_fn(data, card, cfg),
+    )
 
 
-def _recover(model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig, work: Path, teacher,
-             progress: bool, *, epochs: int, step: int | str, seed: int) -> list[dict]:  # fmt: skip
+def _recover(
+    model: nn.Module,
+    card: ModelCard,
+    data: DataBundle,
+    cfg: PruneConfig,
+    work: Path,
+    teacher,
+    progress: bool,
+    *,
+    epochs: int,
+    step: int | str,
+    seed: int,
+) -> list[dict]:
     """Fine-tune ``model`` for ``epochs`` (KD from ``teacher`` or CE); the history rows carry ``step``."""
     torch.manual_seed(seed)
     train_cfg = cfg.train.model_copy(update={"epochs": max(1, epochs)})
-    hist = finetune(model, card.preprocess, data, train_cfg, work, teacher=teacher, losses=cfg.losses,
-                    progress=progress)  # fmt: skip
+    hist = finetune(
+        model, card.preprocess, data, train_cfg, work, teacher=teacher, losses=cfg.losses, progress=progress
+    )
     return [{"step": step, **h} for h in hist]
 
 
@@ -257,15 +282,31 @@ def _recovered_val(hist: list[dict]) -> dict[str, Any]:
 
 
 def _prune_and_recover(
-    pruner: ChannelPruner, model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig, work: Path, teacher,
-    progress: bool
-) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    pruner: ChannelPruner,
+    model: nn.Module,
+    card: ModelCard,
+    data: DataBundle,
+    cfg: PruneConfig,
+    work: Path,
+    teacher,
+    progress: bool,
+) -> tuple[list[dict], list[dict]]:
     steps, history = [], []
     for k in range(cfg.steps):
         record = pruner.step()
         if cfg.recovery_epochs:
-            hist = _recover(model, card, data, cfg, work / f"step{k + 1}", teacher, progress,
-                            epochs=cfg.recovery_epochs, step=k + 1, seed=cfg.train.seed + k)  # fmt: skip
+            hist = _recover(
+                model,
+                card,
+                data,
+                cfg,
+                work / f"step{k + 1}",
+                teacher,
+                progress,
+                epochs=cfg.recovery_epochs,
+                step=k + 1,
+                seed=cfg.train.seed + k,
+            )
             history += hist
             record["recovered_val"] = _recovered_val(hist)
         steps.append(record)
@@ -276,15 +317,19 @@ def _prune_and_recover(
 # Latency target (NetAdapt) and hardware widths
 
 
-def _resolve_round_to(cfg: PruneConfig, card: ModelCard, width_probe: WidthProbeFn | None
-                      ) -> tuple[int | None, dict[str, Any]]:  # fmt: skip
+def _resolve_round_to(
+    cfg: PruneConfig, card: ModelCard, width_probe: WidthProbeFn | None
+) -> tuple[int | None, dict[str, Any]]:
     """The multiple channel counts are rounded to, and where it came from (for the report and lineage)."""
     if cfg.round_to != AUTO:
         return cfg.round_to, {"requested": cfg.round_to, "multiple": cfg.round_to, "source": "config"}
     if width_probe is None:
-        warnings.warn("round_to='auto' without a width probe: channel counts are not rounded (pass width_probe="
-                      "edgekd.bench.width_multiple, as `edgekd prune` does, or an integer round_to)", UserWarning,
-                      stacklevel=3)  # fmt: skip
+        warnings.warn(
+            "round_to='auto' without a width probe: channel counts are not rounded (pass width_probe="
+            "edgekd.bench.width_multiple, as `edgekd prune` does, or an integer round_to)",
+            UserWarning,
+            stacklevel=3,
+        )
         return None, {"requested": AUTO, "multiple": None, "source": "not rounded: no width probe given"}
     multiple, record = width_probe(card)
     return (int(multiple) if multiple > 1 else None), {"requested": AUTO, **record, "multiple": int(multiple)}
@@ -301,13 +346,24 @@ def _latency_plan(cfg: PruneConfig, model: nn.Module, card: ModelCard, latency: 
     if not t.is_latency:
         return None
     if latency is None:
-        raise InvalidInputError("a latency target needs a latency function to measure with",
-                                "pass latency=edgekd.bench.model_latency_ms (the CLI and pipeline do)")  # fmt: skip
+        raise InvalidInputError(
+            "a latency target needs a latency function to measure with",
+            "pass latency=edgekd.bench.model_latency_ms (the CLI and pipeline do)",
+        )
     ms, threads = _measure(latency, model, card, cfg)
     aim = t.value * (1 - cfg.latency_margin)
-    return {"budget_ms": t.value, "aim_ms": aim, "margin": cfg.latency_margin, "batch": t.batch,
-            "backend": t.backend.value, "unpruned_ms": ms, "threads": threads, "met": ms <= aim,
-            "already_met": ms <= aim, "final_ms": None}  # fmt: skip
+    return {
+        "budget_ms": t.value,
+        "aim_ms": aim,
+        "margin": cfg.latency_margin,
+        "batch": t.batch,
+        "backend": t.backend.value,
+        "unpruned_ms": ms,
+        "threads": threads,
+        "met": ms <= aim,
+        "already_met": ms <= aim,
+        "final_ms": None,
+    }
 
 
 def _unreachable(plan: dict, steps: list[dict], round_to: int | None) -> InvalidInputError:
@@ -320,9 +376,18 @@ def _unreachable(plan: dict, steps: list[dict], round_to: int | None) -> Invalid
     )
 
 
-def _latency_search(pruner: ChannelPruner, model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig,
-                    plan: dict, latency: LatencyFn, work: Path, teacher, progress: bool
-                    ) -> tuple[list[dict], list[dict]]:  # fmt: skip
+def _latency_search(
+    pruner: ChannelPruner,
+    model: nn.Module,
+    card: ModelCard,
+    data: DataBundle,
+    cfg: PruneConfig,
+    plan: dict,
+    latency: LatencyFn,
+    work: Path,
+    teacher,
+    progress: bool,
+) -> tuple[list[dict], list[dict]]:
     """NetAdapt's loop: propose a smaller model, measure it, repeat until the measured p50 meets the aim.
 
     Keeps going past a proposal that got no faster (latency is not monotonic in MACs); fails when the pruner
@@ -339,19 +404,46 @@ def _latency_search(pruner: ChannelPruner, model: nn.Module, card: ModelCard, da
         record.update(latency_ms=ms, batch=plan["batch"], threads=threads, faster=ms < prev, met=ms <= plan["aim_ms"])
         if cfg.short_term_epochs:
             k = record["step"]
-            hist = _recover(model, card, data, cfg, work / f"step{k}", teacher, progress,
-                            epochs=cfg.short_term_epochs, step=k, seed=cfg.train.seed + k)  # fmt: skip
+            hist = _recover(
+                model,
+                card,
+                data,
+                cfg,
+                work / f"step{k}",
+                teacher,
+                progress,
+                epochs=cfg.short_term_epochs,
+                step=k,
+                seed=cfg.train.seed + k,
+            )
             history += hist
             record["recovered_val"] = _recovered_val(hist)
         steps.append(record)
     if steps and cfg.recovery_epochs:  # long-term fine-tuning of the chosen network
-        history += _recover(model, card, data, cfg, work / "final", teacher, progress, epochs=cfg.recovery_epochs,
-                            step="final", seed=cfg.train.seed + len(steps) + 1)  # fmt: skip
+        history += _recover(
+            model,
+            card,
+            data,
+            cfg,
+            work / "final",
+            teacher,
+            progress,
+            epochs=cfg.recovery_epochs,
+            step="final",
+            seed=cfg.train.seed + len(steps) + 1,
+        )
     return steps, history
 
 
-def _latencies(source_model: nn.Module, pruned: nn.Module, card: ModelCard, cfg: PruneConfig, before: ModelStats,
-               after: ModelStats, latency: LatencyFn | None) -> tuple[ModelStats, ModelStats, float | None]:  # fmt: skip
+def _latencies(
+    source_model: nn.Module,
+    pruned: nn.Module,
+    card: ModelCard,
+    cfg: PruneConfig,
+    before: ModelStats,
+    after: ModelStats,
+    latency: LatencyFn | None,
+) -> tuple[ModelStats, ModelStats, float | None]:
     """Both latencies in one call of ``latency``, one right after the other (same machine state)."""
     batch = cfg.target.batch if cfg.target.is_latency else cfg.latency_batch
     if not batch or latency is None:
@@ -376,25 +468,44 @@ def _pruned_card(
     widths: dict[str, Any],
     plan: dict | None,
 ) -> ModelCard:
-    notes = {"importance": cfg.importance, "target": cfg.target.model_dump(mode="json"), "steps": cfg.steps,
-             "global": cfg.global_pruning, "round_to": widths.get("multiple"), "round_to_requested": cfg.round_to,
-             "round_to_source": widths.get("source"), "keep": cfg.keep, "recovery_epochs": cfg.recovery_epochs,
-             "recovery": _recovery_kind(cfg, teacher_ref)}  # fmt: skip
+    notes = {
+        "importance": cfg.importance,
+        "target": cfg.target.model_dump(mode="json"),
+        "steps": cfg.steps,
+        "global": cfg.global_pruning,
+        "round_to": widths.get("multiple"),
+        "round_to_requested": cfg.round_to,
+        "round_to_source": widths.get("source"),
+        "keep": cfg.keep,
+        "recovery_epochs": cfg.recovery_epochs,
+        "recovery": _recovery_kind(cfg, teacher_ref),
+    }
     if widths.get("fingerprint_id"):
         notes["width_fingerprint"] = widths["fingerprint_id"]
     if plan is not None:
         notes["latency"] = {k: plan[k] for k in ("budget_ms", "batch", "backend", "unpruned_ms", "final_ms", "met")}
         if plan["already_met"]:
             notes["recovery"] = "none"  # nothing was pruned, so nothing was fine-tuned
-    lineage = Lineage(command=command, parent=str(source), parent_sha256=sha256_file(source / WEIGHTS_FILE),
-                      data=data.spec, teachers=[teacher_ref] if teacher_ref else [],
-                      losses=list(cfg.losses) if teacher_ref else ["ce"], stage="prune", notes=notes)  # fmt: skip
+    lineage = Lineage(
+        command=command,
+        parent=str(source),
+        parent_sha256=sha256_file(source / WEIGHTS_FILE),
+        data=data.spec,
+        teachers=[teacher_ref] if teacher_ref else [],
+        losses=list(cfg.losses) if teacher_ref else ["ce"],
+        stage="prune",
+        notes=notes,
+    )
     pre = card.preprocess
-    return card.model_copy(update={
-        "structure": capture_structure(model, reference=build_model(card.spec)) or None,
-        "params": None, "macs": count_macs(model, (1, pre.in_chans, *pre.input_size)),
-        "metrics": {**metrics, "before_prune": before}, "lineage": lineage,
-    })  # fmt: skip
+    return card.model_copy(
+        update={
+            "structure": capture_structure(model, reference=build_model(card.spec)) or None,
+            "params": None,
+            "macs": count_macs(model, (1, pre.in_chans, *pre.input_size)),
+            "metrics": {**metrics, "before_prune": before},
+            "lineage": lineage,
+        }
+    )
 
 
 def prune_model_dir(
@@ -447,8 +558,9 @@ def prune_model_dir(
         if plan is None:
             steps, history = _prune_and_recover(pruner, model, card, bundle, cfg, tmp / WORK_DIR, teacher, progress)
         else:
-            steps, history = _latency_search(pruner, model, card, bundle, cfg, plan, latency, tmp / WORK_DIR, teacher,
-                                             progress)  # fmt: skip
+            steps, history = _latency_search(
+                pruner, model, card, bundle, cfg, plan, latency, tmp / WORK_DIR, teacher, progress
+            )
             plan["met"] = plan["already_met"] or steps[-1]["met"]
         shutil.rmtree(tmp / WORK_DIR, ignore_errors=True)  # per-epoch checkpoints of the recovery runs
         metrics = _evaluate(model, card, bundle)
@@ -456,17 +568,41 @@ def prune_model_dir(
         if plan is not None:  # re-measured after recovery (same widths): above the budget means the speed moved
             plan["final_ms"] = after.latency_ms
             plan["final_met"] = after.latency_ms is not None and after.latency_ms <= plan["budget_ms"]
-        new_card = _pruned_card(model, card, source, bundle, cfg, metrics, before_metrics, teacher_ref,
-                                command if command is not None else current_command(), widths, plan)  # fmt: skip
+        new_card = _pruned_card(
+            model,
+            card,
+            source,
+            bundle,
+            cfg,
+            metrics,
+            before_metrics,
+            teacher_ref,
+            command if command is not None else current_command(),
+            widths,
+            plan,
+        )
         save_model_dir(model, new_card, tmp)
         after = after.model_copy(update={"size_bytes": (tmp / WEIGHTS_FILE).stat().st_size})
         report = PruneReport(
-            source=str(source), out=str(out), data=bundle.spec, importance=cfg.importance, target=cfg.target,
+            source=str(source),
+            out=str(out),
+            data=bundle.spec,
+            importance=cfg.importance,
+            target=cfg.target,
             target_met=plan["met"] if plan else all(s["goal_met"] for s in steps),
-            recovery=_recovery_kind(cfg, teacher_ref) if steps else "none", teacher=teacher_ref,
-            classifier=pruner.classifier, keep=cfg.keep, round_to=widths, latency_target=plan, steps=steps,
-            before=before, after=after, latency_speedup=speedup, metrics_before=before_metrics, metrics_after=metrics,
-        )  # fmt: skip
+            recovery=_recovery_kind(cfg, teacher_ref) if steps else "none",
+            teacher=teacher_ref,
+            classifier=pruner.classifier,
+            keep=cfg.keep,
+            round_to=widths,
+            latency_target=plan,
+            steps=steps,
+            before=before,
+            after=after,
+            latency_speedup=speedup,
+            metrics_before=before_metrics,
+            metrics_after=metrics,
+        )
         atomic_write_text(tmp / REPORT_FILE, report.model_dump_json(indent=2))
         atomic_write_text(tmp / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
         atomic_write_text(tmp / "history.jsonl", "".join(json.dumps(h, default=float) + "\n" for h in history))

@@ -29,8 +29,9 @@ __all__ = ["ModelStats", "model_stats", "LatencyFn", "WidthProbeFn"]
 class LatencyFn(Protocol):
     """Times ``models`` (sharing ``card``'s input) at ``batch``: ``[(median ms of one batch, threads used)]``."""
 
-    def __call__(self, models: Sequence[nn.Module], card: ModelCard, *, batch: int, seconds: float
-                 ) -> list[tuple[float, int]]: ...  # fmt: skip
+    def __call__(
+        self, models: Sequence[nn.Module], card: ModelCard, *, batch: int, seconds: float
+    ) -> list[tuple[float, int]]: ...
 
 
 class WidthProbeFn(Protocol):

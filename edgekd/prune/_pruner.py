@@ -93,8 +93,10 @@ def find_classifier(model: nn.Module, num_classes: int) -> str:
         if out == num_classes:
             found = name
     if found is None:
-        raise InvalidInputError(f"cannot find the classifier (a Linear/Conv layer with {num_classes} outputs)",
-                                "name it with --keep so it is never pruned")  # fmt: skip
+        raise InvalidInputError(
+            f"cannot find the classifier (a Linear/Conv layer with {num_classes} outputs)",
+            "name it with --keep so it is never pruned",
+        )
     return found
 
 
@@ -109,8 +111,10 @@ def resolve_modules(model: nn.Module, paths: Sequence[str]) -> list[nn.Module]:
     for path in paths:
         if path not in modules or not path:
             top = ", ".join(n for n, _ in model.named_children())
-            raise InvalidInputError(f"--keep names {path!r}, which the model lacks",
-                                    f"use module paths as `edgekd inspect` prints them, e.g. {top}")  # fmt: skip
+            raise InvalidInputError(
+                f"--keep names {path!r}, which the model lacks",
+                f"use module paths as `edgekd inspect` prints them, e.g. {top}",
+            )
         out.append(modules[path])
     return out
 
@@ -167,11 +171,18 @@ class ChannelPruner:
         example = torch.zeros(self.input_shape, device=device)
         ratio_target = target.kind is TargetKind.RATIO
         model.eval()
-        self._pruner = _build_pruner(model, example, importance, global_pruning=global_pruning,
-                                     pruning_ratio=target.value if ratio_target else max_layer_ratio,
-                                     iterative_steps=steps if ratio_target else INCREMENTS,
-                                     max_pruning_ratio=max_layer_ratio, ignored_layers=[*head, *frozen],
-                                     round_to=round_to, frozen=frozen)  # fmt: skip
+        self._pruner = _build_pruner(
+            model,
+            example,
+            importance,
+            global_pruning=global_pruning,
+            pruning_ratio=target.value if ratio_target else max_layer_ratio,
+            iterative_steps=steps if ratio_target else INCREMENTS,
+            max_pruning_ratio=max_layer_ratio,
+            ignored_layers=[*head, *frozen],
+            round_to=round_to,
+            frozen=frozen,
+        )
         self.base = self.measure()
         self.done = 0
 
@@ -236,9 +247,15 @@ class ChannelPruner:
             increments, now = self._approach(goal)
         self.model.zero_grad(set_to_none=True)
         self.done += 1
-        return {"step": self.done, "goal": goal, "increments": increments, **now,
-                "macs_kept": now["macs"] / self.base["macs"], "params_kept": now["params"] / self.base["params"],
-                "goal_met": self.target.kind is TargetKind.RATIO or self._reached(goal, now)}  # fmt: skip
+        return {
+            "step": self.done,
+            "goal": goal,
+            "increments": increments,
+            **now,
+            "macs_kept": now["macs"] / self.base["macs"],
+            "params_kept": now["params"] / self.base["params"],
+            "goal_met": self.target.kind is TargetKind.RATIO or self._reached(goal, now),
+        }
 
     def prune_to(self, macs_kept: float) -> dict[str, Any]:
         """One proposal of a latency run: prune until at most ``macs_kept`` of the original MACs remain.
@@ -254,6 +271,12 @@ class ChannelPruner:
         increments, now = self._approach(macs_kept)
         self.model.zero_grad(set_to_none=True)
         self.done += 1
-        return {"step": self.done, "goal": macs_kept, "increments": increments, **now,
-                "macs_kept": now["macs"] / self.base["macs"], "params_kept": now["params"] / self.base["params"],
-                "goal_met": self._reached(macs_kept, now)}  # fmt: skip
+        return {
+            "step": self.done,
+            "goal": macs_kept,
+            "increments": increments,
+            **now,
+            "macs_kept": now["macs"] / self.base["macs"],
+            "params_kept": now["params"] / self.base["params"],
+            "goal_met": self._reached(macs_kept, now),
+        }

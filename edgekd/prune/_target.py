@@ -132,9 +132,16 @@ class PruneTarget(StageConfig):
             InvalidInputError: none or several given, a fraction outside (0, 1), a budget that is not a positive
                 number of milliseconds, or ``batch``/``backend`` without ``target_latency_ms``.
         """
-        given = {k: v for k, v in ((TargetKind.RATIO, ratio), (TargetKind.MACS, target_macs),
-                                   (TargetKind.PARAMS, target_params), (TargetKind.LATENCY, target_latency_ms))
-                 if v is not None}  # fmt: skip
+        given = {
+            k: v
+            for k, v in (
+                (TargetKind.RATIO, ratio),
+                (TargetKind.MACS, target_macs),
+                (TargetKind.PARAMS, target_params),
+                (TargetKind.LATENCY, target_latency_ms),
+            )
+            if v is not None
+        }
         if len(given) != 1:
             raise InvalidInputError(
                 "give exactly one pruning target",
@@ -144,8 +151,9 @@ class PruneTarget(StageConfig):
         if kind is TargetKind.LATENCY:
             return cls._latency(float(value), batch, backend)
         if batch is not None or backend is not None:
-            raise InvalidInputError("--batch and --backend only apply to --target-latency-ms",
-                                    "drop them, or give a latency budget instead")  # fmt: skip
+            raise InvalidInputError(
+                "--batch and --backend only apply to --target-latency-ms", "drop them, or give a latency budget instead"
+            )
         if not 0.0 < float(value) < 1.0:
             raise InvalidInputError(
                 f"the {kind.value} target must lie strictly between 0 and 1, got {value}",
@@ -156,8 +164,10 @@ class PruneTarget(StageConfig):
     @classmethod
     def _latency(cls, ms: float, batch: int | None, backend: str | LatencyBackend | None) -> PruneTarget:
         if not (math.isfinite(ms) and ms > 0):
-            raise InvalidInputError(f"--target-latency-ms must be a positive number of milliseconds, got {ms:g}",
-                                    "e.g. --target-latency-ms 2.5 --batch 32")  # fmt: skip
+            raise InvalidInputError(
+                f"--target-latency-ms must be a positive number of milliseconds, got {ms:g}",
+                "e.g. --target-latency-ms 2.5 --batch 32",
+            )
         if batch is not None and batch < 1:
             raise InvalidInputError(f"--batch must be at least 1, got {batch}")
         names = [b.value for b in LatencyBackend]
@@ -184,8 +194,9 @@ class PruneTarget(StageConfig):
         if steps < 1:
             raise InvalidInputError(f"--steps must be at least 1, got {steps}")
         if self.kind is TargetKind.LATENCY:
-            raise InvalidInputError("a latency target has no per-step goals: it prunes until the measured latency "
-                                    "meets the budget")  # fmt: skip
+            raise InvalidInputError(
+                "a latency target has no per-step goals: it prunes until the measured latency meets the budget"
+            )
         if self.kind is TargetKind.RATIO:
             return [self.value * k / steps for k in range(1, steps + 1)]
         return [1.0 - (1.0 - self.value) * k / steps for k in range(1, steps + 1)]

@@ -29,7 +29,7 @@ from edgekd.quantize._ptq import (
     qdq_summary,
     quantizable_nodes,
     quantize_onnx,
-)  # fmt: skip
+)
 from edgekd.quantize._qat import (
     QAT_BACKENDS,
     QATBackend,
@@ -37,7 +37,7 @@ from edgekd.quantize._qat import (
     qat_finetune,
     resolve_backend,
     strip_fake_quant,
-)  # fmt: skip
+)
 from edgekd.quantize._sensitivity import NodeError, SensitivityReport, metric_value, node_errors, sensitivity_search
 from edgekd.quantize._targets import (
     SCHEMES,
@@ -51,12 +51,46 @@ from edgekd.quantize._targets import (
 )
 
 __all__ = [
-    "TARGETS", "SCHEMES", "QuantScheme", "QuantTarget", "get_target", "list_targets", "resolve_target",
-    "target_for_isa", "choose_scheme",
-    "Calibration", "CALIBRATION", "WEIGHTED_OPS", "prepare_onnx", "quantize_onnx", "quantizable_nodes", "qdq_summary",
-    "CalibrationReader", "split_inputs", "iterate_split", "evaluate_onnx", "onnx_logits",
-    "NodeError", "SensitivityReport", "node_errors", "sensitivity_search", "metric_value",
-    "ActFakeQuant", "QATConv2d", "QATLinear", "insert_fake_quant", "calibrate",
-    "QATBackend", "QAT_BACKENDS", "resolve_backend", "qat_finetune", "strip_fake_quant", "freeze_bn_stats",
-    "QuantMethod", "QuantizeConfig", "QuantizeResult", "quantize_model_dir", "BUDGET_METRICS",
-]  # fmt: skip
+    "TARGETS",
+    "SCHEMES",
+    "QuantScheme",
+    "QuantTarget",
+    "get_target",
+    "list_targets",
+    "resolve_target",
+    "target_for_isa",
+    "choose_scheme",
+    "Calibration",
+    "CALIBRATION",
+    "WEIGHTED_OPS",
+    "prepare_onnx",
+    "quantize_onnx",
+    "quantizable_nodes",
+    "qdq_summary",
+    "CalibrationReader",
+    "split_inputs",
+    "iterate_split",
+    "evaluate_onnx",
+    "onnx_logits",
+    "NodeError",
+    "SensitivityReport",
+    "node_errors",
+    "sensitivity_search",
+    "metric_value",
+    "ActFakeQuant",
+    "QATConv2d",
+    "QATLinear",
+    "insert_fake_quant",
+    "calibrate",
+    "QATBackend",
+    "QAT_BACKENDS",
+    "resolve_backend",
+    "qat_finetune",
+    "strip_fake_quant",
+    "freeze_bn_stats",
+    "QuantMethod",
+    "QuantizeConfig",
+    "QuantizeResult",
+    "quantize_model_dir",
+    "BUDGET_METRICS",
+]

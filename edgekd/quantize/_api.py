@@ -174,8 +174,18 @@ def _calibration_inputs(data: DataBundle, card: ModelCard, cfg: QuantizeConfig) 
 class _Job:
     """What the low-precision makers share: the run's inputs, scratch directory and parity samples."""
 
-    def __init__(self, model: nn.Module, card: ModelCard, source: Path, work: Path, data: DataBundle,
-                 cfg: QuantizeConfig, target: QuantTarget, latency: OnnxLatencyFn | None, progress: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        card: ModelCard,
+        source: Path,
+        work: Path,
+        data: DataBundle,
+        cfg: QuantizeConfig,
+        target: QuantTarget,
+        latency: OnnxLatencyFn | None,
+        progress: bool,
+    ) -> None:
         self.model, self.card, self.source, self.work, self.data = model, card, source, work, data
         self.cfg, self.target, self.latency, self.progress = cfg, target, latency, progress
         self.x, _ = split_inputs(data, "test", card.preprocess, n=cfg.parity_samples, spread=True)
@@ -185,16 +195,28 @@ class _Job:
         pre = prepare_onnx(fp32, self.work / f"{name}.pre.onnx")
         scratch = self.work / f"{name}-schemes"
         scratch.mkdir()
-        return choose_scheme(pre, scratch, self.target, CalibrationReader(calib, batch_size=32), x=self.x,
-                             ref=torch_logits(reference, self.x), card=self.card, calibration=self.cfg.calibration,
-                             latency=self.latency, fp32=fp32, strict=not self.cfg.sensitivity)  # fmt: skip
+        return choose_scheme(
+            pre,
+            scratch,
+            self.target,
+            CalibrationReader(calib, batch_size=32),
+            x=self.x,
+            ref=torch_logits(reference, self.x),
+            card=self.card,
+            calibration=self.cfg.calibration,
+            latency=self.latency,
+            fp32=fp32,
+            strict=not self.cfg.sensitivity,
+        )
 
 
 def _ptq(job: _Job, fp32: Path, calib: np.ndarray) -> tuple[Path, dict[str, Any]]:
     cfg = job.cfg
     chosen, record = job.choose(fp32, job.model, calib, "model")
-    details: dict[str, Any] = {"calibration": {"method": cfg.calibration.value, "samples": len(calib)},
-                               "scheme_choice": record}  # fmt: skip
+    details: dict[str, Any] = {
+        "calibration": {"method": cfg.calibration.value, "samples": len(calib)},
+        "scheme_choice": record,
+    }
     if not cfg.sensitivity:
         return chosen, details
     x_val, y_val = split_inputs(job.data, "val", job.card.preprocess, n=SENSITIVITY_SAMPLES, spread=True)
@@ -202,10 +224,20 @@ def _ptq(job: _Job, fp32: Path, calib: np.ndarray) -> tuple[Path, dict[str, Any]
     scratch.mkdir()
     dst = job.work / "model.int8.onnx"
     details["sensitivity"] = sensitivity_search(
-        job.work / "model.pre.onnx", dst, SCHEMES.get(record["chosen"]), CalibrationReader(calib, batch_size=32),
-        x_val=x_val, y_val=y_val, task=job.data.task, work=scratch, calibration=cfg.calibration, metric=cfg.metric,
-        max_drop=cfg.max_drop, max_nodes=cfg.max_fp32_nodes, kernels=record["kernels"],
-    )  # fmt: skip
+        job.work / "model.pre.onnx",
+        dst,
+        SCHEMES.get(record["chosen"]),
+        CalibrationReader(calib, batch_size=32),
+        x_val=x_val,
+        y_val=y_val,
+        task=job.data.task,
+        work=scratch,
+        calibration=cfg.calibration,
+        metric=cfg.metric,
+        max_drop=cfg.max_drop,
+        max_nodes=cfg.max_fp32_nodes,
+        kernels=record["kernels"],
+    )
     return dst, details
 
 
@@ -213,17 +245,34 @@ def _qat(job: _Job, calib: np.ndarray) -> tuple[Path, dict[str, Any]]:
     cfg, card = job.cfg, job.card
     teacher = load_teacher(cfg.teacher or str(job.source), data=job.data) if cfg.kd else None
     scheme = SCHEMES.get(job.target.schemes[0])  # fake quantization with the target's default scheme
-    qat, record = qat_finetune(job.model, card, job.data, scheme, cfg.train, job.work / "qat", calib=calib,
-                               backend=cfg.qat_backend, teacher=teacher, losses=cfg.losses, freeze_bn=cfg.freeze_bn,
-                               progress=job.progress)  # fmt: skip
+    qat, record = qat_finetune(
+        job.model,
+        card,
+        job.data,
+        scheme,
+        cfg.train,
+        job.work / "qat",
+        calib=calib,
+        backend=cfg.qat_backend,
+        teacher=teacher,
+        losses=cfg.losses,
+        freeze_bn=cfg.freeze_bn,
+        progress=job.progress,
+    )
     tuned_model, tuned = strip_fake_quant(qat, card), job.work / "model.qat-fp32.onnx"
     export_onnx(tuned_model, card, tuned, opset=cfg.opset)
     details: dict[str, Any] = {"qat": record, "reference": (tuned_model, tuned)}
     if job.target.name == "tensorrt":  # the fake-quant graph is TensorRT's explicit-quantization input
         dst = job.work / "model.int8.onnx"
         record["export"] = export_onnx(qat, card, dst, opset=cfg.opset)
-        details["scheme_choice"] = {"target": "tensorrt", "kernels": kernels_for(job.target), "isa": cpu_isa().isa,
-                                    "chosen": scheme.name, "reason": "QAT fake-quantization graph", "trials": []}  # fmt: skip
+        details["scheme_choice"] = {
+            "target": "tensorrt",
+            "kernels": kernels_for(job.target),
+            "isa": cpu_isa().isa,
+            "chosen": scheme.name,
+            "reason": "QAT fake-quantization graph",
+            "trials": [],
+        }
         return dst, details
     dst, details["scheme_choice"] = job.choose(tuned, tuned_model, calib, "model.qat")
     details["calibration"] = {"method": cfg.calibration.value, "samples": len(calib)}
@@ -269,10 +318,16 @@ def _isa_record(cfg: QuantizeConfig, target: QuantTarget, choice: dict[str, Any]
         return None
     info = cpu_isa()
     native = choice["kernels"] == "native"
-    return {"requested": cfg.target, "target": target.name, "scheme": choice["chosen"],
-            "verified_isa": info.isa if native else None, "kernels": choice["kernels"],
-            "built_on": {"isa": info.isa, "cpu": info.model, "flags": info.flags},
-            "device_isa": target.isa, "reason": choice.get("reason", "")}  # fmt: skip
+    return {
+        "requested": cfg.target,
+        "target": target.name,
+        "scheme": choice["chosen"],
+        "verified_isa": info.isa if native else None,
+        "kernels": choice["kernels"],
+        "built_on": {"isa": info.isa, "cpu": info.model, "flags": info.flags},
+        "device_isa": target.isa,
+        "reason": choice.get("reason", ""),
+    }
 
 
 def _quantized_card(
@@ -280,13 +335,25 @@ def _quantized_card(
 ) -> ModelCard:
     qat = details.get("qat") or {}
     choice = details.get("scheme_choice") or {}
-    notes = {"method": cfg.method.value, "target": cfg.target, "resolved_target": choice.get("target"),
-             "scheme": choice.get("chosen"), "calibration": details.get("calibration"),
-             "fp32_nodes": details["sensitivity"].fp32_nodes if details.get("sensitivity") else [],
-             "qat_backend": qat.get("backend")}  # fmt: skip
-    lineage = Lineage(command=command, parent=str(source), parent_sha256=sha256_file(source / WEIGHTS_FILE),
-                      data=data.spec, teachers=[qat["teacher"]] if qat.get("teacher") else [],
-                      losses=qat.get("losses", []), stage="quantize", notes=notes)  # fmt: skip
+    notes = {
+        "method": cfg.method.value,
+        "target": cfg.target,
+        "resolved_target": choice.get("target"),
+        "scheme": choice.get("chosen"),
+        "calibration": details.get("calibration"),
+        "fp32_nodes": details["sensitivity"].fp32_nodes if details.get("sensitivity") else [],
+        "qat_backend": qat.get("backend"),
+    }
+    lineage = Lineage(
+        command=command,
+        parent=str(source),
+        parent_sha256=sha256_file(source / WEIGHTS_FILE),
+        data=data.spec,
+        teachers=[qat["teacher"]] if qat.get("teacher") else [],
+        losses=qat.get("losses", []),
+        stage="quantize",
+        notes=notes,
+    )
     return card.model_copy(update={"lineage": lineage, "metrics": {**card.metrics, "onnxruntime": metrics}})
 
 
@@ -304,9 +371,12 @@ def _check(job: _Job, reference: nn.Module, fp32: Path, low: Path, precision, ke
     x, card = job.x, job.card
     ref = torch_logits(reference, x)
     source = f"{len(x)} {job.data.spec} test samples"
-    parity = [parity_check(low, None, card, samples=x, reference_logits=ref, precision=precision, sample_source=source,
-                           kernels=kernels),
-              parity_check(fp32, None, card, samples=x, reference_logits=ref, sample_source=source)]  # fmt: skip
+    parity = [
+        parity_check(
+            low, None, card, samples=x, reference_logits=ref, precision=precision, sample_source=source, kernels=kernels
+        ),
+        parity_check(fp32, None, card, samples=x, reference_logits=ref, sample_source=source),
+    ]
     lint = lint_onnx(low, target="tensorrt", profile=TRT_PROFILE) if job.target.name == "tensorrt" else []
     _verify(parity, lint, job.target)
     keep = max(1, min(len(x), REFERENCE_BYTES // max(1, x[0].nbytes)))
@@ -318,20 +388,42 @@ def _measure(files: dict[str, Path], data: DataBundle, card: ModelCard, split: s
     return {name: evaluate_onnx(path, data, split, card.preprocess) for name, path in files.items()}
 
 
-def _result(source: Path, out: Path, data: DataBundle, cfg: QuantizeConfig, precision, metrics: dict,
-            sizes: dict, checked: dict, low: Path, details: dict, isa: dict | None) -> QuantizeResult:  # fmt: skip
+def _result(
+    source: Path,
+    out: Path,
+    data: DataBundle,
+    cfg: QuantizeConfig,
+    precision,
+    metrics: dict,
+    sizes: dict,
+    checked: dict,
+    low: Path,
+    details: dict,
+    isa: dict | None,
+) -> QuantizeResult:
     choice = details.get("scheme_choice")
     scheme = SCHEMES.get(choice["chosen"]).describe() if choice else {"name": "fp16"}
     return QuantizeResult(
-        source=str(source), out=str(out), data=data.spec, method=cfg.method,
-        target=choice["target"] if choice else cfg.target, precision=precision.value, scheme=scheme, isa=isa,
-        split=cfg.eval_split, metrics=metrics, delta=_delta(metrics["fp32"], metrics[precision.value]), sizes=sizes,
+        source=str(source),
+        out=str(out),
+        data=data.spec,
+        method=cfg.method,
+        target=choice["target"] if choice else cfg.target,
+        precision=precision.value,
+        scheme=scheme,
+        isa=isa,
+        split=cfg.eval_split,
+        metrics=metrics,
+        delta=_delta(metrics["fp32"], metrics[precision.value]),
+        sizes=sizes,
         parity=[p.model_dump(mode="json") for p in checked["parity"]],
         lint_errors=[str(f) for f in checked["lint"] if f.severity == "error"],
-        qdq=qdq_summary(low) if precision.value == "int8" else None, calibration=details.get("calibration"),
-        sensitivity=details.get("sensitivity"), qat=_qat_summary(details.get("qat")),
+        qdq=qdq_summary(low) if precision.value == "int8" else None,
+        calibration=details.get("calibration"),
+        sensitivity=details.get("sensitivity"),
+        qat=_qat_summary(details.get("qat")),
         scheme_choice=choice,
-    )  # fmt: skip
+    )
 
 
 def quantize_model_dir(
@@ -392,12 +484,19 @@ def quantize_model_dir(
         sizes = {name: path.stat().st_size for name, path in files.items()}
         isa = _isa_record(cfg, target, choice)
         result = _result(source, out, bundle, cfg, precision, metrics, sizes, checked, low, details, isa)
-        shipped = [BundleFile(source=low, name="model.int8.onnx" if precision is Precision.INT8 else low.name,
-                              precision=precision),
-                   BundleFile(source=ref_onnx, name=fp32.name, precision=Precision.FP32)]  # fmt: skip
-        extra = {"quantization": {**result.model_dump(mode="json", exclude={"out"}),
-                                  "fp32_reference": "qat-tuned" if ref_onnx != fp32 else "source",
-                                  "config": cfg.model_dump(mode="json")}}  # fmt: skip
+        shipped = [
+            BundleFile(
+                source=low, name="model.int8.onnx" if precision is Precision.INT8 else low.name, precision=precision
+            ),
+            BundleFile(source=ref_onnx, name=fp32.name, precision=Precision.FP32),
+        ]
+        extra = {
+            "quantization": {
+                **result.model_dump(mode="json", exclude={"out"}),
+                "fp32_reference": "qat-tuned" if ref_onnx != fp32 else "source",
+                "config": cfg.model_dump(mode="json"),
+            }
+        }
         card_q = _quantized_card(
             card,
             source,
@@ -410,10 +509,21 @@ def quantize_model_dir(
         check = validate_bundle_file(low, card_q, bundle, target_sensitivity=target_sensitivity)
         if check.operating_point is not None:
             extra["operating_point"] = check.operating_point
-        write_bundle(out, card=card_q, files=shipped, parity=checked["parity"], target=target.name,
-                     reference=checked["reference"], exporter=exporter, lint=checked["lint"], extra=extra,
-                     profile=TRT_PROFILE if target.name == "tensorrt" else None, isa=isa,
-                     ood_reference=check.reference, ood=check.ood)  # fmt: skip
+        write_bundle(
+            out,
+            card=card_q,
+            files=shipped,
+            parity=checked["parity"],
+            target=target.name,
+            reference=checked["reference"],
+            exporter=exporter,
+            lint=checked["lint"],
+            extra=extra,
+            profile=TRT_PROFILE if target.name == "tensorrt" else None,
+            isa=isa,
+            ood_reference=check.reference,
+            ood=check.ood,
+        )
     return result
 
 

@@ -72,14 +72,22 @@ def _geomean(ms: dict[int, float]) -> float:
     return math.exp(sum(math.log(max(v, 1e-9)) for v in ms.values()) / len(ms))
 
 
-def _diagnose(failed: ParityResult, dst: Path, card: ModelCard, x: np.ndarray, ref: np.ndarray, target: QuantTarget,
-              tried: list[dict[str, Any]]) -> VerificationError:  # fmt: skip
+def _diagnose(
+    failed: ParityResult,
+    dst: Path,
+    card: ModelCard,
+    x: np.ndarray,
+    ref: np.ndarray,
+    target: QuantTarget,
+    tried: list[dict[str, Any]],
+) -> VerificationError:
     """The error when no scheme passed, naming the cause (kernel overflow, or INT8 itself)."""
     scores = ", ".join(f"{t['scheme']} top-1 {t['parity']['top1_agreement']:.3f}" for t in tried)
     isa = cpu_isa().isa
     if failed.kernels == "native":
-        exact = parity_check(dst, None, card, samples=x, reference_logits=ref, precision=Precision.INT8,
-                             kernels="reference")  # fmt: skip
+        exact = parity_check(
+            dst, None, card, samples=x, reference_logits=ref, precision=Precision.INT8, kernels="reference"
+        )
         if exact.passed:
             own = target_for_isa(isa)
             fix = f"--target {own} (this CPU's)" if own and own != target.name else "another target"
@@ -139,10 +147,10 @@ def choose_scheme(
     files: dict[str, Path] = {}
     schemes: list[QuantScheme] = candidates(target)
     for scheme in schemes:
-        path = quantize_onnx(pre, work / f"model.{scheme.name}.onnx", scheme, reader, calibration=calibration,
-                             cache=cache)  # fmt: skip
-        res = parity_check(path, None, card, samples=x, reference_logits=ref, precision=Precision.INT8,
-                           kernels=kernels)  # fmt: skip
+        path = quantize_onnx(
+            pre, work / f"model.{scheme.name}.onnx", scheme, reader, calibration=calibration, cache=cache
+        )
+        res = parity_check(path, None, card, samples=x, reference_logits=ref, precision=Precision.INT8, kernels=kernels)
         trials.append({"scheme": scheme.name, "parity": res.model_dump(mode="json"), "passed": res.passed})
         files[scheme.name] = path
         if res.passed and (kernels == "reference" or latency is None):
@@ -170,8 +178,10 @@ def choose_scheme(
             record["fp32_latency_ms"] = {str(b): v for b, v in ms[-1].items()}
         chosen = min((t["scheme"] for t in pool), key=speed.__getitem__)
         timings = ", ".join(f"{name} {v:.3f} ms" for name, v in speed.items())
-        reason = (f"fastest {'exact-by-construction ' if exact else ''}scheme passing parity on this {record['isa']} "
-                  f"CPU (geometric mean p50 over batches {list(batches)}: {timings})")  # fmt: skip
+        reason = (
+            f"fastest {'exact-by-construction ' if exact else ''}scheme passing parity on this {record['isa']} "
+            f"CPU (geometric mean p50 over batches {list(batches)}: {timings})"
+        )
         faster = [n for n in speed if n not in {t["scheme"] for t in pool} and speed[n] < speed[chosen]]
         if faster:
             reason += f"; {', '.join(faster)} ran faster but can saturate on inputs beyond the parity samples"

@@ -57,8 +57,9 @@ def split_inputs(
     return preprocess(images).numpy().astype(np.float32), targets
 
 
-def iterate_split(data: DataBundle, split: str, preprocess: Preprocess, *, batch_size: int = 256
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def iterate_split(
+    data: DataBundle, split: str, preprocess: Preprocess, *, batch_size: int = 256
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Preprocessed ``(inputs, targets)`` batches of a whole split, in order."""
     for batch in make_loader(data.split(split), batch_size, shuffle=False):
         yield preprocess(batch[0]).numpy().astype(np.float32), batch[1].numpy()

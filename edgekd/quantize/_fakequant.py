@@ -105,9 +105,18 @@ class QATLinear(nn.Linear):
 
 def _convert(layer: nn.Module, scheme: QuantScheme) -> nn.Module:
     if type(layer) is nn.Conv2d:
-        new: nn.Module = QATConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                   layer.padding, layer.dilation, layer.groups, layer.bias is not None,
-                                   layer.padding_mode, device="meta")  # fmt: skip
+        new: nn.Module = QATConv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            layer.bias is not None,
+            layer.padding_mode,
+            device="meta",
+        )
     elif type(layer) is nn.Linear:
         new = QATLinear(layer.in_features, layer.out_features, layer.bias is not None, device="meta")
     else:

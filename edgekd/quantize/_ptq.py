@@ -42,8 +42,15 @@ from onnx import numpy_helper
 from edgekd.errors import ArtifactError
 from edgekd.quantize._targets import QuantScheme
 
-__all__ = ["Calibration", "CALIBRATION", "prepare_onnx", "quantize_onnx", "quantizable_nodes", "qdq_summary",
-           "WEIGHTED_OPS"]  # fmt: skip
+__all__ = [
+    "Calibration",
+    "CALIBRATION",
+    "prepare_onnx",
+    "quantize_onnx",
+    "quantizable_nodes",
+    "qdq_summary",
+    "WEIGHTED_OPS",
+]
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
@@ -57,8 +64,11 @@ class Calibration(str, Enum):
 def _method(name: Calibration | str):
     from onnxruntime.quantization import CalibrationMethod
 
-    return {Calibration.MINMAX: CalibrationMethod.MinMax, Calibration.ENTROPY: CalibrationMethod.Entropy,
-            Calibration.PERCENTILE: CalibrationMethod.Percentile}[Calibration(name)]  # fmt: skip
+    return {
+        Calibration.MINMAX: CalibrationMethod.MinMax,
+        Calibration.ENTROPY: CalibrationMethod.Entropy,
+        Calibration.PERCENTILE: CalibrationMethod.Percentile,
+    }[Calibration(name)]
 
 
 CALIBRATION = tuple(c.value for c in Calibration)
@@ -71,8 +81,10 @@ def prepare_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
     except Exception as e:  # onnxruntime raises assorted types from its optimiser and shape inference
-        raise ArtifactError(f"ONNX Runtime cannot pre-process {src} for quantization: {str(e).splitlines()[0]}",
-                            "check that the model exports and runs in onnxruntime") from e  # fmt: skip
+        raise ArtifactError(
+            f"ONNX Runtime cannot pre-process {src} for quantization: {str(e).splitlines()[0]}",
+            "check that the model exports and runs in onnxruntime",
+        ) from e
     return Path(dst)
 
 
@@ -108,9 +120,16 @@ def quantize_onnx(
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs every skipped node at INFO/WARNING
     try:  # its calibrators print() progress: keep stdout clean for `--json -`
         with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(str(src), str(dst), reader, calibrate_method=_method(calibration),
-                            nodes_to_exclude=list(exclude), nodes_to_quantize=list(include) if include else None,
-                            calibration_cache_path=str(cache) if cache else None, **opts)  # fmt: skip
+            quantize_static(
+                str(src),
+                str(dst),
+                reader,
+                calibrate_method=_method(calibration),
+                nodes_to_exclude=list(exclude),
+                nodes_to_quantize=list(include) if include else None,
+                calibration_cache_path=str(cache) if cache else None,
+                **opts,
+            )
     finally:
         logging.getLogger().setLevel(previous)
     return Path(dst)
@@ -161,10 +180,17 @@ def qdq_summary(path: str | os.PathLike) -> dict[str, Any]:
         kind = "bias" if zp.dtype == np.int32 else ("weight" if on_const else "activation")
         types[kind].add(zp.dtype.name)
         nonzero += int(np.count_nonzero(zp) > 0)
-        per_channel += int(kind == "weight" and node.op_type == "DequantizeLinear" and scale is not None
-                           and scale.size > 1)  # fmt: skip
+        per_channel += int(
+            kind == "weight" and node.op_type == "DequantizeLinear" and scale is not None and scale.size > 1
+        )
     ops = [n.op_type for n in model.graph.node]
-    return {"activation_types": sorted(types["activation"]), "weight_types": sorted(types["weight"]),
-            "bias_types": sorted(types["bias"]), "nonzero_zero_points": nonzero, "per_channel_weights": per_channel,
-            "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
-            "qoperator_ops": sorted({o for o in ops if o.startswith("QLinear") or o.endswith("Integer")})}  # fmt: skip
+    return {
+        "activation_types": sorted(types["activation"]),
+        "weight_types": sorted(types["weight"]),
+        "bias_types": sorted(types["bias"]),
+        "nonzero_zero_points": nonzero,
+        "per_channel_weights": per_channel,
+        "quantize_linear": ops.count("QuantizeLinear"),
+        "dequantize_linear": ops.count("DequantizeLinear"),
+        "qoperator_ops": sorted({o for o in ops if o.startswith("QLinear") or o.endswith("Integer")}),
+    }

@@ -107,8 +107,9 @@ class ModelOptBackend(QATBackend):
         try:
             import modelopt.torch.quantization as mtq
         except ImportError as e:  # its import also needs requests and huggingface_hub
-            raise DependencyError(f"nvidia-modelopt cannot be imported: {e}",
-                                  "pip install nvidia-modelopt requests huggingface_hub") from e  # fmt: skip
+            raise DependencyError(
+                f"nvidia-modelopt cannot be imported: {e}", "pip install nvidia-modelopt requests huggingface_hub"
+            ) from e
 
         def forward_loop(m: nn.Module) -> None:
             for x in batches:
@@ -205,6 +206,11 @@ def qat_finetune(
     if freeze_bn:
         freeze_bn_stats(qat)
     history = finetune(qat, card.preprocess, data, cfg, work, teacher=teacher, losses=losses, progress=progress)
-    return qat, {"backend": qb.name, "epochs": cfg.epochs, "history": history,
-                 "teacher": teacher.name if teacher is not None else None,
-                 "losses": list(losses) if teacher is not None else ["ce"], "freeze_bn": freeze_bn}  # fmt: skip
+    return qat, {
+        "backend": qb.name,
+        "epochs": cfg.epochs,
+        "history": history,
+        "teacher": teacher.name if teacher is not None else None,
+        "losses": list(losses) if teacher is not None else ["ce"],
+        "freeze_bn": freeze_bn,
+    }

@@ -92,8 +92,9 @@ def node_errors(
     power = float(np.mean(reference.astype(np.float64) ** 2)) or 1.0
     out = []
     for i, node in enumerate(nodes if nodes is not None else quantizable_nodes(src)):
-        path = quantize_onnx(src, work / f"one_{i}.onnx", scheme, reader, calibration=calibration, include=[node],
-                             cache=cache)  # fmt: skip
+        path = quantize_onnx(
+            src, work / f"one_{i}.onnx", scheme, reader, calibration=calibration, include=[node], cache=cache
+        )
         z = onnx_logits(_session(path, kernels), x)
         out.append(NodeError(node=node, error=float(np.mean((z.astype(np.float64) - reference) ** 2)) / power))
         path.unlink(missing_ok=True)
@@ -140,19 +141,30 @@ def sensitivity_search(
     trials = [{"fp32_nodes": 0, metric: int8_all, "drop": 100 * (fp32 - int8_all)}]
     best, ranked = full, []
     if trials[0]["drop"] > max_drop:
-        ranked = node_errors(src, scheme, reader, x_val[:ERROR_SAMPLES], calibration=calibration, cache=cache,
-                             work=work, kernels=kernels)  # fmt: skip
+        ranked = node_errors(
+            src, scheme, reader, x_val[:ERROR_SAMPLES], calibration=calibration, cache=cache, work=work, kernels=kernels
+        )
         limit = len(ranked) if max_nodes is None else min(max_nodes, len(ranked))
         for k in range(1, limit + 1):
             exclude = [e.node for e in ranked[:k]]
-            best = quantize_onnx(src, work / f"trial_{k}.onnx", scheme, reader, calibration=calibration,
-                                 exclude=exclude, cache=cache)  # fmt: skip
+            best = quantize_onnx(
+                src, work / f"trial_{k}.onnx", scheme, reader, calibration=calibration, exclude=exclude, cache=cache
+            )
             value = metric_value(onnx_logits(_session(best, kernels), x_val), y_val, task, metric)
             trials.append({"fp32_nodes": k, metric: value, "drop": 100 * (fp32 - value)})
             if trials[-1]["drop"] <= max_drop:
                 break
     shutil.copyfile(best, dst)
     k = trials[-1]["fp32_nodes"]
-    return SensitivityReport(metric=metric, max_drop=max_drop, fp32=fp32, int8_all=int8_all, final=trials[-1][metric],
-                             drop=trials[-1]["drop"], budget_met=trials[-1]["drop"] <= max_drop,
-                             fp32_nodes=[e.node for e in ranked[:k]], nodes=ranked, trials=trials)  # fmt: skip
+    return SensitivityReport(
+        metric=metric,
+        max_drop=max_drop,
+        fp32=fp32,
+        int8_all=int8_all,
+        final=trials[-1][metric],
+        drop=trials[-1]["drop"],
+        budget_met=trials[-1]["drop"] <= max_drop,
+        fp32_nodes=[e.node for e in ranked[:k]],
+        nodes=ranked,
+        trials=trials,
+    )

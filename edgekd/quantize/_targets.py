@@ -50,8 +50,16 @@ from edgekd._cpu import cpu_isa, native_target
 from edgekd.errors import InvalidInputError
 from edgekd.registry import Registry
 
-__all__ = ["QuantScheme", "QuantTarget", "SCHEMES", "TARGETS", "get_target", "list_targets", "resolve_target",
-           "target_for_isa"]  # fmt: skip
+__all__ = [
+    "QuantScheme",
+    "QuantTarget",
+    "SCHEMES",
+    "TARGETS",
+    "get_target",
+    "list_targets",
+    "resolve_target",
+    "target_for_isa",
+]
 
 
 class QuantScheme(BaseModel):
@@ -84,8 +92,11 @@ class QuantScheme(BaseModel):
         from onnxruntime.quantization import QuantFormat, QuantType
 
         types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-        extra = {"ActivationSymmetric": self.activation_symmetric, "WeightSymmetric": True,
-                 "QuantizeBias": self.quantize_bias}  # fmt: skip
+        extra = {
+            "ActivationSymmetric": self.activation_symmetric,
+            "WeightSymmetric": True,
+            "QuantizeBias": self.quantize_bias,
+        }
         return {
             "quant_format": QuantFormat.QDQ,
             "activation_type": types[self.activation_type],
@@ -127,34 +138,79 @@ class QuantTarget(BaseModel):
 
 SCHEMES: Registry[QuantScheme] = Registry("INT8 scheme")
 for _scheme in (
-    QuantScheme(name="u8s8", activation_type="uint8", activation_symmetric=False,
-                summary="uint8 asymmetric activations, int8 symmetric per-channel weights"),
-    QuantScheme(name="u8s8-rr", activation_type="uint8", activation_symmetric=False, reduce_range=True,
-                summary="u8s8 with 7-bit weights (reduce_range): no int16 overflow without VNNI"),
-    QuantScheme(name="u8u8", activation_type="uint8", activation_symmetric=False, weight_type="uint8",
-                summary="uint8 activations and weights: 16-bit kernels, no overflow without VNNI"),
-    QuantScheme(name="s8s8", activation_type="int8", activation_symmetric=False,
-                summary="int8 asymmetric activations, int8 symmetric per-channel weights"),
-    QuantScheme(name="s8s8-sym", activation_type="int8", activation_symmetric=True, quantize_bias=False,
-                summary="int8 symmetric activations (zero points 0), per-channel weights, float bias"),
-):  # fmt: skip
+    QuantScheme(
+        name="u8s8",
+        activation_type="uint8",
+        activation_symmetric=False,
+        summary="uint8 asymmetric activations, int8 symmetric per-channel weights",
+    ),
+    QuantScheme(
+        name="u8s8-rr",
+        activation_type="uint8",
+        activation_symmetric=False,
+        reduce_range=True,
+        summary="u8s8 with 7-bit weights (reduce_range): no int16 overflow without VNNI",
+    ),
+    QuantScheme(
+        name="u8u8",
+        activation_type="uint8",
+        activation_symmetric=False,
+        weight_type="uint8",
+        summary="uint8 activations and weights: 16-bit kernels, no overflow without VNNI",
+    ),
+    QuantScheme(
+        name="s8s8",
+        activation_type="int8",
+        activation_symmetric=False,
+        summary="int8 asymmetric activations, int8 symmetric per-channel weights",
+    ),
+    QuantScheme(
+        name="s8s8-sym",
+        activation_type="int8",
+        activation_symmetric=True,
+        quantize_bias=False,
+        summary="int8 symmetric activations (zero points 0), per-channel weights, float bias",
+    ),
+):
     SCHEMES.add(_scheme.name, _scheme)
 
 TARGETS: Registry[QuantTarget] = Registry("quantization target")
 for _target in (
-    QuantTarget(name="cpu-x86", auto=True,
-                summary="this x86 CPU: resolves to cpu-x86-vnni or cpu-x86-avx2 by its instruction set"),
-    QuantTarget(name="cpu-x86-vnni", schemes=["u8s8"], isa="x86-vnni", safe_elsewhere=["u8s8"],
-                summary="x86 with AVX-512 VNNI, AVX-VNNI or AMX (Cascade Lake+, Ice/Alder Lake+, Zen 4+): U8S8"),
-    QuantTarget(name="cpu-x86-avx2", schemes=["u8s8-rr", "u8u8", "s8s8"], isa="x86-avx2",
-                safe_elsewhere=["u8s8-rr", "u8u8"],
-                summary="x86 with AVX2 or AVX-512 but no VNNI (Haswell-Skylake, Zen 1-3): fastest exact of "
-                        "U8S8 7-bit, U8U8, S8S8, measured"),
-    QuantTarget(name="cpu-arm", schemes=["s8s8"], isa="arm64-dotprod", safe_elsewhere=["s8s8"],
-                summary="64-bit Arm (Cortex-A, Graviton, Apple): S8S8, ORT's default for ARM64"),
-    QuantTarget(name="tensorrt", schemes=["s8s8-sym"], safe_elsewhere=["s8s8-sym"], gpu=True,
-                summary="NVIDIA TensorRT explicit INT8: symmetric S8S8, float bias (FP16 with --method fp16)"),
-):  # fmt: skip
+    QuantTarget(
+        name="cpu-x86",
+        auto=True,
+        summary="this x86 CPU: resolves to cpu-x86-vnni or cpu-x86-avx2 by its instruction set",
+    ),
+    QuantTarget(
+        name="cpu-x86-vnni",
+        schemes=["u8s8"],
+        isa="x86-vnni",
+        safe_elsewhere=["u8s8"],
+        summary="x86 with AVX-512 VNNI, AVX-VNNI or AMX (Cascade Lake+, Ice/Alder Lake+, Zen 4+): U8S8",
+    ),
+    QuantTarget(
+        name="cpu-x86-avx2",
+        schemes=["u8s8-rr", "u8u8", "s8s8"],
+        isa="x86-avx2",
+        safe_elsewhere=["u8s8-rr", "u8u8"],
+        summary="x86 with AVX2 or AVX-512 but no VNNI (Haswell-Skylake, Zen 1-3): fastest exact of "
+        "U8S8 7-bit, U8U8, S8S8, measured",
+    ),
+    QuantTarget(
+        name="cpu-arm",
+        schemes=["s8s8"],
+        isa="arm64-dotprod",
+        safe_elsewhere=["s8s8"],
+        summary="64-bit Arm (Cortex-A, Graviton, Apple): S8S8, ORT's default for ARM64",
+    ),
+    QuantTarget(
+        name="tensorrt",
+        schemes=["s8s8-sym"],
+        safe_elsewhere=["s8s8-sym"],
+        gpu=True,
+        summary="NVIDIA TensorRT explicit INT8: symmetric S8S8, float bias (FP16 with --method fp16)",
+    ),
+):
     TARGETS.add(_target.name, _target)
 
 

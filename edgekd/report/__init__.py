@@ -25,7 +25,18 @@ from edgekd.report._html import SECTION_IDS
 from edgekd.report._report import REPORT_DIR, read_summary, write_report
 
 __all__ = [
-    "write_report", "read_summary", "REPORT_DIR", "SECTION_IDS",
-    "gradcam_maps", "cam_agreement", "fmt_score", "default_cam_layer", "CamResult", "CAM_METHOD", "TOP_FRACTION",
-    "explain", "ExplainResult", "ExplainedImage",
-]  # fmt: skip
+    "write_report",
+    "read_summary",
+    "REPORT_DIR",
+    "SECTION_IDS",
+    "gradcam_maps",
+    "cam_agreement",
+    "fmt_score",
+    "default_cam_layer",
+    "CamResult",
+    "CAM_METHOD",
+    "TOP_FRACTION",
+    "explain",
+    "ExplainResult",
+    "ExplainedImage",
+]

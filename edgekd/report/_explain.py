@@ -142,25 +142,51 @@ def explain(
     items = []
     for j in range(len(x)):
         agree = cam_agreement(first.maps[j], other.maps[j]) if other is not None else {}
-        items.append(ExplainedImage(source=sources[j], label=names[labels[j]] if labels[j] is not None else None,
-                                    explained=names[classes[j]], prediction=names[int(probs[j].argmax())],
-                                    confidence=float(probs[j].max()),
-                                    compare_prediction=names[int(other.logits[j].argmax())] if other is not None else None,
-                                    spearman=agree.get("spearman"), iou=agree.get("iou")))  # fmt: skip
-    columns = [{"label": f"{Path(model_dir).name} [{first.layer}]", "maps": first.maps,
-                "titles": [f"pred {it.prediction} {it.confidence:.2f}" for it in items]}]  # fmt: skip
+        items.append(
+            ExplainedImage(
+                source=sources[j],
+                label=names[labels[j]] if labels[j] is not None else None,
+                explained=names[classes[j]],
+                prediction=names[int(probs[j].argmax())],
+                confidence=float(probs[j].max()),
+                compare_prediction=names[int(other.logits[j].argmax())] if other is not None else None,
+                spearman=agree.get("spearman"),
+                iou=agree.get("iou"),
+            )
+        )
+    columns = [
+        {
+            "label": f"{Path(model_dir).name} [{first.layer}]",
+            "maps": first.maps,
+            "titles": [f"pred {it.prediction} {it.confidence:.2f}" for it in items],
+        }
+    ]
     if other is not None:
-        columns.append({"label": f"{Path(compare).name} [{other.layer}]", "maps": other.maps,
-                        "titles": [f"pred {it.compare_prediction}\nρ {fmt_score(it.spearman)} IoU {fmt_score(it.iou)}" for it in items]})  # fmt: skip
+        columns.append(
+            {
+                "label": f"{Path(compare).name} [{other.layer}]",
+                "maps": other.maps,
+                "titles": [
+                    f"pred {it.compare_prediction}\nρ {fmt_score(it.spearman)} IoU {fmt_score(it.iou)}" for it in items
+                ],
+            }
+        )
     png = gradcam_png([t.numpy() for t in x], columns, [f"{it.source}: {it.label or '?'}" for it in items])
     mean = {}
     if other is not None:
         for k in ("spearman", "iou"):
             vals = [getattr(it, k) for it in items if getattr(it, k) is not None and not math.isnan(getattr(it, k))]
             mean[k] = float(np.mean(vals)) if vals else math.nan
-    res = ExplainResult(out=str(out), model=str(model_dir), layer=first.layer, compare=str(compare) if compare else None,
-                        compare_layer=other.layer if other is not None else None, images=items, mean=mean,
-                        figure=str(out / "gradcam.png"))  # fmt: skip
+    res = ExplainResult(
+        out=str(out),
+        model=str(model_dir),
+        layer=first.layer,
+        compare=str(compare) if compare else None,
+        compare_layer=other.layer if other is not None else None,
+        images=items,
+        mean=mean,
+        figure=str(out / "gradcam.png"),
+    )
     with atomic_dir(out) as tmp:
         (tmp / MARKER_FILE).write_text("edgekd explain output\n")
         (tmp / "gradcam.png").write_bytes(png)

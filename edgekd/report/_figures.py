@@ -20,9 +20,16 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from sklearn.metrics import roc_curve
 
 __all__ = [
-    "pareto_png", "size_png", "roc_png", "confusion_png", "reliability_png", "curves_png", "image_grid_png",
-    "gradcam_png", "COLORS",
-]  # fmt: skip
+    "pareto_png",
+    "size_png",
+    "roc_png",
+    "confusion_png",
+    "reliability_png",
+    "curves_png",
+    "image_grid_png",
+    "gradcam_png",
+    "COLORS",
+]
 
 COLORS = ("#1f3b73", "#8c8c8c", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#e6ab02")
 DPI = 110
@@ -53,8 +60,16 @@ def pareto_png(rows: Sequence[dict[str, Any]], *, metric: str = "auroc") -> byte
             y = r.get(metric)
             if not (_finite(x) and _finite(y)):
                 continue
-            ax.errorbar(x, y, yerr=r.get(f"{metric}_std") or None, fmt="o", ms=8, color=COLORS[i % len(COLORS)],
-                        capsize=3, label=r["label"])  # fmt: skip
+            ax.errorbar(
+                x,
+                y,
+                yerr=r.get(f"{metric}_std") or None,
+                fmt="o",
+                ms=8,
+                color=COLORS[i % len(COLORS)],
+                capsize=3,
+                label=r["label"],
+            )
             if i == 0:  # the stages sit close together: the legend names them, the teacher is labelled
                 ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
         if _finite(ref.get(metric)):
@@ -80,8 +95,9 @@ def size_png(rows: Sequence[dict[str, Any]]) -> bytes:
     fig = Figure(figsize=(13, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
     labels = [r["label"] for r in rows]
-    for ax, key, title, scale in zip(axes, ("params", "macs", "size_bytes"), ("parameters", "MACs per sample",
-                                     "file size (MB)"), (1.0, 1.0, 1e-6)):  # fmt: skip
+    for ax, key, title, scale in zip(
+        axes, ("params", "macs", "size_bytes"), ("parameters", "MACs per sample", "file size (MB)"), (1.0, 1.0, 1e-6)
+    ):
         values = [(r.get(key) or 0) * scale for r in rows]
         bars = ax.bar(range(len(rows)), values, color=[COLORS[i % len(COLORS)] for i in range(len(rows))])
         for b, v in zip(bars, values):
@@ -159,10 +175,23 @@ def reliability_png(diagrams: Sequence[dict[str, Any]]) -> bytes:
         bins = [b for b in d["bins"] if b["count"]]
         mids = [(b["lo"] + b["hi"]) / 2 for b in bins]
         width = d["bins"][0]["hi"] - d["bins"][0]["lo"] if d["bins"] else 0.1
-        ax.bar(mids, [b["accuracy"] for b in bins], width=width * 0.95, color=COLORS[i % len(COLORS)], alpha=0.8,
-               label="accuracy")  # fmt: skip
-        ax.bar(mids, [b["confidence"] - b["accuracy"] for b in bins], bottom=[b["accuracy"] for b in bins],
-               width=width * 0.95, color="#e34a33", alpha=0.35, label="gap")  # fmt: skip
+        ax.bar(
+            mids,
+            [b["accuracy"] for b in bins],
+            width=width * 0.95,
+            color=COLORS[i % len(COLORS)],
+            alpha=0.8,
+            label="accuracy",
+        )
+        ax.bar(
+            mids,
+            [b["confidence"] - b["accuracy"] for b in bins],
+            bottom=[b["accuracy"] for b in bins],
+            width=width * 0.95,
+            color="#e34a33",
+            alpha=0.35,
+            label="gap",
+        )
         ax.plot([0, 1], [0, 1], color="#444", ls="--", lw=0.8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -183,10 +212,24 @@ def curves_png(stages: Sequence[dict[str, Any]]) -> bytes:
         for j, hist in enumerate(s["histories"]):
             x = list(range(1, len(hist) + 1))
             label = s["label"] if j == 0 else None
-            ax_loss.plot(x, [h.get("loss", math.nan) for h in hist], color=color, lw=1.3 if j == 0 else 0.7,
-                         label=label, marker="o", ms=3)  # fmt: skip
-            ax_val.plot(x, [h.get(s.get("metric", "val_auroc"), math.nan) for h in hist], color=color,
-                        lw=1.3 if j == 0 else 0.7, label=label, marker="o", ms=3)  # fmt: skip
+            ax_loss.plot(
+                x,
+                [h.get("loss", math.nan) for h in hist],
+                color=color,
+                lw=1.3 if j == 0 else 0.7,
+                label=label,
+                marker="o",
+                ms=3,
+            )
+            ax_val.plot(
+                x,
+                [h.get(s.get("metric", "val_auroc"), math.nan) for h in hist],
+                color=color,
+                lw=1.3 if j == 0 else 0.7,
+                label=label,
+                marker="o",
+                ms=3,
+            )
     ax_loss.set_title("training loss (all terms, weighted)")
     ax_val.set_title("validation AUROC")
     for ax in (ax_loss, ax_val):

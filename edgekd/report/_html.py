@@ -74,8 +74,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, cls: str = ""
 def figure(png: bytes, caption: str, *, alt: str | None = None) -> str:
     """A PNG embedded as a data URI, with its caption."""
     data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img alt="{esc(alt or caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{caption}</figcaption></figure>")  # fmt: skip
+    return (
+        f'<figure><img alt="{esc(alt or caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
 
 
 def paragraph(text: str, cls: str = "") -> str:
@@ -95,7 +97,9 @@ class Page:
     def render(self) -> str:
         nav = "".join(f'<a href="#{sid}">{esc(h)}</a>' for sid, h, _ in self.sections)
         body = "".join(f'<section id="{sid}"><h2>{esc(h)}</h2>{content}</section>' for sid, h, content in self.sections)
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(self.title)}</title>'
-                f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style>'
-                f"<script>{_SCRIPT}</script></head><body><h1>{esc(self.title)}</h1>"
-                f'<p class="muted">{self.subtitle}</p><nav>{nav}</nav>{body}</body></html>\n')  # fmt: skip
+        return (
+            f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(self.title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style>'
+            f"<script>{_SCRIPT}</script></head><body><h1>{esc(self.title)}</h1>"
+            f'<p class="muted">{self.subtitle}</p><nav>{nav}</nav>{body}</body></html>\n'
+        )

@@ -60,8 +60,10 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
-        raise ArtifactError(f"{run_dir} has no {SUMMARY_FILE}: not a finished `edgekd run` directory",
-                            "run `edgekd run PIPELINE.yaml --out RUN_DIR` first (it resumes an interrupted run)")  # fmt: skip
+        raise ArtifactError(
+            f"{run_dir} has no {SUMMARY_FILE}: not a finished `edgekd run` directory",
+            "run `edgekd run PIPELINE.yaml --out RUN_DIR` first (it resumes an interrupted run)",
+        )
     try:
         return json.loads(path.read_text())
     except ValueError as e:
@@ -125,26 +127,46 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     metric = deciding_metric(run)
     metrics = [metric] + [m for m in ("acc", "auroc") if m != metric]
     batches = sorted({int(b) for r in run.rows for b in r.get("latency", {})})
-    head = ["stage", "hand-off", f"{_METRIC_LABELS.get(metric, metric)} (decides)",
-            *[_METRIC_LABELS[m] for m in metrics[1:]], "sens@op", "spec@op", "ECE", "params", "MACs", "size MB"]  # fmt: skip
+    head = [
+        "stage",
+        "hand-off",
+        f"{_METRIC_LABELS.get(metric, metric)} (decides)",
+        *[_METRIC_LABELS[m] for m in metrics[1:]],
+        "sens@op",
+        "spec@op",
+        "ECE",
+        "params",
+        "MACs",
+        "size MB",
+    ]
     head += [f"p50/p90 ms b{b}" for b in batches] + [f"speedup b{b}" for b in batches]
     body = []
     for r in run.rows:
         lat = r.get("latency", {})
-        cells = [r["label"], ", ".join(r.get("handoff", [])) or "", *[_pm(r, "test", m) for m in metrics],
-                 _op(r, "sensitivity"), _op(r, "specificity"), r["test"].get("ece"), r.get("params"), r.get("macs"),
-                 (r.get("size_bytes") or math.nan) / 1e6]  # fmt: skip
+        cells = [
+            r["label"],
+            ", ".join(r.get("handoff", [])) or "",
+            *[_pm(r, "test", m) for m in metrics],
+            _op(r, "sensitivity"),
+            _op(r, "specificity"),
+            r["test"].get("ece"),
+            r.get("params"),
+            r.get("macs"),
+            (r.get("size_bytes") or math.nan) / 1e6,
+        ]
         cells += [
             f"{lat[str(b)]['p50_ms']:.2f} / {lat[str(b)]['p90_ms']:.2f}" if str(b) in lat else "n/a" for b in batches
         ]
         cells += [f"{lat[str(b)]['speedup']:.1f}x" if lat.get(str(b), {}).get("speedup") else "n/a" for b in batches]
         body.append(cells)
     seeds = f"; figures are means ± standard deviations over {s['seeds']} seeds" if s["seeds"] > 1 else ""
-    note = (f"Test split of <code>{esc(s['data'])}</code>; the KD verdict and the Pareto view use "
-            f"<code>{esc(metric)}</code> (<code>distill.metric</code>). The operating point is the threshold that reaches "
-            f"sensitivity {s['target_sensitivity']:.2f} on validation, applied to test{seeds}. Latency: the benchmark "
-            f"of the seed-0 artifacts (<code>{esc(s.get('bench') or 'not run')}</code>); speedup is the teacher's p50 over "
-            "the stage's at the same batch size.")  # fmt: skip
+    note = (
+        f"Test split of <code>{esc(s['data'])}</code>; the KD verdict and the Pareto view use "
+        f"<code>{esc(metric)}</code> (<code>distill.metric</code>). The operating point is the threshold that reaches "
+        f"sensitivity {s['target_sensitivity']:.2f} on validation, applied to test{seeds}. Latency: the benchmark "
+        f"of the seed-0 artifacts (<code>{esc(s.get('bench') or 'not run')}</code>); speedup is the teacher's p50 over "
+        "the stage's at the same batch size."
+    )
     kd = s.get("kd", {})
     verdict = (
         f'<div class="verdict {"good" if kd.get("helps") else "bad"}">{esc(kd.get("message", ""))}</div>' if kd else ""
@@ -164,19 +186,45 @@ def _handoff_parts(s: dict[str, Any]) -> list[str]:
     for d in decisions:
         val = f"{fmt(d.get('child_val'))} vs {fmt(d.get('parent_val'))}"
         for p in d.get("latency") or [None]:
-            lat = [f"{p['backend']}/{p['device']}", p["batch"], f"{p['child_p50_ms']:.4g} vs {p['parent_p50_ms']:.4g}",
-                   f"{p['ratio']:.2f}x"] if p else ["not measured", "", d.get("unmeasured") or "", ""]  # fmt: skip
-            rows.append([d["stage"], d["parent"], *lat, f"{d['metric']} {val}", d["keep"],
-                         "yes" if d["kept"] else "no"])  # fmt: skip
+            lat = (
+                [
+                    f"{p['backend']}/{p['device']}",
+                    p["batch"],
+                    f"{p['child_p50_ms']:.4g} vs {p['parent_p50_ms']:.4g}",
+                    f"{p['ratio']:.2f}x",
+                ]
+                if p
+                else ["not measured", "", d.get("unmeasured") or "", ""]
+            )
+            rows.append(
+                [d["stage"], d["parent"], *lat, f"{d['metric']} {val}", d["keep"], "yes" if d["kept"] else "no"]
+            )
     targets = [[t["target"], t["device"], t["note"]] for t in h.get("targets", [])]
-    parts += [table(["child", "parent", "backend/device", "batch", "p50 ms child vs parent", "child / parent",
-                     "val metric child vs parent", "keep", "carried forward"], rows),
-              paragraph("Each compression stage is timed against its parent in the same run, interleaved (the two "
-                        "alternate over short rounds; the median of the per-round p50s), on the run's benchmark "
-                        "backends, devices and batches. A child is carried forward when it is faster at every batch "
-                        "and its validation metric is within the budget (<code>handoff.max_drop</code> points), or "
-                        "when its stage says <code>keep: always</code>.", "muted"),
-              table(["deployment target", "device", "hand-off"], targets)]  # fmt: skip
+    parts += [
+        table(
+            [
+                "child",
+                "parent",
+                "backend/device",
+                "batch",
+                "p50 ms child vs parent",
+                "child / parent",
+                "val metric child vs parent",
+                "keep",
+                "carried forward",
+            ],
+            rows,
+        ),
+        paragraph(
+            "Each compression stage is timed against its parent in the same run, interleaved (the two "
+            "alternate over short rounds; the median of the per-round p50s), on the run's benchmark "
+            "backends, devices and batches. A child is carried forward when it is faster at every batch "
+            "and its validation metric is within the budget (<code>handoff.max_drop</code> points), or "
+            "when its stage says <code>keep: always</code>.",
+            "muted",
+        ),
+        table(["deployment target", "device", "hand-off"], targets),
+    ]
     return parts
 
 
@@ -208,80 +256,167 @@ def _kd_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
         v = [x for x in stats[key] if x is not None]
         return f"{np.mean(v):.4f}" + (f" ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else "") if v else "n/a"
 
-    rows = [[name, cell(kd.get(key), "val"), cell(kd.get(key), "test"), cell(kd.get(key), "val_acc"),
-             cell(kd.get(key), "test_acc")] for name, key in (("distilled", "distilled"), ("no teacher", "baseline"))]  # fmt: skip
+    rows = [
+        [
+            name,
+            cell(kd.get(key), "val"),
+            cell(kd.get(key), "test"),
+            cell(kd.get(key), "val_acc"),
+            cell(kd.get(key), "test_acc"),
+        ]
+        for name, key in (("distilled", "distilled"), ("no teacher", "baseline"))
+    ]
     if kd.get("gain_val") is not None:
         pm = (lambda k: f" ± {kd[k]:.4f}") if kd.get("seeds", 1) > 1 else (lambda k: "")  # noqa: E731
-        rows.append(["KD gain", f"{kd['gain_val']:+.4f}{pm('gain_val_std')}", f"{kd['gain_test']:+.4f}{pm('gain_test_std')}",
-                     f"{kd['gain_val_acc']:+.4f}", f"{kd['gain_test_acc']:+.4f}"])  # fmt: skip
-    parts = [f'<div class="verdict {"good" if kd.get("helps") else "bad"}">{esc(kd.get("message", ""))}</div>',
-             table(["student", f"val {metric}", f"test {metric}", "val ACC", "test ACC"], rows)]  # fmt: skip
+        rows.append(
+            [
+                "KD gain",
+                f"{kd['gain_val']:+.4f}{pm('gain_val_std')}",
+                f"{kd['gain_test']:+.4f}{pm('gain_test_std')}",
+                f"{kd['gain_val_acc']:+.4f}",
+                f"{kd['gain_test_acc']:+.4f}",
+            ]
+        )
+    parts = [
+        f'<div class="verdict {"good" if kd.get("helps") else "bad"}">{esc(kd.get("message", ""))}</div>',
+        table(["student", f"val {metric}", f"test {metric}", "val ACC", "test ACC"], rows),
+    ]
     if kd.get("secondary"):
         ci = kd.get("gain_val_ci")
-        srows = [[f"{metric} (decides)", f"{kd['gain_val']:+.4f}", f"{kd['gain_test']:+.4f}",
-                  f"{ci[0]:+.4f} to {ci[1]:+.4f}" if ci else "n/a", ""]]  # fmt: skip
+        srows = [
+            [
+                f"{metric} (decides)",
+                f"{kd['gain_val']:+.4f}",
+                f"{kd['gain_test']:+.4f}",
+                f"{ci[0]:+.4f} to {ci[1]:+.4f}" if ci else "n/a",
+                "",
+            ]
+        ]
         for m, g in kd["secondary"].items():
             sci = g.get("ci")
-            srows.append([m, fmt(g.get("val")), fmt(g.get("test")), f"{sci[0]:+.4f} to {sci[1]:+.4f}" if sci else "n/a",
-                          "yes: disagrees beyond its noise" if m in kd.get("disagree", []) else "no"])  # fmt: skip
-        parts += [table(["metric", "KD gain val", "KD gain test", "95% CI (val, paired bootstrap)",
-                         "against the deciding metric"], srows),
-                  paragraph("A gain on the deciding metric is called a gain only when no other metric moves the other "
-                            "way beyond the noise of the validation set.", "muted")]  # fmt: skip
+            srows.append(
+                [
+                    m,
+                    fmt(g.get("val")),
+                    fmt(g.get("test")),
+                    f"{sci[0]:+.4f} to {sci[1]:+.4f}" if sci else "n/a",
+                    "yes: disagrees beyond its noise" if m in kd.get("disagree", []) else "no",
+                ]
+            )
+        parts += [
+            table(
+                [
+                    "metric",
+                    "KD gain val",
+                    "KD gain test",
+                    "95% CI (val, paired bootstrap)",
+                    "against the deciding metric",
+                ],
+                srows,
+            ),
+            paragraph(
+                "A gain on the deciding metric is called a gain only when no other metric moves the other "
+                "way beyond the noise of the validation set.",
+                "muted",
+            ),
+        ]
     if kd.get("suggestions"):
-        parts.append("<p><b>What to try</b> (from the evidence below):</p><ul>"
-                     + "".join(f"<li>{esc(t)}</li>" for t in kd["suggestions"]) + "</ul>")  # fmt: skip
+        parts.append(
+            "<p><b>What to try</b> (from the evidence below):</p><ul>"
+            + "".join(f"<li>{esc(t)}</li>" for t in kd["suggestions"])
+            + "</ul>"
+        )
     d = kd.get("diagnosis")
     if d:
-        ev = [["teacher accuracy, clean training images", d["teacher_acc_train"]],
-              [f"teacher accuracy, augmented views ({d['augment']})", d.get("teacher_acc_augmented")],
-              ["teacher mean confidence on its training images", d["teacher_confidence_train"]],
-              ["fraction of training images with teacher confidence >= 0.99", d["teacher_confident_fraction"]],
-              ["teacher / student parameters", d.get("params_ratio")]]  # fmt: skip
-        ev += [[f"{name}: top-1 agreement with the teacher (train / val)", f"{a['train']:.4f} / {a['val']:.4f}"]
-               for name, a in d.get("agreement", {}).items()]  # fmt: skip
-        ev += [[f"student's last-epoch training loss: {'total' if k == 'loss' else k}", v]
-               for k, v in d.get("final_losses", {}).items()]  # fmt: skip
+        ev = [
+            ["teacher accuracy, clean training images", d["teacher_acc_train"]],
+            [f"teacher accuracy, augmented views ({d['augment']})", d.get("teacher_acc_augmented")],
+            ["teacher mean confidence on its training images", d["teacher_confidence_train"]],
+            ["fraction of training images with teacher confidence >= 0.99", d["teacher_confident_fraction"]],
+            ["teacher / student parameters", d.get("params_ratio")],
+        ]
+        ev += [
+            [f"{name}: top-1 agreement with the teacher (train / val)", f"{a['train']:.4f} / {a['val']:.4f}"]
+            for name, a in d.get("agreement", {}).items()
+        ]
+        ev += [
+            [f"student's last-epoch training loss: {'total' if k == 'loss' else k}", v]
+            for k, v in d.get("final_losses", {}).items()
+        ]
         parts += [f"<p><b>Evidence</b> ({d['samples']} training and validation images):</p>", table(["", "value"], ev)]
     preset = run.summary.get("augment", {}).get("preset", "none")
     png = None
     if Augment.preset(preset).is_identity:
-        parts.append(paragraph("The student trained without augmentation: the teacher's soft labels were computed on "
-                               "the training images as they are."))  # fmt: skip
+        parts.append(
+            paragraph(
+                "The student trained without augmentation: the teacher's soft labels were computed on "
+                "the training images as they are."
+            )
+        )
     else:
         png = _augment_grid(run, int(run.summary.get("report_settings", {}).get("augment_samples", 16)))
     if png:
         pngs["augment"] = png
-        parts.append(figure(png, "Training images and the augmented view the student (and the teacher's soft labels) "
-                            "saw in epoch 0. An augmentation that changes what an image shows makes the teacher's soft "
-                            "labels wrong while the hard labels stay right."))  # fmt: skip
+        parts.append(
+            figure(
+                png,
+                "Training images and the augmented view the student (and the teacher's soft labels) "
+                "saw in epoch 0. An augmentation that changes what an image shows makes the teacher's soft "
+                "labels wrong while the hard labels stay right.",
+            )
+        )
     page.section("kd", "Is the teacher helping?", *parts)
 
 
 def _pareto_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     metric = deciding_metric(run)
-    pts = [{"label": r["label"], metric: r["test"].get(metric), f"{metric}_std": r.get("spread", {}).get(f"test.{metric}"),
-            "latency": {b: lat["p50_ms"] for b, lat in r.get("latency", {}).items()}} for r in run.rows]  # fmt: skip
+    pts = [
+        {
+            "label": r["label"],
+            metric: r["test"].get(metric),
+            f"{metric}_std": r.get("spread", {}).get(f"test.{metric}"),
+            "latency": {b: lat["p50_ms"] for b, lat in r.get("latency", {}).items()},
+        }
+        for r in run.rows
+    ]
     pngs["pareto"] = figs.pareto_png(pts, metric=metric)
-    page.section("pareto", "Accuracy against latency (Pareto view)",
-                 figure(pngs["pareto"], f"Test {metric.upper()} against the p50 latency of one batch, per batch size; the "
-                        "dashed line is the teacher's accuracy (the shaded band: within 0.01 of it), the dotted line its "
-                        "latency. Error bars: spread over seeds."))  # fmt: skip
+    page.section(
+        "pareto",
+        "Accuracy against latency (Pareto view)",
+        figure(
+            pngs["pareto"],
+            f"Test {metric.upper()} against the p50 latency of one batch, per batch size; the "
+            "dashed line is the teacher's accuracy (the shaded band: within 0.01 of it), the dotted line its "
+            "latency. Error bars: spread over seeds.",
+        ),
+    )
 
 
 def _size_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     pngs["size"] = figs.size_png(run.rows)
-    page.section("size", "Parameters, MACs and size",
-                 figure(pngs["size"], "Parameters, multiply-accumulates per sample at the model's input size, and the "
-                        "size of the weights file (model directory) or of the ONNX file (INT8 / FP16)."))  # fmt: skip
+    page.section(
+        "size",
+        "Parameters, MACs and size",
+        figure(
+            pngs["size"],
+            "Parameters, multiply-accumulates per sample at the model's input size, and the "
+            "size of the weights file (model directory) or of the ONNX file (INT8 / FP16).",
+        ),
+    )
 
 
 def _roc_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     curves, mats = [], []
     for r in run.rows:
         a = run.arrays(r["eval"][0])
-        curves.append({"label": r["label"], "logits": a["test_logits"], "targets": a["test_targets"],
-                       "auroc": r["test"].get("auroc", math.nan)})  # fmt: skip
+        curves.append(
+            {
+                "label": r["label"],
+                "logits": a["test_logits"],
+                "targets": a["test_targets"],
+                "auroc": r["test"].get("auroc", math.nan),
+            }
+        )
         cm = run.json(r["eval"][0])["test"].get("confusion_matrix")
         if cm:
             mats.append({"label": r["label"], "matrix": cm})
@@ -307,28 +442,57 @@ def _calibration_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
             )
         op = ev.get("operating_point")
         if op:
-            ops.append([r["label"], op["threshold"], op["val"]["sensitivity"], op["val"]["specificity"],
-                        op["test"]["sensitivity"], op["test"]["specificity"], ev["test"].get("ece")])  # fmt: skip
+            ops.append(
+                [
+                    r["label"],
+                    op["threshold"],
+                    op["val"]["sensitivity"],
+                    op["val"]["specificity"],
+                    op["test"]["sensitivity"],
+                    op["test"]["specificity"],
+                    ev["test"].get("ece"),
+                ]
+            )
     parts = []
     if diagrams:
         pngs["reliability"] = figs.reliability_png(diagrams)
-        parts.append(figure(pngs["reliability"], "Reliability diagrams on test: accuracy per confidence bin (15 bins); "
-                            "red: the gap to the diagonal. ECE = sum over bins of (share of samples) x |accuracy - "
-                            "confidence|."))  # fmt: skip
+        parts.append(
+            figure(
+                pngs["reliability"],
+                "Reliability diagrams on test: accuracy per confidence bin (15 bins); "
+                "red: the gap to the diagonal. ECE = sum over bins of (share of samples) x |accuracy - "
+                "confidence|.",
+            )
+        )
     if ops:
         t = run.summary["target_sensitivity"]
-        parts += [f"<p><b>Operating point</b>: the threshold on P({esc(run.summary['label_names'][-1])}) that reaches "
-                  f"sensitivity {t:.2f} on validation, and what the same threshold gives on test.</p>",
-                  table(["stage", "threshold", "val sensitivity", "val specificity", "test sensitivity",
-                         "test specificity", "test ECE"], ops)]  # fmt: skip
+        parts += [
+            f"<p><b>Operating point</b>: the threshold on P({esc(run.summary['label_names'][-1])}) that reaches "
+            f"sensitivity {t:.2f} on validation, and what the same threshold gives on test.</p>",
+            table(
+                [
+                    "stage",
+                    "threshold",
+                    "val sensitivity",
+                    "val specificity",
+                    "test sensitivity",
+                    "test specificity",
+                    "test ECE",
+                ],
+                ops,
+            ),
+        ]
     page.section("calibration", "Calibration and operating point", *parts)
 
 
 def _curves_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     stages = []
     for r in run.rows:
-        hists = [[json.loads(line) for line in run.path(h).read_text().splitlines() if line.strip()]
-                 for h in r.get("history", []) if run.path(h).is_file()]  # fmt: skip
+        hists = [
+            [json.loads(line) for line in run.path(h).read_text().splitlines() if line.strip()]
+            for h in r.get("history", [])
+            if run.path(h).is_file()
+        ]
         if hists:
             metric = "val_auroc" if any("val_auroc" in h for h in hists[0]) else "val_acc"
             stages.append({"label": r["label"], "histories": hists, "metric": metric})
@@ -336,9 +500,15 @@ def _curves_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
         page.section("curves", "Training curves", paragraph("No stage of this run trained."))
         return
     pngs["curves"] = figs.curves_png(stages)
-    page.section("curves", "Training curves",
-                 figure(pngs["curves"], "Training loss and validation AUROC per epoch of every stage that trained (thin "
-                        "lines: other seeds). Pruning recovery epochs follow one another across pruning steps."))  # fmt: skip
+    page.section(
+        "curves",
+        "Training curves",
+        figure(
+            pngs["curves"],
+            "Training loss and validation AUROC per epoch of every stage that trained (thin "
+            "lines: other seeds). Pruning recovery epochs follow one another across pruning steps.",
+        ),
+    )
 
 
 def _pick_images(
@@ -384,44 +554,89 @@ def _gradcam_section(run: _Run, page: Page, pngs: dict[str, bytes], out: Path) -
         model, card = load_model_dir(run.path(r["artifact"]))
         cams[r["name"]] = gradcam_maps(model, card.preprocess, images, classes=labels, size=run.data.image_size)
     ref = cams["teacher"]
-    scores: dict[str, list[dict[str, float]]] = {r["name"]: [cam_agreement(ref.maps[j], cams[r["name"]].maps[j])
-                                                             for j in range(len(idx))] for r in rows[1:]}  # fmt: skip
-    columns = [{"label": f"{r['label']}\n[{cams[r['name']].layer}]", "maps": cams[r["name"]].maps,
-                "titles": [f"pred {names[int(preds[r['name']][i])]}" + ("" if r["name"] == "teacher" else
-                           f"\nρ {fmt_score(scores[r['name']][j]['spearman'])} IoU {fmt_score(scores[r['name']][j]['iou'])}")
-                           for j, i in enumerate(idx)]} for r in rows]  # fmt: skip
-    titles = [f"test #{i}: {names[y]}" + (" (missed by some)" if any(preds[n][i] != y for n in preds) else "")
-              for i, y in zip(idx, labels)]  # fmt: skip
+    scores: dict[str, list[dict[str, float]]] = {
+        r["name"]: [cam_agreement(ref.maps[j], cams[r["name"]].maps[j]) for j in range(len(idx))] for r in rows[1:]
+    }
+    columns = [
+        {
+            "label": f"{r['label']}\n[{cams[r['name']].layer}]",
+            "maps": cams[r["name"]].maps,
+            "titles": [
+                f"pred {names[int(preds[r['name']][i])]}"
+                + (
+                    ""
+                    if r["name"] == "teacher"
+                    else f"\nρ {fmt_score(scores[r['name']][j]['spearman'])} IoU {fmt_score(scores[r['name']][j]['iou'])}"
+                )
+                for j, i in enumerate(idx)
+            ],
+        }
+        for r in rows
+    ]
+    titles = [
+        f"test #{i}: {names[y]}" + (" (missed by some)" if any(preds[n][i] != y for n in preds) else "")
+        for i, y in zip(idx, labels)
+    ]
     pngs["gradcam"] = figs.gradcam_png([img.numpy() for img in images], columns, titles)
-    means = {n: {k: float(np.nanmean([s[k] for s in v])) if any(not math.isnan(s[k]) for s in v) else math.nan
-                 for k in ("spearman", "iou")} for n, v in scores.items()}  # fmt: skip
+    means = {
+        n: {
+            k: float(np.nanmean([s[k] for s in v])) if any(not math.isnan(s[k]) for s in v) else math.nan
+            for k in ("spearman", "iou")
+        }
+        for n, v in scores.items()
+    }
     label_of = {r["name"]: r["label"] for r in rows}
     mean_rows = [[label_of[n], cams[n].layer, m["spearman"], m["iou"]] for n, m in means.items()]
-    per_image = [[f"#{i} ({names[y]})", *[f"{fmt_score(scores[n][j]['spearman'])} / {fmt_score(scores[n][j]['iou'])}" for n in scores]]
-                 for j, (i, y) in enumerate(zip(idx, labels))]  # fmt: skip
-    page.section("gradcam", "Grad-CAM agreement with the teacher",
-                 paragraph(f"{CAM_METHOD} maps for the true class of {len(idx)} test images ({sum('missed' in t for t in titles)} "
-                           f"misclassified by at least one model), teacher layer <code>{esc(ref.layer)}</code>; each model's "
-                           "layer is named in its column. Agreement with the teacher per image: Spearman rank correlation "
-                           f"ρ of the maps / IoU of their top-{int(100 * TOP_FRACTION)} % regions (maps resized to the "
-                           "image size)."),
-                 table(["model", "layer", "mean Spearman ρ", f"mean top-{int(100 * TOP_FRACTION)}% IoU"], mean_rows),
-                 figure(pngs["gradcam"], "Each row: a test image, then the Grad-CAM overlay of each model (red: most "
-                        "evidence for the true class)."),
-                 table(["image", *[f"{label_of[n]} ρ / IoU" for n in scores]], per_image))  # fmt: skip
-    return {"method": CAM_METHOD, "target": "true class", "top_fraction": TOP_FRACTION, "images": idx.tolist(),
-            "layers": {n: c.layer for n, c in cams.items()}, "per_image": scores, "mean": means}  # fmt: skip
+    per_image = [
+        [
+            f"#{i} ({names[y]})",
+            *[f"{fmt_score(scores[n][j]['spearman'])} / {fmt_score(scores[n][j]['iou'])}" for n in scores],
+        ]
+        for j, (i, y) in enumerate(zip(idx, labels))
+    ]
+    page.section(
+        "gradcam",
+        "Grad-CAM agreement with the teacher",
+        paragraph(
+            f"{CAM_METHOD} maps for the true class of {len(idx)} test images ({sum('missed' in t for t in titles)} "
+            f"misclassified by at least one model), teacher layer <code>{esc(ref.layer)}</code>; each model's "
+            "layer is named in its column. Agreement with the teacher per image: Spearman rank correlation "
+            f"ρ of the maps / IoU of their top-{int(100 * TOP_FRACTION)} % regions (maps resized to the "
+            "image size)."
+        ),
+        table(["model", "layer", "mean Spearman ρ", f"mean top-{int(100 * TOP_FRACTION)}% IoU"], mean_rows),
+        figure(
+            pngs["gradcam"],
+            "Each row: a test image, then the Grad-CAM overlay of each model (red: most evidence for the true class).",
+        ),
+        table(["image", *[f"{label_of[n]} ρ / IoU" for n in scores]], per_image),
+    )
+    return {
+        "method": CAM_METHOD,
+        "target": "true class",
+        "top_fraction": TOP_FRACTION,
+        "images": idx.tolist(),
+        "layers": {n: c.layer for n, c in cams.items()},
+        "per_image": scores,
+        "mean": means,
+    }
 
 
 def _environment_section(run: _Run, page: Page) -> None:
     bench = run.bench() or {}
     env = bench.get("environment", {})
     cpu = env.get("cpu", {})
-    rows = [["platform", env.get("platform") or platform.platform()], ["python", env.get("python") or platform.python_version()],
-            ["CPU", cpu.get("model", "n/a")], ["cores (physical / logical)", f"{cpu.get('physical_cores')} / {cpu.get('logical_cores')}"],
-            ["benchmark threads", cpu.get("threads_used")], ["GPUs", ", ".join(g["name"] for g in env.get("gpus", [])) or "none"],
-            ["ONNX Runtime providers", ", ".join(env.get("ort_providers", [])) or "n/a"],
-            ["git revision", env.get("git_revision") or "n/a"], ["benchmark time", env.get("timestamp", "n/a")]]  # fmt: skip
+    rows = [
+        ["platform", env.get("platform") or platform.platform()],
+        ["python", env.get("python") or platform.python_version()],
+        ["CPU", cpu.get("model", "n/a")],
+        ["cores (physical / logical)", f"{cpu.get('physical_cores')} / {cpu.get('logical_cores')}"],
+        ["benchmark threads", cpu.get("threads_used")],
+        ["GPUs", ", ".join(g["name"] for g in env.get("gpus", [])) or "none"],
+        ["ONNX Runtime providers", ", ".join(env.get("ort_providers", [])) or "n/a"],
+        ["git revision", env.get("git_revision") or "n/a"],
+        ["benchmark time", env.get("timestamp", "n/a")],
+    ]
     versions = {**run.summary.get("versions", {}), **env.get("versions", {}), **package_versions()}
     rows += [[f"version: {k}", v] for k, v in sorted(versions.items())]
     page.section("environment", "Environment and versions", table(["", "value"], rows))
@@ -433,13 +648,29 @@ def _lineage_section(run: _Run, page: Page) -> None:
         rec_path = run.root / "stages" / f"{st['name']}.json"
         rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
         inputs = ", ".join(f"{k} {v[:8]}" for k, v in rec.get("inputs", {}).items()) or "-"
-        rows.append([st["name"], st["kind"], f"<code>{esc(st['output'])}</code>", f"<code>{(st.get('output_sha256') or '')[:16]}</code>",
-                     f"<code>{st['key'][:12]}</code>", inputs, st["status"], rec.get("seconds"), rec.get("finished") or ""])  # fmt: skip
-    page.section("lineage", "Lineage of every artifact",
-                 paragraph("Each stage's output is identified by its sha256 (weights of a model directory, manifest of a "
-                           "bundle, the file otherwise); the key hashes its settings and its inputs' hashes: a stage "
-                           "re-runs exactly when it changes. Status is this run's (skipped: unchanged)."),
-                 table(["stage", "kind", "output", "sha256", "key", "inputs (sha256)", "status", "seconds", "finished"], rows))  # fmt: skip
+        rows.append(
+            [
+                st["name"],
+                st["kind"],
+                f"<code>{esc(st['output'])}</code>",
+                f"<code>{(st.get('output_sha256') or '')[:16]}</code>",
+                f"<code>{st['key'][:12]}</code>",
+                inputs,
+                st["status"],
+                rec.get("seconds"),
+                rec.get("finished") or "",
+            ]
+        )
+    page.section(
+        "lineage",
+        "Lineage of every artifact",
+        paragraph(
+            "Each stage's output is identified by its sha256 (weights of a model directory, manifest of a "
+            "bundle, the file otherwise); the key hashes its settings and its inputs' hashes: a stage "
+            "re-runs exactly when it changes. Status is this run's (skipped: unchanged)."
+        ),
+        table(["stage", "kind", "output", "sha256", "key", "inputs (sha256)", "status", "seconds", "finished"], rows),
+    )
 
 
 def write_report(run_dir: str | os.PathLike, *, progress: bool = True) -> Path:
@@ -453,9 +684,11 @@ def write_report(run_dir: str | os.PathLike, *, progress: bool = True) -> Path:
     run = _Run(root)
     out = root / REPORT_DIR
     check_output(out, overwrite=True, flag="report directory")
-    page = Page(f"edgekd run: {run.summary['name']}",
-                f"{esc(run.summary['data'])} ({run.summary['task']}, classes {esc(', '.join(run.summary['label_names']))}); "
-                f"run directory <code>{esc(root)}</code>; configuration <code>{esc(run.summary.get('config'))}</code>")  # fmt: skip
+    page = Page(
+        f"edgekd run: {run.summary['name']}",
+        f"{esc(run.summary['data'])} ({run.summary['task']}, classes {esc(', '.join(run.summary['label_names']))}); "
+        f"run directory <code>{esc(root)}</code>; configuration <code>{esc(run.summary.get('config'))}</code>",
+    )
     pngs: dict[str, bytes] = {}
     _summary_section(run, page, pngs)
     _kd_section(run, page, pngs)

@@ -58,8 +58,10 @@ def require_serve_deps() -> tuple[Any, Any]:
         import fastapi
         import uvicorn
     except ImportError as e:
-        raise DependencyError(f"edgekd serve needs {e.name or 'fastapi and uvicorn'}, which is not installed",
-                              "pip install 'edgekd[serve]'") from e  # fmt: skip
+        raise DependencyError(
+            f"edgekd serve needs {e.name or 'fastapi and uvicorn'}, which is not installed",
+            "pip install 'edgekd[serve]'",
+        ) from e
     return fastapi, uvicorn
 
 
@@ -97,8 +99,14 @@ def _routes(server: InferenceServer) -> list[tuple[str, str, str, bool, Callable
             (f"{base}/infer", "infer", "POST", False, infer),
             (f"{base}/classify", "classify", "POST", False, classify),
             (base, "model_metadata", "GET", False, lambda r: server.model_metadata(r.path_params["name"], version(r))),
-            (f"{base}/ready", "model_ready", "GET", False, lambda r: server.model_ready(r.path_params["name"], version(r))),
-        ]  # fmt: skip
+            (
+                f"{base}/ready",
+                "model_ready",
+                "GET",
+                False,
+                lambda r: server.model_ready(r.path_params["name"], version(r)),
+            ),
+        ]
     routes += [
         ("/v2/health/live", "live", "GET", True, lambda r: server.live()),
         ("/v2/health/ready", "ready", "GET", True, lambda r: server.ready()),
@@ -131,8 +139,9 @@ def create_app(server: InferenceServer) -> Any:
         finally:
             await server.stop()
 
-    app = fastapi.FastAPI(title="edgekd serve", version=__version__, lifespan=lifespan, docs_url=None,
-                          redoc_url=None, openapi_url=None)  # fmt: skip
+    app = fastapi.FastAPI(
+        title="edgekd serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.exception_handler(HTTPException)
     async def _not_found(_request: Request, exc: HTTPException) -> Response:  # unknown routes, wrong methods
@@ -172,8 +181,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise DependencyError(f"cannot listen on {host}:{port}: {e.strerror or e}",
-                              "choose another --port (0 picks a free one)") from e  # fmt: skip
+        raise DependencyError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}", "choose another --port (0 picks a free one)"
+        ) from e
     sock.listen(1024)
     return sock
 
@@ -185,8 +195,14 @@ def _url(sock: socket.socket) -> str:
 
 def _uvicorn_server(server: InferenceServer) -> Any:
     _, uvicorn = require_serve_deps()
-    config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, timeout_keep_alive=30,
-                            lifespan="on", timeout_graceful_shutdown=30)  # fmt: skip
+    config = uvicorn.Config(
+        create_app(server),
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
 
     class DrainingServer(uvicorn.Server):
         """uvicorn's server whose first SIGTERM drains (readiness false, still answering) before stopping."""
@@ -202,8 +218,9 @@ def _uvicorn_server(server: InferenceServer) -> Any:
     return DrainingServer(config)
 
 
-def serve_models(models: Mapping[str, LoadedModel], config: ServeConfig,
-                 *, log: Callable[[str], None] | None = None) -> None:  # fmt: skip
+def serve_models(
+    models: Mapping[str, LoadedModel], config: ServeConfig, *, log: Callable[[str], None] | None = None
+) -> None:
     """Serve ``models`` until interrupted (SIGINT/SIGTERM stop it gracefully).
 
     Args:
@@ -226,8 +243,7 @@ def serve_models(models: Mapping[str, LoadedModel], config: ServeConfig,
 
 
 @contextlib.contextmanager
-def running_server(models: Mapping[str, LoadedModel], config: ServeConfig, *, timeout_s: float = 30.0
-                   ) -> Iterator[str]:  # fmt: skip
+def running_server(models: Mapping[str, LoadedModel], config: ServeConfig, *, timeout_s: float = 30.0) -> Iterator[str]:
     """Run a real uvicorn server in a background thread; yields its base URL and stops it on exit.
 
     Example:

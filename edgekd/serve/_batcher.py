@@ -56,8 +56,15 @@ class MicroBatcher:
         on_batch: called in the event loop after each batch with ``(rows, seconds)`` (metrics).
     """
 
-    def __init__(self, run: Callable[[Feeds], Feeds], *, max_batch: int, max_delay_s: float, max_queue: int,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run: Callable[[Feeds], Feeds],
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.run, self.max_batch, self.max_delay_s, self.max_queue = run, max_batch, max_delay_s, max_queue
         self.on_batch = on_batch
         self._queue: collections.deque[_Item] = collections.deque()
@@ -133,8 +140,9 @@ class MicroBatcher:
             if not batch:
                 continue
             names = list(batch[0].feeds)
-            feeds = {n: np.concatenate([i.feeds[n] for i in batch]) if len(batch) > 1 else batch[0].feeds[n]
-                     for n in names}  # fmt: skip
+            feeds = {
+                n: np.concatenate([i.feeds[n] for i in batch]) if len(batch) > 1 else batch[0].feeds[n] for n in names
+            }
             t0 = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self._executor, self.run, feeds)

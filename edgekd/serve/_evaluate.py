@@ -43,13 +43,24 @@ def _split_outputs(model: LoadedModel, data: Any, split: str, batch: int) -> tup
 def _rates(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, Any]:
     pred = p >= threshold
     pos, neg = y == 1, y == 0
-    return {"sensitivity": float(pred[pos].mean()) if pos.any() else math.nan,
-            "specificity": float((~pred[neg]).mean()) if neg.any() else math.nan,
-            "acc": float((pred == pos).mean()), "n": int(len(y))}  # fmt: skip
+    return {
+        "sensitivity": float(pred[pos].mean()) if pos.any() else math.nan,
+        "specificity": float((~pred[neg]).mean()) if neg.any() else math.nan,
+        "acc": float((pred == pos).mean()),
+        "n": int(len(y)),
+    }
 
 
-def evaluate_bundle(path: str | Path, *, data: str | None = None, split: str = "test", batch_size: int = 256,
-                    target_sensitivity: float = 0.95, verify: bool = True, threads: int = 0) -> dict[str, Any]:  # fmt: skip
+def evaluate_bundle(
+    path: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    batch_size: int = 256,
+    target_sensitivity: float = 0.95,
+    verify: bool = True,
+    threads: int = 0,
+) -> dict[str, Any]:
     """Metrics of a bundle on ``split`` of ``data`` (default: the data in the bundle's lineage).
 
     Raises:
@@ -63,18 +74,31 @@ def evaluate_bundle(path: str | Path, *, data: str | None = None, split: str = "
         raise InvalidInputError(f"{path} does not record its training data", "pass --data")
     bundle = load_data(spec)
     if bundle.num_classes != len(info.labels) or bundle.task is not info.task:
-        raise InvalidInputError(f"data {spec} ({bundle.task.value}, {bundle.num_classes} classes) does not fit the "
-                                f"bundle ({info.task.value}, {len(info.labels)} classes)")  # fmt: skip
+        raise InvalidInputError(
+            f"data {spec} ({bundle.task.value}, {bundle.num_classes} classes) does not fit the "
+            f"bundle ({info.task.value}, {len(info.labels)} classes)"
+        )
     if bundle.channels != model.preprocess.data_channels:
-        raise InvalidInputError(f"data {spec} has {bundle.channels}-channel images; the bundle reads "
-                                f"{model.preprocess.data_channels}")  # fmt: skip
+        raise InvalidInputError(
+            f"data {spec} has {bundle.channels}-channel images; the bundle reads {model.preprocess.data_channels}"
+        )
     logits, targets, flags = _split_outputs(model, bundle, split, batch_size)
-    res: dict[str, Any] = {"model": str(path), "file": info.file, "precision": info.precision, "data": bundle.spec,
-                           "split": split, "metrics": compute_metrics(logits, targets, bundle.task),
-                           "label_names": list(info.labels)}  # fmt: skip
+    res: dict[str, Any] = {
+        "model": str(path),
+        "file": info.file,
+        "precision": info.precision,
+        "data": bundle.spec,
+        "split": split,
+        "metrics": compute_metrics(logits, targets, bundle.task),
+        "label_names": list(info.labels),
+    }
     if flags:
-        res["ood"] = {"flagged": int(sum(flags)), "n": len(flags), "rate": float(np.mean(flags)),
-                      "reference": info.ood_reference}  # fmt: skip
+        res["ood"] = {
+            "flagged": int(sum(flags)),
+            "n": len(flags),
+            "rate": float(np.mean(flags)),
+            "reference": info.ood_reference,
+        }
     if info.task is Task.BINARY and info.threshold is not None:
         p, y = probabilities(logits, Task.BINARY)[:, 1], targets.astype(int).reshape(-1)
         res["at_threshold"] = {
@@ -84,6 +108,8 @@ def evaluate_bundle(path: str | Path, *, data: str | None = None, split: str = "
         }
         val = (logits, targets) if split == "val" else _split_outputs(model, bundle, "val", batch_size)[:2]
         point = operating_point(*val, logits, targets, target_sensitivity)
-        res["operating_point"] = {**{k: point[k] for k in ("target_sensitivity", "threshold", "val")},
-                                  split: point["test"]}  # fmt: skip
+        res["operating_point"] = {
+            **{k: point[k] for k in ("target_sensitivity", "threshold", "val")},
+            split: point["test"],
+        }
     return res

@@ -41,8 +41,15 @@ from edgekd.data import Task
 from edgekd.errors import DependencyError, InvalidInputError
 from edgekd.serve._model import ModelInfo, Prediction
 
-__all__ = ["DISCLAIMER", "FHIR_VERSION", "diagnostic_report", "fhir_bundle", "operation_outcome", "require_fhir",
-           "validate_resource"]
+__all__ = [
+    "DISCLAIMER",
+    "FHIR_VERSION",
+    "diagnostic_report",
+    "fhir_bundle",
+    "operation_outcome",
+    "require_fhir",
+    "validate_resource",
+]
 
 FHIR_VERSION = "4.3.0"  # R4B
 DISCLAIMER = (
@@ -104,9 +111,13 @@ def _observation(i: int, label: str, p: float, pred: Prediction, info: ModelInfo
     }
     if info.task is Task.BINARY and info.threshold is not None and label == info.labels[1]:
         positive = pred.decision == label
-        obs["interpretation"] = [{"coding": [{"system": _INTERPRETATION, "code": "POS" if positive else "NEG"}],
-                                  "text": f"{'at or above' if positive else 'below'} the operating threshold "
-                                          f"{info.threshold:g} ({info.threshold_source})"}]  # fmt: skip
+        obs["interpretation"] = [
+            {
+                "coding": [{"system": _INTERPRETATION, "code": "POS" if positive else "NEG"}],
+                "text": f"{'at or above' if positive else 'below'} the operating threshold "
+                f"{info.threshold:g} ({info.threshold_source})",
+            }
+        ]
     return obs
 
 
@@ -118,15 +129,22 @@ def _ood_observation(pred: Prediction, info: ModelInfo) -> dict[str, Any]:
         "status": "preliminary",
         "code": {"coding": [{"system": _OOD, "code": "ood-score"}], "text": "out-of-distribution score"},
         "device": {"reference": "#model"},
-        "interpretation": [{"coding": [{"system": _OOD, "code": "out-of-distribution" if flagged else
-                                        "in-distribution"}],
-                            "text": ("beyond" if flagged else "within") + " the reference's 99.5th percentile (combined score) "
-                                    f"({info.ood_reference})"}],
-        "note": [{"text": "Score = the larger of the squared Mahalanobis distances (penultimate features, image "
-                          "statistics) over their levels, calibrated jointly at the 99.5th percentile of held-out "
-                          "validation images; above 1 the image is unlike the validation data and the answer "
-                          "should not be trusted."}],
-    }  # fmt: skip
+        "interpretation": [
+            {
+                "coding": [{"system": _OOD, "code": "out-of-distribution" if flagged else "in-distribution"}],
+                "text": ("beyond" if flagged else "within") + " the reference's 99.5th percentile (combined score) "
+                f"({info.ood_reference})",
+            }
+        ],
+        "note": [
+            {
+                "text": "Score = the larger of the squared Mahalanobis distances (penultimate features, image "
+                "statistics) over their levels, calibrated jointly at the 99.5th percentile of held-out "
+                "validation images; above 1 the image is unlike the validation data and the answer "
+                "should not be trusted."
+            }
+        ],
+    }
     if pred.ood_score is not None:
         obs["valueQuantity"] = {"value": round(pred.ood_score, 4), "unit": "ratio", "system": _UCUM, "code": "1"}
     else:
@@ -164,9 +182,11 @@ def diagnostic_report(pred: Prediction, info: ModelInfo, *, issued: str | None =
         findings.append(_ood_observation(pred, info))
     summary = " ".join(x for x in (_summary(pred, info), _warnings(pred)) if x)
     rows = "".join(f"<li>{html.escape(label)}: {p:.3f}</li>" for label, p in pred.probabilities.items())
-    div = (f'<div xmlns="{_XHTML}"><p><b>{html.escape(summary)}</b></p><ul>{rows}</ul>'
-           f"<p>Model {html.escape(info.name)} ({html.escape(info.architecture)}, {info.precision}), "
-           f"sha256 {info.sha256[:16]}...</p><p><b>{html.escape(DISCLAIMER)}</b></p></div>")  # fmt: skip
+    div = (
+        f'<div xmlns="{_XHTML}"><p><b>{html.escape(summary)}</b></p><ul>{rows}</ul>'
+        f"<p>Model {html.escape(info.name)} ({html.escape(info.architecture)}, {info.precision}), "
+        f"sha256 {info.sha256[:16]}...</p><p><b>{html.escape(DISCLAIMER)}</b></p></div>"
+    )
     tags = [{"system": "urn:edgekd", "code": "decision-support", "display": "not a diagnosis"}]
     tags += [{"system": "urn:edgekd", "code": f.replace(" ", "-"), "display": f} for f in pred.flags]
     report = {
@@ -190,10 +210,14 @@ def operation_outcome(skipped: Sequence[tuple[str, ...]]) -> dict[str, Any]:
     issues = []
     for src, reason, *kind in skipped:
         refused = bool(kind) and kind[0] != "unreadable"
-        issues.append({"severity": "error", "code": "not-supported" if refused else "processing",
-                       "diagnostics": f"{src}: {reason} ({'refused' if refused else 'skipped'})"})  # fmt: skip
+        issues.append(
+            {
+                "severity": "error",
+                "code": "not-supported" if refused else "processing",
+                "diagnostics": f"{src}: {reason} ({'refused' if refused else 'skipped'})",
+            }
+        )
     return validate_resource({"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": issues})
-
 
 
 def fhir_bundle(preds: Sequence[Prediction], info: ModelInfo, skipped: Sequence[tuple[str, ...]] = ()) -> dict:
@@ -203,6 +227,11 @@ def fhir_bundle(preds: Sequence[Prediction], info: ModelInfo, skipped: Sequence[
     resources = [diagnostic_report(p, info, issued=issued) for p in preds]
     if skipped:
         resources.append(operation_outcome(skipped))
-    bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "collection", "timestamp": issued,
-              "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources]}  # fmt: skip
+    bundle = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": "collection",
+        "timestamp": issued,
+        "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources],
+    }
     return validate_resource(bundle)

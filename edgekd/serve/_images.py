@@ -31,8 +31,18 @@ from edgekd.data import decode_image as decode_pil_image
 from edgekd.data._dicom import dicom_attributes, non_image_kind
 from edgekd.errors import ArtifactError, InvalidInputError
 
-__all__ = ["IMAGE_EXTS", "MAX_PIXELS", "InputFile", "collect_inputs", "decode_image", "is_dicom", "read_image",
-           "read_bytes", "input_attributes", "non_image_reason"]
+__all__ = [
+    "IMAGE_EXTS",
+    "MAX_PIXELS",
+    "InputFile",
+    "collect_inputs",
+    "decode_image",
+    "is_dicom",
+    "read_image",
+    "read_bytes",
+    "input_attributes",
+    "non_image_reason",
+]
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"})
 MAX_PIXELS = 64_000_000  # a decompression bomb (a tiny file claiming a huge image) is refused before decoding
@@ -54,8 +64,9 @@ def _is_image(path: Path) -> bool:
 
 
 def _folder(path: Path, given: str) -> list[InputFile]:
-    files = sorted(p for p in path.rglob("*")
-                   if _is_image(p) and not any(s.startswith(".") for s in p.relative_to(path).parts))  # fmt: skip
+    files = sorted(
+        p for p in path.rglob("*") if _is_image(p) and not any(s.startswith(".") for s in p.relative_to(path).parts)
+    )
     if not files:
         return [InputFile(given, None, f"folder has no image files ({' '.join(sorted(IMAGE_EXTS))})")]
     return [InputFile(str(p), p) for p in files]
@@ -96,8 +107,10 @@ def _to_array(im: Image.Image, channels: int, depth: int) -> np.ndarray:
     try:
         info = image_info(im)
         if info.bits != depth:
-            raise ArtifactError(f"image refused: it is {info.bits}-bit, the model reads {depth}-bit images",
-                                "convert it to 8-bit (windowed as in training) first")  # fmt: skip
+            raise ArtifactError(
+                f"image refused: it is {info.bits}-bit, the model reads {depth}-bit images",
+                "convert it to 8-bit (windowed as in training) first",
+            )
         return decode_pil_image(im, channels=channels, size=info.size, depth=depth)
     except UnsupportedImage as e:
         raise ArtifactError(f"image refused: {e}", "convert it to 8-bit grayscale or RGB") from None

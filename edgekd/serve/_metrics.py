@@ -77,19 +77,27 @@ class Metrics:
 
     def render(self, queue_depth: dict[str, int]) -> str:
         """The exposition text; ``queue_depth`` gives the current queue length per model."""
-        out = ["# HELP edgekd_requests_total Requests answered, by model, endpoint and HTTP status.",
-               "# TYPE edgekd_requests_total counter"]  # fmt: skip
-        out += [f"edgekd_requests_total{{{_labels(model=m, endpoint=e, code=c)}}} {n}"
-                for (m, e, c), n in sorted(self.requests.items())]  # fmt: skip
-        out += ["# HELP edgekd_request_duration_seconds Time from request arrival to answer.",
-                "# TYPE edgekd_request_duration_seconds histogram"]  # fmt: skip
+        out = [
+            "# HELP edgekd_requests_total Requests answered, by model, endpoint and HTTP status.",
+            "# TYPE edgekd_requests_total counter",
+        ]
+        out += [
+            f"edgekd_requests_total{{{_labels(model=m, endpoint=e, code=c)}}} {n}"
+            for (m, e, c), n in sorted(self.requests.items())
+        ]
+        out += [
+            "# HELP edgekd_request_duration_seconds Time from request arrival to answer.",
+            "# TYPE edgekd_request_duration_seconds histogram",
+        ]
         for (m, e), h in sorted(self.latency.items()):
             out += h.lines("edgekd_request_duration_seconds", _labels(model=m, endpoint=e))
         out += ["# HELP edgekd_batch_size Rows per model call (micro-batching).", "# TYPE edgekd_batch_size histogram"]
         for m, h in sorted(self.batch.items()):
             out += h.lines("edgekd_batch_size", _labels(model=m))
-        out += ["# HELP edgekd_inference_duration_seconds Time of one model call.",
-                "# TYPE edgekd_inference_duration_seconds histogram"]  # fmt: skip
+        out += [
+            "# HELP edgekd_inference_duration_seconds Time of one model call.",
+            "# TYPE edgekd_inference_duration_seconds histogram",
+        ]
         for m, h in sorted(self.inference.items()):
             out += h.lines("edgekd_inference_duration_seconds", _labels(model=m))
         out += ["# HELP edgekd_queue_depth Requests waiting for a batch.", "# TYPE edgekd_queue_depth gauge"]

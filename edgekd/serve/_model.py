@@ -232,14 +232,22 @@ class LoadedModel:
         pre = self.preprocess
         for im in images:
             if im.ndim != 3 or im.shape[0] != pre.data_channels:
-                raise InvalidInputError(f"image of shape {tuple(im.shape)}: {self.info.name} reads "
-                                        f"{pre.data_channels}-channel [C, H, W] images")  # fmt: skip
+                raise InvalidInputError(
+                    f"image of shape {tuple(im.shape)}: {self.info.name} reads "
+                    f"{pre.data_channels}-channel [C, H, W] images"
+                )
         if not images:
             return np.zeros((0, pre.in_chans, *pre.input_size), np.float32)
         return np.concatenate([pre.numpy(im[None]) for im in images])
 
-    def classify(self, logits: np.ndarray, sources: Sequence[str], *, ood: Sequence[OODScore] | None = None,
-                 scopes: Sequence[ScopeCheck] | None = None) -> list[Prediction]:  # fmt: skip
+    def classify(
+        self,
+        logits: np.ndarray,
+        sources: Sequence[str],
+        *,
+        ood: Sequence[OODScore] | None = None,
+        scopes: Sequence[ScopeCheck] | None = None,
+    ) -> list[Prediction]:
         """Labels, per-class probabilities and, for binary tasks, the decision at the operating threshold; with
         the OOD scores and intended-use checks of the rows when given."""
         info = self.info
@@ -250,8 +258,9 @@ class LoadedModel:
             extra: dict[str, Any] = {}
             if ood is not None:
                 s = ood[i].to_json()
-                extra.update(ood_score=s["ood_score"], out_of_distribution=s["out_of_distribution"],
-                             ood_spaces=s["ood_spaces"])  # fmt: skip
+                extra.update(
+                    ood_score=s["ood_score"], out_of_distribution=s["out_of_distribution"], ood_spaces=s["ood_spaces"]
+                )
             scope = scopes[i] if scopes is not None else self.check_scope(None)
             extra.update(intended_use=scope.status, scope_reason=scope.reason)
             if info.task is Task.MULTILABEL:
@@ -273,10 +282,26 @@ def _threshold(task: Task, *sections: Any, where: str, override: float | None) -
     if override is not None:
         found: tuple[Any, str] | None = (override, "given")
     else:
-        found = next(((sec[k], f"{name}.{k}") for name, sec in sections if isinstance(sec, dict)
-                      for k in _THRESHOLD_KEYS if k in sec), None)  # fmt: skip
-        point = next((sec["operating_point"] for _, sec in sections if isinstance(sec, dict)
-                      and isinstance(sec.get("operating_point"), dict) and "threshold" in sec["operating_point"]), None)  # fmt: skip
+        found = next(
+            (
+                (sec[k], f"{name}.{k}")
+                for name, sec in sections
+                if isinstance(sec, dict)
+                for k in _THRESHOLD_KEYS
+                if k in sec
+            ),
+            None,
+        )
+        point = next(
+            (
+                sec["operating_point"]
+                for _, sec in sections
+                if isinstance(sec, dict)
+                and isinstance(sec.get("operating_point"), dict)
+                and "threshold" in sec["operating_point"]
+            ),
+            None,
+        )
         if point is not None:
             found = (point["threshold"], _point_source(point))
     if found is None:
@@ -290,9 +315,11 @@ def _threshold(task: Task, *sections: Any, where: str, override: float | None) -
 def _point_source(point: dict[str, Any]) -> str:
     """``operating point: sensitivity >= 0.95 on the validation split of D by F (val sensitivity 0.953, ...)``."""
     try:
-        return (f"operating point: sensitivity >= {float(point['target_sensitivity']):g} on the "
-                f"{point.get('source', 'validation split')} (there: sensitivity {float(point['sensitivity']):.3f}, "
-                f"specificity {float(point['specificity']):.3f})")  # fmt: skip
+        return (
+            f"operating point: sensitivity >= {float(point['target_sensitivity']):g} on the "
+            f"{point.get('source', 'validation split')} (there: sensitivity {float(point['sensitivity']):.3f}, "
+            f"specificity {float(point['specificity']):.3f})"
+        )
     except (KeyError, TypeError, ValueError):
         return "manifest.extra.operating_point"
 
@@ -335,13 +362,14 @@ def _runtime_file(m: Manifest, runtime: str, precision: str, root: Path) -> str:
     f = next((f for f in files if (f.precision.value if f.precision else "fp32") == precision), None)
     if f is None:
         have = ", ".join(g.name for g in files) or "none"
-        raise InvalidInputError(f"bundle {root} has no {precision} {runtime} file (it has: {have})",
-                                f"add one: edgekd export {root} --format {runtime} --out NEW_BUNDLE")
+        raise InvalidInputError(
+            f"bundle {root} has no {precision} {runtime} file (it has: {have})",
+            f"add one: edgekd export {root} --format {runtime} --out NEW_BUNDLE",
+        )
     return f.name
 
 
-def _runtime_runner(m: Manifest, runtime: str, path: Path, threads: int, session: Any, features: str | None
-                    ) -> InferFn:
+def _runtime_runner(m: Manifest, runtime: str, path: Path, threads: int, session: Any, features: str | None) -> InferFn:
     """Logits from OpenVINO / ExecuTorch; the OOD features (when the reference has a feature space) from the
     bundle's verified ONNX graph of the same precision in ONNX Runtime, so the score is the ORT server's."""
     lock = threading.Lock()  # an infer request / method runs one call at a time
@@ -378,8 +406,16 @@ def _read_preprocess(root: Path) -> Preprocess:
     return validate_file(Preprocess, fields, path, "re-export the bundle")
 
 
-def _load_bundle(root: Path, *, name: str | None, precision: str | None, threshold: float | None, verify: bool,
-                 threads: int, runtime: str | None = None) -> LoadedModel:
+def _load_bundle(
+    root: Path,
+    *,
+    name: str | None,
+    precision: str | None,
+    threshold: float | None,
+    verify: bool,
+    threads: int,
+    runtime: str | None = None,
+) -> LoadedModel:
     if verify:
         verify_bundle(root)  # VerificationError (exit 6) on any modified file or failed parity
     m = read_manifest(root)
@@ -387,9 +423,13 @@ def _load_bundle(root: Path, *, name: str | None, precision: str | None, thresho
     if not verify:  # verify_bundle re-ran every file; else an INT8 file checked on another CPU class is re-checked
         check_isa(root, [file])
     sha = next(f.sha256 for f in m.files if f.name == file)
-    t, t_src = _threshold(m.task, ("manifest.extra", m.extra),
-                          *((f"manifest.metrics.{k}", v) for k, v in m.metrics.items()),
-                          where="bundle", override=threshold)  # fmt: skip
+    t, t_src = _threshold(
+        m.task,
+        ("manifest.extra", m.extra),
+        *((f"manifest.metrics.{k}", v) for k, v in m.metrics.items()),
+        where="bundle",
+        override=threshold,
+    )
     inputs, outputs = onnx_io(root / file)
     reference, why = _bundle_reference(root, m)
     features = feature_tensor(root / file) if reference is not None and "features" in reference.spaces else None
@@ -403,13 +443,28 @@ def _load_bundle(root: Path, *, name: str | None, precision: str | None, thresho
         runtime_src += f"; IO, OOD features from {onnx_file}"
     pre = _read_preprocess(root)
     scorer = OODScorer.load(reference, pre, where=f"{root.name}/drift_reference.npz")
-    info = ModelInfo(name=name or safe_model_name(m.name), architecture=m.name, source=str(root), kind="bundle",
-                     file=file, precision=prec, sha256=sha, version=m.created, task=m.task,
-                     labels=tuple(m.label_names), threshold=t, threshold_source=t_src, verified=verify,
-                     intended_use=m.intended_use, ood_reference=scorer.description if scorer else f"none: {why}",
-                     runtime=runtime, runtime_source=runtime_src)  # fmt: skip
-    return LoadedModel(info, pre, inputs, outputs, runner,
-                       has_features=features is not None, ood=scorer, intended_use=m.intended_use)  # fmt: skip
+    info = ModelInfo(
+        name=name or safe_model_name(m.name),
+        architecture=m.name,
+        source=str(root),
+        kind="bundle",
+        file=file,
+        precision=prec,
+        sha256=sha,
+        version=m.created,
+        task=m.task,
+        labels=tuple(m.label_names),
+        threshold=t,
+        threshold_source=t_src,
+        verified=verify,
+        intended_use=m.intended_use,
+        ood_reference=scorer.description if scorer else f"none: {why}",
+        runtime=runtime,
+        runtime_source=runtime_src,
+    )
+    return LoadedModel(
+        info, pre, inputs, outputs, runner, has_features=features is not None, ood=scorer, intended_use=m.intended_use
+    )
 
 
 def _bundle_reference(root: Path, m: Manifest) -> tuple[Reference | None, str]:
@@ -434,11 +489,23 @@ def _load_model_dir(root: Path, *, name: str | None, threshold: float | None) ->
     if reference is not None and reference.meta.get("weights_sha256") not in (None, sha256_file(root / WEIGHTS_FILE)):
         reference, why = None, "the drift reference was computed for other weights"
     scorer = OODScorer.load(reference, pre, where=f"{root.name}/drift_reference.npz")
-    info = ModelInfo(name=name or safe_model_name(card.spec.name), architecture=card.spec.name, source=str(root),
-                     kind="model_dir", file=WEIGHTS_FILE, precision="fp32", sha256=sha256_file(root / WEIGHTS_FILE),
-                     version=card.lineage.created, task=card.task, labels=tuple(card.label_names), threshold=t,
-                     threshold_source=t_src, verified=False, intended_use=card.intended_use,
-                     ood_reference=scorer.description if scorer else f"none: {why}")  # fmt: skip
+    info = ModelInfo(
+        name=name or safe_model_name(card.spec.name),
+        architecture=card.spec.name,
+        source=str(root),
+        kind="model_dir",
+        file=WEIGHTS_FILE,
+        precision="fp32",
+        sha256=sha256_file(root / WEIGHTS_FILE),
+        version=card.lineage.created,
+        task=card.task,
+        labels=tuple(card.label_names),
+        threshold=t,
+        threshold_source=t_src,
+        verified=False,
+        intended_use=card.intended_use,
+        ood_reference=scorer.description if scorer else f"none: {why}",
+    )
     net = model.eval()
     classes = card.spec.num_classes
 
@@ -446,8 +513,7 @@ def _load_model_dir(root: Path, *, name: str | None, threshold: float | None) ->
         logits, feats = logits_and_features(net, torch.from_numpy(np.ascontiguousarray(feeds["input"])), classes)
         return [logits.numpy().astype(np.float32), feats.double().numpy()]
 
-    return LoadedModel(info, pre, inputs, outputs, run, has_features=True, ood=scorer,
-                       intended_use=card.intended_use)  # fmt: skip
+    return LoadedModel(info, pre, inputs, outputs, run, has_features=True, ood=scorer, intended_use=card.intended_use)
 
 
 def load_model(
@@ -482,11 +548,13 @@ def load_model(
     if precision is not None and precision not in ("fp32", "fp16", "int8"):
         raise InvalidInputError(f"unknown precision {precision!r}", "use fp32, fp16 or int8")
     if name is not None and safe_model_name(name) != name:
-        raise InvalidInputError(f"model name {name!r} is not URL-safe", f"use letters, digits, '_', '.', '-': "
-                                f"{safe_model_name(name)!r}")  # fmt: skip
+        raise InvalidInputError(
+            f"model name {name!r} is not URL-safe", f"use letters, digits, '_', '.', '-': {safe_model_name(name)!r}"
+        )
     if is_bundle(root):
-        return _load_bundle(root, name=name, precision=precision, threshold=threshold, verify=verify,
-                            threads=threads, runtime=runtime)
+        return _load_bundle(
+            root, name=name, precision=precision, threshold=threshold, verify=verify, threads=threads, runtime=runtime
+        )
     if root.is_dir() and is_model_dir(root):
         if precision not in (None, "fp32"):
             raise InvalidInputError(f"{root} is a model directory (fp32)", "export or quantize it to a bundle first")
@@ -495,5 +563,7 @@ def load_model(
         return _load_model_dir(root, name=name, threshold=threshold)
     if not root.exists():
         raise ArtifactError(f"{root} does not exist", "pass a bundle directory or a model directory")
-    raise ArtifactError(f"{root} is neither a bundle (manifest.json) nor a model directory (edgekd.json)",
-                        "bundles come from `edgekd export` or `edgekd quantize`")  # fmt: skip
+    raise ArtifactError(
+        f"{root} is neither a bundle (manifest.json) nor a model directory (edgekd.json)",
+        "bundles come from `edgekd export` or `edgekd quantize`",
+    )

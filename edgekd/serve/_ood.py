@@ -46,8 +46,11 @@ class OODScore:
 
     def to_json(self) -> dict[str, Any]:
         finite = bool(np.isfinite(self.score))
-        return {"ood_score": round(self.score, 4) if finite else None, "out_of_distribution": self.out_of_distribution,
-                "ood_spaces": {k: round(v, 4) if np.isfinite(v) else None for k, v in self.spaces.items()}}  # fmt: skip
+        return {
+            "ood_score": round(self.score, 4) if finite else None,
+            "out_of_distribution": self.out_of_distribution,
+            "ood_spaces": {k: round(v, 4) if np.isfinite(v) else None for k, v in self.spaces.items()},
+        }
 
 
 @dataclass
@@ -67,9 +70,11 @@ class OODScorer:
         m = reference.meta
         by = f", by {m['model_file']}" if m.get("model_file") else ""
         fit = f" (fitted on {m['fit_images']} {m['fit']} images)" if m.get("fit") else ""
-        desc = (f"{where or 'drift_reference.npz'}: {' + '.join(reference.spaces)} spaces{fit}, calibrated on "
-                f"{m.get('images')} {m.get('split', 'val')} images of {m.get('data')}{by}; flagged beyond the "
-                f"{100 * OOD_QUANTILE:g}th percentile of the combined score")  # fmt: skip
+        desc = (
+            f"{where or 'drift_reference.npz'}: {' + '.join(reference.spaces)} spaces{fit}, calibrated on "
+            f"{m.get('images')} {m.get('split', 'val')} images of {m.get('data')}{by}; flagged beyond the "
+            f"{100 * OOD_QUANTILE:g}th percentile of the combined score"
+        )
         return cls(reference, preprocess, ood_levels(reference), desc)
 
     def score(self, x: np.ndarray, features: np.ndarray | None) -> list[OODScore]:

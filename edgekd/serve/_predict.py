@@ -129,23 +129,46 @@ def _csv_text(res: PredictResult) -> str:
     binary = info.task is Task.BINARY and info.threshold is not None
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", *(f"p_{n}" for n in info.labels), *(["decision", "threshold"] if binary else []),
-                "ood_score", "out_of_distribution", "intended_use", "scope_reason", "error"])  # fmt: skip
+    w.writerow(
+        [
+            "path",
+            "label",
+            *(f"p_{n}" for n in info.labels),
+            *(["decision", "threshold"] if binary else []),
+            "ood_score",
+            "out_of_distribution",
+            "intended_use",
+            "scope_reason",
+            "error",
+        ]
+    )
     for p in res.predictions:
         probs = [f"{p.probabilities[n]:.6f}" for n in info.labels]
-        ood = ["" if p.ood_score is None else f"{p.ood_score:.4f}",
-               "" if p.out_of_distribution is None else str(p.out_of_distribution).lower()]  # fmt: skip
-        w.writerow([p.source, p.label, *probs, *([p.decision, f"{info.threshold:g}"] if binary else []), *ood,
-                    p.intended_use, p.scope_reason, ""])  # fmt: skip
+        ood = [
+            "" if p.ood_score is None else f"{p.ood_score:.4f}",
+            "" if p.out_of_distribution is None else str(p.out_of_distribution).lower(),
+        ]
+        w.writerow(
+            [
+                p.source,
+                p.label,
+                *probs,
+                *([p.decision, f"{info.threshold:g}"] if binary else []),
+                *ood,
+                p.intended_use,
+                p.scope_reason,
+                "",
+            ]
+        )
     for s in res.skipped:
         scope = [s.kind, s.reason] if s.refused else ["", ""]
-        w.writerow([s.source, "", *([""] * len(info.labels)), *(["", ""] if binary else []), "", "", *scope,
-                    s.reason])  # fmt: skip
+        w.writerow([s.source, "", *([""] * len(info.labels)), *(["", ""] if binary else []), "", "", *scope, s.reason])
     return buf.getvalue()
 
 
-def write_predictions(res: PredictResult, out: str | os.PathLike, *, fhir: bool = False,
-                      overwrite: bool = False) -> Path:  # fmt: skip
+def write_predictions(
+    res: PredictResult, out: str | os.PathLike, *, fhir: bool = False, overwrite: bool = False
+) -> Path:
     """Write ``res`` atomically to ``out`` in the format its suffix names (see the module docstring).
 
     Raises:
@@ -212,13 +235,20 @@ def _chunks(items: Iterator[tuple[str, Any]], size: int) -> Iterator[list[tuple[
 
 
 def _progress(total: int, enabled: bool) -> Progress:
-    return Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled or total < _PROGRESS_MIN)  # fmt: skip
+    return Progress(
+        TextColumn("predict"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled or total < _PROGRESS_MIN,
+    )
 
 
-def check_input(model: LoadedModel, attributes: dict[str, str] | None, *, allow_out_of_scope: bool
-                ) -> tuple[ScopeCheck, Skipped | None]:  # fmt: skip
+def check_input(
+    model: LoadedModel, attributes: dict[str, str] | None, *, allow_out_of_scope: bool
+) -> tuple[ScopeCheck, Skipped | None]:
     """The intended-use check of one input, and the refusal when it is refused (source filled in by the caller)."""
     reason = non_image_reason(attributes)
     if reason is not None:
@@ -230,8 +260,15 @@ def check_input(model: LoadedModel, attributes: dict[str, str] | None, *, allow_
     return scope, None
 
 
-def _run(model: LoadedModel, items: Iterator[tuple[str, Any]], total: int, batch: int, res: PredictResult,
-         progress: bool, allow_out_of_scope: bool) -> None:  # fmt: skip
+def _run(
+    model: LoadedModel,
+    items: Iterator[tuple[str, Any]],
+    total: int,
+    batch: int,
+    res: PredictResult,
+    progress: bool,
+    allow_out_of_scope: bool,
+) -> None:
     with _progress(total, progress) as bar:
         task = bar.add_task("predict", total=total)
         for chunk in _chunks(items, batch):
@@ -310,8 +347,13 @@ def predict(
             raise InvalidInputError(f"{out} already exists", "pass --overwrite to replace it, or choose another --out")
     if fhir:
         require_fhir()
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, precision=precision, threshold=threshold, verify=verify, threads=threads, runtime=runtime)
+    loaded = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(
+            model, precision=precision, threshold=threshold, verify=verify, threads=threads, runtime=runtime
+        )
+    )
     res = PredictResult(model=loaded.info)
     channels = loaded.preprocess.data_channels
     files = collect_inputs(list(inputs))

@@ -183,8 +183,10 @@ def _binary_array(name: str, raw: memoryview, size: Any, shape: list[int], datat
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
     if size != math.prod(shape) * want.itemsize:
-        raise _bad(f"input {name!r}: {size} bytes of binary data for {datatype} shape {shape} "
-                   f"({math.prod(shape) * want.itemsize} expected)")  # fmt: skip
+        raise _bad(
+            f"input {name!r}: {size} bytes of binary data for {datatype} shape {shape} "
+            f"({math.prod(shape) * want.itemsize} expected)"
+        )
     if size > len(raw):
         raise _bad(f"input {name!r}: binary_data_size {size} exceeds the {len(raw)} bytes after the JSON header")
     return np.frombuffer(raw[:size], dtype=want).reshape(shape).astype(want.newbyteorder("="), copy=False)
@@ -210,8 +212,9 @@ def _outputs(req: dict[str, Any], specs: dict[str, TensorSpec]) -> list[tuple[st
     return out
 
 
-def parse_infer_request(body: bytes, header_length: int | None, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                        *, max_batch: int) -> InferRequest:  # fmt: skip
+def parse_infer_request(
+    body: bytes, header_length: int | None, inputs: list[TensorSpec], outputs: list[TensorSpec], *, max_batch: int
+) -> InferRequest:
     """Decode and validate a request body against a model's inputs and outputs.
 
     Raises:
@@ -247,8 +250,9 @@ def parse_infer_request(body: bytes, header_length: int | None, inputs: list[Ten
     return InferRequest(str(rid) if rid is not None else None, arrays, _outputs(req, {s.name: s for s in outputs}))
 
 
-def encode_infer_response(model_name: str, model_version: str, req: InferRequest,
-                          results: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:  # fmt: skip
+def encode_infer_response(
+    model_name: str, model_version: str, req: InferRequest, results: dict[str, np.ndarray]
+) -> tuple[bytes, dict[str, str]]:
     """The response body and HTTP headers for the requested outputs (binary ones appended after the JSON)."""
     outs, blobs = [], []
     for name, binary in req.outputs:

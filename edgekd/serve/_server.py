@@ -68,8 +68,15 @@ __all__ = [
 MODEL_VERSION = "1"
 _log = logging.getLogger(__name__)  # operational events only: never request contents or identifiers
 MIN_API_KEY_LENGTH = 16
-_IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp", "application/octet-stream",
-                "application/dicom")  # fmt: skip
+_IMAGE_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/bmp",
+    "image/tiff",
+    "image/webp",
+    "application/octet-stream",
+    "application/dicom",
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -122,14 +129,20 @@ class ServeConfig:
         """
         if not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port {self.port} is not in 0..65535")
-        for name, value, low in (("max-batch", self.max_batch, 1), ("max-queue", self.max_queue, 1),
-                                 ("max-delay-ms", self.max_delay_ms, 0), ("max-body-mb", self.max_body_mb, 1e-6),
-                                 ("drain-s", self.drain_s, 0)):  # fmt: skip
+        for name, value, low in (
+            ("max-batch", self.max_batch, 1),
+            ("max-queue", self.max_queue, 1),
+            ("max-delay-ms", self.max_delay_ms, 0),
+            ("max-body-mb", self.max_body_mb, 1e-6),
+            ("drain-s", self.drain_s, 0),
+        ):
             if value < low:
                 raise InvalidInputError(f"--{name} must be >= {low:g}, got {value}")
         if self.api_key is not None and len(self.api_key) < MIN_API_KEY_LENGTH:
-            raise InvalidInputError(f"the API key has {len(self.api_key)} characters; use at least "
-                                    f"{MIN_API_KEY_LENGTH}", "e.g. python -c 'import secrets; print(secrets.token_urlsafe())'")  # fmt: skip
+            raise InvalidInputError(
+                f"the API key has {len(self.api_key)} characters; use at least {MIN_API_KEY_LENGTH}",
+                "e.g. python -c 'import secrets; print(secrets.token_urlsafe())'",
+            )
         if not is_loopback(self.host) and not self.api_key:
             raise InvalidInputError(
                 f"binding {self.host} exposes the models beyond this machine and needs an API key",
@@ -170,8 +183,10 @@ def _ood_results(m: LoadedModel, x: Any, results: dict) -> dict:
     scores = m.ood_scores(np.asarray(x, dtype=np.float32), results)
     if scores is None:
         return {}
-    return {"ood_score": np.array([s.score for s in scores], dtype=np.float32),
-            "out_of_distribution": np.array([s.out_of_distribution for s in scores], dtype=np.bool_)}  # fmt: skip
+    return {
+        "ood_score": np.array([s.score for s in scores], dtype=np.float32),
+        "out_of_distribution": np.array([s.out_of_distribution for s in scores], dtype=np.bool_),
+    }
 
 
 class InferenceServer:
@@ -185,9 +200,13 @@ class InferenceServer:
         self.draining = False
         self.models: dict[str, _Served] = {}
         for name, m in models.items():
-            batcher = MicroBatcher(m.run, max_batch=config.max_batch, max_delay_s=config.max_delay_ms / 1000,
-                                   max_queue=config.max_queue,
-                                   on_batch=lambda rows, s, name=name: self.metrics.observe_batch(name, rows, s))  # fmt: skip
+            batcher = MicroBatcher(
+                m.run,
+                max_batch=config.max_batch,
+                max_delay_s=config.max_delay_ms / 1000,
+                max_queue=config.max_queue,
+                on_batch=lambda rows, s, name=name: self.metrics.observe_batch(name, rows, s),
+            )
             outs = [tensor_spec(t) for t in m.outputs] + (list(OOD_OUTPUTS) if m.ood is not None else [])
             self.models[name] = _Served(m, [tensor_spec(t) for t in m.inputs], outs, batcher)
 
@@ -278,8 +297,15 @@ class InferenceServer:
 
     async def model_metadata(self, name: str, version: str) -> Reply:
         s = self._served(name, version)
-        return _json({"name": name, "versions": [MODEL_VERSION], "platform": "onnxruntime_onnx",
-                      "inputs": [t.to_json() for t in s.inputs], "outputs": [t.to_json() for t in s.outputs]})  # fmt: skip
+        return _json(
+            {
+                "name": name,
+                "versions": [MODEL_VERSION],
+                "platform": "onnxruntime_onnx",
+                "inputs": [t.to_json() for t in s.inputs],
+                "outputs": [t.to_json() for t in s.outputs],
+            }
+        )
 
     async def model_ready(self, name: str, version: str) -> Reply:
         self._served(name, version)
@@ -293,16 +319,18 @@ class InferenceServer:
         raw_len = headers.get(HEADER_LENGTH.lower())
         if raw_len is not None and not raw_len.strip().isdigit():
             raise ProtocolError(400, f"{HEADER_LENGTH} must be a byte count, got {raw_len!r}")
-        req = parse_infer_request(body, int(raw_len) if raw_len is not None else None, s.inputs, s.outputs,
-                                  max_batch=self.config.max_batch)  # fmt: skip
+        req = parse_infer_request(
+            body, int(raw_len) if raw_len is not None else None, s.inputs, s.outputs, max_batch=self.config.max_batch
+        )
         outputs = await self._run(name, s, req.inputs)
         outputs.update(_ood_results(s.model, req.inputs[s.model.inputs[0].name], outputs))
         outputs.pop(FEATURES, None)
         payload, hdrs = encode_infer_response(name, MODEL_VERSION, req, outputs)
         return Reply(200, payload, hdrs)
 
-    async def classify(self, name: str, version: str, body: bytes, headers: Mapping[str, str], fmt: str | None
-                       ) -> Reply:  # fmt: skip
+    async def classify(
+        self, name: str, version: str, body: bytes, headers: Mapping[str, str], fmt: str | None
+    ) -> Reply:
         """An encoded image in, the label and probabilities (or a FHIR DiagnosticReport) out."""
         s = self._served(name, version)
         fmt = fmt or ("fhir" if self.config.fhir else "json")
@@ -321,15 +349,29 @@ class InferenceServer:
         outputs = await self._run(name, s, {m.inputs[0].name: x})
         pred = m.classify(outputs[m.outputs[0].name], ["request"], ood=m.ood_scores(x, outputs), scopes=[scope])[0]
         if fmt == "fhir":
-            return Reply(200, json.dumps(diagnostic_report(pred, m.info)).encode(),
-                         {"Content-Type": "application/fhir+json"})  # fmt: skip
+            return Reply(
+                200, json.dumps(diagnostic_report(pred, m.info)).encode(), {"Content-Type": "application/fhir+json"}
+            )
         info = m.info
-        return _json({"model_name": name, "model_version": MODEL_VERSION, "label": pred.label,
-                      "probabilities": pred.probabilities, "decision": pred.decision, "threshold": info.threshold,
-                      "threshold_source": info.threshold_source, "ood_score": pred.ood_score,
-                      "out_of_distribution": pred.out_of_distribution, "ood_spaces": pred.ood_spaces,
-                      "intended_use": pred.intended_use, "scope_reason": pred.scope_reason, "flags": pred.flags,
-                      "sha256": info.sha256, "disclaimer": DISCLAIMER})  # fmt: skip
+        return _json(
+            {
+                "model_name": name,
+                "model_version": MODEL_VERSION,
+                "label": pred.label,
+                "probabilities": pred.probabilities,
+                "decision": pred.decision,
+                "threshold": info.threshold,
+                "threshold_source": info.threshold_source,
+                "ood_score": pred.ood_score,
+                "out_of_distribution": pred.out_of_distribution,
+                "ood_spaces": pred.ood_spaces,
+                "intended_use": pred.intended_use,
+                "scope_reason": pred.scope_reason,
+                "flags": pred.flags,
+                "sha256": info.sha256,
+                "disclaimer": DISCLAIMER,
+            }
+        )
 
     def _check_scope(self, m: LoadedModel, data: bytes) -> ScopeCheck:
         """The intended-use check of an image body; 422 when it is refused."""
@@ -342,8 +384,11 @@ class InferenceServer:
             raise ProtocolError(422, reason)
         scope = m.check_scope(attrs)
         if scope.status == "out-of-scope" and not self.config.allow_out_of_scope:
-            raise ProtocolError(422, f"outside the model's intended use: {scope.reason} (the server answers such "
-                                     "images, flagged, only with --allow-out-of-scope)")  # fmt: skip
+            raise ProtocolError(
+                422,
+                f"outside the model's intended use: {scope.reason} (the server answers such "
+                "images, flagged, only with --allow-out-of-scope)",
+            )
         return scope
 
     async def openapi(self) -> Reply:
@@ -362,8 +407,15 @@ def _split_named(given: str) -> tuple[str | None, str]:
     return None, given
 
 
-def load_models(bundles: Sequence[str], *, model_name: str | None = None, precision: str | None = None,
-                verify: bool = True, threads: int = 0, runtime: str | None = None) -> dict[str, LoadedModel]:
+def load_models(
+    bundles: Sequence[str],
+    *,
+    model_name: str | None = None,
+    precision: str | None = None,
+    verify: bool = True,
+    threads: int = 0,
+    runtime: str | None = None,
+) -> dict[str, LoadedModel]:
     """Load the bundles to serve, each under its name (``NAME=BUNDLE``, ``model_name`` or the bundle's own).
 
     Raises:
@@ -380,8 +432,9 @@ def load_models(bundles: Sequence[str], *, model_name: str | None = None, precis
         if not is_bundle(path):
             hint = "export it first: edgekd export DIR --out BUNDLE" if Path(path).is_dir() else "check the path"
             raise ArtifactError(f"{path} is not a bundle (no manifest.json)", hint)
-        m = load_model(path, name=name or model_name, precision=precision, verify=verify, threads=threads,
-                       runtime=runtime)
+        m = load_model(
+            path, name=name or model_name, precision=precision, verify=verify, threads=threads, runtime=runtime
+        )
         if m.info.name in models:
             raise InvalidInputError(f"two bundles would both be served as {m.info.name!r}", "name them: NAME=BUNDLE")
         models[m.info.name] = m

@@ -81,11 +81,14 @@ def build_monai(
     if name != "bundle":
         raise InvalidInputError(f"unknown MONAI model monai:{name}", "the only MONAI model name is monai:bundle")
     if kwargs:
-        raise InvalidInputError(f"monai:bundle got an unknown keyword argument {sorted(kwargs)[0]!r}",
-                                "monai:bundle takes only network_def")  # fmt: skip
+        raise InvalidInputError(
+            f"monai:bundle got an unknown keyword argument {sorted(kwargs)[0]!r}", "monai:bundle takes only network_def"
+        )
     if small_input or pretrained:
-        raise InvalidInputError("monai:bundle has no small_input variant or pretrained weights",
-                                "its weights come from the bundle (edgekd import BUNDLE_DIR)")  # fmt: skip
+        raise InvalidInputError(
+            "monai:bundle has no small_input variant or pretrained weights",
+            "its weights come from the bundle (edgekd import BUNDLE_DIR)",
+        )
     check_network_def(network_def)
     bundle = import_monai_bundle()
     parser = bundle.ConfigParser({_KEY: network_def})

@@ -90,19 +90,25 @@ def _check_record(name: str, m: nn.Module | None, rec: object) -> None:
         raise ArtifactError(f"pruned structure of {name!r} ({kind}) is not a mapping of widths", _MISMATCH)
     for a, v in rec.items():
         if a not in allowed:
-            raise ArtifactError(f"pruned structure sets {a!r} on {name!r} ({kind}), which has no such width",
-                                f"{kind} widths: {', '.join(sorted(allowed)) or 'none'}")  # fmt: skip
+            raise ArtifactError(
+                f"pruned structure sets {a!r} on {name!r} ({kind}), which has no such width",
+                f"{kind} widths: {', '.join(sorted(allowed)) or 'none'}",
+            )
         current = m.normalized_shape[-1] if a == "normalized_shape" else getattr(m, a)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= int(current):
-            raise ArtifactError(f"pruned structure sets {name}.{a}={v!r}, outside 1..{int(current)} ({kind})",
-                                "pruning only shrinks a layer: " + _MISMATCH)  # fmt: skip
+            raise ArtifactError(
+                f"pruned structure sets {name}.{a}={v!r}, outside 1..{int(current)} ({kind})",
+                "pruning only shrinks a layer: " + _MISMATCH,
+            )
     width = {**{a: getattr(m, a) for a in names}, **rec}
     groups, divisor = (width.get("groups"), "groups") if "groups" in width else (width.get("num_groups"), "num_groups")
     if groups:
         for a in ("in_channels", "out_channels", "num_channels"):
             if a in width and width[a] % groups:
-                raise ArtifactError(f"pruned structure of {name!r} ({kind}): {a}={width[a]} is not divisible by "
-                                    f"{divisor}={groups}", _MISMATCH)  # fmt: skip
+                raise ArtifactError(
+                    f"pruned structure of {name!r} ({kind}): {a}={width[a]} is not divisible by {divisor}={groups}",
+                    _MISMATCH,
+                )
 
 
 def _resize_params(m: nn.Module) -> None:

@@ -224,8 +224,10 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False) -> nn.Module:
         # A builder that chokes on a value (a string width, a dropout of 2, an impossible group count):
         # the arguments are the user's, so this is invalid input, not a bug.
         given = ", ".join(f"{k}={v!r}" for k, v in spec.kwargs.items()) or f"num_classes={spec.num_classes}"
-        raise InvalidInputError(f"cannot build {spec.name} with {given}: {_first_line(e)}",
-                                "check the model's keyword arguments and their types") from e  # fmt: skip
+        raise InvalidInputError(
+            f"cannot build {spec.name} with {given}: {_first_line(e)}",
+            "check the model's keyword arguments and their types",
+        ) from e
 
 
 MAX_INPUT_SIZE = 4096  # pixels per side: larger is a typo, not an edge model's input
@@ -276,8 +278,11 @@ def _input_problem(model: nn.Module, shape: tuple[int, ...]) -> str | None:
         if any(st > 1 and d < st for d, st in zip(size, stride)):
             found.append(f"its layer {name} (stride {stride[0]}) would get a {size[0]}x{size[1]} map")
 
-    handles = [m.register_forward_pre_hook(partial(pre_hook, n)) for n, m in model.named_modules()
-               if isinstance(m, _STRIDED) and m.stride is not None]  # fmt: skip
+    handles = [
+        m.register_forward_pre_hook(partial(pre_hook, n))
+        for n, m in model.named_modules()
+        if isinstance(m, _STRIDED) and m.stride is not None
+    ]
     try:
         reason = probe_forward(model, shape)
     finally:
@@ -338,8 +343,11 @@ def check_input_size(model: nn.Module, name: str, input_size: tuple[int, int], i
     if reason is None:
         return
     least = min_input_size(model, in_chans, above=min(h, w))
-    hint = (f"the smallest input {name} takes is {least}x{least} px: pass --input-size {least}" if least
-            else "choose another input size or model")  # fmt: skip
+    hint = (
+        f"the smallest input {name} takes is {least}x{least} px: pass --input-size {least}"
+        if least
+        else "choose another input size or model"
+    )
     raise InvalidInputError(f"{name} cannot run at input size {h}x{w}: {reason}", hint)
 
 

@@ -15,7 +15,15 @@ from edgekd.teachers._monai import MonaiBundle, download_monai_bundle, read_mona
 from edgekd.teachers._teacher import Teacher, load_teacher, state_fingerprint
 
 __all__ = [
-    "load_checkpoint_state", "import_checkpoint", "strip_prefixes", "TORCH_SUFFIXES",
-    "Teacher", "load_teacher", "state_fingerprint",
-    "MonaiBundle", "read_monai_bundle", "download_monai_bundle", "require_monai",
-]  # fmt: skip
+    "load_checkpoint_state",
+    "import_checkpoint",
+    "strip_prefixes",
+    "TORCH_SUFFIXES",
+    "Teacher",
+    "load_teacher",
+    "state_fingerprint",
+    "MonaiBundle",
+    "read_monai_bundle",
+    "download_monai_bundle",
+    "require_monai",
+]

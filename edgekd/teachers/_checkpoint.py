@@ -90,8 +90,18 @@ def _torch_load(p: Path, trust_pickle: bool) -> object:
         if not trust_pickle and "unsupported global" in str(e).lower():
             raise ArtifactError(f"{p} contains a pickled Python object, not a plain state dict", _TRUST_HINT) from e
         raise _unreadable(p, e) from e
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, IndexError, KeyError, TypeError,
-            struct.error) as e:  # fmt: skip
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        TypeError,
+        struct.error,
+    ) as e:
         # AttributeError/ImportError: a trusted pickle refers to a class that cannot be imported here; the
         # rest are what the unpicklers raise on bytes that are not a pickle (found by tests/test_fuzz.py).
         raise _unreadable(p, e) from e

@@ -44,8 +44,14 @@ from edgekd.modeldir import sha256_file
 from edgekd.specs import Preprocess
 from edgekd.teachers._checkpoint import load_checkpoint_state, strip_prefixes
 
-__all__ = ["MonaiBundle", "read_monai_bundle", "require_monai", "download_monai_bundle", "resolve_monai_ref",
-           "MONAI_EXTRA_HINT"]  # fmt: skip
+__all__ = [
+    "MonaiBundle",
+    "read_monai_bundle",
+    "require_monai",
+    "download_monai_bundle",
+    "resolve_monai_ref",
+    "MONAI_EXTRA_HINT",
+]
 
 MONAI_EXTRA_HINT = "pip install 'edgekd[monai]'"
 META_FILE = "configs/metadata.json"
@@ -120,8 +126,10 @@ class MonaiBundle:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            raise ArtifactError(f"{self.weights} does not match the bundle's network_def: {lines[1 if len(lines) > 1 else 0]}",
-                                "the weights were saved from another network") from e  # fmt: skip
+            raise ArtifactError(
+                f"{self.weights} does not match the bundle's network_def: {lines[1 if len(lines) > 1 else 0]}",
+                "the weights were saved from another network",
+            ) from e
         return net.eval()
 
 
@@ -159,8 +167,10 @@ def _find(root: Path, folder: str, names: tuple[str, ...], what: str) -> Path:
     for name in names:
         if (root / folder / name).is_file():
             return root / folder / name
-    raise ArtifactError(f"MONAI bundle {root} has no {what} ({', '.join(f'{folder}/{n}' for n in names)})",
-                        "pass the folder that holds configs/ and models/")  # fmt: skip
+    raise ArtifactError(
+        f"MONAI bundle {root} has no {what} ({', '.join(f'{folder}/{n}' for n in names)})",
+        "pass the folder that holds configs/ and models/",
+    )
 
 
 def _is_classification(meta: dict[str, Any], pred: dict[str, Any]) -> bool:
@@ -184,8 +194,10 @@ def _io_format(root: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], dict[s
     image = (fmt.get("inputs") or {}).get("image")
     pred = (fmt.get("outputs") or {}).get("pred")
     if not isinstance(image, dict) or not isinstance(pred, dict):
-        raise ArtifactError(f"{root / META_FILE} has no network_data_format inputs.image / outputs.pred",
-                            "a MONAI bundle's metadata describes its network's input and output")  # fmt: skip
+        raise ArtifactError(
+            f"{root / META_FILE} has no network_data_format inputs.image / outputs.pred",
+            "a MONAI bundle's metadata describes its network's input and output",
+        )
     if not _is_classification(meta, pred):
         raise InvalidInputError(
             f"MONAI bundle {root} is a {meta.get('task') or pred.get('format') or 'non-classification'} model: "
@@ -221,19 +233,35 @@ def read_monai_bundle(path: str | os.PathLike) -> MonaiBundle:
     image, pred = _io_format(root, meta)
     size = list(image.get("spatial_shape") or [])
     if len(size) != 2 or not all(isinstance(s, int) for s in size):
-        raise ArtifactError(f"MONAI bundle {root} takes spatial shape {image.get('spatial_shape')}: edgekd "
-                            "distils 2D networks with a fixed input size", "use a 2D classification bundle")  # fmt: skip
+        raise ArtifactError(
+            f"MONAI bundle {root} takes spatial shape {image.get('spatial_shape')}: edgekd "
+            "distils 2D networks with a fixed input size",
+            "use a 2D classification bundle",
+        )
     classes = int(pred["num_channels"])
     chan_def = pred.get("channel_def") or {}
     labels = [str(chan_def.get(str(i), chan_def.get(i, f"class_{i}"))) for i in range(classes)]
-    return MonaiBundle(root=root, metadata=meta, config_file=config_file, weights=weights, num_classes=classes,
-                       in_chans=int(image["num_channels"]), spatial_size=(int(size[0]), int(size[1])),
-                       label_names=labels, preprocess_fields=_intensity(image),
-                       network_def=raw["network_def"])  # fmt: skip
+    return MonaiBundle(
+        root=root,
+        metadata=meta,
+        config_file=config_file,
+        weights=weights,
+        num_classes=classes,
+        in_chans=int(image["num_channels"]),
+        spatial_size=(int(size[0]), int(size[1])),
+        label_names=labels,
+        preprocess_fields=_intensity(image),
+        network_def=raw["network_def"],
+    )
 
 
-def download_monai_bundle(name: str, *, version: str | None = None, bundle_dir: str | os.PathLike | None = None,
-                          log: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+def download_monai_bundle(
+    name: str,
+    *,
+    version: str | None = None,
+    bundle_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Download ``name`` from the MONAI Model Zoo with :func:`monai.bundle.download` (needs internet).
 
     The bundle goes to ``bundle_dir`` (default ``$EDGEKD_MONAI_DIR`` or ``~/.cache/edgekd/monai``); one already
@@ -251,9 +279,10 @@ def download_monai_bundle(name: str, *, version: str | None = None, bundle_dir: 
     try:
         bundle.download(name=name, version=version, bundle_dir=str(where), progress=False)
     except Exception as e:  # network, HTTP and archive errors come in many types
-        raise DependencyError(f"cannot download MONAI bundle {name!r}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}",
-                              "check the name and the internet connection, or download it elsewhere and pass "
-                              "monai:BUNDLE_DIR") from e  # fmt: skip
+        raise DependencyError(
+            f"cannot download MONAI bundle {name!r}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}",
+            "check the name and the internet connection, or download it elsewhere and pass monai:BUNDLE_DIR",
+        ) from e
     if not (target / META_FILE).is_file():
         raise ArtifactError(f"the download of {name!r} has no {META_FILE} under {target}", "pass monai:BUNDLE_DIR")
     return target

@@ -190,8 +190,10 @@ class DKDLoss(DistillLoss):
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: LossBatch) -> torch.Tensor:
         if batch.targets.is_floating_point():  # soft labels (softlabels: data) have no single true class
-            raise InvalidInputError("dkd needs class labels, and these targets are soft labels (probabilities)",
-                                    "use kd, or read the soft labels as classes: softlabels:FILE,hard=1")  # fmt: skip
+            raise InvalidInputError(
+                "dkd needs class labels, and these targets are soft labels (probabilities)",
+                "use kd, or read the soft labels as classes: softlabels:FILE,hard=1",
+            )
         factor = dkd_warmup_factor(batch.epoch, batch.total_epochs, self.warmup, self.warmup_frac)
         return factor * dkd_div(
             student.logits, teacher.logits, batch.targets, alpha=self.alpha, beta=self.beta, T=self.T
