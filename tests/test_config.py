@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 import typer
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from typer.testing import CliRunner
 
 from edgekd._config import StageConfig, build_config, config_default, config_fields
@@ -419,3 +419,12 @@ def test_prune_target_forms(target):
     )
     with pytest.raises(InvalidInputError, match="exactly one pruning target"):
         PruneConfig.build(None, {"target.macs": 0.5, "target.ratio": 0.3})
+
+
+def test_the_pipeline_checks_loss_terms_with_the_stages_validator():
+    """One loss check for every config (distill.check_losses): a typo names the closest losses at load time."""
+    from edgekd.pipeline._config import DistillSection
+
+    assert DistillSection(losses="kd:T=4").losses == ["kd:T=4"]  # one term or a list, as in PruneConfig
+    with pytest.raises(ValidationError, match="unknown"):
+        DistillSection(losses=["kd:T=4", "kdd"])

@@ -159,3 +159,27 @@ def test_refusals_and_the_cli(tiny_model_dir, tmp_path):
     got = json.loads(r.output)["lineage"]
     assert got["notes"]["update"]["lwf_weight"] == 2.0 and got["losses"] == ["ce", "lwf:2,T=2"]
     assert got["notes"]["update"]["freeze_norm"] is False
+
+
+def test_update_config_is_the_single_source_and_its_file_is_honoured(tiny_model_dir, tmp_path):
+    from edgekd.distill import UpdateConfig
+    from edgekd.errors import InvalidInputError as Invalid
+
+    assert UpdateConfig().lwf_term is None and UpdateConfig().train == update_config()
+    assert UpdateConfig(lwf_weight=0.5).lwf_term == 0.5  # a weight implies LwF
+    assert UpdateConfig(lwf=False, lwf_weight=0.5).lwf_term is None
+    assert UpdateConfig(lwf=True).lwf_term == 1.0
+    cfg = UpdateConfig.build(None, {"epochs": 2, "lr": 1e-4})  # schedule keys may be written flat
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.warmup_epochs) == (2, 1e-4, 0.0)
+    with pytest.raises(Invalid, match="lwf_wieght"):
+        UpdateConfig.build(None, {"lwf_wieght": 1.0})
+
+    (tmp_path / "u.yaml").write_text("lwf_weight: 0.25\nlwf_temperature: 3\nbatch_size: 32\nmax_steps_per_epoch: 1\n")
+    args = ["update", tiny_model_dir, "--data", NEW_SITE, "--config", str(tmp_path / "u.yaml"), "--epochs", "1"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "u"), "--quiet", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)["lineage"]
+    assert got["notes"]["update"]["lwf_weight"] == 0.25 and got["losses"] == ["ce", "lwf:0.25,T=3"]
+    (tmp_path / "bad.yaml").write_text("lwf_wieght: 1\n")
+    r = CliRunner().invoke(app, [*args[:4], "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 3 and "lwf_wieght" in r.output and not (tmp_path / "b").exists()

@@ -8,39 +8,32 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgekd._config import validate
 from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_DATA_OPS, app
 from edgekd.cli._options import (
-    AugmentOpt,
-    BatchSizeOpt,
-    ClassWeightingOpt,
+    NOT_CONFIG,
+    ConfigOpt,
     DeviceOpt,
     DownloadOpt,
-    EpochsOpt,
     JsonOpt,
-    LabelSmoothingOpt,
-    LrOpt,
-    MaxStepsOpt,
-    OptimizerOpt,
     OutOpt,
     OverwriteOpt,
     QuietOpt,
     ReportOverwriteOpt,
     SeedOpt,
-    SelectMetricOpt,
-    WarmupEpochsOpt,
-    WeightDecayOpt,
+    cli_config,
+    config_option,
     console,
     emit_json,
-    given_options,
 )
 from edgekd.cli._render import fmt, metrics_table
-from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, TrainConfig, label_images, update_model
+from edgekd.distill import ClassWeighting, DeviceName, OptimizerName, UpdateConfig, label_images, update_model
 from edgekd.errors import RegressionError
 from edgekd.monitor import DEFAULT_THRESHOLD, check_drift
 
 _DATA_HELP = "Images: folder:DIR (PNG/JPEG/DICOM), dicom:DIR[,window=C/W], or a data spec whose labels are ignored."
+# Inputs and output switches of `edgekd update`, not keys of UpdateConfig.
+UPDATE_NOT_CONFIG = NOT_CONFIG | {"ctx", "model_dir", "data", "download"}
 SplitOpt = Annotated[str, typer.Option(help="Split of a labelled data spec: train | val | test | all.")]
 
 
@@ -98,6 +91,11 @@ def label(
     emit_json(report.to_json(), json_out)
 
 
+def _u(path: str, help: str = "", *decls: str, **kwargs: object) -> object:
+    """An `edgekd update` option: not given by default, its default read from :class:`UpdateConfig`."""
+    return config_option(*decls, model=UpdateConfig, path=path, help=help, rich_help_panel="Update", **kwargs)
+
+
 @app.command(rich_help_panel=PANEL_DATA_OPS)
 def update(
     ctx: typer.Context,
@@ -105,34 +103,36 @@ def update(
     out: OutOpt,
     data: Annotated[str, typer.Option("--data", "-d", help="New labelled data (a new site, or new classes).")],
     lwf: Annotated[
-        bool, typer.Option("--lwf/--no-lwf", help="Learning without Forgetting (default: plain fine-tune).")
-    ] = False,
+        bool | None, _u("lwf", "Learning without Forgetting (default: plain fine-tune).", "--lwf/--no-lwf")
+    ] = None,
     lwf_weight: Annotated[
-        float, typer.Option(help="Weight of the LwF term, Li & Hoiem's lambda_o (implies --lwf).")
-    ] = 1.0,
-    lwf_temperature: Annotated[float, typer.Option(help="LwF temperature (Li & Hoiem: 2).")] = 2.0,
+        float | None, _u("lwf_weight", "Weight of the LwF term, Li & Hoiem's lambda_o (implies --lwf).")
+    ] = None,
+    lwf_temperature: Annotated[float | None, _u("lwf_temperature", "LwF temperature (Li & Hoiem: 2).")] = None,
     freeze_norm: Annotated[
-        bool,
-        typer.Option(
+        bool | None,
+        _u(
+            "freeze_norm",
+            "Keep the old model's batch-norm running statistics; --update-norm re-estimates them on the new data "
+            "only, which shifts the old domain's outputs.",
             "--freeze-norm/--update-norm",
-            help="Keep the old model's batch-norm running statistics (default); --update-norm re-estimates them "
-            "on the new data only, which shifts the old domain's outputs.",
         ),
-    ] = True,
-    epochs: EpochsOpt = 5,
-    batch_size: BatchSizeOpt = 128,
-    optimizer: OptimizerOpt = OptimizerName.ADAMW,
-    lr: LrOpt = 5e-4,
-    weight_decay: WeightDecayOpt = 5e-4,
-    warmup_epochs: WarmupEpochsOpt = 0.0,
-    label_smoothing: LabelSmoothingOpt = 0.0,
-    class_weighting: ClassWeightingOpt = ClassWeighting.NONE,
-    augment: AugmentOpt = "none",
-    seed: SeedOpt = 0,
-    device: DeviceOpt = DeviceName.AUTO,
-    select_metric: SelectMetricOpt = "auroc",
-    max_steps_per_epoch: MaxStepsOpt = None,
+    ] = None,
+    epochs: Annotated[int | None, _u("train.epochs")] = None,
+    batch_size: Annotated[int | None, _u("train.batch_size")] = None,
+    optimizer: Annotated[OptimizerName | None, _u("train.optimizer")] = None,
+    lr: Annotated[float | None, _u("train.lr", "Peak learning rate.")] = None,
+    weight_decay: Annotated[float | None, _u("train.weight_decay")] = None,
+    warmup_epochs: Annotated[float | None, _u("train.warmup_epochs")] = None,
+    label_smoothing: Annotated[float | None, _u("train.label_smoothing")] = None,
+    class_weighting: Annotated[ClassWeighting | None, _u("train.class_weighting")] = None,
+    augment: Annotated[str | None, _u("train.augment", "none | light | medical.")] = None,
+    seed: Annotated[int | None, _u("train.seed", "Random seed (data order, init, splits).")] = None,
+    device: Annotated[DeviceName | None, _u("train.device", "auto picks CUDA when present.")] = None,
+    select_metric: Annotated[str | None, _u("train.select_metric", "Validation metric picking the best epoch.")] = None,
+    max_steps_per_epoch: Annotated[int | None, _u("train.max_steps_per_epoch", hidden=True)] = None,
     overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
     download: DownloadOpt = False,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
@@ -140,41 +140,28 @@ def update(
     """Update a model on new data (new site or new classes); --lwf distils the old model's outputs to keep it.
 
     Example: edgekd update runs/site_a --data imagefolder:/data/site_b --lwf --lwf-weight 1 --epochs 5 --out runs/site_b
+    Example: edgekd update runs/site_a --data imagefolder:/data/site_b --config update.yaml --out runs/site_b
+    (its keys are UpdateConfig's: lwf, lwf_weight, lwf_temperature, freeze_norm, and the schedule's, flat or under train:)
     """
     check_report_path(json_out, overwrite=overwrite)
-    keys = (
-        "epochs",
-        "batch_size",
-        "optimizer",
-        "lr",
-        "weight_decay",
-        "warmup_epochs",
-        "label_smoothing",
-        "class_weighting",
-        "augment",
-        "seed",
-        "device",
-        "select_metric",
-        "max_steps_per_epoch",
-    )
-    values = locals()
-    cfg = validate(TrainConfig, {k: values[k] for k in keys})
-    weight = lwf_weight if lwf or "lwf_weight" in given_options(ctx) else None
+    flags = {k: v for k, v in locals().items() if k not in UPDATE_NOT_CONFIG}
+    cfg = cli_config(ctx, UpdateConfig, config, flags, section="update")
     card = update_model(
         model_dir,
         data,
         out,
-        lwf=weight,
-        temperature=lwf_temperature,
-        freeze_norm=freeze_norm,
-        train=cfg,
+        lwf=cfg.lwf_term,
+        temperature=cfg.lwf_temperature,
+        freeze_norm=cfg.freeze_norm,
+        train=cfg.train,
         overwrite=overwrite,
         progress=not quiet,
         download=download,
     )
     if not quiet and json_out != "-":
         note = card.lineage.notes["update"]
-        how = "plain fine-tune" if weight is None else f"LwF (weight {weight:g}, T {lwf_temperature:g})"
+        weight = cfg.lwf_term
+        how = "plain fine-tune" if weight is None else f"LwF (weight {weight:g}, T {cfg.lwf_temperature:g})"
         console.print(
             f"{note['kind']} update by {how}; {len(note['chain'])} model(s) in the update chain; "
             f"model directory: [bold]{out}[/]"

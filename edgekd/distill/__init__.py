@@ -37,7 +37,7 @@ from edgekd.distill._settings import (
 )
 from edgekd.distill._train import class_weights, evaluate_split, finish_run, resolve_student
 from edgekd.distill._unlabeled import UnlabeledDistillObjective
-from edgekd.distill._update import LwFObjective, update_model
+from edgekd.distill._update import LwFObjective, UpdateConfig, update_model
 from edgekd.distill.losses import (
     LOSSES,
     DistillLoss,
@@ -112,6 +112,7 @@ __all__ = [
     "label_images",
     "LabelReport",
     "UnlabeledDistillObjective",
+    "UpdateConfig",
     "update_model",
     "LwFObjective",
 ]

@@ -52,13 +52,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
+from edgekd._config import StageConfig
 from edgekd._io import MARKER_FILE, check_output, is_edgekd_artifact, replace_dir, sha256_file
 from edgekd.data import DataBundle, load_data
 from edgekd.distill._config import TrainConfig
@@ -276,6 +278,33 @@ def _student(model_dir: Path, card: ModelCard, names: list[str], old_index: list
 def update_config(**overrides: Any) -> TrainConfig:
     """The default schedule of an update (see the module docstring): 5 epochs, lr 5e-4, no warm-up."""
     return TrainConfig(**{"epochs": 5, "lr": 5e-4, "warmup_epochs": 0.0, **overrides})
+
+
+class UpdateConfig(StageConfig):
+    """The settings of `edgekd update`, the single source of their defaults (the CLI, ``--config`` and Python).
+
+    Attributes:
+        lwf: Learning without Forgetting; None (not said): LwF exactly when ``lwf_weight`` was set.
+        lwf_weight: Li & Hoiem's ``lambda_o``.
+        lwf_temperature: the LwF temperature (the paper's 2).
+        freeze_norm: keep the old model's batch-norm running statistics (see the module docstring).
+        train: the schedule, :func:`update_config`'s defaults (5 epochs, lr 5e-4, no warm-up); a file may
+            write its keys flat (``epochs: 3``).
+    """
+
+    flat_keys: ClassVar = {name: f"train.{name}" for name in TrainConfig.model_fields}
+
+    lwf: bool | None = None
+    lwf_weight: float = Field(1.0, gt=0)
+    lwf_temperature: float = Field(2.0, gt=0)
+    freeze_norm: bool = True
+    train: TrainConfig = Field(default_factory=update_config)
+
+    @property
+    def lwf_term(self) -> float | None:
+        """The LwF weight :func:`update_model` takes, or None for a plain fine-tune."""
+        on = self.lwf if self.lwf is not None else "lwf_weight" in self.model_fields_set
+        return self.lwf_weight if on else None
 
 
 def update_model(
