@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
 from _shift import pneumonia_arrays, scanner_b, write_medmnist  # noqa: E402
 
-from edgekd.distill import RunSettings, TrainConfig, train_model, update_model  # noqa: E402
+from edgekd.distill import RunSettings, TrainConfig, UpdateConfig, train_model, update_model  # noqa: E402
 from edgekd.evaluate import evaluate_model_dir  # noqa: E402
 from edgekd.modeldir import is_model_dir  # noqa: E402
 
@@ -125,9 +125,12 @@ def main() -> None:
                 model_a,
                 b,
                 dest,
-                lwf=weight,
-                freeze_norm=not args.update_norm,
-                train=cfg,
+                UpdateConfig(
+                    lwf=weight is not None,
+                    lwf_weight=weight or 1.0,
+                    freeze_norm=not args.update_norm,
+                    train=cfg,
+                ),
                 overwrite=True,
                 progress=False,
             )

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from edgekd._config import StageConfig, build_config, config_default, config_fields
 from edgekd.cli import app  # edgekd.cli._app.app, with every command registered
 from edgekd.cli._options import default_text
-from edgekd.distill import DistillConfig, TrainConfig
+from edgekd.distill import DistillConfig, TrainConfig, UpdateConfig
 from edgekd.errors import InvalidInputError
 from edgekd.prune import PruneConfig
 from edgekd.quantize import QuantizeConfig
@@ -125,8 +125,15 @@ COMMANDS = {
         {},
         {"model_dir", "out", "overwrite", "config", "json_out", "quiet", "data", "target_sensitivity"},
     ),
+    "update": (
+        UpdateConfig,
+        "edgekd.cli._hospital",
+        "update_model",
+        {},
+        {"model_dir", "out", "overwrite", "config", "json_out", "quiet", "data", "download"},
+    ),
 }
-ARGS = {"train": [], "distill": [], "prune": ["runs/m"], "quantize": ["runs/m"]}
+ARGS = {"train": [], "distill": [], "prune": ["runs/m"], "quantize": ["runs/m"], "update": ["runs/m", "-d", "x"]}
 
 
 def _capture(monkeypatch, command: str) -> list:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from edgekd.cli import app
-from edgekd.distill import LwFObjective, TrainConfig, update_model
+from edgekd.distill import LwFObjective, TrainConfig, UpdateConfig, update_model
 from edgekd.distill._update import FineTuneObjective, extend_head, plan_classes, update_config
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import load_model_dir, read_card
@@ -97,7 +97,7 @@ def test_update_defaults_are_a_fine_tune_schedule():
 
 @pytest.mark.slow
 def test_domain_then_class_incremental_updates_record_the_chain(tiny_model_dir, tmp_path):
-    site_b = update_model(tiny_model_dir, NEW_SITE, tmp_path / "b", lwf=1.0, train=CFG, progress=False)
+    site_b = update_model(tiny_model_dir, NEW_SITE, tmp_path / "b", UpdateConfig(lwf=True, train=CFG), progress=False)
     note = site_b.lineage.notes["update"]
     assert (site_b.lineage.stage, note["method"], note["kind"]) == ("update", "lwf", "domain-incremental")
     assert site_b.lineage.parent == tiny_model_dir and site_b.lineage.teachers == [tiny_model_dir]
@@ -106,7 +106,7 @@ def test_domain_then_class_incremental_updates_record_the_chain(tiny_model_dir, 
     ).lineage.data
     assert (tmp_path / "b" / REFERENCE_FILE).is_file()  # drift statistics on the new data's val split
 
-    plain = update_model(tiny_model_dir, NEW_SITE, tmp_path / "plain", lwf=None, train=CFG, progress=False)
+    plain = update_model(tiny_model_dir, NEW_SITE, tmp_path / "plain", UpdateConfig(train=CFG), progress=False)
     assert plain.lineage.notes["update"]["method"] == "finetune" and plain.lineage.losses == ["ce"]
     parent = _running_stats(load_model_dir(tiny_model_dir)[0])
     for updated in (tmp_path / "b", tmp_path / "plain"):  # the old data's batch-norm statistics are kept
@@ -115,7 +115,7 @@ def test_domain_then_class_incremental_updates_record_the_chain(tiny_model_dir, 
         assert all(torch.equal(v, got[k]) for k, v in parent.items())
 
     three = "synthetic:classes=3,n=90,size=16,channels=1,seed=6"  # class_0, class_1 and a new class_2
-    c = update_model(tmp_path / "b", three, tmp_path / "c", lwf=0.5, train=CFG, progress=False)
+    c = update_model(tmp_path / "b", three, tmp_path / "c", UpdateConfig(lwf_weight=0.5, train=CFG), progress=False)
     note = c.lineage.notes["update"]
     assert c.label_names == ["class_0", "class_1", "class_2"] and note["new_classes"] == ["class_2"]
     assert note["kind"] == "class-incremental" and [x["model"] for x in note["chain"]] == [
@@ -127,11 +127,13 @@ def test_domain_then_class_incremental_updates_record_the_chain(tiny_model_dir, 
 
 def test_refusals_and_the_cli(tiny_model_dir, tmp_path):
     with pytest.raises(InvalidInputError, match="1-channel images, the data has 3"):
-        update_model(tiny_model_dir, "synthetic:classes=2,n=40,size=16,channels=3", tmp_path / "x", train=CFG)
+        update_model(
+            tiny_model_dir, "synthetic:classes=2,n=40,size=16,channels=3", tmp_path / "x", UpdateConfig(train=CFG)
+        )
     with pytest.raises(InvalidInputError, match="already exists"):
         (tmp_path / "taken").mkdir()
         (tmp_path / "taken" / "f").write_text("x")
-        update_model(tiny_model_dir, NEW_SITE, tmp_path / "taken", train=CFG)
+        update_model(tiny_model_dir, NEW_SITE, tmp_path / "taken", UpdateConfig(train=CFG))
     r = CliRunner().invoke(
         app,
         [
@@ -162,7 +164,6 @@ def test_refusals_and_the_cli(tiny_model_dir, tmp_path):
 
 
 def test_update_config_is_the_single_source_and_its_file_is_honoured(tiny_model_dir, tmp_path):
-    from edgekd.distill import UpdateConfig
     from edgekd.errors import InvalidInputError as Invalid
 
     assert UpdateConfig().lwf_term is None and UpdateConfig().train == update_config()

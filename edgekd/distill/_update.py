@@ -41,8 +41,8 @@ lineage has ``stage: update``, the parent's path and weights hash, and ``notes.u
 the update descends from, oldest first, with its data.
 
 Example:
-    >>> card = update_model("runs/site_a", "imagefolder:/data/site_b", "runs/site_b", lwf=1.0,
-    ...                     train=TrainConfig(epochs=5, lr=5e-4))
+    >>> cfg = UpdateConfig(lwf=True, train=update_config(epochs=5))
+    >>> card = update_model("runs/site_a", "imagefolder:/data/site_b", "runs/site_b", cfg)
     >>> [step["data"] for step in card.lineage.notes["update"]["chain"]]
     ['imagefolder:/data/site_a']
 """
@@ -311,27 +311,26 @@ def update_model(
     model_dir: str | Path,
     data: str | DataBundle,
     out: str | Path,
+    config: UpdateConfig | None = None,
     *,
-    lwf: float | None = 1.0,
-    temperature: float = 2.0,
-    freeze_norm: bool = True,
-    train: TrainConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
     download: bool = False,
 ) -> ModelCard:
-    """Update ``model_dir`` on ``data`` with LwF (``lwf`` = its weight) or plainly (``lwf=None``); write ``out``.
+    """Update ``model_dir`` on ``data`` as ``config`` says (LwF or a plain fine-tune); write ``out``.
 
     Args:
-        freeze_norm: keep the old model's batch-norm running statistics (see the module docstring).
-        train: the schedule; default :func:`update_config` (5 epochs, lr 5e-4, no warm-up).
+        config: the LwF settings and the schedule; default :class:`UpdateConfig` (a plain fine-tune, 5 epochs,
+            lr 5e-4, no warm-up, frozen batch-norm statistics).
 
     Raises:
         InvalidInputError: multi-label data, other image channels, an existing ``out`` (exit 3).
         ArtifactError: an unreadable model directory or data (exit 4).
     """
-    model_dir, out, cfg = Path(model_dir), Path(out), train or update_config()
+    config = config or UpdateConfig()
+    lwf, temperature, freeze_norm = config.lwf_term, config.lwf_temperature, config.freeze_norm
+    model_dir, out, cfg = Path(model_dir), Path(out), config.train
     old_net, card = load_model_dir(model_dir)
     bundle = data if isinstance(data, DataBundle) else load_data(data, seed=cfg.seed, download=download)
     if Task.MULTILABEL in (bundle.task, card.task):
