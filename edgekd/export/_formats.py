@@ -17,7 +17,7 @@ it): the single source of the export defaults and their validation.
 
 Example:
     >>> [f.name for f in FORMATS.values() if f.kind is FormatKind.FILE]
-    ['onnx', 'onnx-fp16', 'engine']
+    ['onnx', 'onnx-fp16', 'engine', 'openvino', 'executorch']
     >>> ExportConfig(formats="onnx,onnx-fp16").formats
     ['onnx', 'onnx-fp16']
 """
