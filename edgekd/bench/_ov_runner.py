@@ -60,6 +60,7 @@ def runtime_targets(
 class OpenVinoRunner(Runner):
     backend = "openvino"
     kinds = frozenset({ArtifactKind.BUNDLE})
+    cpu_only = True  # its default device is the CPU on a CUDA machine too
 
     def __init__(self) -> None:
         super().__init__()
