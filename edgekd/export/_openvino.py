@@ -64,8 +64,8 @@ core = ov.Core()
 model = core.compile_model("{model}", "CPU", {{"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                                             "INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1}})
 logits = model.create_infer_request().infer({{0: x}})[0]
-# many calls: copy each batch into request.get_input_tensor().data and call request.infer(); a new input
-# tensor per call (what infer({{0: x}}) sets) makes the CPU plugin re-prepare a dynamic-batch model every time
+# many calls, lower latency: request = model.create_infer_request(); request.set_input_tensor(ov.Tensor(x));
+# request.start_async(); request.wait(); logits = request.get_output_tensor(0).data  (runs on the model's stream)
 """
 
 
@@ -102,10 +102,13 @@ def compile_openvino(xml: str | os.PathLike, *, threads: int = 2, device: str = 
 def infer_openvino(request: Any, x: np.ndarray) -> np.ndarray:
     """One synchronous inference of ``x`` on an infer request; a copy of the first output as float32.
 
-    The input is copied into the request's own input tensor, and a new tensor is set only when the shape changes.
-    ``request.infer({0: x})`` sets a new input tensor on every call, and on a model with a dynamic batch the CPU
-    plugin then re-prepares the graph's memory each time: measured (OpenVINO 2026.4, the demo-sized student, 2
-    threads) about 60 us per call at batch 1 and 3 ms at batch 32, against 0.55 ms of inference at batch 32.
+    The input is copied into the request's own input tensor (a new tensor only when the shape changes), then
+    ``start_async()`` + ``wait()``: the inference runs on the compiled model's CPU stream, the executor that
+    ``INFERENCE_NUM_THREADS`` / ``NUM_STREAMS`` configure. Python's ``request.infer({0: x})`` (and ``infer()``)
+    runs OpenVINO's synchronous pipeline instead (in the calling thread, as ``IAsyncInferRequest::infer`` reads),
+    and was measured slower: on a loaded 2-vCPU VM, OpenVINO 2026.4, a 47 k-parameter model with a dynamic batch,
+    2 threads, interleaved medians at batch 32: 0.55-0.59 ms this way (a new input tensor each call included),
+    0.6-3.9 ms through ``infer``; at batch 1 about 0.05 vs 0.08-0.12 ms (``benchmarks/runtime_check.py`` measures it).
     """
     ov = require_openvino()
     x = np.ascontiguousarray(x, dtype=np.float32)
