@@ -39,7 +39,8 @@ from _common import cpu_flags, environment, write_json  # noqa: E402
 
 RUNTIMES = ("ort", "openvino", "executorch")
 MODELS = ("teacher", "student", "pruned")
-QUICK = [
+QUICK = [  # the demo's pipeline, small: a ResNet-8 teacher, a few steps per stage (a smoke test of this script)
+    "teacher.model=small:resnet8",
     "teacher.train.epochs=1",
     "teacher.train.max_steps_per_epoch=4",
     "student.train.epochs=1",

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.bench import PairLatency
+from edgekd.bench import BenchConfig, PairLatency
 from edgekd.bench._api import _default_devices
 from edgekd.export import read_manifest
 from edgekd.pipeline import config_from_mapping, plan, read_record, run_pipeline
 from edgekd.pipeline._handoff import HandoffTarget, best_of_runtimes, decide, recheck
 from edgekd.pipeline._run import Latency
-from edgekd.pipeline._runtimes import runtime_formats
+from edgekd.pipeline._runtimes import runtime_formats, usable_backends
 from edgekd.report._report import _runtime_parts
 
 from .conftest import SYNTH
@@ -103,6 +103,9 @@ def test_recheck_compares_fastest_runtimes_on_the_same_device():
 
 def test_cpu_runtimes_default_to_the_cpu_and_only_runtime_backends_add_stages(tiny_model_dir):
     assert _default_devices("openvino") == _default_devices("executorch") == ["cpu"]
+    # a CUDA-only hand-off (an FP16 file) leaves the CPU runtimes out instead of failing on them
+    assert usable_backends(RUNTIMES, ["cuda"], BenchConfig()) in ([], ["ort"])
+    assert usable_backends(RUNTIMES, ["cpu"], BenchConfig()) == RUNTIMES
     assert runtime_formats(["ort", "torch"]) == [] and runtime_formats(RUNTIMES) == ["openvino", "executorch"]
     plain = [s.name for s in plan(config_from_mapping(_config(tiny_model_dir, ["ort"])))]
     assert not any(n.startswith("runtimes-") for n in plain)
