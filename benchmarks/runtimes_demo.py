@@ -72,22 +72,26 @@ def _run_dir(args) -> Path:
     return run
 
 
-def _export(run: Path, work: Path, reuse: bool) -> dict[str, Path]:
-    """The four bundles with every runtime; the exports check parity (a failure raises)."""
+def _export(run: Path, work: Path, reuse: bool) -> tuple[dict[str, Path], dict[str, str]]:
+    """The four bundles with every runtime, and the exports that failed (parity: recorded, that bundle left out)."""
+    from edgekd.errors import EdgeKDError
     from edgekd.export import export_bundle
 
-    out = {}
-    for name in MODELS:
-        if (run / name / "edgekd.json").is_file():
-            out[name] = work / name
-            if not (reuse and (out[name] / "manifest.json").is_file()):
-                export_bundle(run / name, out[name], formats="onnx,openvino,executorch", overwrite=True, log=print)
+    jobs = {name: (run / name, "onnx,openvino,executorch") for name in MODELS if (run / name / "edgekd.json").is_file()}
     int8 = next(iter(sorted(run.glob("int8-*/manifest.json"))), None)
     if int8 is not None:
-        out["int8"] = work / int8.parent.name
-        if not (reuse and (out["int8"] / "manifest.json").is_file()):
-            export_bundle(int8.parent, out["int8"], formats="openvino,executorch", overwrite=True, log=print)
-    return out
+        jobs["int8"] = (int8.parent, "openvino,executorch")
+    out, failed = {}, {}
+    for name, (source, formats) in jobs.items():
+        dest = work / (source.name if name == "int8" else name)
+        try:
+            if not (reuse and (dest / "manifest.json").is_file()):
+                export_bundle(source, dest, formats=formats, overwrite=True, log=print)
+            out[name] = dest
+        except EdgeKDError as e:  # a parity failure is a result: recorded, not hidden
+            failed[name] = str(e)
+            print(f"{name}: export failed: {e}")
+    return out, failed
 
 
 def _parity(bundles: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
@@ -185,7 +189,7 @@ def main() -> None:
     run = _run_dir(args)
     data = json.loads((run / "summary.json").read_text())["data"]
     t0 = time.time()
-    bundles = _export(run, Path(args.work), args.reuse)
+    bundles, failed = _export(run, Path(args.work), args.reuse)
     bench = _bench(bundles, out, args)
     payload = {
         "environment": environment(),
@@ -195,6 +199,7 @@ def main() -> None:
         "threads": args.threads,
         "bundles": {k: str(v) for k, v in bundles.items()},
         "parity": _parity(bundles),
+        "export_failed": failed,
         "bench": bench,
         "predict": _agreement(bundles, data, args.threads),
         "serve_openvino_vs_ort": _serve(bundles, args.threads),

@@ -200,3 +200,34 @@ def test_a_rerun_skips_every_stage_runtimes_included(run):
     out, _, again = run
     assert {s.status for s in again.stages} == {"skipped"}, [(s.name, s.status) for s in again.stages]
     assert read_record(out, "runtimes-int8-cpu-x86").inputs.keys() >= {"int8-cpu-x86"}
+
+
+@pytest.mark.slow
+def test_an_int8_runtime_failing_parity_is_left_out_with_its_reason(run, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from edgekd.errors import VerificationError
+    from edgekd.pipeline import _runtimes
+
+    out, _, _ = run
+
+    def fails(*_a, **_k):
+        raise VerificationError("openvino: parity FAILED: model.int8.xml [int8] top1=0.9883")
+
+    monkeypatch.setattr(_runtimes, "add_openvino", fails)
+    lines: list[str] = []
+    rt = _runtimes.RuntimesStage(
+        row="int8-cpu-x86",
+        precision="int8",
+        formats=["openvino", "executorch"],
+        max_batch=32,
+        n_samples=8,
+        data=SYNTH,
+        calib_seed=0,
+    )
+    manifest, failed = _runtimes._add_runtimes(
+        SimpleNamespace(log=lines.append), out / "int8-cpu-x86", tmp_path / "b", rt
+    )
+    assert set(failed) == {"openvino"} and "parity FAILED" in failed["openvino"] and "no openvino file" in lines[0]
+    kinds = {f.kind for f in manifest.files}
+    assert "executorch" in kinds and "openvino" not in kinds and (tmp_path / "b" / "model.int8.pte").is_file()

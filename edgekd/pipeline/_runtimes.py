@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from rich.markup import escape
 
 from edgekd._io import atomic_dir
 from edgekd.bench import (
@@ -45,7 +46,8 @@ from edgekd.bench import (
     resolve_artifact,
     run_benchmark,
 )
-from edgekd.export import ExportConfig, add_executorch, add_openvino, export_bundle
+from edgekd.errors import VerificationError
+from edgekd.export import ExportConfig, add_executorch, add_openvino, export_bundle, read_manifest
 from edgekd.pipeline._config import PipelineConfig
 from edgekd.pipeline._context import HandoffStage, PipelineRunner, ReferenceStage, Stage
 
@@ -151,16 +153,32 @@ def _runtimes(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     if s.precision is None:
         cfg = ExportConfig(formats=s.formats, n_samples=s.n_samples, max_batch=s.max_batch, data=s.data)
         manifest = export_bundle(src, out, cfg, overwrite=True, command=r.command(st), log=r.log)
+        failed: dict[str, str] = {}
     else:
-        with atomic_dir(out, overwrite=True) as tmp:
-            shutil.copytree(src, tmp, dirs_exist_ok=True)
-            manifest = None
-            if "openvino" in s.formats:
-                manifest = add_openvino(tmp, log=r.log)
-            if "executorch" in s.formats:
-                manifest = add_executorch(tmp, max_batch=s.max_batch, calib_seed=s.calib_seed, log=r.log)
-    assert manifest is not None
-    return {"files": [f.name for f in manifest.model_files()], "parity": [p.summary() for p in manifest.parity]}
+        manifest, failed = _add_runtimes(r, src, out, s)
+    files = [f.name for f in manifest.model_files()]
+    return {"files": files, "parity": [p.summary() for p in manifest.parity], "failed": failed}
+
+
+def _add_runtimes(r: PipelineRunner, src: Path, out: Path, s: RuntimesStage) -> tuple[Any, dict[str, str]]:
+    """A copy of an INT8 bundle with each runtime added; a runtime whose INT8 file fails parity is left out (one
+    line, and the benchmark skips that runtime for this row) instead of stopping the run: the FP32 and the other
+    runtimes' figures still stand, and INT8 parity near the decision boundary is a property of the model."""
+    failed: dict[str, str] = {}
+    with atomic_dir(out, overwrite=True) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        adders = {
+            "openvino": lambda: add_openvino(tmp, log=r.log),
+            "executorch": lambda: add_executorch(tmp, max_batch=s.max_batch, calib_seed=s.calib_seed, log=r.log),
+        }
+        for name in [f for f in s.formats if f in adders]:
+            try:
+                adders[name]()
+            except VerificationError as e:  # the bundle is unchanged by a failed runtime (extend_bundle is atomic)
+                failed[name] = e.message
+                r.log(f"[yellow]{escape(s.row)}: no {name} file: {escape(e.message)}[/]")
+        manifest = read_manifest(tmp)
+    return manifest, failed
 
 
 def runtime_bundle(r: PipelineRunner, stage: str) -> Path | None:
