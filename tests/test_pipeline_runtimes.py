@@ -126,7 +126,7 @@ def test_report_shows_every_runtime_and_marks_the_fastest():
         }
     ]
     html = "".join(_runtime_parts(rows, [1]))
-    assert "<th>openvino</th>" in html and "<b>0.100 *</b>" in html and "0.2000" in html
+    assert "<th>openvino</th>" in html and "<b>0.1000 *</b>" in html and "<td>0.2000</td>" in html
     one = [{"label": "x", "latency": {"1": {"backend": "ort", "device": "cpu", "runtimes": {"ort": 0.2}}}}]
     assert _runtime_parts(one, [1]) == []
 

@@ -163,7 +163,7 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
         f"<code>{esc(metric)}</code> (<code>distill.metric</code>). The operating point is the threshold that reaches "
         f"sensitivity {s['target_sensitivity']:.2f} on validation, applied to test{seeds}. Latency: the benchmark "
         f"of the seed-0 artifacts (<code>{esc(s.get('bench') or 'not run')}</code>); speedup is the teacher's p50 over "
-        "the stage's at the same batch size."
+        "the stage's at the same batch size (each its fastest runtime when several ran)."
     )
     kd = s.get("kd", {})
     verdict = (
@@ -202,7 +202,10 @@ def _runtime_parts(rows: list[dict[str, Any]], batches: list[int]) -> list[str]:
             if not lat:
                 continue
             got = lat.get("runtimes") or {}
-            cells = [f"<b>{got[n]:.3f} *</b>" if n == lat["backend"] and n in got else got.get(n, "-") for n in names]
+            cells = [
+                f"<b>{got[n]:.4f} *</b>" if n == lat["backend"] else (f"{got[n]:.4f}" if n in got else "-")
+                for n in names
+            ]
             body.append([r["label"], b, lat["device"], *cells, lat["backend"]])
     note = (
         "p50 ms of one batch per runtime in the same benchmark run and threads (<code>bench.backends</code>), "
