@@ -46,7 +46,7 @@ from edgekd.bench import (
     resolve_artifact,
     run_benchmark,
 )
-from edgekd.errors import VerificationError
+from edgekd.errors import InvalidInputError, VerificationError
 from edgekd.export import ExportConfig, add_executorch, add_openvino, export_bundle, read_manifest
 from edgekd.pipeline._config import PipelineConfig
 from edgekd.pipeline._context import HandoffStage, PipelineRunner, ReferenceStage, Stage
@@ -253,6 +253,11 @@ def bench_rows(
         which = ComputePrecision(precision) if precision else cfg.precision  # a runtime bundle: the row's files
         group = cfg.model_copy(update={"backends": usable, "precision": which})
         reports.append(run_benchmark(paths, group, progress=progress))
+    if not reports:
+        raise InvalidInputError(
+            f"bench: no backend of {backends} runs the table's artifacts",
+            "; ".join(sorted({x.reason for x in skipped})),
+        )
     report = _merge(reports, order, cfg)
     return report.model_copy(update={"skipped": report.skipped + skipped})
 
