@@ -13,6 +13,10 @@ OpenVINO and ExecuTorch INT8 files to that bundle (one calibration); then
    (within 10 %?);
 3. decisions of ``edgekd predict`` on the whole test split through each runtime against ORT's.
 
+Superseded for acceptance by ``benchmarks/runtimes_demo.py`` (the demo's own models) and
+``benchmarks/runtime_check.py`` (the independent check with bound inputs, which edgekd's runners use; the loop
+below times OpenVINO's ``infer`` one-liners, which cost more per call than the inference: see the README).
+
 Run: ``python benchmarks/runtimes.py --json benchmarks/results/cpu-DATE/runtimes.json``. The machine is named in
 the JSON; on a shared machine the figures carry its load (``load_average``).
 """

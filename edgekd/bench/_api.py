@@ -63,6 +63,8 @@ def default_backends(artifact: Artifact) -> list[str]:
 def _default_devices(backend: str) -> list[str]:
     if backend == "trt":
         return ["cuda"]
+    if getattr(RUNNERS.get(backend), "cpu_only", False):  # openvino, executorch: CPU runners, CUDA or not
+        return ["cpu"]
     return ["cuda"] if cuda_unavailable_reason() is None else ["cpu"]
 
 

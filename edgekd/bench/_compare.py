@@ -221,6 +221,7 @@ def compare_latency(
     settings: BenchSettings | None = None,
     rounds: int = 5,
     verify: bool = True,
+    precisions: tuple[str | None, str | None] = (None, None),
     clock: Callable[[], float] = time.perf_counter,
 ) -> LatencyComparison:
     """Time ``child`` against ``parent``, interleaved over ``rounds`` rounds (see the module docstring).
@@ -230,6 +231,8 @@ def compare_latency(
             engines holding one file per backend.
         backends, devices, batches, settings, verify: as for :func:`~edgekd.bench.benchmark`.
         rounds: how many times the two alternate (at least 2).
+        precisions: which files of each bundle to time (parent, child; None: every one), e.g. ``("fp32", "int8")``
+            for a bundle that carries both (one file per runtime and precision).
         clock: seconds as a float (injectable, as for :func:`~edgekd.bench.time_runner`).
 
     Returns:
@@ -248,6 +251,8 @@ def compare_latency(
     _unique_names(arts)
     settings = settings.model_copy(update={"threads": settings.threads or physical_cores()})
     planned, skipped = _plan(arts, backends, devices, batches, None, settings)
+    wanted = dict(zip((id(a) for a in arts), precisions))
+    planned = [p for p in planned if wanted[id(p.target.artifact)] in (None, p.target.precision)]
     results = []
     for slot in _pairs(planned, arts).values():
         if len(slot) < 2:

@@ -37,6 +37,7 @@ __all__ = ["ExecuTorchRunner"]
 class ExecuTorchRunner(Runner):
     backend = "executorch"
     kinds = frozenset({ArtifactKind.BUNDLE})
+    cpu_only = True  # its default device is the CPU on a CUDA machine too
 
     def __init__(self) -> None:
         super().__init__()

@@ -102,8 +102,9 @@ def render_summary(s: RunSummary) -> None:
         ]
         for b in batches:
             lat = r.latency.get(str(b))
+            runtime = f" {lat.backend}" if lat and len(lat.runtimes) > 1 else ""  # the row's fastest runtime
             cells += [
-                f"{lat.p50_ms:.2f}/{lat.p90_ms:.2f}" if lat else "n/a",
+                f"{lat.p50_ms:.2f}/{lat.p90_ms:.2f}{runtime}" if lat else "n/a",
                 f"{lat.speedup:.1f}x" if lat and lat.speedup else "n/a",
             ]
         t.add_row(*cells)

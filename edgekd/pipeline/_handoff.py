@@ -7,7 +7,9 @@ stage is **measured against its parent** in the same run (STYLE.md point 14): af
 with :func:`~edgekd.bench.compare_latency` (interleaved rounds, the run's ``bench`` backends, devices and
 batches) and evaluates both on the validation split. :func:`decide` then keeps the child when
 
-* it is faster than its parent at **every** measured batch (and backend/device), and
+* it is faster than its parent at **every** measured batch (and device): with several runtimes in ``bench.backends``
+  (ort, openvino, executorch, trt) the child's fastest runtime against the parent's fastest at each batch
+  (:func:`best_of_runtimes`; each figure the median of the interleaved rounds on that runtime), and
 * its validation metric (``student.train.select_metric``; accuracy when that is ``loss`` or undefined on the
   split) is at most ``handoff.max_drop`` points (x100) below the parent's,
 
@@ -45,6 +47,8 @@ from edgekd.pipeline._config import HandoffKeep
 
 __all__ = [
     "HandoffDecision",
+    "BestLatency",
+    "best_of_runtimes",
     "HandoffTarget",
     "HandoffSummary",
     "decide",
@@ -57,7 +61,7 @@ __all__ = [
 
 KEEP_PREFIX = "keep-"
 HANDOFF_DIR = "handoff"
-_BACKENDS = {"ort": "ORT", "torch": "PyTorch", "trt": "TensorRT"}
+_BACKENDS = {"ort": "ORT", "torch": "PyTorch", "trt": "TensorRT", "openvino": "OpenVINO", "executorch": "ExecuTorch"}
 
 
 def where(backend: str, device: str) -> str:
@@ -69,6 +73,59 @@ def _ms(a: float, b: float) -> str:
     """``"8.81 vs 4.59"``: two latencies with the same number of decimals (more for sub-0.1 ms models)."""
     digits = 2 if min(a, b) >= 0.1 else 4
     return f"{a:.{digits}f} vs {b:.{digits}f}"
+
+
+class BestLatency(BaseModel):
+    """One device x batch across runtimes: the parent's fastest runtime and the child's fastest (p50 ms, each the
+    median of its interleaved rounds on that runtime); ``ratio = child / parent`` (> 1: the child is slower)."""
+
+    device: str
+    batch: int
+    parent_backend: str
+    parent_p50_ms: float
+    child_backend: str
+    child_p50_ms: float
+    ratio: float
+
+    @property
+    def child_faster(self) -> bool:
+        return self.child_p50_ms < self.parent_p50_ms
+
+
+def best_of_runtimes(latency: Sequence[PairLatency]) -> list[BestLatency]:
+    """Per (device, batch): the fastest runtime of the parent against the fastest of the child.
+
+    With one backend this is the interleaved pair itself. A deployment picks the runtime that is fastest for the
+    model it ships, so a child is judged by its best runtime against its parent's best (not runtime by runtime).
+    """
+    groups: dict[tuple[str, int], list[PairLatency]] = {}
+    for p in latency:
+        groups.setdefault((p.device, p.batch), []).append(p)
+    out = []
+    for (device, batch), pairs in groups.items():
+        par = min(pairs, key=lambda p: p.parent_p50_ms)
+        ch = min(pairs, key=lambda p: p.child_p50_ms)
+        ratio = ch.child_p50_ms / par.parent_p50_ms if par.parent_p50_ms > 0 else math.inf
+        out.append(
+            BestLatency(
+                device=device,
+                batch=batch,
+                parent_backend=par.backend,
+                parent_p50_ms=par.parent_p50_ms,
+                child_backend=ch.backend,
+                child_p50_ms=ch.child_p50_ms,
+                ratio=ratio,
+            )
+        )
+    return out
+
+
+def _versus(child_ms: float, child_backend: str, parent_ms: float, parent_backend: str, device: str) -> str:
+    """``0.02 vs 0.03 ms p50, ORT CPU``, or with two runtimes ``0.02 ms p50 on OpenVINO CPU vs 0.03 ms on ORT CPU``."""
+    if child_backend == parent_backend:
+        return f"{_ms(child_ms, parent_ms)} ms p50, {where(child_backend, device)}"
+    a, b = _ms(child_ms, parent_ms).split(" vs ")
+    return f"{a} ms p50 on {where(child_backend, device)} vs {b} ms on {where(parent_backend, device)}"
 
 
 class HandoffDecision(BaseModel):
@@ -83,6 +140,7 @@ class HandoffDecision(BaseModel):
             child is below the parent (x100, positive = worse); max_drop: the budget; within_budget: None when
             the metric is not defined.
         latency: the interleaved comparisons (one per backend x device x batch).
+        best: per device x batch, the fastest runtime of each (what decides; :func:`best_of_runtimes`).
         unmeasured: why the child could not be measured on its target (None when it was).
         faster: faster at every measured configuration (None: not measured).
         kept: carried forward; reason: why, in words; line: the one line the run prints.
@@ -100,6 +158,7 @@ class HandoffDecision(BaseModel):
     max_drop: float
     within_budget: bool | None = None
     latency: list[PairLatency] = Field(default_factory=list)
+    best: list[BestLatency] = Field(default_factory=list)
     unmeasured: str | None = None
     faster: bool | None = None
     kept: bool
@@ -117,14 +176,15 @@ class HandoffDecision(BaseModel):
         return self.target_device in (None, "cpu") and any(p.device == "cpu" for p in self.latency)
 
 
-def _speed_text(parent: str, latency: Sequence[PairLatency]) -> tuple[bool, str]:
+def _speed_text(parent: str, best: Sequence[BestLatency]) -> tuple[bool, str]:
     """(faster everywhere, the words): the configuration least favourable to the child is named."""
-    worst = max(latency, key=lambda p: p.ratio)
-    faster = all(p.child_faster for p in latency)
-    at = f"at batch {worst.batch} ({_ms(worst.child_p50_ms, worst.parent_p50_ms)} ms p50, {where(worst.backend, worst.device)})"
+    worst = max(best, key=lambda p: p.ratio)
+    faster = all(p.child_faster for p in best)
+    vs = _versus(worst.child_p50_ms, worst.child_backend, worst.parent_p50_ms, worst.parent_backend, worst.device)
+    at = f"at batch {worst.batch} ({vs})"
     if not faster:
         return False, f"{worst.ratio:.2f}x slower than {parent} {at}"
-    every = "at every batch, least " if len(latency) > 1 else ""
+    every = "at every batch, least " if len(best) > 1 else ""
     return True, f"{1 / worst.ratio:.2f}x faster than {parent} {every}{at}"
 
 
@@ -153,7 +213,8 @@ def decide(
         keep: ``auto`` or ``always``.
         metric, parent_val, child_val: the validation metric of both (in [0, 1] for points to mean x100).
         max_drop: the budget, in points.
-        latency: the interleaved comparisons; empty when the child could not be measured.
+        latency: the interleaved comparisons; empty when the child could not be measured. With several backends
+            the fastest of each side decides per device x batch (:func:`best_of_runtimes`).
         unmeasured: why it could not be measured on its target.
         target_device: the device the child is for.
         higher_is_better: the metric's direction.
@@ -169,8 +230,9 @@ def decide(
         acc = f"val {metric} {0.0 - drop:+.2f} points vs {parent}, within the {max_drop:g}-point budget"
     else:
         acc = f"val {metric} {drop:.2f} points below {parent} (budget {max_drop:g})"
+    best = best_of_runtimes(latency)
     if latency:
-        faster, speed = _speed_text(parent, latency)
+        faster, speed = _speed_text(parent, best)
     else:
         faster = None
         speed = f"cannot be measured on its target: {unmeasured or 'no configuration ran both'}; not a CPU hand-off candidate"
@@ -196,6 +258,7 @@ def decide(
         max_drop=max_drop,
         within_budget=within,
         latency=list(latency),
+        best=best,
         unmeasured=None if latency else unmeasured,
         faster=faster,
         kept=kept,
@@ -282,7 +345,8 @@ def recheck(
 
     Args:
         targets: the hand-offs.
-        latency: ``{row: {batch: Latency-like (backend, device, p50_ms)}}`` from the final benchmark.
+        latency: ``{row: {batch: Latency-like (backend, device, p50_ms)}}`` from the final benchmark (each row's
+            fastest runtime at that batch: compared on the same device, across runtimes).
         labels: the table's label of each row.
         start: the row the compression chain started from.
     """
@@ -294,7 +358,7 @@ def recheck(
         slower = []
         for batch, lat in latency.get(t.stage, {}).items():
             ref = base.get(batch)
-            if ref is None or (ref.backend, ref.device) != (lat.backend, lat.device) or ref.p50_ms <= 0:
+            if ref is None or ref.device != lat.device or ref.p50_ms <= 0:  # each row's fastest runtime
                 continue
             if lat.p50_ms > ref.p50_ms:
                 slower.append((lat.p50_ms / ref.p50_ms, batch, lat, ref))
@@ -303,6 +367,6 @@ def recheck(
             lines.append(
                 f"hand-off for {t.target} ({labels.get(t.stage, t.stage)}) is {ratio:.2f}x slower than "
                 f"{labels.get(start, start)} at batch {batch} in the final benchmark "
-                f"({_ms(lat.p50_ms, ref.p50_ms)} ms p50, {where(lat.backend, lat.device)})"
+                f"({_versus(lat.p50_ms, lat.backend, ref.p50_ms, ref.backend, lat.device)})"
             )
     return lines

@@ -52,6 +52,7 @@ from edgekd.pipeline._context import (
     onnx_file,
 )
 from edgekd.pipeline._handoff import KEEP_PREFIX, HandoffDecision, HandoffSummary, handoff_targets, recheck
+from edgekd.pipeline._runtimes import bench_artifacts
 from edgekd.pipeline._stages import Row, plan, report_stage, rows_of
 from edgekd.quantize import TARGETS
 from edgekd.specs import package_versions
@@ -62,7 +63,12 @@ SUMMARY_SCHEMA = "edgekd.run/1"
 
 
 class Latency(BaseModel):
-    """One batch size of a row: p50/p90 of one batch (ms) and the p50 speedup against the teacher."""
+    """One batch size of a row: p50/p90 of one batch (ms) and the p50 speedup against the teacher.
+
+    With several backends measured (``bench.backends: [ort, openvino, executorch]``) ``backend`` is the row's
+    fastest at this batch (by p50, on the first device measured), ``runtimes`` every backend's p50 there, and the
+    speedup is the teacher's fastest over the row's fastest on the same device.
+    """
 
     batch: int
     backend: str
@@ -70,6 +76,7 @@ class Latency(BaseModel):
     p50_ms: float
     p90_ms: float
     speedup: float | None = None
+    runtimes: dict[str, float] = Field(default_factory=dict)
 
 
 class TableRow(BaseModel):
@@ -286,20 +293,34 @@ def _latencies(runner: PipelineRunner, rows: list[TableRow]) -> None:
     if not path.is_file():
         return
     report = load_report(path)
-    by_artifact: dict[str, dict[int, Latency]] = {}
+    row_of = bench_artifacts(runner)  # a runtime bundle's results belong to the row it was made from
+    measured: dict[str, dict[int, list[Any]]] = {}
     for r in report.results:
         art = runner.rel(Path(r.artifact))
-        by_artifact.setdefault(art, {}).setdefault(
-            r.batch,
-            Latency(batch=r.batch, backend=r.backend, device=r.device, p50_ms=r.stats.p50_ms, p90_ms=r.stats.p90_ms),
-        )
+        measured.setdefault(row_of.get(art, art), {}).setdefault(r.batch, []).append(r)
+    by_artifact = {art: {b: _fastest(b, rs) for b, rs in per.items()} for art, per in measured.items()}
     ref = by_artifact.get(rows[0].artifact, {})
     for row in rows:
         for batch, lat in sorted(by_artifact.get(row.artifact, {}).items()):
             base = ref.get(batch)
-            if base is not None and (base.backend, base.device) == (lat.backend, lat.device) and lat.p50_ms > 0:
+            if base is not None and base.device == lat.device and lat.p50_ms > 0:  # fastest vs fastest
                 lat.speedup = base.p50_ms / lat.p50_ms
             row.latency[str(batch)] = lat
+
+
+def _fastest(batch: int, results: list[Any]) -> Latency:
+    """A row's results at one batch: the fastest backend on the first device measured, every backend's p50 there."""
+    device = results[0].device
+    here = [r for r in results if r.device == device]
+    best = min(here, key=lambda r: r.stats.p50_ms)
+    return Latency(
+        batch=batch,
+        backend=best.backend,
+        device=device,
+        p50_ms=best.stats.p50_ms,
+        p90_ms=best.stats.p90_ms,
+        runtimes={r.backend: r.stats.p50_ms for r in here},
+    )
 
 
 def _regressions(runner: PipelineRunner) -> list[str]:

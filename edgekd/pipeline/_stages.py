@@ -86,6 +86,7 @@ from edgekd.pipeline._diagnose import (
 )
 from edgekd.pipeline._evaluate import evaluate_artifact, split_logits, write_evaluation
 from edgekd.pipeline._handoff import HANDOFF_DIR, KEEP_PREFIX, decide
+from edgekd.pipeline._runtimes import add_runtime_stages, bench_rows, runtime_bundle, usable_backends
 from edgekd.pipeline._state import artifact_hash
 from edgekd.prune import prune_model_dir
 from edgekd.quantize import TARGETS, quantize_model_dir
@@ -225,7 +226,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         rows = [(r.stages[0], r.source[0], r.precision) for r in rows_of(cfg)]
         bench = BenchStage(rows=rows, bench=cfg.bench.bench_config())
         stages.append(Stage("bench", "bench", BENCH_FILE, bench, _bench, tuple(dict.fromkeys(s for _, s, _ in rows))))
-    return stages
+    return add_runtime_stages(cfg, stages, rows_of(cfg))  # runtime bundles when bench.backends lists openvino...
 
 
 def report_stage(cfg: PipelineConfig, stages: list[Stage]) -> Stage:
@@ -494,26 +495,43 @@ def _deciding(metric: str, parent: dict[str, Any], child: dict[str, Any]) -> tup
     return "acc", parent.get("acc"), child.get("acc")
 
 
+def _timed_pair(
+    r: PipelineRunner, source: str, s: HandoffStage, parent: Path, child: Path
+) -> tuple[Path, Path, tuple[str | None, str | None]]:
+    """What the hand-off times: both runtime bundles at their precisions when the run made them (every runtime of
+    ``bench.backends``), else the FP32 model directory and the child's file, as they are."""
+    parent_rt = runtime_bundle(r, r.chosen() if source == "select" else source)
+    child_rt = runtime_bundle(r, s.child_source)
+    if parent_rt is not None and child_rt is not None:
+        return parent_rt, child_rt, ("fp32", s.precision or "fp32")
+    return parent, child, (None, None)
+
+
 def _keep(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s, source = st.config, st.source
     assert isinstance(s, HandoffStage) and source is not None
     parent_path, child_path = r.final_fp32(source), r.artifact_path(s.child_source, s.precision)
+    timed = _timed_pair(r, source, s, parent_path, child_path)
     bench = s.bench
     devices = bench_devices(bench.backends, bench.devices, bench.settings())
     targeted = [d for d in devices if s.device in (None, d)]
+    backends = usable_backends(bench.backends, targeted, bench) if bench.backends else None
     comparison, unmeasured = None, None
-    if targeted:
+    if targeted and backends != []:
         comparison = compare_latency(
-            str(parent_path),
-            str(child_path),
-            backends=bench.backends,
+            str(timed[0]),
+            str(timed[1]),
+            backends=backends,
             devices=targeted,
             batches=bench.batches,
             settings=bench.settings(),
             rounds=s.handoff.rounds,
+            precisions=timed[2],
         )
         if not comparison.results:
             unmeasured = "; ".join(sorted({x.reason for x in comparison.skipped})) or "nothing ran"
+    elif targeted:
+        unmeasured = f"none of bench.backends ({', '.join(bench.backends or ())}) runs on {', '.join(targeted)} here"
     else:
         unmeasured = f"{s.device} is not among the bench devices ({', '.join(devices) or 'none'})"
     metric, parent_val, child_val = _deciding(
@@ -554,8 +572,11 @@ def _evaluate(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
 def _bench(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     s = st.config
     assert isinstance(s, BenchStage)
-    paths = [str(r.artifact_path(source, precision)) for _, source, precision in s.rows]
-    report = run_benchmark(paths, s.bench, progress=r.progress)
+    if any(x.kind == "runtimes" for x in r.stages.values()):  # each row's runtime bundle on every runtime
+        report = bench_rows(r, s.rows, s.bench, r.progress)
+    else:
+        paths = [str(r.artifact_path(source, precision)) for _, source, precision in s.rows]
+        report = run_benchmark(paths, s.bench, progress=r.progress)
     write_json(report, r.path(st.output))
     return {"results": len(report.results), "skipped": len(report.skipped)}
 

@@ -154,9 +154,7 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
             r.get("macs"),
             (r.get("size_bytes") or math.nan) / 1e6,
         ]
-        cells += [
-            f"{lat[str(b)]['p50_ms']:.2f} / {lat[str(b)]['p90_ms']:.2f}" if str(b) in lat else "n/a" for b in batches
-        ]
+        cells += [_latency_cell(lat[str(b)]) if str(b) in lat else "n/a" for b in batches]
         cells += [f"{lat[str(b)]['speedup']:.1f}x" if lat.get(str(b), {}).get("speedup") else "n/a" for b in batches]
         body.append(cells)
     seeds = f"; figures are means ± standard deviations over {s['seeds']} seeds" if s["seeds"] > 1 else ""
@@ -165,13 +163,56 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
         f"<code>{esc(metric)}</code> (<code>distill.metric</code>). The operating point is the threshold that reaches "
         f"sensitivity {s['target_sensitivity']:.2f} on validation, applied to test{seeds}. Latency: the benchmark "
         f"of the seed-0 artifacts (<code>{esc(s.get('bench') or 'not run')}</code>); speedup is the teacher's p50 over "
-        "the stage's at the same batch size."
+        "the stage's at the same batch size (each its fastest runtime when several ran)."
     )
     kd = s.get("kd", {})
     verdict = (
         f'<div class="verdict {"good" if kd.get("helps") else "bad"}">{esc(kd.get("message", ""))}</div>' if kd else ""
     )
-    page.section("summary", "Summary", verdict, table(head, body), paragraph(note, "muted"), *_handoff_parts(s))
+    page.section(
+        "summary",
+        "Summary",
+        verdict,
+        table(head, body),
+        paragraph(note, "muted"),
+        *_runtime_parts(run.rows, batches),
+        *_handoff_parts(s),
+    )
+
+
+def _latency_cell(lat: dict[str, Any]) -> str:
+    """``p50 / p90``, and the fastest runtime's name when several runtimes were measured."""
+    runtime = f" ({lat['backend']})" if len(lat.get("runtimes") or {}) > 1 else ""
+    return f"{lat['p50_ms']:.2f} / {lat['p90_ms']:.2f}{runtime}"
+
+
+def _runtime_parts(rows: list[dict[str, Any]], batches: list[int]) -> list[str]:
+    """Per stage and batch, every runtime's p50 side by side, the fastest marked (when more than one ran)."""
+    names = [
+        b
+        for b in ("ort", "openvino", "executorch", "trt", "torch")
+        if any(b in (lat.get("runtimes") or {}) for r in rows for lat in r.get("latency", {}).values())
+    ]
+    if len(names) < 2:
+        return []
+    body = []
+    for r in rows:
+        for b in batches:
+            lat = r.get("latency", {}).get(str(b))
+            if not lat:
+                continue
+            got = lat.get("runtimes") or {}
+            cells = [
+                f"<b>{got[n]:.4f} *</b>" if n == lat["backend"] else (f"{got[n]:.4f}" if n in got else "-")
+                for n in names
+            ]
+            body.append([r["label"], b, lat["device"], *cells, lat["backend"]])
+    note = (
+        "p50 ms of one batch per runtime in the same benchmark run and threads (<code>bench.backends</code>), "
+        "* the fastest, which the summary's latency, speedup and the hand-off decisions use: a compressed model is "
+        "carried forward only when its fastest runtime beats its parent's fastest at every batch."
+    )
+    return [table(["stage", "batch", "device", *names, "fastest"], body), paragraph(note, "muted")]
 
 
 def _handoff_parts(s: dict[str, Any]) -> list[str]:

@@ -50,6 +50,7 @@ from edgekd.export import (
     compile_openvino,
     feature_session,
     feature_tensor,
+    infer_openvino,
     load_pte,
     onnx_io,
     read_manifest,
@@ -377,7 +378,7 @@ def _runtime_runner(m: Manifest, runtime: str, path: Path, threads: int, session
         request = compile_openvino(path, threads=threads or psutil.cpu_count(logical=False) or 1).create_infer_request()
 
         def logits(x: np.ndarray) -> np.ndarray:
-            return np.array(request.infer({0: x})[0], dtype=np.float32)
+            return infer_openvino(request, x)  # on the compiled model's stream (faster than infer({0: x}))
     else:
         program = load_pte(path, threads=threads or None)
         info = m.extra.get("runtimes", {}).get("executorch", {})
