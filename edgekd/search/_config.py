@@ -12,9 +12,9 @@ import re
 from enum import Enum
 from typing import Any, ClassVar
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from edgekd._config import StageConfig, read_yaml
+from edgekd._config import StageConfig, read_yaml, validate
 from edgekd.distill import DEFAULT_LOSSES, ClassWeighting, TrainConfig
 from edgekd.search._space import RUNTIMES, SearchSpace
 from edgekd.search._table import ProfileSettings
@@ -78,8 +78,12 @@ def _student_train() -> TrainConfig:
 
 
 def load_space(path: str | os.PathLike) -> SearchSpace:
-    """A space file: a mapping of :class:`SearchSpace` keys, or a file with a ``space:`` section."""
+    """A space file: a mapping of :class:`SearchSpace` keys, a file with a ``space:`` section, or a pipeline file
+    whose ``budget:`` section has one (``examples/search-pneumonia.yaml``)."""
     raw = read_yaml(path)
+    budget = raw.get("budget")
+    if isinstance(budget, dict) and isinstance(budget.get("space"), dict):
+        return validate(SearchSpace, budget["space"], f"space in {path}")
     return SearchSpace.build(path, section="space" if "space" in raw else None)
 
 
@@ -158,10 +162,6 @@ class SearchConfig(StageConfig):
             if r not in RUNTIMES:
                 raise ValueError(f"unknown backend {r!r} for the search; use {', '.join(RUNTIMES)}")
         return v
-
-    @model_validator(mode="after")
-    def _one_batch(self) -> SearchConfig:
-        return self
 
     @property
     def resolved_space(self) -> SearchSpace:

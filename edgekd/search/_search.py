@@ -324,7 +324,12 @@ def _merge_trainings(records: list[CandidateRecord], trainings: list[Training]) 
 
 def _alternatives(cfg: SearchConfig) -> list[str]:
     """The hand-configured choices: each family's zoo model as it is (width 1, its own depth)."""
-    return [a.key for a in architectures(cfg.resolved_space) if a.width == 1 and a.model == a.family]
+    out = []
+    for fam in cfg.resolved_space.families:
+        model, kwargs = fam.knob()(1.0, None)
+        if model == fam.model:
+            out.append(Architecture(family=fam.model, model=model, kwargs=kwargs).key)
+    return out
 
 
 def run_search(cfg: SearchConfig, out: str | Path, *, progress: bool = False, log: Log | None = None) -> SearchResult:
