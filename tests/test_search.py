@@ -66,8 +66,9 @@ def test_width_one_is_the_zoo_model_and_widths_are_multiples_of_8():
 
 
 def test_fp16_and_int8_only_on_onnx_runtime():
-    space = SearchSpace(families=[FamilySpace(model="small:tinycnn")], precisions=["fp32", "fp16", "int8"],
-                        runtimes=["ort", "openvino"])
+    space = SearchSpace(
+        families=[FamilySpace(model="small:tinycnn")], precisions=["fp32", "fp16", "int8"], runtimes=["ort", "openvino"]
+    )
     labels = {c.label for c in enumerate_candidates(space)}
     assert labels == {"tinycnn-w1/fp32/ort", "tinycnn-w1/fp16/ort", "tinycnn-w1/int8/ort", "tinycnn-w1/fp32/openvino"}
 
@@ -97,8 +98,19 @@ def test_config_reads_durations_and_refuses_unread_epochs():
 def _entry(i: int, macs: int, params: int, act: int, ms: float, batch: int = 1) -> TableEntry:
     arch = Architecture(family="small:tinycnn", model="small:tinycnn", kwargs={"widths": [8 * (i + 1)]})
     c = Candidate(arch=arch, precision=Precision.FP32, runtime="ort")
-    return TableEntry(key=c.key, label=c.label, candidate=c, batch=batch, macs=macs, params=params, act_bytes=act,
-                      percentiles={"p50": ms, "p90": ms * 1.1, "p95": ms, "p99": ms}, mean_ms=ms, n=10, cv=0.01)
+    return TableEntry(
+        key=c.key,
+        label=c.label,
+        candidate=c,
+        batch=batch,
+        macs=macs,
+        params=params,
+        act_bytes=act,
+        percentiles={"p50": ms, "p90": ms * 1.1, "p95": ms, "p99": ms},
+        mean_ms=ms,
+        n=10,
+        cv=0.01,
+    )
 
 
 def test_predictor_recovers_a_known_additive_cost_model():
@@ -139,9 +151,19 @@ def test_segment_keys_change_with_what_the_training_depends_on():
     k = segment_key(arch, cfg, SYNTH, "sha", 0, "init")
     assert k == segment_key(arch, cfg, SYNTH, "sha", 0, "init")
     other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.01})})
-    assert len({k, segment_key(arch, other, SYNTH, "sha", 0, "init"), segment_key(arch, cfg, SYNTH, "sha2", 0, "init"),
-                segment_key(arch, cfg, SYNTH, "sha", 1, "init"), segment_key(arch, cfg, "synthetic:n=9", "sha", 0, "init"),
-                segment_key(architectures(default_space())[1], cfg, SYNTH, "sha", 0, "init")}) == 6
+    assert (
+        len(
+            {
+                k,
+                segment_key(arch, other, SYNTH, "sha", 0, "init"),
+                segment_key(arch, cfg, SYNTH, "sha2", 0, "init"),
+                segment_key(arch, cfg, SYNTH, "sha", 1, "init"),
+                segment_key(arch, cfg, "synthetic:n=9", "sha", 0, "init"),
+                segment_key(architectures(default_space())[1], cfg, SYNTH, "sha", 0, "init"),
+            }
+        )
+        == 6
+    )
 
 
 # -- device profile and the search end to end ---------------------------------------------------------------------
@@ -154,8 +176,22 @@ def tiny_table(tmp_path_factory):
     space = tmp / "space.yaml"
     space.write_text(yaml.safe_dump(TINY_SPACE))
     out = tmp / "device.json"
-    r = runner.invoke(app, ["device", "profile", "--space", str(space), "--batch", "1,2", "--input-shape", "1,16,16",
-                            "--out", str(out), "-q"])
+    r = runner.invoke(
+        app,
+        [
+            "device",
+            "profile",
+            "--space",
+            str(space),
+            "--batch",
+            "1,2",
+            "--input-shape",
+            "1,16,16",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return out
 
@@ -194,8 +230,24 @@ def _slow_table(src, dst, slow_label: str) -> None:
 def _search_args(tmp_path, teacher, table, out, budget="1.0"):
     cfg = {"space": TINY_SPACE, "halving": {"rungs": [1, 2], "eta": 2}, "train": TRAIN, "profile": FAST_PROFILE}
     (tmp_path / "search.yaml").write_text(yaml.safe_dump(cfg))
-    return ["search", "--data", SYNTH, "--teacher", teacher, "--budget-ms", budget, "--batch", "1",
-            "--device-table", str(table), "--config", str(tmp_path / "search.yaml"), "--out", str(out), "-q"]
+    return [
+        "search",
+        "--data",
+        SYNTH,
+        "--teacher",
+        teacher,
+        "--budget-ms",
+        budget,
+        "--batch",
+        "1",
+        "--device-table",
+        str(table),
+        "--config",
+        str(tmp_path / "search.yaml"),
+        "--out",
+        str(out),
+        "-q",
+    ]
 
 
 def test_search_trains_only_what_fits_and_measures_the_winner_again(tmp_path, tiny_model_dir, tiny_table):

@@ -47,7 +47,6 @@ from edgekd.search._space import (
     Architecture,
     Candidate,
     Precision,
-    architectures,
     enumerate_candidates,
 )
 from edgekd.search._table import (

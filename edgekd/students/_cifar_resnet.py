@@ -140,7 +140,11 @@ def resnet8(
 ) -> CifarResNet:
     """ResNet-8 for small images (He et al. 2016), widths 16/32/64, ~0.08 M params."""
     return CifarResNet(
-        8, _scaled(_NARROW, width_mult), num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual
+        8,
+        _scaled(_NARROW, width_mult),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        zero_init_residual=zero_init_residual,
     )
 
 
@@ -149,7 +153,11 @@ def resnet14(
 ) -> CifarResNet:
     """ResNet-14 for small images (He et al. 2016), widths 16/32/64, ~0.17 M params."""
     return CifarResNet(
-        14, _scaled(_NARROW, width_mult), num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual
+        14,
+        _scaled(_NARROW, width_mult),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        zero_init_residual=zero_init_residual,
     )
 
 
@@ -158,7 +166,11 @@ def resnet20(
 ) -> CifarResNet:
     """ResNet-20 for small images (He et al. 2016), widths 16/32/64, ~0.27 M params."""
     return CifarResNet(
-        20, _scaled(_NARROW, width_mult), num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual
+        20,
+        _scaled(_NARROW, width_mult),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        zero_init_residual=zero_init_residual,
     )
 
 
@@ -167,7 +179,11 @@ def resnet32(
 ) -> CifarResNet:
     """ResNet-32 for small images (He et al. 2016), widths 16/32/64, ~0.46 M params."""
     return CifarResNet(
-        32, _scaled(_NARROW, width_mult), num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual
+        32,
+        _scaled(_NARROW, width_mult),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        zero_init_residual=zero_init_residual,
     )
 
 
