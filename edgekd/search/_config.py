@@ -19,7 +19,7 @@ from edgekd.distill import DEFAULT_LOSSES, ClassWeighting, TrainConfig
 from edgekd.search._space import RUNTIMES, SearchSpace
 from edgekd.search._table import ProfileSettings
 
-__all__ = ["Percentile", "HalvingConfig", "SearchConfig", "parse_duration", "load_space"]
+__all__ = ["Engine", "Percentile", "HalvingConfig", "SearchConfig", "parse_duration", "load_space"]
 
 
 class Percentile(str, Enum):
@@ -40,6 +40,13 @@ def parse_duration(value: Any) -> Any:
             raise ValueError(f"cannot read {value!r} as a duration; write e.g. 30m, 1h or 900s")
         return float(m.group(1)) * _UNITS[m.group(2) or "s"]
     return value
+
+
+class Engine(str, Enum):
+    """Who runs the candidate trainings: this process in sequence, or Ray Tune's ASHA (``edgekd[ray]``)."""
+
+    LOCAL = "local"
+    RAY = "ray"
 
 
 class HalvingConfig(StageConfig):
@@ -107,6 +114,8 @@ class SearchConfig(StageConfig):
         train: the optimisation settings of every candidate (epochs come from ``halving.rungs``).
         profile: how latency is measured (timing loop, threads).
         cache_teacher: cache the teacher's logits once for all candidates.
+        engine: ``local`` (successive halving in this process, in sequence) or ``ray`` (Ray Tune's ASHA scheduler;
+            local mode, or the cluster ``RAY_ADDRESS`` names).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -134,6 +143,7 @@ class SearchConfig(StageConfig):
     train: TrainConfig = Field(default_factory=_student_train)
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
     cache_teacher: bool = True
+    engine: Engine = Engine.LOCAL
 
     @field_validator("space", mode="before")
     @classmethod

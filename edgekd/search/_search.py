@@ -39,8 +39,9 @@ from edgekd.export import ExportConfig, export_bundle
 from edgekd.modeldir import read_card
 from edgekd.prune import PruneConfig, prune_model_dir
 from edgekd.quantize import QuantizeConfig, quantize_model_dir
-from edgekd.search._config import SearchConfig
+from edgekd.search._config import Engine, SearchConfig
 from edgekd.search._predict import LatencyPredictor, fit_predictor
+from edgekd.search._ray import halving_with_ray
 from edgekd.search._report import write_search_report
 from edgekd.search._space import (
     PRECISION_ORDER,
@@ -207,6 +208,9 @@ def _halving(
                 + (" (trained before)" if t.reused else f" ({t.seconds:.0f} s)")
             )
             trainings.append(t)
+            if t.failed:
+                say(f"  {arch.label} stops: {t.failed}")
+                continue
             done.append(t)
             parents[arch.key] = (Path(t.dir), key)
         reached = rung + 1
@@ -218,10 +222,11 @@ def _halving(
 
 def _winner(trainings: list[Training]) -> Training | None:
     """The best validation score among the furthest-trained architectures (ties: the earlier label)."""
-    if not trainings:
+    ok = [t for t in trainings if not t.failed]
+    if not ok:
         return None
-    top = max(t.rung for t in trainings)
-    return min((t for t in trainings if t.rung == top), key=lambda t: (-t.score, t.label))
+    top = max(t.rung for t in ok)
+    return min((t for t in ok if t.rung == top), key=lambda t: (-t.score, t.label))
 
 
 def _copy_model(src: Path, dst: Path) -> Path:
@@ -313,6 +318,8 @@ def _merge_trainings(records: list[CandidateRecord], trainings: list[Training]) 
     """Each candidate gets its architecture's furthest training (epochs and metrics)."""
     best: dict[str, Training] = {}
     for t in trainings:
+        if t.failed:
+            continue
         if t.arch not in best or t.rung > best[t.arch].rung:
             best[t.arch] = t
     for r in records:
@@ -360,7 +367,11 @@ def run_search(cfg: SearchConfig, out: str | Path, *, progress: bool = False, lo
         )
     say(f"{len(fitting)} of {len({r.candidate.arch.key for r in records})} architectures fit; training them")
     deadline = start + cfg.time_limit_s
-    trainings, reached, timed_out = _halving(cfg, list(fitting.values()), out, bundle, deadline, progress, say)
+    if cfg.engine is Engine.RAY:
+        left = max(1.0, deadline - time.monotonic())
+        trainings, reached, timed_out = halving_with_ray(cfg, list(fitting.values()), out, bundle, left, say)
+    else:
+        trainings, reached, timed_out = _halving(cfg, list(fitting.values()), out, bundle, deadline, progress, say)
     _merge_trainings(records, trainings)
     chosen = _choose(cfg, records, trainings, out, bundle, say)
     result = SearchResult(

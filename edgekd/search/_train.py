@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from edgekd._io import sha256_file
 from edgekd.data import DataBundle
 from edgekd.distill import CacheSettings, DistillConfig, is_resumable, run_training
+from edgekd.errors import TrainingDivergedError
 from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, read_card, save_model_dir
 from edgekd.search._config import SearchConfig
 from edgekd.search._space import Architecture
@@ -52,6 +53,7 @@ class Training(BaseModel):
     score: float
     reused: bool
     seconds: float
+    failed: str | None = None  # the training did not learn or diverged: the reason (the chain stops there)
 
 
 def teacher_identity(teacher: str) -> str:
@@ -135,7 +137,23 @@ def train_segment(
     reused = is_model_dir(out)
     if not reused:
         settings = segment_settings(cfg, parent, rung, out_root / "teacher_cache", is_resumable(out))
-        run_training(settings, out, data=bundle, progress=progress, command="edgekd search")
+        try:
+            run_training(settings, out, data=bundle, progress=progress, command="edgekd search")
+        except TrainingDivergedError as e:  # one candidate that does not learn ends its chain, not the search
+            return Training(
+                arch=arch.key,
+                label=arch.label,
+                rung=rung,
+                epochs=cfg.halving.rungs[rung],
+                key=key,
+                dir="",
+                val={},
+                test={},
+                score=float("-inf"),
+                reused=False,
+                seconds=time.perf_counter() - start,
+                failed=str(e).split(" (hint")[0],
+            )
     card = read_card(out)
     return Training(
         arch=arch.key,
