@@ -296,3 +296,52 @@ def test_a_table_for_another_input_is_refused(tmp_path, tiny_model_dir, tiny_tab
     (tmp_path / "t.json").write_text(json.dumps(data))
     r = runner.invoke(app, _search_args(tmp_path, tiny_model_dir, tmp_path / "t.json", tmp_path / "s"))
     assert r.exit_code == 3 and "measured for input [3, 32, 32]" in r.output
+
+
+# -- `budget:` in a pipeline file ---------------------------------------------------------------------------------
+
+
+def _budget_pipeline(tmp_path, budget: dict):
+    cfg = {
+        "name": "budget",
+        "data": SYNTH,
+        "teacher": {"model": "small:tinycnn", "train": {"epochs": 1, **TRAIN}},
+        "student": {"model": "small:tinycnn", "train": dict(TRAIN)},
+        "distill": {"baseline": False, "diagnose_samples": 32},
+        "budget": budget,
+        "prune": None,
+        "quantize": [],
+        "export": None,
+        "bench": None,
+        "report": {"enabled": False},
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_a_budget_section_makes_edgekd_run_search_for_its_student(tmp_path):
+    budget = {
+        "budget_ms": 1.0,
+        "batch": 1,
+        "time_limit": "10m",
+        "halving": {"rungs": [1]},
+        "profile": FAST_PROFILE,
+        "space": {"families": [{"model": "small:tinycnn", "widths": [0.5], "depths": [2]}], "prune": False},
+    }
+    r = runner.invoke(app, ["run", str(_budget_pipeline(tmp_path, budget)), "--out", str(tmp_path / "run"), "-q"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "run"
+    result = json.loads((run / "search" / "search.json").read_text())
+    assert result["chosen"]["label"] == "tinycnn-d2-w0.5/fp32/ort" and result["chosen"]["meets_budget"]
+    assert read_card(run / "student").spec.kwargs == {"widths": [8, 16]}  # the searched student goes on
+    record = json.loads((run / "stages" / "student.json").read_text())
+    assert record["kind"] == "search"
+
+
+def test_a_budget_run_refuses_a_baseline():
+    from edgekd.pipeline import config_from_mapping
+
+    raw = {"teacher": {"model": "small:tinycnn"}, "student": {"model": "small:tinycnn"}, "budget": {"budget_ms": 1}}
+    with pytest.raises(InvalidInputError, match="distill.baseline: false"):
+        config_from_mapping(raw)

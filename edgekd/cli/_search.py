@@ -12,6 +12,7 @@ from edgekd.cli._app import PANEL_BENCH, PANEL_PIPELINE, app
 from edgekd.cli._options import NOT_CONFIG, ConfigOpt, JsonOpt, QuietOpt, cli_config, config_option, console, emit_json
 from edgekd.cli._render import fmt
 from edgekd.search import (
+    Engine,
     Percentile,
     ProfileSettings,
     SearchConfig,
@@ -64,6 +65,9 @@ def search(
         str | None, _opt("time_limit_s", "Stop starting trainings after this long (30m, 1h).", R, "--time-limit")
     ] = None,
     seed: Annotated[int | None, _opt("train.seed", "Random seed.", R, "--seed")] = None,
+    engine: Annotated[
+        Engine | None, _opt("engine", "Who trains the candidates: local (in sequence) | ray (Ray Tune ASHA).", R)
+    ] = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,

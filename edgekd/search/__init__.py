@@ -13,7 +13,7 @@ Example:
     >>> result = run_search(cfg, "runs/search")
 """
 
-from edgekd.search._config import HalvingConfig, Percentile, SearchConfig, load_space, parse_duration
+from edgekd.search._config import Engine, HalvingConfig, Percentile, SearchConfig, load_space, parse_duration
 from edgekd.search._predict import LatencyPredictor, fit_predictor, mape
 from edgekd.search._report import pareto_front, write_search_report
 from edgekd.search._search import SEARCH_FILE, CandidateRecord, ChosenModel, SearchResult, run_search
@@ -41,6 +41,7 @@ from edgekd.search._train import Training, segment_key, teacher_identity
 
 __all__ = [
     "SearchConfig",
+    "Engine",
     "HalvingConfig",
     "Percentile",
     "load_space",
