@@ -345,3 +345,18 @@ def test_a_budget_run_refuses_a_baseline():
     raw = {"teacher": {"model": "small:tinycnn"}, "student": {"model": "small:tinycnn"}, "budget": {"budget_ms": 1}}
     with pytest.raises(InvalidInputError, match="distill.baseline: false"):
         config_from_mapping(raw)
+
+
+def test_array_tasks_train_one_segment_each_and_need_the_rung_before(tmp_path, tiny_model_dir, tiny_table):
+    args = _search_args(tmp_path, tiny_model_dir, tiny_table, tmp_path / "s")
+    r = runner.invoke(app, [*args, "--rung", "1", "--task", "0"])
+    assert r.exit_code == 3 and "rung 0 is not finished" in r.output
+    r = runner.invoke(app, [*args, "--rung", "0", "--task", "1", "--json", str(tmp_path / "t.json")])
+    assert r.exit_code == 0, r.output
+    done = json.loads((tmp_path / "t.json").read_text())
+    assert [(t["label"], t["rung"]) for t in done] == [("tinycnn-d2-w1", 0)]  # the second architecture only
+    assert len(list((tmp_path / "s" / "trainings").iterdir())) == 1
+    r = runner.invoke(app, [*args, "--rung", "0", "--task", "7"])  # past the last architecture: nothing to do
+    assert r.exit_code == 0 and len(list((tmp_path / "s" / "trainings").iterdir())) == 1
+    r = runner.invoke(app, [*args, "--rung", "0"])
+    assert r.exit_code == 3 and "--rung and --task go together" in r.output

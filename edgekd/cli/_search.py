@@ -11,7 +11,9 @@ from rich.table import Table
 from edgekd.cli._app import PANEL_BENCH, PANEL_PIPELINE, app
 from edgekd.cli._options import NOT_CONFIG, ConfigOpt, JsonOpt, QuietOpt, cli_config, config_option, console, emit_json
 from edgekd.cli._render import fmt
+from edgekd.errors import InvalidInputError
 from edgekd.search import (
+    ArrayTask,
     Engine,
     Percentile,
     ProfileSettings,
@@ -21,6 +23,7 @@ from edgekd.search import (
     load_space,
     profile_device,
     run_search,
+    run_search_task,
     write_table,
 )
 
@@ -68,6 +71,18 @@ def search(
     engine: Annotated[
         Engine | None, _opt("engine", "Who trains the candidates: local (in sequence) | ray (Ray Tune ASHA).", R)
     ] = None,
+    rung: Annotated[
+        int | None,
+        typer.Option("--rung", help="Array job: train only rung R's --task (0-based).", rich_help_panel="Array jobs"),
+    ] = None,
+    task: Annotated[
+        int | None,
+        typer.Option(
+            "--task",
+            help="Array job: which architecture of --rung (e.g. $SLURM_ARRAY_TASK_ID); then stop.",
+            rich_help_panel="Array jobs",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
@@ -81,12 +96,20 @@ def search(
 
     Example: edgekd search --data pneumoniamnist --teacher runs/teacher --budget-ms 0.1 --batch 1 --out runs/search
 
+    Example: edgekd search ... --rung 0 --task $SLURM_ARRAY_TASK_ID   (one job of an array: examples/slurm_search.sh)
+
     Example: edgekd search --teacher runs/teacher --budget-ms 1.5 --batch 32 --space examples/search-space.yaml
     --device-table jetson.json --time-limit 30m --out runs/search32
     """
-    flags = {k: v for k, v in locals().items() if k not in NOT_CONFIG | {"ctx"}}
+    flags = {k: v for k, v in locals().items() if k not in NOT_CONFIG | {"ctx", "rung", "task"}}
     cfg = cli_config(ctx, SearchConfig, config, flags, _FIELDS, section="budget")
     say = (lambda _m: None) if quiet or json_out == "-" else (lambda m: console.print(m, highlight=False))
+    if (rung is None) != (task is None):
+        raise InvalidInputError("--rung and --task go together", "e.g. --rung 0 --task $SLURM_ARRAY_TASK_ID")
+    if rung is not None and task is not None:
+        done = run_search_task(cfg, out, ArrayTask(rung=rung, index=task), progress=not quiet, log=say)
+        emit_json([t.model_dump() for t in done], json_out)
+        return
     result = run_search(cfg, out, progress=not quiet, log=say)
     if not quiet and json_out != "-":
         _render(result, out)

@@ -16,7 +16,15 @@ Example:
 from edgekd.search._config import Engine, HalvingConfig, Percentile, SearchConfig, load_space, parse_duration
 from edgekd.search._predict import LatencyPredictor, fit_predictor, mape
 from edgekd.search._report import pareto_front, write_search_report
-from edgekd.search._search import SEARCH_FILE, CandidateRecord, ChosenModel, SearchResult, run_search
+from edgekd.search._search import (
+    SEARCH_FILE,
+    ArrayTask,
+    CandidateRecord,
+    ChosenModel,
+    SearchResult,
+    run_search,
+    run_search_task,
+)
 from edgekd.search._space import (
     KNOBS,
     Architecture,
@@ -69,6 +77,8 @@ __all__ = [
     "segment_key",
     "teacher_identity",
     "run_search",
+    "run_search_task",
+    "ArrayTask",
     "SearchResult",
     "CandidateRecord",
     "ChosenModel",

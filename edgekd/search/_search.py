@@ -36,7 +36,7 @@ from edgekd.bench import BenchConfig, model_latency_ms, onnx_latency_ms, run_ben
 from edgekd.data import load_data
 from edgekd.errors import InvalidInputError
 from edgekd.export import ExportConfig, export_bundle
-from edgekd.modeldir import read_card
+from edgekd.modeldir import is_model_dir, read_card
 from edgekd.prune import PruneConfig, prune_model_dir
 from edgekd.quantize import QuantizeConfig, quantize_model_dir
 from edgekd.search._config import Engine, SearchConfig
@@ -62,10 +62,25 @@ from edgekd.search._table import (
 from edgekd.search._train import Training, init_model_dir, segment_key, teacher_identity, train_segment
 from edgekd.students import build_model
 
-__all__ = ["CandidateRecord", "ChosenModel", "SearchResult", "run_search", "SEARCH_FILE"]
+__all__ = [
+    "ArrayTask",
+    "run_search_task",
+    "CandidateRecord",
+    "ChosenModel",
+    "SearchResult",
+    "run_search",
+    "SEARCH_FILE",
+]
 
 SEARCH_FILE = "search.json"
 Log = Callable[[str], None]
+
+
+class ArrayTask(BaseModel):
+    """One job of an array (SLURM ``--array``): train the ``index``-th architecture of ``rung``, then stop."""
+
+    rung: int = Field(ge=0)
+    index: int = Field(ge=0)
 
 
 class CandidateRecord(BaseModel):
@@ -188,20 +203,36 @@ def _latencies(
 
 
 def _halving(
-    cfg: SearchConfig, archs: list[Architecture], out: Path, bundle, deadline: float, progress: bool, say: Log
+    cfg: SearchConfig,
+    archs: list[Architecture],
+    out: Path,
+    bundle,
+    deadline: float,
+    progress: bool,
+    say: Log,
+    task: ArrayTask | None = None,
 ) -> tuple[list[Training], int, bool]:
-    """Successive halving over ``archs``: every rung trains the survivors one segment further, keeps the best."""
+    """Successive halving over ``archs``: every rung trains the survivors one segment further, keeps the best.
+
+    With ``task`` (one job of an array), only the ``task.index``-th survivor of rung ``task.rung`` is trained;
+    the earlier rungs must be finished (their segments are read, never trained here)."""
     teacher_id = teacher_identity(cfg.teacher)
     parents = {a.key: (init_model_dir(a, bundle, out / "init" / a.key, cfg.train.seed), "init") for a in archs}
     survivors, trainings, reached = list(archs), [], 0
-    for rung in range(len(cfg.halving.rungs)):
+    for rung in range(len(cfg.halving.rungs) if task is None else task.rung + 1):
         done = []
-        for arch in survivors:
+        mine = survivors if task is None or rung < task.rung else survivors[task.index : task.index + 1]
+        for arch in mine:
             if time.monotonic() > deadline:
                 say(f"time limit reached at rung {rung}: choosing among what has trained")
                 return trainings, reached, True
             parent_dir, parent_key = parents[arch.key]
             key = segment_key(arch, cfg, bundle.spec, teacher_id, rung, parent_key)
+            if task is not None and rung < task.rung and not is_model_dir(out / "trainings" / key):
+                raise InvalidInputError(
+                    f"rung {rung} is not finished ({arch.label} has not trained)",
+                    f"run the array of rung {rung} first (--rung {rung} --task 0..{len(survivors) - 1})",
+                )
             t = train_segment(arch, rung, parent_dir, key, out, cfg, bundle, progress=progress)
             say(
                 f"rung {rung} ({t.epochs} epochs) {arch.label}: val {cfg.train.select_metric} {t.score:.4f}"
@@ -338,16 +369,8 @@ def _alternatives(cfg: SearchConfig) -> list[str]:
     return out
 
 
-def run_search(cfg: SearchConfig, out: str | Path, *, progress: bool = False, log: Log | None = None) -> SearchResult:
-    """Search ``cfg.space`` for the most accurate student within ``cfg.budget_ms`` (see the module docstring).
-
-    Raises:
-        InvalidInputError: no candidate fits the budget (the message names the fastest), a table for another
-            input, or ``out`` holding other files (exit 3).
-        ArtifactError: unreadable teacher, data or table (exit 4); DependencyError: a runtime is missing (exit 5).
-        VerificationError: the winner's bundle fails parity (exit 6).
-    """
-    say, out, start = log or (lambda _m: None), Path(out), time.monotonic()
+def _measured(cfg: SearchConfig, out: Path, progress: bool, say: Log):
+    """Data, table, predictor and every candidate's latency; the architectures that fit (refused when none)."""
     _prepare_out(out)
     bundle = load_data(cfg.data, seed=cfg.train.seed)
     shape = [bundle.channels, *bundle.image_size]
@@ -365,13 +388,27 @@ def run_search(cfg: SearchConfig, out: str | Path, *, progress: bool = False, lo
             f"{cfg.margin:.0%}): the fastest is {fastest.label} at {fastest.latency_ms:.4g} ms",
             "raise --budget-ms, lower --batch, or add smaller families to --space",
         )
-    say(f"{len(fitting)} of {len({r.candidate.arch.key for r in records})} architectures fit; training them")
+    say(f"{len(fitting)} of {len({r.candidate.arch.key for r in records})} architectures fit")
+    return bundle, table, predictor, records, list(fitting.values())
+
+
+def run_search(cfg: SearchConfig, out: str | Path, *, progress: bool = False, log: Log | None = None) -> SearchResult:
+    """Search ``cfg.space`` for the most accurate student within ``cfg.budget_ms`` (see the module docstring).
+
+    Raises:
+        InvalidInputError: no candidate fits the budget (the message names the fastest), a table for another
+            input, or ``out`` holding other files (exit 3).
+        ArtifactError: unreadable teacher, data or table (exit 4); DependencyError: a runtime is missing (exit 5).
+        VerificationError: the winner's bundle fails parity (exit 6).
+    """
+    say, out, start = log or (lambda _m: None), Path(out), time.monotonic()
+    bundle, table, predictor, records, fitting = _measured(cfg, out, progress, say)
     deadline = start + cfg.time_limit_s
     if cfg.engine is Engine.RAY:
         left = max(1.0, deadline - time.monotonic())
-        trainings, reached, timed_out = halving_with_ray(cfg, list(fitting.values()), out, bundle, left, say)
+        trainings, reached, timed_out = halving_with_ray(cfg, fitting, out, bundle, left, say)
     else:
-        trainings, reached, timed_out = _halving(cfg, list(fitting.values()), out, bundle, deadline, progress, say)
+        trainings, reached, timed_out = _halving(cfg, fitting, out, bundle, deadline, progress, say)
     _merge_trainings(records, trainings)
     chosen = _choose(cfg, records, trainings, out, bundle, say)
     result = SearchResult(
@@ -393,6 +430,17 @@ def run_search(cfg: SearchConfig, out: str | Path, *, progress: bool = False, lo
     atomic_write_text(out / SEARCH_FILE, result.model_dump_json(indent=2) + "\n")
     write_search_report(result, out)
     return result
+
+
+def run_search_task(
+    cfg: SearchConfig, out: str | Path, task: ArrayTask, *, progress: bool = False, log: Log | None = None
+) -> list[Training]:
+    """One job of an array: train the ``task.index``-th surviving architecture of rung ``task.rung`` (nothing when
+    the rung has fewer), then stop; a plain :func:`run_search` afterwards finds every finished segment."""
+    say, out = log or (lambda _m: None), Path(out)
+    bundle, _table, _pred, _records, fitting = _measured(cfg, out, progress, say)
+    trainings, _, _ = _halving(cfg, fitting, out, bundle, float("inf"), progress, say, task=task)
+    return [t for t in trainings if t.rung == task.rung]
 
 
 def _choose(
