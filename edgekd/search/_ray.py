@@ -19,7 +19,7 @@ from edgekd.data import DataBundle
 from edgekd.errors import DependencyError
 from edgekd.search._config import SearchConfig
 from edgekd.search._space import Architecture
-from edgekd.search._train import Training, init_model_dir, segment_key, teacher_identity, train_segment
+from edgekd.search._train import Training, teacher_identity, train_chain
 
 __all__ = ["RAY_EXTRA", "halving_with_ray"]
 
@@ -35,32 +35,6 @@ def _ray() -> Any:
     return ray
 
 
-def _chain(
-    cfg: SearchConfig,
-    arch: Architecture,
-    out: Path,
-    bundle: DataBundle,
-    teacher_id: str,
-    rungs: int,
-    progress: bool = False,
-    report: Any = None,
-) -> list[Training]:
-    """Train ``arch`` through ``rungs`` rungs (finished segments are reused), reporting after each."""
-    parent, parent_key, done = init_model_dir(arch, bundle, out / "init" / arch.key, cfg.train.seed), "init", []
-    for rung in range(rungs):
-        key = segment_key(arch, cfg, bundle.spec, teacher_id, rung, parent_key)
-        t = train_segment(arch, rung, parent, key, out, cfg, bundle, progress=progress)
-        done.append(t)
-        if t.failed:  # Tune records the trial as finished with the score it reached (-inf: never learned)
-            if report is not None:
-                report({"score": -1.0, "epochs": t.epochs, "rung": rung, "failed": t.failed})
-            break
-        parent, parent_key = Path(t.dir), key
-        if report is not None:
-            report({"score": t.score, "epochs": t.epochs, "rung": rung})
-    return done
-
-
 def halving_with_ray(
     cfg: SearchConfig, archs: list[Architecture], out: Path, bundle: DataBundle, time_left_s: float, say: Any
 ) -> tuple[list[Training], int, bool]:
@@ -73,7 +47,7 @@ def halving_with_ray(
     rungs = len(cfg.halving.rungs)
 
     def trainable(config: dict[str, Any]) -> None:
-        _chain(cfg, by_key[config["arch"]], out, bundle, teacher_id, rungs, report=tune.report)
+        train_chain(cfg, by_key[config["arch"]], out, bundle, teacher_id, rungs, report=tune.report)
 
     started = not ray.is_initialized()
     if started:  # RAY_ADDRESS names a cluster; else a local Ray instance on this machine, trials in sequence
@@ -100,7 +74,7 @@ def halving_with_ray(
     for r in results:
         reached = int((r.metrics or {}).get("training_iteration", 0))
         arch = by_key[r.config["arch"]]
-        trainings += _chain(cfg, arch, out, bundle, teacher_id, reached)  # all reused: the records
+        trainings += train_chain(cfg, arch, out, bundle, teacher_id, reached)  # all reused: the records
         say(f"ray trial {arch.label}: {reached} rung(s)")
     top = max((t.rung + 1 for t in trainings), default=0)
     return trainings, top, top < rungs and any(r.metrics is None for r in results)

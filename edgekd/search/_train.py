@@ -34,7 +34,7 @@ from edgekd.search._space import Architecture
 from edgekd.specs import Lineage, ModelCard, ModelSpec
 from edgekd.students import build_model
 
-__all__ = ["Training", "teacher_identity", "segment_key", "init_model_dir", "train_segment", "val_score"]
+__all__ = ["train_chain", "Training", "teacher_identity", "segment_key", "init_model_dir", "train_segment", "val_score"]
 
 KEY_FORMAT = 1
 
@@ -168,6 +168,33 @@ def train_segment(
         reused=reused,
         seconds=0.0 if reused else time.perf_counter() - start,
     )
+
+
+def train_chain(
+    cfg: SearchConfig,
+    arch: Architecture,
+    out: Path,
+    bundle: DataBundle,
+    teacher_id: str,
+    rungs: int,
+    progress: bool = False,
+    report: Any = None,
+) -> list[Training]:
+    """Train ``arch`` through its first ``rungs`` rungs without halving (finished segments are reused), calling
+    ``report`` after each (Ray Tune's ``tune.report``); a failed segment ends the chain."""
+    parent, parent_key, done = init_model_dir(arch, bundle, out / "init" / arch.key, cfg.train.seed), "init", []
+    for rung in range(rungs):
+        key = segment_key(arch, cfg, bundle.spec, teacher_id, rung, parent_key)
+        t = train_segment(arch, rung, parent, key, out, cfg, bundle, progress=progress)
+        done.append(t)
+        if t.failed:  # Tune records the trial as finished with the score it reached (-inf: never learned)
+            if report is not None:
+                report({"score": -1.0, "epochs": t.epochs, "rung": rung, "failed": t.failed})
+            break
+        parent, parent_key = Path(t.dir), key
+        if report is not None:
+            report({"score": t.score, "epochs": t.epochs, "rung": rung})
+    return done
 
 
 def segment_job(settings: DistillConfig, out: Path) -> dict[str, Any]:
