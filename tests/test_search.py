@@ -227,8 +227,9 @@ def _slow_table(src, dst, slow_label: str) -> None:
     dst.write_text(json.dumps(data))
 
 
-def _search_args(tmp_path, teacher, table, out, budget="1.0"):
-    cfg = {"space": TINY_SPACE, "halving": {"rungs": [1, 2], "eta": 2}, "train": TRAIN, "profile": FAST_PROFILE}
+def _search_args(tmp_path, teacher, table, out, budget="1.0", prune=True):
+    space = {**TINY_SPACE, "prune": prune}
+    cfg = {"space": space, "halving": {"rungs": [1, 2], "eta": 2}, "train": TRAIN, "profile": FAST_PROFILE}
     (tmp_path / "search.yaml").write_text(yaml.safe_dump(cfg))
     return [
         "search",
@@ -268,8 +269,9 @@ def test_search_trains_only_what_fits_and_measures_the_winner_again(tmp_path, ti
     assert read_card(out / "model").spec.kwargs == {"widths": [8, 16]}
     assert (out / "bundle" / "manifest.json").is_file() and (out / "pareto.png").stat().st_size > 1000
     assert "budget" in (out / "report.html").read_text() and json.loads((tmp_path / "r.json").read_text())["chosen"]
-    # a re-run skips every finished training (content hash)
-    r = runner.invoke(app, _search_args(tmp_path, tiny_model_dir, table, out))
+    assert chosen["pruned"]["macs_kept"] == 1.0  # pruned to the budget as a last step: it met it, nothing removed
+    # a re-run skips every finished training (content hash; the last step's pruning is off this time)
+    r = runner.invoke(app, _search_args(tmp_path, tiny_model_dir, table, out, prune=False))
     assert r.exit_code == 0, r.output
     again = json.loads((out / "search.json").read_text())
     assert all(t["reused"] for t in again["trainings"]) and again["chosen"]["label"] == chosen["label"]

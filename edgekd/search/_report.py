@@ -62,7 +62,14 @@ def _figure(result: SearchResult, metric: str) -> bytes:
         s=120,
         label="hand-configured (zoo as is)",
     )
+    over = [r.latency_ms for r in result.candidates if not r.fits and r.latency_ms is not None]
+    if over:  # where the untrained candidates lie: on the floor of the plot
+        floor = min(ys, default=0.5)
+        ax.scatter(over, [floor] * len(over), marker="|", s=200, color="0.6", label="over budget (never trained)")
     ax.axvline(result.budget_ms, color="tab:red", linestyle="--", label=f"budget {result.budget_ms:g} ms")
+    lat = [x for x in [*xs, *over, result.budget_ms] if x and x > 0]
+    if lat and max(lat) / min(lat) > 20:
+        ax.set_xscale("log")
     if result.chosen is not None:
         y = result.chosen.val.get(metric, result.chosen.val.get("acc"))
         ax.scatter(

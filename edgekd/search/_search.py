@@ -287,6 +287,7 @@ def _final_model(
             "train.class_weighting": cfg.train.class_weighting,
             "train.seed": cfg.train.seed,
             "recovery_epochs": 1,
+            "latency_s": max(1.0, 2 * cfg.profile.min_s),
         },
     )
     report = prune_model_dir(
