@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -208,21 +209,25 @@ def profile_device(space: SearchSpace, cfg: ProfileSettings | None = None, *, pr
         include_hostname=False,
     )
     entries: list[TableEntry] = []
-    versions: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="edgekd-profile-") as tmp:
         for group in by_arch.values():
             files, feats = _files(group[0].arch, group, cfg, Path(tmp))
-            entries += _time_group(group, files, feats, cfg, settings, versions, progress)
+            entries += _time_group(group, files, feats, cfg, settings, progress)
     env = capture_environment(threads=cfg.threads, include_hostname=False)
     device = {
         "cpu": env.cpu.model_dump(mode="json"),
         "platform": env.platform,
         "gpus": [g.model_dump() for g in env.gpus],
     }
-    runtimes = {k: v for k, v in env.versions.items() if k in ("onnxruntime", "openvino", "executorch", "torch")}
+    runtimes = {k: v for k, v in env.versions.items() if k in ("onnxruntime", "torch")}
+    for name in {c.runtime for c in cands} - {"ort"}:  # the packages the other runners run on
+        try:
+            runtimes[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
     return DeviceTable(
         device=device,
-        runtimes={**runtimes, **versions},
+        runtimes=runtimes,
         input_shape=list(cfg.input_shape),
         num_classes=cfg.num_classes,
         target=cfg.target,
@@ -238,7 +243,6 @@ def _time_group(
     feats: tuple[int, int, int],
     cfg: ProfileSettings,
     settings: BenchSettings,
-    versions: dict[str, str],
     progress: bool,
 ) -> list[TableEntry]:
     """One architecture's candidates, each on its backend, every batch (one benchmark call per backend)."""
@@ -254,7 +258,6 @@ def _time_group(
             settings=settings,
             progress=progress,
         )
-        versions.update({k: v for k, v in report.environment.versions.items() if k in ("openvino", "executorch")})
         for r in report.results:
             s = r.stats
             out.append(
