@@ -362,3 +362,17 @@ def test_array_tasks_train_one_segment_each_and_need_the_rung_before(tmp_path, t
     assert r.exit_code == 0 and len(list((tmp_path / "s" / "trainings").iterdir())) == 1
     r = runner.invoke(app, [*args, "--rung", "0"])
     assert r.exit_code == 3 and "--rung and --task go together" in r.output
+
+
+def test_search_refuses_a_pipeline_run_directory_and_an_existing_report(tmp_path, tiny_model_dir, tiny_table):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".edgekd").write_text("edgekd run directory: `edgekd run` continues it\n")
+    (run_dir / "summary.json").write_text("{}")
+    r = runner.invoke(app, _search_args(tmp_path, tiny_model_dir, tiny_table, run_dir))
+    assert r.exit_code == 3 and "not an edgekd search directory" in r.output
+    (tmp_path / "r.json").write_text("{}")
+    r = runner.invoke(
+        app, [*_search_args(tmp_path, tiny_model_dir, tiny_table, tmp_path / "s"), "--json", str(tmp_path / "r.json")]
+    )
+    assert r.exit_code == 3 and not (tmp_path / "s").exists()

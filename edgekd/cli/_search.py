@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgekd._io import check_report_path
 from edgekd.cli._app import PANEL_BENCH, PANEL_PIPELINE, app
 from edgekd.cli._options import NOT_CONFIG, ConfigOpt, JsonOpt, QuietOpt, cli_config, config_option, console, emit_json
 from edgekd.cli._render import fmt
@@ -85,6 +86,9 @@ def search(
     ] = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --json report.", rich_help_panel="Output")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Find the most accurate student that meets a latency budget measured on this device.
@@ -101,6 +105,7 @@ def search(
     Example: edgekd search --teacher runs/teacher --budget-ms 1.5 --batch 32 --space examples/search-space.yaml
     --device-table jetson.json --time-limit 30m --out runs/search32
     """
+    check_report_path(json_out, overwrite=overwrite)
     flags = {k: v for k, v in locals().items() if k not in NOT_CONFIG | {"ctx", "rung", "task"}}
     cfg = cli_config(ctx, SearchConfig, config, flags, _FIELDS, section="budget")
     say = (lambda _m: None) if quiet or json_out == "-" else (lambda m: console.print(m, highlight=False))

@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from edgekd._io import MARKER_FILE, atomic_write_text, check_output
+from edgekd._io import MARKER_FILE, atomic_write_text
 from edgekd.bench import BenchConfig, model_latency_ms, onnx_latency_ms, run_benchmark, width_multiple
 from edgekd.data import load_data
 from edgekd.errors import InvalidInputError
@@ -135,15 +135,22 @@ class SearchResult(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+SEARCH_MARKER = "edgekd search directory: `edgekd search` with the same --out continues it\n"
+
+
 def _prepare_out(out: Path) -> None:
     """The search directory is edgekd's (a marker): new, or an earlier search's (resumed), never other files."""
-    if out.exists() and any(out.iterdir()) and not (out / MARKER_FILE).is_file():
+    if out.is_file():
+        raise InvalidInputError(f"--out {out} is a file, not a directory", "choose another --out")
+    marker = out / MARKER_FILE
+    ours = marker.is_file() and marker.read_text(encoding="utf-8", errors="replace") == SEARCH_MARKER
+    if out.is_dir() and any(out.iterdir()) and not ours:
         raise InvalidInputError(
             f"{out} exists and is not an edgekd search directory", "choose a new --out, or an earlier search's"
         )
-    check_output(out, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / MARKER_FILE, "edgekd search\n")
+    if not ours:
+        atomic_write_text(marker, SEARCH_MARKER)
 
 
 def _device_table(
