@@ -16,15 +16,8 @@ Example:
 from edgekd.search._config import Engine, HalvingConfig, Percentile, SearchConfig, load_space, parse_duration
 from edgekd.search._predict import LatencyPredictor, fit_predictor, mape
 from edgekd.search._report import pareto_front, write_search_report
-from edgekd.search._search import (
-    SEARCH_FILE,
-    ArrayTask,
-    CandidateRecord,
-    ChosenModel,
-    SearchResult,
-    run_search,
-    run_search_task,
-)
+from edgekd.search._result import ArrayTask, CandidateRecord, ChosenModel, SearchResult
+from edgekd.search._search import SEARCH_FILE, run_search, run_search_task
 from edgekd.search._space import (
     KNOBS,
     Architecture,

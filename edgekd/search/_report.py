@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edgekd._io import atomic_write_bytes, atomic_write_text
-
-if TYPE_CHECKING:
-    from edgekd.search._search import CandidateRecord, SearchResult
+from edgekd.search._result import CandidateRecord, SearchResult
 
 __all__ = ["pareto_front", "write_search_report"]
 

@@ -29,8 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from edgekd._io import MARKER_FILE, atomic_write_text
 from edgekd.bench import BenchConfig, model_latency_ms, onnx_latency_ms, run_benchmark, width_multiple
 from edgekd.data import load_data
@@ -43,6 +41,7 @@ from edgekd.search._config import Engine, SearchConfig
 from edgekd.search._predict import LatencyPredictor, fit_predictor
 from edgekd.search._ray import halving_with_ray
 from edgekd.search._report import write_search_report
+from edgekd.search._result import ArrayTask, CandidateRecord, ChosenModel, SearchResult
 from edgekd.search._space import (
     PRECISION_ORDER,
     Architecture,
@@ -62,77 +61,10 @@ from edgekd.search._table import (
 from edgekd.search._train import Training, init_model_dir, segment_key, teacher_identity, train_segment
 from edgekd.students import build_model
 
-__all__ = [
-    "ArrayTask",
-    "run_search_task",
-    "CandidateRecord",
-    "ChosenModel",
-    "SearchResult",
-    "run_search",
-    "SEARCH_FILE",
-]
+__all__ = ["run_search", "run_search_task", "SEARCH_FILE"]
 
 SEARCH_FILE = "search.json"
 Log = Callable[[str], None]
-
-
-class ArrayTask(BaseModel):
-    """One job of an array (SLURM ``--array``): train the ``index``-th architecture of ``rung``, then stop."""
-
-    rung: int = Field(ge=0)
-    index: int = Field(ge=0)
-
-
-class CandidateRecord(BaseModel):
-    """One candidate: its spec, its latency (measured or predicted) and, for its architecture, the training."""
-
-    label: str
-    key: str
-    candidate: Candidate
-    latency_ms: float | None
-    latency_source: str  # measured | predicted | unknown
-    fits: bool
-    macs: int | None = None
-    params: int | None = None
-    deployed: bool = False  # the variant its architecture would ship as (the most precise one that fits)
-    trained_epochs: int = 0
-    val: dict[str, Any] = Field(default_factory=dict)
-    test: dict[str, Any] = Field(default_factory=dict)
-
-
-class ChosenModel(BaseModel):
-    """The winner: its candidate, its model directory and bundle, and its latency measured again."""
-
-    label: str
-    candidate: Candidate
-    model_dir: str
-    bundle: str
-    table_ms: float | None
-    measured_ms: float
-    meets_budget: bool
-    pruned: dict[str, Any] | None = None
-    val: dict[str, Any] = Field(default_factory=dict)
-    test: dict[str, Any] = Field(default_factory=dict)
-    bench: dict[str, Any] = Field(default_factory=dict)
-
-
-class SearchResult(BaseModel):
-    """``DIR/search.json``."""
-
-    budget_ms: float
-    batch: int
-    percentile: str
-    margin: float
-    device: dict[str, Any]
-    predictor: LatencyPredictor
-    candidates: list[CandidateRecord]
-    trainings: list[Training]
-    rungs_reached: int
-    time_limit_reached: bool
-    chosen: ChosenModel | None
-    alternatives: list[str] = Field(default_factory=list)
-    wall_s: float
-    config: dict[str, Any] = Field(default_factory=dict)
 
 
 SEARCH_MARKER = "edgekd search directory: `edgekd search` with the same --out continues it\n"
