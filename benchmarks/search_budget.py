@@ -180,14 +180,13 @@ def pruned_alternative(demo: dict, budget: float, batch: int, teacher_dir: Path,
 
 def zoo_alternative(result: dict, cfg: SearchConfig, out: Path, bundle) -> dict:
     """The best of each family's zoo model as it is that fits the budget in the search's own table."""
-    fits = {
-        c["candidate"]["arch"]["key"]: c
+    fits = [
+        (Architecture(**c["candidate"]["arch"]), c["latency_ms"])
         for c in result["candidates"]
-        if c["fits"] and c["deployed"] and c["candidate"]["arch"]["key"] in result["alternatives"]
-    }
+        if c["fits"] and c["deployed"]
+    ]
     trained = [
-        {**chain(cfg, Architecture(**c["candidate"]["arch"]), out, bundle), "table_ms": c["latency_ms"]}
-        for c in fits.values()
+        {**chain(cfg, arch, out, bundle), "table_ms": ms} for arch, ms in fits if arch.key in result["alternatives"]
     ]
     trained = [t for t in trained if not t["failed"]]
     if not trained:

@@ -376,3 +376,9 @@ def test_search_refuses_a_pipeline_run_directory_and_an_existing_report(tmp_path
         app, [*_search_args(tmp_path, tiny_model_dir, tiny_table, tmp_path / "s"), "--json", str(tmp_path / "r.json")]
     )
     assert r.exit_code == 3 and not (tmp_path / "s").exists()
+
+
+def test_a_missing_teacher_fails_before_any_measurement(tmp_path, tiny_table):
+    r = runner.invoke(app, _search_args(tmp_path, str(tmp_path / "no-teacher"), tiny_table, tmp_path / "s"))
+    assert r.exit_code in (3, 4) and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "s").exists()  # nothing written

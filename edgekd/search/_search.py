@@ -60,6 +60,7 @@ from edgekd.search._table import (
 )
 from edgekd.search._train import Training, init_model_dir, segment_key, teacher_identity, train_segment
 from edgekd.students import build_model
+from edgekd.teachers import load_teacher
 
 __all__ = ["run_search", "run_search_task", "SEARCH_FILE"]
 
@@ -311,8 +312,9 @@ def _alternatives(cfg: SearchConfig) -> list[str]:
 
 def _measured(cfg: SearchConfig, out: Path, progress: bool, say: Log):
     """Data, table, predictor and every candidate's latency; the architectures that fit (refused when none)."""
-    _prepare_out(out)
     bundle = load_data(cfg.data, seed=cfg.train.seed)
+    load_teacher(cfg.teacher, data=bundle)  # a wrong teacher fails now, not after the device is profiled
+    _prepare_out(out)
     shape = [bundle.channels, *bundle.image_size]
     table = _device_table(cfg, out, shape, bundle.num_classes, progress, say)
     at_batch = [e for e in table.entries if e.batch == cfg.batch] or table.entries
