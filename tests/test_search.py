@@ -382,3 +382,26 @@ def test_a_missing_teacher_fails_before_any_measurement(tmp_path, tiny_table):
     r = runner.invoke(app, _search_args(tmp_path, str(tmp_path / "no-teacher"), tiny_table, tmp_path / "s"))
     assert r.exit_code in (3, 4) and "Traceback" not in r.output, r.output
     assert not (tmp_path / "s").exists()  # nothing written
+
+
+def test_halving_keeps_the_better_third_and_the_zoo_model_as_it_is(tmp_path, tiny_model_dir):
+    from edgekd.data import load_data
+    from edgekd.search._search import _halving
+
+    cfg = SearchConfig.build(
+        None,
+        {
+            "teacher": tiny_model_dir,
+            "data": SYNTH,
+            "budget_ms": 1,
+            "train": TRAIN,
+            "space": {"families": [{"model": "small:tinycnn", "widths": [0.5, 1.0], "depths": [2, 4]}]},
+            "halving": {"rungs": [1, 2], "eta": 4},
+        },
+    )
+    archs = architectures(cfg.space)
+    trainings, reached, _ = _halving(cfg, archs, tmp_path, load_data(SYNTH), float("inf"), False, lambda _m: None)
+    first = sorted((t for t in trainings if t.rung == 0), key=lambda t: (-t.score, t.label))
+    second = {t.label for t in trainings if t.rung == 1}
+    assert len(first) == 4 and reached == 2
+    assert second == {first[0].label, "tinycnn-d4-w1"}  # ceil(4/4) = 1 best, plus the zoo's tinycnn as it is

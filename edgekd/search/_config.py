@@ -59,12 +59,16 @@ class HalvingConfig(StageConfig):
     Attributes:
         rungs: cumulative epochs at each rung, increasing.
         eta: keep the best ``ceil(n / eta)`` at each rung.
+        keep_alternatives: the hand-configured alternatives (each family's zoo model as it is) that fit always
+            train to the last rung, so the search never ends below them on validation because a short rung
+            ranked them low.
     """
 
     model_config = ConfigDict(frozen=True)
 
     rungs: list[int] = Field(default_factory=lambda: [2, 4, 6], min_length=1)
     eta: int = Field(3, ge=2)
+    keep_alternatives: bool = True
 
     @field_validator("rungs")
     @classmethod

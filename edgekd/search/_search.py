@@ -186,8 +186,10 @@ def _halving(
             parents[arch.key] = (Path(t.dir), key)
         reached = rung + 1
         keep = max(1, math.ceil(len(done) / cfg.halving.eta))
-        best = sorted(done, key=lambda t: (-t.score, t.label))[:keep]
-        survivors = [a for a in survivors if a.key in {t.arch for t in best}]
+        best = {t.arch for t in sorted(done, key=lambda t: (-t.score, t.label))[:keep]}
+        if cfg.halving.keep_alternatives:  # the zoo models as they are go the whole way
+            best |= {t.arch for t in done} & set(_alternatives(cfg))
+        survivors = [a for a in survivors if a.key in best]
     return trainings, reached, False
 
 
