@@ -34,6 +34,7 @@ from edgekd.distill import DEFAULT_LOSSES, LossTexts, TrainConfig
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.export import ExportConfig
 from edgekd.metrics import METRIC_NAMES
+from edgekd.pipeline._budget import BudgetSection
 from edgekd.prune import PruneConfig, PruneTarget
 from edgekd.quantize import QuantizeConfig
 from edgekd.specs import ChannelMode, IntendedUse
@@ -342,6 +343,7 @@ class PipelineConfig(_Section):
     handoff: HandoffSection = Field(default_factory=HandoffSection)
     report: ReportSection = Field(default_factory=ReportSection)
     intended_use: IntendedUse | None = None
+    budget: BudgetSection | None = None  # search for the student under a latency budget (pipeline/_budget.py)
 
     @field_validator("intended_use", mode="before")
     @classmethod
@@ -352,6 +354,8 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
+        if self.budget is not None and (self.distill.baseline or self.seeds > 1):
+            raise ValueError("budget: searches one student: set distill.baseline: false and seeds: 1")
         for where, train in (("teacher", self.teacher.train), ("student", self.student.train)):
             if "seed" in train.model_fields_set:
                 raise ValueError(f"{where}.train.seed: set the run's seed with the top-level `seed` key")

@@ -59,6 +59,7 @@ from edgekd.distill import CacheSettings, DistillConfig, run_training
 from edgekd.export import export_bundle
 from edgekd.importer import import_model
 from edgekd.metrics import compute_metrics
+from edgekd.pipeline._budget import budget_search_config, run_budget_search
 from edgekd.pipeline._config import BenchSection, HandoffKeep, PipelineConfig
 from edgekd.pipeline._context import (
     BENCH_FILE,
@@ -155,7 +156,10 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     teacher_of = _teacher_stages(cfg, stages)
     if cfg.distill.baseline:
         stages += [_train_stage(cfg, f"baseline{_suffix(i)}", "train", cfg.seed + i, ()) for i in seeds]
-    stages += [_train_stage(cfg, f"student{_suffix(i)}", "distill", cfg.seed + i, (teacher_of(i),)) for i in seeds]
+    if cfg.budget is not None:  # the student is searched for under the latency budget (pipeline/_budget.py)
+        stages.append(_budget_stage(cfg, teacher_of(0)))
+    else:
+        stages += [_train_stage(cfg, f"student{_suffix(i)}", "distill", cfg.seed + i, (teacher_of(i),)) for i in seeds]
     students = tuple(f"student{_suffix(i)}" for i in seeds)
     baselines = tuple(f"baseline{_suffix(i)}" for i in seeds) if cfg.distill.baseline else ()
     select = SelectStage(
@@ -286,6 +290,13 @@ def _train_stage(cfg: PipelineConfig, name: str, kind: str, seed: int, teachers:
         intended_use=cfg.intended_use,
     )
     return Stage(name, kind, name, run, _train, teachers, uses_data=True, resumable=True)
+
+
+def _budget_stage(cfg: PipelineConfig, teacher: str) -> Stage:
+    assert cfg.budget is not None
+    train = cfg.student.train.model_copy(update={"seed": cfg.seed})
+    search = budget_search_config(cfg.budget, data=cfg.data, teacher=teacher, losses=cfg.distill.losses, train=train)
+    return Stage("student", "search", "student", search, run_budget_search, (teacher,), uses_data=True)
 
 
 def _train(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:

@@ -127,24 +127,64 @@ def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
                 nn.init.zeros_(m.bn2.weight)
 
 
-def resnet8(*, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False) -> CifarResNet:
+def _scaled(widths: Sequence[int], width_mult: float) -> tuple[int, ...]:
+    """``widths`` times ``width_mult``, in multiples of 8 (at least 8): widths CPUs run fast (edgekd.bench
+    width probes pick 8 on AVX2); ``width_mult=1`` keeps the paper's 16/16/32/64."""
+    if width_mult <= 0:
+        raise InvalidInputError(f"width_mult must be positive, got {width_mult}", "use e.g. 0.5, 1 or 2")
+    return tuple(max(8, int(round(w * width_mult / 8)) * 8) for w in widths)
+
+
+def resnet8(
+    *, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False, width_mult: float = 1.0
+) -> CifarResNet:
     """ResNet-8 for small images (He et al. 2016), widths 16/32/64, ~0.08 M params."""
-    return CifarResNet(8, _NARROW, num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual)
+    return CifarResNet(
+        8,
+        _scaled(_NARROW, width_mult),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        zero_init_residual=zero_init_residual,
+    )
 
 
-def resnet14(*, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False) -> CifarResNet:
+def resnet14(
+    *, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False, width_mult: float = 1.0
+) -> CifarResNet:
     """ResNet-14 for small images (He et al. 2016), widths 16/32/64, ~0.17 M params."""
-    return CifarResNet(14, _NARROW, num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual)
+    return CifarResNet(
+        14,
+        _scaled(_NARROW, width_mult),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        zero_init_residual=zero_init_residual,
+    )
 
 
-def resnet20(*, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False) -> CifarResNet:
+def resnet20(
+    *, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False, width_mult: float = 1.0
+) -> CifarResNet:
     """ResNet-20 for small images (He et al. 2016), widths 16/32/64, ~0.27 M params."""
-    return CifarResNet(20, _NARROW, num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual)
+    return CifarResNet(
+        20,
+        _scaled(_NARROW, width_mult),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        zero_init_residual=zero_init_residual,
+    )
 
 
-def resnet32(*, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False) -> CifarResNet:
+def resnet32(
+    *, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False, width_mult: float = 1.0
+) -> CifarResNet:
     """ResNet-32 for small images (He et al. 2016), widths 16/32/64, ~0.46 M params."""
-    return CifarResNet(32, _NARROW, num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual)
+    return CifarResNet(
+        32,
+        _scaled(_NARROW, width_mult),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        zero_init_residual=zero_init_residual,
+    )
 
 
 def resnet8x4(*, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False) -> CifarResNet:

@@ -1,0 +1,112 @@
+"""A latency predictor fitted on the device table, and its error on held-out measured candidates.
+
+An additive cost model per group ``g`` = (runtime, precision, batch), fitted by non-negative least squares
+weighted by 1/latency (so that the relative error is what is minimised):
+
+    ms = a_g + b_g * GMACs + c_g * activation MB + d_g * weight MB
+
+a fixed per-call overhead, compute, activation traffic and weight traffic: the roofline's terms (Williams et al.,
+CACM 2009), with non-negative coefficients so that a bigger network is never predicted faster. nn-Meter (Zhang
+et al., MobiSys 2021) predicts per fused kernel instead; a per-network model is enough to cover the candidates a
+table lacks. The error is measured, not assumed: :func:`fit_predictor` holds out a seeded quarter of the measured
+entries, fits on the rest and reports the mean absolute percentage error (MAPE) on the held-out ones; the
+predictor it returns is then refitted on all of them.
+
+Example:
+    >>> pred = fit_predictor(table.entries, percentile="p50")
+    >>> pred.holdout_mape, pred.predict("ort", "fp32", macs, params, act_bytes, batch=1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from edgekd.search._table import TableEntry
+
+__all__ = ["LatencyPredictor", "fit_predictor", "mape"]
+
+
+def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    """Mean absolute percentage error, in percent."""
+    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    return float(np.mean(np.abs(p - m) / m) * 100.0)
+
+
+def _group(runtime: str, precision: str, batch: int) -> str:
+    return f"{runtime}/{precision}/b{batch}"
+
+
+def _features(macs: int, params: int, act_bytes: int, batch: int) -> np.ndarray:
+    # GMACs and MB of one batch: similar scales for the solver
+    return np.array([1.0, macs * batch / 1e9, act_bytes * batch / 1e6, params * 4 / 1e6])
+
+
+class LatencyPredictor(BaseModel):
+    """Non-negative coefficients per (runtime, precision, batch) group, and the held-out error."""
+
+    percentile: str
+    coef: dict[str, list[float]]
+    n_fit: int
+    n_holdout: int
+    holdout_mape: float | None = None
+    holdout: list[dict[str, float | str]] = Field(default_factory=list)
+
+    def predict(self, runtime: str, precision: str, macs: int, params: int, act_bytes: int, batch: int) -> float | None:
+        """Predicted latency (ms), or None for a (runtime, precision, batch) the table never measured."""
+        coef = self.coef.get(_group(runtime, precision, batch))
+        if coef is None:
+            return None
+        return float(_features(macs, params, act_bytes, batch) @ np.asarray(coef))
+
+
+def _solve(entries: Sequence[TableEntry], percentile: str) -> dict[str, list[float]]:
+    from scipy.optimize import nnls
+
+    groups: dict[str, list[TableEntry]] = {}
+    for e in entries:
+        groups.setdefault(_group(e.candidate.runtime, e.candidate.precision.value, e.batch), []).append(e)
+    out = {}
+    for name, members in groups.items():
+        x = np.stack([_features(e.macs, e.params, e.act_bytes, e.batch) for e in members])
+        y = np.array([e.percentiles[percentile] for e in members])
+        cols = x.shape[1] if len(members) >= 6 else 2  # few points: overhead + MACs only
+        coef, _ = nnls(x[:, :cols] / y[:, None], np.ones_like(y))  # rows weighted by 1/y: relative error
+        out[name] = [*map(float, coef), *([0.0] * (x.shape[1] - cols))]
+    return out
+
+
+def fit_predictor(
+    entries: Sequence[TableEntry], *, percentile: str = "p50", holdout: float = 0.25, seed: int = 0
+) -> LatencyPredictor:
+    """Fit on ``entries``; report the MAPE on a seeded ``holdout`` fraction first fitted without them.
+
+    With fewer than 8 entries there is no held-out error (``holdout_mape`` None): too few to say.
+    """
+    entries = list(entries)
+    n_hold = int(round(len(entries) * holdout)) if len(entries) >= 8 else 0
+    rows: list[dict[str, float | str]] = []
+    err = None
+    if n_hold:
+        order = np.random.default_rng(seed).permutation(len(entries))
+        held, fit = [entries[i] for i in order[:n_hold]], [entries[i] for i in order[n_hold:]]
+        partial = LatencyPredictor(percentile=percentile, coef=_solve(fit, percentile), n_fit=len(fit), n_holdout=0)
+        for e in held:
+            c = e.candidate
+            p = partial.predict(c.runtime, c.precision.value, e.macs, e.params, e.act_bytes, e.batch)
+            if p is not None:
+                rows.append(
+                    {"label": e.label, "batch": e.batch, "measured_ms": e.percentiles[percentile], "predicted_ms": p}
+                )
+        if rows:
+            err = mape([float(r["predicted_ms"]) for r in rows], [float(r["measured_ms"]) for r in rows])
+    return LatencyPredictor(
+        percentile=percentile,
+        coef=_solve(entries, percentile),
+        n_fit=len(entries),
+        n_holdout=len(rows),
+        holdout_mape=err,
+        holdout=rows,
+    )
