@@ -46,7 +46,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--teacher", default="small:unet_w16")
     p.add_argument("--student", default="small:unet_w4")
     p.add_argument("--teacher-dir", default=None, help="a trained teacher to reuse (skips its training)")
-    p.add_argument("--teacher-epochs", type=int, default=60)
+    p.add_argument("--teacher-epochs", type=int, default=80)
     p.add_argument("--student-epochs", type=int, default=40)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--loss", action="append", default=None, help="distillation terms (default ce, dice, pixkd)")
