@@ -85,3 +85,20 @@ def test_cli_eval_json_and_refusals(seg_teacher, tmp_path):
     r = runner.invoke(app, [*base, "--cache-teacher", "--out", str(tmp_path / "k")])
     assert r.exit_code == 3 and "teacher cache" in r.output
     assert not (tmp_path / "c").exists() and not (tmp_path / "k").exists()
+
+
+def test_finetune_defaults_for_masks(seg_teacher, tmp_path):
+    """Pruning recovery and QAT fine-tune through the same runner: the segmentation defaults apply there too."""
+    from edgekd.data import load_data
+    from edgekd.distill import finetune, finetune_objective
+    from edgekd.teachers import load_teacher
+
+    data = load_data(DATA)
+    model, card = load_model_dir(seg_teacher)
+    teacher = load_teacher(str(seg_teacher), data=data)
+    objective = finetune_objective(model, card.preprocess, data, teacher=teacher)
+    assert [t.name for t in objective.terms] == ["ce", "dice", "pixkd"]
+    plain = finetune_objective(model, card.preprocess, data, teacher=None)
+    assert [t.name for t in plain.terms] == ["ce", "dice"]
+    history = finetune(model, card.preprocess, data, _cfg(1), tmp_path / "ft", teacher=teacher, progress=False)
+    assert np.isfinite(history[0]["pixkd"]) and 0 <= history[0]["val_dice"] <= 1
