@@ -44,6 +44,7 @@ __all__ = [
     "mask_predictions",
     "SEG_METRIC_NAMES",
     "task_select_metric",
+    "per_image_metrics",
 ]
 
 SEG_METRIC_NAMES = ("dice", "iou", "hd95", "acc")
@@ -313,6 +314,23 @@ def _nanmean(x: np.ndarray, axis=None):
         total = np.where(valid, x, 0.0).sum(axis=axis)
         count = valid.sum(axis=axis)
         return np.where(count > 0, total / np.maximum(count, 1), math.nan)
+
+
+def per_image_metrics(logits: np.ndarray, masks: np.ndarray, metrics: tuple[str, ...] = SEG_METRIC_NAMES) -> dict:
+    """Per-image values ``float64 [N]`` of segmentation metrics (foreground means per image; NaN where undefined).
+
+    The unit a paired bootstrap resamples: images, not pixels (the pixels of one image are not independent).
+    """
+    masks = np.asarray(masks).astype(np.int64)
+    k = int(np.asarray(logits).shape[1])
+    pred = mask_predictions(logits, masks.shape[-2:])
+    dice, iou = dice_iou(pred, masks, k)
+    out = {"dice": _nanmean(dice[:, 1:], axis=1), "iou": _nanmean(iou[:, 1:], axis=1)}
+    out["acc"] = (pred == masks).reshape(len(masks), -1).mean(1).astype(np.float64)
+    if "hd95" in metrics:
+        hd = np.array([[hd95(pred[i] == c, masks[i] == c) for c in range(1, k)] for i in range(len(masks))])
+        out["hd95"] = _nanmean(hd, axis=1)
+    return {m: np.asarray(out[m], np.float64) for m in metrics if m in out}
 
 
 def segmentation_metrics(

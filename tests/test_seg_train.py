@@ -102,3 +102,14 @@ def test_finetune_defaults_for_masks(seg_teacher, tmp_path):
     assert [t.name for t in plain.terms] == ["ce", "dice"]
     history = finetune(model, card.preprocess, data, _cfg(1), tmp_path / "ft", teacher=teacher, progress=False)
     assert np.isfinite(history[0]["pixkd"]) and 0 <= history[0]["val_dice"] <= 1
+
+
+def test_distill_baseline_verdict_on_dice(seg_teacher, tmp_path):
+    """`edgekd distill --baseline`: the verdict decides on val Dice with a paired bootstrap over images."""
+    out = tmp_path / "kd"
+    args = ["distill", "--student", "small:unet_w4", "--teacher", str(seg_teacher), "--data", DATA]
+    r = runner.invoke(app, [*args, "--epochs", "1", "--batch-size", "10", "--baseline", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    cmp = json.loads((out / "kd_comparison.json").read_text())
+    assert cmp["metric"] == "dice" and len(cmp["gain_val_ci"]) == 2 and "hd95" in cmp["secondary"]
+    assert cmp["gain_val_ci"][0] <= cmp["gain_val"] <= cmp["gain_val_ci"][1]
