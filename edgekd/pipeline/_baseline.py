@@ -15,6 +15,7 @@ from edgekd._io import atomic_write_text, check_output
 from edgekd.data import DataBundle, load_data
 from edgekd.distill import DistillConfig, distill_model, train_model
 from edgekd.errors import InvalidInputError
+from edgekd.metrics import task_select_metric
 from edgekd.modeldir import read_card
 from edgekd.pipeline._diagnose import KDComparison, bootstrap_gain, compare_students, diagnose, final_losses
 from edgekd.pipeline._evaluate import split_logits
@@ -80,7 +81,7 @@ def distill_with_baseline(
         losses=final_losses(out),
     )
     (val_d, y), (val_b, _) = (split_logits(models[k], bundle, "val") for k in ("student", "baseline"))
-    metric = settings.train.select_metric
+    metric = task_select_metric(settings.train.select_metric, bundle.task)  # segmentation: dice
     ci = bootstrap_gain([val_d], [val_b], y, bundle.task, metric, seed=settings.train.seed)
     cmp = compare_students([card], [base], metric=metric, keep="better", diagnosis=diagnosis, val_ci=ci)
     keep = out if cmp.chosen == "student" else base_out

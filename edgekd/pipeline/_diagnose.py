@@ -42,7 +42,14 @@ from scipy.stats import rankdata
 
 from edgekd.data import Augment, AugmentedDataset, DataBundle
 from edgekd.errors import InvalidInputError
-from edgekd.metrics import METRIC_NAMES, compute_metrics, higher_is_better, probabilities
+from edgekd.metrics import (
+    METRIC_NAMES,
+    compute_metrics,
+    higher_is_better,
+    mask_predictions,
+    per_image_metrics,
+    probabilities,
+)
 from edgekd.modeldir import ModelCard
 from edgekd.specs import Task
 from edgekd.teachers import Teacher
@@ -70,7 +77,12 @@ CAPACITY_RATIO = 20.0  # teacher / student parameters
 LOW_AGREEMENT = 0.95  # student-teacher top-1 agreement on training images
 
 # `distill.metric: auto`: the metric that decides whether distillation helps, per task (module docstring).
-DECIDING_METRIC = {Task.BINARY: "auroc", Task.MULTICLASS: "balanced_acc", Task.MULTILABEL: "auroc"}
+DECIDING_METRIC = {
+    Task.BINARY: "auroc",
+    Task.MULTICLASS: "balanced_acc",
+    Task.MULTILABEL: "auroc",
+    Task.SEGMENTATION: "dice",
+}
 
 
 def resolve_metric(metric: str, task: Task) -> str:
@@ -88,11 +100,13 @@ def resolve_metric(metric: str, task: Task) -> str:
 
 def secondary_metrics(metric: str, task: Task) -> list[str]:
     """The metrics checked against the deciding one: accuracy for a binary AUROC decision, AUROC for a binary
-    accuracy one; for multi-class, accuracy, balanced accuracy and AUROC other than the deciding one; none for
-    multi-label (no paired bootstrap there)."""
+    accuracy one; for multi-class, accuracy, balanced accuracy and AUROC other than the deciding one; for
+    segmentation Dice and HD95 other than the deciding one; none for multi-label (no paired bootstrap there)."""
     task = Task(task)
     if task is Task.MULTILABEL:
         return []
+    if task is Task.SEGMENTATION:  # the outline (HD95) can worsen while the overlap (Dice) improves
+        return [m for m in ("dice", "hd95") if m != metric]
     if task is Task.BINARY:
         return ["acc"] if metric == "auroc" else ["auroc"]
     return [m for m in ("balanced_acc", "acc", "auroc") if m != metric]
@@ -211,12 +225,16 @@ def _logits(model: Teacher, images: torch.Tensor, batch: int = 256) -> np.ndarra
 def _accuracy(logits: np.ndarray, y: np.ndarray, task: Task) -> float:
     if task is Task.MULTILABEL:
         return float(((probabilities(logits, task) >= 0.5) == (y > 0.5)).mean())
+    if task is Task.SEGMENTATION:  # pixel accuracy on the masks (score maps resized to them)
+        return float((mask_predictions(logits, y.shape[-2:]) == y).mean())
     return float((logits.argmax(1) == y.reshape(-1)).mean())
 
 
 def _agreement(a: np.ndarray, b: np.ndarray, task: Task) -> float:
     if task is Task.MULTILABEL:
         return float(((a > 0) == (b > 0)).mean())
+    if task is Task.SEGMENTATION:  # per-pixel agreement at the teacher's map size
+        return float((mask_predictions(a, b.shape[-2:]) == b.argmax(1)).mean())
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
@@ -291,6 +309,10 @@ def diagnose(
     if not preset.is_identity:
         aug = AugmentedDataset(data.train, preset, seed=seed)
         views = torch.stack([aug.apply(images[j], aug.params(int(i), 0)) for j, i in enumerate(idx)])
+        if task is Task.SEGMENTATION:  # the masks move with their images
+            y = np.stack(
+                [aug.apply_mask(torch.from_numpy(y[j]), aug.params(int(i), 0)).numpy() for j, i in enumerate(idx)]
+            )
         diag["teacher_acc_augmented"] = _accuracy(_logits(teacher, views), y, task)
         diag["augmented_drop"] = diag["teacher_acc_train"] - diag["teacher_acc_augmented"]
     diag["agreement"] = {
@@ -398,6 +420,8 @@ def bootstrap_gains(
     """
     if task is Task.MULTILABEL or not metrics:
         return {}
+    if task is Task.SEGMENTATION:
+        return _seg_bootstrap(distilled, baseline, targets, metrics, n=n, seed=seed)
     y = np.asarray(targets).reshape(-1).astype(int)
     rng = np.random.default_rng(seed)
     gains: dict[str, list[float]] = {m: [] for m in metrics}
@@ -410,6 +434,28 @@ def bootstrap_gains(
             gains[m].append((1.0 if higher_is_better(m) else -1.0) * float(np.mean(diffs)))
     out = {}
     for m, g in gains.items():
+        if np.isfinite(g).any():
+            lo, hi = np.nanpercentile(g, [2.5, 97.5])
+            out[m] = (float(lo), float(hi))
+    return out
+
+
+def _seg_bootstrap(distilled, baseline, masks, metrics: list[str], *, n: int, seed: int) -> dict:
+    """Segmentation: per-image metric values computed once, their mean difference resampled over images."""
+    names = tuple(m for m in metrics if m != "loss")
+    per_d = [per_image_metrics(a, masks, names) for a in distilled]
+    per_b = [per_image_metrics(b, masks, names) for b in baseline]
+    n_img = len(np.asarray(masks))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_img, size=(n, n_img))
+    out = {}
+    for m in names:
+        sign = 1.0 if higher_is_better(m) else -1.0
+        with np.errstate(all="ignore"):
+            g = [
+                sign * float(np.mean([np.nanmean(d[m][idx]) - np.nanmean(b[m][idx]) for d, b in zip(per_d, per_b)]))
+                for idx in draws
+            ]
         if np.isfinite(g).any():
             lo, hi = np.nanpercentile(g, [2.5, 97.5])
             out[m] = (float(lo), float(hi))
