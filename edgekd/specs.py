@@ -60,6 +60,7 @@ class Task(str, Enum):
     BINARY = "binary"
     MULTICLASS = "multiclass"
     MULTILABEL = "multilabel"
+    SEGMENTATION = "segmentation"
 
 
 class ChannelMode(str, Enum):
