@@ -55,7 +55,11 @@ FORMAT_VERSION = 1
 
 
 class Task(str, Enum):
-    """What the labels mean. Binary tasks use two logits and softmax, like multi-class ones."""
+    """What the labels mean. Binary tasks use two logits and softmax, like multi-class ones.
+
+    ``segmentation``: one class index per pixel (``C`` classes, background included, so a lung mask has 2);
+    the model outputs ``[N, C, H, W]`` logits and the targets are ``int64 [N, H, W]`` masks.
+    """
 
     BINARY = "binary"
     MULTICLASS = "multiclass"

@@ -8,6 +8,8 @@ Data is named by a spec string ``source[:arg][,key=value...]`` (see :func:`list_
 ``imagefolder:D``   class sub-folders, optionally under train/ val/ test/
 ``csv:F.csv``       ``path,label[,split]`` rows
 ``dicom:D``         DICOM files (pydicom) in class sub-folders or with ``labels=F.csv``
+``lungseg``         bundled chest X-rays with lung masks (segmentation, 43 patients, CC BY)
+``seg:PATH``        image/mask pairs: ``images/`` + ``masks/`` folders or ``image,mask[,patient][,split]`` CSV
 ``softlabels:F``    teacher soft labels from ``edgekd label``, images matched by content hash
 ``synthetic:...``   generated learnable images (``classes=,n=,size=,channels=,seed=,task=``)
 ``tv:NAME``         torchvision datasets (CIFAR10, MNIST, ...; ``--download`` once)
@@ -25,11 +27,12 @@ Example:
     >>> x = pre(images)  # float [128, 1, 28, 28], normalised
 """
 
-from edgekd.data import _csv, _dicom, _imagefolder, _medmnist, _softlabels, _synthetic, _torchvision  # noqa: F401, I001  (register sources)
+from edgekd.data import _csv, _dicom, _imagefolder, _medmnist, _seg, _softlabels, _synthetic, _torchvision  # noqa: F401, I001  (register sources)
 from edgekd.data._augment import Augment, AugmentedDataset
 from edgekd.data._bundle import DataBundle
 from edgekd.data._dataset import ArrayDataset, FileDataset, UnsupportedImage, decode_image, image_info
 from edgekd.data._dicom import DicomDataset, decode_dicom_bytes, read_dicom
+from edgekd.data._seg import SegArrayDataset, SegFileDataset, patient_split
 from edgekd.data._softlabels import SoftLabelDataset, SoftLabels, read_soft_labels, write_soft_labels
 from edgekd.data._unlabeled import ImageSet, load_images
 from edgekd.data._load import SOURCES, list_sources, load_data
@@ -51,6 +54,9 @@ __all__ = [
     "decode_image",
     "image_info",
     "DicomDataset",
+    "SegArrayDataset",
+    "SegFileDataset",
+    "patient_split",
     "read_dicom",
     "decode_dicom_bytes",
     "ImageSet",

@@ -154,9 +154,23 @@ class AugmentedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    @staticmethod
+    def apply_mask(mask: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """The geometric part of :meth:`apply` on a segmentation mask ``[H, W]``, nearest-neighbour (no new labels).
+
+        The same affine map as the image (crop, flip, rotation, reflected border) sampled at the nearest pixel;
+        brightness and contrast leave masks alone.
+        """
+        if not (params["pad"] or params["flip"] or params["angle"]):
+            return mask
+        return torch.from_numpy(_resample(mask.numpy()[None], params, nearest=True)[0])
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, target = self.base[index]
-        return self.apply(image, self.params(index)), target
+        params = self.params(index)
+        if target.ndim == 2:  # a segmentation mask moves with its image
+            target = self.apply_mask(target, params)
+        return self.apply(image, params), target
 
 
 def _check_epoch(epoch: int) -> int:
@@ -169,7 +183,7 @@ def _changes(params: dict[str, Any]) -> bool:
     return bool(params["pad"] or params["flip"] or params["angle"] or params["brightness"] or params["contrast"])
 
 
-def _resample(x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def _resample(x: np.ndarray, params: dict[str, Any], *, nearest: bool = False) -> np.ndarray:
     """Sample ``x`` ``[C, H, W]`` where the pipeline crop -> flip -> rotate maps every output pixel.
 
     Output pixel ``(y, x)`` comes from the flipped crop at its position rotated about the centre, i.e. from
@@ -189,6 +203,8 @@ def _resample(x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         xx = (w - 1) - xx
     yy = yy + (params["dy"] - params["pad"])
     xx = xx + (params["dx"] - params["pad"])
+    if nearest:  # masks: the class of the nearest source pixel
+        return x[:, _reflect(np.floor(yy + 0.5), h), _reflect(np.floor(xx + 0.5), w)]
     y0, x0 = np.floor(yy), np.floor(xx)
     wy, wx = (yy - y0).astype(np.float32), (xx - x0).astype(np.float32)
     ya, yb = _reflect(y0, h), _reflect(y0 + 1, h)

@@ -16,6 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from edgekd.data._dataset import channel_stats
+from edgekd.data._segcheck import check_mask_targets, pixel_counts
 from edgekd.errors import InvalidInputError
 from edgekd.specs import IntendedUse, Preprocess, Task
 
@@ -49,6 +50,14 @@ def check_targets(spec: str, data: SourceData) -> None:
     names = list(data.label_names)
     if len(names) < 2 or len(set(names)) != len(names):
         raise InvalidInputError(f"data {spec!r} has label names {names}: a classifier needs at least 2 distinct ones")
+    for split in SPLITS:
+        if len(getattr(data, split)) == 0:
+            raise InvalidInputError(
+                f"the {split} split of {spec!r} is empty", "every split needs samples: add data or adjust val=/test="
+            )
+    if data.task is Task.SEGMENTATION:
+        check_mask_targets(spec, {s: np.asarray(getattr(data, s).targets) for s in SPLITS}, names)
+        return
     k, multilabel = len(names), data.task is Task.MULTILABEL
     for split in SPLITS:
         targets = np.asarray(getattr(data, split).targets)
@@ -177,13 +186,15 @@ class DataBundle:
         return base.with_model(in_chans=in_chans) if in_chans and in_chans != self.channels else base
 
     def labels(self, split: str) -> np.ndarray:
-        """All targets of a split without decoding images: ``int64 [N]`` or ``float32 [N, L]``."""
+        """All targets of a split without decoding images: ``int64 [N]``, ``float32 [N, L]`` or masks ``[N, H, W]``."""
         targets = np.asarray(self.split(split).targets)
         return targets.astype(np.float32 if self.task is Task.MULTILABEL else np.int64)
 
     def class_counts(self) -> np.ndarray:
         """Training samples per class (positives per label for multi-label), ``int64 [num_classes]``."""
         targets = self.labels("train")
+        if self.task is Task.SEGMENTATION:  # pixels per class
+            return pixel_counts(targets, self.num_classes)
         if self.task is Task.MULTILABEL:
             return (targets > 0.5).sum(axis=0).astype(np.int64)
         return np.bincount(targets, minlength=self.num_classes).astype(np.int64)

@@ -185,7 +185,7 @@ def _normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
 def _check_terms(terms, modules, task: Task, teachers: Sequence[Teacher], cache: TeacherCache | None) -> None:
     for term, loss in zip(terms, modules):
         if task not in loss.tasks:
-            other = "mlkd" if task is Task.MULTILABEL else "kd"
+            other = {Task.MULTILABEL: "mlkd", Task.SEGMENTATION: "pixkd or cwd"}.get(task, "kd")
             raise InvalidInputError(f"loss {term.name!r} does not support {task.value} tasks", f"use {other} instead")
         if loss.kind != "task" and not teachers:
             raise InvalidInputError(f"loss {term.name!r} needs a teacher", "pass --teacher, or use only ce")

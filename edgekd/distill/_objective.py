@@ -48,9 +48,14 @@ def task_loss(
     label_smoothing: float = 0.0,
     class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy for single-label tasks, BCE-with-logits for multi-label ones."""
+    """Cross-entropy for single-label tasks (per pixel for segmentation), BCE-with-logits for multi-label ones.
+
+    Segmentation logits of another size than the masks are resized to them first (bilinear).
+    """
     if logits.dtype != torch.float64:  # half precision (autocast) is promoted; float64 stays (gradient checks)
         logits = logits.float()
+    if task is Task.SEGMENTATION and tuple(logits.shape[-2:]) != tuple(targets.shape[-2:]):
+        logits = F.interpolate(logits, size=tuple(targets.shape[-2:]), mode="bilinear", align_corners=False)
     if task is Task.MULTILABEL:
         t = targets.to(logits.dtype)
         if label_smoothing:

@@ -11,6 +11,8 @@ Students written here (for images of at most 64 px):
 * wide ResNets ``small:wrn_16_2`` and ``small:wrn_40_2`` (Zagoruyko & Komodakis 2016);
 * ``small:mobilenetv2_x0_5``, a small-image MobileNetV2 (Sandler et al. 2018);
 * ``small:tinycnn``, ~50 k parameters, for tests and smoke runs;
+* segmentation: U-Nets ``small:unet_w4`` .. ``small:unet_w64`` (Ronneberger et al. 2015) and torchvision's
+  ``tv:lraspp_mobilenet_v3_large`` / ``tv:deeplabv3_mobilenet_v3_large`` (``[N, C, H, W]`` logits);
 * ``small:<tv name>``: torchvision ResNet/ResNeXt/Wide-ResNet, MobileNetV2/V3, EfficientNet, RegNet,
   ShuffleNetV2 and MNASNet with a stride-1 stem (``small:resnet18`` == ``tv:resnet18`` with
   ``small_input=True``).
@@ -37,6 +39,7 @@ from edgekd.students._zoo import (
     is_student,
     list_models,
     min_input_size,
+    model_task,
     parse_model_name,
     probe_forward,
     zoo_rows,
@@ -66,4 +69,5 @@ __all__ = [
     "zoo_rows",
     "default_zoo_names",
     "is_student",
+    "model_task",
 ]

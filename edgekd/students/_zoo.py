@@ -30,7 +30,7 @@ from torch import nn
 from edgekd.errors import EdgeKDError, InvalidInputError, suggest
 from edgekd.registry import Registry
 from edgekd.specs import ModelSpec
-from edgekd.students import _cifar_resnet, _small_mobilenetv2, _tinycnn, _wrn
+from edgekd.students import _cifar_resnet, _small_mobilenetv2, _tinycnn, _unet, _wrn
 from edgekd.students._counting import count_macs, count_params
 from edgekd.students._monai import build_monai
 from edgekd.students._timm import build_timm, timm_available, timm_names
@@ -50,6 +50,7 @@ __all__ = [
     "list_models",
     "is_student",
     "zoo_rows",
+    "model_task",
 ]
 
 Builder = Callable[..., nn.Module]
@@ -123,10 +124,40 @@ def _first_doc_line(fn: Callable[..., Any]) -> str:
     return lines[0] if lines else ""
 
 
-def _add(name: str, builder: Builder, *, student: bool, base: str | None = None, description: str = "") -> None:
+def _add(
+    name: str,
+    builder: Builder,
+    *,
+    student: bool,
+    base: str | None = None,
+    description: str = "",
+    task: str | None = "classification",
+) -> None:
     source = name.split(":", 1)[0]
     meta = dict(source=source, small_input=source == "small", student=student, base=base, description=description)
-    MODELS.add(name, builder, **meta)
+    MODELS.add(name, builder, **meta, task=task)
+
+
+def _register_segmentation() -> None:
+    """``small:unet_wN`` (U-Nets of base width N) and torchvision's segmentation heads (``task`` segmentation)."""
+    for w in _unet.UNET_WIDTHS:
+        desc = f"U-Net, base width {w} (Ronneberger et al. 2015), bilinear decoder"
+        _add(
+            f"small:unet_w{w}",
+            _native_builder(f"unet_w{w}", partial(_unet.unet, width=w)),
+            student=True,
+            description=desc,
+            task="segmentation",
+        )
+    for name in _unet.TV_SEG_NAMES:
+        builder = partial(_unet.build_tv_segmentation, name)
+        _add(
+            f"tv:{name}",
+            builder,
+            student=name.startswith("lraspp"),
+            description=f"torchvision {name}",
+            task="segmentation",
+        )
 
 
 def _register_builtin() -> None:
@@ -139,6 +170,7 @@ def _register_builtin() -> None:
         if small_input_family(name) and f"small:{name}" not in MODELS:
             desc = f"torchvision {name} with a small-input stem"
             _add(f"small:{name}", _small_tv_builder(name), student=True, base=f"tv:{name}", description=desc)
+    _register_segmentation()
 
 
 def _register_timm() -> None:
@@ -153,7 +185,8 @@ def _register_timm() -> None:
 def _register_monai() -> None:
     """Register ``monai:bundle`` (its builder imports monai lazily; not a student, never in the zoo listing)."""
     if "monai:bundle" not in MODELS:
-        _add("monai:bundle", partial(build_monai, "bundle"), student=False, description="MONAI bundle network_def")
+        desc = "MONAI bundle network_def"  # any task: the data decides
+        _add("monai:bundle", partial(build_monai, "bundle"), student=False, description=desc, task=None)
 
 
 _register_builtin()
@@ -398,6 +431,18 @@ def is_student(name: str) -> bool:
     if source == "timm":
         return _is_mobile(bare.split(".", 1)[0])
     return bool(MODELS.meta(f"{source}:{bare}")["student"])
+
+
+def model_task(name: str) -> str | None:
+    """``"segmentation"`` or ``"classification"`` for a registered tv/small name; None when unknown (timm, monai).
+
+    Example:
+        >>> model_task("small:unet_w8"), model_task("small:resnet8")
+        ('segmentation', 'classification')
+    """
+    source, bare = parse_model_name(name)
+    full = f"{source}:{bare}"
+    return MODELS.meta(full).get("task") if full in MODELS else None
 
 
 def default_zoo_names() -> list[str]:

@@ -3,7 +3,7 @@
 =========  =======  ===================================================================================
 name       kind     paper and defaults
 =========  =======  ===================================================================================
-``ce``     task     cross-entropy / BCE on the labels (run's label smoothing and class weights)
+``ce``     task     cross-entropy / BCE on the labels (per pixel for segmentation; run's smoothing and weights)
 ``kd``     logit    Hinton et al. 2015; ``T=4``
 ``dkd``    logit    Zhao et al. 2022; ``alpha=1, beta=8, T=4, warmup=20`` epochs (capped at 1/12 of the run)
 ``dist``   logit    Huang et al. 2022; ``beta=1, gamma=1, T=1``
@@ -12,6 +12,9 @@ name       kind     paper and defaults
 ``at``     feature  Zagoruyko & Komodakis 2017; ``p=2, beta=1000``
 ``rkd``    feature  Park et al. 2019; ``distance=25, angle=50``
 ``pkt``    feature  Passalis & Tefas 2018 (weight 30000 in the CRD benchmark)
+``dice``   task     segmentation: soft Dice, Milletari et al. 2016 (MONAI's DiceLoss); ``background=0``
+``pixkd``  logit    segmentation: per-pixel KD (Hinton et al. 2015; Liu et al. 2019); ``T=1``
+``cwd``    logit    segmentation: channel-wise distillation, Shu et al. 2021 (ICCV); ``tau=4``
 =========  =======  ===================================================================================
 
 Example:
@@ -54,6 +57,7 @@ from edgekd.distill.losses._logit import (
     kd_div,
     mlkd_bce,
 )
+from edgekd.distill.losses._seg import CWDLoss, DiceLoss, PixelKDLoss, cwd_div, pixel_kd_div, soft_dice_loss
 
 __all__ = [
     "LOSSES",
@@ -85,4 +89,10 @@ __all__ = [
     "rkd_distance",
     "rkd_angle",
     "pkt_div",
+    "DiceLoss",
+    "PixelKDLoss",
+    "CWDLoss",
+    "soft_dice_loss",
+    "pixel_kd_div",
+    "cwd_div",
 ]

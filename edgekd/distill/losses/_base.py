@@ -64,7 +64,8 @@ class LossBatch:
     """The batch-level context a loss may need.
 
     Attributes:
-        targets: ``int64 [N]`` class indices, or ``float [N, L]`` multi-hot labels for multi-label tasks.
+        targets: ``int64 [N]`` class indices, ``float [N, L]`` multi-hot labels for multi-label tasks, or
+            ``int64 [N, H, W]`` masks for segmentation.
         task: the task of the data.
         epoch: 0-based epoch of the current step.
         total_epochs: length of the run in epochs (for warm-up schedules).
@@ -86,7 +87,7 @@ class DistillLoss(nn.Module):
     """
 
     kind: ClassVar[str] = "logit"  # "task" | "logit" | "feature"
-    tasks: ClassVar[tuple[Task, ...]] = (Task.BINARY, Task.MULTICLASS, Task.MULTILABEL)
+    tasks: ClassVar[tuple[Task, ...]] = (Task.BINARY, Task.MULTICLASS, Task.MULTILABEL, Task.SEGMENTATION)
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: LossBatch) -> torch.Tensor:
         raise NotImplementedError
