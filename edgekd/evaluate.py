@@ -1,5 +1,8 @@
 """Evaluation of a model directory on a data split (`edgekd eval`).
 
+Segmentation models report Dice, IoU and HD95 per class and their foreground means, pixel accuracy and the
+per-image Dice (:func:`edgekd.metrics.segmentation_metrics`), on the masks at the data's resolution.
+
 Besides the metrics of :func:`edgekd.metrics.compute_metrics` (ECE included), the result holds the
 reliability diagram (``calibration``) and, for binary tasks, the ``operating_point``: the threshold that
 reaches ``target_sensitivity`` on the validation split and the sensitivity/specificity it gives on ``split``.
@@ -64,7 +67,7 @@ def evaluate_model_dir(
         "metrics": compute_metrics(logits, targets, bundle.task),
         "label_names": card.label_names,
     }
-    if bundle.task is not Task.MULTILABEL:
+    if bundle.task not in (Task.MULTILABEL, Task.SEGMENTATION):  # segmentation: Dice, IoU, HD95 per class
         res["calibration"] = {
             "ece": res["metrics"]["ece"],
             "bins": reliability_bins(probabilities(logits, bundle.task), targets),

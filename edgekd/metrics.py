@@ -43,11 +43,26 @@ __all__ = [
     "hd95",
     "mask_predictions",
     "SEG_METRIC_NAMES",
+    "task_select_metric",
 ]
 
 SEG_METRIC_NAMES = ("dice", "iou", "hd95", "acc")
 
-METRIC_NAMES = ("acc", "balanced_acc", "f1_macro", "auroc", "sensitivity", "specificity", "loss")
+
+def task_select_metric(metric: str, task: Task) -> str:
+    """The metric that selects the best epoch for ``task``: for segmentation a classification metric (the
+    default ``auroc``) means ``dice``; a segmentation metric on a classification task means ``auroc``.
+
+    Example:
+        >>> task_select_metric("auroc", Task.SEGMENTATION), task_select_metric("hd95", Task.SEGMENTATION)
+        ('dice', 'hd95')
+    """
+    if task is Task.SEGMENTATION:
+        return metric if metric in SEG_METRIC_NAMES or metric == "loss" else "dice"
+    return "auroc" if metric in ("dice", "iou", "hd95") else metric
+
+
+METRIC_NAMES = ("acc", "balanced_acc", "f1_macro", "auroc", "sensitivity", "specificity", "loss", "dice", "iou", "hd95")
 ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width confidence bins
 
 

@@ -206,7 +206,7 @@ def distill(
         notes = card.lineage.notes
         cache = f"; teacher cache {notes['cache']['status']}" if "cache" in notes else ""
         console.print(
-            f"best epoch {card.metrics['best_epoch']['epoch']} by val {settings.train.select_metric}; losses "
+            f"best epoch {card.metrics['best_epoch']['epoch']} by val {card.metrics['best_epoch'].get('metric', settings.train.select_metric)}; losses "
             f"{' + '.join(card.lineage.losses)}{cache}; model directory: [bold]{out}[/]"
         )
         metrics_table("test metrics", card.metrics["test"], card.label_names)

@@ -25,7 +25,7 @@ def metrics_table(title: str, metrics: dict[str, Any], label_names: list[str] | 
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in metrics.items():
-        if k in ("confusion_matrix", "auroc_per_label"):
+        if k in ("confusion_matrix", "auroc_per_label") or isinstance(v, list):  # per-class / per-image lists: JSON
             continue
         t.add_row(k, fmt(v))
     console.print(t)

@@ -137,7 +137,7 @@ def train(
     card = train_model(settings, out, overwrite=overwrite, progress=not quiet)
     if not quiet and json_out != "-":
         console.print(
-            f"best epoch {card.metrics['best_epoch']['epoch']} by val {settings.train.select_metric}; "
+            f"best epoch {card.metrics['best_epoch']['epoch']} by val {card.metrics['best_epoch'].get('metric', settings.train.select_metric)}; "
             f"model directory: [bold]{out}[/]"
         )
         metrics_table("test metrics", card.metrics["test"], card.label_names)

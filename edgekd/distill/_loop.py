@@ -41,7 +41,7 @@ from edgekd.distill._dist import (
 )
 from edgekd.distill._objective import Objective
 from edgekd.errors import DependencyError, Interrupted, InvalidInputError, TrainingDivergedError
-from edgekd.metrics import compute_metrics
+from edgekd.metrics import compute_metrics, task_select_metric
 from edgekd.specs import Preprocess, Task
 
 __all__ = [
@@ -183,6 +183,9 @@ class Trainer:
         on_epoch_end: Callable[[int, dict], None] | None = None,
         record_steps: bool = False,
     ) -> None:
+        # the best epoch by a metric of the task (segmentation: Dice unless a segmentation metric is named)
+        metric = task_select_metric(cfg.select_metric, data.task)
+        cfg = cfg if metric == cfg.select_metric else cfg.model_copy(update={"select_metric": metric})
         self.model, self.objective, self.data, self.cfg = model, objective, data, cfg
         self.out_dir, self.preprocess, self.on_epoch_end = Path(out_dir), preprocess, on_epoch_end
         self.dist = init_distributed(resolve_device(cfg.device).type)

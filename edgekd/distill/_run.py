@@ -43,7 +43,7 @@ from edgekd.distill._train import finish_run, resolve_student
 from edgekd.distill._unlabeled import flush_unlabeled, unlabeled_notes, with_unlabeled
 from edgekd.errors import ArtifactError, EdgeKDError, Interrupted, InvalidInputError, TrainingDivergedError
 from edgekd.modeldir import WEIGHTS_FILE, is_model_dir, read_card
-from edgekd.specs import Lineage, ModelCard, current_command
+from edgekd.specs import Lineage, ModelCard, Task, current_command
 from edgekd.teachers import Teacher, load_teacher
 
 __all__ = ["run_training", "train_model", "distill_model", "work_dir"]
@@ -95,6 +95,11 @@ def _open_cache(
     c = settings.cache
     if c is None:
         return None
+    if bundle.task is Task.SEGMENTATION:
+        raise InvalidInputError(
+            "the teacher cache stores one logit row per image; a segmentation teacher's score maps are not cached",
+            "drop --cache-teacher: the teacher runs live every step",
+        )
     cache = None
     for turn in (True, False):
         if ctx.is_main == turn:
@@ -192,7 +197,7 @@ def _run_in(
         bundle,
         settings.train,
         teachers,
-        settings.loss_terms,
+        settings.loss_terms_for(bundle.task),
         teacher_weights=settings.teacher_weights,
         cache=cache,
     )
@@ -215,7 +220,7 @@ def _run_in(
         data=bundle.spec,
         stage=settings.stage,
         teachers=[t.name for t in teachers],
-        losses=["ce"] if isinstance(objective, SupervisedObjective) else settings.loss_terms,
+        losses=["ce"] if isinstance(objective, SupervisedObjective) else settings.loss_terms_for(bundle.task),
         notes={"runtime": result.runtime, **_notes(objective, teachers, cache, work), **unlabeled_notes(objective)},
         parent_sha256=sha256_file(Path(parent) / WEIGHTS_FILE) if parent else None,
     )

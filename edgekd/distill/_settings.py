@@ -37,7 +37,7 @@ from edgekd._config import StageConfig, build_config, read_yaml
 from edgekd.distill._config import TrainConfig
 from edgekd.distill.losses import LossTerm, parse_loss
 from edgekd.errors import EdgeKDError, InvalidInputError
-from edgekd.specs import ChannelMode, IntendedUse
+from edgekd.specs import ChannelMode, IntendedUse, Task
 
 __all__ = [
     "CacheSettings",
@@ -52,6 +52,9 @@ __all__ = [
 ]
 
 DEFAULT_LOSSES = ("ce:1", "kd:1,T=4")
+# Segmentation: CE + soft Dice on the masks, and per-pixel KD from a teacher (Liu et al. 2019 use T=1).
+SEG_TRAIN_LOSSES = ("ce:1", "dice:1")
+SEG_DEFAULT_LOSSES = ("ce:1", "dice:1", "pixkd:1,T=1")
 
 
 def _parse(text: Any) -> LossTerm:
@@ -248,6 +251,12 @@ class DistillConfig(StageConfig):
         if self.losses:
             return [str(t) for t in self.losses]
         return list(DEFAULT_LOSSES) if self.teachers else ["ce:1"]
+
+    def loss_terms_for(self, task: Task) -> list[str]:
+        """:attr:`loss_terms` for data of ``task``: segmentation defaults to ``ce + dice`` (``+ pixkd`` with a teacher)."""
+        if self.losses or task is not Task.SEGMENTATION:
+            return self.loss_terms
+        return list(SEG_DEFAULT_LOSSES if self.teachers else SEG_TRAIN_LOSSES)
 
     @property
     def stage(self) -> str:

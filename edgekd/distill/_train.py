@@ -18,7 +18,7 @@ from edgekd.metrics import compute_metrics
 from edgekd.modeldir import is_model_dir, load_model_dir, save_model_dir
 from edgekd.monitor import save_reference
 from edgekd.specs import ChannelMode, IntendedUse, Lineage, ModelCard, ModelSpec, Preprocess, Task
-from edgekd.students import build_model, check_spec_input_size
+from edgekd.students import build_model, check_spec_input_size, model_task
 
 __all__ = ["resolve_student", "class_weights", "finish_run", "evaluate_split"]
 
@@ -51,17 +51,38 @@ def resolve_student(
     size = (input_size, input_size) if input_size else None
     if is_model_dir(model):
         net, card = load_model_dir(model)
+        if (card.task is Task.SEGMENTATION) != (data.task is Task.SEGMENTATION):
+            raise InvalidInputError(
+                f"{model} is a {card.task.value} model but the data is a {data.task.value} task",
+                "train it on data of its own task",
+            )
         if card.spec.num_classes != data.num_classes:
             raise InvalidInputError(
                 f"{model} has {card.spec.num_classes} outputs but the data has {data.num_classes} classes",
                 "train a fresh model with --model NAME, or use matching data",
             )
         return net, card.spec, card.preprocess, str(model)
+    _check_model_task(model, data.task)
     in_chans = data.channels if channels is ChannelMode.ADAPT else 3
     spec = ModelSpec(name=model, num_classes=data.num_classes, in_chans=in_chans, small_input=small_input)
     check_spec_input_size(spec, size or data.image_size)  # before building (and downloading weights), on `meta`
     net = build_model(spec, pretrained=pretrained)
     return net, spec, data.preprocess(input_size=size, in_chans=in_chans), None
+
+
+def _check_model_task(model: str, task: Task) -> None:
+    """A classifier cannot learn masks, nor a segmenter labels: refuse the pair before building anything."""
+    kind = model_task(model)
+    if kind is None or (kind == "segmentation") == (task is Task.SEGMENTATION):
+        return
+    if task is Task.SEGMENTATION:
+        raise InvalidInputError(
+            f"{model} is a classifier and the data is a segmentation task (masks)",
+            "use a segmentation model, e.g. small:unet_w8, small:unet_w32 or tv:lraspp_mobilenet_v3_large",
+        )
+    raise InvalidInputError(
+        f"{model} is a segmentation model and the data is a {task.value} task", "use a classifier, e.g. small:resnet8"
+    )
 
 
 def evaluate_split(
@@ -90,7 +111,10 @@ def finish_run(
     """Load the best weights, evaluate on test, and write the model directory and its history into ``out``."""
     model.load_state_dict(result.best_state)
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    metrics: dict[str, dict] = {"val": result.val_metrics, "best_epoch": {"epoch": result.best_epoch}}
+    metrics: dict[str, dict] = {
+        "val": result.val_metrics,
+        "best_epoch": {"epoch": result.best_epoch, "metric": result.select_metric},
+    }
     if eval_test:
         metrics["test"] = evaluate_split(model, preprocess, data, "test", device="cpu")
     card = ModelCard(
