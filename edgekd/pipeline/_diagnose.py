@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,15 @@ from scipy.stats import rankdata
 
 from edgekd.data import Augment, AugmentedDataset, DataBundle
 from edgekd.errors import InvalidInputError
-from edgekd.metrics import METRIC_NAMES, compute_metrics, higher_is_better, probabilities
+from edgekd.metrics import (
+    METRIC_NAMES,
+    compute_metrics,
+    dice_iou,
+    hd95,
+    higher_is_better,
+    mask_predictions,
+    probabilities,
+)
 from edgekd.modeldir import ModelCard
 from edgekd.specs import Task
 from edgekd.teachers import Teacher
@@ -70,7 +79,12 @@ CAPACITY_RATIO = 20.0  # teacher / student parameters
 LOW_AGREEMENT = 0.95  # student-teacher top-1 agreement on training images
 
 # `distill.metric: auto`: the metric that decides whether distillation helps, per task (module docstring).
-DECIDING_METRIC = {Task.BINARY: "auroc", Task.MULTICLASS: "balanced_acc", Task.MULTILABEL: "auroc"}
+DECIDING_METRIC = {
+    Task.BINARY: "auroc",
+    Task.MULTICLASS: "balanced_acc",
+    Task.MULTILABEL: "auroc",
+    Task.SEGMENTATION: "dice",
+}
 
 
 def resolve_metric(metric: str, task: Task) -> str:
@@ -93,6 +107,8 @@ def secondary_metrics(metric: str, task: Task) -> list[str]:
     task = Task(task)
     if task is Task.MULTILABEL:
         return []
+    if task is Task.SEGMENTATION:  # the outline: HD95 can worsen while the overlap (Dice, IoU) improves
+        return [m for m in ("hd95", "iou") if m != metric]
     if task is Task.BINARY:
         return ["acc"] if metric == "auroc" else ["auroc"]
     return [m for m in ("balanced_acc", "acc", "auroc") if m != metric]
@@ -208,19 +224,36 @@ def _logits(model: Teacher, images: torch.Tensor, batch: int = 256) -> np.ndarra
     return torch.cat([model.logits(images[i : i + batch]).float().cpu() for i in range(0, len(images), batch)]).numpy()
 
 
+def _resized(logits: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Per-pixel logits ``[N, K, h, w]`` resized (bilinear) to ``size`` ``(H, W)``: a segmenter's masks are
+    compared at the labels' (or the other model's) resolution."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    t = torch.nn.functional.interpolate(
+        torch.from_numpy(logits), size=tuple(size), mode="bilinear", align_corners=False
+    )
+    return t.numpy()
+
+
 def _accuracy(logits: np.ndarray, y: np.ndarray, task: Task) -> float:
+    if task is Task.SEGMENTATION:  # pixel accuracy of the masks against the label masks
+        return float((_resized(logits, y.shape[-2:]).argmax(1) == y).mean())
     if task is Task.MULTILABEL:
         return float(((probabilities(logits, task) >= 0.5) == (y > 0.5)).mean())
     return float((logits.argmax(1) == y.reshape(-1)).mean())
 
 
 def _agreement(a: np.ndarray, b: np.ndarray, task: Task) -> float:
+    if task is Task.SEGMENTATION:  # share of pixels whose class agrees, at the first model's resolution
+        return float((a.argmax(1) == _resized(b, a.shape[-2:]).argmax(1)).mean())
     if task is Task.MULTILABEL:
         return float(((a > 0) == (b > 0)).mean())
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
 def _confidence(logits: np.ndarray, task: Task) -> np.ndarray:
+    if task is Task.SEGMENTATION:  # per image: the mean over its pixels of the top class probability
+        return torch.softmax(torch.from_numpy(logits), 1).amax(1).mean((1, 2)).numpy()
     p = probabilities(logits, task)
     return np.maximum(p, 1 - p).mean(1) if task is Task.MULTILABEL else p.max(1)
 
@@ -288,7 +321,8 @@ def diagnose(
         "final_losses": losses or {},
     }
     preset = Augment.preset(augment)
-    if not preset.is_identity:
+    # a segmenter's masks move with its augmented views, so the augmented-views evidence is for classifiers only
+    if not preset.is_identity and task is not Task.SEGMENTATION:
         aug = AugmentedDataset(data.train, preset, seed=seed)
         views = torch.stack([aug.apply(images[j], aug.params(int(i), 0)) for j, i in enumerate(idx)])
         diag["teacher_acc_augmented"] = _accuracy(_logits(teacher, views), y, task)
@@ -398,6 +432,8 @@ def bootstrap_gains(
     """
     if task is Task.MULTILABEL or not metrics:
         return {}
+    if task is Task.SEGMENTATION:
+        return _bootstrap_per_image(distilled, baseline, targets, metrics, n=n, seed=seed)
     y = np.asarray(targets).reshape(-1).astype(int)
     rng = np.random.default_rng(seed)
     gains: dict[str, list[float]] = {m: [] for m in metrics}
@@ -410,6 +446,55 @@ def bootstrap_gains(
             gains[m].append((1.0 if higher_is_better(m) else -1.0) * float(np.mean(diffs)))
     out = {}
     for m, g in gains.items():
+        if np.isfinite(g).any():
+            lo, hi = np.nanpercentile(g, [2.5, 97.5])
+            out[m] = (float(lo), float(hi))
+    return out
+
+
+def per_image_scores(logits: np.ndarray, masks: np.ndarray, metric: str) -> np.ndarray:
+    """A segmenter's ``metric`` (``dice``, ``iou``, ``hd95``, ``acc``) per image: the mean over the foreground
+    classes present in that image's mask (:func:`~edgekd.metrics.dice_iou`, :func:`~edgekd.metrics.hd95`);
+    NaN for an image without foreground."""
+    masks = np.asarray(masks)
+    pred = mask_predictions(logits, tuple(masks.shape[-2:]))
+    k = logits.shape[1]
+    if metric == "acc":
+        return (pred == masks).reshape(len(pred), -1).mean(1)
+    if metric == "hd95":
+        per = np.array([[hd95(p == c, g == c) for c in range(1, k)] for p, g in zip(pred, masks)])
+    else:
+        dice, iou = dice_iou(pred, masks, k)
+        per = (dice if metric == "dice" else iou)[:, 1:]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an image without foreground: NaN, left out
+        return np.nanmean(per, axis=1)
+
+
+def _bootstrap_per_image(
+    distilled: list[np.ndarray],
+    baseline: list[np.ndarray],
+    masks: np.ndarray,
+    metrics: list[str],
+    *,
+    n: int,
+    seed: int,
+) -> dict[str, tuple[float, float]]:
+    """The paired bootstrap of :func:`bootstrap_gains` for a segmenter: the validation images are resampled and
+    each metric is the mean of its per-image values (:func:`per_image_scores`) on the draw."""
+    rng = np.random.default_rng(seed)
+    rows = len(masks)
+    draws = [rng.integers(0, rows, rows) for _ in range(n)]
+    out = {}
+    for m in metrics:
+        sign = 1.0 if higher_is_better(m) else -1.0
+        diff = np.mean(
+            [per_image_scores(a, masks, m) - per_image_scores(b, masks, m) for a, b in zip(distilled, baseline)],
+            axis=0,
+        )
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            g = np.array([sign * np.nanmean(diff[idx]) for idx in draws])
         if np.isfinite(g).any():
             lo, hi = np.nanpercentile(g, [2.5, 97.5])
             out[m] = (float(lo), float(hi))

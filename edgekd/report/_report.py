@@ -44,6 +44,7 @@ from edgekd.modeldir import load_model_dir
 from edgekd.report import _figures as figs
 from edgekd.report._gradcam import CAM_METHOD, TOP_FRACTION, cam_agreement, fmt_score, gradcam_maps
 from edgekd.report._html import Page, esc, figure, fmt, paragraph, table
+from edgekd.report._seg import segmentation_sections
 from edgekd.specs import package_versions
 
 __all__ = ["write_report", "read_summary", "REPORT_DIR", "SUMMARY_FILE"]
@@ -694,10 +695,15 @@ def write_report(run_dir: str | os.PathLike, *, progress: bool = True) -> Path:
     _kd_section(run, page, pngs)
     _pareto_section(run, page, pngs)
     _size_section(run, page, pngs)
-    _roc_section(run, page, pngs)
-    _calibration_section(run, page, pngs)
-    _curves_section(run, page, pngs)
-    cams = _gradcam_section(run, page, pngs, out)
+    cams: dict[str, Any] = {}
+    if run.summary["task"] == "segmentation":  # masks: Dice/HD95 per stage and overlays replace ROC, ECE, Grad-CAM
+        segmentation_sections(run, page, pngs)
+        _curves_section(run, page, pngs)
+    else:
+        _roc_section(run, page, pngs)
+        _calibration_section(run, page, pngs)
+        _curves_section(run, page, pngs)
+        cams = _gradcam_section(run, page, pngs, out)
     _environment_section(run, page)
     _lineage_section(run, page)
     with atomic_dir(out) as tmp:
