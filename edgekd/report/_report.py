@@ -111,7 +111,15 @@ def _op(row: dict[str, Any], key: str) -> Any:
     return row.get("operating_point", {}).get(key)
 
 
-_METRIC_LABELS = {"acc": "ACC", "auroc": "AUROC", "balanced_acc": "balanced ACC", "f1_macro": "macro F1"}
+_METRIC_LABELS = {
+    "acc": "ACC",
+    "auroc": "AUROC",
+    "balanced_acc": "balanced ACC",
+    "f1_macro": "macro F1",
+    "dice": "Dice",
+    "iou": "IoU",
+    "hd95": "HD95 (px)",
+}
 
 
 def deciding_metric(run: _Run) -> str:
@@ -126,16 +134,16 @@ def deciding_metric(run: _Run) -> str:
 def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     s = run.summary
     metric = deciding_metric(run)
-    metrics = [metric] + [m for m in ("acc", "auroc") if m != metric]
+    seg = s["task"] == "segmentation"  # masks: Dice, IoU, HD95, pixel accuracy; no operating point nor ECE
+    metrics = [metric] + [m for m in (("dice", "iou", "hd95", "acc") if seg else ("acc", "auroc")) if m != metric]
     batches = sorted({int(b) for r in run.rows for b in r.get("latency", {})})
+    classif = [] if seg else ["sens@op", "spec@op", "ECE"]
     head = [
         "stage",
         "hand-off",
         f"{_METRIC_LABELS.get(metric, metric)} (decides)",
-        *[_METRIC_LABELS[m] for m in metrics[1:]],
-        "sens@op",
-        "spec@op",
-        "ECE",
+        *[_METRIC_LABELS.get(m, m) for m in metrics[1:]],
+        *classif,
         "params",
         "MACs",
         "size MB",
@@ -148,9 +156,7 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
             r["label"],
             ", ".join(r.get("handoff", [])) or "",
             *[_pm(r, "test", m) for m in metrics],
-            _op(r, "sensitivity"),
-            _op(r, "specificity"),
-            r["test"].get("ece"),
+            *([] if seg else [_op(r, "sensitivity"), _op(r, "specificity"), r["test"].get("ece")]),
             r.get("params"),
             r.get("macs"),
             (r.get("size_bytes") or math.nan) / 1e6,
