@@ -112,6 +112,8 @@ def test_masks_to_classes():
     assert k == 4
     with pytest.raises(ArtifactError):
         masks_to_classes(np.array([[0, 5]], np.uint8), classes=3)
+    with pytest.raises(ArtifactError, match="0, 128, 255: not class indices"):
+        masks_to_classes(np.array([[0, 128, 255]], np.uint8))
 
 
 def test_dicom_image_with_png_mask(tmp_path):

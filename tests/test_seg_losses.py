@@ -97,3 +97,12 @@ def test_term_syntax():
         ModelOutputs(torch.zeros(1, 2, 3, 3)), ModelOutputs(torch.zeros(1, 2, 3, 3)), LossBatch(None, Task.SEGMENTATION)
     )
     assert float(out) == 0.0
+
+
+@pytest.mark.parametrize("fn", [cwd_div, pixel_kd_div, lambda s, t: soft_dice_loss(s, t.argmax(1))])
+def test_gradients_and_float32(fn):
+    s, t, _ = _maps(4, n=1, c=2, h=4, w=4)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: fn(x, t), (s,), eps=1e-6, atol=1e-5)
+    assert float(fn(s.float(), t.float())) == pytest.approx(float(fn(s, t)), rel=1e-4)
+    assert fn(s.bfloat16(), t.bfloat16()).dtype == torch.float32  # autocast activations are promoted

@@ -234,7 +234,7 @@ ChannelsLastOpt = Annotated[
 SelectMetricOpt = Annotated[
     str,
     typer.Option(
-        help="Validation metric that picks the best epoch (auroc, acc, balanced_acc, f1_macro, loss).",
+        help="Validation metric that picks the best epoch (auroc, acc, balanced_acc, f1_macro, loss; dice, iou, hd95 for segmentation).",
         rich_help_panel=_R,
     ),
 ]
@@ -373,7 +373,7 @@ RunSelectMetricOpt = Annotated[
     str | None,
     _run(
         "train.select_metric",
-        "Validation metric that picks the best epoch (auroc, acc, balanced_acc, f1_macro, loss).",
+        "Validation metric that picks the best epoch (auroc, acc, balanced_acc, f1_macro, loss; dice, iou, hd95 for segmentation).",
         panel=_R,
     ),
 ]

@@ -61,7 +61,8 @@ class Augment:
 
     @classmethod
     def preset(cls, name: str) -> Augment:
-        """``"none"`` (identity), ``"light"`` (pad-crop + flip) or ``"medical"`` (pad-crop, rotation, intensity)."""
+        """``"none"`` (identity), ``"light"`` (pad-crop + flip), ``"medical"`` (pad-crop, rotation, intensity) or
+        ``"seg"`` (as medical with larger shifts, for 128-256 px images; masks follow the image)."""
         try:
             return _PRESETS[name]
         except KeyError:
@@ -81,6 +82,8 @@ _PRESETS = {
     "none": Augment(),
     "light": Augment(crop_padding=4, hflip=True),
     "medical": Augment(crop_padding=2, rotation_deg=10.0, brightness=0.1, contrast=0.1),
+    # segmentation of 128-256 px X-rays: shifts of up to 12 px at the data's resolution, no flip (anatomy)
+    "seg": Augment(crop_padding=12, rotation_deg=10.0, brightness=0.15, contrast=0.15),
 }
 
 

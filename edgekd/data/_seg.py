@@ -181,6 +181,12 @@ def masks_to_classes(masks: np.ndarray, classes: int = 0) -> tuple[np.ndarray, i
     values = np.unique(masks)
     if set(values.tolist()) <= {0, 255} and (classes in (0, 2)):
         return (masks == 255).astype(np.uint8), 2
+    if not classes and int(values.max()) + 1 > 2 * len(values):  # e.g. 0/128/255: grey levels, not class indices
+        shown = ", ".join(str(int(v)) for v in values[:6]) + (" ..." if len(values) > 6 else "")
+        raise ArtifactError(
+            f"the masks hold the values {shown}: not class indices 0..K-1 (nor 0/255 for one class)",
+            "write each pixel's class index (0 = background, 1, 2, ...), or pass classes=K if some are absent",
+        )
     k = classes or max(int(values.max()) + 1, 2)
     if int(values.max()) >= k:
         raise ArtifactError(f"the masks hold class {int(values.max())} but classes={k}", _MASK_HINT)

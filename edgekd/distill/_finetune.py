@@ -27,9 +27,9 @@ from edgekd.distill._config import TrainConfig
 from edgekd.distill._distill import build_distill_objective
 from edgekd.distill._loop import fit
 from edgekd.distill._objective import Objective, SupervisedObjective
-from edgekd.distill._settings import DEFAULT_LOSSES
+from edgekd.distill._settings import DEFAULT_LOSSES, SEG_DEFAULT_LOSSES, SEG_TRAIN_LOSSES
 from edgekd.distill._train import class_weights
-from edgekd.specs import Preprocess
+from edgekd.specs import Preprocess, Task
 from edgekd.teachers import Teacher
 
 __all__ = ["finetune", "finetune_objective", "task_objective"]
@@ -75,11 +75,15 @@ def finetune_objective(
 ) -> Objective:
     """``losses`` (default ``ce:1`` + ``kd:1,T=4``) against ``teacher``, or plain CE when ``teacher`` is None.
 
+    For segmentation data the defaults are ``ce + dice + pixkd`` with a teacher and ``ce + dice`` without one.
     The task term takes ``cfg``'s ``class_weighting`` and ``label_smoothing``, as in training (:func:`task_objective`).
     """
     cfg = cfg if cfg is not None else TrainConfig()
+    seg = data.task is Task.SEGMENTATION
     if teacher is None:
-        return task_objective(model, preprocess, data, cfg, [], ["ce:1"])
+        return task_objective(model, preprocess, data, cfg, [], list(SEG_TRAIN_LOSSES) if seg else ["ce:1"])
+    if seg and tuple(losses) == DEFAULT_LOSSES:
+        losses = SEG_DEFAULT_LOSSES
     return task_objective(model, preprocess, data, cfg, [teacher], losses)
 
 
