@@ -169,8 +169,14 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     seeds = f"; figures are means ± standard deviations over {s['seeds']} seeds" if s["seeds"] > 1 else ""
     note = (
         f"Test split of <code>{esc(s['data'])}</code>; the KD verdict and the Pareto view use "
-        f"<code>{esc(metric)}</code> (<code>distill.metric</code>). The operating point is the threshold that reaches "
-        f"sensitivity {s['target_sensitivity']:.2f} on validation, applied to test{seeds}. Latency: the benchmark "
+        f"<code>{esc(metric)}</code> (<code>distill.metric</code>). "
+        + (
+            "Masks are scored at the label masks' size (Dice, IoU of the foreground classes; HD95 in pixels)"
+            if seg
+            else f"The operating point is the threshold that reaches sensitivity {s['target_sensitivity']:.2f} on "
+            "validation, applied to test"
+        )
+        + f"{seeds}. Latency: the benchmark "
         f"of the seed-0 artifacts (<code>{esc(s.get('bench') or 'not run')}</code>); speedup is the teacher's p50 over "
         "the stage's at the same batch size."
     )
