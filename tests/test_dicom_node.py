@@ -513,9 +513,9 @@ def test_destination_and_settings_are_checked():
             Destination.parse(bad)
     with pytest.raises(InvalidInputError):
         NodeConfig(max_pending=0).check()
-    assert writers_for(Task.BINARY) == ("sr",)
-    with pytest.raises(InvalidInputError, match="no result writer for segmentation"):
-        writers_for("segmentation")
+    assert writers_for(Task.BINARY) == ("sr",) and writers_for("segmentation") == ("seg",)
+    with pytest.raises(InvalidInputError, match="no result writer for detection"):
+        writers_for("detection")
 
 
 def test_cli_help_lists_the_command_and_bad_options_exit_3(bundle, tmp_path):

@@ -1,4 +1,4 @@
-"""`edgekd dicom-node`: a DICOM Storage SCP that answers received images with DICOM results (SR)."""
+"""`edgekd dicom-node`: a DICOM Storage SCP that answers received images with DICOM results (SR, SEG)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def dicom_node(
 ) -> None:
     """Listen for DICOM images (C-STORE, and C-ECHO) and answer each with a Comprehensive SR in the same study:
     finding, probabilities, the decision at the bundle's operating threshold, out-of-distribution flag,
-    intended-use check, the model as observer device and a decision-support disclaimer.
+    intended-use check, the model as observer device and a decision-support disclaimer. A segmentation bundle
+    answers with a DICOM SEG instead (BINARY, one segment per class, at the image's size, referencing it).
 
     Accepted instances are spooled before success is answered; results are written atomically and delivered with
     back-off; a restart resumes both. Refusals get their DIMSE status and one log line. Ctrl-C or SIGTERM stops.

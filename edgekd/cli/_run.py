@@ -75,14 +75,19 @@ def render_summary(s: RunSummary) -> None:
     """The final table, the KD verdict and the report's path."""
     batches = sorted({int(b) for r in s.rows for b in r.latency})
     t = Table(
-        title=f"edgekd run {s.name}: {s.data}, test split (operating point: sensitivity {s.target_sensitivity:g} on val)"
+        title=f"edgekd run {s.name}: {s.data}, test split"
+        + ("" if s.task == "segmentation" else f" (operating point: sensitivity {s.target_sensitivity:g} on val)")
         + (f"; * the KD verdict's metric ({s.kd['metric']})" if s.kd.get("metric") else "")
     )
     decides = s.kd.get("metric")  # the KD verdict's metric (balanced accuracy for multi-class by default)
-    extra = [decides] if decides and decides not in ("acc", "auroc") else []
-    names = {"acc": "ACC", "auroc": "AUROC", "balanced_acc": "bal. ACC", "f1_macro": "macro F1"}
-    cols = [names.get(m, m) + ("*" if m == decides else "") for m in (*extra, "acc", "auroc")]
-    for col in ("stage", "hand-off", *cols, "sens@op", "spec@op", "ECE", "params", "MACs", "size"):
+    seg = s.task == "segmentation"  # masks: Dice, IoU, HD95 and pixel accuracy; no operating point, no ECE
+    base = ("dice", "iou", "hd95", "acc") if seg else ("acc", "auroc")
+    extra = [decides] if decides and decides not in base else []
+    names = {"acc": "ACC", "auroc": "AUROC", "balanced_acc": "bal. ACC", "f1_macro": "macro F1", "hd95": "HD95"}
+    shown = (*extra, *base)
+    cols = [names.get(m, m) + ("*" if m == decides else "") for m in shown]
+    classif = () if seg else ("sens@op", "spec@op", "ECE")
+    for col in ("stage", "hand-off", *cols, *classif, "params", "MACs", "size"):
         t.add_column(col, justify="left" if col in ("stage", "hand-off") else "right")
     for b in batches:
         t.add_column(f"p50/p90 ms b{b}", justify="right")
@@ -92,10 +97,16 @@ def render_summary(s: RunSummary) -> None:
         cells = [
             r.label,
             ", ".join(r.handoff),
-            *[_cell(r.test.get(m), sp(f"test.{m}")) for m in (*extra, "acc", "auroc")],
-            _cell(r.operating_point.get("sensitivity")),
-            _cell(r.operating_point.get("specificity")),
-            _cell(r.test.get("ece")),
+            *[_cell(r.test.get(m), sp(f"test.{m}")) for m in shown],
+            *(
+                ()
+                if seg
+                else (
+                    _cell(r.operating_point.get("sensitivity")),
+                    _cell(r.operating_point.get("specificity")),
+                    _cell(r.test.get("ece")),
+                )
+            ),
             _si(r.params),
             _si(r.macs),
             f"{(r.size_bytes or 0) / 1e6:.2f}MB",

@@ -158,8 +158,17 @@ def predict_cmd(
             show_default=False,
         ),
     ] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            "--masks",
+            help="Segmentation models: write each image's mask PNG (class indices) and overlay into this folder.",
+            rich_help_panel=_OUT,
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --out.", rich_help_panel=_OUT)
+        bool, typer.Option("--overwrite", help="Replace an existing --out (and --masks).", rich_help_panel=_OUT)
     ] = False,
     fhir: Annotated[
         bool,
@@ -194,11 +203,15 @@ def predict_cmd(
     model's intended use, and DICOM objects that are no image, are refused with the reason (exit 3 when
     nothing was unreadable); PNG/JPEG inputs to a model with an intended use are answered, marked not checkable.
 
+    A segmentation model answers each image with a mask: --masks DIR writes its PNG of class indices at the
+    image's size and a colour overlay; the CSV's p_CLASS columns then hold each class's fraction of the area.
+
     Example: edgekd predict bundles/student-int8 scans/ extra/*.png --out preds.csv
     """
     res = predict(
         model,
         inputs or [],
+        masks=masks,
         data=data,
         split=split,
         batch=batch,

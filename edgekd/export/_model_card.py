@@ -12,6 +12,7 @@ from typing import Any
 
 from edgekd.export._manifest import Manifest
 from edgekd.modeldir import ModelCard
+from edgekd.specs import Task
 
 __all__ = ["render_model_card", "is_medical", "RUN_SNIPPET"]
 
@@ -39,6 +40,7 @@ _MEDICAL_WORDS = (
     "patient",
 )
 _METRICS = ("acc", "balanced_acc", "f1_macro", "auroc", "sensitivity", "specificity", "exact_match")
+_SEG_METRICS = ("dice", "iou", "hd95", "acc")  # Dice and IoU of the foreground classes, HD95 in pixels
 
 RUN_SNIPPET = """\
 import json, numpy as np, onnxruntime as ort
@@ -53,6 +55,12 @@ sess = ort.InferenceSession("{model}", providers=["CPUExecutionProvider"])
 logits = sess.run(None, {{pre["input_name"]: x[None].astype(np.float32)}})[0][0]
 print(labels[int(logits.argmax())], logits)
 """
+# a segmenter: the mask is the class index of every pixel, at the model's resolution
+SEG_RUN_SNIPPET = RUN_SNIPPET.replace(
+    "print(labels[int(logits.argmax())], logits)",
+    "mask = logits.argmax(0).astype(np.uint8)  # [H, W] class indices at the model's resolution\n"
+    'Image.fromarray(mask).resize(img.size, Image.NEAREST).save("mask.png")  # back to the image\'s size',
+)
 
 
 def is_medical(card: ModelCard) -> bool:
@@ -68,17 +76,27 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _what(card: ModelCard) -> str:
+    return "2D image segmenter" if card.task is Task.SEGMENTATION else f"{card.task.value} image classifier"
+
+
+def _activation(card: ModelCard) -> str:
+    if card.task is Task.SEGMENTATION:
+        return "per pixel: softmax over the classes gives probabilities, their argmax the mask"
+    return f"{'sigmoid per label' if card.task is Task.MULTILABEL else 'softmax'} gives probabilities"
+
+
 def _overview(m: Manifest, card: ModelCard) -> list[str]:
+    seg = card.task is Task.SEGMENTATION
     inp = m.inputs[0] if m.inputs else None
     macs = f"{card.macs:,}" if card.macs else "n/a"
     return [
         f"# Model card: {m.name}",
         "",
-        f"A {card.task.value} image classifier ({card.spec.name}, {card.params or 0:,} parameters, {macs} MACs "
-        f"per image) with {len(card.label_names)} output(s): {', '.join(card.label_names)}.",
+        f"A {_what(card)} ({card.spec.name}, {card.params or 0:,} parameters, {macs} MACs "
+        f"per image) with {len(card.label_names)} {'class(es)' if seg else 'output(s)'}: {', '.join(card.label_names)}.",
         f"Input `{inp.name}` {inp.shape} {inp.dtype} (see `preprocess.json`); output `{m.outputs[0].name}` "
-        f"{m.outputs[0].shape} raw logits ({'sigmoid per label' if card.task.value == 'multilabel' else 'softmax'}"
-        " gives probabilities)."
+        f"{m.outputs[0].shape} raw logits ({_activation(card)})."
         if inp and m.outputs
         else "",
         f"Made by `{card.lineage.command or 'edgekd'}` (stage: {card.lineage.stage}); exported for target "
@@ -97,10 +115,11 @@ def _data_and_metrics(card: ModelCard) -> list[str]:
         "",
     ]
     lines += ["## Metrics", ""]
-    rows = [(split, vals) for split, vals in card.metrics.items() if isinstance(vals, dict) and "acc" in vals]
+    key, table = ("dice", _SEG_METRICS) if card.task is Task.SEGMENTATION else ("acc", _METRICS)
+    rows = [(split, vals) for split, vals in card.metrics.items() if isinstance(vals, dict) and key in vals]
     if not rows:
         return [*lines, "No metrics were recorded in the model directory.", ""]
-    names = [k for k in _METRICS if any(k in vals for _, vals in rows)]
+    names = [k for k in table if any(k in vals for _, vals in rows)]
     lines += ["| split | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {split} | " + " | ".join(_fmt(vals.get(k, "")) for k in names) + " |" for split, vals in rows]
     return [*lines, ""]
@@ -168,11 +187,12 @@ def _use_and_limits(card: ModelCard, m: Manifest | None = None) -> list[str]:
 def _how_to_run(m: Manifest) -> list[str]:
     onnx_files = [f.name for f in m.files if f.kind == "onnx"]
     model = onnx_files[0] if onnx_files else "model.onnx"
+    snippet = SEG_RUN_SNIPPET if m.task is Task.SEGMENTATION else RUN_SNIPPET
     return [
         "## How to run it (numpy + onnxruntime + PIL)",
         "",
         "```python",
-        RUN_SNIPPET.format(model=model).rstrip(),
+        snippet.format(model=model).rstrip(),
         "```",
         "",
         "PIL's bilinear resize antialiases when shrinking, `preprocess.json` does not: results differ slightly "

@@ -97,8 +97,7 @@ def _value_range(pre: Preprocess) -> list[float]:
 
 def monai_metadata(card: ModelCard, *, versions: dict[str, str], files: dict[str, str], source: str) -> dict:
     """``configs/metadata.json`` for ``card`` (MONAI metadata schema 20240725 plus an ``edgekd`` block)."""
-    pre, n = card.preprocess, len(card.label_names)
-    multilabel = card.task is Task.MULTILABEL
+    pre = card.preprocess
     chan = {str(i): ("image" if pre.in_chans == 1 else f"channel {i}") for i in range(pre.in_chans)}
     return {
         "schema": META_SCHEMA,
@@ -109,7 +108,7 @@ def monai_metadata(card: ModelCard, *, versions: dict[str, str], files: dict[str
         "numpy_version": versions["numpy"],
         "required_packages_version": {"edgekd": versions.get("edgekd", ""), "safetensors": versions["safetensors"]},
         "name": f"edgekd {card.spec.name}",
-        "task": f"{'Multi-label' if multilabel else 'Multi-class'} image classification ({card.task.value})",
+        "task": _task_text(card),
         "description": f"A compact {card.spec.name} student ({card.params or 0:,} parameters) made by edgekd "
         f"(stage {card.lineage.stage}), for edge deployment.",
         "authors": "edgekd",
@@ -142,18 +141,7 @@ def monai_metadata(card: ModelCard, *, versions: dict[str, str], files: dict[str
                     "channel_def": chan,
                 }
             },
-            "outputs": {
-                "pred": {
-                    "type": "logits",
-                    "format": "classes",
-                    "num_channels": n,
-                    "spatial_shape": [1, n],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_onehot": False,
-                    "channel_def": {str(i): name for i, name in enumerate(card.label_names)},
-                }
-            },
+            "outputs": {"pred": _output_format(card)},
         },
         "edgekd": {
             "spec": card.spec.model_dump(mode="json"),
@@ -167,6 +155,41 @@ def monai_metadata(card: ModelCard, *, versions: dict[str, str], files: dict[str
             "files": files,
             "disclaimer": DISCLAIMER,
         },
+    }
+
+
+def _task_text(card: ModelCard) -> str:
+    if card.task is Task.SEGMENTATION:
+        return f"2D image segmentation ({', '.join(card.label_names[1:])} against {card.label_names[0]})"
+    kind = "Multi-label" if card.task is Task.MULTILABEL else "Multi-class"
+    return f"{kind} image classification ({card.task.value})"
+
+
+def _output_format(card: ModelCard) -> dict[str, Any]:
+    """The ``pred`` entry of ``network_data_format``: class logits, or per-pixel logits of a segmenter."""
+    n = len(card.label_names)
+    channels = {str(i): name for i, name in enumerate(card.label_names)}
+    if card.task is Task.SEGMENTATION:  # MONAI's own segmentation bundles describe their output this way
+        return {
+            "type": "image",
+            "format": "segmentation",
+            "num_channels": n,
+            "spatial_shape": list(card.preprocess.input_size),
+            "dtype": "float32",
+            "value_range": [],
+            "is_onehot": False,
+            "is_patch_data": False,
+            "channel_def": channels,
+        }
+    return {
+        "type": "logits",
+        "format": "classes",
+        "num_channels": n,
+        "spatial_shape": [1, n],
+        "dtype": "float32",
+        "value_range": [],
+        "is_onehot": False,
+        "channel_def": channels,
     }
 
 
@@ -194,6 +217,9 @@ def _transforms(pre: Preprocess) -> list[dict[str, Any]]:
 def monai_inference_config(card: ModelCard) -> dict[str, Any]:
     """``configs/inference.json``: the network, its weights, preprocessing, postprocessing and inferer."""
     activation = {"sigmoid": True} if card.task is Task.MULTILABEL else {"softmax": True}
+    post: dict[str, Any] = {"_target_": "Activations", **activation}
+    if card.task is Task.SEGMENTATION:  # the mask: per-pixel softmax, then the class index (AsDiscrete argmax)
+        post = {"_target_": "Compose", "transforms": [post, {"_target_": "AsDiscrete", "argmax": True}]}
     return {
         "imports": ["$import torch"],
         "bundle_root": ".",
@@ -207,7 +233,7 @@ def monai_inference_config(card: ModelCard) -> dict[str, Any]:
         "checkpoint": "$@bundle_root + '/models/model.pt'",
         "load_weights": "$@network.load_state_dict(torch.load(@checkpoint, map_location=@device, weights_only=True))",
         "preprocessing": {"_target_": "Compose", "transforms": _transforms(card.preprocess)},
-        "postprocessing": {"_target_": "Activations", **activation},
+        "postprocessing": post,
         "inferer": {"_target_": "SimpleInferer"},
         "initialize": ["$@load_weights", "$@network.eval()"],
     }
@@ -217,7 +243,7 @@ def _readme(card: ModelCard, files: list[str]) -> str:
     pre = card.preprocess
     return f"""# {card.spec.name} (edgekd student, MONAI Bundle)
 
-{card.task.value} classification of {pre.data_channels}-channel 2D images into: {", ".join(card.label_names)}.
+{_task_text(card)} of {pre.data_channels}-channel 2D images; classes: {", ".join(card.label_names)}.
 
 **Intended use.** {DISCLAIMER}
 

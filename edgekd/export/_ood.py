@@ -37,7 +37,15 @@ from torch.utils.data import Dataset
 from edgekd.data import DataBundle, load_data, make_loader
 from edgekd.errors import ArtifactError
 from edgekd.metrics import probabilities, threshold_for_sensitivity
-from edgekd.monitor import MIN_IMAGES, OOD_QUANTILE, Outputs, Reference, reference_from_outputs, unit_image_statistics
+from edgekd.monitor import (
+    MIN_IMAGES,
+    OOD_QUANTILE,
+    Outputs,
+    Reference,
+    image_probabilities,
+    reference_from_outputs,
+    unit_image_statistics,
+)
 from edgekd.monitor._reference import confidence_of, fit_subset
 from edgekd.specs import ModelCard, Preprocess, Task
 
@@ -137,7 +145,10 @@ def _run(
         stats.append(input_statistics(x, pre))
         targets.append(y.numpy())
     z = np.concatenate(logits)
-    out = Outputs(probabilities(z, task).astype(np.float64), np.concatenate(feats), np.concatenate(stats))
+    probs = (
+        image_probabilities(torch.from_numpy(z), task).numpy() if task is Task.SEGMENTATION else probabilities(z, task)
+    )
+    out = Outputs(probs.astype(np.float64), np.concatenate(feats), np.concatenate(stats))
     return out, z, np.concatenate(targets)
 
 

@@ -5,10 +5,12 @@ Measures, over ``n`` samples and at every checked batch size:
 * ``max_abs`` = max |onnx - ref| over all logits;
 * ``max_rel`` = ``max_abs`` / max |ref| (relative to the largest reference logit, stable near zero);
 * ``top1_agreement`` = share of samples whose arg-max class agrees (multi-label: share of labels whose
-  sign, i.e. the 0.5 sigmoid decision, agrees).
+  sign, i.e. the 0.5 sigmoid decision, agrees; segmentation: share of *pixels* whose arg-max class agrees);
+* ``mask_dice`` (segmentation only) = Dice of the file's argmax masks against the reference's (:func:`mask_dice`).
 
 Tolerances per precision (:data:`TOLERANCES`): FP32 passes with ``max_abs <= 1e-4``; FP16 and INT8 pass
-with ``top1_agreement >= 0.99``, their logit error is reported.
+with ``top1_agreement >= 0.99``, their logit error is reported. Segmentation models (:data:`SEG_TOLERANCES`):
+FP16 and INT8 need pixel agreement ``>= 0.99`` and mask Dice ``>= 0.98``.
 
 Kernels (``kernels=``): ``native`` runs the model as deployed (ONNX Runtime's optimised graph, whose INT8
 kernels depend on the CPU's instruction set, see :mod:`edgekd._cpu`); ``reference`` turns graph optimisation
@@ -45,6 +47,9 @@ from edgekd.specs import Task
 __all__ = [
     "Tolerance",
     "TOLERANCES",
+    "SEG_TOLERANCES",
+    "default_tolerance",
+    "mask_dice",
     "ParityResult",
     "Samples",
     "make_samples",
@@ -65,6 +70,7 @@ class Tolerance(BaseModel):
 
     max_abs: float | None = None
     min_top1: float | None = None
+    min_dice: float | None = None
 
 
 TOLERANCES: dict[Precision, Tolerance] = {
@@ -72,6 +78,33 @@ TOLERANCES: dict[Precision, Tolerance] = {
     Precision.FP16: Tolerance(min_top1=0.99),
     Precision.INT8: Tolerance(min_top1=0.99),
 }
+# Segmentation: the masks must agree: pixel agreement of the argmax masks (``top1_agreement``) and the Dice of
+# the file's masks against the reference's (foreground classes, pooled over the samples).
+SEG_TOLERANCES: dict[Precision, Tolerance] = {
+    Precision.FP32: Tolerance(max_abs=1e-4),
+    Precision.FP16: Tolerance(min_top1=0.99, min_dice=0.98),
+    Precision.INT8: Tolerance(min_top1=0.99, min_dice=0.98),
+}
+
+
+def default_tolerance(precision: Precision, task: Task) -> Tolerance:
+    """The pass criteria of a file of ``precision`` for a model of ``task``."""
+    table = SEG_TOLERANCES if task is Task.SEGMENTATION else TOLERANCES
+    return table[Precision(precision)]
+
+
+def mask_dice(out: np.ndarray, ref: np.ndarray) -> float:
+    """Mean Dice over foreground classes of the argmax masks of ``out`` vs ``ref`` (``[N, K, H, W]`` logits),
+    each class pooled over all samples: ``2 |A & B| / (|A| + |B|)``; a class absent from both is left out
+    (1.0 when every foreground class is)."""
+    a, b = out.argmax(axis=1), ref.argmax(axis=1)
+    scores = []
+    for k in range(1, out.shape[1]):
+        ak, bk = a == k, b == k
+        total = int(ak.sum()) + int(bk.sum())
+        if total:
+            scores.append(2.0 * int((ak & bk).sum()) / total)
+    return float(np.mean(scores)) if scores else 1.0
 
 
 class ParityResult(BaseModel):
@@ -87,6 +120,7 @@ class ParityResult(BaseModel):
     top1_agreement: float
     tolerance: Tolerance
     passed: bool
+    mask_dice: float | None = None  # segmentation: Dice of this file's masks against the reference's
     samples: str = ""
     reference: str = "pytorch"
     kernels: str = "native"
@@ -97,9 +131,11 @@ class ParityResult(BaseModel):
         verdict = "passed" if self.passed else "FAILED"
         where = f" on {self.isa}" if self.isa and self.kernels == "native" else ""
         kernels = " (reference kernels)" if self.kernels == "reference" else where
+        dice = f" mask_dice={self.mask_dice:.4f}" if self.mask_dice is not None else ""
         return (
             f"parity {verdict}: {self.file} [{self.precision.value}]{kernels} max_abs={self.max_abs:.2e} "
-            f"max_rel={self.max_rel:.2e} top1={self.top1_agreement:.4f} n={self.n} "
+            f"max_rel={self.max_rel:.2e} {'pixels' if self.mask_dice is not None else 'top1'}={self.top1_agreement:.4f}"
+            f"{dice} n={self.n} "
             f"batches={self.batch_sizes} tolerance={self.tolerance.model_dump(exclude_none=True)}"
         )
 
@@ -210,8 +246,10 @@ def _agreement(out: np.ndarray, ref: np.ndarray, task: Task) -> float:
     return float((out.argmax(axis=1) == ref.argmax(axis=1)).mean())
 
 
-def _passes(tol: Tolerance, max_abs: float, top1: float) -> bool:
+def _passes(tol: Tolerance, max_abs: float, top1: float, dice: float | None = None) -> bool:
     ok = bool(np.isfinite(max_abs))
+    if tol.min_dice is not None:
+        ok = ok and dice is not None and dice >= tol.min_dice
     if tol.max_abs is not None:
         ok = ok and max_abs <= tol.max_abs
     if tol.min_top1 is not None:
@@ -287,6 +325,8 @@ def parity_check(
     session = ort_session(onnx_path, kernels=kernels)
     sizes, fixed = _batches_for(onnx_path, batch_sizes)
     max_abs, sum_abs, count, top1 = 0.0, 0.0, 0, 1.0
+    seg = card.task is Task.SEGMENTATION
+    dice: float | None = None
     for b in sizes:
         x, r = _fit_to_batch(samples, ref, b) if fixed else (samples, ref)
         out = run_onnx(session, x, b)
@@ -296,7 +336,10 @@ def parity_check(
         max_abs = max(max_abs, float(diff.max()))
         sum_abs, count = sum_abs + float(diff.sum()), count + diff.size
         top1 = min(top1, _agreement(out, r, card.task))
-    tol = tolerance or TOLERANCES[precision]
+        if seg:
+            d = mask_dice(out, r)
+            dice = d if dice is None else min(dice, d)
+    tol = tolerance or default_tolerance(precision, card.task)
     scale = float(np.abs(ref).max()) or 1.0
     return ParityResult(
         file=os.path.basename(str(onnx_path)),
@@ -308,7 +351,8 @@ def parity_check(
         mean_abs=sum_abs / max(count, 1),
         top1_agreement=top1,
         tolerance=tol,
-        passed=_passes(tol, max_abs, top1),
+        passed=_passes(tol, max_abs, top1, dice),
+        mask_dice=dice,
         samples=sample_source,
         reference=ref_kind,
         kernels=kernels,

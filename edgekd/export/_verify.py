@@ -34,10 +34,20 @@ from edgekd.export._bundle import PARITY_FILE
 from edgekd.export._executorch import verify_executorch
 from edgekd.export._manifest import MANIFEST_FILE, Manifest, read_manifest
 from edgekd.export._openvino import verify_openvino
-from edgekd.export._parity import ParityResult, Tolerance, make_samples, ort_session, parity_check, run_onnx
+from edgekd.export._parity import (
+    SEG_TOLERANCES,
+    ParityResult,
+    Tolerance,
+    make_samples,
+    mask_dice,
+    ort_session,
+    parity_check,
+    run_onnx,
+)
 from edgekd.export._tensorrt import run_engine, tensorrt_available
 from edgekd.export._types import Precision
 from edgekd.modeldir import ModelCard, sha256_file, validate_file
+from edgekd.specs import Task
 
 __all__ = ["FileCheck", "VerifyResult", "verify_bundle", "verify_hashes", "check_isa"]
 
@@ -134,10 +144,12 @@ def _stored_parity(root: Path, m: Manifest, res: VerifyResult) -> None:
             if why:
                 res.skipped.append(f"{f.name}: not run ({why}); hash checked")
         else:
-            _engine_parity(root / f.name, x, ref, precision, res)
+            _engine_parity(root / f.name, x, ref, precision, res, m.task)
 
 
-def _engine_parity(path: Path, x: np.ndarray, ref: np.ndarray, precision: Precision, res: VerifyResult) -> None:
+def _engine_parity(
+    path: Path, x: np.ndarray, ref: np.ndarray, precision: Precision, res: VerifyResult, task: Task = Task.MULTICLASS
+) -> None:
 
     if not tensorrt_available():
         res.skipped.append(f"{path.name}: not run (needs TensorRT and a CUDA GPU); hash checked")
@@ -145,8 +157,11 @@ def _engine_parity(path: Path, x: np.ndarray, ref: np.ndarray, precision: Precis
     out = np.concatenate([run_engine(path, x[i : i + 1]) for i in range(len(x))])
     diff = np.abs(out - ref)
     top1 = float((out.argmax(1) == ref.argmax(1)).mean())
-    # TensorRT may use TF32 for FP32 layers: engines are judged by top-1 agreement, the error is reported.
-    tol = Tolerance(min_top1=0.99)
+    # TensorRT may use TF32 for FP32 layers: engines are judged by top-1 agreement, the error is reported; a
+    # segmenter's engine by pixel agreement and mask Dice, like its ONNX files (not run here without a GPU)
+    seg = task is Task.SEGMENTATION
+    dice = mask_dice(out, ref) if seg else None
+    tol = Tolerance(min_top1=0.99, min_dice=SEG_TOLERANCES[Precision.FP16].min_dice if seg else None)
     res.parity.append(
         ParityResult(
             file=path.name,
@@ -158,9 +173,10 @@ def _engine_parity(path: Path, x: np.ndarray, ref: np.ndarray, precision: Precis
             mean_abs=float(diff.mean()),
             top1_agreement=top1,
             tolerance=tol,
-            passed=top1 >= 0.99,
+            passed=top1 >= 0.99 and (dice is None or dice >= (tol.min_dice or 0.0)),
             samples=PARITY_FILE,
             reference="stored logits",
+            mask_dice=dice,
         )
     )
 

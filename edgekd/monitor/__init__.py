@@ -35,6 +35,7 @@ from edgekd.monitor._reference import (
     Outputs,
     Reference,
     compute_reference,
+    image_probabilities,
     logits_and_features,
     model_outputs,
     ood_levels,
@@ -68,4 +69,5 @@ __all__ = [
     "reference_from_outputs",
     "unit_image_statistics",
     "logits_and_features",
+    "image_probabilities",
 ]

@@ -80,6 +80,7 @@ __all__ = [
     "write_reference",
     "read_reference",
     "model_outputs",
+    "image_probabilities",
     "logits_and_features",
     "image_statistics",
     "unit_image_statistics",
@@ -195,19 +196,37 @@ def project(features: np.ndarray, seed: int | None) -> np.ndarray:
     return x @ (rng.standard_normal((x.shape[1], MAX_DIM)) / np.sqrt(MAX_DIM))
 
 
-def _head(model: nn.Module, classes: int) -> nn.Module | None:
-    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == classes]
+def _head(model: nn.Module, classes: int, dense: bool = False) -> nn.Module | None:
+    if dense:  # a segmenter's classifier: the last convolution with one output channel per class
+        heads = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == classes]
+    else:
+        heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == classes]
     return heads[-1] if heads else None
 
 
+def _pooled(t: torch.Tensor, dense: bool) -> torch.Tensor:
+    """Per-image features: a dense map ``[N, C, H, W]`` averaged over its pixels, else flattened."""
+    return t.detach().mean((2, 3)) if dense and t.ndim == 4 else t.detach().flatten(1)
+
+
+def image_probabilities(logits: torch.Tensor, task: Task) -> torch.Tensor:
+    """``[N, K]`` probabilities per image. Segmentation: the per-pixel softmax averaged over the pixels (each
+    class's expected share of the image), so drift is watched on what the masks cover; multi-label: sigmoid;
+    otherwise softmax."""
+    if task is Task.SEGMENTATION:
+        return torch.softmax(logits, 1).mean((2, 3))
+    return torch.sigmoid(logits) if task is Task.MULTILABEL else torch.softmax(logits, 1)
+
+
 @contextmanager
-def _penultimate(model: nn.Module, classes: int):
-    """Capture the input of the classifier (a forward pre-hook, always removed)."""
+def _penultimate(model: nn.Module, classes: int, dense: bool = False):
+    """Capture the input of the classifier (a forward pre-hook, always removed); for a segmenter (``dense``)
+    the input of its last class convolution, averaged over the pixels."""
     captured: list[torch.Tensor] = []
-    head = _head(model, classes)
+    head = _head(model, classes, dense)
     handle = None
     if head is not None:
-        handle = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().flatten(1)))
+        handle = head.register_forward_pre_hook(lambda _m, args: captured.append(_pooled(args[0], dense)))
     try:
         yield captured
     finally:
@@ -255,23 +274,26 @@ def model_outputs(
 ) -> Outputs:
     """Probabilities, penultimate features and image statistics over ``dataset`` (eval mode, restored after).
 
-    The features are the input of the last ``nn.Linear`` with ``classes`` outputs, or the logits without one.
+    The features are the input of the last ``nn.Linear`` with ``classes`` outputs, or the logits without one;
+    for segmentation the input of the last ``nn.Conv2d`` with ``classes`` outputs averaged over the pixels, and
+    the probabilities are :func:`image_probabilities` (each class's expected share of the image).
     """
     was_training = model.training
     model.eval()
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
     probs, feats, stats = [], [], []
+    dense = task is Task.SEGMENTATION
     try:
         for images, _ in make_loader(dataset, batch_size, shuffle=False):
             stats.append(image_statistics(images, preprocess.input_size))
             x = preprocess(images.to(device))
             if p is not None:
                 x = x.to(p.dtype)
-            with _penultimate(model, classes) as captured:
+            with _penultimate(model, classes, dense) as captured:
                 logits = model(x).float()
-            probs.append((torch.sigmoid(logits) if task is Task.MULTILABEL else torch.softmax(logits, 1)).cpu())
-            feats.append((captured[-1] if captured else logits).float().cpu())
+            probs.append(image_probabilities(logits, task).cpu())
+            feats.append((captured[-1] if captured else _pooled(logits, dense)).float().cpu())
     finally:
         model.train(was_training)
     return Outputs(torch.cat(probs).double().numpy(), torch.cat(feats).double().numpy(), torch.cat(stats).numpy())

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,10 @@ from edgekd.errors import InvalidInputError
 from edgekd.metrics import (
     METRIC_NAMES,
     compute_metrics,
+    dice_iou,
+    hd95,
     higher_is_better,
     mask_predictions,
-    per_image_metrics,
     probabilities,
 )
 from edgekd.modeldir import ModelCard
@@ -100,13 +102,13 @@ def resolve_metric(metric: str, task: Task) -> str:
 
 def secondary_metrics(metric: str, task: Task) -> list[str]:
     """The metrics checked against the deciding one: accuracy for a binary AUROC decision, AUROC for a binary
-    accuracy one; for multi-class, accuracy, balanced accuracy and AUROC other than the deciding one; for
-    segmentation Dice and HD95 other than the deciding one; none for multi-label (no paired bootstrap there)."""
+    accuracy one; for multi-class, accuracy, balanced accuracy and AUROC other than the deciding one; none for
+    multi-label (no paired bootstrap there)."""
     task = Task(task)
     if task is Task.MULTILABEL:
         return []
-    if task is Task.SEGMENTATION:  # the outline (HD95) can worsen while the overlap (Dice) improves
-        return [m for m in ("dice", "hd95") if m != metric]
+    if task is Task.SEGMENTATION:  # the outline: HD95 can worsen while the overlap (Dice, IoU) improves
+        return [m for m in ("hd95", "iou") if m != metric]
     if task is Task.BINARY:
         return ["acc"] if metric == "auroc" else ["auroc"]
     return [m for m in ("balanced_acc", "acc", "auroc") if m != metric]
@@ -222,23 +224,36 @@ def _logits(model: Teacher, images: torch.Tensor, batch: int = 256) -> np.ndarra
     return torch.cat([model.logits(images[i : i + batch]).float().cpu() for i in range(0, len(images), batch)]).numpy()
 
 
+def _resized(logits: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Per-pixel logits ``[N, K, h, w]`` resized (bilinear) to ``size`` ``(H, W)``: a segmenter's masks are
+    compared at the labels' (or the other model's) resolution."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    t = torch.nn.functional.interpolate(
+        torch.from_numpy(logits), size=tuple(size), mode="bilinear", align_corners=False
+    )
+    return t.numpy()
+
+
 def _accuracy(logits: np.ndarray, y: np.ndarray, task: Task) -> float:
+    if task is Task.SEGMENTATION:  # pixel accuracy of the masks against the label masks
+        return float((_resized(logits, y.shape[-2:]).argmax(1) == y).mean())
     if task is Task.MULTILABEL:
         return float(((probabilities(logits, task) >= 0.5) == (y > 0.5)).mean())
-    if task is Task.SEGMENTATION:  # pixel accuracy on the masks (score maps resized to them)
-        return float((mask_predictions(logits, y.shape[-2:]) == y).mean())
     return float((logits.argmax(1) == y.reshape(-1)).mean())
 
 
 def _agreement(a: np.ndarray, b: np.ndarray, task: Task) -> float:
+    if task is Task.SEGMENTATION:  # share of pixels whose class agrees, at the first model's resolution
+        return float((a.argmax(1) == _resized(b, a.shape[-2:]).argmax(1)).mean())
     if task is Task.MULTILABEL:
         return float(((a > 0) == (b > 0)).mean())
-    if task is Task.SEGMENTATION:  # per-pixel agreement at the teacher's map size
-        return float((mask_predictions(a, b.shape[-2:]) == b.argmax(1)).mean())
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
 def _confidence(logits: np.ndarray, task: Task) -> np.ndarray:
+    if task is Task.SEGMENTATION:  # per image: the mean over its pixels of the top class probability
+        return torch.softmax(torch.from_numpy(logits), 1).amax(1).mean((1, 2)).numpy()
     p = probabilities(logits, task)
     return np.maximum(p, 1 - p).mean(1) if task is Task.MULTILABEL else p.max(1)
 
@@ -421,7 +436,7 @@ def bootstrap_gains(
     if task is Task.MULTILABEL or not metrics:
         return {}
     if task is Task.SEGMENTATION:
-        return _seg_bootstrap(distilled, baseline, targets, metrics, n=n, seed=seed)
+        return _bootstrap_per_image(distilled, baseline, targets, metrics, n=n, seed=seed)
     y = np.asarray(targets).reshape(-1).astype(int)
     rng = np.random.default_rng(seed)
     gains: dict[str, list[float]] = {m: [] for m in metrics}
@@ -440,22 +455,49 @@ def bootstrap_gains(
     return out
 
 
-def _seg_bootstrap(distilled, baseline, masks, metrics: list[str], *, n: int, seed: int) -> dict:
-    """Segmentation: per-image metric values computed once, their mean difference resampled over images."""
-    names = tuple(m for m in metrics if m != "loss")
-    per_d = [per_image_metrics(a, masks, names) for a in distilled]
-    per_b = [per_image_metrics(b, masks, names) for b in baseline]
-    n_img = len(np.asarray(masks))
+def per_image_scores(logits: np.ndarray, masks: np.ndarray, metric: str) -> np.ndarray:
+    """A segmenter's ``metric`` (``dice``, ``iou``, ``hd95``, ``acc``) per image: the mean over the foreground
+    classes present in that image's mask (:func:`~edgekd.metrics.dice_iou`, :func:`~edgekd.metrics.hd95`);
+    NaN for an image without foreground."""
+    masks = np.asarray(masks)
+    pred = mask_predictions(logits, tuple(masks.shape[-2:]))
+    k = logits.shape[1]
+    if metric == "acc":
+        return (pred == masks).reshape(len(pred), -1).mean(1)
+    if metric == "hd95":
+        per = np.array([[hd95(p == c, g == c) for c in range(1, k)] for p, g in zip(pred, masks)])
+    else:
+        dice, iou = dice_iou(pred, masks, k)
+        per = (dice if metric == "dice" else iou)[:, 1:]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an image without foreground: NaN, left out
+        return np.nanmean(per, axis=1)
+
+
+def _bootstrap_per_image(
+    distilled: list[np.ndarray],
+    baseline: list[np.ndarray],
+    masks: np.ndarray,
+    metrics: list[str],
+    *,
+    n: int,
+    seed: int,
+) -> dict[str, tuple[float, float]]:
+    """The paired bootstrap of :func:`bootstrap_gains` for a segmenter: the validation images are resampled and
+    each metric is the mean of its per-image values (:func:`per_image_scores`) on the draw."""
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_img, size=(n, n_img))
+    rows = len(masks)
+    draws = [rng.integers(0, rows, rows) for _ in range(n)]
     out = {}
-    for m in names:
+    for m in metrics:
         sign = 1.0 if higher_is_better(m) else -1.0
-        with np.errstate(all="ignore"):
-            g = [
-                sign * float(np.mean([np.nanmean(d[m][idx]) - np.nanmean(b[m][idx]) for d, b in zip(per_d, per_b)]))
-                for idx in draws
-            ]
+        diff = np.mean(
+            [per_image_scores(a, masks, m) - per_image_scores(b, masks, m) for a, b in zip(distilled, baseline)],
+            axis=0,
+        )
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            g = np.array([sign * np.nanmean(diff[idx]) for idx in draws])
         if np.isfinite(g).any():
             lo, hi = np.nanpercentile(g, [2.5, 97.5])
             out[m] = (float(lo), float(hi))

@@ -51,7 +51,7 @@ def evaluate_artifact(model: Teacher, data: DataBundle, target_sensitivity: floa
         logits, y = split_logits(model, data, split)
         arrays[f"{split}_logits"], arrays[f"{split}_targets"] = logits, y
         res[split] = compute_metrics(logits, y, data.task)
-        if data.task is not Task.MULTILABEL:
+        if data.task not in (Task.MULTILABEL, Task.SEGMENTATION):  # no per-image calibration bins for masks
             res.setdefault("reliability", {})[split] = reliability_bins(probabilities(logits, data.task), y)
     if data.task is Task.BINARY and data.num_classes == 2:
         res["operating_point"] = operating_point(

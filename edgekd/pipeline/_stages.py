@@ -58,7 +58,7 @@ from edgekd.bench import (
 from edgekd.distill import CacheSettings, DistillConfig, run_training
 from edgekd.export import export_bundle
 from edgekd.importer import import_model
-from edgekd.metrics import compute_metrics
+from edgekd.metrics import compute_metrics, task_select_metric
 from edgekd.pipeline._budget import budget_search_config, run_budget_search
 from edgekd.pipeline._config import BenchSection, HandoffKeep, PipelineConfig
 from edgekd.pipeline._context import (
@@ -546,7 +546,9 @@ def _keep(r: PipelineRunner, st: Stage, resume: bool) -> dict[str, Any]:
     else:
         unmeasured = f"{s.device} is not among the bench devices ({', '.join(devices) or 'none'})"
     metric, parent_val, child_val = _deciding(
-        s.metric, _val_metrics(r, parent_path, False), _val_metrics(r, child_path, s.precision is not None)
+        task_select_metric(s.metric, r.data.task),  # a segmenter's hand-off is judged on Dice
+        _val_metrics(r, parent_path, False),
+        _val_metrics(r, child_path, s.precision is not None),
     )
     d = decide(
         stage=s.child,

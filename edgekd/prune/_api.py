@@ -54,13 +54,14 @@ from edgekd._config import StageConfig
 from edgekd._io import atomic_dir, atomic_write_text, check_output, sha256_file
 from edgekd.data import DataBundle, make_loader
 from edgekd.distill import DEFAULT_LOSSES, LossTexts, TeacherText, TrainConfig, evaluate_split, finetune
+from edgekd.distill._settings import SEG_DEFAULT_LOSSES  # the segmentation defaults (not re-exported)
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, load_model_dir, save_model_dir
 from edgekd.prune._importance import IMPORTANCE, accumulate_gradients
 from edgekd.prune._measure import LatencyFn, ModelStats, WidthProbeFn, model_stats
 from edgekd.prune._pruner import ChannelPruner
 from edgekd.prune._target import PruneTarget
-from edgekd.specs import current_command
+from edgekd.specs import Task, current_command
 from edgekd.students import build_model, capture_structure, count_macs
 from edgekd.teachers import load_teacher
 
@@ -255,6 +256,14 @@ def _make_pruner(
     )
 
 
+def recovery_losses(cfg: PruneConfig, task: Task) -> list[str]:
+    """The recovery losses: as configured, except that a segmenter left at the classification default
+    (``ce + kd``) recovers with the segmentation default (``ce + dice + pixkd``: per-pixel KD)."""
+    if task is Task.SEGMENTATION and list(cfg.losses) == list(DEFAULT_LOSSES):
+        return list(SEG_DEFAULT_LOSSES)
+    return list(cfg.losses)
+
+
 def _recover(
     model: nn.Module,
     card: ModelCard,
@@ -272,7 +281,14 @@ def _recover(
     torch.manual_seed(seed)
     train_cfg = cfg.train.model_copy(update={"epochs": max(1, epochs)})
     hist = finetune(
-        model, card.preprocess, data, train_cfg, work, teacher=teacher, losses=cfg.losses, progress=progress
+        model,
+        card.preprocess,
+        data,
+        train_cfg,
+        work,
+        teacher=teacher,
+        losses=recovery_losses(cfg, card.task),
+        progress=progress,
     )
     return [{"step": step, **h} for h in hist]
 
@@ -492,7 +508,7 @@ def _pruned_card(
         parent_sha256=sha256_file(source / WEIGHTS_FILE),
         data=data.spec,
         teachers=[teacher_ref] if teacher_ref else [],
-        losses=list(cfg.losses) if teacher_ref else ["ce"],
+        losses=recovery_losses(cfg, card.task) if teacher_ref else ["ce"],
         stage="prune",
         notes=notes,
     )

@@ -285,13 +285,17 @@ def _fp16(fp32: Path, work: Path) -> tuple[Path, dict[str, Any]]:
     return dst, {}
 
 
+# Metrics that are no fractions: their change is reported in their own unit (HD95: pixels), not in points.
+_OWN_UNIT = frozenset({"hd95", "loss", "ece_bins"})
+
+
 def _delta(fp32: dict[str, Any], low: dict[str, Any]) -> dict[str, float]:
-    """Low precision minus FP32, in points (x100), for every scalar metric both have."""
+    """Low precision minus FP32, in points (x100), for every scalar metric both have (HD95 in pixels)."""
     out = {}
     for k, v in fp32.items():
         w = low.get(k)
         if isinstance(v, float) and isinstance(w, float) and not (math.isnan(v) or math.isnan(w)):
-            out[k] = 100.0 * (w - v)
+            out[k] = (w - v) if k in _OWN_UNIT else 100.0 * (w - v)
     return out
 
 

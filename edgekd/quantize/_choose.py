@@ -41,6 +41,7 @@ from edgekd.export import ParityResult, Precision, parity_check
 from edgekd.modeldir import ModelCard
 from edgekd.quantize._ptq import Calibration, quantize_onnx
 from edgekd.quantize._targets import QuantScheme, QuantTarget, candidates, native_on, target_for_isa
+from edgekd.specs import Task
 
 __all__ = ["OnnxLatencyFn", "choose_scheme", "kernels_for", "LATENCY_BATCHES"]
 
@@ -82,7 +83,13 @@ def _diagnose(
     tried: list[dict[str, Any]],
 ) -> VerificationError:
     """The error when no scheme passed, naming the cause (kernel overflow, or INT8 itself)."""
-    scores = ", ".join(f"{t['scheme']} top-1 {t['parity']['top1_agreement']:.3f}" for t in tried)
+    seg = card.task is Task.SEGMENTATION  # masks: pixel agreement and mask Dice, not top-1 labels
+    what = "pixels" if seg else "top-1"
+    scores = ", ".join(
+        f"{t['scheme']} {what} {t['parity']['top1_agreement']:.3f}"
+        + (f" mask Dice {t['parity']['mask_dice']:.3f}" if seg and t["parity"].get("mask_dice") is not None else "")
+        for t in tried
+    )
     isa = cpu_isa().isa
     if failed.kernels == "native":
         exact = parity_check(
@@ -98,7 +105,8 @@ def _diagnose(
                 f"quantize with {fix}, or keep the overflowing layers in FP32 with --sensitivity",
             )
     return VerificationError(
-        f"no INT8 scheme of {target.name} keeps top-1 parity >= {failed.tolerance.min_top1} ({scores}, "
+        f"no INT8 scheme of {target.name} keeps {'mask' if seg else 'top-1'} parity "
+        f">= {failed.tolerance.min_top1}{f' / Dice >= {failed.tolerance.min_dice}' if seg else ''} ({scores}, "
         f"{failed.kernels} kernels): the model itself loses accuracy in INT8",
         "try --calibration entropy or percentile, --sensitivity (keeps sensitive layers FP32), or --method qat",
     )

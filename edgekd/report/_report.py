@@ -44,6 +44,7 @@ from edgekd.modeldir import load_model_dir
 from edgekd.report import _figures as figs
 from edgekd.report._gradcam import CAM_METHOD, TOP_FRACTION, cam_agreement, fmt_score, gradcam_maps
 from edgekd.report._html import Page, esc, figure, fmt, paragraph, table
+from edgekd.report._seg import segmentation_sections
 from edgekd.specs import package_versions
 
 __all__ = ["write_report", "read_summary", "REPORT_DIR", "SUMMARY_FILE"]
@@ -110,7 +111,15 @@ def _op(row: dict[str, Any], key: str) -> Any:
     return row.get("operating_point", {}).get(key)
 
 
-_METRIC_LABELS = {"acc": "ACC", "auroc": "AUROC", "balanced_acc": "balanced ACC", "f1_macro": "macro F1"}
+_METRIC_LABELS = {
+    "acc": "ACC",
+    "auroc": "AUROC",
+    "balanced_acc": "balanced ACC",
+    "f1_macro": "macro F1",
+    "dice": "Dice",
+    "iou": "IoU",
+    "hd95": "HD95 (px)",
+}
 
 
 def deciding_metric(run: _Run) -> str:
@@ -125,16 +134,16 @@ def deciding_metric(run: _Run) -> str:
 def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     s = run.summary
     metric = deciding_metric(run)
-    metrics = [metric] + [m for m in ("acc", "auroc") if m != metric]
+    seg = s["task"] == "segmentation"  # masks: Dice, IoU, HD95, pixel accuracy; no operating point nor ECE
+    metrics = [metric] + [m for m in (("dice", "iou", "hd95", "acc") if seg else ("acc", "auroc")) if m != metric]
     batches = sorted({int(b) for r in run.rows for b in r.get("latency", {})})
+    classif = [] if seg else ["sens@op", "spec@op", "ECE"]
     head = [
         "stage",
         "hand-off",
         f"{_METRIC_LABELS.get(metric, metric)} (decides)",
-        *[_METRIC_LABELS[m] for m in metrics[1:]],
-        "sens@op",
-        "spec@op",
-        "ECE",
+        *[_METRIC_LABELS.get(m, m) for m in metrics[1:]],
+        *classif,
         "params",
         "MACs",
         "size MB",
@@ -147,9 +156,7 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
             r["label"],
             ", ".join(r.get("handoff", [])) or "",
             *[_pm(r, "test", m) for m in metrics],
-            _op(r, "sensitivity"),
-            _op(r, "specificity"),
-            r["test"].get("ece"),
+            *([] if seg else [_op(r, "sensitivity"), _op(r, "specificity"), r["test"].get("ece")]),
             r.get("params"),
             r.get("macs"),
             (r.get("size_bytes") or math.nan) / 1e6,
@@ -160,8 +167,14 @@ def _summary_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
     seeds = f"; figures are means ± standard deviations over {s['seeds']} seeds" if s["seeds"] > 1 else ""
     note = (
         f"Test split of <code>{esc(s['data'])}</code>; the KD verdict and the Pareto view use "
-        f"<code>{esc(metric)}</code> (<code>distill.metric</code>). The operating point is the threshold that reaches "
-        f"sensitivity {s['target_sensitivity']:.2f} on validation, applied to test{seeds}. Latency: the benchmark "
+        f"<code>{esc(metric)}</code> (<code>distill.metric</code>). "
+        + (
+            "Masks are scored at the label masks' size (Dice, IoU of the foreground classes; HD95 in pixels)"
+            if seg
+            else f"The operating point is the threshold that reaches sensitivity {s['target_sensitivity']:.2f} on "
+            "validation, applied to test"
+        )
+        + f"{seeds}. Latency: the benchmark "
         f"of the seed-0 artifacts (<code>{esc(s.get('bench') or 'not run')}</code>); speedup is the teacher's p50 over "
         "the stage's at the same batch size (each its fastest runtime when several ran)."
     )
@@ -735,10 +748,15 @@ def write_report(run_dir: str | os.PathLike, *, progress: bool = True) -> Path:
     _kd_section(run, page, pngs)
     _pareto_section(run, page, pngs)
     _size_section(run, page, pngs)
-    _roc_section(run, page, pngs)
-    _calibration_section(run, page, pngs)
-    _curves_section(run, page, pngs)
-    cams = _gradcam_section(run, page, pngs, out)
+    cams: dict[str, Any] = {}
+    if run.summary["task"] == "segmentation":  # masks: Dice/HD95 per stage and overlays replace ROC, ECE, Grad-CAM
+        segmentation_sections(run, page, pngs)
+        _curves_section(run, page, pngs)
+    else:
+        _roc_section(run, page, pngs)
+        _calibration_section(run, page, pngs)
+        _curves_section(run, page, pngs)
+        cams = _gradcam_section(run, page, pngs, out)
     _environment_section(run, page)
     _lineage_section(run, page)
     with atomic_dir(out) as tmp:

@@ -3,7 +3,8 @@
 A modality or PACS sends images by C-STORE (pynetdicom). Each accepted instance is classified by the bundle
 with the same machinery as ``edgekd predict`` (:func:`~edgekd.serve.predict`: the bundle's preprocessing, the
 intended-use check, the out-of-distribution score, the operating threshold) and answered by the result writers
-of the model's task (:mod:`._dicom_sr`: a Comprehensive SR for classification), which are sent to a destination
+of the model's task (:mod:`._dicom_sr`: a Comprehensive SR for classification; :mod:`._dicom_seg`: a DICOM SEG of
+the mask for segmentation, upsampled to the source image's size), which are sent to a destination
 (``--send-to AE@HOST:PORT``, C-STORE SCU) or kept in the outbox.
 
 Nothing accepted is lost. The state lives in one folder (``--outbox DIR``, private to its user, locked by one
@@ -69,6 +70,7 @@ from typing import Any
 
 from edgekd._io import atomic_write_bytes
 from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
+from edgekd.serve._dicom_seg import segmentation_seg  # noqa: F401 (registers the ``seg`` result writer)
 from edgekd.serve._dicom_sr import RESULT_WRITERS, Outcome, ResultUIDs, require_highdicom, uuid_uid, writers_for
 from edgekd.serve._model import LoadedModel
 from edgekd.serve._predict import Skipped, predict
@@ -595,13 +597,14 @@ class DicomNode:
         pynetdicom = require_pynetdicom()
         from pydicom import dcmread
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-        from pynetdicom.sop_class import ComprehensiveSRStorage
+        from pynetdicom.sop_class import ComprehensiveSRStorage, SegmentationStorage
 
         c, dest = self.config, self.config.send_to
         assert dest is not None
         ae = pynetdicom.AE(ae_title=c.ae_title)
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = c.acse_timeout_s, c.dimse_timeout_s, c.network_timeout_s
-        ae.add_requested_context(ComprehensiveSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        for sop_class in (ComprehensiveSRStorage, SegmentationStorage):  # results: SRs, and SEGs of masks
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
             return 0, "association not established (destination down, busy or refusing)"

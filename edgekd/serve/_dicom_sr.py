@@ -2,10 +2,10 @@
 
 A result writer is a function ``(source, outcome, model, uids) -> [Dataset, ...]`` registered in
 :data:`RESULT_WRITERS` under a name; :func:`writers_for` says which writers a task gets. Classification tasks
-(binary, multi-class, multi-label) get ``sr``: a Comprehensive SR. A segmentation task would get ``seg`` (a DICOM
-SEG built with ``highdicom.seg.Segmentation`` referencing the source image) and an optional ``gradcam-sc``
-secondary capture; neither is registered yet, and a bundle whose task has no writer is refused when the node
-starts (:func:`writers_for` raises), never answered with nothing. A Grad-CAM writer needs a PyTorch model (a model
+(binary, multi-class, multi-label) get ``sr``: a Comprehensive SR. The segmentation task gets ``seg`` (a DICOM
+SEG built with ``highdicom.seg.Segmentation`` referencing the source image, :mod:`._dicom_seg`, which registers
+itself here); an optional ``gradcam-sc`` secondary capture is not registered yet. A bundle whose task has no
+writer is refused when the node starts (:func:`writers_for` raises), never answered with nothing. A Grad-CAM writer needs a PyTorch model (a model
 directory: a bundle holds ONNX files only) and ``edgekd.report``, a sibling layer of this one: it would be
 registered here from a layer above both (the CLI), with its name added to the task's writers.
 
@@ -144,7 +144,7 @@ def writers_for(task: Task | str) -> tuple[str, ...]:
     if not names:
         raise InvalidInputError(
             f"the DICOM node has no result writer for {key} models",
-            "classification bundles are answered with an SR; SEG output is not built yet",
+            "classification bundles are answered with an SR, segmentation bundles with a SEG",
         )
     return names
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,9 @@ class Prediction:
         intended_use: the input checked against the model's intended use: ``in-scope``, ``out-of-scope``
             (answered only with ``--allow-out-of-scope``), ``not-checkable`` or ``unrestricted``.
         scope_reason: why, when not in scope.
+        mask: segmentation tasks: the class index of every pixel (``uint8 [H, W]``, at the input image's own
+            size); ``label`` then lists the classes present besides the background (``;``-joined, the
+            background's name when none is) and ``probabilities`` holds each class's fraction of the image area.
     """
 
     source: str
@@ -153,9 +156,13 @@ class Prediction:
     ood_spaces: dict[str, float | None] | None = None
     intended_use: str = "unrestricted"
     scope_reason: str = ""
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "mask"}
+        if self.mask is not None:  # the mask itself goes to a PNG, an OIP tensor or a DICOM SEG, not to JSON
+            out["mask_shape"] = list(self.mask.shape)
+        return out
 
     @property
     def flags(self) -> list[str]:
@@ -252,6 +259,8 @@ class LoadedModel:
         """Labels, per-class probabilities and, for binary tasks, the decision at the operating threshold; with
         the OOD scores and intended-use checks of the rows when given."""
         info = self.info
+        if info.task is Task.SEGMENTATION:
+            return self.segment(logits, sources, ood=ood, scopes=scopes)
         probs = probabilities(logits, info.task)
         out = []
         for i, (src, p) in enumerate(zip(sources, probs)):
@@ -274,6 +283,45 @@ class LoadedModel:
                 decision = info.labels[1] if p[1] >= info.threshold else info.labels[0]
             out.append(Prediction(str(src), label, per_class, decision, **extra))
         return out
+
+    def segment(
+        self,
+        logits: np.ndarray,
+        sources: Sequence[str],
+        *,
+        sizes: Sequence[tuple[int, int]] | None = None,
+        ood: Sequence[OODScore] | None = None,
+        scopes: Sequence[ScopeCheck] | None = None,
+    ) -> list[Prediction]:
+        """Masks of a segmentation model's logits ``[N, K, h, w]``: per-pixel logits resized (bilinear) to each
+        input image's own ``(H, W)`` in ``sizes`` (default: the model's resolution), then the most probable class.
+        """
+        if logits.ndim != 4:
+            raise InvalidInputError(f"{self.info.name}: segmentation logits must be [N, K, H, W], got {logits.shape}")
+        labels = self.info.labels
+        out = []
+        for i, src in enumerate(sources):
+            mask = _mask(logits[i], sizes[i] if sizes is not None else tuple(logits.shape[-2:]))
+            area = np.bincount(mask.ravel(), minlength=len(labels)) / mask.size
+            present = [labels[k] for k in range(1, len(labels)) if area[k] > 0]
+            scope = scopes[i] if scopes is not None else self.check_scope(None)
+            extra: dict[str, Any] = dict(intended_use=scope.status, scope_reason=scope.reason)
+            if ood is not None:
+                s = ood[i].to_json()
+                extra.update(
+                    ood_score=s["ood_score"], out_of_distribution=s["out_of_distribution"], ood_spaces=s["ood_spaces"]
+                )
+            per_class = {name: float(a) for name, a in zip(labels, area)}
+            out.append(Prediction(str(src), ";".join(present) or labels[0], per_class, mask=mask, **extra))
+        return out
+
+
+def _mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[K, h, w]`` logits -> the ``uint8 [H, W]`` argmax mask at ``size`` (logits resized bilinearly first)."""
+    t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None]
+    if tuple(t.shape[-2:]) != tuple(size):
+        t = torch.nn.functional.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
+    return t[0].argmax(0).numpy().astype(np.uint8)
 
 
 def _threshold(task: Task, *sections: Any, where: str, override: float | None) -> tuple[float | None, str]:
@@ -484,7 +532,9 @@ def _load_model_dir(root: Path, *, name: str | None, threshold: float | None) ->
     pre = card.preprocess
     h, w = pre.input_size
     inputs = [TensorInfo(name="input", shape=["batch", pre.in_chans, h, w], dtype="float32")]
-    outputs = [TensorInfo(name="logits", shape=["batch", card.spec.num_classes], dtype="float32")]
+    seg = card.task is Task.SEGMENTATION
+    out_shape = ["batch", card.spec.num_classes, *((h, w) if seg else ())]
+    outputs = [TensorInfo(name="logits", shape=out_shape, dtype="float32")]
     reference = read_reference(root)
     why = "the model directory holds no drift reference (pruned and imported models have none)"
     if reference is not None and reference.meta.get("weights_sha256") not in (None, sha256_file(root / WEIGHTS_FILE)):
@@ -511,10 +561,16 @@ def _load_model_dir(root: Path, *, name: str | None, threshold: float | None) ->
     classes = card.spec.num_classes
 
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        logits, feats = logits_and_features(net, torch.from_numpy(np.ascontiguousarray(feeds["input"])), classes)
+        x = torch.from_numpy(np.ascontiguousarray(feeds["input"]))
+        if seg:  # dense logits: no penultimate feature vector (the OOD score uses the image statistics)
+            with torch.inference_mode():
+                return [net(x).float().numpy()]
+        logits, feats = logits_and_features(net, x, classes)
         return [logits.numpy().astype(np.float32), feats.double().numpy()]
 
-    return LoadedModel(info, pre, inputs, outputs, run, has_features=True, ood=scorer, intended_use=card.intended_use)
+    return LoadedModel(
+        info, pre, inputs, outputs, run, has_features=not seg, ood=scorer, intended_use=card.intended_use
+    )
 
 
 def load_model(

@@ -48,6 +48,7 @@ from edgekd.errors import EdgeKDError, InvalidInputError
 from edgekd.modeldir import atomic_write_text
 from edgekd.serve._fhir import DISCLAIMER, fhir_bundle, require_fhir
 from edgekd.serve._images import InputFile, collect_inputs, decode_image, input_attributes, non_image_reason, read_bytes
+from edgekd.serve._masks import MaskFolder
 from edgekd.serve._model import LoadedModel, ModelInfo, Prediction, load_model
 from edgekd.specs import ScopeCheck
 
@@ -268,6 +269,7 @@ def _run(
     res: PredictResult,
     progress: bool,
     allow_out_of_scope: bool,
+    masks: MaskFolder | None = None,
 ) -> None:
     with _progress(total, progress) as bar:
         task = bar.add_task("predict", total=total)
@@ -287,7 +289,15 @@ def _run(
                     res.skipped.append(Skipped(source, e.message))
             if images:
                 logits, ood = model.forward(model.prepare(images))
-                res.predictions += model.classify(logits, sources, ood=ood, scopes=scopes)
+                if model.info.task is Task.SEGMENTATION:
+                    sizes = [tuple(im.shape[-2:]) for im in images]
+                    preds = model.segment(logits, sources, sizes=sizes, ood=ood, scopes=scopes)
+                    for im, p in zip(images, preds):
+                        if masks is not None and p.mask is not None:
+                            masks.add(p.source, im, p.mask, p.probabilities)
+                else:
+                    preds = model.classify(logits, sources, ood=ood, scopes=scopes)
+                res.predictions += preds
             bar.advance(task, len(chunk))
 
 
@@ -308,6 +318,7 @@ def predict(
     progress: bool = True,
     allow_out_of_scope: bool = False,
     runtime: str | None = None,
+    masks: str | os.PathLike | None = None,
 ) -> PredictResult:
     """Classify images with a bundle (ONNX Runtime) or a model directory (PyTorch) and optionally write them.
 
@@ -323,6 +334,8 @@ def predict(
         progress: a progress bar on stderr for long runs.
         allow_out_of_scope: answer DICOM inputs outside the model's intended use (flagged) instead of refusing
             them; objects that are no image are refused whatever this says.
+        masks: segmentation models: write a folder with each image's class-index mask PNG and colour overlay
+            (:class:`~edgekd.serve._masks.MaskFolder`; checked before any work, replaced only with ``overwrite``).
 
     Returns:
         A :class:`PredictResult`; inputs that could not be read or were refused are in ``skipped`` (and in the
@@ -354,13 +367,21 @@ def predict(
             model, precision=precision, threshold=threshold, verify=verify, threads=threads, runtime=runtime
         )
     )
+    if masks is not None and loaded.info.task is not Task.SEGMENTATION:
+        raise InvalidInputError(f"--masks needs a segmentation model; {loaded.info.name} is {loaded.info.task.value}")
     res = PredictResult(model=loaded.info)
     channels = loaded.preprocess.data_channels
     files = collect_inputs(list(inputs))
     items: list[tuple[str, Any]] = list(_file_items(files, channels, res.skipped))
     if data is not None:
         items += list(_data_items(data, split, channels))
-    _run(loaded, iter(items), len(items), batch, res, progress, allow_out_of_scope)
+    if masks is None:
+        _run(loaded, iter(items), len(items), batch, res, progress, allow_out_of_scope)
+    else:
+        with MaskFolder(
+            masks, overwrite=overwrite, inputs=(*inputs, model if not isinstance(model, LoadedModel) else None)
+        ) as folder:
+            _run(loaded, iter(items), len(items), batch, res, progress, allow_out_of_scope, folder)
     if out is not None:
         res.out = write_predictions(res, out, fhir=fhir, overwrite=overwrite)
     return res

@@ -53,7 +53,7 @@ from edgekd.serve._protocol import (
     parse_infer_request,
     tensor_spec,
 )
-from edgekd.specs import ScopeCheck
+from edgekd.specs import ScopeCheck, Task
 
 __all__ = [
     "ServeConfig",
@@ -189,6 +189,27 @@ def _ood_results(m: LoadedModel, x: Any, results: dict) -> dict:
     }
 
 
+MASK_OUTPUT = "mask"  # segmentation models: the argmax mask, UINT8 [N, H, W] at the model's input resolution
+
+
+def mask_outputs(m: LoadedModel) -> list[TensorSpec]:
+    """The ``mask`` output of a segmentation model (its shape in the metadata: ``[-1, H, W]``), else none."""
+    if m.info.task is not Task.SEGMENTATION:
+        return []
+    h, w = m.preprocess.input_size
+    return [TensorSpec(MASK_OUTPUT, "UINT8", (-1, int(h), int(w)))]
+
+
+def _mask_results(m: LoadedModel, results: dict) -> dict:
+    """``mask``: the class index of every pixel (argmax over the class axis of the logits), as ``uint8``."""
+    import numpy as np
+
+    if m.info.task is not Task.SEGMENTATION:
+        return {}
+    logits = np.asarray(results[m.outputs[0].name])
+    return {MASK_OUTPUT: logits.argmax(axis=1).astype(np.uint8)}
+
+
 class InferenceServer:
     """Routes of the server as coroutines returning :class:`Reply`; start() before use, stop() after."""
 
@@ -208,6 +229,7 @@ class InferenceServer:
                 on_batch=lambda rows, s, name=name: self.metrics.observe_batch(name, rows, s),
             )
             outs = [tensor_spec(t) for t in m.outputs] + (list(OOD_OUTPUTS) if m.ood is not None else [])
+            outs += mask_outputs(m)
             self.models[name] = _Served(m, [tensor_spec(t) for t in m.inputs], outs, batcher)
 
     async def start(self) -> None:
@@ -304,6 +326,7 @@ class InferenceServer:
                 "platform": "onnxruntime_onnx",
                 "inputs": [t.to_json() for t in s.inputs],
                 "outputs": [t.to_json() for t in s.outputs],
+                "parameters": _model_parameters(s.model),
             }
         )
 
@@ -324,6 +347,7 @@ class InferenceServer:
         )
         outputs = await self._run(name, s, req.inputs)
         outputs.update(_ood_results(s.model, req.inputs[s.model.inputs[0].name], outputs))
+        outputs.update(_mask_results(s.model, outputs))
         outputs.pop(FEATURES, None)
         payload, hdrs = encode_infer_response(name, MODEL_VERSION, req, outputs)
         return Reply(200, payload, hdrs)
@@ -343,11 +367,18 @@ class InferenceServer:
         data = self.decode_body(body, headers.get("content-encoding"))
         scope = self._check_scope(m, data)
         try:
-            x = m.prepare([decode_image(data, m.preprocess.data_channels)])
+            image = decode_image(data, m.preprocess.data_channels)
+            x = m.prepare([image])
         except EdgeKDError as e:  # DICOM that cannot be decoded here (no pixel data, no decoder...) is 415
             raise ProtocolError(415 if is_dicom(data) else 400, e.message) from None
         outputs = await self._run(name, s, {m.inputs[0].name: x})
-        pred = m.classify(outputs[m.outputs[0].name], ["request"], ood=m.ood_scores(x, outputs), scopes=[scope])[0]
+        logits, ood = outputs[m.outputs[0].name], m.ood_scores(x, outputs)
+        if m.info.task is Task.SEGMENTATION:
+            if fmt == "fhir":
+                raise ProtocolError(400, "a segmentation model answers with a mask: use format=json (or /infer)")
+            pred = m.segment(logits, ["request"], sizes=[tuple(image.shape[-2:])], ood=ood, scopes=[scope])[0]
+            return _json(_segment_reply(name, pred, m))
+        pred = m.classify(logits, ["request"], ood=ood, scopes=[scope])[0]
         if fmt == "fhir":
             return Reply(
                 200, json.dumps(diagnostic_report(pred, m.info)).encode(), {"Content-Type": "application/fhir+json"}
@@ -397,6 +428,43 @@ class InferenceServer:
     async def metrics_text(self) -> Reply:
         depth = {n: s.batcher.depth for n, s in self.models.items()}
         return Reply(200, self.metrics.render(depth).encode(), {"Content-Type": "text/plain; version=0.0.4"})
+
+
+def _segment_reply(name: str, pred: Any, m: LoadedModel) -> dict[str, Any]:
+    """The JSON answer of ``/classify`` for a segmentation model: the mask as a base64 PNG of class indices
+    at the image's own size, each class's share of the area, and the trust fields of a classification."""
+    import base64
+
+    from edgekd.serve._masks import mask_png
+
+    return {
+        "model_name": name,
+        "model_version": MODEL_VERSION,
+        "label": pred.label,
+        "area": pred.probabilities,
+        "mask_shape": list(pred.mask.shape),
+        "mask_png": base64.b64encode(mask_png(pred.mask)).decode("ascii"),
+        "ood_score": pred.ood_score,
+        "out_of_distribution": pred.out_of_distribution,
+        "intended_use": pred.intended_use,
+        "scope_reason": pred.scope_reason,
+        "flags": pred.flags,
+        "sha256": m.info.sha256,
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def _model_parameters(m: LoadedModel) -> dict[str, Any]:
+    """What a client needs to read the outputs: the task, the class names in logit order and, for
+    segmentation, what the ``mask`` tensor holds."""
+    out: dict[str, Any] = {"task": m.info.task.value, "labels": list(m.info.labels)}
+    if m.info.task is Task.SEGMENTATION:
+        h, w = m.preprocess.input_size
+        out["mask"] = (
+            f"{MASK_OUTPUT}: UINT8 [batch, {h}, {w}], the class index (label order) of every pixel at the model's "
+            "input resolution"
+        )
+    return out
 
 
 def _split_named(given: str) -> tuple[str | None, str]:
