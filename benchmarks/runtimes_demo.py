@@ -194,10 +194,14 @@ def _serve(bundles: dict[str, Path], threads: int) -> dict[str, Any]:
             proc, url = _server(bundles[name], rt, threads)
             try:
                 client = triton_http.InferenceServerClient(url)
-                inp = triton_http.InferInput("input", list(x.shape), "FP32")
-                inp.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32), binary_data=True)
                 model = safe_model_name(read_manifest(bundles[name]).name)
-                logits[rt] = client.infer(model, [inp]).as_numpy("logits")
+                parts, limit = [], 8  # requests within any bundle's maximum batch (the server refuses more)
+                for i in range(0, len(x), limit):
+                    chunk = np.ascontiguousarray(x[i : i + limit], dtype=np.float32)
+                    inp = triton_http.InferInput("input", list(chunk.shape), "FP32")
+                    inp.set_data_from_numpy(chunk, binary_data=True)
+                    parts.append(client.infer(model, [inp]).as_numpy("logits"))
+                logits[rt] = np.concatenate(parts)
                 client.close()
             finally:
                 proc.terminate()

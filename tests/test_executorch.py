@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from edgekd.bench import BenchSettings, benchmark
 from edgekd.cli import app
 from edgekd.data import load_data
-from edgekd.errors import ArtifactError, DependencyError
+from edgekd.errors import ArtifactError, DependencyError, InvalidInputError
 from edgekd.export import Precision, export_bundle, read_manifest, verify_bundle
 from edgekd.export._executorch import (
     calibration_samples,
@@ -143,3 +143,20 @@ def test_missing_executorch_is_exit_5_naming_the_extra(monkeypatch, tiny_model_d
     assert r.exit_code == 5 and "edgekd[executorch]" in r.output
     r = runner.invoke(app, ["predict", str(fp32), "--data", SYNTH, "--runtime", "executorch"])
     assert r.exit_code == 5 and "edgekd[executorch]" in r.output
+
+
+def test_a_program_nobody_holds_no_longer_blocks_resizing_the_thread_pool(fp32):
+    """The pool is process-wide; a program dropped without release() (a finished predict) is forgotten when
+    collected, while one still held keeps the count fixed."""
+    from edgekd.export._executorch import load_pte, set_et_threads
+
+    pte = fp32 / "model.pte"
+    before = et_threads()
+    other = 2 if before != 2 else 1
+    held = load_pte(pte, threads=before)
+    with pytest.raises(InvalidInputError, match=r"while \d+ program"):
+        set_et_threads(other)
+    del held  # dropped, never released
+    load_pte(pte, threads=other).release()
+    assert et_threads() == other
+    set_et_threads(before)

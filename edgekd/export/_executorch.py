@@ -39,6 +39,7 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ def set_et_threads(threads: int) -> None:
     if et_threads() == threads:
         return
     if _LIVE[0] > 0:
+        gc.collect()  # programs nobody holds any more (a finished predict) are released when collected
+    if _LIVE[0] > 0:
         raise InvalidInputError(
             f"cannot resize ExecuTorch's thread pool to {threads} while {_LIVE[0]} program(s) are loaded "
             f"(it has {et_threads()})",
@@ -142,6 +145,10 @@ def set_et_threads(threads: int) -> None:
     from executorch.extension.pybindings import portable_lib
 
     portable_lib._unsafe_reset_threadpool(int(threads))
+
+
+def _forget_program() -> None:
+    _LIVE[0] -= 1
 
 
 class LoadedProgram:
@@ -159,6 +166,7 @@ class LoadedProgram:
         except Exception as e:  # the runtime raises RuntimeError with its own error codes
             raise ArtifactError(f"ExecuTorch cannot load {path}: {str(e).strip().splitlines()[0]}") from e
         _LIVE[0] += 1
+        self._released = weakref.finalize(self, _forget_program)  # also when dropped without release()
         self.path = Path(path)
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -169,7 +177,7 @@ class LoadedProgram:
         if self.method is not None:
             self.method = self.program = None
             gc.collect()  # the pybind objects free the XNNPACK runtime when collected
-            _LIVE[0] -= 1
+            self._released()
 
     def __enter__(self) -> LoadedProgram:
         return self
