@@ -89,7 +89,7 @@ def _export(run: Path, work: Path, reuse: bool) -> tuple[dict[str, Path], dict[s
             if reuse and (dest / "manifest.json").is_file():
                 pass
             elif name == "int8":  # each runtime on its own: one failing INT8 parity leaves the other measured
-                failed.update(_add_int8(source, dest))
+                failed.update(_add_int8(source, dest, run))
             else:
                 export_bundle(source, dest, formats=formats, overwrite=True, log=print)
             out[name] = dest
@@ -99,17 +99,24 @@ def _export(run: Path, work: Path, reuse: bool) -> tuple[dict[str, Path], dict[s
     return out, failed
 
 
-def _add_int8(source: Path, dest: Path) -> dict[str, str]:
+def _add_int8(source: Path, dest: Path, run: Path) -> dict[str, str]:
     from edgekd.errors import EdgeKDError
-    from edgekd.export import add_executorch, add_openvino
+    from edgekd.export import add_executorch, add_openvino, read_manifest
+
+    # the model directory the INT8 bundle was quantized from, in this run (the manifest records the path the
+    # pipeline was given, relative to where it ran)
+    m = read_manifest(source)
+    recorded = Path(str((m.extra.get("quantization") or {}).get("source") or m.extra.get("source") or ""))
+    model_dir = recorded if (recorded / "edgekd.json").is_file() else run / recorded.name
 
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source, dest)
     failed = {}
-    for fmt, add in (("openvino", add_openvino), ("executorch", add_executorch)):
+    adders = (("openvino", add_openvino, {}), ("executorch", add_executorch, {"model_dir": model_dir}))
+    for fmt, add, kwargs in adders:
         try:
-            add(dest, log=print)  # atomic: a failed parity leaves the bundle as it was
+            add(dest, log=print, **kwargs)  # atomic: a failed parity leaves the bundle as it was
         except EdgeKDError as e:
             failed[f"int8/{fmt}"] = str(e)
             print(f"int8: no {fmt} file: {e}")
