@@ -24,16 +24,11 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from edgekd._config import StageConfig
 from edgekd.distill import TrainConfig
 from edgekd.errors import InvalidInputError
 from edgekd.search import (
-    HalvingConfig,
-    Percentile,
-    ProfileSettings,
+    BudgetSettings,
     SearchConfig,
-    SearchSpace,
-    load_space,
     parse_duration,
     run_search,
 )
@@ -43,25 +38,11 @@ __all__ = ["BudgetSection", "SEARCH_DIR", "budget_search_config", "run_budget_se
 SEARCH_DIR = "search"
 
 
-class BudgetSection(StageConfig):
-    """The ``budget:`` section (see the module docstring)."""
+class BudgetSection(BudgetSettings):
+    """The ``budget:`` section (see the module docstring): the search's :class:`~edgekd.search.BudgetSettings`
+    and its time limit (``30m``, ``1h`` or seconds)."""
 
-    budget_ms: float = Field(gt=0)
-    batch: int = Field(1, ge=1)
-    percentile: Percentile = Percentile.P50
-    backends: list[str] | None = None
-    target: str = "cpu-x86"
-    space: SearchSpace = Field(default_factory=SearchSpace)
-    device_table: str | None = None
-    margin: float = Field(0.05, ge=0, lt=0.5)
-    time_limit: float = Field(1800.0, gt=0)  # seconds; 30m, 1h
-    halving: HalvingConfig = Field(default_factory=HalvingConfig)
-    profile: ProfileSettings = Field(default_factory=ProfileSettings)
-
-    @field_validator("space", mode="before")
-    @classmethod
-    def _space_file(cls, v: Any) -> Any:
-        return load_space(v) if isinstance(v, str) else v
+    time_limit: float = Field(1800.0, gt=0)
 
     @field_validator("time_limit", mode="before")
     @classmethod

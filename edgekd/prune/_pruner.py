@@ -74,8 +74,9 @@ def _build_pruner(model: nn.Module, example: torch.Tensor, importance: str, **kw
     except Exception as e:  # Torch-Pruning raises assorted errors (ZeroDivisionError, KeyError) on untraceable ops
         raise InvalidInputError(
             f"Torch-Pruning cannot trace the channel dependencies of this model ({type(e).__name__}: {e})",
-            "architectures with channel shuffles or reshapes of the channel axis (ShuffleNet) are not supported; "
-            "keep the offending blocks with --keep, or prune another architecture",
+            "an operation of this model is one Torch-Pruning cannot follow (channel shuffles or reshapes of the "
+            "channel axis as in ShuffleNet, or a layer type it does not know, as in MONAI's BasicUNet); keep the "
+            "offending blocks with --keep, or prune another architecture",
         ) from e
 
 

@@ -13,7 +13,15 @@ Example:
     >>> result = run_search(cfg, "runs/search")
 """
 
-from edgekd.search._config import Engine, HalvingConfig, Percentile, SearchConfig, load_space, parse_duration
+from edgekd.search._config import (
+    BudgetSettings,
+    Engine,
+    HalvingConfig,
+    Percentile,
+    SearchConfig,
+    load_space,
+    parse_duration,
+)
 from edgekd.search._predict import LatencyPredictor, fit_predictor, mape
 from edgekd.search._report import pareto_front, write_search_report
 from edgekd.search._result import ArrayTask, CandidateRecord, ChosenModel, SearchResult
@@ -41,6 +49,7 @@ from edgekd.search._table import (
 from edgekd.search._train import Training, segment_key, teacher_identity
 
 __all__ = [
+    "BudgetSettings",
     "SearchConfig",
     "Engine",
     "HalvingConfig",

@@ -98,7 +98,46 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
     return SearchSpace.build(path, section="space" if "space" in raw else None)
 
 
-class SearchConfig(StageConfig):
+class BudgetSettings(StageConfig):
+    """A latency budget and what may be searched under it: the fields :class:`SearchConfig` (`edgekd search`) and
+    the pipeline's ``budget:`` section share (see :class:`SearchConfig` for each)."""
+
+    budget_ms: float = Field(gt=0)
+    batch: int = Field(1, ge=1)
+    percentile: Percentile = Percentile.P50
+    backends: list[str] | None = None
+    target: str = "cpu-x86"
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    device_table: str | None = None
+    margin: float = Field(0.05, ge=0, lt=0.5)
+    halving: HalvingConfig = Field(default_factory=HalvingConfig)
+    profile: ProfileSettings = Field(default_factory=ProfileSettings)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space_file(cls, v: Any) -> Any:
+        return load_space(v) if isinstance(v, (str, os.PathLike)) else v
+
+    @field_validator("device_table", mode="before")
+    @classmethod
+    def _table_path(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _comma(cls, v: Any) -> Any:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("backends")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        for r in v or ():
+            if r not in RUNTIMES:
+                raise ValueError(f"unknown backend {r!r} for the search; use {', '.join(RUNTIMES)}")
+        return v
+
+
+class SearchConfig(BudgetSettings):
     """Everything a latency-budget search needs besides its output directory.
 
     Attributes:
@@ -133,49 +172,21 @@ class SearchConfig(StageConfig):
 
     data: str = "pneumoniamnist"
     teacher: str = Field(min_length=1)
-    budget_ms: float = Field(gt=0)
-    batch: int = Field(1, ge=1)
-    percentile: Percentile = Percentile.P50
-    backends: list[str] | None = None
-    target: str = "cpu-x86"
-    space: SearchSpace = Field(default_factory=SearchSpace)
-    device_table: str | None = None
-    margin: float = Field(0.05, ge=0, lt=0.5)
     time_limit_s: float = Field(1800.0, gt=0)
-    halving: HalvingConfig = Field(default_factory=HalvingConfig)
     losses: list[str] = Field(default_factory=lambda: list(DEFAULT_LOSSES), min_length=1)
     train: TrainConfig = Field(default_factory=_student_train)
-    profile: ProfileSettings = Field(default_factory=ProfileSettings)
     cache_teacher: bool = True
     engine: Engine = Engine.LOCAL
-
-    @field_validator("space", mode="before")
-    @classmethod
-    def _space_file(cls, v: Any) -> Any:
-        return load_space(v) if isinstance(v, (str, os.PathLike)) else v
 
     @field_validator("time_limit_s", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration(v)
 
-    @field_validator("teacher", "device_table", "data", mode="before")
+    @field_validator("teacher", "data", mode="before")
     @classmethod
     def _path(cls, v: Any) -> Any:
         return os.fspath(v) if isinstance(v, os.PathLike) else v
-
-    @field_validator("backends", mode="before")
-    @classmethod
-    def _comma(cls, v: Any) -> Any:
-        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
-
-    @field_validator("backends")
-    @classmethod
-    def _known(cls, v: list[str] | None) -> list[str] | None:
-        for r in v or ():
-            if r not in RUNTIMES:
-                raise ValueError(f"unknown backend {r!r} for the search; use {', '.join(RUNTIMES)}")
-        return v
 
     @property
     def resolved_space(self) -> SearchSpace:
