@@ -405,3 +405,15 @@ def test_halving_keeps_the_better_third_and_the_zoo_model_as_it_is(tmp_path, tin
     second = {t.label for t in trainings if t.rung == 1}
     assert len(first) == 4 and reached == 2
     assert second == {first[0].label, "tinycnn-d4-w1"}  # ceil(4/4) = 1 best, plus the zoo's tinycnn as it is
+
+
+def test_the_budget_section_shares_the_search_fields_and_their_checks():
+    from pydantic import ValidationError
+
+    from edgekd.pipeline._budget import BudgetSection
+    from edgekd.search import BudgetSettings, SearchConfig
+
+    assert issubclass(BudgetSection, BudgetSettings) and issubclass(SearchConfig, BudgetSettings)
+    assert BudgetSection(budget_ms=1, time_limit="30m", backends="ort,openvino").backends == ["ort", "openvino"]
+    with pytest.raises(ValidationError, match="unknown backend 'bogus'"):
+        BudgetSection(budget_ms=1, backends="ort,bogus")
