@@ -275,6 +275,61 @@ def _fit_to_batch(x: np.ndarray, ref: np.ndarray, batch: int) -> tuple[np.ndarra
     return x[idx], ref[idx]
 
 
+@dataclass
+class Comparison:
+    """A runtime's outputs compared with the reference logits over the batch sizes tried: the running figures of a
+    :class:`ParityResult` (:func:`parity_check` for ONNX Runtime, ``runtime_parity`` for OpenVINO and ExecuTorch)."""
+
+    task: Task
+    max_abs: float = 0.0
+    sum_abs: float = 0.0
+    count: int = 0
+    top1: float = 1.0
+    dice: float | None = None  # segmentation: the lowest mask Dice over the batch sizes
+
+    def add(self, out: np.ndarray, ref: np.ndarray) -> None:
+        diff = np.abs(out - ref)
+        self.max_abs = max(self.max_abs, float(diff.max()) if diff.size else 0.0)
+        self.sum_abs, self.count = self.sum_abs + float(diff.sum()), self.count + diff.size
+        self.top1 = min(self.top1, _agreement(out, ref, self.task))
+        if self.task is Task.SEGMENTATION:
+            d = mask_dice(out, ref)
+            self.dice = d if self.dice is None else min(self.dice, d)
+
+    def result(
+        self,
+        *,
+        file: str,
+        precision: Precision,
+        n: int,
+        batch_sizes: list[int],
+        ref: np.ndarray,
+        tolerance: Tolerance | None,
+        sample_source: str,
+        reference: str,
+        kernels: str,
+    ) -> ParityResult:
+        tol = tolerance or default_tolerance(precision, self.task)
+        scale = float(np.abs(ref).max()) or 1.0
+        return ParityResult(
+            file=file,
+            precision=precision,
+            n=n,
+            batch_sizes=batch_sizes,
+            max_abs=self.max_abs,
+            max_rel=self.max_abs / scale,
+            mean_abs=self.sum_abs / max(self.count, 1),
+            top1_agreement=self.top1,
+            tolerance=tol,
+            passed=_passes(tol, self.max_abs, self.top1, self.dice),
+            mask_dice=self.dice,
+            samples=sample_source,
+            reference=reference,
+            kernels=kernels,
+            isa=cpu_isa().isa,
+        )
+
+
 def parity_check(
     onnx_path: str | os.PathLike,
     model: nn.Module | None,
@@ -324,37 +379,21 @@ def parity_check(
         raise InvalidInputError(f"{len(ref)} reference logits for {len(samples)} samples")
     session = ort_session(onnx_path, kernels=kernels)
     sizes, fixed = _batches_for(onnx_path, batch_sizes)
-    max_abs, sum_abs, count, top1 = 0.0, 0.0, 0, 1.0
-    seg = card.task is Task.SEGMENTATION
-    dice: float | None = None
+    cmp = Comparison(card.task)
     for b in sizes:
         x, r = _fit_to_batch(samples, ref, b) if fixed else (samples, ref)
         out = run_onnx(session, x, b)
         if out.shape != r.shape:
             raise InvalidInputError(f"ONNX output shape {out.shape} differs from the reference {r.shape}")
-        diff = np.abs(out - r)
-        max_abs = max(max_abs, float(diff.max()))
-        sum_abs, count = sum_abs + float(diff.sum()), count + diff.size
-        top1 = min(top1, _agreement(out, r, card.task))
-        if seg:
-            d = mask_dice(out, r)
-            dice = d if dice is None else min(dice, d)
-    tol = tolerance or default_tolerance(precision, card.task)
-    scale = float(np.abs(ref).max()) or 1.0
-    return ParityResult(
+        cmp.add(out, r)
+    return cmp.result(
         file=os.path.basename(str(onnx_path)),
         precision=precision,
         n=len(samples),
         batch_sizes=sizes,
-        max_abs=max_abs,
-        max_rel=max_abs / scale,
-        mean_abs=sum_abs / max(count, 1),
-        top1_agreement=top1,
-        tolerance=tol,
-        passed=_passes(tol, max_abs, top1, dice),
-        mask_dice=dice,
-        samples=sample_source,
+        ref=ref,
+        tolerance=tolerance,
+        sample_source=sample_source,
         reference=ref_kind,
         kernels=kernels,
-        isa=cpu_isa().isa,
     )

@@ -25,12 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekd._cpu import cpu_isa
 from edgekd.errors import ArtifactError, VerificationError
 from edgekd.export._bundle import MODEL_CARD_FILE, PARITY_FILE, BundleFile
 from edgekd.export._manifest import MANIFEST_FILE, Manifest, ManifestFile, read_manifest
 from edgekd.export._model_card import render_model_card
-from edgekd.export._parity import ParityResult, Tolerance, _agreement, _passes, default_tolerance, mask_dice
+from edgekd.export._parity import Comparison, ParityResult, Tolerance
 from edgekd.export._types import Precision
 from edgekd.modeldir import ModelCard, atomic_dir, atomic_write_text, sha256_file, validate_file
 from edgekd.specs import Task
@@ -68,37 +67,23 @@ def runtime_parity(
     """
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     ref = np.asarray(ref, dtype=np.float32)
-    max_abs, sum_abs, count, top1 = 0.0, 0.0, 0, 1.0
-    dice: float | None = None
-    for b in sorted({int(b) for b in batch_sizes}):
+    cmp = Comparison(task)
+    sizes = sorted({int(b) for b in batch_sizes})
+    for b in sizes:
         out = np.asarray(run(samples, b), dtype=np.float32)
         if out.shape != ref.shape:
             raise VerificationError(f"{file}: output shape {out.shape} differs from the reference {ref.shape}")
-        diff = np.abs(out - ref)
-        max_abs = max(max_abs, float(diff.max()) if diff.size else 0.0)
-        sum_abs, count = sum_abs + float(diff.sum()), count + diff.size
-        top1 = min(top1, _agreement(out, ref, task))
-        if task is Task.SEGMENTATION:
-            d = mask_dice(out, ref)
-            dice = d if dice is None else min(dice, d)
-    tol = tolerance or default_tolerance(Precision(precision), task)
-    scale = float(np.abs(ref).max()) or 1.0
-    return ParityResult(
+        cmp.add(out, ref)
+    return cmp.result(
         file=file,
         precision=Precision(precision),
         n=len(samples),
-        batch_sizes=sorted({int(b) for b in batch_sizes}),
-        max_abs=max_abs,
-        max_rel=max_abs / scale,
-        mean_abs=sum_abs / max(count, 1),
-        top1_agreement=top1,
-        tolerance=tol,
-        passed=_passes(tol, max_abs, top1, dice),
-        mask_dice=dice,
-        samples=sample_source,
+        batch_sizes=sizes,
+        ref=ref,
+        tolerance=tolerance,
+        sample_source=sample_source,
         reference=reference,
         kernels=kernels,
-        isa=cpu_isa().isa,
     )
 
 
