@@ -2,7 +2,8 @@
 
 Checks, on the page as the browser built it (``--dump-dom`` after the load event):
 
-* every section of the report is present (``edgekd.report.SECTION_IDS``) and has content;
+* every section of the report is present (``edgekd.report.section_ids`` of the run's task, with the search
+  section for a budget run; read from ``RUN/summary.json`` beside ``RUN/report``) and has content;
 * every image decoded (the page's own load script records ``data-images-loaded`` / ``data-images-total``);
 * nothing was fetched from the network (the page has no ``http`` source, script or stylesheet).
 
@@ -19,6 +20,7 @@ Exit status 0 when every check passed, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -29,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_json  # noqa: E402
 
-from edgekd.report import SECTION_IDS  # noqa: E402
+from edgekd.report import SECTION_IDS, section_ids  # noqa: E402
 
 FLAGS = [
     "--headless",
@@ -78,11 +80,20 @@ def screenshot(binary: str, page: Path, png: Path, profile: Path, height: int) -
     subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True)
 
 
-def check(dom: str) -> dict:
+def expected_sections(page: Path) -> tuple[str, ...]:
+    """The sections the run's report must have (its summary.json says the task and whether it searched)."""
+    summary = page.parent.parent / "summary.json"
+    if not summary.is_file():
+        return SECTION_IDS
+    s = json.loads(summary.read_text())
+    return section_ids(s.get("task", "binary"), search=bool(s.get("search")))
+
+
+def check(dom: str, ids: tuple[str, ...] = SECTION_IDS) -> dict:
     body = re.search(r"<body([^>]*)>", dom)
     attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1))) if body else {}
     sections = {}
-    for sid in SECTION_IDS:
+    for sid in ids:
         m = re.search(rf'<section id="{sid}">(.*?)</section>', dom, re.S)
         sections[sid] = {
             "present": bool(m),
@@ -110,7 +121,8 @@ def main() -> int:
     binary = chromium()
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="edgekd-chromium-") as profile:
-        result = check(dump_dom(binary, page, Path(profile)))
+        ids = expected_sections(page)
+        result = check(dump_dom(binary, page, Path(profile)), ids)
         png = args.out.with_suffix(".png")
         png.parent.mkdir(parents=True, exist_ok=True)
         screenshot(binary, page, png, Path(profile), args.height)
@@ -118,7 +130,7 @@ def main() -> int:
     write_json(args.out, result)
     missing = [s for s, v in result["sections"].items() if not v["present"]]
     print(
-        f"sections: {len(SECTION_IDS) - len(missing)}/{len(SECTION_IDS)} present{' (missing ' + ', '.join(missing) + ')' if missing else ''}; "
+        f"sections: {len(ids) - len(missing)}/{len(ids)} present{' (missing ' + ', '.join(missing) + ')' if missing else ''}; "
         f"images loaded {result['images_loaded']}/{result['images_total']}; remote references {len(result['remote_refs'])}; "
         f"{'OK' if result['ok'] else 'FAILED'}"
     )

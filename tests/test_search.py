@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from edgekd.cli import app
 from edgekd.errors import ArtifactError, InvalidInputError
 from edgekd.modeldir import read_card
+from edgekd.report import section_ids
 from edgekd.search import (
     Architecture,
     Candidate,
@@ -95,7 +97,9 @@ def test_config_reads_durations_and_refuses_unread_epochs():
 # -- predictor and Pareto front -----------------------------------------------------------------------------------
 
 
-def _entry(i: int, macs: int, params: int, act: int, ms: float, batch: int = 1) -> TableEntry:
+def _entry(
+    i: int, macs: int, params: int, act: int, ms: float, batch: int = 1, layers: int | None = None
+) -> TableEntry:
     arch = Architecture(family="small:tinycnn", model="small:tinycnn", kwargs={"widths": [8 * (i + 1)]})
     c = Candidate(arch=arch, precision=Precision.FP32, runtime="ort")
     return TableEntry(
@@ -106,6 +110,7 @@ def _entry(i: int, macs: int, params: int, act: int, ms: float, batch: int = 1) 
         macs=macs,
         params=params,
         act_bytes=act,
+        layers=layers,
         percentiles={"p50": ms, "p90": ms * 1.1, "p95": ms, "p99": ms},
         mean_ms=ms,
         n=10,
@@ -124,6 +129,23 @@ def test_predictor_recovers_a_known_additive_cost_model():
     assert pred.n_holdout == 6 and pred.holdout_mape < 0.5
     assert pred.predict("ort", "fp32", 10**7, 10**5, 10**6, 1) == pytest.approx(truth(1e7, 1e5, 1e6), rel=0.01)
     assert pred.predict("ort", "int8", 10**7, 10**5, 10**6, 1) is None  # a group the table never measured
+
+
+def test_predictor_prices_each_layer():
+    # a small network's latency is mostly a fixed cost per layer: two networks of equal MACs, one twice as deep,
+    # differ by that cost; without the layer term no additive model could tell them apart
+    rng = np.random.default_rng(3)
+    truth = lambda m, n: 0.005 + 1.5 * m / 1e9 + 0.004 * n  # noqa: E731
+    rows = [(int(rng.integers(1e5, 2e7)), int(rng.integers(3, 60))) for _ in range(24)]
+    entries = [_entry(i, m, 1000, 1000, truth(m, n), layers=n) for i, (m, n) in enumerate(rows)]
+    pred = fit_predictor(entries)
+    assert pred.holdout_mape < 0.5
+    shallow = pred.predict("ort", "fp32", 10**6, 1000, 1000, 1, layers=5)
+    deep = pred.predict("ort", "fp32", 10**6, 1000, 1000, 1, layers=50)
+    assert shallow == pytest.approx(truth(1e6, 5), rel=0.02) and deep == pytest.approx(truth(1e6, 50), rel=0.02)
+    # a table written before layers were recorded still fits and predicts (the layer term is zero)
+    old = [_entry(i, m, 1000, 1000, 0.01 + 2 * m / 1e9) for i, (m, _) in enumerate(rows)]
+    assert fit_predictor(old).predict("ort", "fp32", 10**7, 1000, 1000, 1) == pytest.approx(0.03, rel=0.02)
 
 
 def test_predictor_error_is_the_noise_it_is_given():
@@ -208,6 +230,7 @@ def test_device_profile_writes_a_latency_table(tiny_table):
     small = next(e for e in table.entries if e.label.startswith("tinycnn-d2-w0.5"))
     big = next(e for e in table.entries if e.label.startswith("tinycnn-d2-w1"))
     assert small.macs < big.macs and small.params < big.params
+    assert small.layers == big.layers == 3  # tinycnn at depth 2: two convolutions and the classifier
 
 
 def test_read_table_refuses_other_files(tmp_path):
@@ -303,7 +326,7 @@ def test_a_table_for_another_input_is_refused(tmp_path, tiny_model_dir, tiny_tab
 # -- `budget:` in a pipeline file ---------------------------------------------------------------------------------
 
 
-def _budget_pipeline(tmp_path, budget: dict):
+def _budget_pipeline(tmp_path, budget: dict, report: dict | None = None):
     cfg = {
         "name": "budget",
         "data": SYNTH,
@@ -315,7 +338,7 @@ def _budget_pipeline(tmp_path, budget: dict):
         "quantize": [],
         "export": None,
         "bench": None,
-        "report": {"enabled": False},
+        "report": report or {"enabled": False},
     }
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -331,10 +354,21 @@ def test_a_budget_section_makes_edgekd_run_search_for_its_student(tmp_path):
         "profile": FAST_PROFILE,
         "space": {"families": [{"model": "small:tinycnn", "widths": [0.5], "depths": [2]}], "prune": False},
     }
-    r = runner.invoke(app, ["run", str(_budget_pipeline(tmp_path, budget)), "--out", str(tmp_path / "run"), "-q"])
+    report = {"gradcam_images": 2, "gradcam_misclassified": 0}
+    path = _budget_pipeline(tmp_path, budget, report)
+    r = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run"), "-q"])
     assert r.exit_code == 0, r.output
     run = tmp_path / "run"
     result = json.loads((run / "search" / "search.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["search"] == "search/search.json"
+    # the run's report carries the search: its section in page order, the Pareto figure, the chosen model
+    html = (run / "report" / "index.html").read_text()
+    ids = re.findall(r'<section id="([\w-]+)">', html)
+    assert tuple(ids) == section_ids(summary["task"], search=True) and ids[1] == "search"
+    part = html.split('<section id="search">')[1].split("</section>")[0]
+    assert "tinycnn-d2-w0.5/fp32/ort" in part and "measured again" in part and "data:image/png;base64," in part
+    assert (run / "report" / "figures" / "search.png").stat().st_size > 1000
     assert result["chosen"]["label"] == "tinycnn-d2-w0.5/fp32/ort" and result["chosen"]["meets_budget"]
     assert read_card(run / "student").spec.kwargs == {"widths": [8, 16]}  # the searched student goes on
     record = json.loads((run / "stages" / "student.json").read_text())

@@ -38,6 +38,7 @@ from edgekd._io import MARKER_FILE, atomic_write_text
 from edgekd._progress import stderr_console
 from edgekd.bench import check_gate, load_report
 from edgekd.errors import ArtifactError, InvalidInputError, RegressionError
+from edgekd.pipeline._budget import SEARCH_DIR
 from edgekd.pipeline._config import PipelineConfig, config_from_mapping, load_pipeline_config
 from edgekd.pipeline._context import (
     BENCH_FILE,
@@ -55,6 +56,7 @@ from edgekd.pipeline._handoff import KEEP_PREFIX, HandoffDecision, HandoffSummar
 from edgekd.pipeline._runtimes import bench_artifacts
 from edgekd.pipeline._stages import Row, plan, report_stage, rows_of
 from edgekd.quantize import TARGETS
+from edgekd.search import SEARCH_FILE
 from edgekd.specs import package_versions
 
 __all__ = ["run_pipeline", "prepare_run_dir", "build_summary", "RunSummary", "TableRow", "Latency"]
@@ -134,6 +136,7 @@ class RunSummary(BaseModel):
     kd: dict[str, Any] = Field(default_factory=dict)
     handoff: HandoffSummary = Field(default_factory=HandoffSummary)
     bench: str | None = None
+    search: str | None = None  # a budget run: the search's search.json, relative to the run directory
     regressions: list[str] = Field(default_factory=list)
     stages: list[StageOutcome] = Field(default_factory=list)
     report: str | None = None
@@ -375,6 +378,11 @@ def _handoff(runner: PipelineRunner, rows: list[TableRow]) -> HandoffSummary:
     return HandoffSummary(decisions=list(decisions.values()), targets=handoffs, recheck=lines)
 
 
+def _search_file(runner: PipelineRunner) -> str | None:
+    rel = f"{SEARCH_DIR}/{SEARCH_FILE}"
+    return rel if runner.cfg.budget is not None and runner.path(rel).is_file() else None
+
+
 def build_summary(runner: PipelineRunner) -> RunSummary:
     """The final table from the evaluations, the benchmark, the hand-off decisions and the KD comparison."""
     cfg, data = runner.cfg, runner.data
@@ -393,6 +401,7 @@ def build_summary(runner: PipelineRunner) -> RunSummary:
         kd=json.loads(kd_path.read_text()) if kd_path.is_file() else {},
         handoff=_handoff(runner, rows),
         bench=BENCH_FILE if runner.path(BENCH_FILE).is_file() else None,
+        search=_search_file(runner),
         regressions=_regressions(runner),
         stages=list(runner.outcomes),
         report=REPORT_FILE if cfg.report.enabled and runner.report_fn else None,

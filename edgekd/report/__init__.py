@@ -21,7 +21,7 @@ from edgekd.report._gradcam import (
     fmt_score,
     gradcam_maps,
 )
-from edgekd.report._html import SECTION_IDS
+from edgekd.report._html import SECTION_IDS, SEG_SECTION_IDS, section_ids
 from edgekd.report._report import REPORT_DIR, read_summary, write_report
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "read_summary",
     "REPORT_DIR",
     "SECTION_IDS",
+    "SEG_SECTION_IDS",
+    "section_ids",
     "gradcam_maps",
     "cam_agreement",
     "fmt_score",

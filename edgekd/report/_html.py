@@ -18,10 +18,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Page", "table", "figure", "paragraph", "esc", "fmt", "SECTION_IDS"]
+__all__ = ["Page", "table", "figure", "paragraph", "esc", "fmt", "SECTION_IDS", "SEG_SECTION_IDS", "section_ids"]
 
-# Every section the report writes, in order (the render check looks for each).
+# Every section the report writes, in order (the render check looks for each): a classifier's, a segmenter's
+# (Dice / IoU / HD95 per stage and mask overlays instead of ROC, calibration and Grad-CAM), and "search" after the
+# summary when the run searched for its student under a latency budget (``budget:``).
 SECTION_IDS = ("summary", "kd", "pareto", "size", "roc", "calibration", "curves", "gradcam", "environment", "lineage")
+SEG_SECTION_IDS = ("summary", "kd", "pareto", "size", "seg-metrics", "overlays", "curves", "environment", "lineage")
+
+
+def section_ids(task: str, *, search: bool = False) -> tuple[str, ...]:
+    """The sections of the report of a run of ``task`` (``summary.json["task"]``), in page order."""
+    ids = SEG_SECTION_IDS if task == "segmentation" else SECTION_IDS
+    return (ids[0], "search", *ids[1:]) if search else ids
+
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1280px;padding:0 24px 48px;

@@ -9,6 +9,10 @@ in ``RUN/report/figures/`` and the Grad-CAM scores in ``RUN/report/gradcam.json`
   at the operating point, ECE, params, MACs, size, p50/p90 latency per batch, speedup against the teacher), the
   KD verdict, and each hand-off decision: its line, and the interleaved latencies and validation metric of child
   and parent that decided it (``summary.json["handoff"]``);
+* **search** (a run with ``budget:``): the latency-budget search that chose the student: the accuracy against
+  measured latency of every trained candidate with its Pareto front and the budget line, the chosen model at its
+  latency measured again on its bundle, the hand-configured alternatives, the predictor's held-out error and
+  every candidate with its latency (measured or predicted) and how far it trained;
 * **kd**: is the teacher helping: distilled against no-teacher student on val and test (spread over seeds),
   the verdict, the evidence and suggestions, a grid of augmented training views;
 * **pareto**: test AUROC against latency per batch size, the teacher as reference;
@@ -43,8 +47,9 @@ from edgekd.errors import ArtifactError
 from edgekd.modeldir import load_model_dir
 from edgekd.report import _figures as figs
 from edgekd.report._gradcam import CAM_METHOD, TOP_FRACTION, cam_agreement, fmt_score, gradcam_maps
-from edgekd.report._html import Page, esc, figure, fmt, paragraph, table
+from edgekd.report._html import Page, esc, figure, fmt, paragraph, section_ids, table
 from edgekd.report._seg import segmentation_sections
+from edgekd.search import CANDIDATE_COLUMNS, SearchResult, candidate_rows, pareto_png, selection_metric
 from edgekd.specs import package_versions
 
 __all__ = ["write_report", "read_summary", "REPORT_DIR", "SUMMARY_FILE"]
@@ -280,6 +285,81 @@ def _handoff_parts(s: dict[str, Any]) -> list[str]:
         table(["deployment target", "device", "hand-off"], targets),
     ]
     return parts
+
+
+def _search_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
+    """The latency-budget search that chose the student (``summary.json["search"]``)."""
+    path = run.path(run.summary["search"])
+    try:
+        result = SearchResult.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(
+            f"{path} is not a readable search result: {str(e).splitlines()[0]}", "re-run `edgekd run`"
+        ) from None
+    metric = selection_metric(result)
+    pngs["search"] = pareto_png(result, metric)
+    c, pred = result.chosen, result.predictor
+    head = (
+        f"Budget {result.budget_ms:.4g} ms ({result.percentile} of one batch of {result.batch}); "
+        f"{len(result.candidates)} candidates, {sum(r.fits for r in result.candidates)} within the budget "
+        f"(the others never trained), {len(result.trainings)} trainings over {result.rungs_reached} rung(s) of "
+        f"successive halving in {result.wall_s:.0f} s"
+        + (" (time limit reached)" if result.time_limit_reached else "")
+        + "."
+    )
+    verdict = (
+        f'<div class="verdict {"good" if c.meets_budget else "bad"}">Chosen: {esc(c.label)}, measured again on '
+        f"its bundle at {c.measured_ms:.4g} ms ({'meets' if c.meets_budget else 'misses'} the budget); "
+        f"val {esc(metric)} {fmt(c.val.get(metric))}, test {esc(metric)} {fmt(c.test.get(metric))}"
+        + (
+            f"; pruned to the budget as a last step (MACs kept {c.pruned.get('macs_kept', math.nan):.3f})"
+            if c.pruned
+            else ""
+        )
+        + ".</div>"
+        if c is not None
+        else '<div class="verdict bad">No model was chosen (nothing trained within the time limit).</div>'
+    )
+    alts = [
+        [
+            r.label,
+            fmt(r.latency_ms),
+            r.latency_source,
+            r.trained_epochs,
+            fmt(r.val.get(metric)),
+            fmt(r.test.get(metric)),
+        ]
+        for r in result.candidates
+        if r.candidate.arch.key in result.alternatives and r.deployed and r.fits
+    ]
+    err = (
+        f"{pred.holdout_mape:.1f} % mean absolute percentage error on {pred.n_holdout} held-out measured candidates"
+        if pred.holdout_mape is not None
+        else "not estimated (too few measured candidates)"
+    )
+    rows = candidate_rows(result, metric)
+    page.section(
+        "search",
+        "Latency-budget search",
+        verdict,
+        paragraph(head),
+        figure(
+            pngs["search"],
+            f"Validation {metric} against the latency of every trained candidate (the table's, measured with random "
+            "weights, or predicted), the Pareto front, the budget line, the hand-configured alternatives (each "
+            "family's zoo model as it is) and the chosen model at its latency measured again.",
+        ),
+        paragraph(f"Latency predictor (fitted on the device table): {err}."),
+        table(["hand-configured alternative", "ms", "latency", "epochs", f"val {metric}", f"test {metric}"], alts)
+        if alts
+        else paragraph("No hand-configured alternative fits the budget."),
+        table([h.format(metric=metric) for h in CANDIDATE_COLUMNS], [cells for cells, _ in rows]),
+        paragraph(
+            f"Every candidate by latency; the chosen one is {esc(c.label) if c else 'none'}. Full record: "
+            f"<code>{esc(run.summary['search'])}</code>.",
+            "muted",
+        ),
+    )
 
 
 def _augment_grid(run: _Run, n: int) -> bytes | None:
@@ -745,6 +825,8 @@ def write_report(run_dir: str | os.PathLike, *, progress: bool = True) -> Path:
     )
     pngs: dict[str, bytes] = {}
     _summary_section(run, page, pngs)
+    if run.summary.get("search"):
+        _search_section(run, page, pngs)
     _kd_section(run, page, pngs)
     _pareto_section(run, page, pngs)
     _size_section(run, page, pngs)
@@ -759,6 +841,8 @@ def write_report(run_dir: str | os.PathLike, *, progress: bool = True) -> Path:
         cams = _gradcam_section(run, page, pngs, out)
     _environment_section(run, page)
     _lineage_section(run, page)
+    expected = section_ids(run.summary["task"], search=bool(run.summary.get("search")))
+    assert tuple(sid for sid, _, _ in page.sections) == expected, "report sections out of step with section_ids"
     with atomic_dir(out) as tmp:
         (tmp / MARKER_FILE).write_text("edgekd report\n")
         (tmp / "figures").mkdir()

@@ -23,7 +23,14 @@ from edgekd.search._config import (
     parse_duration,
 )
 from edgekd.search._predict import LatencyPredictor, fit_predictor, mape
-from edgekd.search._report import pareto_front, write_search_report
+from edgekd.search._report import (
+    CANDIDATE_COLUMNS,
+    candidate_rows,
+    pareto_front,
+    pareto_png,
+    selection_metric,
+    write_search_report,
+)
 from edgekd.search._result import ArrayTask, CandidateRecord, ChosenModel, SearchResult
 from edgekd.search._search import SEARCH_FILE, run_search, run_search_task
 from edgekd.search._space import (
@@ -42,6 +49,7 @@ from edgekd.search._table import (
     ProfileSettings,
     TableEntry,
     arch_features,
+    count_layers,
     profile_device,
     read_table,
     write_table,
@@ -69,6 +77,7 @@ __all__ = [
     "ProfileSettings",
     "TableEntry",
     "arch_features",
+    "count_layers",
     "profile_device",
     "read_table",
     "write_table",
@@ -86,5 +95,9 @@ __all__ = [
     "ChosenModel",
     "SEARCH_FILE",
     "pareto_front",
+    "pareto_png",
+    "candidate_rows",
+    "CANDIDATE_COLUMNS",
+    "selection_metric",
     "write_search_report",
 ]

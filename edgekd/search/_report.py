@@ -15,7 +15,14 @@ from pathlib import Path
 from edgekd._io import atomic_write_bytes, atomic_write_text
 from edgekd.search._result import CandidateRecord, SearchResult
 
-__all__ = ["pareto_front", "write_search_report"]
+__all__ = [
+    "pareto_front",
+    "pareto_png",
+    "candidate_rows",
+    "CANDIDATE_COLUMNS",
+    "selection_metric",
+    "write_search_report",
+]
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -28,12 +35,18 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def selection_metric(result: SearchResult) -> str:
+    """The validation metric the search ranked its candidates by."""
+    return str(result.config.get("train", {}).get("select_metric", "auroc"))
+
+
 def _score(r: CandidateRecord, metric: str) -> float | None:
     v = r.val.get(metric, r.val.get("acc"))
     return float(v) if v is not None else None
 
 
-def _figure(result: SearchResult, metric: str) -> bytes:
+def pareto_png(result: SearchResult, metric: str) -> bytes:
+    """The accuracy-against-latency figure (``DIR/pareto.png``; the run report embeds it too)."""
     import io
 
     import matplotlib
@@ -88,11 +101,14 @@ def _figure(result: SearchResult, metric: str) -> bytes:
     return buf.getvalue()
 
 
-def _rows(result: SearchResult, metric: str) -> str:
+CANDIDATE_COLUMNS = ("candidate", "ms", "latency", "fits", "epochs", "val {metric}")
+
+
+def candidate_rows(result: SearchResult, metric: str) -> list[tuple[list[str], bool]]:
+    """Every candidate by latency: its cells (:data:`CANDIDATE_COLUMNS`) and whether it is the chosen one."""
     out = []
     for r in sorted(result.candidates, key=lambda r: (r.latency_ms is None, r.latency_ms or 0.0)):
         score = _score(r, metric)
-        chosen = result.chosen is not None and result.chosen.label == r.label
         cells = [
             r.label,
             f"{r.latency_ms:.4g}" if r.latency_ms is not None else "-",
@@ -101,6 +117,13 @@ def _rows(result: SearchResult, metric: str) -> str:
             str(r.trained_epochs or "-"),
             f"{score:.4f}" if score is not None else "-",
         ]
+        out.append((cells, result.chosen is not None and result.chosen.label == r.label))
+    return out
+
+
+def _rows(result: SearchResult, metric: str) -> str:
+    out = []
+    for cells, chosen in candidate_rows(result, metric):
         style = ' style="font-weight:bold"' if chosen else ""
         out.append(f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(out)
@@ -109,8 +132,8 @@ def _rows(result: SearchResult, metric: str) -> str:
 def write_search_report(result: SearchResult, out: str | Path) -> Path:
     """Write ``out/pareto.png`` and ``out/report.html``; returns the page."""
     out = Path(out)
-    metric = str(result.config.get("train", {}).get("select_metric", "auroc"))
-    atomic_write_bytes(out / "pareto.png", _figure(result, metric))
+    metric = selection_metric(result)
+    atomic_write_bytes(out / "pareto.png", pareto_png(result, metric))
     c = result.chosen
     chosen = (
         f"<p>Chosen: <b>{html.escape(c.label)}</b>, measured again on its bundle: {c.measured_ms:.4g} ms "

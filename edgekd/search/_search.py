@@ -53,6 +53,7 @@ from edgekd.search._table import (
     DeviceTable,
     arch_features,
     check_shape,
+    count_layers,
     profile_device,
     random_card,
     read_table,
@@ -120,7 +121,7 @@ def _latencies(
         else:
             model = build_model(random_card(c.arch, shape, table.num_classes).spec)
             macs, params, act = arch_features(model, shape)
-            ms = predictor.predict(c.runtime, c.precision.value, macs, params, act, cfg.batch)
+            ms = predictor.predict(c.runtime, c.precision.value, macs, params, act, cfg.batch, count_layers(model))
             source = "predicted" if ms is not None else "unknown"
         fits = ms is not None and ms <= limit
         records.append(

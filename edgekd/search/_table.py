@@ -9,7 +9,7 @@ ExecuTorch bundle (:func:`edgekd.export.export_bundle`); then everything is time
 in one call (warm-up, timed loop, percentiles; the same machine state for all), at each batch size.
 
 The JSON records the device fingerprint (CPU model, ISA flags, threads), the runtime versions, the input shape,
-each candidate's spec, MACs, parameters, activation bytes and its latency percentiles.
+each candidate's spec, MACs, parameters, activation bytes, layer count and its latency percentiles.
 
 Example:
     >>> table = profile_device(default_space(), ProfileSettings(batches=[1, 32]))
@@ -49,6 +49,7 @@ __all__ = [
     "write_table",
     "read_table",
     "arch_features",
+    "count_layers",
     "random_card",
     "check_shape",
 ]
@@ -92,6 +93,7 @@ class TableEntry(BaseModel):
     macs: int
     params: int
     act_bytes: int
+    layers: int | None = None  # convolutions and linear layers (one kernel launch each); None in older tables
     percentiles: dict[str, float]
     mean_ms: float
     n: int
@@ -128,6 +130,14 @@ def random_card(arch: Architecture, shape: Sequence[int], num_classes: int) -> M
     return ModelCard(spec=spec, task=task, label_names=labels, preprocess=pre, lineage=Lineage(stage="random"))
 
 
+def count_layers(model: torch.nn.Module) -> int:
+    """Convolutions and linear layers: each is one kernel call at run time (normalisation and activations fold
+    into them), whose fixed cost dominates a small network's latency."""
+    return sum(
+        isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)) for m in model.modules()
+    )
+
+
 def arch_features(model: torch.nn.Module, shape: Sequence[int]) -> tuple[int, int, int]:
     """MACs, parameters and activation bytes (FP32 outputs of every leaf module) of one sample."""
     total = [0]
@@ -153,12 +163,13 @@ def _random_inputs(shape: Sequence[int], n: int = 16) -> np.ndarray:
 
 def _files(
     arch: Architecture, cands: list[Candidate], cfg: ProfileSettings, work: Path
-) -> tuple[dict[str, tuple[Path, str, str | None]], tuple[int, int, int]]:
-    """The file each candidate of ``arch`` runs (path, backend, bundle precision) and the arch's features."""
+) -> tuple[dict[str, tuple[Path, str, str | None]], tuple[int, int, int, int]]:
+    """The file each candidate of ``arch`` runs (path, backend, bundle precision) and the arch's features (MACs,
+    parameters, activation bytes, layers)."""
     torch.manual_seed(0)
     card = random_card(arch, cfg.input_shape, cfg.num_classes)
     model = build_model(card.spec).eval()
-    feats = arch_features(model, cfg.input_shape)
+    feats = (*arch_features(model, cfg.input_shape), count_layers(model))
     out: dict[str, tuple[Path, str, str | None]] = {}
     fp32 = work / f"{arch.key}-fp32.onnx"
     export_onnx(model, card, fp32)
@@ -240,7 +251,7 @@ def profile_device(space: SearchSpace, cfg: ProfileSettings | None = None, *, pr
 def _time_group(
     group: list[Candidate],
     files: dict[str, tuple[Path, str, str | None]],
-    feats: tuple[int, int, int],
+    feats: tuple[int, int, int, int],
     cfg: ProfileSettings,
     settings: BenchSettings,
     progress: bool,
@@ -269,6 +280,7 @@ def _time_group(
                     macs=feats[0],
                     params=feats[1],
                     act_bytes=feats[2],
+                    layers=feats[3],
                     percentiles={"p50": s.p50_ms, "p90": s.p90_ms, "p95": s.p95_ms, "p99": s.p99_ms},
                     mean_ms=s.mean_ms,
                     n=s.n,
