@@ -9,8 +9,10 @@ a fixed per-call overhead, compute, activation traffic and weight traffic (the r
 CACM 2009) and a fixed cost per layer (convolutions and linear layers: one kernel call each, normalisation and
 activations folded in), with non-negative coefficients so that a bigger network is never predicted faster. The
 per-layer term is what a small network's latency is made of: on the bundled 28 px data a ResNet-14 at half width
-has fewer MACs than a ResNet-8 at full width and runs slower; without it the held-out error of the default
-space's table on a 2-vCPU EPYC was 27 %, with it 16 % (mean over 20 seeded quarter hold-outs). nn-Meter (Zhang et
+has fewer MACs than a ResNet-8 at full width and runs slower. On the default space's tables of a 2-vCPU EPYC
+(benchmarks/search_budget.py, 2026-12-07) it lowered the held-out error from 34 % to 29 % at batch 1 and from 33 %
+to 24 % at batch 32 (means over 20 seeded quarter hold-outs); what remains is timing noise of 0.01-10 ms calls on
+a shared machine and kernel effects of channel counts a linear model does not see. nn-Meter (Zhang et
 al., MobiSys 2021) predicts per fused kernel instead; a per-network model is enough to cover the candidates a
 table lacks. Tables written before the layer count was recorded predict without it. The error is measured, not assumed: :func:`fit_predictor` holds out a seeded quarter of the measured
 entries, fits on the rest and reports the mean absolute percentage error (MAPE) on the held-out ones; the
