@@ -129,5 +129,7 @@ def test_tiny_lung_pipeline_end_to_end(tmp_path):
     assert kd["metric"] == "dice" and len(kd["gain_val_ci"]) == 2 and "dice" in kd["message"]
     html = (tmp_path / "run" / "report" / "index.html").read_text()
     assert tuple(re.findall(r'<section id="([\w-]+)">', html)) == SEG_SECTION_IDS == section_ids("segmentation")
+    curves = html.split('<section id="curves">')[1].split("</section>")[0]
+    assert "validation Dice per epoch" in curves and "AUROC" not in curves  # a segmenter's history holds val_dice
     assert "roc" not in {p.stem for p in (tmp_path / "run" / "report" / "figures").glob("*.png")}
     assert (tmp_path / "run" / "report" / "figures" / "overlays.png").stat().st_size > 1000

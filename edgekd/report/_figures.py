@@ -231,7 +231,9 @@ def curves_png(stages: Sequence[dict[str, Any]]) -> bytes:
                 ms=3,
             )
     ax_loss.set_title("training loss (all terms, weighted)")
-    ax_val.set_title("validation AUROC")
+    names = {"val_auroc": "AUROC", "val_acc": "accuracy", "val_dice": "Dice", "val_iou": "IoU", "val_hd95": "HD95 (px)"}
+    shown = sorted({names.get(m, m[4:]) for m in (s.get("metric", "val_auroc") for s in stages)})
+    ax_val.set_title(f"validation {' / '.join(shown)}")
     for ax in (ax_loss, ax_val):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (pruning: recovery epochs, all steps)")

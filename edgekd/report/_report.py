@@ -620,6 +620,7 @@ def _calibration_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
 
 
 def _curves_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
+    deciding = deciding_metric(run)  # a segmenter's history holds val_dice, a classifier's val_auroc
     stages = []
     for r in run.rows:
         hists = [
@@ -628,18 +629,21 @@ def _curves_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
             if run.path(h).is_file()
         ]
         if hists:
-            metric = "val_auroc" if any("val_auroc" in h for h in hists[0]) else "val_acc"
+            metric = next(
+                (m for m in (f"val_{deciding}", "val_auroc", "val_acc") if any(m in h for h in hists[0])), "val_acc"
+            )
             stages.append({"label": r["label"], "histories": hists, "metric": metric})
     if not stages:
         page.section("curves", "Training curves", paragraph("No stage of this run trained."))
         return
     pngs["curves"] = figs.curves_png(stages)
+    names = sorted({_METRIC_LABELS.get(s["metric"][4:], s["metric"][4:]) for s in stages})
     page.section(
         "curves",
         "Training curves",
         figure(
             pngs["curves"],
-            "Training loss and validation AUROC per epoch of every stage that trained (thin "
+            f"Training loss and validation {' / '.join(names)} per epoch of every stage that trained (thin "
             "lines: other seeds). Pruning recovery epochs follow one another across pruning steps.",
         ),
     )
