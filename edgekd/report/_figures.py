@@ -204,7 +204,7 @@ def reliability_png(diagrams: Sequence[dict[str, Any]]) -> bytes:
 
 
 def curves_png(stages: Sequence[dict[str, Any]]) -> bytes:
-    """Training loss and validation metric per epoch: ``{"label", "histories": [[{epoch, loss, val_auroc}...]]}``."""
+    """Training loss and validation metric per epoch: ``{"label", "histories", "metric", "metric_label"}`` per stage."""
     fig = Figure(figsize=(12, 4), layout="constrained")
     ax_loss, ax_val = fig.subplots(1, 2)
     for i, s in enumerate(stages):
@@ -231,9 +231,7 @@ def curves_png(stages: Sequence[dict[str, Any]]) -> bytes:
                 ms=3,
             )
     ax_loss.set_title("training loss (all terms, weighted)")
-    names = {"val_auroc": "AUROC", "val_acc": "accuracy", "val_dice": "Dice", "val_iou": "IoU", "val_hd95": "HD95 (px)"}
-    shown = sorted({names.get(m, m[4:]) for m in (s.get("metric", "val_auroc") for s in stages)})
-    ax_val.set_title(f"validation {' / '.join(shown)}")
+    ax_val.set_title(f"validation {' / '.join(sorted({s.get('metric_label', 'AUROC') for s in stages}))}")
     for ax in (ax_loss, ax_val):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (pruning: recovery epochs, all steps)")

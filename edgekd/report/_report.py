@@ -632,12 +632,13 @@ def _curves_section(run: _Run, page: Page, pngs: dict[str, bytes]) -> None:
             metric = next(
                 (m for m in (f"val_{deciding}", "val_auroc", "val_acc") if any(m in h for h in hists[0])), "val_acc"
             )
-            stages.append({"label": r["label"], "histories": hists, "metric": metric})
+            label = _METRIC_LABELS.get(metric[4:], metric[4:])
+            stages.append({"label": r["label"], "histories": hists, "metric": metric, "metric_label": label})
     if not stages:
         page.section("curves", "Training curves", paragraph("No stage of this run trained."))
         return
     pngs["curves"] = figs.curves_png(stages)
-    names = sorted({_METRIC_LABELS.get(s["metric"][4:], s["metric"][4:]) for s in stages})
+    names = sorted({s["metric_label"] for s in stages})
     page.section(
         "curves",
         "Training curves",

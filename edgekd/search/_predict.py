@@ -12,11 +12,12 @@ per-layer term is what a small network's latency is made of: on the bundled 28 p
 has fewer MACs than a ResNet-8 at full width and runs slower. On the default space's tables of a 2-vCPU EPYC
 (benchmarks/search_budget.py, 2026-12-07) it lowered the held-out error from 34 % to 29 % at batch 1 and from 33 %
 to 24 % at batch 32 (means over 20 seeded quarter hold-outs); what remains is timing noise of 0.01-10 ms calls on
-a shared machine and kernel effects of channel counts a linear model does not see. nn-Meter (Zhang et
-al., MobiSys 2021) predicts per fused kernel instead; a per-network model is enough to cover the candidates a
-table lacks. Tables written before the layer count was recorded predict without it. The error is measured, not assumed: :func:`fit_predictor` holds out a seeded quarter of the measured
-entries, fits on the rest and reports the mean absolute percentage error (MAPE) on the held-out ones; the
-predictor it returns is then refitted on all of them.
+a shared machine and kernel effects of channel counts a linear model does not see. nn-Meter (Zhang et al.,
+MobiSys 2021) predicts per fused kernel instead; a per-network model is enough to cover the candidates a table
+lacks. Tables written before the layer count was recorded predict without it. The error is measured, not
+assumed: :func:`fit_predictor` holds out a seeded quarter of the measured entries, fits on the rest and reports
+the mean absolute percentage error (MAPE) on the held-out ones; the predictor it returns is then refitted on all
+of them.
 
 Example:
     >>> pred = fit_predictor(table.entries, percentile="p50")
