@@ -512,6 +512,65 @@ def test_augment_geometry_matches_torch():
     assert torch.equal(turned, torch.rot90(square, -1, (1, 2)))
 
 
+def test_augment_zoom_matches_torch_affine_grid():
+    """Zoom about the centre is torch's affine_grid/grid_sample with theta = I / scale (align_corners=True)."""
+    import torch.nn.functional as F
+
+    aug = AugmentedDataset([], Augment(scale=0.5), seed=0)
+    base = {**aug.params(0, 0), "pad": 0, "dy": 0, "dx": 0, "flip": False, "angle": 0.0, "gamma": 1.0}
+    yy, xx = np.mgrid[0:17, 0:17]
+    image = torch.from_numpy(((yy * 13 + xx * 7) % 256).astype(np.uint8)[None])  # smooth: no reflection reached
+    for zoom in (1.25, 1.5):
+        theta = torch.tensor([[[1 / zoom, 0.0, 0.0], [0.0, 1 / zoom, 0.0]]])
+        grid = F.affine_grid(theta, (1, 1, 17, 17), align_corners=True)
+        ref = F.grid_sample(image.float()[None], grid, mode="bilinear", align_corners=True)[0]
+        ours = aug.apply(image, {**base, "scale": zoom})
+        assert (ours.float() - ref.round()).abs().max() <= 1  # the same map; rounding of x.5 may differ
+    # zoom in by 2 about the centre of a 5 x 5 ramp: the centre stays, the edges come from the middle half
+    ramp = torch.arange(5, dtype=torch.uint8).mul(50).expand(1, 5, 5).contiguous()
+    zoomed = aug.apply(ramp, {**base, "scale": 2.0})
+    assert zoomed[0, 2].tolist() == [50, 75, 100, 125, 150]
+    mask = (ramp[0] >= 100).to(torch.uint8)
+    assert aug.apply_mask(mask, {**base, "scale": 2.0})[2].tolist() == [0, 1, 1, 1, 1]  # nearest, labels only
+
+
+def test_augment_gamma_is_a_power_curve():
+    aug = AugmentedDataset([], Augment(gamma=0.5), seed=0)
+    base = {**aug.params(0, 0), "pad": 0, "dy": 0, "dx": 0, "flip": False, "angle": 0.0, "scale": 1.0}
+    base = {**base, "brightness": 0.0, "contrast": 0.0}
+    image = torch.tensor([[[0, 64, 128, 255]]], dtype=torch.uint8)
+    assert aug.apply(image, {**base, "gamma": 2.0}).tolist() == [[[0, 16, 64, 255]]]  # 255 * (x/255)^2
+    assert aug.apply(image, {**base, "gamma": 0.5}).tolist() == [[[0, 128, 181, 255]]]
+    mask = torch.tensor([[0, 1], [1, 0]], dtype=torch.uint8)
+    assert torch.equal(aug.apply_mask(mask, {**base, "gamma": 2.0}), mask)  # intensity never touches a mask
+    draws = [aug.params(i, 0)["gamma"] for i in range(200)]
+    assert min(draws) >= 0.5 and max(draws) <= 1.5 and min(draws) < 0.7 and max(draws) > 1.3
+
+
+def test_augment_new_fields_keep_old_presets_replaying():
+    """scale and gamma are drawn after the older values: a preset without them draws exactly what it drew."""
+    old = AugmentedDataset([], Augment.preset("seg"), seed=4)
+    strong = AugmentedDataset([], Augment.preset("seg-strong"), seed=4)
+    for i in range(20):
+        a, b = old.params(i, 1), strong.params(i, 1)
+        assert a["scale"] == 1.0 and a["gamma"] == 1.0
+        assert {k: a[k] for k in ("dy", "dx", "angle", "brightness", "contrast")} == {
+            k: b[k] for k in ("dy", "dx", "angle", "brightness", "contrast")
+        }
+        rng = np.random.default_rng([4, 1, i])  # the documented stream: dy, dx, flip, angle, b, c, then s, g
+        rng.integers(0, 25, size=2)
+        rng.random(), rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(-1, 1)
+        assert b["scale"] == pytest.approx(1 + 0.15 * rng.uniform(-1, 1))
+        assert b["gamma"] == pytest.approx(1 + 0.3 * rng.uniform(-1, 1))
+
+
+@pytest.mark.parametrize("field", ["scale", "gamma", "brightness", "contrast"])
+@pytest.mark.parametrize("value", [-0.1, 1.0, float("nan")])
+def test_augment_rejects_out_of_range(field, value):
+    with pytest.raises(InvalidInputError, match="invalid augmentation"):
+        Augment(**{field: value})
+
+
 def test_augment_preset_unknown():
     with pytest.raises(UnknownNameError) as info:
         Augment.preset("medicl")

@@ -126,7 +126,7 @@ def update(
     warmup_epochs: Annotated[float | None, _u("train.warmup_epochs")] = None,
     label_smoothing: Annotated[float | None, _u("train.label_smoothing")] = None,
     class_weighting: Annotated[ClassWeighting | None, _u("train.class_weighting")] = None,
-    augment: Annotated[str | None, _u("train.augment", "none | light | medical.")] = None,
+    augment: Annotated[str | None, _u("train.augment", "none | light | medical | seg | seg-strong.")] = None,
     seed: Annotated[int | None, _u("train.seed", "Random seed (data order, init, splits).")] = None,
     device: Annotated[DeviceName | None, _u("train.device", "auto picks CUDA when present.")] = None,
     select_metric: Annotated[str | None, _u("train.select_metric", "Validation metric picking the best epoch.")] = None,

@@ -120,7 +120,7 @@ def prune(
     lr: Annotated[float | None, _opt("train.lr", "Peak fine-tuning learning rate.", R)] = None,
     weight_decay: Annotated[float | None, _opt("train.weight_decay", "", R)] = None,
     warmup_epochs: Annotated[float | None, _opt("train.warmup_epochs", "", R)] = None,
-    augment: Annotated[str | None, _opt("train.augment", "none | light | medical.", R)] = None,
+    augment: Annotated[str | None, _opt("train.augment", "none | light | medical | seg | seg-strong.", R)] = None,
     select_metric: Annotated[
         str | None, _opt("train.select_metric", "Validation metric picking the best recovery epoch.", R)
     ] = None,

@@ -4,8 +4,9 @@ The random parameters of sample ``index`` in epoch ``epoch`` are a pure function
 ``(seed, epoch, index)``: they come from ``numpy.random.default_rng([seed, epoch, index])``. A teacher-output
 cache can therefore replay exactly the augmented image the student saw, whatever the worker count or the
 shuffle order. Operations, in order: reflect-pad + random crop back to size, horizontal flip, rotation
-about the centre (bilinear, reflected border so no black corners appear), brightness (``x * (1 + b)``) and contrast
-(``(x - mean) * (1 + c) + mean``). Evaluation never augments.
+and zoom about the centre (one bilinear resampling, reflected border so no black corners appear), gamma
+(``255 * (x / 255) ** g``), brightness (``x * (1 + b)``) and contrast (``(x - mean) * (1 + c) + mean``).
+Segmentation masks follow the geometric part, nearest-neighbour. Evaluation never augments.
 
 Example:
     >>> aug = AugmentedDataset(bundle.train, Augment.preset("medical"), seed=0)
@@ -41,10 +42,13 @@ class Augment:
         rotation_deg: rotate by a uniform angle in ``[-rotation_deg, rotation_deg]``.
         brightness: scale intensities by ``1 + b``, ``b`` uniform in ``[-brightness, brightness]``.
         contrast: stretch around the image mean by ``1 + c``, ``c`` uniform in ``[-contrast, contrast]``.
+        scale: zoom about the centre by ``1 + s``, ``s`` uniform in ``[-scale, scale]`` (above 1 magnifies).
+        gamma: raise intensities in ``[0, 1]`` to the power ``1 + g``, ``g`` uniform in ``[-gamma, gamma]``
+            (exposure and window differences between X-ray systems).
 
     Example:
         >>> Augment.preset("medical")
-        Augment(crop_padding=2, hflip=False, rotation_deg=10.0, brightness=0.1, contrast=0.1)
+        Augment(crop_padding=2, hflip=False, rotation_deg=10.0, brightness=0.1, contrast=0.1, scale=0.0, gamma=0.0)
     """
 
     crop_padding: int = 0
@@ -52,17 +56,21 @@ class Augment:
     rotation_deg: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    scale: float = 0.0
+    gamma: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.crop_padding < 0 or self.rotation_deg < 0 or not 0 <= self.brightness < 1 or not 0 <= self.contrast < 1:
+        unit = (self.brightness, self.contrast, self.scale, self.gamma)
+        if self.crop_padding < 0 or not self.rotation_deg >= 0 or not all(0 <= v < 1 for v in unit):
             raise InvalidInputError(
-                f"invalid augmentation {self}", "use padding/rotation >= 0, brightness/contrast in [0, 1)"
+                f"invalid augmentation {self}", "use padding/rotation >= 0, brightness/contrast/scale/gamma in [0, 1)"
             )
 
     @classmethod
     def preset(cls, name: str) -> Augment:
         """``"none"`` (identity), ``"light"`` (pad-crop + flip), ``"medical"`` (pad-crop, rotation, intensity) or
-        ``"seg"`` (as medical with larger shifts, for 128-256 px images; masks follow the image)."""
+        ``"seg"`` (as medical with larger shifts, for 128-256 px images; masks follow the image) or
+        ``"seg-strong"`` (seg with zoom +-15 % and gamma +-0.3: patient size and exposure vary between sites)."""
         try:
             return _PRESETS[name]
         except KeyError:
@@ -84,6 +92,7 @@ _PRESETS = {
     "medical": Augment(crop_padding=2, rotation_deg=10.0, brightness=0.1, contrast=0.1),
     # segmentation of 128-256 px X-rays: shifts of up to 12 px at the data's resolution, no flip (anatomy)
     "seg": Augment(crop_padding=12, rotation_deg=10.0, brightness=0.15, contrast=0.15),
+    "seg-strong": Augment(crop_padding=12, rotation_deg=10.0, brightness=0.15, contrast=0.15, scale=0.15, gamma=0.3),
 }
 
 
@@ -118,13 +127,15 @@ class AugmentedDataset(Dataset):
     def params(self, index: int, epoch: int | None = None) -> dict[str, Any]:
         """The exact random parameters of sample ``index`` in ``epoch`` (default: the current epoch).
 
-        Every value is always drawn, in a fixed order, whether or not its operation is enabled.
+        Every value is always drawn, in a fixed order, whether or not its operation is enabled; values added
+        later (scale, gamma) are drawn after the older ones, so an older preset replays exactly.
         """
         a = self.augment
         rng = np.random.default_rng([self.seed, self.epoch if epoch is None else _check_epoch(epoch), int(index)])
         dy, dx = rng.integers(0, 2 * a.crop_padding + 1, size=2)
         flip, angle = rng.random() < 0.5, rng.uniform(-1.0, 1.0)
         brightness, contrast = rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0)
+        scale, gamma = rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0)
         return {
             "pad": a.crop_padding,
             "dy": int(dy),
@@ -133,20 +144,24 @@ class AugmentedDataset(Dataset):
             "angle": float(angle * a.rotation_deg),
             "brightness": float(brightness * a.brightness),
             "contrast": float(contrast * a.contrast),
+            "scale": float(1.0 + scale * a.scale),
+            "gamma": float(1.0 + gamma * a.gamma),
         }
 
     @staticmethod
     def apply(image: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         """Apply the parameters of :meth:`params` to one uint8 ``[C, H, W]`` image (identity returns it as is).
 
-        Crop, flip and rotation are composed into one affine map sampled once (bilinear, reflected border),
-        in numpy: per-op overhead of torch on a 28 x 28 image would cost milliseconds per sample.
+        Crop, flip, rotation and zoom are composed into one affine map sampled once (bilinear, reflected
+        border), in numpy: per-op overhead of torch on a 28 x 28 image would cost milliseconds per sample.
         """
         if not _changes(params):
             return image
         x = image.numpy().astype(np.float32)
-        if params["pad"] or params["flip"] or params["angle"]:
+        if _moves(params):
             x = _resample(x, params)
+        if params.get("gamma", 1.0) != 1.0:
+            x = 255.0 * (np.clip(x, 0.0, 255.0) / 255.0) ** params["gamma"]
         if params["brightness"]:
             x = x * (1.0 + params["brightness"])
         if params["contrast"]:
@@ -161,10 +176,10 @@ class AugmentedDataset(Dataset):
     def apply_mask(mask: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         """The geometric part of :meth:`apply` on a segmentation mask ``[H, W]``, nearest-neighbour (no new labels).
 
-        The same affine map as the image (crop, flip, rotation, reflected border) sampled at the nearest pixel;
-        brightness and contrast leave masks alone.
+        The same affine map as the image (crop, flip, rotation, zoom, reflected border) sampled at the nearest
+        pixel; gamma, brightness and contrast leave masks alone.
         """
-        if not (params["pad"] or params["flip"] or params["angle"]):
+        if not _moves(params):
             return mask
         return torch.from_numpy(_resample(mask.numpy()[None], params, nearest=True)[0])
 
@@ -182,25 +197,34 @@ def _check_epoch(epoch: int) -> int:
     return int(epoch)
 
 
+def _moves(params: dict[str, Any]) -> bool:
+    """Whether the geometric part changes pixel positions (``scale`` / ``gamma`` absent: parameters of old code)."""
+    return bool(params["pad"] or params["flip"] or params["angle"] or params.get("scale", 1.0) != 1.0)
+
+
 def _changes(params: dict[str, Any]) -> bool:
-    return bool(params["pad"] or params["flip"] or params["angle"] or params["brightness"] or params["contrast"])
+    intensity = params["brightness"] or params["contrast"] or params.get("gamma", 1.0) != 1.0
+    return bool(_moves(params) or intensity)
 
 
 def _resample(x: np.ndarray, params: dict[str, Any], *, nearest: bool = False) -> np.ndarray:
-    """Sample ``x`` ``[C, H, W]`` where the pipeline crop -> flip -> rotate maps every output pixel.
+    """Sample ``x`` ``[C, H, W]`` where the pipeline crop -> flip -> rotate -> zoom maps every output pixel.
 
-    Output pixel ``(y, x)`` comes from the flipped crop at its position rotated about the centre, i.e. from
-    the original image at that position (mirrored if flipped) shifted by ``(dy - pad, dx - pad)``; positions
-    outside the image are reflected like ``reflect`` padding, so integer shifts equal pad-and-crop exactly.
+    Output pixel ``(y, x)`` comes from the flipped crop at its position, zoomed out by ``1 / scale`` and
+    rotated about the centre, i.e. from the original image at that position (mirrored if flipped) shifted by
+    ``(dy - pad, dx - pad)``; positions outside the image are reflected like ``reflect`` padding, so integer
+    shifts equal pad-and-crop exactly.
     """
     _, h, w = x.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    if params["angle"]:
+    zoom = params.get("scale", 1.0)
+    if params["angle"] or zoom != 1.0:
         rad = math.radians(params["angle"])
         cy, cx = (h - 1) / 2, (w - 1) / 2
+        cos, sin = math.cos(rad) / zoom, math.sin(rad) / zoom
         yy, xx = (
-            math.cos(rad) * (yy - cy) - math.sin(rad) * (xx - cx) + cy,
-            math.sin(rad) * (yy - cy) + math.cos(rad) * (xx - cx) + cx,
+            cos * (yy - cy) - sin * (xx - cx) + cy,
+            sin * (yy - cy) + cos * (xx - cx) + cx,
         )
     if params["flip"]:
         xx = (w - 1) - xx
