@@ -168,6 +168,21 @@ def test_compare_students_keeps_the_better_and_says_so(tiny_model_dir):
         [_card(tiny_model_dir, 0.95, 0.97)], [_card(tiny_model_dir, 0.99, 0.96)], metric="auroc", val_ci=(-0.06, -0.02)
     )
     assert sure.significant is True and sure.chosen == "baseline"
+    # a positive gain whose interval contains 0 is not called a gain: "not shown to help", the student stays
+    noisy = compare_students(
+        [_card(tiny_model_dir, 0.952, 0.95)],
+        [_card(tiny_model_dir, 0.950, 0.95)],
+        metric="auroc",
+        diagnosis=diag,
+        val_ci=(-0.003, 0.007),
+    )
+    assert noisy.gain_val == pytest.approx(0.002) and noisy.helps is False and noisy.chosen == "student"
+    assert "NOT shown to help" in noisy.message and "within the noise" in noisy.message
+    assert "--seeds 3" in " ".join(noisy.suggestions)  # a verdict that did not find a gain gets the advice
+    clear = compare_students(
+        [_card(tiny_model_dir, 0.96, 0.95)], [_card(tiny_model_dir, 0.95, 0.95)], metric="auroc", val_ci=(0.002, 0.02)
+    )
+    assert clear.helps and clear.significant and clear.message.startswith("distillation helps")
 
 
 def test_bootstrap_gain_interval():

@@ -572,10 +572,11 @@ def compare_students(
 ) -> KDComparison:
     """Distilled against no-teacher students over seeds on ``metric``; decide which the later stages use.
 
-    Distillation *helps* when its validation gain on ``metric`` is positive and no ``secondary`` metric (default:
-    :func:`secondary_metrics` of the task) moves the other way beyond its noise (``secondary_ci``, from
-    :func:`bootstrap_gains`; without an interval any opposite move counts). A disagreement is said in the message
-    and is never called a gain.
+    Distillation *helps* when its validation gain on ``metric`` is positive, beyond the noise where ``val_ci``
+    is given (a positive gain whose interval contains 0 is *not shown to help*, and the message says so), and no
+    ``secondary`` metric (default: :func:`secondary_metrics` of the task) moves the other way beyond its noise
+    (``secondary_ci``, from :func:`bootstrap_gains`; without an interval any opposite move counts). A
+    disagreement is said in the message and is never called a gain.
 
     ``keep="better"`` keeps the distilled student unless the baseline is better beyond noise: on ``metric`` (when
     ``val_ci`` contains 0 the two are not told apart and the distilled student stays, and the message says so;
@@ -606,8 +607,8 @@ def compare_students(
     names = secondary_metrics(metric, task) if secondary is None else [m for m in secondary if m != metric]
     sec = _secondary(distilled, baseline, names, secondary_ci or {})
     disagree = [m for m, g in sec.items() if _against(gain, g)]
-    helps = gain > 0 and not disagree
     significant = None if val_ci is None else not (val_ci[0] <= 0 <= val_ci[1])
+    helps = gain > 0 and not disagree and significant is not False
     baseline_wins = (gain < 0 and significant is not False) or (gain > 0 and bool(disagree))
     chosen = {"distilled": "student", "baseline": "baseline"}.get(keep) or ("baseline" if baseline_wins else "student")
     sd = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
@@ -622,8 +623,10 @@ def compare_students(
     )
     if helps:
         verdict = "helps"
-    elif gain > 0:
+    elif gain > 0 and disagree:
         verdict = "is NOT a gain: the metrics disagree"
+    elif gain > 0:
+        verdict = "is NOT shown to help (its gain is inside the noise)"
     else:
         verdict = "does NOT beat the same student trained without the teacher"
     msg = f"distillation {verdict}: val {metric} {gain:+.4f}{spread}{ci}, test {gain_t:+.4f}"
