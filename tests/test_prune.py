@@ -20,6 +20,7 @@ from edgekd.prune import (
     PruneTarget,
     find_classifier,
     prune_model_dir,
+    recalibrate_batchnorm,
 )
 from edgekd.students import build_model, capture_structure, count_macs
 
@@ -212,3 +213,57 @@ def test_cli_prune_json_and_exit_codes(tiny_model_dir, tmp_path):
         ["prune", tiny_model_dir, "--out", str(tmp_path / "k"), "--ratio", "0.3", "--keep", "layer9", "--data", SYNTH],
     )
     assert bad_keep.exit_code == 3 and not (tmp_path / "k").exists()  # failure leaves nothing
+
+
+def test_recalibrate_batchnorm_is_the_cumulative_batch_statistics():
+    """With momentum None, PyTorch's running stats are the mean of the batch means and of the unbiased batch
+    variances (torch.nn.BatchNorm2d docs); recalibration must end exactly there and restore the layer."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, momentum=0.3), nn.ReLU()).eval()
+    batches = [(torch.randint(0, 256, (8, 1, 9, 9), dtype=torch.uint8), torch.zeros(8)) for _ in range(4)]
+    pre = lambda x: x.float() / 255  # noqa: E731
+    with torch.no_grad():
+        z = [net[0](pre(x)) for x, _ in batches]
+    seen = recalibrate_batchnorm(net, iter(batches), pre)
+    bn = net[1]
+    assert seen == 32 and not net.training and bn.momentum == 0.3 and int(bn.num_batches_tracked) == 4
+    expect_mean = torch.stack([t.mean((0, 2, 3)) for t in z]).mean(0)
+    expect_var = torch.stack([t.var((0, 2, 3), unbiased=True) for t in z]).mean(0)
+    assert torch.allclose(bn.running_mean, expect_mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, expect_var, rtol=1e-5)
+    before = bn.running_mean.clone()
+    assert recalibrate_batchnorm(net, iter([]), pre) == 0 and torch.equal(bn.running_mean, before)  # no data: kept
+    assert recalibrate_batchnorm(nn.Sequential(nn.Conv2d(1, 2, 3)), iter(batches), pre) == 0
+
+
+def test_pruning_re_estimates_batchnorm_statistics(tiny_model_dir, tmp_path):
+    """After a step, a batch norm behind a pruned convolution describes the pruned network, not the unpruned one
+    (stale statistics silenced a pruned U-Net's lungs in eval mode: val Dice 0 on an AVX2 run)."""
+    from edgekd.data import load_data
+    from edgekd.distill import TrainConfig
+
+    n_train = len(load_data(SYNTH).train)
+    train = TrainConfig(batch_size=n_train, lr=1e-3, warmup_epochs=0.0)
+    cfg = PruneConfig(
+        target=PruneTarget.from_options(target_macs=0.5),
+        recovery_epochs=0,
+        latency_batch=None,
+        round_to=None,
+        train=train,
+    )
+    report = prune_model_dir(tiny_model_dir, tmp_path / "p", cfg, progress=False)
+    assert report.steps[0]["bn_recalibrated"] == n_train
+    model, card = load_model_dir(tmp_path / "p")
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    seen = {}
+    hook = bns[1].register_forward_pre_hook(lambda m, i: seen.update(z=i[0].clone()))  # returns None
+    images = torch.stack([load_data(SYNTH).train[i][0] for i in range(n_train)])
+    model.train()
+    with torch.no_grad():
+        model(card.preprocess(images))  # the one calibration batch, as recalibration saw it (train-mode BN)
+    hook.remove()
+    z = seen["z"]
+    assert torch.allclose(bns[1].running_mean, z.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bns[1].running_var, z.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    stale = PruneConfig(**{**cfg.model_dump(), "bn_batches": 0})
+    assert "bn_recalibrated" not in prune_model_dir(tiny_model_dir, tmp_path / "q", stale, progress=False).steps[0]

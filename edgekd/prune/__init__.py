@@ -6,7 +6,8 @@
   measured latency budget (ms at a batch) reached NetAdapt-style: prune, measure, repeat;
 * :class:`ChannelPruner`: DepGraph pruning (Fang et al., CVPR 2023) that keeps the classifier and named
   layers and steps towards a MACs/params target by re-measuring;
-* recovery between steps through :func:`edgekd.distill.finetune`, distilling from a teacher or with CE;
+* batch-norm statistics re-estimated on training batches after each step (:func:`recalibrate_batchnorm`), then
+  recovery through :func:`edgekd.distill.finetune`, distilling from a teacher or with CE;
 * :func:`prune_model_dir`: the whole `edgekd prune` run, ending in an ordinary model directory whose card
   stores the pruned widths (:func:`edgekd.students.capture_structure` / ``apply_structure``), so it reloads without pickle;
 * latency is measured through a function the caller gives (:data:`LatencyFn`), and the channel multiple of
@@ -25,6 +26,7 @@ from edgekd.prune._importance import (
     build_importance,
     list_importance,
     needs_gradients,
+    recalibrate_batchnorm,
 )
 from edgekd.prune._measure import LatencyFn, ModelStats, WidthProbeFn, model_stats
 from edgekd.prune._pruner import ChannelPruner, find_classifier, resolve_modules
@@ -35,6 +37,7 @@ __all__ = [
     "build_importance",
     "list_importance",
     "needs_gradients",
+    "recalibrate_batchnorm",
     "accumulate_gradients",
     "PruneTarget",
     "TargetKind",

@@ -57,7 +57,7 @@ from edgekd.distill import DEFAULT_LOSSES, LossTexts, TeacherText, TrainConfig, 
 from edgekd.distill._settings import SEG_DEFAULT_LOSSES  # the segmentation defaults (not re-exported)
 from edgekd.errors import InvalidInputError
 from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, load_model_dir, save_model_dir
-from edgekd.prune._importance import IMPORTANCE, accumulate_gradients
+from edgekd.prune._importance import IMPORTANCE, accumulate_gradients, recalibrate_batchnorm
 from edgekd.prune._measure import LatencyFn, ModelStats, WidthProbeFn, model_stats
 from edgekd.prune._pruner import ChannelPruner
 from edgekd.prune._target import PruneTarget
@@ -125,6 +125,8 @@ class PruneConfig(StageConfig):
         kd, teacher, losses: who teaches recovery: with ``kd`` the ``teacher`` (a model directory, ONNX file, ...;
             default the unpruned model itself) through the ``losses``; without it, cross-entropy only.
         taylor_batches: batches of gradients before each step for the ``taylor`` criterion.
+        bn_batches: after each pruning step, re-estimate the batch-norm statistics on this many training batches
+            (:func:`~edgekd.prune.recalibrate_batchnorm`; 0: keep the unpruned network's statistics).
         latency_batch: batch size of the ORT CPU latency measurement (None or 0: not measured; a latency target
             measures at its own batch).
         latency_s: minimum timed seconds per latency measurement (also each measurement of a latency run).
@@ -151,6 +153,7 @@ class PruneConfig(StageConfig):
     teacher: TeacherText = None
     losses: LossTexts = Field(default_factory=lambda: list(DEFAULT_LOSSES))
     taylor_batches: int = Field(4, ge=1)
+    bn_batches: int = Field(16, ge=0)
     latency_batch: int | None = Field(32, ge=1)
     latency_s: float = Field(2.0, gt=0)
     latency_margin: float = Field(0.05, ge=0, lt=0.5)
@@ -224,6 +227,16 @@ def _grad_fn(data: DataBundle, card: ModelCard, cfg: PruneConfig):
         accumulate_gradients(model, batches, card.preprocess, data.task)
 
     return fill
+
+
+def _recalibrate(model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig, record: dict) -> None:
+    """Adaptive BN after a pruning step (before its latency, recovery and evaluation); the record says how many."""
+    if not cfg.bn_batches:
+        return
+    loader = make_loader(data.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed + int(record["step"]))
+    batches = (b for _, b in zip(range(cfg.bn_batches), loader))
+    record["bn_recalibrated"] = recalibrate_batchnorm(model, batches, card.preprocess)
+    model.eval()
 
 
 def _teacher(cfg: PruneConfig, source: Path, data: DataBundle):
@@ -310,6 +323,7 @@ def _prune_and_recover(
     steps, history = [], []
     for k in range(cfg.steps):
         record = pruner.step()
+        _recalibrate(model, card, data, cfg, record)
         if cfg.recovery_epochs:
             hist = _recover(
                 model,
@@ -416,6 +430,7 @@ def _latency_search(
         kept *= min(1 - cfg.latency_step, max(1 - MAX_PROPOSAL, math.sqrt(plan["aim_ms"] / ms)))
         record = pruner.prune_to(kept)
         kept = record["macs_kept"]
+        _recalibrate(model, card, data, cfg, record)
         prev, (ms, threads) = ms, _measure(latency, model, card, cfg)
         record.update(latency_ms=ms, batch=plan["batch"], threads=threads, faster=ms < prev, met=ms <= plan["aim_ms"])
         if cfg.short_term_epochs:

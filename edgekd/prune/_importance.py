@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 
 import torch
@@ -120,4 +121,37 @@ def accumulate_gradients(
         loss.backward()  # gradients accumulate over the batches
         seen += len(images)
     model.train(was_training)
+    return seen
+
+
+def recalibrate_batchnorm(
+    model: nn.Module, batches: Iterable, preprocess: Preprocess, *, device: torch.device | str = "cpu"
+) -> int:
+    """Re-estimate every batch-norm layer's running statistics on ``batches`` (adaptive BN after pruning).
+
+    Removing a layer's input channels changes the distribution its batch norm sees, but the running mean and
+    variance still describe the unpruned network: in eval mode the pruned model then normalises with the wrong
+    statistics, which can silence whole channels behind a ReLU (a segmenter that predicts only background).
+    Li et al. (EagleEye, ECCV 2020) re-estimate them on a few training batches before judging a pruned network;
+    this does it with PyTorch's own :func:`torch.optim.swa_utils.update_bn` (statistics reset, then the
+    cumulative mean over the batches, forward passes only). Nothing changes when no batch arrives.
+
+    Returns:
+        The number of samples seen.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:  # update_bn would leave the statistics reset
+        return 0
+    seen = 0
+
+    def inputs():
+        nonlocal seen
+        for batch in itertools.chain([first], it):
+            seen += len(batch[0])
+            yield preprocess(batch[0].to(device))
+
+    torch.optim.swa_utils.update_bn(inputs(), model)
     return seen
