@@ -238,12 +238,20 @@ def test_recalibrate_batchnorm_is_the_cumulative_batch_statistics():
 
 def test_pruning_re_estimates_batchnorm_statistics(tiny_model_dir, tmp_path):
     """After a step, a batch norm behind a pruned convolution describes the pruned network, not the unpruned one
-    (stale statistics silenced a pruned U-Net's lungs in eval mode: val Dice 0 on an AVX2 run)."""
+    (stale statistics silenced a pruned U-Net's lungs in eval mode: val Dice 0 on an AVX2 run). Here the source's
+    statistics are made wrong on purpose: the re-estimated ones must score better on validation and be kept."""
     from edgekd.data import load_data
     from edgekd.distill import TrainConfig
 
-    n_train = len(load_data(SYNTH).train)
-    train = TrainConfig(batch_size=n_train, lr=1e-3, warmup_epochs=0.0)
+    model, card = load_model_dir(tiny_model_dir)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.add_(3.0)
+            m.running_var.mul_(50.0)
+    save_model_dir(model, card, tmp_path / "stale")
+    train_set = load_data(SYNTH).train
+    n_train = len(train_set)
+    train = TrainConfig(batch_size=n_train, lr=1e-3, warmup_epochs=0.0)  # one calibration batch: all of train
     cfg = PruneConfig(
         target=PruneTarget.from_options(target_macs=0.5),
         recovery_epochs=0,
@@ -251,19 +259,47 @@ def test_pruning_re_estimates_batchnorm_statistics(tiny_model_dir, tmp_path):
         round_to=None,
         train=train,
     )
-    report = prune_model_dir(tiny_model_dir, tmp_path / "p", cfg, progress=False)
-    assert report.steps[0]["bn_recalibrated"] == n_train
-    model, card = load_model_dir(tmp_path / "p")
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    report = prune_model_dir(tmp_path / "stale", tmp_path / "p", cfg, progress=False)
+    step = report.steps[0]
+    assert step["bn_recalibrated"] == n_train and step["bn_val"]["metric"] == "auroc"
+    assert step["bn_val"]["kept"] and step["bn_val"]["re_estimated"] > step["bn_val"]["stale"] + 0.1
+    pruned, pcard = load_model_dir(tmp_path / "p")
+    bns = [m for m in pruned.modules() if isinstance(m, nn.BatchNorm2d)]
     seen = {}
     hook = bns[1].register_forward_pre_hook(lambda m, i: seen.update(z=i[0].clone()))  # returns None
-    images = torch.stack([load_data(SYNTH).train[i][0] for i in range(n_train)])
-    model.train()
-    with torch.no_grad():
-        model(card.preprocess(images))  # the one calibration batch, as recalibration saw it (train-mode BN)
+    pruned.train()
+    with torch.no_grad():  # the one calibration batch, as recalibration saw it (train-mode BN before it)
+        pruned(pcard.preprocess(torch.stack([train_set[i][0] for i in range(n_train)])))
     hook.remove()
     z = seen["z"]
     assert torch.allclose(bns[1].running_mean, z.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(bns[1].running_var, z.var((0, 2, 3), unbiased=True), rtol=1e-4)
-    stale = PruneConfig(**{**cfg.model_dump(), "bn_batches": 0})
-    assert "bn_recalibrated" not in prune_model_dir(tiny_model_dir, tmp_path / "q", stale, progress=False).steps[0]
+    off = PruneConfig(**{**cfg.model_dump(), "bn_batches": 0})
+    assert "bn_recalibrated" not in prune_model_dir(tmp_path / "stale", tmp_path / "q", off, progress=False).steps[0]
+
+
+def test_re_estimated_batchnorm_is_not_kept_when_validation_prefers_the_old(tiny_model_dir, tmp_path, monkeypatch):
+    """Measured, not assumed: when the re-estimated statistics score no better on validation, the old ones stay."""
+    import edgekd.prune._api as api
+
+    scores = iter([0.9, 0.6])  # stale, then re-estimated
+    monkeypatch.setattr(api, "_val_score", lambda *a: next(scores))
+    from edgekd.distill import TrainConfig
+
+    cfg = PruneConfig(
+        target=PruneTarget.from_options(target_macs=0.5),
+        recovery_epochs=0,
+        latency_batch=None,
+        round_to=None,
+        train=TrainConfig(batch_size=32, warmup_epochs=0.0),
+    )
+    report = prune_model_dir(tiny_model_dir, tmp_path / "p", cfg, progress=False)
+    assert report.steps[0]["bn_val"] == {"metric": "auroc", "stale": 0.9, "re_estimated": 0.6, "kept": False}
+    off = prune_model_dir(
+        tiny_model_dir, tmp_path / "q", PruneConfig(**{**cfg.model_dump(), "bn_batches": 0}), progress=False
+    )
+    assert off.steps and "bn_val" not in off.steps[0]
+    a, _ = load_model_dir(tmp_path / "p")
+    b, _ = load_model_dir(tmp_path / "q")
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k  # the same pruned network with the statistics the step left

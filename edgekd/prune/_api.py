@@ -56,6 +56,7 @@ from edgekd.data import DataBundle, make_loader
 from edgekd.distill import DEFAULT_LOSSES, LossTexts, TeacherText, TrainConfig, evaluate_split, finetune
 from edgekd.distill._settings import SEG_DEFAULT_LOSSES  # the segmentation defaults (not re-exported)
 from edgekd.errors import InvalidInputError
+from edgekd.metrics import higher_is_better, task_select_metric
 from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, load_model_dir, save_model_dir
 from edgekd.prune._importance import IMPORTANCE, accumulate_gradients, recalibrate_batchnorm
 from edgekd.prune._measure import LatencyFn, ModelStats, WidthProbeFn, model_stats
@@ -126,7 +127,8 @@ class PruneConfig(StageConfig):
             default the unpruned model itself) through the ``losses``; without it, cross-entropy only.
         taylor_batches: batches of gradients before each step for the ``taylor`` criterion.
         bn_batches: after each pruning step, re-estimate the batch-norm statistics on this many training batches
-            (:func:`~edgekd.prune.recalibrate_batchnorm`; 0: keep the unpruned network's statistics).
+            (:func:`~edgekd.prune.recalibrate_batchnorm`), kept when validation scores them better than the old
+            ones; 0: keep the unpruned network's statistics.
         latency_batch: batch size of the ORT CPU latency measurement (None or 0: not measured; a latency target
             measures at its own batch).
         latency_s: minimum timed seconds per latency measurement (also each measurement of a latency run).
@@ -229,14 +231,36 @@ def _grad_fn(data: DataBundle, card: ModelCard, cfg: PruneConfig):
     return fill
 
 
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def _recalibrate(model: nn.Module, card: ModelCard, data: DataBundle, cfg: PruneConfig, record: dict) -> None:
-    """Adaptive BN after a pruning step (before its latency, recovery and evaluation); the record says how many."""
+    """Adaptive BN after a pruning step (before its latency, recovery and evaluation), kept only when it measures
+    better on validation than the statistics the step left (a tie changes nothing: a barely trained network's
+    recovery can rest on its old statistics); the record says how many samples and both scores."""
     if not cfg.bn_batches:
         return
+    metric = task_select_metric(cfg.train.select_metric, data.task)
+    judged = len(data.val) > 0
+    stale = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(_BN_BUFFERS)}
+    before = _val_score(model, card, data, metric) if judged else None
     loader = make_loader(data.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed + int(record["step"]))
-    batches = (b for _, b in zip(range(cfg.bn_batches), loader))
-    record["bn_recalibrated"] = recalibrate_batchnorm(model, batches, card.preprocess)
+    seen = recalibrate_batchnorm(model, (b for _, b in zip(range(cfg.bn_batches), loader)), card.preprocess)
     model.eval()
+    if not seen:
+        return
+    after = _val_score(model, card, data, metric) if judged else None
+    keep = before is None or (after > before if higher_is_better(metric) else after < before)
+    if not keep:
+        model.load_state_dict(stale, strict=False)
+    record["bn_recalibrated"] = seen
+    record["bn_val"] = {"metric": metric, "stale": before, "re_estimated": after, "kept": keep}
+
+
+def _val_score(model: nn.Module, card: ModelCard, data: DataBundle, metric: str) -> float:
+    val = evaluate_split(model, card.preprocess, data, "val", device="cpu")
+    v = float(val.get(metric, float("nan")))
+    return float(val.get("acc", 0.0)) if math.isnan(v) else v  # e.g. AUROC of a one-class split
 
 
 def _teacher(cfg: PruneConfig, source: Path, data: DataBundle):
