@@ -44,6 +44,7 @@ __all__ = [
     "mask_predictions",
     "SEG_METRIC_NAMES",
     "task_select_metric",
+    "selection_value",
     "per_image_metrics",
 ]
 
@@ -69,6 +70,18 @@ ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width confidence bins
 
 def higher_is_better(metric: str) -> bool:
     return metric not in ("loss", "hd95")
+
+
+def selection_value(values: dict[str, Any], metric: str) -> float:
+    """``values[metric]`` as a float, or the accuracy where the metric is missing or undefined (NaN: e.g. AUROC
+    of a split with one class), so that a score always exists to compare checkpoints or variants by.
+
+    Example:
+        >>> selection_value({"auroc": float("nan"), "acc": 0.75}, "auroc")
+        0.75
+    """
+    v = float(values.get(metric, math.nan))
+    return float(values.get("acc", 0.0)) if math.isnan(v) else v
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -221,13 +221,8 @@ LabelSmoothingOpt = Annotated[float, typer.Option(rich_help_panel=_O)]
 ClassWeightingOpt = Annotated[
     ClassWeighting, typer.Option(help="'balanced' weights the loss against class imbalance.", rich_help_panel=_O)
 ]
-AugmentOpt = Annotated[
-    str,
-    typer.Option(
-        help="none | light | medical (pad-crop, +-10 deg, no flip) | seg | seg-strong (segmenters: larger shifts; + zoom, gamma).",
-        rich_help_panel=_O,
-    ),
-]
+_AUGMENT_HELP = "none | light | medical (pad-crop, +-10 deg, no flip) | seg | seg-strong (segmenters: larger shifts; + zoom, gamma)."
+AugmentOpt = Annotated[str, typer.Option(help=_AUGMENT_HELP, rich_help_panel=_O)]
 GradClipOpt = Annotated[float | None, typer.Option(rich_help_panel=_O)]
 AmpOpt = Annotated[
     bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA).", rich_help_panel=_R)
@@ -365,13 +360,7 @@ RunLabelSmoothingOpt = Annotated[float | None, _run("train.label_smoothing")]
 RunClassWeightingOpt = Annotated[
     ClassWeighting | None, _run("train.class_weighting", "'balanced' weights the loss against class imbalance.")
 ]
-RunAugmentOpt = Annotated[
-    str | None,
-    _run(
-        "train.augment",
-        "none | light | medical (pad-crop, +-10 deg, no flip) | seg | seg-strong (segmenters: larger shifts; + zoom, gamma).",
-    ),
-]
+RunAugmentOpt = Annotated[str | None, _run("train.augment", _AUGMENT_HELP)]
 RunGradClipOpt = Annotated[float | None, _run("train.grad_clip")]
 RunSeedOpt = Annotated[int | None, _run("train.seed", "Random seed (data order, init, splits).", "--seed", panel=_R)]
 RunDeviceOpt = Annotated[DeviceName | None, _run("train.device", "auto picks CUDA when present.", "--device", panel=_R)]

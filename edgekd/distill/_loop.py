@@ -41,7 +41,7 @@ from edgekd.distill._dist import (
 )
 from edgekd.distill._objective import Objective
 from edgekd.errors import DependencyError, Interrupted, InvalidInputError, TrainingDivergedError
-from edgekd.metrics import compute_metrics, task_select_metric
+from edgekd.metrics import compute_metrics, selection_value, task_select_metric
 from edgekd.specs import Preprocess, Task
 
 __all__ = [
@@ -520,7 +520,4 @@ def _score(val: dict, metric: str) -> float:
             f"unknown selection metric {metric!r}",
             f"choose one of {', '.join(k for k in val if isinstance(val[k], float))}",
         )
-    v = float(val[metric])
-    if math.isnan(v):  # e.g. AUROC on a split with one class: fall back to accuracy
-        return float(val.get("acc", 0.0))
-    return v
+    return selection_value(val, metric)

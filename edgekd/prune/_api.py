@@ -56,7 +56,7 @@ from edgekd.data import DataBundle, make_loader
 from edgekd.distill import DEFAULT_LOSSES, LossTexts, TeacherText, TrainConfig, evaluate_split, finetune
 from edgekd.distill._settings import SEG_DEFAULT_LOSSES  # the segmentation defaults (not re-exported)
 from edgekd.errors import InvalidInputError
-from edgekd.metrics import higher_is_better, task_select_metric
+from edgekd.metrics import higher_is_better, selection_value, task_select_metric
 from edgekd.modeldir import WEIGHTS_FILE, Lineage, ModelCard, load_model_and_data, load_model_dir, save_model_dir
 from edgekd.prune._importance import IMPORTANCE, accumulate_gradients, recalibrate_batchnorm
 from edgekd.prune._measure import LatencyFn, ModelStats, WidthProbeFn, model_stats
@@ -240,9 +240,11 @@ def _recalibrate(model: nn.Module, card: ModelCard, data: DataBundle, cfg: Prune
     recovery can rest on its old statistics); the record says how many samples and both scores."""
     if not cfg.bn_batches:
         return
+    stale = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(_BN_BUFFERS)}
+    if not stale:  # no batch norm: nothing to re-estimate, no validation pass spent on it
+        return
     metric = task_select_metric(cfg.train.select_metric, data.task)
     judged = len(data.val) > 0
-    stale = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(_BN_BUFFERS)}
     before = _val_score(model, card, data, metric) if judged else None
     loader = make_loader(data.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed + int(record["step"]))
     seen = recalibrate_batchnorm(model, (b for _, b in zip(range(cfg.bn_batches), loader)), card.preprocess)
@@ -258,9 +260,7 @@ def _recalibrate(model: nn.Module, card: ModelCard, data: DataBundle, cfg: Prune
 
 
 def _val_score(model: nn.Module, card: ModelCard, data: DataBundle, metric: str) -> float:
-    val = evaluate_split(model, card.preprocess, data, "val", device="cpu")
-    v = float(val.get(metric, float("nan")))
-    return float(val.get("acc", 0.0)) if math.isnan(v) else v  # e.g. AUROC of a one-class split
+    return selection_value(evaluate_split(model, card.preprocess, data, "val", device="cpu"), metric)
 
 
 def _teacher(cfg: PruneConfig, source: Path, data: DataBundle):

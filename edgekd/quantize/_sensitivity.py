@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from edgekd.export import ort_session
-from edgekd.metrics import compute_metrics
+from edgekd.metrics import compute_metrics, selection_value
 from edgekd.quantize._data import onnx_logits
 from edgekd.quantize._ptq import Calibration, quantizable_nodes, quantize_onnx
 from edgekd.quantize._targets import QuantScheme
@@ -66,9 +65,7 @@ class SensitivityReport(BaseModel):
 
 def metric_value(logits: np.ndarray, targets: np.ndarray, task: Task, metric: str) -> float:
     """One metric of :func:`~edgekd.metrics.compute_metrics` (accuracy when it is undefined, e.g. AUROC)."""
-    m = compute_metrics(logits, targets, task)
-    v = float(m.get(metric, math.nan))
-    return float(m["acc"]) if math.isnan(v) else v
+    return selection_value(compute_metrics(logits, targets, task), metric)
 
 
 def _session(path: Path, kernels: str = "native"):
